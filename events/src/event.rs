@@ -1,0 +1,534 @@
+//! The events of the fabric: one [`Header`] and one [`Body`] variant per kind.
+//!
+//! Every quantity is an integer in named units (`_ticks`, `_ms`, `_micros`, `_ppm`): floats have
+//! no place in signed, replayed history. Names of shards and nodes are short ASCII strings such
+//! as `earth` and `earth.core-alpha`.
+//!
+//! Tags are positional: the canonical encoding writes a variant's index as a u32, so variants
+//! are only ever appended, never reordered or removed (the golden tests pin them).
+
+use bincode::{Decode, Encode};
+use serde::{Deserialize, Serialize};
+
+use crate::types::{Hash32, PublicKey, SignatureBytes};
+
+/// A job's identifier, unique within one ledger.
+pub type JobId = u64;
+
+/// The role an event's author claims. Which key may act in which role is the ledger's
+/// authority table; the role is part of the signed bytes so it cannot be changed afterwards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Submits jobs.
+    Client,
+    /// Routes the jobs of one shard (one key per shard).
+    Router,
+    /// Runs jobs (one key per node).
+    Node,
+    /// Steers the fabric (M-of-N multisig on commands).
+    Owner,
+    /// The ledger itself: checkpoints, rejections, tree heads.
+    Ledger,
+}
+
+impl Role {
+    /// The role's name as written in JSON and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Client => "client",
+            Role::Router => "router",
+            Role::Node => "node",
+            Role::Owner => "owner",
+            Role::Ledger => "ledger",
+        }
+    }
+}
+
+/// Fields every event carries.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Header {
+    /// The role the author acts in.
+    pub role: Role,
+    /// Logical time: the tick of the run the event belongs to. Never wall-clock in a
+    /// simulation, so the same seed gives the same bytes.
+    pub tick: u64,
+    /// Unique per author; the ledger refuses a nonce it has seen (replay protection).
+    pub nonce: u64,
+}
+
+/// One event: who claims to say it, when, and what.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
+pub struct Event {
+    /// Role, tick, nonce.
+    #[serde(flatten)]
+    pub header: Header,
+    /// What happened.
+    #[serde(flatten)]
+    pub body: Body,
+}
+
+impl Event {
+    /// Builds an event from its parts.
+    pub fn new(role: Role, tick: u64, nonce: u64, body: impl Into<Body>) -> Self {
+        Self {
+            header: Header { role, tick, nonce },
+            body: body.into(),
+        }
+    }
+
+    /// The kind of the body.
+    pub fn kind(&self) -> Kind {
+        self.body.kind()
+    }
+}
+
+/// The body of an event: exactly one kind. The variant's position is its tag on the wire
+/// (see [`Kind::tag`]); new kinds go at the end.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "data", rename_all = "snake_case")]
+pub enum Body {
+    /// A node joins the marketplace; its key may then author heartbeats and receipts.
+    NodeRegistered(NodeRegistered),
+    /// A client submits a job to a shard (intake).
+    JobSubmitted(JobSubmitted),
+    /// A shard's router places a queued job on a node.
+    JobAssigned(JobAssigned),
+    /// A shard's router hands a job to another shard.
+    JobSpilled(JobSpilled),
+    /// A node says it is alive.
+    Heartbeat(Heartbeat),
+    /// A node became healthy or unhealthy.
+    NodeHealthChanged(NodeHealthChanged),
+    /// A job goes back to a shard's queue (its node failed, drained or it was rerouted).
+    JobRequeued(JobRequeued),
+    /// A node reports a job's result.
+    JobReceipt(JobReceipt),
+    /// The owners steer the fabric (M-of-N approvals inside).
+    OwnerCommand(OwnerCommand),
+    /// The ledger commits to a state: tree size, Merkle root, state hash.
+    Checkpoint(Checkpoint),
+    /// The ledger records a refused attempt.
+    Rejected(Rejected),
+}
+
+macro_rules! kinds {
+    ($($variant:ident => $name:literal,)*) => {
+        /// The kind of an event without its data, in tag order.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        #[allow(missing_docs)] // each kind is documented on its `Body` variant
+        pub enum Kind {
+            $($variant,)*
+        }
+
+        impl Kind {
+            /// Every kind, in tag order.
+            pub const ALL: &'static [Kind] = &[$(Kind::$variant,)*];
+
+            /// The snake_case name used in export lines and NATS subjects.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Kind::$variant => $name,)*
+                }
+            }
+
+            /// The wire tag: the variant's index in [`Body`], written as a u32.
+            pub fn tag(self) -> u32 {
+                self as u32
+            }
+        }
+
+        impl Body {
+            /// The kind of this body.
+            pub fn kind(&self) -> Kind {
+                match self {
+                    $(Body::$variant(_) => Kind::$variant,)*
+                }
+            }
+        }
+
+        $(
+            impl From<$variant> for Body {
+                fn from(value: $variant) -> Self {
+                    Body::$variant(value)
+                }
+            }
+        )*
+    };
+}
+
+kinds! {
+    NodeRegistered => "node_registered",
+    JobSubmitted => "job_submitted",
+    JobAssigned => "job_assigned",
+    JobSpilled => "job_spilled",
+    Heartbeat => "heartbeat",
+    NodeHealthChanged => "node_health_changed",
+    JobRequeued => "job_requeued",
+    JobReceipt => "job_receipt",
+    OwnerCommand => "owner_command",
+    Checkpoint => "checkpoint",
+    Rejected => "rejected",
+}
+
+/// A node joins the marketplace.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeRegistered {
+    /// Node name, e.g. `earth.core-alpha`.
+    pub node: String,
+    /// The shard (region) it serves.
+    pub region: String,
+    /// The key that signs the node's heartbeats and receipts.
+    pub node_key: PublicKey,
+    /// Units of work it can hold.
+    pub capacity: u32,
+    /// Jobs it runs at once.
+    pub max_concurrency: u32,
+    /// Ticks between heartbeats.
+    pub heartbeat_interval_ticks: u32,
+    /// Skills it offers, e.g. `gpu`, `finance`.
+    pub capabilities: Vec<String>,
+    /// Its round-trip latency.
+    pub latency_ms: u32,
+    /// Its price, in millionths of a credit per hour.
+    pub price_micros_per_hour: u64,
+    /// Its reputation, in parts per million (1_000_000 = perfect).
+    pub reputation_ppm: u32,
+}
+
+/// A job enters a shard.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSubmitted {
+    /// The job's identifier.
+    pub job: JobId,
+    /// The shard it is submitted to.
+    pub shard: String,
+    /// The workload kind, e.g. `finance.settlement`.
+    pub workload: String,
+    /// Skills a node must have to run it.
+    pub skills: Vec<String>,
+    /// How long it runs once started.
+    pub duration_ticks: u32,
+    /// The tick by which it should be done.
+    pub deadline_tick: u64,
+    /// What the client will pay, in millionths of a credit.
+    pub budget_micros: u64,
+    /// BLAKE3 of the job's input (content address).
+    pub input_hash: Hash32,
+}
+
+/// A router places a job on a node.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobAssigned {
+    /// The job.
+    pub job: JobId,
+    /// The shard whose queue held it.
+    pub shard: String,
+    /// The node that runs it.
+    pub node: String,
+}
+
+/// Why a job left a shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpillReason {
+    /// The shard's queue is over its budget.
+    QueueOverBudget,
+    /// No node of the shard can take the job.
+    NoEligibleNode,
+    /// The shard is paused.
+    ShardPaused,
+}
+
+/// A job moves from one shard's queue to another's.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpilled {
+    /// The job.
+    pub job: JobId,
+    /// The shard it leaves.
+    pub from_shard: String,
+    /// The shard it joins.
+    pub to_shard: String,
+    /// Why.
+    pub reason: SpillReason,
+}
+
+/// A node is alive.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    /// The node.
+    pub node: String,
+    /// Jobs it is running now.
+    pub running_jobs: u32,
+}
+
+/// A node's health changed.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeHealthChanged {
+    /// The node.
+    pub node: String,
+    /// Its new health.
+    pub healthy: bool,
+    /// The tick of the last heartbeat seen from it.
+    pub last_heartbeat_tick: u64,
+}
+
+/// Why a job went back to a queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequeueReason {
+    /// Its node went silent.
+    NodeUnhealthy,
+    /// Its node is being drained.
+    NodeDrained,
+    /// An owner rerouted it.
+    Rerouted,
+    /// Its result failed verification.
+    AttestationMismatch,
+}
+
+/// A job goes back to a shard's queue.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobRequeued {
+    /// The job.
+    pub job: JobId,
+    /// The node it was on.
+    pub node: String,
+    /// The shard whose queue it joins.
+    pub shard: String,
+    /// Why.
+    pub reason: RequeueReason,
+}
+
+/// How a job ended on its node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobOutcome {
+    /// It produced its output.
+    Completed,
+    /// It failed on the node.
+    Failed,
+}
+
+/// The kernel that computed a GPU job's output.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelRef {
+    /// Kernel id, e.g. `embed`.
+    pub id: String,
+    /// Kernel version.
+    pub version: u32,
+    /// The adapter it ran on, as the node reports it.
+    pub adapter: String,
+}
+
+/// A node reports a job's result.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobReceipt {
+    /// The job.
+    pub job: JobId,
+    /// The node that ran it.
+    pub node: String,
+    /// How it ended.
+    pub outcome: JobOutcome,
+    /// BLAKE3 of its output.
+    pub output_hash: Hash32,
+    /// The kernel, for GPU jobs.
+    pub kernel: Option<KernelRef>,
+    /// Tick it started.
+    pub started_tick: u64,
+    /// Tick it finished.
+    pub finished_tick: u64,
+}
+
+/// What the owners ask for. Variants are appended, never reordered.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
+pub enum OwnerAction {
+    /// Stop assignments in every shard.
+    PauseAll,
+    /// Resume every shard.
+    ResumeAll,
+    /// Stop assignments in one shard.
+    PauseShard {
+        /// The shard.
+        shard: String,
+    },
+    /// Resume one shard.
+    ResumeShard {
+        /// The shard.
+        shard: String,
+    },
+    /// Change a shard's queue budget.
+    SetQueueBudget {
+        /// The shard.
+        shard: String,
+        /// Jobs it may hold queued before spilling.
+        queue_budget: u32,
+    },
+    /// Change a shard's latency budget.
+    SetLatencyBudget {
+        /// The shard.
+        shard: String,
+        /// Largest node latency it accepts.
+        latency_budget_ms: u32,
+    },
+    /// Change where a shard spills to, in order of preference.
+    SetSpillover {
+        /// The shard.
+        shard: String,
+        /// Target shards, first preferred.
+        targets: Vec<String>,
+    },
+    /// Give a node no new jobs.
+    DrainNode {
+        /// The node.
+        node: String,
+    },
+    /// Remove a node and its key.
+    RetireNode {
+        /// The node.
+        node: String,
+    },
+    /// Cancel a job.
+    CancelJob {
+        /// The job.
+        job: JobId,
+    },
+    /// Move a job to another shard.
+    RerouteJob {
+        /// The job.
+        job: JobId,
+        /// The shard it goes to.
+        shard: String,
+    },
+    /// Take a checkpoint at the next tick.
+    CheckpointNow,
+    /// Change the checkpoint interval.
+    SetCheckpointInterval {
+        /// Ticks between checkpoints.
+        interval_ticks: u32,
+    },
+    /// An opaque governance payload, recorded as is.
+    Governance {
+        /// The payload bytes (hex in JSON).
+        #[serde(with = "crate::hex_serde")]
+        payload: Vec<u8>,
+    },
+}
+
+/// One owner's approval of a command.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Approval {
+    /// The owner's key.
+    pub owner: PublicKey,
+    /// Its signature over [`OwnerCommand::approval_message`].
+    pub signature: SignatureBytes,
+}
+
+/// The owners steer the fabric.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OwnerCommand {
+    /// What to do.
+    pub action: OwnerAction,
+    /// The last tick at which the command may still be applied.
+    pub expiry_tick: u64,
+    /// M or more distinct owner approvals.
+    pub approvals: Vec<Approval>,
+}
+
+/// What each owner approval signs: the command without the approvals, bound to its nonce.
+#[derive(Encode)]
+struct ApprovalScope<'a> {
+    nonce: u64,
+    expiry_tick: u64,
+    action: &'a OwnerAction,
+}
+
+impl OwnerCommand {
+    /// Domain prefix of an approval message (distinct from event and tree-head messages).
+    pub const APPROVAL_DOMAIN: &'static [u8] = b"FABRICv1-owner-approval";
+
+    /// The bytes every owner signs to approve this command under `nonce`:
+    /// `FABRICv1-owner-approval` ‖ nonce (u64 LE) ‖ expiry_tick (u64 LE) ‖ canonical action.
+    pub fn approval_message(&self, nonce: u64) -> Vec<u8> {
+        let scope = ApprovalScope {
+            nonce,
+            expiry_tick: self.expiry_tick,
+            action: &self.action,
+        };
+        let mut message = Self::APPROVAL_DOMAIN.to_vec();
+        crate::codec::encode_canonical_into(&scope, &mut message);
+        message
+    }
+}
+
+/// The ledger commits to a state.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Checkpoint {
+    /// Number of entries covered (the tree size).
+    pub tree_size: u64,
+    /// Merkle root over those entries.
+    pub merkle_root: Hash32,
+    /// Hash of the projected state after them.
+    pub state_hash: Hash32,
+    /// Hash of the stored state snapshot.
+    pub snapshot_hash: Hash32,
+}
+
+/// Why an attempt was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectReason {
+    /// The signature does not verify.
+    BadSignature,
+    /// The bytes are not a canonical event.
+    Malformed,
+    /// The event is over the size limit.
+    Oversize,
+    /// The author's key is not registered.
+    UnknownKey,
+    /// The author's key was retired.
+    RetiredKey,
+    /// The key may not author this kind in this role.
+    WrongRole,
+    /// Fewer than M distinct owner approvals.
+    TooFewOwnerSignatures,
+    /// The same owner approved twice.
+    DuplicateOwnerSigner,
+    /// The nonce was seen before.
+    ReplayedNonce,
+    /// The command expired.
+    ExpiredNonce,
+    /// The shard is paused.
+    ShardPaused,
+    /// The author's key is a small-order point.
+    WeakKey,
+}
+
+/// The ledger records a refused attempt.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rejected {
+    /// BLAKE3 of the refused `signed` bytes.
+    pub attempt_hash: Hash32,
+    /// The key that claimed to author it.
+    pub claimed_author: PublicKey,
+    /// Why it was refused.
+    pub reason: RejectReason,
+    /// A human-readable detail.
+    pub detail: String,
+}

@@ -1,0 +1,21 @@
+//! Serde helpers that write byte strings as lowercase hex in JSON.
+
+use serde::{Deserialize, Deserializer, Serializer};
+
+/// Serialises a byte slice as a lowercase hex string.
+pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&hex::encode(bytes))
+}
+
+/// Deserialises a lowercase or uppercase hex string into bytes.
+pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    hex::decode(&text).map_err(serde::de::Error::custom)
+}
+
+/// Decodes exactly `N` bytes of hex, naming what was expected on error.
+pub fn decode_fixed<const N: usize>(text: &str) -> Result<[u8; N], String> {
+    let bytes = hex::decode(text).map_err(|err| format!("not hex: {err}"))?;
+    <[u8; N]>::try_from(bytes.as_slice())
+        .map_err(|_| format!("expected {N} bytes ({} hex digits), got {}", 2 * N, bytes.len()))
+}

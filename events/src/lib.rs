@@ -1,0 +1,36 @@
+//! Fabric's vocabulary: every event the fabric records, its canonical bytes, the keys that sign
+//! it, and wire format v1 (signed bytes, ledger entries, entry hashes, export lines).
+//!
+//! This crate depends on no other Fabric crate, so a subscriber, an auditor or a client can
+//! check signatures and hash links with it alone.
+//!
+//! The layers, from the inside out:
+//!
+//! - [`event`]: the [`Event`] = [`Header`] (author role, tick, nonce) + [`Body`] (one enum
+//!   variant per kind).
+//! - [`codec`]: the one canonical encoding (bincode 2, fixed-width little-endian integers) with
+//!   a size limit and strict decoding (no trailing bytes).
+//! - [`keys`]: ed25519 key generation, key files, deterministic derivation from a seed.
+//! - [`wire`]: `signed` = `FABRICv1` ‖ canonical event, [`Entry`] (what the ledger stores),
+//!   entry hashes and the JSON export line. `docs/FORMAT.md` describes every byte.
+//!
+//! Architecture invariant: the bytes of an existing event kind never change when a kind is
+//! added; new kinds are appended to [`Body`] and so get a new, higher tag.
+#![deny(missing_docs)]
+
+pub mod codec;
+pub mod event;
+pub mod hex_serde;
+pub mod keys;
+pub mod types;
+pub mod wire;
+
+pub use codec::{decode_event, encode_event, DecodeError, MAX_EVENT_BYTES};
+pub use event::*;
+pub use keys::{derive_signing_key, KeyError, SigningKey, VerifyingKey};
+pub use types::{Hash32, PublicKey, SignatureBytes};
+pub use wire::{
+    event_from_signed, signed_bytes, verify_signature, ExportError,
+    entry_hash, Entry, EntryError, ExportLine, SignedEvent, VerifyError, ENTRY_HEADER_LEN,
+    MAX_ENTRY_BYTES, MAX_SIGNED_BYTES, WIRE_MAGIC,
+};

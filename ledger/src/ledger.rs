@@ -1,0 +1,598 @@
+//! The ledger: one writer appending batches, any number of readers.
+
+use std::fs::File;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use fabric_events::{Entry, Hash32, PublicKey, SignedEvent, SigningKey};
+
+use crate::error::{AppendError, LedgerError};
+use crate::merkle::{self, InclusionProof};
+use crate::storage::{
+    decode_block, key_number, numbered_key, BlockWriter, Head, KEY_FORMAT, KEY_HEAD,
+    KEY_LEDGER_KEY, PREFIX_BLOCK, PREFIX_TREE_HEAD, STORAGE_FORMAT,
+};
+use crate::tree_head::SignedTreeHead;
+use crate::verify::{verify_batch, KeyCache};
+
+/// Most events one append (one group commit) may hold.
+pub const BATCH_EVENTS_MAX: usize = 65_536;
+/// Authors whose decompressed keys are kept.
+const KEY_CACHE_AUTHORS_MAX: usize = 1 << 16;
+
+/// What a successful append tells its caller: the batch is durable on disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppendReceipt {
+    /// Seq given to the batch's first event.
+    pub first_seq: u64,
+    /// Events appended.
+    pub count: u64,
+    /// Hash of the last appended entry.
+    pub last_hash: Hash32,
+    /// The signed tree head after the batch.
+    pub tree_head: SignedTreeHead,
+}
+
+/// What opening found and repaired.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    /// Whether the folder was new.
+    pub created: bool,
+    /// Stored blocks past the durable head that were discarded (a batch that was never
+    /// acknowledged).
+    pub discarded_blocks: u64,
+}
+
+/// The append-only log. Exactly one `Ledger` may be open on a folder (sled locks it); it is
+/// the single sequencer. Reads go through [`LedgerReader`], which it hands out.
+pub struct Ledger {
+    reader: LedgerReader,
+    db_file: File,
+    ledger_key: SigningKey,
+    head: Head,
+    tree_head: SignedTreeHead,
+    key_cache: KeyCache,
+    poisoned: Option<String>,
+    open_report: OpenReport,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger")
+            .field("path", &self.reader.path)
+            .field("size", &self.head.size)
+            .field("root", &self.tree_head.root)
+            .finish_non_exhaustive()
+    }
+}
+
+fn storage(context: &'static str) -> impl FnOnce(sled::Error) -> LedgerError {
+    move |source| LedgerError::Storage { context, source }
+}
+
+impl Ledger {
+    /// Opens (or creates) the ledger in `path`, whose tree heads are signed by `ledger_key`.
+    ///
+    /// Opening checks the stored format, that the folder belongs to this ledger key, that the
+    /// head's Merkle frontier gives the root of the last signed tree head and that the head's
+    /// last hash is the hash of the last stored entry. Blocks past the head (a batch whose
+    /// commit never completed) are removed.
+    pub fn open(path: impl AsRef<Path>, ledger_key: SigningKey) -> Result<Self, LedgerError> {
+        let path = path.as_ref().to_path_buf();
+        let db = sled::Config::new()
+            .path(&path)
+            .open()
+            .map_err(storage("opening the ledger"))?;
+        // sled's Db::flush writes with sync_file_range and never fsyncs; the ledger syncs
+        // sled's data file itself before it acknowledges anything.
+        let db_file_path = path.join("db");
+        let db_file = File::open(&db_file_path).map_err(|source| LedgerError::Io {
+            path: db_file_path,
+            source,
+        })?;
+        let reader = LedgerReader {
+            db,
+            path: path.clone(),
+        };
+        let public = PublicKey::from(&ledger_key.verifying_key());
+        let mut report = OpenReport::default();
+        let head = match reader.db.get(KEY_FORMAT).map_err(storage("reading the format"))? {
+            None => {
+                if reader.db.iter().next().is_some() {
+                    return Err(LedgerError::UnsupportedFormat {
+                        path,
+                        found: "none (the folder holds other data)".to_owned(),
+                        supported: STORAGE_FORMAT,
+                    });
+                }
+                report.created = true;
+                Head::empty()
+            }
+            Some(format) => {
+                if format.as_ref() != STORAGE_FORMAT.to_le_bytes() {
+                    return Err(LedgerError::UnsupportedFormat {
+                        path,
+                        found: format!("{:?}", format.as_ref()),
+                        supported: STORAGE_FORMAT,
+                    });
+                }
+                let stored = reader
+                    .db
+                    .get(KEY_LEDGER_KEY)
+                    .map_err(storage("reading the ledger key"))?
+                    .and_then(|bytes| <[u8; 32]>::try_from(bytes.as_ref()).ok())
+                    .map(PublicKey)
+                    .ok_or_else(|| LedgerError::CorruptHead("ledger key missing".to_owned()))?;
+                if stored != public {
+                    return Err(LedgerError::KeyMismatch {
+                        path,
+                        stored,
+                        given: public,
+                    });
+                }
+                reader.head()?
+            }
+        };
+        let mut ledger = Self {
+            tree_head: SignedTreeHead::sign(head.size, head.frontier.root(), &ledger_key),
+            reader,
+            db_file,
+            ledger_key,
+            head,
+            key_cache: KeyCache::new(KEY_CACHE_AUTHORS_MAX),
+            poisoned: None,
+            open_report: report,
+        };
+        if ledger.open_report.created {
+            ledger.initialise()?;
+        } else {
+            ledger.check_and_repair_tail()?;
+        }
+        Ok(ledger)
+    }
+
+    /// Writes the format, the key, the empty head and the empty tree's signed head, durably.
+    fn initialise(&mut self) -> Result<(), LedgerError> {
+        let mut batch = sled::Batch::default();
+        batch.insert(KEY_FORMAT, &STORAGE_FORMAT.to_le_bytes());
+        batch.insert(KEY_LEDGER_KEY, self.ledger_key.verifying_key().as_bytes());
+        batch.insert(KEY_HEAD, self.head.encode());
+        insert_tree_head(&mut batch, &self.tree_head);
+        self.commit(batch)
+    }
+
+    /// Checks the stored head against the last signed tree head and the last entry, and
+    /// removes blocks and tree heads past the head.
+    fn check_and_repair_tail(&mut self) -> Result<(), LedgerError> {
+        let size = self.head.size;
+        let stored = self.reader.tree_head_at(size)?.ok_or_else(|| {
+            LedgerError::CorruptHead(format!("no signed tree head for the head's size {size}"))
+        })?;
+        let public = PublicKey::from(&self.ledger_key.verifying_key());
+        stored.verify(&public).map_err(|err| {
+            LedgerError::CorruptHead(format!("tree head at size {size}: {err}"))
+        })?;
+        if stored.root != self.head.frontier.root() {
+            return Err(LedgerError::CorruptHead(format!(
+                "Merkle frontier gives root {}, the signed tree head at size {size} says {}",
+                self.head.frontier.root(),
+                stored.root
+            )));
+        }
+        self.tree_head = stored;
+        if size > 0 {
+            let last = self.reader.get(size - 1)?;
+            if last.hash() != self.head.last_hash {
+                return Err(LedgerError::CorruptHead(format!(
+                    "last hash does not match stored entry {}",
+                    size - 1
+                )));
+            }
+        }
+        let mut batch = sled::Batch::default();
+        let mut stale = false;
+        for key in self
+            .reader
+            .db
+            .range(numbered_key(PREFIX_BLOCK, size)..=numbered_key(PREFIX_BLOCK, u64::MAX))
+            .keys()
+        {
+            batch.remove(key.map_err(storage("scanning for blocks past the head"))?);
+            self.open_report.discarded_blocks += 1;
+            stale = true;
+        }
+        for key in self
+            .reader
+            .db
+            .range(numbered_key(PREFIX_TREE_HEAD, size + 1)..=numbered_key(PREFIX_TREE_HEAD, u64::MAX))
+            .keys()
+        {
+            batch.remove(key.map_err(storage("scanning for tree heads past the head"))?);
+            stale = true;
+        }
+        if stale {
+            self.commit(batch)?;
+        }
+        Ok(())
+    }
+
+    /// What opening found.
+    pub fn open_report(&self) -> &OpenReport {
+        &self.open_report
+    }
+
+    /// A reader over the same storage (cheap to clone, usable from other threads).
+    pub fn reader(&self) -> LedgerReader {
+        self.reader.clone()
+    }
+
+    /// Entries in the log.
+    pub fn len(&self) -> u64 {
+        self.head.size
+    }
+
+    /// Whether the log is empty.
+    pub fn is_empty(&self) -> bool {
+        self.head.size == 0
+    }
+
+    /// Hash of the last entry (zeros when empty): the next entry's `prev`.
+    pub fn last_hash(&self) -> Hash32 {
+        self.head.last_hash
+    }
+
+    /// The Merkle root of the whole log.
+    pub fn root(&self) -> Hash32 {
+        self.tree_head.root
+    }
+
+    /// The latest signed tree head.
+    pub fn tree_head(&self) -> SignedTreeHead {
+        self.tree_head
+    }
+
+    /// The ledger's public key (verifies tree heads).
+    pub fn ledger_key(&self) -> PublicKey {
+        PublicKey::from(&self.ledger_key.verifying_key())
+    }
+
+    /// Reads one entry.
+    pub fn get(&self, seq: u64) -> Result<Entry, LedgerError> {
+        self.reader.get(seq)
+    }
+
+    /// Reads a range of entries, checking the chain as it goes.
+    pub fn entries(&self, range: Range<u64>) -> Entries {
+        self.reader.entries(range)
+    }
+
+    /// Appends a batch of signed events as one group commit.
+    ///
+    /// Every event is verified first (canonical decoding within the size limit, valid key,
+    /// valid signature; batch verification on all cores). If any is refused, nothing is stored
+    /// and the error lists every refused event. Otherwise the events get consecutive seqs,
+    /// are chained, stored in blocks together with the new head and signed tree head in one
+    /// atomic sled batch, flushed and synced to disk; only then does `append` return.
+    pub fn append(&mut self, batch: &[SignedEvent]) -> Result<AppendReceipt, AppendError> {
+        if let Some(reason) = &self.poisoned {
+            return Err(LedgerError::Poisoned(reason.clone()).into());
+        }
+        if batch.is_empty() {
+            return Err(AppendError::EmptyBatch);
+        }
+        if batch.len() > BATCH_EVENTS_MAX {
+            return Err(AppendError::BatchTooLarge {
+                len: batch.len(),
+                max: BATCH_EVENTS_MAX,
+            });
+        }
+        let refusals = verify_batch(batch, &mut self.key_cache);
+        if !refusals.is_empty() {
+            return Err(AppendError::Refused {
+                refusals,
+                batch_len: batch.len(),
+            });
+        }
+
+        let first_seq = self.head.size;
+        let mut frontier = self.head.frontier.clone();
+        let mut prev = self.head.last_hash;
+        let mut writer = BlockWriter::new();
+        for (offset, event) in batch.iter().enumerate() {
+            let seq = first_seq + offset as u64;
+            prev = writer.push(
+                seq,
+                &prev,
+                event.author.as_bytes(),
+                event.signature.as_bytes(),
+                &event.signed,
+            );
+            frontier.push(prev);
+        }
+        let head = Head {
+            size: first_seq + batch.len() as u64,
+            last_hash: prev,
+            frontier,
+        };
+        let tree_head = SignedTreeHead::sign(head.size, head.frontier.root(), &self.ledger_key);
+
+        let mut sled_batch = sled::Batch::default();
+        for (block_first_seq, block) in writer.finish() {
+            sled_batch.insert(&numbered_key(PREFIX_BLOCK, block_first_seq), block);
+        }
+        sled_batch.insert(KEY_HEAD, head.encode());
+        insert_tree_head(&mut sled_batch, &tree_head);
+        self.commit(sled_batch)?;
+
+        self.head = head;
+        self.tree_head = tree_head;
+        debug_assert_eq!(self.head.frontier.size(), self.head.size);
+        Ok(AppendReceipt {
+            first_seq,
+            count: batch.len() as u64,
+            last_hash: prev,
+            tree_head,
+        })
+    }
+
+    /// Applies a batch atomically and makes it durable: sled flush, then fdatasync of sled's
+    /// data file. A failure poisons the ledger: after a failed sync the kernel may have dropped
+    /// the dirty pages, so only a reopen knows what is on disk.
+    fn commit(&mut self, batch: sled::Batch) -> Result<(), LedgerError> {
+        let result = (|| {
+            self.reader
+                .db
+                .apply_batch(batch)
+                .map_err(storage("writing a batch"))?;
+            self.reader
+                .db
+                .flush()
+                .map_err(storage("flushing a batch"))?;
+            self.db_file.sync_data().map_err(|source| LedgerError::Io {
+                path: self.reader.path.join("db"),
+                source,
+            })
+        })();
+        if let Err(err) = &result {
+            self.poisoned = Some(err.to_string());
+        }
+        result
+    }
+
+    /// An inclusion proof for entry `seq` in the tree of the first `tree_size` entries, with
+    /// that tree's root. Costs O(tree_size): it reads every leaf hash up to `tree_size`.
+    pub fn inclusion_proof(
+        &self,
+        seq: u64,
+        tree_size: u64,
+    ) -> Result<(InclusionProof, Hash32), LedgerError> {
+        if tree_size > self.head.size {
+            return Err(LedgerError::OutOfRange {
+                seq: tree_size - 1,
+                size: self.head.size,
+            });
+        }
+        if seq >= tree_size {
+            return Err(LedgerError::OutOfRange {
+                seq,
+                size: tree_size,
+            });
+        }
+        let leaves = self.reader.leaf_hashes(0..tree_size)?;
+        let proof = merkle::inclusion_proof(&leaves, seq).map_err(|_| LedgerError::OutOfRange {
+            seq,
+            size: tree_size,
+        })?;
+        Ok((proof, merkle::root(&leaves)))
+    }
+}
+
+fn insert_tree_head(batch: &mut sled::Batch, tree_head: &SignedTreeHead) {
+    let mut value = Vec::with_capacity(96);
+    value.extend_from_slice(tree_head.root.as_bytes());
+    value.extend_from_slice(tree_head.signature.as_bytes());
+    batch.insert(&numbered_key(PREFIX_TREE_HEAD, tree_head.tree_size), value);
+}
+
+/// Read access to a ledger's storage. It sees every batch the writer has applied; a batch is
+/// acknowledged (durable) only once the writer's `append` has returned.
+#[derive(Clone)]
+pub struct LedgerReader {
+    db: sled::Db,
+    path: PathBuf,
+}
+
+impl LedgerReader {
+    /// The folder of the ledger.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn head(&self) -> Result<Head, LedgerError> {
+        let bytes = self
+            .db
+            .get(KEY_HEAD)
+            .map_err(storage("reading the head"))?
+            .ok_or_else(|| LedgerError::CorruptHead("head record missing".to_owned()))?;
+        Head::decode(&bytes)
+    }
+
+    /// Entries in the log.
+    pub fn len(&self) -> Result<u64, LedgerError> {
+        Ok(self.head()?.size)
+    }
+
+    /// Whether the log is empty.
+    pub fn is_empty(&self) -> Result<bool, LedgerError> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Reads one entry, checked against its stored hash and its block's chain.
+    pub fn get(&self, seq: u64) -> Result<Entry, LedgerError> {
+        let size = self.len()?;
+        if seq >= size {
+            return Err(LedgerError::OutOfRange { seq, size });
+        }
+        let (first_seq, entries) = self.block_containing(seq)?;
+        let position = (seq - first_seq) as usize;
+        entries
+            .into_iter()
+            .nth(position)
+            .map(|(_, entry)| entry)
+            .ok_or(LedgerError::Missing { seq })
+    }
+
+    /// The decoded block that holds `seq`.
+    fn block_containing(&self, seq: u64) -> Result<(u64, Vec<(Hash32, Entry)>), LedgerError> {
+        let found = self
+            .db
+            .range(numbered_key(PREFIX_BLOCK, 0)..=numbered_key(PREFIX_BLOCK, seq))
+            .next_back()
+            .transpose()
+            .map_err(storage("looking up a block"))?;
+        let (key, value) = found.ok_or(LedgerError::Missing { seq })?;
+        let first_seq = key_number(&key).ok_or(LedgerError::Missing { seq })?;
+        let entries = decode_block(first_seq, &value)?;
+        if seq >= first_seq + entries.len() as u64 {
+            return Err(LedgerError::Missing { seq });
+        }
+        Ok((first_seq, entries))
+    }
+
+    /// Reads entries in `range` (clamped to the log), checking each against its stored hash,
+    /// its seq and its link to the entry before it.
+    pub fn entries(&self, range: Range<u64>) -> Entries {
+        Entries {
+            reader: self.clone(),
+            next_seq: range.start,
+            end: range.end,
+            buffered: std::collections::VecDeque::new(),
+            previous_hash: None,
+            failed: false,
+            size: None,
+        }
+    }
+
+    /// The entry hashes (Merkle leaves) of a range.
+    pub fn leaf_hashes(&self, range: Range<u64>) -> Result<Vec<Hash32>, LedgerError> {
+        let mut leaves = Vec::with_capacity((range.end.saturating_sub(range.start)) as usize);
+        let mut entries = self.entries(range);
+        while let Some((hash, _)) = entries.next_with_hash()? {
+            leaves.push(hash);
+        }
+        Ok(leaves)
+    }
+
+    /// The signed tree head stored for `tree_size`, if a commit ended at that size.
+    pub fn tree_head_at(&self, tree_size: u64) -> Result<Option<SignedTreeHead>, LedgerError> {
+        let Some(value) = self
+            .db
+            .get(numbered_key(PREFIX_TREE_HEAD, tree_size))
+            .map_err(storage("reading a tree head"))?
+        else {
+            return Ok(None);
+        };
+        let ledger_key = self
+            .db
+            .get(KEY_LEDGER_KEY)
+            .map_err(storage("reading the ledger key"))?
+            .and_then(|bytes| <[u8; 32]>::try_from(bytes.as_ref()).ok())
+            .map(PublicKey)
+            .ok_or_else(|| LedgerError::CorruptHead("ledger key missing".to_owned()))?;
+        if value.len() != 96 {
+            return Err(LedgerError::CorruptHead(format!(
+                "tree head at size {tree_size} has {} bytes, not 96",
+                value.len()
+            )));
+        }
+        Ok(Some(SignedTreeHead {
+            tree_size,
+            root: Hash32(value[..32].try_into().expect("32 bytes")),
+            ledger_key,
+            signature: fabric_events::SignatureBytes(value[32..].try_into().expect("64 bytes")),
+        }))
+    }
+
+    /// Every stored signed tree head, by tree size.
+    pub fn tree_heads(&self) -> Result<Vec<SignedTreeHead>, LedgerError> {
+        let mut heads = Vec::new();
+        for key in self
+            .db
+            .range(numbered_key(PREFIX_TREE_HEAD, 0)..=numbered_key(PREFIX_TREE_HEAD, u64::MAX))
+            .keys()
+        {
+            let key = key.map_err(storage("listing tree heads"))?;
+            let size = key_number(&key)
+                .ok_or_else(|| LedgerError::CorruptHead("malformed tree head key".to_owned()))?;
+            if let Some(head) = self.tree_head_at(size)? {
+                heads.push(head);
+            }
+        }
+        Ok(heads)
+    }
+}
+
+/// Iterator over a range of entries; see [`LedgerReader::entries`]. Stops after the first
+/// error.
+pub struct Entries {
+    reader: LedgerReader,
+    next_seq: u64,
+    end: u64,
+    buffered: std::collections::VecDeque<(Hash32, Entry)>,
+    previous_hash: Option<Hash32>,
+    failed: bool,
+    size: Option<u64>,
+}
+
+impl Entries {
+    /// The next entry with its hash.
+    pub fn next_with_hash(&mut self) -> Result<Option<(Hash32, Entry)>, LedgerError> {
+        if self.failed {
+            return Ok(None);
+        }
+        let result = self.advance();
+        if result.is_err() {
+            self.failed = true;
+        }
+        result
+    }
+
+    fn advance(&mut self) -> Result<Option<(Hash32, Entry)>, LedgerError> {
+        let size = match self.size {
+            Some(size) => size,
+            None => *self.size.insert(self.reader.len()?),
+        };
+        if self.next_seq >= self.end.min(size) {
+            return Ok(None);
+        }
+        let seq = self.next_seq;
+        if self.buffered.is_empty() {
+            let (first_seq, entries) = self.reader.block_containing(seq)?;
+            self.buffered = entries.into();
+            self.buffered.drain(..(seq - first_seq) as usize);
+        }
+        let (hash, entry) = self
+            .buffered
+            .pop_front()
+            .ok_or(LedgerError::Missing { seq })?;
+        let expected_prev = match self.previous_hash {
+            Some(previous) => Some(previous),
+            None if seq == 0 => Some(Hash32::default()),
+            None => None,
+        };
+        if expected_prev.is_some_and(|expected| expected != entry.prev) {
+            return Err(LedgerError::BrokenChain { seq });
+        }
+        self.previous_hash = Some(hash);
+        self.next_seq += 1;
+        Ok(Some((hash, entry)))
+    }
+}
+
+impl Iterator for Entries {
+    type Item = Result<Entry, LedgerError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_with_hash().transpose().map(|r| r.map(|(_, entry)| entry))
+    }
+}

@@ -1,0 +1,29 @@
+//! Fabric's ledger: an append-only, hash-chained, Merkle-committed log of signed events in sled.
+//!
+//! - [`Ledger`] is the single writer (sequencer). [`Ledger::append`] takes a batch of
+//!   [`SignedEvent`](fabric_events::SignedEvent)s, verifies every signature with ed25519 batch
+//!   verification on all cores, assigns seqs and `prev` links, packs the entries into blocks,
+//!   extends the Merkle frontier in O(log n), signs a new tree head, and commits all of it in
+//!   one atomic sled batch that is flushed and synced before `append` returns (group commit).
+//! - [`LedgerReader`] reads by seq and by range, checking every entry against its stored hash
+//!   and the chain; damage is a typed [`LedgerError`] naming the seq.
+//! - [`merkle`] is RFC 9162's tree with BLAKE3: from-scratch root, incremental [`Frontier`],
+//!   inclusion proofs and their verification.
+//! - [`SignedTreeHead`] is the ledger key's signature over (size, root).
+//!
+//! Architecture invariant: nothing is stored that did not verify, and nothing is acknowledged
+//! before it is on disk. The storage layout is described in [`storage`] and `docs/FORMAT.md`.
+#![deny(missing_docs)]
+
+pub mod error;
+mod ledger;
+pub mod merkle;
+pub mod storage;
+pub mod tree_head;
+pub mod verify;
+
+pub use error::{AppendError, LedgerError};
+pub use ledger::{AppendReceipt, Entries, Ledger, LedgerReader, OpenReport, BATCH_EVENTS_MAX};
+pub use merkle::{Frontier, InclusionProof};
+pub use tree_head::SignedTreeHead;
+pub use verify::{KeyCache, Refusal, RefusalReason};

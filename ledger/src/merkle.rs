@@ -1,0 +1,251 @@
+//! The Merkle tree over entry hashes, exactly as RFC 9162 §2.1.1 with BLAKE3.
+//!
+//! - leaf = the entry hash, BLAKE3(0x00 ‖ entry) (already domain-separated, so it is used as is);
+//! - node = BLAKE3(0x01 ‖ left ‖ right);
+//! - the tree of n > 1 leaves splits at k, the largest power of two smaller than n;
+//! - the empty tree's root is BLAKE3 of the empty string.
+//!
+//! [`Frontier`] keeps one hash per set bit of the tree size (the roots of its perfect
+//! subtrees, largest first), so an append costs O(log n) and the root O(log n); the
+//! from-scratch [`root`] is the reference the frontier is tested against.
+
+use fabric_events::Hash32;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// BLAKE3(0x01 ‖ left ‖ right).
+pub fn node_hash(left: &Hash32, right: &Hash32) -> Hash32 {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&[0x01]);
+    hasher.update(left.as_bytes());
+    hasher.update(right.as_bytes());
+    hasher.finalize().into()
+}
+
+/// The root of the empty tree: BLAKE3 of the empty string.
+pub fn empty_root() -> Hash32 {
+    blake3::hash(&[]).into()
+}
+
+/// The largest power of two strictly smaller than `n` (n ≥ 2).
+fn split_point(n: usize) -> usize {
+    debug_assert!(n >= 2);
+    1 << (usize::BITS - 1 - (n - 1).leading_zeros())
+}
+
+/// MTH(D[n]) computed from scratch, in O(n): the reference definition.
+pub fn root(leaves: &[Hash32]) -> Hash32 {
+    match leaves.len() {
+        0 => empty_root(),
+        1 => leaves[0],
+        n => {
+            let k = split_point(n);
+            node_hash(&root(&leaves[..k]), &root(&leaves[k..]))
+        }
+    }
+}
+
+/// The right edge of a growing tree: the roots of its perfect subtrees, largest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Frontier {
+    size: u64,
+    /// One hash per set bit of `size`, from the most significant bit down.
+    nodes: Vec<Hash32>,
+}
+
+/// A stored frontier that cannot belong to any tree.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[error("a tree of {size} leaves has {expected} frontier hashes, not {found}")]
+pub struct FrontierMismatch {
+    /// Claimed size.
+    pub size: u64,
+    /// popcount(size).
+    pub expected: usize,
+    /// Hashes given.
+    pub found: usize,
+}
+
+impl Frontier {
+    /// The empty tree.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Rebuilds a frontier from its parts, checking there is one hash per set bit of `size`.
+    pub fn from_parts(size: u64, nodes: Vec<Hash32>) -> Result<Self, FrontierMismatch> {
+        let expected = size.count_ones() as usize;
+        if nodes.len() != expected {
+            return Err(FrontierMismatch {
+                size,
+                expected,
+                found: nodes.len(),
+            });
+        }
+        Ok(Self { size, nodes })
+    }
+
+    /// Number of leaves.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The perfect-subtree roots, largest first.
+    pub fn nodes(&self) -> &[Hash32] {
+        &self.nodes
+    }
+
+    /// Appends one leaf: O(log n) node hashes at most, O(1) amortised.
+    pub fn push(&mut self, leaf: Hash32) {
+        let mut carry = leaf;
+        let mut size = self.size;
+        // Each trailing one bit is a perfect subtree of the same size as `carry`: merge them.
+        while size & 1 == 1 {
+            let left = self
+                .nodes
+                .pop()
+                .expect("a set bit of the size always has its frontier node");
+            carry = node_hash(&left, &carry);
+            size >>= 1;
+        }
+        self.nodes.push(carry);
+        self.size += 1;
+        debug_assert_eq!(self.nodes.len(), self.size.count_ones() as usize);
+    }
+
+    /// The root: the perfect subtrees folded from the right, as RFC 9162's split prescribes.
+    pub fn root(&self) -> Hash32 {
+        let mut nodes = self.nodes.iter().rev();
+        let Some(last) = nodes.next() else {
+            return empty_root();
+        };
+        nodes.fold(*last, |right, left| node_hash(left, &right))
+    }
+}
+
+/// An inclusion proof: the audit path of leaf `index` in the tree of `tree_size` leaves.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InclusionProof {
+    /// The leaf's index (the entry's seq).
+    pub index: u64,
+    /// The tree size the proof is for.
+    pub tree_size: u64,
+    /// Sibling hashes from the leaf up (RFC 9162 §2.1.3.1 PATH order).
+    pub path: Vec<Hash32>,
+}
+
+/// Why a proof cannot be built.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[error("leaf index {index} is outside a tree of {tree_size} leaves")]
+pub struct IndexOutOfRange {
+    /// Requested index.
+    pub index: u64,
+    /// Tree size.
+    pub tree_size: u64,
+}
+
+/// PATH(index, leaves): the audit path of one leaf, from the full list of leaves (O(n)).
+pub fn inclusion_proof(leaves: &[Hash32], index: u64) -> Result<InclusionProof, IndexOutOfRange> {
+    let tree_size = leaves.len() as u64;
+    if index >= tree_size {
+        return Err(IndexOutOfRange { index, tree_size });
+    }
+    let mut path = Vec::new();
+    collect_path(leaves, index as usize, &mut path);
+    Ok(InclusionProof {
+        index,
+        tree_size,
+        path,
+    })
+}
+
+fn collect_path(leaves: &[Hash32], index: usize, path: &mut Vec<Hash32>) {
+    let n = leaves.len();
+    if n <= 1 {
+        return;
+    }
+    let k = split_point(n);
+    // The path is built leaf-first: recurse, then add this level's sibling.
+    if index < k {
+        collect_path(&leaves[..k], index, path);
+        path.push(root(&leaves[k..]));
+    } else {
+        collect_path(&leaves[k..], index - k, path);
+        path.push(root(&leaves[..k]));
+    }
+}
+
+/// Why an inclusion proof does not verify.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum ProofError {
+    /// The index is not inside the tree.
+    #[error("leaf index {index} is outside a tree of {tree_size} leaves")]
+    IndexOutOfRange {
+        /// The index.
+        index: u64,
+        /// The tree size.
+        tree_size: u64,
+    },
+    /// The path has the wrong number of hashes for this index and size.
+    #[error("audit path has the wrong length for leaf {index} of {tree_size}")]
+    PathLength {
+        /// The index.
+        index: u64,
+        /// The tree size.
+        tree_size: u64,
+    },
+    /// The path leads to another root.
+    #[error("audit path leads to root {computed}, not {expected}")]
+    RootMismatch {
+        /// Root the path gives.
+        computed: Hash32,
+        /// Root claimed.
+        expected: Hash32,
+    },
+}
+
+/// Verifies an inclusion proof for `leaf` against `root`, as RFC 9162 §2.1.3.2.
+pub fn verify_inclusion(
+    leaf: &Hash32,
+    proof: &InclusionProof,
+    root: &Hash32,
+) -> Result<(), ProofError> {
+    let InclusionProof {
+        index,
+        tree_size,
+        ref path,
+    } = *proof;
+    if index >= tree_size {
+        return Err(ProofError::IndexOutOfRange { index, tree_size });
+    }
+    let mut fn_ = index;
+    let mut sn = tree_size - 1;
+    let mut r = *leaf;
+    for p in path {
+        if sn == 0 {
+            return Err(ProofError::PathLength { index, tree_size });
+        }
+        if fn_ & 1 == 1 || fn_ == sn {
+            r = node_hash(p, &r);
+            if fn_ & 1 == 0 {
+                while fn_ & 1 == 0 && fn_ != 0 {
+                    fn_ >>= 1;
+                    sn >>= 1;
+                }
+            }
+        } else {
+            r = node_hash(&r, p);
+        }
+        fn_ >>= 1;
+        sn >>= 1;
+    }
+    if sn != 0 {
+        return Err(ProofError::PathLength { index, tree_size });
+    }
+    if r != *root {
+        return Err(ProofError::RootMismatch {
+            computed: r,
+            expected: *root,
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,401 @@
+//! `fabric bench`: throughput measured against the bounds of this machine, in the same run.
+//!
+//! Suite `ledger`: how many signed events per second the ledger appends with one group commit
+//! (flush + fdatasync) per batch, next to the bound set by what it cannot avoid doing per
+//! event: batch signature verification on all cores plus storing the entry in this storage
+//! layout. Both are measured here, now, on the same events.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context};
+use clap::ValueEnum;
+use fabric_events::{
+    derive_signing_key, Event, Hash32, JobSubmitted, Role, SignedEvent, SigningKey,
+};
+use fabric_ledger::storage::BlockWriter;
+use fabric_ledger::verify::{verify_batch, KeyCache};
+use fabric_ledger::{Ledger, BATCH_EVENTS_MAX};
+use rayon::prelude::*;
+use serde::Serialize;
+
+/// Seed of the bench's keys and events, so every run measures the same bytes.
+const BENCH_SEED: u64 = 0xFAB_2026;
+/// Distinct authors of the bench's events (like a fleet of nodes).
+const BENCH_AUTHORS: usize = 64;
+/// Ratio of measured throughput to its bound that the ledger aims for.
+const TARGET_RATIO: f64 = 0.8;
+
+/// Options of `fabric bench`.
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Suites to run; all when none is named
+    #[arg(value_enum)]
+    suites: Vec<Suite>,
+    /// Fewer events and one repetition instead of the median of three
+    #[arg(long)]
+    quick: bool,
+    /// Print one JSON object instead of tables
+    #[arg(long)]
+    json: bool,
+    /// Events per measurement [default: 200000, 40000 with --quick]
+    #[arg(long, value_name = "N")]
+    events: Option<usize>,
+    /// Events per append (one group commit each)
+    #[arg(long, value_name = "N", default_value_t = 8192)]
+    batch: usize,
+    /// Folder for the bench's temporary ledgers [default: the system's temporary folder]
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Suite {
+    /// Signed events appended per second vs. the verify + store bound
+    Ledger,
+}
+
+#[derive(Serialize)]
+struct Figure {
+    figure: &'static str,
+    value: f64,
+    unit: &'static str,
+    /// The bound this figure is compared with, in the same unit.
+    bound: Option<f64>,
+    ratio: Option<f64>,
+    what: &'static str,
+}
+
+#[derive(Serialize)]
+struct SuiteReport {
+    suite: &'static str,
+    events: usize,
+    batch_events: usize,
+    repetitions: usize,
+    figures: Vec<Figure>,
+}
+
+#[derive(Serialize)]
+struct Report {
+    nproc: usize,
+    suites: Vec<SuiteReport>,
+}
+
+/// Runs the asked suites and prints their tables (or JSON).
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    ensure!(args.batch >= 1, "--batch must be at least 1");
+    ensure!(
+        args.batch <= BATCH_EVENTS_MAX,
+        "--batch {} is over the ledger's limit of {BATCH_EVENTS_MAX} events per append",
+        args.batch
+    );
+    let suites = if args.suites.is_empty() {
+        Suite::value_variants().to_vec()
+    } else {
+        args.suites.clone()
+    };
+    let mut report = Report {
+        nproc: rayon::current_num_threads(),
+        suites: Vec::new(),
+    };
+    for suite in suites {
+        let result = match suite {
+            Suite::Ledger => ledger_suite(args)?,
+        };
+        if !args.json {
+            print_table(&result);
+        }
+        report.suites.push(result);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(())
+}
+
+fn print_table(suite: &SuiteReport) {
+    println!(
+        "suite {}: {} events, {} per append, median of {}",
+        suite.suite, suite.events, suite.batch_events, suite.repetitions
+    );
+    println!(
+        "{:<34} {:>14} {:<9} {:>14} {:>7}",
+        "figure", "value", "unit", "bound", "ratio"
+    );
+    for figure in &suite.figures {
+        let bound = figure.bound.map_or_else(|| "-".to_owned(), format_number);
+        let ratio = figure.ratio.map_or_else(|| "-".to_owned(), |r| format!("{r:.2}"));
+        println!(
+            "{:<34} {:>14} {:<9} {:>14} {:>7}",
+            figure.figure,
+            format_number(figure.value),
+            figure.unit,
+            bound,
+            ratio
+        );
+    }
+    for figure in &suite.figures {
+        println!("  {}: {}", figure.figure, figure.what);
+    }
+    println!();
+}
+
+fn format_number(value: f64) -> String {
+    if value >= 1000.0 {
+        format!("{value:.0}")
+    } else {
+        format!("{value:.2}")
+    }
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+fn per_event_us(elapsed: Duration, events: usize) -> f64 {
+    elapsed.as_secs_f64() * 1e6 / events as f64
+}
+
+fn events_per_s(elapsed: Duration, events: usize) -> f64 {
+    events as f64 / elapsed.as_secs_f64()
+}
+
+/// A job intake event of realistic size (about 200 bytes signed).
+fn bench_event(index: u64) -> Event {
+    Event::new(
+        Role::Client,
+        index / 1000,
+        index,
+        JobSubmitted {
+            job: index,
+            shard: "earth".to_owned(),
+            workload: "finance.settlement".to_owned(),
+            skills: vec!["finance".to_owned(), "compliance".to_owned()],
+            duration_ticks: 3 + (index % 7) as u32,
+            deadline_tick: index / 1000 + 40,
+            budget_micros: 2_500_000,
+            input_hash: blake3::hash(&index.to_le_bytes()).into(),
+        },
+    )
+}
+
+fn ledger_suite(args: &BenchArgs) -> anyhow::Result<SuiteReport> {
+    let events = args
+        .events
+        .unwrap_or(if args.quick { 40_000 } else { 200_000 })
+        .max(1);
+    let batch = args.batch;
+    let repetitions = if args.quick { 1 } else { 3 };
+    let scratch = match &args.dir {
+        Some(dir) => tempfile::tempdir_in(dir),
+        None => tempfile::tempdir(),
+    }
+    .context("could not create a temporary folder for the bench")?;
+
+    let authors: Vec<SigningKey> = (0..BENCH_AUTHORS)
+        .map(|i| derive_signing_key(BENCH_SEED, &format!("bench/author-{i}")))
+        .collect();
+    let plain: Vec<Event> = (0..events as u64).map(bench_event).collect();
+
+    let started = Instant::now();
+    let signed: Vec<SignedEvent> = plain
+        .par_iter()
+        .enumerate()
+        .map(|(i, event)| SignedEvent::sign(event, &authors[i % BENCH_AUTHORS]))
+        .collect::<Result<_, _>>()?;
+    let sign_time = started.elapsed();
+    let signed_bytes_mean =
+        signed.iter().map(|e| e.signed.len()).sum::<usize>() as f64 / events as f64;
+
+    let verify_all = median(
+        (0..repetitions)
+            .map(|_| time_verify(&signed, batch))
+            .collect::<anyhow::Result<_>>()?,
+    );
+    let one_core = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
+    let verify_one = one_core.install(|| time_verify(&signed, batch))?;
+
+    let store = median(
+        (0..repetitions)
+            .map(|run| time_store_packed(&scratch.path().join(format!("packed-{run}")), &signed, batch))
+            .collect::<anyhow::Result<_>>()?,
+    );
+    let per_key_events = events.min(50_000);
+    let per_key = time_store_per_key(&scratch.path().join("per-key"), &signed[..per_key_events], batch)?;
+
+    let append = median(
+        (0..repetitions)
+            .map(|run| time_append(&scratch.path().join(format!("ledger-{run}")), &signed, batch))
+            .collect::<anyhow::Result<_>>()?,
+    );
+
+    let verify_us = per_event_us(verify_all, events);
+    let store_us = per_event_us(store, events);
+    let bound = 1e6 / (verify_us + store_us);
+    let verify_bound = 1e6 / verify_us;
+    let appended = events_per_s(append, events);
+    let figures = vec![
+        Figure {
+            figure: "sign, all cores",
+            value: events_per_s(sign_time, events),
+            unit: "events/s",
+            bound: None,
+            ratio: None,
+            what: "ed25519 signatures made per second (clients' side, not part of append)",
+        },
+        Figure {
+            figure: "signed event size",
+            value: signed_bytes_mean,
+            unit: "bytes",
+            bound: None,
+            ratio: None,
+            what: "mean size of `signed` (FABRICv1 + canonical event)",
+        },
+        Figure {
+            figure: "batch verify, 1 core",
+            value: per_event_us(verify_one, events),
+            unit: "us/event",
+            bound: None,
+            ratio: None,
+            what: "ed25519 batch verification (chunks of 256) plus strict decoding, one thread",
+        },
+        Figure {
+            figure: "batch verify, all cores",
+            value: verify_us,
+            unit: "us/event",
+            bound: None,
+            ratio: None,
+            what: "the same on every core: the ledger's verification stage",
+        },
+        Figure {
+            figure: "store, packed blocks",
+            value: store_us,
+            unit: "us/event",
+            bound: None,
+            ratio: None,
+            what: "entries packed 256 per sled value, one flush + fdatasync per batch",
+        },
+        Figure {
+            figure: "store, one sled key per event",
+            value: per_event_us(per_key, per_key_events),
+            unit: "us/event",
+            bound: None,
+            ratio: None,
+            what: "for comparison: the layout packing avoids (flush + fdatasync per batch)",
+        },
+        Figure {
+            figure: "bound: verify + store",
+            value: bound,
+            unit: "events/s",
+            bound: None,
+            ratio: None,
+            what: "1 / (batch verify on all cores + packed store), per event",
+        },
+        Figure {
+            figure: "append, pre-signed",
+            value: appended,
+            unit: "events/s",
+            bound: Some(bound),
+            ratio: Some(appended / bound),
+            what: if appended / bound >= TARGET_RATIO {
+                "Ledger::append, flush + fdatasync per batch; target >= 0.80 of the bound: met"
+            } else {
+                "Ledger::append, flush + fdatasync per batch; target >= 0.80 of the bound: MISSED"
+            },
+        },
+        Figure {
+            figure: "append vs verify alone",
+            value: appended,
+            unit: "events/s",
+            bound: Some(verify_bound),
+            ratio: Some(appended / verify_bound),
+            what: "the same, against batch verification alone (the hard ceiling)",
+        },
+    ];
+    Ok(SuiteReport {
+        suite: "ledger",
+        events,
+        batch_events: batch,
+        repetitions,
+        figures,
+    })
+}
+
+fn time_verify(signed: &[SignedEvent], batch: usize) -> anyhow::Result<Duration> {
+    let mut cache = KeyCache::new(1024);
+    let started = Instant::now();
+    for chunk in signed.chunks(batch) {
+        let refusals = verify_batch(chunk, &mut cache);
+        ensure!(refusals.is_empty(), "bench events failed verification");
+    }
+    Ok(started.elapsed())
+}
+
+fn sync_sled(db: &sled::Db, data_file: &File) -> anyhow::Result<()> {
+    db.flush()?;
+    data_file.sync_data()?;
+    Ok(())
+}
+
+fn time_store_packed(dir: &Path, signed: &[SignedEvent], batch: usize) -> anyhow::Result<Duration> {
+    let db = sled::open(dir)?;
+    let data_file = File::open(dir.join("db"))?;
+    let started = Instant::now();
+    let mut seq = 0u64;
+    let mut prev = Hash32::default();
+    for chunk in signed.chunks(batch) {
+        let mut writer = BlockWriter::new();
+        for event in chunk {
+            prev = writer.push(
+                seq,
+                &prev,
+                event.author.as_bytes(),
+                event.signature.as_bytes(),
+                &event.signed,
+            );
+            seq += 1;
+        }
+        let mut sled_batch = sled::Batch::default();
+        for (first_seq, block) in writer.finish() {
+            let mut key = vec![b'e'];
+            key.extend_from_slice(&first_seq.to_be_bytes());
+            sled_batch.insert(key, block);
+        }
+        db.apply_batch(sled_batch)?;
+        sync_sled(&db, &data_file)?;
+    }
+    Ok(started.elapsed())
+}
+
+fn time_store_per_key(dir: &Path, signed: &[SignedEvent], batch: usize) -> anyhow::Result<Duration> {
+    let db = sled::open(dir)?;
+    let data_file = File::open(dir.join("db"))?;
+    let started = Instant::now();
+    let mut seq = 0u64;
+    for chunk in signed.chunks(batch) {
+        for event in chunk {
+            let mut value = Vec::with_capacity(136 + event.signed.len());
+            value.extend_from_slice(event.author.as_bytes());
+            value.extend_from_slice(event.signature.as_bytes());
+            value.extend_from_slice(&event.signed);
+            db.insert(seq.to_be_bytes(), value)?;
+            seq += 1;
+        }
+        sync_sled(&db, &data_file)?;
+    }
+    Ok(started.elapsed())
+}
+
+fn time_append(dir: &Path, signed: &[SignedEvent], batch: usize) -> anyhow::Result<Duration> {
+    let ledger_key = derive_signing_key(BENCH_SEED, "bench/ledger");
+    let mut ledger = Ledger::open(dir, ledger_key)?;
+    let started = Instant::now();
+    for chunk in signed.chunks(batch) {
+        ledger.append(chunk)?;
+    }
+    let elapsed = started.elapsed();
+    ensure!(ledger.len() == signed.len() as u64, "the bench ledger lost events");
+    Ok(elapsed)
+}

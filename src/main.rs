@@ -1,0 +1,63 @@
+//! `fabric`: the command line of the Fabric planetary compute orchestrator.
+
+mod bench;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+/// Fabric: planetary compute orchestration over a signed, append-only event ledger.
+#[derive(Parser)]
+#[command(name = "fabric", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create an ed25519 key pair: FILE (secret, mode 0600) and FILE.pub
+    Keygen {
+        /// Where to write the secret key; the public key goes to FILE.pub
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Replace existing key files
+        #[arg(long)]
+        force: bool,
+    },
+    /// Measure throughput against the bounds of this machine (suites: ledger)
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Keygen { out, force } => keygen(&out, force),
+        Command::Bench(args) => bench::run(&args),
+    }
+}
+
+fn keygen(out: &std::path::Path, force: bool) -> anyhow::Result<()> {
+    let key = fabric_events::keys::generate();
+    fabric_events::keys::save_secret(out, &key, force)
+        .with_context(|| format!("could not write the key to {}", out.display()))?;
+    println!(
+        "wrote {} (secret, mode 0600) and {}\npublic key {}",
+        out.display(),
+        fabric_events::keys::public_path(out).display(),
+        fabric_events::PublicKey::from(&key.verifying_key())
+    );
+    Ok(())
+}
