@@ -125,7 +125,9 @@ fn print_table(suite: &SuiteReport) {
     );
     for figure in &suite.figures {
         let bound = figure.bound.map_or_else(|| "-".to_owned(), format_number);
-        let ratio = figure.ratio.map_or_else(|| "-".to_owned(), |r| format!("{r:.2}"));
+        let ratio = figure
+            .ratio
+            .map_or_else(|| "-".to_owned(), |r| format!("{r:.2}"));
         println!(
             "{:<34} {:>14} {:<9} {:>14} {:>7}",
             figure.figure,
@@ -219,15 +221,31 @@ fn ledger_suite(args: &BenchArgs) -> anyhow::Result<SuiteReport> {
 
     let store = median(
         (0..repetitions)
-            .map(|run| time_store_packed(&scratch.path().join(format!("packed-{run}")), &signed, batch))
+            .map(|run| {
+                time_store_packed(
+                    &scratch.path().join(format!("packed-{run}")),
+                    &signed,
+                    batch,
+                )
+            })
             .collect::<anyhow::Result<_>>()?,
     );
     let per_key_events = events.min(50_000);
-    let per_key = time_store_per_key(&scratch.path().join("per-key"), &signed[..per_key_events], batch)?;
+    let per_key = time_store_per_key(
+        &scratch.path().join("per-key"),
+        &signed[..per_key_events],
+        batch,
+    )?;
 
     let append = median(
         (0..repetitions)
-            .map(|run| time_append(&scratch.path().join(format!("ledger-{run}")), &signed, batch))
+            .map(|run| {
+                time_append(
+                    &scratch.path().join(format!("ledger-{run}")),
+                    &signed,
+                    batch,
+                )
+            })
             .collect::<anyhow::Result<_>>()?,
     );
 
@@ -369,7 +387,11 @@ fn time_store_packed(dir: &Path, signed: &[SignedEvent], batch: usize) -> anyhow
     Ok(started.elapsed())
 }
 
-fn time_store_per_key(dir: &Path, signed: &[SignedEvent], batch: usize) -> anyhow::Result<Duration> {
+fn time_store_per_key(
+    dir: &Path,
+    signed: &[SignedEvent],
+    batch: usize,
+) -> anyhow::Result<Duration> {
     let db = sled::open(dir)?;
     let data_file = File::open(dir.join("db"))?;
     let started = Instant::now();
@@ -396,6 +418,9 @@ fn time_append(dir: &Path, signed: &[SignedEvent], batch: usize) -> anyhow::Resu
         ledger.append(chunk)?;
     }
     let elapsed = started.elapsed();
-    ensure!(ledger.len() == signed.len() as u64, "the bench ledger lost events");
+    ensure!(
+        ledger.len() == signed.len() as u64,
+        "the bench ledger lost events"
+    );
     Ok(elapsed)
 }

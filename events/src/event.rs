@@ -17,8 +17,9 @@ pub type JobId = u64;
 
 /// The role an event's author claims. Which key may act in which role is the ledger's
 /// authority table; the role is part of the signed bytes so it cannot be changed afterwards.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
-#[derive(Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Submits jobs.
@@ -122,6 +123,9 @@ macro_rules! kinds {
         pub enum Kind {
             $($variant,)*
         }
+
+        /// Number of event kinds.
+        pub const KIND_COUNT: usize = Kind::ALL.len();
 
         impl Kind {
             /// Every kind, in tag order.

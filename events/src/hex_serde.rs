@@ -16,6 +16,11 @@ pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>
 /// Decodes exactly `N` bytes of hex, naming what was expected on error.
 pub fn decode_fixed<const N: usize>(text: &str) -> Result<[u8; N], String> {
     let bytes = hex::decode(text).map_err(|err| format!("not hex: {err}"))?;
-    <[u8; N]>::try_from(bytes.as_slice())
-        .map_err(|_| format!("expected {N} bytes ({} hex digits), got {}", 2 * N, bytes.len()))
+    <[u8; N]>::try_from(bytes.as_slice()).map_err(|_| {
+        format!(
+            "expected {N} bytes ({} hex digits), got {}",
+            2 * N,
+            bytes.len()
+        )
+    })
 }

@@ -20,6 +20,8 @@
 
 pub mod codec;
 pub mod event;
+#[doc(hidden)]
+pub mod golden;
 pub mod hex_serde;
 pub mod keys;
 pub mod types;
@@ -30,7 +32,10 @@ pub use event::*;
 pub use keys::{derive_signing_key, KeyError, SigningKey, VerifyingKey};
 pub use types::{Hash32, PublicKey, SignatureBytes};
 pub use wire::{
-    event_from_signed, signed_bytes, verify_signature, ExportError,
-    entry_hash, Entry, EntryError, ExportLine, SignedEvent, VerifyError, ENTRY_HEADER_LEN,
-    MAX_ENTRY_BYTES, MAX_SIGNED_BYTES, WIRE_MAGIC,
+    entry_hash, event_from_signed, signed_bytes, verify_signature, Entry, EntryError, ExportError,
+    ExportLine, SignedEvent, VerifyError, ENTRY_HEADER_LEN, MAX_ENTRY_BYTES, MAX_SIGNED_BYTES,
+    WIRE_MAGIC,
 };
+
+#[cfg(test)]
+mod tests;

@@ -76,7 +76,9 @@ pub enum LedgerError {
         given: PublicKey,
     },
     /// The folder holds data this build cannot read.
-    #[error("{path}: storage format {found} is not supported (this build reads format {supported})")]
+    #[error(
+        "{path}: storage format {found} is not supported (this build reads format {supported})"
+    )]
     UnsupportedFormat {
         /// The ledger folder.
         path: PathBuf,

@@ -96,7 +96,11 @@ impl Ledger {
         };
         let public = PublicKey::from(&ledger_key.verifying_key());
         let mut report = OpenReport::default();
-        let head = match reader.db.get(KEY_FORMAT).map_err(storage("reading the format"))? {
+        let head = match reader
+            .db
+            .get(KEY_FORMAT)
+            .map_err(storage("reading the format"))?
+        {
             None => {
                 if reader.db.iter().next().is_some() {
                     return Err(LedgerError::UnsupportedFormat {
@@ -169,9 +173,9 @@ impl Ledger {
             LedgerError::CorruptHead(format!("no signed tree head for the head's size {size}"))
         })?;
         let public = PublicKey::from(&self.ledger_key.verifying_key());
-        stored.verify(&public).map_err(|err| {
-            LedgerError::CorruptHead(format!("tree head at size {size}: {err}"))
-        })?;
+        stored
+            .verify(&public)
+            .map_err(|err| LedgerError::CorruptHead(format!("tree head at size {size}: {err}")))?;
         if stored.root != self.head.frontier.root() {
             return Err(LedgerError::CorruptHead(format!(
                 "Merkle frontier gives root {}, the signed tree head at size {size} says {}",
@@ -204,7 +208,9 @@ impl Ledger {
         for key in self
             .reader
             .db
-            .range(numbered_key(PREFIX_TREE_HEAD, size + 1)..=numbered_key(PREFIX_TREE_HEAD, u64::MAX))
+            .range(
+                numbered_key(PREFIX_TREE_HEAD, size + 1)..=numbered_key(PREFIX_TREE_HEAD, u64::MAX),
+            )
             .keys()
         {
             batch.remove(key.map_err(storage("scanning for tree heads past the head"))?);
@@ -433,7 +439,7 @@ impl LedgerReader {
         if seq >= size {
             return Err(LedgerError::OutOfRange { seq, size });
         }
-        let (first_seq, entries) = self.block_containing(seq)?;
+        let (first_seq, entries) = self.block_containing(seq, true)?;
         let position = (seq - first_seq) as usize;
         entries
             .into_iter()
@@ -442,8 +448,12 @@ impl LedgerReader {
             .ok_or(LedgerError::Missing { seq })
     }
 
-    /// The decoded block that holds `seq`.
-    fn block_containing(&self, seq: u64) -> Result<(u64, Vec<(Hash32, Entry)>), LedgerError> {
+    /// The decoded block that holds `seq`: only up to `seq` when `up_to_seq`, else all of it.
+    fn block_containing(
+        &self,
+        seq: u64,
+        up_to_seq: bool,
+    ) -> Result<(u64, Vec<(Hash32, Entry)>), LedgerError> {
         let found = self
             .db
             .range(numbered_key(PREFIX_BLOCK, 0)..=numbered_key(PREFIX_BLOCK, seq))
@@ -452,7 +462,8 @@ impl LedgerReader {
             .map_err(storage("looking up a block"))?;
         let (key, value) = found.ok_or(LedgerError::Missing { seq })?;
         let first_seq = key_number(&key).ok_or(LedgerError::Missing { seq })?;
-        let entries = decode_block(first_seq, &value)?;
+        let take = up_to_seq.then(|| (seq - first_seq) as usize + 1);
+        let entries = decode_block(first_seq, &value, take)?;
         if seq >= first_seq + entries.len() as u64 {
             return Err(LedgerError::Missing { seq });
         }
@@ -567,7 +578,7 @@ impl Entries {
         }
         let seq = self.next_seq;
         if self.buffered.is_empty() {
-            let (first_seq, entries) = self.reader.block_containing(seq)?;
+            let (first_seq, entries) = self.reader.block_containing(seq, false)?;
             self.buffered = entries.into();
             self.buffered.drain(..(seq - first_seq) as usize);
         }
@@ -593,6 +604,8 @@ impl Iterator for Entries {
     type Item = Result<Entry, LedgerError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.next_with_hash().transpose().map(|r| r.map(|(_, entry)| entry))
+        self.next_with_hash()
+            .transpose()
+            .map(|r| r.map(|(_, entry)| entry))
     }
 }

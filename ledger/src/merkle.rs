@@ -249,3 +249,127 @@ pub fn verify_inclusion(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn leaves(seed: u64, count: usize) -> Vec<Hash32> {
+        (0..count as u64)
+            .map(|i| {
+                let mut input = seed.to_le_bytes().to_vec();
+                input.extend_from_slice(&i.to_le_bytes());
+                fabric_events::entry_hash(&input)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn small_trees_have_the_rfc_9162_shape() {
+        let l = leaves(1, 7);
+        assert_eq!(root(&[]), Hash32::from(blake3::hash(b"")));
+        assert_eq!(root(&l[..1]), l[0]);
+        assert_eq!(root(&l[..2]), node_hash(&l[0], &l[1]));
+        // n = 3 splits at 2: H(H(l0, l1), l2).
+        assert_eq!(root(&l[..3]), node_hash(&node_hash(&l[0], &l[1]), &l[2]));
+        // n = 7 splits at 4, then 2: H(H(H01, H23), H(H45, l6)).
+        let left = node_hash(&node_hash(&l[0], &l[1]), &node_hash(&l[2], &l[3]));
+        let right = node_hash(&node_hash(&l[4], &l[5]), &l[6]);
+        assert_eq!(root(&l), node_hash(&left, &right));
+        // Interior nodes are domain-separated from leaves: 0x01 ‖ left ‖ right.
+        let mut manual = blake3::Hasher::new();
+        manual.update(&[1]);
+        manual.update(l[0].as_bytes());
+        manual.update(l[1].as_bytes());
+        assert_eq!(node_hash(&l[0], &l[1]), Hash32::from(manual.finalize()));
+    }
+
+    #[test]
+    fn frontier_round_trips_through_its_parts() {
+        let mut frontier = Frontier::new();
+        for leaf in leaves(3, 37) {
+            frontier.push(leaf);
+        }
+        let rebuilt = Frontier::from_parts(frontier.size(), frontier.nodes().to_vec())
+            .expect("consistent parts");
+        assert_eq!(rebuilt, frontier);
+        // 39 has four set bits, 37 three: three hashes cannot be a tree of 39.
+        assert!(Frontier::from_parts(39, frontier.nodes().to_vec()).is_err());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(8))]
+
+        #[test]
+        fn incremental_root_equals_scratch_root_for_every_size_to_1000(seed in any::<u64>()) {
+            let all = leaves(seed, 1000);
+            let mut frontier = Frontier::new();
+            prop_assert_eq!(frontier.root(), root(&[]));
+            for size in 1..=1000 {
+                frontier.push(all[size - 1]);
+                prop_assert_eq!(frontier.size(), size as u64);
+                prop_assert_eq!(frontier.root(), root(&all[..size]), "size {}", size);
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn inclusion_proofs_verify_for_their_leaf_only(
+            seed in any::<u64>(),
+            size in 1usize..600,
+            pick in any::<prop::sample::Index>(),
+            other in any::<prop::sample::Index>(),
+        ) {
+            let all = leaves(seed, size);
+            let index = pick.index(size);
+            let tree_root = root(&all);
+            let proof = inclusion_proof(&all, index as u64).expect("index in range");
+            prop_assert_eq!(verify_inclusion(&all[index], &proof, &tree_root), Ok(()));
+
+            // A wrong leaf.
+            let wrong_leaf = fabric_events::entry_hash(b"not in the tree");
+            prop_assert!(verify_inclusion(&wrong_leaf, &proof, &tree_root).is_err());
+            // Another leaf of the same tree with this leaf's path.
+            let other_index = other.index(size);
+            if all[other_index] != all[index] {
+                prop_assert!(verify_inclusion(&all[other_index], &proof, &tree_root).is_err());
+            }
+            // A wrong index.
+            if other_index != index {
+                let moved = InclusionProof { index: other_index as u64, ..proof.clone() };
+                prop_assert!(verify_inclusion(&all[index], &moved, &tree_root).is_err());
+            }
+            // A wrong tree size: the path does not lead to the root of the larger tree.
+            let grown = InclusionProof { tree_size: proof.tree_size + 1, ..proof.clone() };
+            let grown_root = root(&leaves(seed, size + 1));
+            prop_assert!(verify_inclusion(&all[index], &grown, &grown_root).is_err());
+            // A wrong root.
+            prop_assert!(verify_inclusion(&all[index], &proof, &wrong_leaf).is_err());
+            // A damaged path.
+            if let Some(first) = proof.path.first() {
+                let mut damaged = proof.clone();
+                damaged.path[0] = node_hash(first, first);
+                prop_assert!(verify_inclusion(&all[index], &damaged, &tree_root).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn out_of_range_indices_are_refused() {
+        let all = leaves(5, 4);
+        assert!(inclusion_proof(&all, 4).is_err());
+        let proof = InclusionProof {
+            index: 4,
+            tree_size: 4,
+            path: vec![],
+        };
+        assert!(matches!(
+            verify_inclusion(&all[0], &proof, &root(&all)),
+            Err(ProofError::IndexOutOfRange { .. })
+        ));
+    }
+}

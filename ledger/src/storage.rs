@@ -84,7 +84,10 @@ impl Head {
         }
         let size = u64::from_le_bytes(array(&bytes[..8]));
         let last_hash = Hash32(array(&bytes[8..40]));
-        let nodes = bytes[40..].chunks_exact(32).map(|c| Hash32(array(c))).collect();
+        let nodes = bytes[40..]
+            .chunks_exact(32)
+            .map(|c| Hash32(array(c)))
+            .collect();
         let frontier = Frontier::from_parts(size, nodes).map_err(|err| corrupt(err.to_string()))?;
         if size == 0 && last_hash != Hash32::default() {
             return Err(corrupt("empty log with a non-zero last hash".to_owned()));
@@ -177,9 +180,13 @@ impl BlockWriter {
     }
 }
 
-/// Splits a stored block into entries, checking every entry against its stored hash, its
-/// position and its link to the entry before it in the block.
-pub(crate) fn decode_block(first_seq: u64, bytes: &[u8]) -> Result<Vec<(Hash32, Entry)>, LedgerError> {
+/// Splits a stored block into its first `take` entries (all when `None`), checking each against
+/// its stored hash, its position and its link to the entry before it in the block.
+pub(crate) fn decode_block(
+    first_seq: u64,
+    bytes: &[u8],
+    take: Option<usize>,
+) -> Result<Vec<(Hash32, Entry)>, LedgerError> {
     let corrupt_block = |detail: String| LedgerError::CorruptBlock { first_seq, detail };
     let count_bytes = bytes
         .get(..BLOCK_COUNT_LEN)
@@ -188,13 +195,16 @@ pub(crate) fn decode_block(first_seq: u64, bytes: &[u8]) -> Result<Vec<(Hash32, 
     if count == 0 || count > BLOCK_ENTRIES_MAX {
         return Err(corrupt_block(format!("claims {count} entries")));
     }
-    let mut entries: Vec<(Hash32, Entry)> = Vec::with_capacity(count);
+    let wanted = take.map_or(count, |take| take.min(count));
+    let mut entries: Vec<(Hash32, Entry)> = Vec::with_capacity(wanted);
     let mut rest = &bytes[BLOCK_COUNT_LEN..];
-    for position in 0..count {
+    for position in 0..wanted {
         let seq = first_seq + position as u64;
         let corrupt = |detail: String| LedgerError::CorruptEntry { seq, detail };
         if rest.len() < BLOCK_ENTRY_PREFIX_LEN {
-            return Err(corrupt("block ends inside the entry's length and hash".to_owned()));
+            return Err(corrupt(
+                "block ends inside the entry's length and hash".to_owned(),
+            ));
         }
         let entry_len = u32::from_le_bytes(array(&rest[..4])) as usize;
         let stored_hash = Hash32(array(&rest[4..BLOCK_ENTRY_PREFIX_LEN]));
@@ -217,8 +227,11 @@ pub(crate) fn decode_block(first_seq: u64, bytes: &[u8]) -> Result<Vec<(Hash32, 
         }
         entries.push((stored_hash, entry));
     }
-    if !rest.is_empty() {
-        return Err(corrupt_block(format!("{} bytes after its last entry", rest.len())));
+    if wanted == count && !rest.is_empty() {
+        return Err(corrupt_block(format!(
+            "{} bytes after its last entry",
+            rest.len()
+        )));
     }
     Ok(entries)
 }

@@ -84,8 +84,10 @@ impl KeyCache {
 /// an empty list means the whole batch is good.
 pub fn verify_batch(events: &[SignedEvent], cache: &mut KeyCache) -> Vec<Refusal> {
     // Keys are resolved serially (the cache is mutable), then shared read-only by the workers.
-    let keys: Vec<Result<VerifyingKey, VerifyError>> =
-        events.iter().map(|event| cache.resolve(&event.author)).collect();
+    let keys: Vec<Result<VerifyingKey, VerifyError>> = events
+        .iter()
+        .map(|event| cache.resolve(&event.author))
+        .collect();
     let mut refusals: Vec<Refusal> = events
         .par_chunks(VERIFY_CHUNK_EVENTS)
         .zip(keys.par_chunks(VERIFY_CHUNK_EVENTS))
@@ -122,7 +124,10 @@ fn verify_chunk(
             }),
         }
     }
-    let messages: Vec<&[u8]> = candidates.iter().map(|(_, e, _)| e.signed.as_slice()).collect();
+    let messages: Vec<&[u8]> = candidates
+        .iter()
+        .map(|(_, e, _)| e.signed.as_slice())
+        .collect();
     let signatures: Vec<Signature> = candidates
         .iter()
         .map(|(_, e, _)| Signature::from_bytes(e.signature.as_bytes()))

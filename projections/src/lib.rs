@@ -5,12 +5,12 @@
 //! here today is the per-kind tally every later projection starts from.
 #![deny(missing_docs)]
 
-use fabric_events::{Event, Kind};
+use fabric_events::{Event, Kind, KIND_COUNT};
 
 /// Events seen, counted per kind, in tag order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KindCounts {
-    counts: [u64; 11],
+    counts: [u64; KIND_COUNT],
 }
 
 impl KindCounts {
@@ -27,5 +27,25 @@ impl KindCounts {
     /// Events of every kind.
     pub fn total(&self) -> u64 {
         self.counts.iter().sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fabric_events::golden::golden_events;
+
+    #[test]
+    fn counts_follow_the_events_folded_in() {
+        let mut counts = KindCounts::default();
+        let events = golden_events();
+        for event in &events {
+            counts.apply(event);
+        }
+        counts.apply(&events[1]);
+        assert_eq!(counts.total(), events.len() as u64 + 1);
+        assert_eq!(counts.get(Kind::Heartbeat), 2);
+        assert_eq!(counts.get(Kind::JobSubmitted), 1);
+        assert_eq!(counts.get(Kind::Checkpoint), 0);
     }
 }

@@ -1,0 +1,79 @@
+//! Fixed events whose bytes are pinned by the tests (and usable as vectors by verifiers).
+
+use crate::event::*;
+use crate::types::{Hash32, PublicKey, SignatureBytes};
+
+/// A small set of events covering strings, vectors, options, nested enums and byte arrays.
+pub fn golden_events() -> Vec<Event> {
+    vec![
+        Event::new(
+            Role::Client,
+            7,
+            42,
+            JobSubmitted {
+                job: 1001,
+                shard: "earth".to_owned(),
+                workload: "finance.settlement".to_owned(),
+                skills: vec!["finance".to_owned(), "compliance".to_owned()],
+                duration_ticks: 5,
+                deadline_tick: 60,
+                budget_micros: 2_500_000,
+                input_hash: Hash32([0xab; 32]),
+            },
+        ),
+        Event::new(
+            Role::Node,
+            9,
+            3,
+            Heartbeat {
+                node: "mars.gpu-helion".to_owned(),
+                running_jobs: 17,
+            },
+        ),
+        Event::new(
+            Role::Node,
+            12,
+            4,
+            JobReceipt {
+                job: 1001,
+                node: "mars.gpu-helion".to_owned(),
+                outcome: JobOutcome::Completed,
+                output_hash: Hash32([0x11; 32]),
+                kernel: Some(KernelRef {
+                    id: "embed".to_owned(),
+                    version: 1,
+                    adapter: "llvmpipe".to_owned(),
+                }),
+                started_tick: 8,
+                finished_tick: 12,
+            },
+        ),
+        Event::new(
+            Role::Owner,
+            20,
+            5,
+            OwnerCommand {
+                action: OwnerAction::SetQueueBudget {
+                    shard: "luna".to_owned(),
+                    queue_budget: 3000,
+                },
+                expiry_tick: 100,
+                approvals: vec![Approval {
+                    owner: PublicKey([0x22; 32]),
+                    signature: SignatureBytes([0x33; 64]),
+                }],
+            },
+        ),
+        Event::new(
+            Role::Ledger,
+            21,
+            6,
+            Rejected {
+                attempt_hash: Hash32([0x44; 32]),
+                claimed_author: PublicKey([0x55; 32]),
+                reason: RejectReason::ReplayedNonce,
+                detail: "nonce 5 seen at seq 12".to_owned(),
+            },
+        ),
+    ]
+}

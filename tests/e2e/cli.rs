@@ -1,0 +1,149 @@
+//! The `fabric` binary as a user runs it.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Output};
+
+fn fabric(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fabric"))
+        .args(args)
+        .output()
+        .expect("the fabric binary runs")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn help_has_a_line_per_command() {
+    let output = fabric(&["--help"]);
+    assert!(output.status.success());
+    let help = stdout(&output);
+    for command in ["keygen", "bench"] {
+        assert!(
+            help.lines()
+                .any(|line| line.trim_start().starts_with(command)),
+            "no line for {command} in:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn keygen_writes_a_private_key_pair_and_refuses_to_overwrite_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("node.key");
+    let path_text = path.to_str().expect("utf-8 path");
+    let output = fabric(&["keygen", "--out", path_text]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let mode = std::fs::metadata(&path)
+        .expect("written")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    let key = fabric_events::keys::load_secret(&path).expect("loads");
+    let public = fabric_events::keys::load_public(&dir.path().join("node.key.pub")).expect("loads");
+    assert_eq!(public, key.verifying_key());
+    assert!(stdout(&output).contains(&hex_of(&public)));
+
+    let again = fabric(&["keygen", "--out", path_text]);
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("already exists"),
+        "{}",
+        stderr(&again)
+    );
+    assert_eq!(
+        fabric_events::keys::load_secret(&path)
+            .expect("unchanged")
+            .to_bytes(),
+        key.to_bytes()
+    );
+
+    let forced = fabric(&["keygen", "--out", path_text, "--force"]);
+    assert!(forced.status.success(), "{}", stderr(&forced));
+    assert_ne!(
+        fabric_events::keys::load_secret(&path)
+            .expect("replaced")
+            .to_bytes(),
+        key.to_bytes()
+    );
+}
+
+fn hex_of(key: &fabric_events::VerifyingKey) -> String {
+    fabric_events::PublicKey::from(key).to_hex()
+}
+
+#[test]
+fn keygen_into_a_missing_folder_names_the_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("missing").join("k.key");
+    let output = fabric(&["keygen", "--out", path.to_str().expect("utf-8")]);
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    assert!(message.starts_with("error:"), "{message}");
+    assert!(message.contains("missing"), "{message}");
+}
+
+#[test]
+fn bench_ledger_reports_throughput_next_to_its_bound() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = fabric(&[
+        "bench",
+        "ledger",
+        "--quick",
+        "--json",
+        "--events",
+        "3000",
+        "--batch",
+        "1000",
+        "--dir",
+        dir.path().to_str().expect("utf-8"),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    let suite = &report["suites"][0];
+    assert_eq!(suite["suite"], "ledger");
+    assert_eq!(suite["events"], 3000);
+    let figures = suite["figures"].as_array().expect("figures");
+    let figure = |name: &str| {
+        figures
+            .iter()
+            .find(|f| f["figure"] == name)
+            .unwrap_or_else(|| panic!("no figure {name}"))
+    };
+    let bound = figure("bound: verify + store")["value"]
+        .as_f64()
+        .expect("number");
+    let append = figure("append, pre-signed");
+    assert_eq!(append["unit"], "events/s");
+    assert_eq!(append["bound"].as_f64(), Some(bound));
+    let ratio = append["ratio"].as_f64().expect("a ratio");
+    let value = append["value"].as_f64().expect("a value");
+    assert!(ratio.is_finite() && ratio > 0.0);
+    assert!((ratio - value / bound).abs() < 1e-9);
+    for name in [
+        "batch verify, all cores",
+        "store, packed blocks",
+        "append vs verify alone",
+    ] {
+        assert!(figure(name)["value"].as_f64().expect("number") > 0.0);
+    }
+    // The bench cleans up after itself.
+    assert_eq!(std::fs::read_dir(dir.path()).expect("lists").count(), 0);
+}
+
+#[test]
+fn bench_refuses_a_batch_over_the_ledger_limit() {
+    let output = fabric(&["bench", "ledger", "--batch", "1000000"]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("over the ledger's limit"),
+        "{}",
+        stderr(&output)
+    );
+}

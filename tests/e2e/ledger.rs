@@ -1,0 +1,510 @@
+//! The ledger on a real sled folder: appends, reads, reopen, refusals, damage on disk.
+
+use fabric_events::{
+    derive_signing_key, Entry, Event, Hash32, OwnerAction, OwnerCommand, PublicKey, Role,
+    SignedEvent, VerifyError, MAX_SIGNED_BYTES,
+};
+use fabric_ledger::merkle::{self, verify_inclusion};
+use fabric_ledger::storage::BlockWriter;
+use fabric_ledger::{AppendError, Ledger, LedgerError, RefusalReason, BATCH_EVENTS_MAX};
+use proptest::prelude::*;
+
+use crate::support::{heartbeats, ledger_key, node_key};
+
+fn open(dir: &std::path::Path) -> Ledger {
+    Ledger::open(dir, ledger_key()).expect("ledger opens")
+}
+
+fn all_entries(ledger: &Ledger) -> Vec<Entry> {
+    ledger
+        .entries(0..ledger.len())
+        .collect::<Result<_, _>>()
+        .expect("entries read back")
+}
+
+/// Checks seqs, links, the stored events and every root against a from-scratch computation.
+fn assert_log_matches(ledger: &Ledger, events: &[SignedEvent]) {
+    let entries = all_entries(ledger);
+    assert_eq!(entries.len(), events.len());
+    let mut prev = Hash32::default();
+    for (seq, (entry, event)) in entries.iter().zip(events).enumerate() {
+        assert_eq!(entry.seq, seq as u64);
+        assert_eq!(entry.prev, prev, "link of entry {seq}");
+        assert_eq!(entry.author, event.author);
+        assert_eq!(entry.signature, event.signature);
+        assert_eq!(entry.signed, event.signed);
+        prev = entry.hash();
+    }
+    assert_eq!(ledger.last_hash(), prev);
+    for entry in &entries {
+        assert_eq!(
+            &ledger.get(entry.seq).expect("point read"),
+            entry,
+            "point read of {}",
+            entry.seq
+        );
+    }
+    let leaves: Vec<Hash32> = entries.iter().map(Entry::hash).collect();
+    assert_eq!(ledger.root(), merkle::root(&leaves));
+    let head = ledger.tree_head();
+    assert_eq!(head.tree_size, events.len() as u64);
+    assert_eq!(head.verify(&ledger.ledger_key()), Ok(()));
+    for stored in ledger.reader().tree_heads().expect("tree heads read") {
+        assert_eq!(stored.verify(&ledger.ledger_key()), Ok(()));
+        assert_eq!(
+            stored.root,
+            merkle::root(&leaves[..stored.tree_size as usize])
+        );
+    }
+}
+
+#[test]
+fn appends_get_consecutive_seqs_chain_links_and_the_scratch_root() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut ledger = open(dir.path());
+    assert!(ledger.open_report().created);
+    assert_eq!(ledger.root(), merkle::empty_root());
+    let events = heartbeats(0, 1 + 300 + 1000);
+    let mut next = 0;
+    for size in [1, 300, 1000] {
+        let receipt = ledger.append(&events[next..next + size]).expect("appends");
+        assert_eq!(receipt.first_seq, next as u64);
+        assert_eq!(receipt.count, size as u64);
+        assert_eq!(receipt.tree_head, ledger.tree_head());
+        next += size;
+    }
+    assert_log_matches(&ledger, &events);
+    let entry = ledger.get(777).expect("point read");
+    assert_eq!(entry.seq, 777);
+    assert_eq!(
+        entry.event().expect("decodes"),
+        events[777].event().expect("decodes")
+    );
+    assert!(matches!(
+        ledger.get(1301),
+        Err(LedgerError::OutOfRange {
+            seq: 1301,
+            size: 1301
+        })
+    ));
+}
+
+#[test]
+fn a_reopened_ledger_continues_the_chain() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let events = heartbeats(0, 1000);
+    let (root, last_hash) = {
+        let mut ledger = open(dir.path());
+        ledger.append(&events[..700]).expect("appends");
+        (ledger.root(), ledger.last_hash())
+    };
+    let mut ledger = open(dir.path());
+    assert!(!ledger.open_report().created);
+    assert_eq!(ledger.len(), 700);
+    assert_eq!(ledger.root(), root);
+    assert_eq!(ledger.last_hash(), last_hash);
+    let receipt = ledger.append(&events[700..]).expect("appends after reopen");
+    assert_eq!(receipt.first_seq, 700);
+    assert_eq!(ledger.get(700).expect("reads").prev, last_hash);
+    assert_log_matches(&ledger, &events);
+    drop(ledger);
+    assert_log_matches(&open(dir.path()), &events);
+}
+
+#[test]
+fn inclusion_proofs_from_the_ledger_verify_against_signed_tree_heads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut ledger = open(dir.path());
+    let events = heartbeats(0, 600);
+    ledger.append(&events[..257]).expect("appends");
+    ledger.append(&events[257..]).expect("appends");
+    let early_head = ledger
+        .reader()
+        .tree_head_at(257)
+        .expect("reads")
+        .expect("a commit ended at 257");
+    for (seq, tree_size, root) in [
+        (0, 600, ledger.root()),
+        (599, 600, ledger.root()),
+        (256, 600, ledger.root()),
+        (100, 257, early_head.root),
+    ] {
+        let (proof, proof_root) = ledger.inclusion_proof(seq, tree_size).expect("proof");
+        assert_eq!(proof_root, root);
+        let leaf = ledger.get(seq).expect("reads").hash();
+        assert_eq!(verify_inclusion(&leaf, &proof, &root), Ok(()));
+        let other = ledger.get((seq + 1) % tree_size).expect("reads").hash();
+        assert!(verify_inclusion(&other, &proof, &root).is_err());
+    }
+    assert!(ledger.inclusion_proof(600, 600).is_err());
+    assert!(ledger.inclusion_proof(0, 601).is_err());
+    // A tree head whose size or root was changed no longer verifies.
+    let mut forged = early_head;
+    forged.tree_size += 1;
+    assert!(forged.verify(&ledger.ledger_key()).is_err());
+    // Nor does one checked against another key.
+    let stranger = PublicKey::from(&node_key(0).verifying_key());
+    assert!(early_head.verify(&stranger).is_err());
+}
+
+#[test]
+fn tampered_events_are_refused_and_nothing_of_their_batch_is_stored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut ledger = open(dir.path());
+    ledger.append(&heartbeats(0, 5)).expect("appends");
+    let root = ledger.root();
+
+    let mut batch = heartbeats(5, 600);
+    let last_signed_byte = batch[3].signed.len() - 1;
+    batch[3].signed[last_signed_byte] ^= 0x01; // a tampered `signed` byte
+    batch[300].signature.0[10] ^= 0x01; // a tampered signature
+    batch[555].author = PublicKey::from(&node_key(9).verifying_key()); // someone else's key
+    let err = ledger.append(&batch).expect_err("refused");
+    let AppendError::Refused {
+        refusals,
+        batch_len,
+    } = &err
+    else {
+        panic!("expected a refusal, got {err}");
+    };
+    assert_eq!(*batch_len, 600);
+    let indices: Vec<usize> = refusals.iter().map(|r| r.index).collect();
+    assert_eq!(indices, [3, 300, 555]);
+    for refusal in refusals {
+        assert!(
+            matches!(
+                refusal.reason,
+                RefusalReason::Signature(VerifyError::BadSignature(_))
+            ),
+            "{:?}",
+            refusal
+        );
+    }
+    assert!(err.to_string().contains("3 of 600 events refused"), "{err}");
+    assert_eq!(ledger.len(), 5, "nothing of a refused batch is stored");
+    assert_eq!(ledger.root(), root);
+    drop(ledger);
+    let mut ledger = open(dir.path());
+    assert_eq!(ledger.len(), 5);
+    // The untampered events go through afterwards.
+    let good: Vec<SignedEvent> = heartbeats(5, 600)
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| ![3, 300, 555].contains(i))
+        .map(|(_, e)| e)
+        .collect();
+    ledger.append(&good).expect("appends");
+    assert_eq!(ledger.len(), 602);
+}
+
+#[test]
+fn malformed_oversize_and_weak_key_events_are_refused_with_their_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut ledger = open(dir.path());
+    let key = node_key(1);
+    let sign_raw = |signed: Vec<u8>| {
+        use ed25519_dalek::Signer;
+        SignedEvent {
+            author: PublicKey::from(&key.verifying_key()),
+            signature: key.sign(&signed).into(),
+            signed,
+        }
+    };
+    let mut trailing = heartbeats(0, 1).remove(0).signed;
+    trailing.push(0);
+    let mut no_magic = heartbeats(0, 1).remove(0).signed;
+    no_magic[0] = b'X';
+    let oversize = vec![b'F'; MAX_SIGNED_BYTES + 1];
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    let weak = SignedEvent {
+        author: PublicKey(identity),
+        ..heartbeats(0, 1).remove(0)
+    };
+    let batch = vec![
+        sign_raw(trailing),
+        sign_raw(no_magic),
+        sign_raw(oversize),
+        weak,
+        heartbeats(0, 1).remove(0),
+    ];
+    let Err(AppendError::Refused { refusals, .. }) = ledger.append(&batch) else {
+        panic!("expected refusals");
+    };
+    let reasons: Vec<String> = refusals
+        .iter()
+        .map(|r| format!("{}: {}", r.index, r.reason))
+        .collect();
+    assert_eq!(refusals.len(), 4, "{reasons:?}");
+    assert!(reasons[0].starts_with("0: 1 trailing bytes"), "{reasons:?}");
+    assert!(
+        reasons[1].starts_with("1: signed bytes do not start with the wire magic"),
+        "{reasons:?}"
+    );
+    assert!(reasons[2].contains("over the limit"), "{reasons:?}");
+    assert!(reasons[3].contains("weak"), "{reasons:?}");
+    assert!(ledger.is_empty());
+
+    assert!(matches!(ledger.append(&[]), Err(AppendError::EmptyBatch)));
+    let too_many = vec![batch[4].clone(); BATCH_EVENTS_MAX + 1];
+    assert!(matches!(
+        ledger.append(&too_many),
+        Err(AppendError::BatchTooLarge { .. })
+    ));
+}
+
+#[test]
+fn large_events_up_to_the_limit_are_stored_and_read_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut ledger = open(dir.path());
+    let owner = derive_signing_key(11, "tests/owner");
+    let mut batch = Vec::new();
+    for (nonce, len) in [(0u64, 10_000usize), (1, 16_000), (2, 5), (3, 12_000)] {
+        let event = Event::new(
+            Role::Owner,
+            1,
+            nonce,
+            OwnerCommand {
+                action: OwnerAction::Governance {
+                    payload: vec![nonce as u8; len],
+                },
+                expiry_tick: 9,
+                approvals: vec![],
+            },
+        );
+        batch.push(SignedEvent::sign(&event, &owner).expect("under the limit"));
+    }
+    batch.extend(heartbeats(0, 50));
+    ledger.append(&batch).expect("appends");
+    drop(ledger);
+    let ledger = open(dir.path());
+    assert_log_matches(&ledger, &batch);
+}
+
+#[test]
+fn the_ledger_folder_belongs_to_one_key_and_one_writer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = open(dir.path());
+    let second = Ledger::open(dir.path(), ledger_key());
+    assert!(
+        matches!(second, Err(LedgerError::Storage { .. })),
+        "a second writer must be refused"
+    );
+    drop(ledger);
+    let other = derive_signing_key(12, "another ledger");
+    let err = Ledger::open(dir.path(), other).expect_err("wrong key");
+    assert!(matches!(err, LedgerError::KeyMismatch { .. }));
+    assert!(err.to_string().contains("holds the ledger of key"), "{err}");
+}
+
+/// Rewrites one stored value of a closed ledger through sled.
+fn with_sled(dir: &std::path::Path, change: impl FnOnce(&sled::Db)) {
+    let db = sled::open(dir).expect("sled opens");
+    change(&db);
+    db.flush().expect("flush");
+}
+
+fn block_key(first_seq: u64) -> Vec<u8> {
+    let mut key = vec![b'e'];
+    key.extend_from_slice(&first_seq.to_be_bytes());
+    key
+}
+
+#[test]
+fn a_corrupted_entry_is_a_typed_error_naming_its_seq() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let events = heartbeats(0, 20);
+    {
+        let mut ledger = open(dir.path());
+        ledger.append(&events[..10]).expect("appends");
+        ledger.append(&events[10..]).expect("appends");
+    }
+    with_sled(dir.path(), |db| {
+        let mut block = db
+            .get(block_key(0))
+            .expect("reads")
+            .expect("block 0")
+            .to_vec();
+        // Walk to entry 4 (count u16, then per entry: len u32 ‖ hash 32 ‖ entry).
+        let mut at = 2;
+        for _ in 0..4 {
+            let len = u32::from_le_bytes(block[at..at + 4].try_into().expect("4"));
+            at += 4 + 32 + len as usize;
+        }
+        let last_byte_of_entry_4 =
+            at + 4 + 32 + u32::from_le_bytes(block[at..at + 4].try_into().expect("4")) as usize - 1;
+        block[last_byte_of_entry_4] ^= 0x01;
+        db.insert(block_key(0), block).expect("writes");
+    });
+    let ledger = open(dir.path());
+    assert_eq!(
+        ledger.get(3).expect("entries before the damage read").seq,
+        3
+    );
+    match ledger.get(4) {
+        Err(LedgerError::CorruptEntry { seq: 4, .. }) => {}
+        other => panic!("expected entry 4 to be reported corrupt, got {other:?}"),
+    }
+    let err = ledger
+        .entries(0..20)
+        .find_map(Result::err)
+        .expect("a range over the damage fails");
+    assert!(
+        matches!(err, LedgerError::CorruptEntry { seq: 4, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("entry 4 is corrupted"), "{err}");
+    assert_eq!(ledger.get(15).expect("other blocks read").seq, 15);
+}
+
+#[test]
+fn a_broken_chain_is_a_typed_error_naming_its_seq() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let events = heartbeats(0, 30);
+    {
+        let mut ledger = open(dir.path());
+        for chunk in events.chunks(10) {
+            ledger.append(chunk).expect("appends");
+        }
+    }
+    // Replace the middle block by a self-consistent one that links to the wrong entry.
+    with_sled(dir.path(), |db| {
+        let mut writer = BlockWriter::new();
+        let mut prev = Hash32([7; 32]);
+        for (offset, event) in events[10..20].iter().enumerate() {
+            prev = writer.push(
+                10 + offset as u64,
+                &prev,
+                event.author.as_bytes(),
+                event.signature.as_bytes(),
+                &event.signed,
+            );
+        }
+        let blocks = writer.finish();
+        assert_eq!(blocks.len(), 1);
+        db.insert(block_key(10), blocks[0].1.clone())
+            .expect("writes");
+    });
+    let ledger = open(dir.path());
+    let err = ledger
+        .entries(0..30)
+        .find_map(Result::err)
+        .expect("the broken link is found");
+    assert!(matches!(err, LedgerError::BrokenChain { seq: 10 }), "{err}");
+    assert!(
+        err.to_string().contains("broken chain at entry 10"),
+        "{err}"
+    );
+    let err = ledger
+        .entries(15..30)
+        .find_map(Result::err)
+        .expect("the link into the last block is broken too");
+    assert!(matches!(err, LedgerError::BrokenChain { seq: 20 }), "{err}");
+}
+
+#[test]
+fn blocks_past_the_durable_head_are_discarded_at_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let events = heartbeats(0, 340);
+    let root = {
+        let mut ledger = open(dir.path());
+        ledger.append(&events[..25]).expect("appends");
+        ledger.root()
+    };
+    // Blocks whose head record never made it: what a torn, unacknowledged batch leaves. The one
+    // at 200 sits where later appends will not put a block of their own.
+    with_sled(dir.path(), |db| {
+        for first_seq in [25u64, 200] {
+            let mut writer = BlockWriter::new();
+            let mut prev = Hash32([1; 32]);
+            for seq in first_seq..first_seq + 60 {
+                let event = &events[seq as usize];
+                prev = writer.push(
+                    seq,
+                    &prev,
+                    event.author.as_bytes(),
+                    event.signature.as_bytes(),
+                    &event.signed,
+                );
+            }
+            db.insert(block_key(first_seq), writer.finish().remove(0).1)
+                .expect("writes");
+        }
+    });
+    let mut ledger = open(dir.path());
+    assert_eq!(ledger.open_report().discarded_blocks, 2);
+    assert_eq!(ledger.len(), 25);
+    assert_eq!(ledger.root(), root);
+    ledger
+        .append(&events[25..40])
+        .expect("appends over the discarded tail");
+    ledger
+        .append(&events[40..])
+        .expect("appends past the stale block's seqs");
+    assert_log_matches(&ledger, &events);
+}
+
+#[test]
+fn a_damaged_head_is_refused_at_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let mut ledger = open(dir.path());
+        ledger.append(&heartbeats(0, 13)).expect("appends");
+    }
+    with_sled(dir.path(), |db| {
+        let mut head = db.get(b"h").expect("reads").expect("head").to_vec();
+        let last = head.len() - 1;
+        head[last] ^= 0x01; // inside the Merkle frontier
+        db.insert(b"h", head).expect("writes");
+    });
+    let err = Ledger::open(dir.path(), ledger_key()).expect_err("damaged head");
+    assert!(matches!(err, LedgerError::CorruptHead(_)), "{err}");
+    assert!(err.to_string().contains("Merkle frontier"), "{err}");
+}
+
+#[test]
+fn a_folder_of_other_data_is_not_taken_for_a_ledger() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    with_sled(dir.path(), |db| {
+        db.insert(b"something", b"else".to_vec()).expect("writes");
+    });
+    let err = Ledger::open(dir.path(), ledger_key()).expect_err("not a ledger");
+    assert!(
+        matches!(err, LedgerError::UnsupportedFormat { .. }),
+        "{err}"
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(6))]
+
+    /// Any split of the same events into batches and reopens gives the same log and root.
+    #[test]
+    fn batching_and_reopening_do_not_change_the_log(
+        cuts in prop::collection::vec(1usize..120, 1..6),
+        reopen_after in any::<prop::sample::Index>(),
+    ) {
+        let total: usize = cuts.iter().sum();
+        let events = heartbeats(0, total);
+        let reference = {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut ledger = open(dir.path());
+            ledger.append(&events).expect("appends");
+            (ledger.root(), ledger.last_hash())
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let reopen_at = reopen_after.index(cuts.len());
+        let mut ledger = open(dir.path());
+        let mut next = 0;
+        for (i, cut) in cuts.iter().enumerate() {
+            ledger.append(&events[next..next + cut]).expect("appends");
+            next += cut;
+            if i == reopen_at {
+                drop(ledger);
+                ledger = open(dir.path());
+            }
+        }
+        prop_assert_eq!((ledger.root(), ledger.last_hash()), reference);
+        assert_log_matches(&ledger, &events);
+    }
+}

@@ -1,0 +1,6 @@
+//! End-to-end tests of Fabric: the crates together on a real sled folder, and the `fabric`
+//! binary as a user runs it. One test binary for the whole suite, so one build serves all.
+
+mod cli;
+mod ledger;
+mod support;
