@@ -13,12 +13,12 @@ use crate::storage::{
     KEY_LEDGER_KEY, PREFIX_BLOCK, PREFIX_TREE_HEAD, STORAGE_FORMAT,
 };
 use crate::tree_head::SignedTreeHead;
-use crate::verify::{verify_batch, KeyCache};
+use crate::verify::{VerifiedBatch, Verifier};
 
 /// Most events one append (one group commit) may hold.
 pub const BATCH_EVENTS_MAX: usize = 65_536;
 /// Authors whose decompressed keys are kept.
-const KEY_CACHE_AUTHORS_MAX: usize = 1 << 16;
+pub(crate) const KEY_CACHE_AUTHORS_MAX: usize = 1 << 16;
 
 /// What a successful append tells its caller: the batch is durable on disk.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,7 +51,7 @@ pub struct Ledger {
     ledger_key: SigningKey,
     head: Head,
     tree_head: SignedTreeHead,
-    key_cache: KeyCache,
+    verifier: Verifier,
     poisoned: Option<String>,
     open_report: OpenReport,
 }
@@ -143,7 +143,7 @@ impl Ledger {
             db_file,
             ledger_key,
             head,
-            key_cache: KeyCache::new(KEY_CACHE_AUTHORS_MAX),
+            verifier: Verifier::new(),
             poisoned: None,
             open_report: report,
         };
@@ -280,26 +280,29 @@ impl Ledger {
     /// are chained, stored in blocks together with the new head and signed tree head in one
     /// atomic sled batch, flushed and synced to disk; only then does `append` return.
     pub fn append(&mut self, batch: &[SignedEvent]) -> Result<AppendReceipt, AppendError> {
-        if let Some(reason) = &self.poisoned {
-            return Err(LedgerError::Poisoned(reason.clone()).into());
-        }
-        if batch.is_empty() {
-            return Err(AppendError::EmptyBatch);
-        }
-        if batch.len() > BATCH_EVENTS_MAX {
-            return Err(AppendError::BatchTooLarge {
-                len: batch.len(),
-                max: BATCH_EVENTS_MAX,
-            });
-        }
-        let refusals = verify_batch(batch, &mut self.key_cache);
-        if !refusals.is_empty() {
-            return Err(AppendError::Refused {
-                refusals,
-                batch_len: batch.len(),
-            });
-        }
+        self.check_writable()?;
+        self.verifier.check(batch)?;
+        Ok(self.commit_events(batch)?)
+    }
 
+    /// Appends a batch verified beforehand (see [`Verifier`]): the same group commit as
+    /// [`Ledger::append`] without verifying again. Lets a caller verify batch n+1 on other
+    /// threads while this commits batch n.
+    pub fn append_verified(&mut self, batch: &VerifiedBatch) -> Result<AppendReceipt, LedgerError> {
+        self.check_writable()?;
+        self.commit_events(batch.events())
+    }
+
+    fn check_writable(&self) -> Result<(), LedgerError> {
+        match &self.poisoned {
+            Some(reason) => Err(LedgerError::Poisoned(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Sequences, chains, packs and durably commits events that have been verified.
+    fn commit_events(&mut self, batch: &[SignedEvent]) -> Result<AppendReceipt, LedgerError> {
+        debug_assert!(!batch.is_empty() && batch.len() <= BATCH_EVENTS_MAX);
         let first_seq = self.head.size;
         let mut frontier = self.head.frontier.clone();
         let mut prev = self.head.last_hash;

@@ -5,6 +5,8 @@
 //!   verification on all cores, assigns seqs and `prev` links, packs the entries into blocks,
 //!   extends the Merkle frontier in O(log n), signs a new tree head, and commits all of it in
 //!   one atomic sled batch that is flushed and synced before `append` returns (group commit).
+//! - [`Verifier`] does the verification stage on its own, so a caller can verify batch n+1
+//!   while [`Ledger::append_verified`] commits batch n.
 //! - [`LedgerReader`] reads by seq and by range, checking every entry against its stored hash
 //!   and the chain; damage is a typed [`LedgerError`] naming the seq.
 //! - [`merkle`] is RFC 9162's tree with BLAKE3: from-scratch root, incremental [`Frontier`],
@@ -26,4 +28,4 @@ pub use error::{AppendError, LedgerError};
 pub use ledger::{AppendReceipt, Entries, Ledger, LedgerReader, OpenReport, BATCH_EVENTS_MAX};
 pub use merkle::{Frontier, InclusionProof};
 pub use tree_head::SignedTreeHead;
-pub use verify::{KeyCache, Refusal, RefusalReason};
+pub use verify::{KeyCache, Refusal, RefusalReason, VerifiedBatch, Verifier};

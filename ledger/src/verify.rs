@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, Verifier as _, VerifyingKey};
 use fabric_events::wire::event_from_signed;
 use fabric_events::{DecodeError, PublicKey, SignedEvent, VerifyError};
 use rayon::prelude::*;
@@ -147,4 +147,84 @@ fn verify_chunk(
         }
     }
     refusals
+}
+
+/// A batch whose every event passed [`Verifier::verify`]. Only verification makes one, so the
+/// ledger can take it without checking again: the type is the proof.
+#[derive(Debug, Clone)]
+pub struct VerifiedBatch {
+    events: Vec<SignedEvent>,
+}
+
+impl VerifiedBatch {
+    /// The verified events, in order.
+    pub fn events(&self) -> &[SignedEvent] {
+        &self.events
+    }
+
+    /// Number of events.
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Whether there are none (never true: empty batches are refused).
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// The events back.
+    pub fn into_events(self) -> Vec<SignedEvent> {
+        self.events
+    }
+}
+
+/// Verifies batches away from the ledger, e.g. on another thread while the ledger commits the
+/// previous batch: the two stages overlap and the writer never waits for signatures.
+#[derive(Debug)]
+pub struct Verifier {
+    cache: KeyCache,
+}
+
+impl Default for Verifier {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Verifier {
+    /// A verifier with its own key cache.
+    pub fn new() -> Self {
+        Self {
+            cache: KeyCache::new(crate::ledger::KEY_CACHE_AUTHORS_MAX),
+        }
+    }
+
+    /// Checks a batch's size and every event (see [`verify_batch`]).
+    pub fn check(&mut self, batch: &[SignedEvent]) -> Result<(), crate::AppendError> {
+        use crate::AppendError;
+        if batch.is_empty() {
+            return Err(AppendError::EmptyBatch);
+        }
+        if batch.len() > crate::BATCH_EVENTS_MAX {
+            return Err(AppendError::BatchTooLarge {
+                len: batch.len(),
+                max: crate::BATCH_EVENTS_MAX,
+            });
+        }
+        let refusals = verify_batch(batch, &mut self.cache);
+        if refusals.is_empty() {
+            Ok(())
+        } else {
+            Err(AppendError::Refused {
+                refusals,
+                batch_len: batch.len(),
+            })
+        }
+    }
+
+    /// Verifies a batch and wraps it for [`crate::Ledger::append_verified`].
+    pub fn verify(&mut self, batch: Vec<SignedEvent>) -> Result<VerifiedBatch, crate::AppendError> {
+        self.check(&batch)?;
+        Ok(VerifiedBatch { events: batch })
+    }
 }

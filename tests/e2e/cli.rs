@@ -129,7 +129,8 @@ fn bench_ledger_reports_throughput_next_to_its_bound() {
     for name in [
         "batch verify, all cores",
         "store, packed blocks",
-        "append vs verify alone",
+        "append, pipelined",
+        "append, pipelined, vs verify",
     ] {
         assert!(figure(name)["value"].as_f64().expect("number") > 0.0);
     }

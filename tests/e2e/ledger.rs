@@ -6,7 +6,7 @@ use fabric_events::{
 };
 use fabric_ledger::merkle::{self, verify_inclusion};
 use fabric_ledger::storage::BlockWriter;
-use fabric_ledger::{AppendError, Ledger, LedgerError, RefusalReason, BATCH_EVENTS_MAX};
+use fabric_ledger::{AppendError, Ledger, LedgerError, RefusalReason, Verifier, BATCH_EVENTS_MAX};
 use proptest::prelude::*;
 
 use crate::support::{heartbeats, ledger_key, node_key};
@@ -250,6 +250,50 @@ fn malformed_oversize_and_weak_key_events_are_refused_with_their_reason() {
     assert!(matches!(
         ledger.append(&too_many),
         Err(AppendError::BatchTooLarge { .. })
+    ));
+}
+
+#[test]
+fn batches_verified_apart_from_the_ledger_append_like_any_other() {
+    let events = heartbeats(0, 900);
+    let reference = {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut ledger = open(dir.path());
+        for chunk in events.chunks(300) {
+            ledger.append(chunk).expect("appends");
+        }
+        ledger.root()
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut ledger = open(dir.path());
+    let mut verifier = Verifier::new();
+    // Verify on another thread while the ledger commits, as a pipelined writer does.
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        scope.spawn(move || {
+            for chunk in events.chunks(300) {
+                tx.send(verifier.verify(chunk.to_vec()).expect("verifies"))
+                    .expect("writer listens");
+            }
+        });
+        for (i, verified) in rx.into_iter().enumerate() {
+            let receipt = ledger.append_verified(&verified).expect("appends");
+            assert_eq!(receipt.first_seq, 300 * i as u64);
+        }
+    });
+    assert_eq!(ledger.root(), reference);
+    assert_log_matches(&ledger, &heartbeats(0, 900));
+
+    let mut tampered = heartbeats(900, 3);
+    tampered[1].signature.0[0] ^= 1;
+    let mut verifier = Verifier::new();
+    assert!(matches!(
+        verifier.verify(tampered),
+        Err(AppendError::Refused { ref refusals, .. }) if refusals.len() == 1 && refusals[0].index == 1
+    ));
+    assert!(matches!(
+        verifier.verify(vec![]),
+        Err(AppendError::EmptyBatch)
     ));
 }
 
