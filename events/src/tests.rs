@@ -74,6 +74,10 @@ fn golden_encodings_are_stable() {
 fn golden_signatures_and_entry_hashes_are_stable() {
     let key = golden_key();
     assert_eq!(
+        hex::encode(key.to_bytes()),
+        "a06062d7b30344ca41863ac044ecd0896293d7d69f7fa57e83e18f7480907aa6"
+    );
+    assert_eq!(
         PublicKey::from(&key.verifying_key()).to_hex(),
         GOLDEN_AUTHOR
     );

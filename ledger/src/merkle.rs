@@ -285,6 +285,50 @@ mod tests {
         assert_eq!(node_hash(&l[0], &l[1]), Hash32::from(manual.finalize()));
     }
 
+    /// The vectors of docs/FORMAT.md: leaves BLAKE3(0x00 ‖ [i]) for i = 0, 1, 2.
+    #[test]
+    fn format_document_vectors_hold() {
+        let l: Vec<Hash32> = (0u8..3).map(|i| fabric_events::entry_hash(&[i])).collect();
+        let hex: Vec<String> = l.iter().map(Hash32::to_hex).collect();
+        assert_eq!(
+            hex,
+            [
+                "1ad48f49627079d806b802c74f40c39d55fe1d78b3faf0f8017aec62cec42122",
+                "7b7015bb92cf0b318037702a6cdd81dee41224f734684c2c122cd6359cb1ee63",
+                "0013f4c84c09ed4f906f561e31fb6cb5336107f6813206a1f8860ab1ad35f2b8",
+            ]
+        );
+        assert_eq!(
+            root(&l).to_hex(),
+            "b8a32224c977fedb0f8860d7bb067da5e88821ebc3a518f29bf21afeee562d43"
+        );
+        assert_eq!(
+            empty_root().to_hex(),
+            "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
+        );
+        let proof = inclusion_proof(&l, 2).expect("in range");
+        assert_eq!(
+            proof.path.iter().map(Hash32::to_hex).collect::<Vec<_>>(),
+            ["a7c40517c3ba6ed1c930a04047fc7d941e0c6c86dff760457784186431014629"]
+        );
+        assert_eq!(proof.path[0], node_hash(&l[0], &l[1]));
+        let head = crate::SignedTreeHead::sign(
+            3,
+            root(&l),
+            &fabric_events::derive_signing_key(7, "golden/ledger"),
+        );
+        assert_eq!(
+            head.ledger_key.to_hex(),
+            "f2646112e460cda727ed59f8ef270dd0e809b2c3e8b922e20c58aa29b49f8b56"
+        );
+        assert_eq!(
+            head.signature.to_hex(),
+            "59dfbcc18d798790e30a9cf8d861a05c5b376a3ac8097f048782ac741139eb6e\
+             344d9c373d018adc7a476952b133ef6469c92d5eb47b509eab9014db2efff803"
+        );
+        assert_eq!(head.verify(&head.ledger_key), Ok(()));
+    }
+
     #[test]
     fn frontier_round_trips_through_its_parts() {
         let mut frontier = Frontier::new();
