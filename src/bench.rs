@@ -14,7 +14,7 @@ use clap::ValueEnum;
 use fabric_events::{
     derive_signing_key, Event, Hash32, JobSubmitted, Role, SignedEvent, SigningKey,
 };
-use fabric_ledger::storage::BlockWriter;
+use fabric_ledger::storage::{block_key, BlockWriter};
 use fabric_ledger::verify::{verify_batch, KeyCache, VerifiedBatch, Verifier};
 use fabric_ledger::{Ledger, BATCH_EVENTS_MAX};
 use rayon::prelude::*;
@@ -435,20 +435,12 @@ fn time_store_packed(dir: &Path, signed: &[SignedEvent], batch: usize) -> anyhow
     for chunk in signed.chunks(batch) {
         let mut writer = BlockWriter::new();
         for event in chunk {
-            prev = writer.push(
-                seq,
-                &prev,
-                event.author.as_bytes(),
-                event.signature.as_bytes(),
-                &event.signed,
-            );
+            prev = writer.push(seq, &prev, event);
             seq += 1;
         }
         let mut sled_batch = sled::Batch::default();
         for (first_seq, block) in writer.finish() {
-            let mut key = vec![b'e'];
-            key.extend_from_slice(&first_seq.to_be_bytes());
-            sled_batch.insert(key, block);
+            sled_batch.insert(&block_key(first_seq), block);
         }
         db.apply_batch(sled_batch)?;
         sync_sled(&db, &data_file)?;

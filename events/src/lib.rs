@@ -11,6 +11,8 @@
 //! - [`codec`]: the one canonical encoding (bincode 2, fixed-width little-endian integers) with
 //!   a size limit and strict decoding (no trailing bytes).
 //! - [`keys`]: ed25519 key generation, key files, deterministic derivation from a seed.
+//! - [`ed25519`]: signature verification (RFC 8032's cofactored equation), single and batch,
+//!   which always agree.
 //! - [`wire`]: `signed` = `FABRICv1` ‖ canonical event, [`Entry`] (what the ledger stores),
 //!   entry hashes and the JSON export line. `docs/FORMAT.md` describes every byte.
 //!
@@ -19,6 +21,7 @@
 #![deny(missing_docs)]
 
 pub mod codec;
+pub mod ed25519;
 pub mod event;
 #[doc(hidden)]
 pub mod golden;

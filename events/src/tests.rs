@@ -474,6 +474,137 @@ fn owner_approval_messages_bind_nonce_and_command() {
     assert_eq!(message, approved.approval_message(9));
 }
 
+/// A signature whose R carries a small-order component: valid under RFC 8032's cofactored
+/// equation, invalid under the cofactorless one. Only a signer who knows the secret can make one.
+fn torsion_signature(
+    key: &crate::SigningKey,
+    message: &[u8],
+    torsion: curve25519_dalek::EdwardsPoint,
+) -> [u8; 64] {
+    use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
+    use curve25519_dalek::Scalar;
+    use sha2::{Digest, Sha512};
+    let expanded = Sha512::digest(key.to_bytes());
+    let mut secret_scalar: [u8; 32] = expanded[..32].try_into().expect("32 bytes");
+    secret_scalar[0] &= 248;
+    secret_scalar[31] &= 127;
+    secret_scalar[31] |= 64;
+    let a = Scalar::from_bytes_mod_order(secret_scalar);
+    let r = Scalar::from_bytes_mod_order_wide(&Sha512::digest(message).into());
+    let big_r = (r * ED25519_BASEPOINT_POINT + torsion).compress();
+    let mut hasher = Sha512::new();
+    hasher.update(big_r.as_bytes());
+    hasher.update(key.verifying_key().as_bytes());
+    hasher.update(message);
+    let k = Scalar::from_bytes_mod_order_wide(&hasher.finalize().into());
+    let s = r + k * a;
+    let mut signature = [0u8; 64];
+    signature[..32].copy_from_slice(big_r.as_bytes());
+    signature[32..].copy_from_slice(s.as_bytes());
+    signature
+}
+
+#[test]
+fn single_and_batch_verification_agree_on_torsion_signatures() {
+    use crate::ed25519::{verify, verify_batch, Item};
+    use curve25519_dalek::constants::EIGHT_TORSION;
+    use ed25519_dalek::Verifier;
+    let key = golden_key();
+    let public = key.verifying_key();
+    let honest: Vec<(Vec<u8>, [u8; 64])> = (0u8..12)
+        .map(|i| {
+            let message = vec![i; 40];
+            let signature = ed25519_dalek::Signer::sign(&key, &message).to_bytes();
+            (message, signature)
+        })
+        .collect();
+    // Order 2 (index 4) and order 8 (index 1) components.
+    for torsion in [EIGHT_TORSION[4], EIGHT_TORSION[1]] {
+        let message = b"crafted".to_vec();
+        let crafted = torsion_signature(&key, &message, torsion);
+        let cofactorless = public.verify(&message, &ed25519_dalek::Signature::from_bytes(&crafted));
+        assert!(
+            cofactorless.is_err(),
+            "the crafted signature must exercise the difference"
+        );
+        let item = Item {
+            key: &public,
+            message: &message,
+            signature: &crafted,
+        };
+        assert!(verify(&item), "cofactored single verification accepts it");
+        // Whatever batch it lands in, and wherever, the batch gives the same answer.
+        for position in 0..=honest.len() {
+            for size in [position, honest.len()] {
+                let mut items: Vec<Item<'_>> = honest[..size]
+                    .iter()
+                    .map(|(m, s)| Item {
+                        key: &public,
+                        message: m,
+                        signature: s,
+                    })
+                    .collect();
+                items.insert(position.min(items.len()), item);
+                assert!(
+                    verify_batch(&items),
+                    "batch of {} with it at {position}",
+                    items.len()
+                );
+            }
+        }
+        // A really bad signature is refused by both, in every batch.
+        let mut bad = crafted;
+        bad[40] ^= 1;
+        let bad_item = Item {
+            key: &public,
+            message: &message,
+            signature: &bad,
+        };
+        assert!(!verify(&bad_item));
+        for position in 0..=honest.len() {
+            let mut items: Vec<Item<'_>> = honest
+                .iter()
+                .map(|(m, s)| Item {
+                    key: &public,
+                    message: m,
+                    signature: s,
+                })
+                .collect();
+            items.insert(position, bad_item);
+            assert!(!verify_batch(&items));
+        }
+    }
+}
+
+#[test]
+fn non_canonical_s_is_refused() {
+    use crate::ed25519::{verify, verify_batch, Item};
+    let key = golden_key();
+    let public = key.verifying_key();
+    let message = b"m".to_vec();
+    let mut signature = ed25519_dalek::Signer::sign(&key, &message).to_bytes();
+    // S + L encodes the same scalar non-canonically.
+    // L = 2^252 + 27742317777372353535851937790883648493, little-endian.
+    let l: [u8; 32] =
+        hex::decode("edd3f55c1a631258d69cf7a2def9de1400000000000000000000000000000010")
+            .expect("hex")
+            .try_into()
+            .expect("32 bytes");
+    let mut carry = 0u16;
+    for i in 0..32 {
+        let sum = signature[32 + i] as u16 + l[i] as u16 + carry;
+        signature[32 + i] = sum as u8;
+        carry = sum >> 8;
+    }
+    let item = Item {
+        key: &public,
+        message: &message,
+        signature: &signature,
+    };
+    assert!(!verify(&item));
+    assert!(!verify_batch(&[item]));
+}
+
 fn name() -> impl Strategy<Value = String> {
     "[a-z][a-z0-9.-]{0,23}"
 }

@@ -8,7 +8,7 @@
 //! - export line: one JSON object per entry (see [`ExportLine`]).
 
 use base64::Engine;
-use ed25519_dalek::{Signer, Verifier};
+use ed25519_dalek::Signer;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -97,7 +97,8 @@ impl SignedEvent {
     }
 }
 
-/// Checks one ed25519 signature, refusing invalid and weak keys.
+/// Checks one ed25519 signature (cofactored, see [`crate::ed25519`]), refusing invalid and
+/// weak keys.
 pub fn verify_signature(
     author: &PublicKey,
     signature: &SignatureBytes,
@@ -107,9 +108,16 @@ pub fn verify_signature(
     if key.is_weak() {
         return Err(VerifyError::WeakKey(*author));
     }
-    let signature = ed25519_dalek::Signature::from_bytes(signature.as_bytes());
-    key.verify(message, &signature)
-        .map_err(|_| VerifyError::BadSignature(*author))
+    let item = crate::ed25519::Item {
+        key: &key,
+        message,
+        signature: signature.as_bytes(),
+    };
+    if crate::ed25519::verify(&item) {
+        Ok(())
+    } else {
+        Err(VerifyError::BadSignature(*author))
+    }
 }
 
 /// BLAKE3(0x00 ‖ entry): the hash that chains entries and is the Merkle leaf.

@@ -9,8 +9,8 @@ use fabric_events::{Entry, Hash32, PublicKey, SignedEvent, SigningKey};
 use crate::error::{AppendError, LedgerError};
 use crate::merkle::{self, InclusionProof};
 use crate::storage::{
-    decode_block, key_number, numbered_key, BlockWriter, Head, KEY_FORMAT, KEY_HEAD,
-    KEY_LEDGER_KEY, PREFIX_BLOCK, PREFIX_TREE_HEAD, STORAGE_FORMAT,
+    block_key, decode_block, key_number, numbered_key, BlockWriter, Head, KEY_FORMAT, KEY_HEAD,
+    KEY_LEDGER_KEY, PREFIX_TREE_HEAD, STORAGE_FORMAT,
 };
 use crate::tree_head::SignedTreeHead;
 use crate::verify::{VerifiedBatch, Verifier};
@@ -198,7 +198,7 @@ impl Ledger {
         for key in self
             .reader
             .db
-            .range(numbered_key(PREFIX_BLOCK, size)..=numbered_key(PREFIX_BLOCK, u64::MAX))
+            .range(block_key(size)..=block_key(u64::MAX))
             .keys()
         {
             batch.remove(key.map_err(storage("scanning for blocks past the head"))?);
@@ -309,13 +309,7 @@ impl Ledger {
         let mut writer = BlockWriter::new();
         for (offset, event) in batch.iter().enumerate() {
             let seq = first_seq + offset as u64;
-            prev = writer.push(
-                seq,
-                &prev,
-                event.author.as_bytes(),
-                event.signature.as_bytes(),
-                &event.signed,
-            );
+            prev = writer.push(seq, &prev, event);
             frontier.push(prev);
         }
         let head = Head {
@@ -327,7 +321,7 @@ impl Ledger {
 
         let mut sled_batch = sled::Batch::default();
         for (block_first_seq, block) in writer.finish() {
-            sled_batch.insert(&numbered_key(PREFIX_BLOCK, block_first_seq), block);
+            sled_batch.insert(&block_key(block_first_seq), block);
         }
         sled_batch.insert(KEY_HEAD, head.encode());
         insert_tree_head(&mut sled_batch, &tree_head);
@@ -459,7 +453,7 @@ impl LedgerReader {
     ) -> Result<(u64, Vec<(Hash32, Entry)>), LedgerError> {
         let found = self
             .db
-            .range(numbered_key(PREFIX_BLOCK, 0)..=numbered_key(PREFIX_BLOCK, seq))
+            .range(block_key(0)..=block_key(seq))
             .next_back()
             .transpose()
             .map_err(storage("looking up a block"))?;

@@ -14,7 +14,7 @@
 //! value lives in the segment file that a flush syncs. Keys are big-endian so that sled's
 //! byte order is seq order and "the block holding seq n" is one reverse range lookup.
 
-use fabric_events::{entry_hash, Entry, Hash32, MAX_ENTRY_BYTES};
+use fabric_events::{entry_hash, Entry, Hash32, SignedEvent, MAX_ENTRY_BYTES};
 
 use crate::error::LedgerError;
 use crate::merkle::Frontier;
@@ -42,6 +42,11 @@ pub(crate) fn numbered_key(prefix: u8, n: u64) -> [u8; 9] {
     key[0] = prefix;
     key[1..].copy_from_slice(&n.to_be_bytes());
     key
+}
+
+/// The sled key of the block whose first entry is `first_seq`: `e` ‖ first_seq (u64 BE).
+pub fn block_key(first_seq: u64) -> [u8; 9] {
+    numbered_key(PREFIX_BLOCK, first_seq)
 }
 
 /// The number in a key made by [`numbered_key`].
@@ -126,16 +131,10 @@ impl BlockWriter {
         }
     }
 
-    /// Writes one entry (from its parts, without building an [`Entry`]) and returns its hash.
-    pub fn push(
-        &mut self,
-        seq: u64,
-        prev: &Hash32,
-        author: &[u8; 32],
-        signature: &[u8; 64],
-        signed: &[u8],
-    ) -> Hash32 {
-        let entry_len = fabric_events::ENTRY_HEADER_LEN + signed.len();
+    /// Writes the entry of `event` at `seq` after `prev` straight into the current block
+    /// (without building an [`Entry`]) and returns the entry's hash.
+    pub fn push(&mut self, seq: u64, prev: &Hash32, event: &SignedEvent) -> Hash32 {
+        let entry_len = fabric_events::ENTRY_HEADER_LEN + event.signed.len();
         debug_assert!(entry_len <= MAX_ENTRY_BYTES);
         let full = match self.blocks.last() {
             None => true,
@@ -157,9 +156,9 @@ impl BlockWriter {
         let entry_at = block.len();
         block.extend_from_slice(&seq.to_le_bytes());
         block.extend_from_slice(prev.as_bytes());
-        block.extend_from_slice(author);
-        block.extend_from_slice(signature);
-        block.extend_from_slice(signed);
+        block.extend_from_slice(event.author.as_bytes());
+        block.extend_from_slice(event.signature.as_bytes());
+        block.extend_from_slice(&event.signed);
         let hash = entry_hash(&block[entry_at..]);
         block[hash_at..entry_at].copy_from_slice(hash.as_bytes());
         self.count += 1;

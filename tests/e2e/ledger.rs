@@ -5,7 +5,7 @@ use fabric_events::{
     SignedEvent, VerifyError, MAX_SIGNED_BYTES,
 };
 use fabric_ledger::merkle::{self, verify_inclusion};
-use fabric_ledger::storage::BlockWriter;
+use fabric_ledger::storage::{block_key, BlockWriter};
 use fabric_ledger::{AppendError, Ledger, LedgerError, RefusalReason, Verifier, BATCH_EVENTS_MAX};
 use proptest::prelude::*;
 
@@ -348,12 +348,6 @@ fn with_sled(dir: &std::path::Path, change: impl FnOnce(&sled::Db)) {
     db.flush().expect("flush");
 }
 
-fn block_key(first_seq: u64) -> Vec<u8> {
-    let mut key = vec![b'e'];
-    key.extend_from_slice(&first_seq.to_be_bytes());
-    key
-}
-
 #[test]
 fn a_corrupted_entry_is_a_typed_error_naming_its_seq() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -416,13 +410,7 @@ fn a_broken_chain_is_a_typed_error_naming_its_seq() {
         let mut writer = BlockWriter::new();
         let mut prev = Hash32([7; 32]);
         for (offset, event) in events[10..20].iter().enumerate() {
-            prev = writer.push(
-                10 + offset as u64,
-                &prev,
-                event.author.as_bytes(),
-                event.signature.as_bytes(),
-                &event.signed,
-            );
+            prev = writer.push(10 + offset as u64, &prev, event);
         }
         let blocks = writer.finish();
         assert_eq!(blocks.len(), 1);
@@ -463,13 +451,7 @@ fn blocks_past_the_durable_head_are_discarded_at_open() {
             let mut prev = Hash32([1; 32]);
             for seq in first_seq..first_seq + 60 {
                 let event = &events[seq as usize];
-                prev = writer.push(
-                    seq,
-                    &prev,
-                    event.author.as_bytes(),
-                    event.signature.as_bytes(),
-                    &event.signed,
-                );
+                prev = writer.push(seq, &prev, event);
             }
             db.insert(block_key(first_seq), writer.finish().remove(0).1)
                 .expect("writes");
