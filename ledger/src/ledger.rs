@@ -96,7 +96,7 @@ impl Ledger {
         };
         let public = PublicKey::from(&ledger_key.verifying_key());
         let mut report = OpenReport::default();
-        let head = match reader
+        let (head, tree_head) = match reader
             .db
             .get(KEY_FORMAT)
             .map_err(storage("reading the format"))?
@@ -110,7 +110,9 @@ impl Ledger {
                     });
                 }
                 report.created = true;
-                Head::empty()
+                let head = Head::empty();
+                let tree_head = SignedTreeHead::sign(0, head.frontier.root(), &ledger_key);
+                (head, tree_head)
             }
             Some(format) => {
                 if format.as_ref() != STORAGE_FORMAT.to_le_bytes() {
@@ -134,11 +136,13 @@ impl Ledger {
                         given: public,
                     });
                 }
-                reader.head()?
+                let head = reader.head()?;
+                let tree_head = reader.verified_tree_head(&head, &public)?;
+                (head, tree_head)
             }
         };
         let mut ledger = Self {
-            tree_head: SignedTreeHead::sign(head.size, head.frontier.root(), &ledger_key),
+            tree_head,
             reader,
             db_file,
             ledger_key,
@@ -165,25 +169,10 @@ impl Ledger {
         self.commit(batch)
     }
 
-    /// Checks the stored head against the last signed tree head and the last entry, and
-    /// removes blocks and tree heads past the head.
+    /// Checks the head's last hash against the last stored entry, and removes blocks and tree
+    /// heads past the head.
     fn check_and_repair_tail(&mut self) -> Result<(), LedgerError> {
         let size = self.head.size;
-        let stored = self.reader.tree_head_at(size)?.ok_or_else(|| {
-            LedgerError::CorruptHead(format!("no signed tree head for the head's size {size}"))
-        })?;
-        let public = PublicKey::from(&self.ledger_key.verifying_key());
-        stored
-            .verify(&public)
-            .map_err(|err| LedgerError::CorruptHead(format!("tree head at size {size}: {err}")))?;
-        if stored.root != self.head.frontier.root() {
-            return Err(LedgerError::CorruptHead(format!(
-                "Merkle frontier gives root {}, the signed tree head at size {size} says {}",
-                self.head.frontier.root(),
-                stored.root
-            )));
-        }
-        self.tree_head = stored;
         if size > 0 {
             let last = self.reader.get(size - 1)?;
             if last.hash() != self.head.last_hash {
@@ -418,6 +407,31 @@ impl LedgerReader {
             .map_err(storage("reading the head"))?
             .ok_or_else(|| LedgerError::CorruptHead("head record missing".to_owned()))?;
         Head::decode(&bytes)
+    }
+
+    /// The tree head signed at the head's size, checked: signed by `ledger_key`, and its root
+    /// is the root of the head's Merkle frontier.
+    fn verified_tree_head(
+        &self,
+        head: &Head,
+        ledger_key: &PublicKey,
+    ) -> Result<SignedTreeHead, LedgerError> {
+        let size = head.size;
+        let stored = self.tree_head_at(size)?.ok_or_else(|| {
+            LedgerError::CorruptHead(format!("no signed tree head for the head's size {size}"))
+        })?;
+        stored
+            .verify(ledger_key)
+            .map_err(|err| LedgerError::CorruptHead(format!("tree head at size {size}: {err}")))?;
+        let frontier_root = head.frontier.root();
+        if stored.root != frontier_root {
+            return Err(LedgerError::CorruptHead(format!(
+                "Merkle frontier gives root {frontier_root}, the signed tree head at size {size} \
+                 says {}",
+                stored.root
+            )));
+        }
+        Ok(stored)
     }
 
     /// Entries in the log.

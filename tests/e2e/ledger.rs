@@ -471,21 +471,34 @@ fn blocks_past_the_durable_head_are_discarded_at_open() {
 }
 
 #[test]
-fn a_damaged_head_is_refused_at_open() {
+fn a_damaged_head_or_tree_head_is_refused_at_open() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
         let mut ledger = open(dir.path());
         ledger.append(&heartbeats(0, 13)).expect("appends");
     }
-    with_sled(dir.path(), |db| {
-        let mut head = db.get(b"h").expect("reads").expect("head").to_vec();
-        let last = head.len() - 1;
-        head[last] ^= 0x01; // inside the Merkle frontier
-        db.insert(b"h", head).expect("writes");
-    });
+    let flip_last_byte = |key: Vec<u8>| {
+        with_sled(dir.path(), |db| {
+            let mut value = db.get(&key).expect("reads").expect("present").to_vec();
+            let last = value.len() - 1;
+            value[last] ^= 0x01;
+            db.insert(key, value).expect("writes");
+        })
+    };
+    // Inside the head's Merkle frontier.
+    flip_last_byte(b"h".to_vec());
     let err = Ledger::open(dir.path(), ledger_key()).expect_err("damaged head");
     assert!(matches!(err, LedgerError::CorruptHead(_)), "{err}");
     assert!(err.to_string().contains("Merkle frontier"), "{err}");
+    flip_last_byte(b"h".to_vec()); // repaired
+    assert_eq!(open(dir.path()).len(), 13);
+    // Inside the signature of the tree head at size 13.
+    let mut tree_head_key = vec![b't'];
+    tree_head_key.extend_from_slice(&13u64.to_be_bytes());
+    flip_last_byte(tree_head_key);
+    let err = Ledger::open(dir.path(), ledger_key()).expect_err("damaged tree head");
+    assert!(matches!(err, LedgerError::CorruptHead(_)), "{err}");
+    assert!(err.to_string().contains("tree head at size 13"), "{err}");
 }
 
 #[test]
