@@ -1,6 +1,8 @@
 //! `fabric`: the command line of the Fabric planetary compute orchestrator.
 
 mod bench;
+mod config;
+mod run;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,6 +20,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the planetary simulation: every event signed, chained and stored in --data
+    Run(run::RunArgs),
     /// Create an ed25519 key pair: FILE (secret, mode 0600) and FILE.pub
     Keygen {
         /// Where to write the secret key; the public key goes to FILE.pub
@@ -44,6 +48,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Run(args) => run::run(&args),
         Command::Keygen { out, force } => keygen(&out, force),
         Command::Bench(args) => bench::run(&args),
     }

@@ -1,10 +1,72 @@
-//! Fabric's actors (actix): the ledger writer, one actor per shard, the routers, one actor per
-//! node, the owner, telemetry, the checkpointer and the tick driver.
+//! Fabric's actors (actix): the ledger writer, one intake actor per shard, one router per
+//! shard, one actor per node, the checkpointer, and the tick driver that runs them.
 //!
-//! Architecture invariant (for what lands here): actors act in ticks. The driver collects every
-//! actor's proposed events for a tick, orders them by a stable key, and appends them to the
-//! ledger as one batch; actors read state only from projections of appended events.
+//! - [`world`]: the world a run simulates (shards, nodes, workload, failures).
+//! - [`workload`]: arrivals, outages and outcomes as pure functions of the seed.
+//! - [`actors`]: the actors and their messages.
+//! - [`driver`]: [`driver::run`], the planetary run.
 //!
-//! This crate is empty until the planetary run lands: it has no API yet, so nothing here can
-//! be mistaken for working orchestration.
+//! Architecture invariant: actors act in ticks. The driver collects every actor's proposed
+//! events for a tick, orders them by a stable key, and appends them to the ledger as one
+//! batch; actors read state only from projections of appended events. Wall-clock time is
+//! measured for telemetry only and never reaches an event.
 #![deny(missing_docs)]
+
+pub mod actors;
+pub mod driver;
+pub mod workload;
+pub mod world;
+
+use thiserror::Error;
+
+pub use driver::{run, sim_ledger_key, RunOutcome, RunSpec, ShardSample, SimKeys, TickProgress};
+
+/// Why a run stopped.
+#[derive(Debug, Error)]
+pub enum RunError {
+    /// The ledger refused or failed to store a batch.
+    #[error("appending to the ledger failed: {0}")]
+    Append(#[from] fabric_ledger::AppendError),
+    /// The ledger failed.
+    #[error(transparent)]
+    Ledger(#[from] fabric_ledger::LedgerError),
+    /// An event is over the size limit.
+    #[error(transparent)]
+    Oversize(#[from] fabric_events::codec::OversizeEvent),
+    /// An appended event did not fit the projected state: a bug in an actor.
+    #[error("event {index} of tick {tick} ({kind}) does not fit the state: {error}")]
+    Apply {
+        /// The tick.
+        tick: u64,
+        /// Its position in the tick's batch.
+        index: usize,
+        /// Its kind.
+        kind: &'static str,
+        /// Why.
+        error: fabric_projections::ApplyError,
+    },
+    /// An actor is gone.
+    #[error("an actor stopped answering: {0}")]
+    Mailbox(#[from] actix::MailboxError),
+    /// An author tried to sign more events in one tick than nonces allow.
+    #[error("an author signed more than 2^24 events at tick {tick}")]
+    TooManyEvents {
+        /// The tick.
+        tick: u64,
+    },
+    /// A tick with nothing in it reached the writer.
+    #[error("the driver handed the ledger writer an empty tick")]
+    EmptyTick,
+    /// The writer's ledger was already handed back.
+    #[error("the ledger writer is closed")]
+    LedgerClosed,
+    /// A reader kept the state past its tick.
+    #[error("an actor kept its view of the state past its tick")]
+    StateShared,
+    /// The run needs an empty ledger.
+    #[error("the ledger already holds {size} events; a run starts from an empty ledger")]
+    LedgerNotEmpty {
+        /// Its size.
+        size: u64,
+    },
+}

@@ -113,6 +113,8 @@ pub enum Body {
     Checkpoint(Checkpoint),
     /// The ledger records a refused attempt.
     Rejected(Rejected),
+    /// A shard joins the fabric with its budgets, spillover rules and treaty terms.
+    ShardRegistered(ShardRegistered),
 }
 
 macro_rules! kinds {
@@ -175,6 +177,7 @@ kinds! {
     OwnerCommand => "owner_command",
     Checkpoint => "checkpoint",
     Rejected => "rejected",
+    ShardRegistered => "shard_registered",
 }
 
 /// A node joins the marketplace.
@@ -535,4 +538,31 @@ pub struct Rejected {
     pub reason: RejectReason,
     /// A human-readable detail.
     pub detail: String,
+}
+
+/// A shard joins the fabric (authored by the owner). Its router key routes its queue; its
+/// treaty terms decide which nodes may score above zero.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardRegistered {
+    /// Shard name, e.g. `earth`; also the region its nodes live in.
+    pub shard: String,
+    /// The key that signs the shard's routing decisions.
+    pub router_key: PublicKey,
+    /// Jobs it may hold queued before it spills.
+    pub queue_budget: u32,
+    /// Largest node latency it accepts.
+    pub latency_budget_ms: u32,
+    /// Shards it spills to, first preferred.
+    pub spillover: Vec<String>,
+    /// What it is known for (informational).
+    pub specialties: Vec<String>,
+    /// Treaty: nodes under this reputation score zero.
+    pub reputation_floor_ppm: u32,
+    /// Treaty: the origin regions whose jobs its nodes serve.
+    pub regions_served: Vec<String>,
+    /// Treaty: jobs one node may take per quota window.
+    pub node_quota_jobs: u32,
+    /// Treaty: length of a quota window.
+    pub quota_window_ticks: u32,
 }

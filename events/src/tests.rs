@@ -119,6 +119,7 @@ fn kind_tags_are_positional_and_named() {
             "owner_command",
             "checkpoint",
             "rejected",
+            "shard_registered",
         ]
     );
     for (index, kind) in Kind::ALL.iter().enumerate() {

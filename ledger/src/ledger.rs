@@ -15,8 +15,20 @@ use crate::storage::{
 use crate::tree_head::SignedTreeHead;
 use crate::verify::{VerifiedBatch, Verifier};
 
+/// Name of the sled tree holding state snapshots.
+pub const SNAPSHOT_TREE: &str = "snapshots";
+/// Largest chunk of a stored snapshot.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 64 * 1024;
+
+/// sled's segment size. sled writes any page larger than a quarter of a segment to a blob
+/// file of its own that it never syncs, and a leaf page holds up to 17 values; with blocks and
+/// snapshot chunks of at most 64 KiB, 16 MiB segments (a 4 MiB blob threshold) keep every page
+/// in the `db` file that the ledger syncs. (sled's default, 512 KiB, put pages of a few blocks
+/// in blobs.)
+pub const SLED_SEGMENT_BYTES: usize = 16 * 1024 * 1024;
+
 /// Most events one append (one group commit) may hold.
-pub const BATCH_EVENTS_MAX: usize = 65_536;
+pub const BATCH_EVENTS_MAX: usize = 262_144;
 /// Authors whose decompressed keys are kept.
 pub(crate) const KEY_CACHE_AUTHORS_MAX: usize = 1 << 16;
 
@@ -81,6 +93,7 @@ impl Ledger {
         let path = path.as_ref().to_path_buf();
         let db = sled::Config::new()
             .path(&path)
+            .segment_size(SLED_SEGMENT_BYTES)
             .open()
             .map_err(storage("opening the ledger"))?;
         // sled's Db::flush writes with sync_file_range and never fsyncs; the ledger syncs
@@ -349,6 +362,43 @@ impl Ledger {
             self.poisoned = Some(err.to_string());
         }
         result
+    }
+
+    /// Stores a state snapshot taken at `tree_size` in the `snapshots` tree, in chunks of at
+    /// most [`SNAPSHOT_CHUNK_BYTES`] (sled keeps larger values in files it never syncs), and
+    /// returns its BLAKE3 hash. It becomes durable with the next append's flush and sync, so
+    /// store it just before appending the `Checkpoint` event that names its hash.
+    ///
+    /// Keys: `c` ‖ tree_size (u64 BE) ‖ chunk index (u32 BE) for the chunks, then
+    /// `m` ‖ tree_size (u64 BE) → total length (u64 LE) ‖ chunk count (u32 LE) ‖ hash (32 bytes),
+    /// written last so a snapshot without its `m` key is incomplete.
+    pub fn store_snapshot(&mut self, tree_size: u64, bytes: &[u8]) -> Result<Hash32, LedgerError> {
+        self.check_writable()?;
+        let tree = self
+            .reader
+            .db
+            .open_tree(SNAPSHOT_TREE)
+            .map_err(storage("opening the snapshot tree"))?;
+        let hash = Hash32(*blake3::hash(bytes).as_bytes());
+        let mut chunks = 0u32;
+        for (index, chunk) in bytes.chunks(SNAPSHOT_CHUNK_BYTES).enumerate() {
+            let mut key = Vec::with_capacity(13);
+            key.push(b'c');
+            key.extend_from_slice(&tree_size.to_be_bytes());
+            key.extend_from_slice(&(index as u32).to_be_bytes());
+            tree.insert(key, chunk)
+                .map_err(storage("writing a snapshot chunk"))?;
+            chunks += 1;
+        }
+        let mut meta = Vec::with_capacity(44);
+        meta.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+        meta.extend_from_slice(&chunks.to_le_bytes());
+        meta.extend_from_slice(hash.as_bytes());
+        let mut key = vec![b'm'];
+        key.extend_from_slice(&tree_size.to_be_bytes());
+        tree.insert(key, meta)
+            .map_err(storage("writing a snapshot's manifest"))?;
+        Ok(hash)
     }
 
     /// An inclusion proof for entry `seq` in the tree of the first `tree_size` entries, with

@@ -25,7 +25,10 @@ pub mod tree_head;
 pub mod verify;
 
 pub use error::{AppendError, LedgerError};
-pub use ledger::{AppendReceipt, Entries, Ledger, LedgerReader, OpenReport, BATCH_EVENTS_MAX};
+pub use ledger::{
+    AppendReceipt, Entries, Ledger, LedgerReader, OpenReport, BATCH_EVENTS_MAX,
+    SNAPSHOT_CHUNK_BYTES, SNAPSHOT_TREE,
+};
 pub use merkle::{Frontier, InclusionProof};
 pub use tree_head::SignedTreeHead;
 pub use verify::{KeyCache, Refusal, RefusalReason, VerifiedBatch, Verifier};

@@ -1,12 +1,23 @@
-//! Projections: pure folds of Fabric events into state. Depends on `fabric-events` only and
-//! never touches storage or the network, so replaying a log always gives the same state.
+//! Projections: pure folds of Fabric events into state, and the routing policy. Depends on
+//! `fabric-events` only and never touches storage or the network, so replaying a log always
+//! gives the same state.
 //!
-//! The shard, node and job state and the routing policy arrive with the planetary run; what is
-//! here today is the per-kind tally every later projection starts from.
+//! - [`state`]: [`State`], the fold of the log (shards, nodes, jobs, metrics), and its
+//!   [`State::state_hash`].
+//! - [`routing`]: [`TickPlan`], the routing policy of one shard for one tick.
+//! - [`KindCounts`]: events per kind.
+//!
+//! Architecture invariant: [`State::apply`] is the only thing that changes a state, and it
+//! reads nothing but the event it is given.
 #![deny(missing_docs)]
 
-use fabric_events::{Event, Kind, KIND_COUNT};
+pub mod routing;
+pub mod state;
 
+pub use routing::{treaty_score, Decision, HealthAction, TickPlan};
+pub use state::{ApplyError, Job, JobStatus, Metrics, Node, Shard, State};
+
+use fabric_events::{Event, Kind, KIND_COUNT};
 /// Events seen, counted per kind, in tag order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KindCounts {
@@ -31,7 +42,7 @@ impl KindCounts {
 }
 
 #[cfg(test)]
-mod tests {
+mod kind_count_tests {
     use super::*;
     use fabric_events::golden::golden_events;
 
@@ -49,3 +60,6 @@ mod tests {
         assert_eq!(counts.get(Kind::Checkpoint), 0);
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -547,3 +547,32 @@ proptest! {
         assert_log_matches(&ledger, &events);
     }
 }
+
+/// sled writes pages over a quarter of a segment to blob files it never syncs; the ledger's
+/// segment size must keep every page of full 64 KiB blocks and snapshot chunks in `db`.
+#[test]
+fn a_long_ledger_keeps_every_page_in_the_synced_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut ledger = open(dir.path());
+    // Many appends of a few full blocks each, so leaf pages fill with 64 KiB values.
+    let mut next_nonce = 0;
+    for _ in 0..40 {
+        let batch = heartbeats(next_nonce, 1_200);
+        next_nonce += batch.len() as u64;
+        ledger.append(&batch).expect("append");
+    }
+    let snapshot = vec![7u8; 3 * fabric_ledger::SNAPSHOT_CHUNK_BYTES + 5];
+    ledger
+        .store_snapshot(ledger.len(), &snapshot)
+        .expect("snapshot stored");
+    ledger.append(&heartbeats(next_nonce, 10)).expect("append");
+    let blobs = dir.path().join("blobs");
+    let blob_files = std::fs::read_dir(&blobs).map_or(0, |entries| entries.count());
+    assert_eq!(
+        blob_files,
+        0,
+        "sled wrote pages to unsynced blob files in {}",
+        blobs.display()
+    );
+    assert_eq!(ledger.len(), 48_010);
+}

@@ -3,4 +3,5 @@
 
 mod cli;
 mod ledger;
+mod run;
 mod support;

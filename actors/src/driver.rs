@@ -1,0 +1,446 @@
+//! The driver: builds the world at tick 0, then runs tick after tick. At each tick it asks
+//! every actor for its proposals, orders them by a stable key (checkpointer, routers by
+//! shard, nodes by index, intakes by shard; each actor's events in its own order), appends
+//! them as one batch through the ledger writer, and folds the appended batch into the state
+//! that every actor reads at the next tick.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use fabric_events::{
+    derive_signing_key, NodeRegistered, PublicKey, Role, ShardRegistered, SigningKey,
+};
+use fabric_ledger::{Ledger, SignedTreeHead};
+use fabric_projections::state::{NodeIx, ShardIx};
+use fabric_projections::State;
+use serde::Serialize;
+
+use crate::actors::{
+    Append, CheckpointerActor, Close, LedgerWriter, NodeActor, Proposal, Propose, Proposed,
+    RouterActor, ShardActor, Signer,
+};
+use crate::workload::{FailureSchedule, Workload};
+use crate::world::World;
+use crate::RunError;
+
+/// Ticks a run goes on after the last arrival before it stops with jobs still queued.
+pub const DRAIN_TICKS_MAX: u64 = 10_000;
+/// Telemetry samples a run aims for (the sampling interval follows from the run's length).
+pub const SAMPLES_TARGET: u64 = 400;
+/// Threads the actors run on (an actix arbiter each); signing happens on them.
+pub const ACTOR_THREADS: usize = 2;
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct RunSpec {
+    /// The world, with every node it should have (see [`crate::workload::scale_nodes`]).
+    pub world: World,
+    /// The seed of every key and every draw.
+    pub seed: u64,
+    /// Jobs to submit.
+    pub jobs: u64,
+}
+
+/// The keys of a simulation, derived from its seed.
+pub struct SimKeys {
+    /// Registers shards and nodes.
+    pub owner: SigningKey,
+    /// Signs checkpoints and tree heads.
+    pub ledger: SigningKey,
+    /// Per shard: the key of its region's clients.
+    pub clients: Vec<SigningKey>,
+    /// Per shard: its router key.
+    pub routers: Vec<SigningKey>,
+    /// Per node.
+    pub nodes: Vec<SigningKey>,
+}
+
+/// The ledger key of a simulation with `seed`.
+pub fn sim_ledger_key(seed: u64) -> SigningKey {
+    derive_signing_key(seed, "sim/ledger")
+}
+
+impl SimKeys {
+    /// Derives every key of `world` from `seed`.
+    pub fn derive(world: &World, seed: u64) -> Self {
+        Self {
+            owner: derive_signing_key(seed, "sim/owner"),
+            ledger: sim_ledger_key(seed),
+            clients: world
+                .shards
+                .iter()
+                .map(|shard| derive_signing_key(seed, &format!("sim/client/{}", shard.name)))
+                .collect(),
+            routers: world
+                .shards
+                .iter()
+                .map(|shard| derive_signing_key(seed, &format!("sim/router/{}", shard.name)))
+                .collect(),
+            nodes: world
+                .nodes
+                .iter()
+                .map(|node| derive_signing_key(seed, &format!("sim/node/{}", node.name)))
+                .collect(),
+        }
+    }
+}
+
+/// What the driver reports after each tick.
+pub struct TickProgress<'a> {
+    /// The tick just appended.
+    pub tick: u64,
+    /// The state after it.
+    pub state: &'a State,
+    /// Events in the ledger.
+    pub events_total: u64,
+    /// Jobs the run submits in all.
+    pub jobs_total: u64,
+}
+
+/// One shard at one tick, for `shards.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ShardSample {
+    /// The tick.
+    pub tick: u64,
+    /// The shard.
+    pub shard: String,
+    /// Jobs queued.
+    pub queue_depth: u64,
+    /// Jobs running on its nodes.
+    pub running: u64,
+    /// Jobs its nodes completed so far.
+    pub completed: u64,
+    /// Jobs spilled into it so far.
+    pub spilled_in: u64,
+    /// Jobs it spilled out so far.
+    pub spilled_out: u64,
+    /// Its healthy nodes.
+    pub healthy_nodes: u64,
+}
+
+/// How a run went.
+pub struct RunOutcome {
+    /// The final state.
+    pub state: State,
+    /// The last tick.
+    pub last_tick: u64,
+    /// The ledger, closed by the writer and handed back.
+    pub ledger: Ledger,
+    /// The signed tree head after the last batch.
+    pub tree_head: SignedTreeHead,
+    /// Nanoseconds of every routing decision (wall clock; telemetry only).
+    pub decision_ns: Vec<u32>,
+    /// Decisions that left a job waiting.
+    pub waits: u64,
+    /// Per-shard telemetry over the run.
+    pub samples: Vec<ShardSample>,
+    /// Ticks between samples.
+    pub sample_every_ticks: u64,
+    /// Whether every job ended (otherwise the drain limit stopped the run).
+    pub drained: bool,
+    /// Wall time of the run, from genesis to the last append.
+    pub wall: Duration,
+    /// Arrivals per tick of the workload.
+    pub arrivals_per_tick: u64,
+}
+
+fn genesis(world: &World, keys: &SimKeys) -> Result<Vec<Proposal>, RunError> {
+    let mut owner = Signer::new(&keys.owner, Role::Owner, 0);
+    for (shard, router) in world.shards.iter().zip(&keys.routers) {
+        owner.sign(ShardRegistered {
+            shard: shard.name.clone(),
+            router_key: PublicKey::from(&router.verifying_key()),
+            queue_budget: shard.queue_budget,
+            latency_budget_ms: shard.latency_budget_ms,
+            spillover: shard.spillover.clone(),
+            specialties: shard.specialties.clone(),
+            reputation_floor_ppm: shard.reputation_floor_ppm,
+            regions_served: shard.regions_served.clone(),
+            node_quota_jobs: shard.node_quota_jobs,
+            quota_window_ticks: shard.quota_window_ticks,
+        })?;
+    }
+    for (node, key) in world.nodes.iter().zip(&keys.nodes) {
+        owner.sign(NodeRegistered {
+            node: node.name.clone(),
+            region: node.region.clone(),
+            node_key: PublicKey::from(&key.verifying_key()),
+            capacity: node.capacity,
+            max_concurrency: node.max_concurrency,
+            heartbeat_interval_ticks: node.heartbeat_interval_ticks,
+            capabilities: node.capabilities.clone(),
+            latency_ms: node.latency_ms,
+            price_micros_per_hour: node.price_micros_per_hour,
+            reputation_ppm: node.reputation_ppm,
+        })?;
+    }
+    Ok(owner.finish())
+}
+
+fn sample(state: &State, tick: u64, out: &mut Vec<ShardSample>) {
+    for shard in state.shards() {
+        let healthy_nodes = shard
+            .nodes
+            .iter()
+            .filter(|node| state.nodes()[**node as usize].healthy)
+            .count() as u64;
+        out.push(ShardSample {
+            tick,
+            shard: shard.name.clone(),
+            queue_depth: shard.queued(),
+            running: shard.running,
+            completed: shard.counters.completed,
+            spilled_in: shard.counters.spilled_in,
+            spilled_out: shard.counters.spilled_out,
+            healthy_nodes,
+        });
+    }
+}
+
+/// Runs the simulation of `spec` into an empty `ledger` (opened with
+/// [`sim_ledger_key`]`(spec.seed)`), calling `on_tick` after each appended tick.
+pub fn run(
+    spec: &RunSpec,
+    ledger: Ledger,
+    on_tick: impl FnMut(&TickProgress<'_>),
+) -> Result<RunOutcome, RunError> {
+    if !ledger.is_empty() {
+        return Err(RunError::LedgerNotEmpty { size: ledger.len() });
+    }
+    let system = actix::System::new();
+    let result = system.block_on(drive(spec, ledger, on_tick));
+    System::current().stop();
+    result
+}
+
+struct Actors {
+    checkpointer: Addr<CheckpointerActor>,
+    routers: Vec<Addr<RouterActor>>,
+    nodes: Vec<Addr<NodeActor>>,
+    intakes: Vec<Addr<ShardActor>>,
+}
+
+impl Actors {
+    /// Sends `Propose` to every actor, then collects the answers in the stable order. The
+    /// messages are all sent before the first answer is awaited, so the actors work in
+    /// parallel on their threads.
+    async fn propose(
+        &self,
+        tick: u64,
+        state: &Arc<State>,
+        tree: (u64, fabric_events::Hash32),
+    ) -> Result<Vec<Proposed>, RunError> {
+        let message = || Propose {
+            tick,
+            state: Arc::clone(state),
+            tree,
+        };
+        let checkpointer = self.checkpointer.send(message());
+        let routers: Vec<_> = self.routers.iter().map(|a| a.send(message())).collect();
+        let nodes: Vec<_> = self.nodes.iter().map(|a| a.send(message())).collect();
+        let intakes: Vec<_> = self.intakes.iter().map(|a| a.send(message())).collect();
+        let mut answers = Vec::with_capacity(2 + routers.len() + nodes.len() + intakes.len());
+        answers.push(checkpointer.await??);
+        for request in routers {
+            answers.push(request.await??);
+        }
+        for request in nodes {
+            answers.push(request.await??);
+        }
+        for request in intakes {
+            answers.push(request.await??);
+        }
+        Ok(answers)
+    }
+}
+
+async fn drive(
+    spec: &RunSpec,
+    ledger: Ledger,
+    mut on_tick: impl FnMut(&TickProgress<'_>),
+) -> Result<RunOutcome, RunError> {
+    let started = Instant::now();
+    let world = &spec.world;
+    let keys = SimKeys::derive(world, spec.seed);
+    let workload = Arc::new(Workload::new(world, spec.seed, spec.jobs));
+    let failures = Arc::new(FailureSchedule::new(&world.failures, spec.seed));
+
+    let arbiters: Vec<Arbiter> = (0..ACTOR_THREADS).map(|_| Arbiter::new()).collect();
+    let on = |index: usize| arbiters[index % arbiters.len()].handle();
+    let writer = LedgerWriter {
+        ledger: Some(ledger),
+    }
+    .start();
+    let checkpointer = {
+        let actor = CheckpointerActor {
+            ledger_key: keys.ledger.clone(),
+            interval_ticks: u64::from(world.checkpoint_interval_ticks),
+        };
+        CheckpointerActor::start_in_arbiter(&on(0), move |_| actor)
+    };
+    let routers = keys
+        .routers
+        .iter()
+        .enumerate()
+        .map(|(index, key)| {
+            let actor = RouterActor {
+                shard: index as ShardIx,
+                router_key: key.clone(),
+            };
+            RouterActor::start_in_arbiter(&on(index), move |_| actor)
+        })
+        .collect();
+    let nodes = world
+        .nodes
+        .iter()
+        .zip(&keys.nodes)
+        .enumerate()
+        .map(|(index, (node, key))| {
+            let actor = NodeActor {
+                node: index as NodeIx,
+                key: key.clone(),
+                heartbeat_interval_ticks: node.heartbeat_interval_ticks,
+                failures: Arc::clone(&failures),
+                workload: Arc::clone(&workload),
+            };
+            NodeActor::start_in_arbiter(&on(index), move |_| actor)
+        })
+        .collect();
+    // Intakes sit on the other thread from their shard's router, to spread the signing.
+    let intakes = world
+        .shards
+        .iter()
+        .zip(&keys.clients)
+        .enumerate()
+        .map(|(index, (shard, key))| {
+            let actor = ShardActor {
+                shard: shard.name.clone(),
+                client_key: key.clone(),
+                workload: Arc::clone(&workload),
+            };
+            ShardActor::start_in_arbiter(&on(index + 1), move |_| actor)
+        })
+        .collect();
+    let actors = Actors {
+        checkpointer,
+        routers,
+        nodes,
+        intakes,
+    };
+
+    let mut state = Arc::new(State::new());
+
+    // Tick 0: the world registers.
+    let genesis = genesis(world, &keys)?;
+    let genesis_events: Vec<_> = genesis.iter().map(|p| p.event.clone()).collect();
+    let genesis_signed = genesis.into_iter().map(|p| p.signed).collect();
+    let mut receipt = writer
+        .send(Append {
+            events: genesis_signed,
+            snapshot: None,
+        })
+        .await??;
+    apply_all(&mut state, 0, &genesis_events)?;
+
+    let last_arrival_tick = workload.last_arrival_tick();
+    let longest_run = world
+        .workload
+        .kinds
+        .iter()
+        .map(|kind| u64::from(kind.duration_ticks_max))
+        .max()
+        .unwrap_or(1);
+    let sample_every_ticks = ((last_arrival_tick + 2 * longest_run) / SAMPLES_TARGET).max(1);
+    let mut samples = Vec::new();
+    sample(&state, 0, &mut samples);
+    let mut decision_ns = Vec::new();
+    let mut waits = 0;
+    let mut tick = 0;
+    let drained = loop {
+        tick += 1;
+        let tree = (receipt.tree_head.tree_size, receipt.tree_head.root);
+        let answers = actors.propose(tick, &state, tree).await?;
+        let mut events = Vec::new();
+        let mut signed = Vec::new();
+        let mut snapshot = None;
+        for answer in answers {
+            decision_ns.extend_from_slice(&answer.decision_ns);
+            waits += answer.waits;
+            if answer.snapshot.is_some() {
+                snapshot = answer.snapshot;
+            }
+            for proposal in answer.proposals {
+                events.push(proposal.event);
+                signed.push(proposal.signed);
+            }
+        }
+        if !signed.is_empty() {
+            receipt = writer
+                .send(Append {
+                    events: signed,
+                    snapshot,
+                })
+                .await??;
+            apply_all(&mut state, tick, &events)?;
+        }
+        on_tick(&TickProgress {
+            tick,
+            state: &state,
+            events_total: receipt.tree_head.tree_size,
+            jobs_total: spec.jobs,
+        });
+        let metrics = state.metrics();
+        let all_ended = metrics.submitted == spec.jobs
+            && metrics.completed + metrics.dropped + metrics.cancelled == spec.jobs;
+        if tick % sample_every_ticks == 0 || all_ended {
+            sample(&state, tick, &mut samples);
+        }
+        if all_ended {
+            break true;
+        }
+        if tick >= last_arrival_tick + DRAIN_TICKS_MAX {
+            sample(&state, tick, &mut samples);
+            break false;
+        }
+    };
+    let wall = started.elapsed();
+    let ledger = writer.send(Close).await?.ok_or(RunError::LedgerClosed)?;
+    for arbiter in &arbiters {
+        arbiter.stop();
+    }
+    drop(actors);
+    let state = Arc::try_unwrap(state).map_err(|_| RunError::StateShared)?;
+    Ok(RunOutcome {
+        state,
+        last_tick: tick,
+        tree_head: receipt.tree_head,
+        ledger,
+        decision_ns,
+        waits,
+        samples,
+        sample_every_ticks,
+        drained,
+        wall,
+        arrivals_per_tick: workload.arrivals_per_tick(),
+    })
+}
+
+/// Folds an appended batch into the state. Every actor has answered (and dropped its view),
+/// so the driver holds the only reference.
+fn apply_all(
+    state: &mut Arc<State>,
+    tick: u64,
+    events: &[fabric_events::Event],
+) -> Result<(), RunError> {
+    let state = Arc::get_mut(state).ok_or(RunError::StateShared)?;
+    for (index, event) in events.iter().enumerate() {
+        state.apply(event).map_err(|error| RunError::Apply {
+            tick,
+            index,
+            kind: event.kind().as_str(),
+            error,
+        })?;
+    }
+    Ok(())
+}

@@ -1,0 +1,553 @@
+//! The fold and the routing policy on small hand-built worlds.
+
+use fabric_events::{
+    Body, Event, Hash32, Heartbeat, JobAssigned, JobOutcome, JobReceipt, JobRequeued, JobSpilled,
+    JobSubmitted, NodeHealthChanged, NodeRegistered, OwnerAction, OwnerCommand, PublicKey,
+    RequeueReason, Role, ShardRegistered, SpillReason,
+};
+
+use crate::routing::{Decision, HealthAction, TickPlan};
+use crate::state::{ApplyError, JobStatus, State};
+
+fn shard(name: &str, queue_budget: u32, spillover: &[&str]) -> ShardRegistered {
+    ShardRegistered {
+        shard: name.to_owned(),
+        router_key: PublicKey([1; 32]),
+        queue_budget,
+        latency_budget_ms: 200,
+        spillover: spillover.iter().map(|s| s.to_string()).collect(),
+        specialties: Vec::new(),
+        reputation_floor_ppm: 500_000,
+        regions_served: ["a", "b", "c", "p", "q", "r", "tiny"]
+            .map(String::from)
+            .to_vec(),
+        node_quota_jobs: 1_000,
+        quota_window_ticks: 100,
+    }
+}
+
+fn node(name: &str, region: &str, max_concurrency: u32, skills: &[&str]) -> NodeRegistered {
+    NodeRegistered {
+        node: name.to_owned(),
+        region: region.to_owned(),
+        node_key: PublicKey([2; 32]),
+        capacity: max_concurrency,
+        max_concurrency,
+        heartbeat_interval_ticks: 5,
+        capabilities: skills.iter().map(|s| s.to_string()).collect(),
+        latency_ms: 50,
+        price_micros_per_hour: 1_000_000,
+        reputation_ppm: 900_000,
+    }
+}
+
+fn job(id: u64, shard: &str, skills: &[&str]) -> JobSubmitted {
+    JobSubmitted {
+        job: id,
+        shard: shard.to_owned(),
+        workload: "test".to_owned(),
+        skills: skills.iter().map(|s| s.to_string()).collect(),
+        duration_ticks: 3,
+        deadline_tick: 100,
+        budget_micros: 1,
+        input_hash: Hash32([3; 32]),
+    }
+}
+
+struct World {
+    state: State,
+    nonce: u64,
+}
+
+impl World {
+    /// Shards a → [b, c], b → [a], c → [b]; nodes a.x (gpu, 2 slots), a.y (cpu, 1), b.z (cpu, 4).
+    fn new() -> Self {
+        let mut world = Self {
+            state: State::new(),
+            nonce: 0,
+        };
+        world.owner(shard("a", 10, &["b", "c"]));
+        world.owner(shard("b", 10, &["a"]));
+        world.owner(shard("c", 10, &["b"]));
+        world.owner(node("a.x", "a", 2, &["gpu", "cpu"]));
+        world.owner(node("a.y", "a", 1, &["cpu"]));
+        world.owner(node("b.z", "b", 4, &["cpu"]));
+        world
+    }
+
+    fn apply(&mut self, role: Role, tick: u64, body: impl Into<Body>) -> Result<(), ApplyError> {
+        self.nonce += 1;
+        self.state.apply(&Event::new(role, tick, self.nonce, body))
+    }
+
+    fn owner(&mut self, body: impl Into<Body>) {
+        self.apply(Role::Owner, 0, body)
+            .expect("the world registers");
+    }
+
+    fn submit(&mut self, tick: u64, id: u64, shard: &str, skills: &[&str]) {
+        self.apply(Role::Client, tick, job(id, shard, skills))
+            .expect("submission fits");
+    }
+
+    fn decisions(&self, shard: &str, tick: u64) -> Vec<Decision> {
+        let ix = self.state.shard_ix(shard).expect("shard");
+        let mut plan = TickPlan::new(&self.state, ix, tick);
+        std::iter::from_fn(|| plan.next_decision()).collect()
+    }
+
+    fn node(&self, name: &str) -> u32 {
+        self.state.node_ix(name).expect("node")
+    }
+
+    fn job(&self, id: u64) -> u32 {
+        self.state.job_ix(id).expect("job")
+    }
+}
+
+#[test]
+fn assignment_picks_the_best_eligible_node_and_respects_max_concurrency() {
+    let mut world = World::new();
+    for id in 1..=5 {
+        world.submit(1, id, "a", &["cpu"]);
+    }
+    let decisions = world.decisions("a", 2);
+    let (x, y) = (world.node("a.x"), world.node("a.y"));
+    let assigned: Vec<u32> = decisions
+        .iter()
+        .filter_map(|d| match d {
+            Decision::Assign { node, .. } => Some(*node),
+            _ => None,
+        })
+        .collect();
+    // Three slots in the shard: two on a.x, one on a.y; the rest wait behind them.
+    assert_eq!(assigned.len(), 3);
+    assert_eq!(assigned.iter().filter(|n| **n == x).count(), 2);
+    assert_eq!(assigned.iter().filter(|n| **n == y).count(), 1);
+    // a.y is a specialist (alignment 1) with a full free share: it scores first.
+    assert_eq!(assigned[0], y);
+    assert!(matches!(decisions[3], Decision::Wait { .. }));
+    assert_eq!(
+        decisions.len(),
+        4,
+        "the class stops at the first job that must wait"
+    );
+}
+
+#[test]
+fn ties_go_to_the_node_whose_name_sorts_first() {
+    let mut world = World::new();
+    world.owner(node("b.a-twin", "b", 4, &["cpu"]));
+    world.owner(node("b.0-twin", "b", 4, &["cpu"]));
+    world.submit(1, 1, "b", &["cpu"]);
+    let decisions = world.decisions("b", 2);
+    assert_eq!(
+        decisions,
+        vec![Decision::Assign {
+            job: world.job(1),
+            node: world.node("b.0-twin")
+        }]
+    );
+}
+
+#[test]
+fn unhealthy_unskilled_floor_and_quota_nodes_are_never_chosen() {
+    let mut world = World::new();
+    // a.x: silent for long → unhealthy this tick; a.y lacks gpu.
+    world.submit(1, 1, "a", &["gpu"]);
+    let decisions = world.decisions("a", 20);
+    let plan_health = {
+        let ix = world.state.shard_ix("a").expect("a");
+        TickPlan::new(&world.state, ix, 20).health().to_vec()
+    };
+    assert!(plan_health.contains(&HealthAction::MarkUnhealthy {
+        node: world.node("a.x"),
+        last_heartbeat_tick: 0
+    }));
+    // Nothing in a can run gpu work now, and no neighbour has a gpu node: the job waits.
+    assert_eq!(decisions, vec![Decision::Wait { job: world.job(1) }]);
+
+    // Reputation under the treaty floor scores zero.
+    let mut world = World::new();
+    let mut low = node("a.low", "a", 8, &["gpu"]);
+    low.reputation_ppm = 100_000;
+    world.owner(low);
+    world.submit(1, 1, "a", &["gpu"]);
+    world.submit(1, 2, "a", &["gpu"]);
+    world.submit(1, 3, "a", &["gpu"]);
+    let low = world.node("a.low");
+    for decision in world.decisions("a", 2) {
+        if let Decision::Assign { node, .. } = decision {
+            assert_ne!(node, low, "a node under the reputation floor got work");
+        }
+    }
+
+    // A used-up quota scores zero too.
+    let mut world = World::new();
+    let mut tight = shard("q", 10, &[]);
+    tight.node_quota_jobs = 1;
+    world.owner(tight);
+    world.owner(node("q.only", "q", 8, &["cpu"]));
+    world.submit(1, 1, "q", &["cpu"]);
+    world.submit(1, 2, "q", &["cpu"]);
+    let decisions = world.decisions("q", 2);
+    assert!(matches!(decisions[0], Decision::Assign { .. }));
+    assert!(matches!(decisions[1], Decision::Wait { .. }));
+}
+
+#[test]
+fn the_fold_refuses_assignments_that_break_the_rules() {
+    let mut world = World::new();
+    world.submit(1, 1, "a", &["gpu"]);
+    world.submit(1, 2, "a", &["cpu"]);
+    world.submit(1, 3, "a", &["cpu"]);
+    let refused = |world: &mut World, job: u64, node: &str| {
+        let anomalies = world.state.anomalies();
+        let result = world.apply(
+            Role::Router,
+            2,
+            JobAssigned {
+                job,
+                shard: "a".into(),
+                node: node.into(),
+            },
+        );
+        assert!(result.is_err(), "job {job} on {node} was accepted");
+        assert_eq!(world.state.anomalies(), anomalies + 1);
+        let j = &world.state.jobs()[world.job(job) as usize];
+        assert_eq!(
+            j.status,
+            JobStatus::Queued,
+            "a refused event changed job {job}"
+        );
+    };
+    refused(&mut world, 1, "a.y"); // lacks gpu
+    refused(&mut world, 2, "b.z"); // another shard's node
+    world
+        .apply(
+            Role::Router,
+            2,
+            JobAssigned {
+                job: 2,
+                shard: "a".into(),
+                node: "a.y".into(),
+            },
+        )
+        .expect("a free, skilled node");
+    refused(&mut world, 3, "a.y"); // a.y is full (max concurrency 1)
+    assert!(matches!(
+        world.apply(
+            Role::Client,
+            2,
+            JobAssigned {
+                job: 3,
+                shard: "a".into(),
+                node: "a.x".into()
+            }
+        ),
+        Err(ApplyError::WrongRole { .. })
+    ));
+}
+
+#[test]
+fn a_job_with_no_capable_node_spills_by_the_rules_and_never_returns() {
+    let mut world = World::new();
+    world.owner(node("c.gpu", "c", 2, &["gpu"]));
+    // a has a gpu node, b none, c one. A gpu job in b spills to a (b's only rule).
+    world.submit(1, 1, "b", &["gpu"]);
+    let decisions = world.decisions("b", 2);
+    let a = world.state.shard_ix("a").expect("a");
+    assert_eq!(
+        decisions,
+        vec![Decision::Spill {
+            job: world.job(1),
+            to: a,
+            reason: SpillReason::NoEligibleNode
+        }]
+    );
+    world
+        .apply(
+            Role::Router,
+            2,
+            JobSpilled {
+                job: 1,
+                from_shard: "b".into(),
+                to_shard: "a".into(),
+                reason: SpillReason::NoEligibleNode,
+            },
+        )
+        .expect("spill fits");
+    // a's gpu node goes down: a must not send the job back to b (visited); c has one: go there.
+    let silent_tick = 40;
+    let ax = world.node("a.x");
+    world
+        .apply(
+            Role::Router,
+            silent_tick,
+            NodeHealthChanged {
+                node: "a.x".into(),
+                healthy: false,
+                last_heartbeat_tick: 0,
+            },
+        )
+        .expect("a.x runs nothing");
+    world
+        .apply(
+            Role::Node,
+            silent_tick,
+            Heartbeat {
+                node: "c.gpu".into(),
+                running_jobs: 0,
+            },
+        )
+        .expect("hb");
+    let decisions = world.decisions("a", silent_tick + 1);
+    let c = world.state.shard_ix("c").expect("c");
+    assert_eq!(
+        decisions,
+        vec![Decision::Spill {
+            job: world.job(1),
+            to: c,
+            reason: SpillReason::NoEligibleNode
+        }]
+    );
+    world
+        .apply(
+            Role::Router,
+            silent_tick + 1,
+            JobSpilled {
+                job: 1,
+                from_shard: "a".into(),
+                to_shard: "c".into(),
+                reason: SpillReason::NoEligibleNode,
+            },
+        )
+        .expect("spill fits");
+    // In c, c.gpu goes down too: c's only rule is b, which the job has left. It waits.
+    world
+        .apply(
+            Role::Router,
+            silent_tick + 2,
+            NodeHealthChanged {
+                node: "c.gpu".into(),
+                healthy: false,
+                last_heartbeat_tick: silent_tick,
+            },
+        )
+        .expect("c.gpu runs nothing");
+    let decisions = world.decisions("c", silent_tick + 3);
+    assert_eq!(decisions, vec![Decision::Wait { job: world.job(1) }]);
+    let job = &world.state.jobs()[world.job(1) as usize];
+    assert_eq!(job.spills, 2, "at most shards - 1 moves");
+    assert_eq!(world.state.metrics().spills_per_job[2], 1);
+    assert!(!world.state.nodes()[ax as usize].healthy);
+}
+
+#[test]
+fn an_over_budget_queue_spills_its_newest_jobs() {
+    let mut world = World::new();
+    world.owner(shard("tiny", 2, &["b"]));
+    world.owner(node("tiny.n", "tiny", 1, &["cpu"]));
+    for id in 1..=6 {
+        world.submit(1, id, "tiny", &["cpu"]);
+    }
+    let decisions = world.decisions("tiny", 2);
+    let b = world.state.shard_ix("b").expect("b");
+    // One runs, one waits at the front, 6 - 1 = 5 left > budget 2: the 3 newest spill to b.
+    assert_eq!(
+        decisions[0],
+        Decision::Assign {
+            job: world.job(1),
+            node: world.node("tiny.n")
+        }
+    );
+    assert_eq!(decisions[1], Decision::Wait { job: world.job(2) });
+    let spilled: Vec<u32> = decisions[2..]
+        .iter()
+        .map(|d| match d {
+            Decision::Spill { job, to, reason } => {
+                assert_eq!((*to, *reason), (b, SpillReason::QueueOverBudget));
+                *job
+            }
+            other => panic!("expected a spill, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(spilled, vec![world.job(6), world.job(5), world.job(4)]);
+}
+
+#[test]
+fn silence_requeues_running_jobs_and_a_heartbeat_heals() {
+    let mut world = World::new();
+    world.submit(1, 1, "a", &["gpu"]);
+    world
+        .apply(
+            Role::Router,
+            2,
+            JobAssigned {
+                job: 1,
+                shard: "a".into(),
+                node: "a.x".into(),
+            },
+        )
+        .expect("assign");
+    let ix = world.state.shard_ix("a").expect("a");
+    // Interval 5, grace 10: silent since tick 0, so at tick 11 it is overdue.
+    assert!(TickPlan::new(&world.state, ix, 10).health().is_empty());
+    let health = TickPlan::new(&world.state, ix, 11).health().to_vec();
+    let x = world.node("a.x");
+    assert_eq!(
+        health,
+        vec![
+            HealthAction::Requeue {
+                job: world.job(1),
+                node: x
+            },
+            HealthAction::MarkUnhealthy {
+                node: x,
+                last_heartbeat_tick: 0
+            },
+            HealthAction::MarkUnhealthy {
+                node: world.node("a.y"),
+                last_heartbeat_tick: 0
+            },
+        ]
+    );
+    world
+        .apply(
+            Role::Router,
+            11,
+            JobRequeued {
+                job: 1,
+                node: "a.x".into(),
+                shard: "a".into(),
+                reason: RequeueReason::NodeUnhealthy,
+            },
+        )
+        .expect("requeue");
+    world
+        .apply(
+            Role::Router,
+            11,
+            NodeHealthChanged {
+                node: "a.x".into(),
+                healthy: false,
+                last_heartbeat_tick: 0,
+            },
+        )
+        .expect("unhealthy");
+    let j = &world.state.jobs()[world.job(1) as usize];
+    assert_eq!((j.status, j.requeues), (JobStatus::Queued, 1));
+    // A receipt for the requeued job is refused: it is no longer on the node.
+    assert!(world
+        .apply(
+            Role::Node,
+            12,
+            JobReceipt {
+                job: 1,
+                node: "a.x".into(),
+                outcome: JobOutcome::Completed,
+                output_hash: Hash32::default(),
+                kernel: None,
+                started_tick: 2,
+                finished_tick: 5
+            }
+        )
+        .is_err());
+    world
+        .apply(
+            Role::Node,
+            13,
+            Heartbeat {
+                node: "a.x".into(),
+                running_jobs: 0,
+            },
+        )
+        .expect("hb");
+    let health = TickPlan::new(&world.state, ix, 14).health().to_vec();
+    assert!(health.contains(&HealthAction::MarkHealthy {
+        node: x,
+        last_heartbeat_tick: 13
+    }));
+}
+
+#[test]
+fn paused_shards_make_no_decisions() {
+    let mut world = World::new();
+    world.submit(1, 1, "a", &["cpu"]);
+    world
+        .apply(
+            Role::Owner,
+            1,
+            OwnerCommand {
+                action: OwnerAction::PauseShard { shard: "a".into() },
+                expiry_tick: 10,
+                approvals: Vec::new(),
+            },
+        )
+        .expect("pause");
+    assert!(world.decisions("a", 2).is_empty());
+}
+
+#[test]
+fn the_state_hash_follows_the_log_and_nothing_else() {
+    let build = |extra: bool| {
+        let mut world = World::new();
+        world.submit(1, 1, "a", &["cpu"]);
+        world.submit(1, 2, "b", &["cpu"]);
+        if extra {
+            world
+                .apply(
+                    Role::Node,
+                    2,
+                    Heartbeat {
+                        node: "b.z".into(),
+                        running_jobs: 0,
+                    },
+                )
+                .expect("hb");
+        }
+        world.state.state_hash()
+    };
+    assert_eq!(build(false), build(false));
+    assert_ne!(build(false), build(true));
+}
+
+#[test]
+fn shards_full_of_each_others_jobs_still_exchange_them() {
+    // p runs only x, r runs only y; each queue is over budget with jobs for the other.
+    let mut world = World::new();
+    world.owner(shard("p", 2, &["r"]));
+    world.owner(shard("r", 2, &["p"]));
+    world.owner(node("p.x", "p", 1, &["x"]));
+    world.owner(node("r.y", "r", 1, &["y"]));
+    for id in 1..=4 {
+        world.submit(1, id, "p", &["y"]);
+        world.submit(1, 10 + id, "r", &["x"]);
+    }
+    let r = world.state.shard_ix("r").expect("r");
+    let decisions = world.decisions("p", 2);
+    assert_eq!(decisions.len(), 4);
+    for decision in decisions {
+        assert!(
+            matches!(decision, Decision::Spill { to, reason: SpillReason::NoEligibleNode, .. } if to == r),
+            "{decision:?}"
+        );
+    }
+    // Spilling for room, though, never goes to a shard without room.
+    let mut world = World::new();
+    world.owner(shard("p", 1, &["r"]));
+    world.owner(shard("r", 1, &["p"]));
+    world.owner(node("p.x", "p", 1, &["x"]));
+    world.owner(node("r.x", "r", 1, &["x"]));
+    for id in 1..=4 {
+        world.submit(1, id, "p", &["x"]);
+        world.submit(1, 10 + id, "r", &["x"]);
+    }
+    let decisions = world.decisions("p", 2);
+    assert!(
+        decisions
+            .iter()
+            .all(|d| !matches!(d, Decision::Spill { .. })),
+        "{decisions:?}"
+    );
+}

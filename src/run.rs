@@ -1,0 +1,519 @@
+//! `fabric run`: the planetary simulation on the embedded store, with its reports.
+
+use std::fs::{self, File};
+use std::io::{BufWriter, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, ensure, Context};
+use fabric_actors::workload::scale_nodes;
+use fabric_actors::world::World;
+use fabric_actors::{sim_ledger_key, RunOutcome, RunSpec};
+use fabric_events::{OwnerAction, OwnerCommand};
+use fabric_ledger::Ledger;
+use fabric_projections::state::JobStatus;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// Version of `run.json`.
+const RUN_FILE_FORMAT: u32 = 1;
+const RUN_FILE: &str = "run.json";
+const LEDGER_DIR: &str = "ledger";
+
+/// Arguments of `fabric run`.
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// The world: shards, nodes, treaty terms, workload, failures
+    #[arg(long, value_name = "FILE", default_value = "config/fabric.toml")]
+    config: PathBuf,
+    /// Where the ledger and the run's parameters go (must be empty, or pass --force)
+    #[arg(long, value_name = "DIR", default_value = "data")]
+    data: PathBuf,
+    /// Replace the run already stored in --data
+    #[arg(long)]
+    force: bool,
+    /// Seed of every key and every random draw
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Jobs to submit
+    #[arg(long, default_value_t = 20_000)]
+    jobs: u64,
+    /// Nodes in all: the configured ones plus generated ones spread over the shards
+    /// (default: only the configured ones)
+    #[arg(long)]
+    nodes: Option<usize>,
+    /// Where the reports go (default: reports/<label>)
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Print the summary as JSON on stdout (and nothing else there)
+    #[arg(long)]
+    json: bool,
+}
+
+/// What `run.json` in a data folder records, so later commands need only `--data`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunFile {
+    /// Version of this file.
+    pub format: u32,
+    /// Name of the run (also the default report folder).
+    pub label: String,
+    /// Seed.
+    pub seed: u64,
+    /// Jobs.
+    pub jobs: u64,
+    /// Nodes in all.
+    pub nodes: usize,
+    /// The config file it was read from.
+    pub config: PathBuf,
+    /// The world as configured (before generated nodes are added).
+    pub world: World,
+}
+
+pub fn run(args: &RunArgs) -> anyhow::Result<()> {
+    ensure!(args.jobs > 0, "--jobs must be at least 1");
+    let world = crate::config::load(&args.config)?;
+    let nodes_total = args.nodes.unwrap_or(world.nodes.len());
+    ensure!(
+        nodes_total >= world.nodes.len(),
+        "--nodes {nodes_total} is fewer than the {} nodes configured in {}",
+        world.nodes.len(),
+        args.config.display()
+    );
+    let label = format!("seed{}-jobs{}-nodes{}", args.seed, args.jobs, nodes_total);
+    prepare_data_dir(&args.data, args.force)?;
+    let run_file = RunFile {
+        format: RUN_FILE_FORMAT,
+        label: label.clone(),
+        seed: args.seed,
+        jobs: args.jobs,
+        nodes: nodes_total,
+        config: args.config.clone(),
+        world: world.clone(),
+    };
+    write_atomically(
+        &args.data.join(RUN_FILE),
+        serde_json::to_string_pretty(&run_file)?.as_bytes(),
+    )?;
+
+    let mut scaled = world;
+    scaled.nodes = scale_nodes(&scaled, args.seed, nodes_total);
+    let spec = RunSpec {
+        world: scaled,
+        seed: args.seed,
+        jobs: args.jobs,
+    };
+    let ledger_path = args.data.join(LEDGER_DIR);
+    let ledger = Ledger::open(&ledger_path, sim_ledger_key(args.seed))
+        .with_context(|| format!("could not open the ledger in {}", ledger_path.display()))?;
+
+    let progress = progress_bar(args.jobs);
+    let outcome = fabric_actors::run(&spec, ledger, |tick| {
+        let metrics = tick.state.metrics();
+        progress.set_position(metrics.completed + metrics.dropped + metrics.cancelled);
+        progress.set_message(format!(
+            "tick {} · {} events · {} queued",
+            tick.tick,
+            tick.events_total,
+            tick.state.shards().iter().map(|s| s.queued()).sum::<u64>()
+        ));
+    })
+    .context("the run failed")?;
+    progress.finish_and_clear();
+
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("reports").join(&label));
+    let summary = summary(&run_file, &outcome);
+    write_reports(&out, &outcome, &summary)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+        eprint!("{}", table(&outcome, &summary, &out));
+    } else {
+        print!("{}", table(&outcome, &summary, &out));
+    }
+    Ok(())
+}
+
+fn progress_bar(jobs: u64) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::with_draw_target(Some(jobs), ProgressDrawTarget::hidden());
+    }
+    let bar = ProgressBar::new(jobs);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} jobs ended · {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+/// Refuses a folder holding anything, unless `force`; then removes only what a run wrote.
+fn prepare_data_dir(data: &Path, force: bool) -> anyhow::Result<()> {
+    if !data.exists() {
+        fs::create_dir_all(data)
+            .with_context(|| format!("could not create the data folder {}", data.display()))?;
+        return Ok(());
+    }
+    ensure!(data.is_dir(), "--data {} is not a folder", data.display());
+    let entries: Vec<String> = fs::read_dir(data)
+        .with_context(|| format!("could not read {}", data.display()))?
+        .map(|entry| entry.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("could not read {}", data.display()))?;
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let describe = match fs::read_to_string(data.join(RUN_FILE))
+        .ok()
+        .and_then(|text| serde_json::from_str::<RunFile>(&text).ok())
+    {
+        Some(previous) => format!("the run {}", previous.label),
+        None => "files that are not a Fabric run".to_owned(),
+    };
+    if !force {
+        bail!(
+            "--data {} already holds {describe}; choose another folder, or pass --force to replace it",
+            data.display()
+        );
+    }
+    let foreign: Vec<&String> = entries
+        .iter()
+        .filter(|name| *name != RUN_FILE && *name != LEDGER_DIR)
+        .collect();
+    ensure!(
+        foreign.is_empty(),
+        "--data {} holds files a run did not write ({}); --force only replaces a run, so remove them yourself",
+        data.display(),
+        foreign.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+    );
+    let ledger = data.join(LEDGER_DIR);
+    if ledger.exists() {
+        fs::remove_dir_all(&ledger)
+            .with_context(|| format!("could not remove {}", ledger.display()))?;
+    }
+    let run_file = data.join(RUN_FILE);
+    if run_file.exists() {
+        fs::remove_file(&run_file)
+            .with_context(|| format!("could not remove {}", run_file.display()))?;
+    }
+    Ok(())
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file =
+        File::create(&tmp).with_context(|| format!("could not write {}", tmp.display()))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("could not write {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("could not write {}", path.display()))?;
+    Ok(())
+}
+
+/// The value under which a `quantile` of the samples fall (nearest rank).
+fn quantile_ns(sorted: &[u32], quantile: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((quantile * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    u64::from(sorted[rank - 1])
+}
+
+fn summary(run: &RunFile, outcome: &RunOutcome) -> Value {
+    let state = &outcome.state;
+    let metrics = state.metrics();
+    let mut decision_ns = outcome.decision_ns.clone();
+    decision_ns.sort_unstable();
+    let (mut queued, mut running) = (0u64, 0u64);
+    for job in state.jobs() {
+        match job.status {
+            JobStatus::Queued => queued += 1,
+            JobStatus::Running => running += 1,
+            _ => {}
+        }
+    }
+    let spills_per_job: serde_json::Map<String, Value> = metrics
+        .spills_per_job
+        .iter()
+        .enumerate()
+        .filter(|(_, count)| **count > 0)
+        .map(|(spills, count)| (spills.to_string(), json!(count)))
+        .collect();
+    let spills_per_job_max = metrics
+        .spills_per_job
+        .iter()
+        .rposition(|count| *count > 0)
+        .unwrap_or(0);
+    // Mean latency of the nodes that ran jobs, weighted by the jobs each finished.
+    let (rtt_weighted, finished_on_nodes) = state.nodes().iter().fold((0u64, 0u64), |acc, n| {
+        let finished = n.completed + n.failed;
+        (acc.0 + u64::from(n.latency_ms) * finished, acc.1 + finished)
+    });
+    let wall_s = outcome.wall.as_secs_f64().max(1e-9);
+    let events = outcome.tree_head.tree_size;
+    let shards: Vec<Value> = state
+        .shards()
+        .iter()
+        .map(|shard| {
+            let c = &shard.counters;
+            let finished = c.completed + c.failed;
+            json!({
+                "shard": shard.name,
+                "submitted": c.submitted,
+                "completed": c.completed,
+                "failed": c.failed,
+                "spilled_in": c.spilled_in,
+                "spilled_out": c.spilled_out,
+                "requeued": c.requeued,
+                "queue_peak": c.queue_peak,
+                "queued_at_end": shard.queued(),
+                "latency_ticks_mean": if finished == 0 { 0.0 } else { c.latency_ticks_sum as f64 / finished as f64 },
+            })
+        })
+        .collect();
+    json!({
+        "label": run.label,
+        "seed": run.seed,
+        "jobs": run.jobs,
+        "nodes": state.nodes().len(),
+        "shards_count": state.shards().len(),
+        "ticks": outcome.last_tick,
+        "drained": outcome.drained,
+        "arrivals_per_tick": outcome.arrivals_per_tick,
+        "events": events,
+        "final_seq": events.saturating_sub(1),
+        "merkle_root": outcome.tree_head.root.to_hex(),
+        "tree_head_signature": outcome.tree_head.signature.to_hex(),
+        "state_hash": state.state_hash().to_hex(),
+        "wall_ms": outcome.wall.as_millis() as u64,
+        "throughput": {
+            "events_per_s": events as f64 / wall_s,
+            "jobs_per_s": metrics.finished() as f64 / wall_s,
+            "jobs_per_tick": metrics.finished() as f64 / outcome.last_tick.max(1) as f64,
+        },
+        "jobs_status": {
+            "submitted": metrics.submitted,
+            "completed": metrics.completed,
+            "failed": metrics.dropped,
+            "cancelled": metrics.cancelled,
+            "queued": queued,
+            "running": running,
+        },
+        "latency_ticks": {
+            "mean": metrics.latency_ticks_mean(),
+            "p50": metrics.latency_ticks_quantile(0.5),
+            "p99": metrics.latency_ticks_quantile(0.99),
+            "max": metrics.latency_ticks_max,
+        },
+        "spillovers": metrics.spillovers,
+        "spills_per_job": spills_per_job,
+        "spills_per_job_max": spills_per_job_max,
+        "requeues": metrics.requeues,
+        "node_failures": metrics.failures,
+        "deadline_missed": metrics.deadline_missed,
+        "heartbeats": metrics.heartbeats,
+        "checkpoints": metrics.checkpoints,
+        "anomalies": state.anomalies(),
+        "router": {
+            "decisions": decision_ns.len(),
+            "waits": outcome.waits,
+            "decision_ns_p50": quantile_ns(&decision_ns, 0.5),
+            "decision_ns_p99": quantile_ns(&decision_ns, 0.99),
+            "decision_ns_max": decision_ns.last().copied().unwrap_or(0),
+        },
+        "metrics": {
+            "treaty_fill_rate": metrics.fill_rate(),
+            "treaty_rtt_ms": if finished_on_nodes == 0 { 0.0 } else { rtt_weighted as f64 / finished_on_nodes as f64 },
+            "treaty_provenance_coverage": if metrics.finished() == 0 { 0.0 } else { metrics.completed as f64 / metrics.finished() as f64 },
+            "gpu_hours_total": 0.0,
+            "treaty_dropped_requests": metrics.dropped,
+            "treaty_failover_events_total": metrics.requeues + metrics.spillovers,
+        },
+        "shards": shards,
+    })
+}
+
+fn write_reports(out: &Path, outcome: &RunOutcome, summary: &Value) -> anyhow::Result<()> {
+    fs::create_dir_all(out)
+        .with_context(|| format!("could not create the report folder {}", out.display()))?;
+    let write_json = |name: &str, value: &Value| -> anyhow::Result<()> {
+        let path = out.join(name);
+        let text = serde_json::to_string_pretty(value)?;
+        fs::write(&path, text + "\n").with_context(|| format!("could not write {}", path.display()))
+    };
+    write_json("summary.json", summary)?;
+    write_json(
+        "shards.json",
+        &json!({
+            "sample_every_ticks": outcome.sample_every_ticks,
+            "samples": outcome.samples,
+        }),
+    )?;
+    write_json("owner-script.json", &owner_script(outcome))?;
+
+    let path = out.join("events.ndjson");
+    let file =
+        File::create(&path).with_context(|| format!("could not write {}", path.display()))?;
+    let mut writer = BufWriter::with_capacity(1 << 20, file);
+    for entry in outcome.ledger.entries(0..outcome.ledger.len()) {
+        let entry = entry.context("could not read the ledger back for the export")?;
+        let line = entry
+            .export_line()
+            .with_context(|| format!("entry {} does not decode", entry.seq))?;
+        writer.write_all(line.as_bytes())?;
+        writer.write_all(b"\n")?;
+    }
+    writer
+        .flush()
+        .with_context(|| format!("could not write {}", path.display()))?;
+    Ok(())
+}
+
+/// Owner commands that pause, resume and re-budget each shard, with the exact bytes each owner
+/// signs to approve them (issue them through the owners' multisig).
+fn owner_script(outcome: &RunOutcome) -> Value {
+    let state = &outcome.state;
+    let expiry_tick = outcome.last_tick + 1_000;
+    let first_nonce = (outcome.last_tick + 1) << 24;
+    let mut commands = Vec::new();
+    for shard in state.shards() {
+        let actions = [
+            (
+                "pause the shard",
+                OwnerAction::PauseShard {
+                    shard: shard.name.clone(),
+                },
+            ),
+            (
+                "resume the shard",
+                OwnerAction::ResumeShard {
+                    shard: shard.name.clone(),
+                },
+            ),
+            (
+                "double the queue budget",
+                OwnerAction::SetQueueBudget {
+                    shard: shard.name.clone(),
+                    queue_budget: shard.queue_budget.saturating_mul(2),
+                },
+            ),
+            (
+                "widen the latency budget by half",
+                OwnerAction::SetLatencyBudget {
+                    shard: shard.name.clone(),
+                    latency_budget_ms: shard
+                        .latency_budget_ms
+                        .saturating_add(shard.latency_budget_ms / 2),
+                },
+            ),
+        ];
+        for (purpose, action) in actions {
+            let nonce = first_nonce + commands.len() as u64;
+            let command = OwnerCommand {
+                action,
+                expiry_tick,
+                approvals: Vec::new(),
+            };
+            let message = command.approval_message(nonce);
+            commands.push(json!({
+                "shard": shard.name,
+                "purpose": purpose,
+                "nonce": nonce,
+                "command": command,
+                "approval_message_hex": hex::encode(message),
+            }));
+        }
+    }
+    json!({
+        "description": "Owner commands for each shard, unsigned. Every owner signs approval_message_hex with ed25519 and adds {owner, signature} to command.approvals; the command is then submitted as an owner_command event with the given nonce.",
+        "approval_domain": String::from_utf8_lossy(OwnerCommand::APPROVAL_DOMAIN),
+        "commands": commands,
+    })
+}
+
+fn table(outcome: &RunOutcome, summary: &Value, out: &Path) -> String {
+    let state = &outcome.state;
+    let mut text = String::new();
+    let line = |text: &mut String, s: String| {
+        text.push_str(&s);
+        text.push('\n');
+    };
+    line(
+        &mut text,
+        format!(
+            "{:<8} {:>10} {:>10} {:>8} {:>10} {:>11} {:>9} {:>10} {:>13}",
+            "shard",
+            "submitted",
+            "completed",
+            "failed",
+            "spilled in",
+            "spilled out",
+            "requeued",
+            "queue peak",
+            "latency ticks"
+        ),
+    );
+    for shard in state.shards() {
+        let c = &shard.counters;
+        let finished = c.completed + c.failed;
+        let latency = if finished == 0 {
+            0.0
+        } else {
+            c.latency_ticks_sum as f64 / finished as f64
+        };
+        line(
+            &mut text,
+            format!(
+                "{:<8} {:>10} {:>10} {:>8} {:>10} {:>11} {:>9} {:>10} {:>13.1}",
+                shard.name,
+                c.submitted,
+                c.completed,
+                c.failed,
+                c.spilled_in,
+                c.spilled_out,
+                c.requeued,
+                c.queue_peak,
+                latency
+            ),
+        );
+    }
+    let metrics = state.metrics();
+    line(
+        &mut text,
+        format!(
+            "\n{} jobs ({} completed, {} failed, {} still queued) on {} nodes in {} ticks; {} events signed and stored in {:.1} s",
+            metrics.submitted,
+            metrics.completed,
+            metrics.dropped,
+            summary["jobs_status"]["queued"],
+            state.nodes().len(),
+            outcome.last_tick,
+            outcome.tree_head.tree_size,
+            outcome.wall.as_secs_f64()
+        ),
+    );
+    line(
+        &mut text,
+        format!(
+            "spillovers {} (per job: {}), requeues {}, node failures {}, router decision p50 {} ns / p99 {} ns",
+            metrics.spillovers,
+            summary["spills_per_job"],
+            metrics.requeues,
+            metrics.failures,
+            summary["router"]["decision_ns_p50"],
+            summary["router"]["decision_ns_p99"],
+        ),
+    );
+    line(&mut text, format!("merkle root {}", outcome.tree_head.root));
+    line(
+        &mut text,
+        format!(
+            "state hash  {}",
+            summary["state_hash"].as_str().unwrap_or("")
+        ),
+    );
+    line(&mut text, format!("reports in  {}", out.display()));
+    text
+}
