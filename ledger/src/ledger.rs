@@ -27,6 +27,14 @@ pub const SNAPSHOT_CHUNK_BYTES: usize = 64 * 1024;
 /// in blobs.)
 pub const SLED_SEGMENT_BYTES: usize = 16 * 1024 * 1024;
 
+/// The sled settings of a ledger folder. Anything that opens one with sled directly must use
+/// them: sled refuses a folder opened with another segment size.
+pub fn sled_config(path: &Path) -> sled::Config {
+    sled::Config::new()
+        .path(path)
+        .segment_size(SLED_SEGMENT_BYTES)
+}
+
 /// Most events one append (one group commit) may hold.
 pub const BATCH_EVENTS_MAX: usize = 262_144;
 /// Authors whose decompressed keys are kept.
@@ -91,9 +99,7 @@ impl Ledger {
     /// commit never completed) are removed.
     pub fn open(path: impl AsRef<Path>, ledger_key: SigningKey) -> Result<Self, LedgerError> {
         let path = path.as_ref().to_path_buf();
-        let db = sled::Config::new()
-            .path(&path)
-            .segment_size(SLED_SEGMENT_BYTES)
+        let db = sled_config(&path)
             .open()
             .map_err(storage("opening the ledger"))?;
         // sled's Db::flush writes with sync_file_range and never fsyncs; the ledger syncs

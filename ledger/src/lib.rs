@@ -26,8 +26,8 @@ pub mod verify;
 
 pub use error::{AppendError, LedgerError};
 pub use ledger::{
-    AppendReceipt, Entries, Ledger, LedgerReader, OpenReport, BATCH_EVENTS_MAX,
-    SNAPSHOT_CHUNK_BYTES, SNAPSHOT_TREE,
+    sled_config, AppendReceipt, Entries, Ledger, LedgerReader, OpenReport, BATCH_EVENTS_MAX,
+    SLED_SEGMENT_BYTES, SNAPSHOT_CHUNK_BYTES, SNAPSHOT_TREE,
 };
 pub use merkle::{Frontier, InclusionProof};
 pub use tree_head::SignedTreeHead;

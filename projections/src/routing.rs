@@ -8,12 +8,14 @@
 //! Eligible nodes are healthy, not draining, have the job's skills, fit the shard's latency
 //! budget, have a free slot under their max concurrency, and score above zero under the
 //! shard's treaty. Among them the highest score wins; ties go to the node whose name sorts
-//! first. A decision scans only the shard's capable nodes of the job's class, never the jobs.
+//! first. A decision looks only at the shard's capable nodes of the job's class (through a
+//! per-tick heap), never at the jobs.
 //!
 //! Spillover never ping-pongs: a job only moves to a shard it has not been queued in, so it
 //! moves at most `shards - 1` times; when no such shard can take it, it waits where it is.
 
-use std::collections::HashMap;
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashMap};
 
 use fabric_events::SpillReason;
 
@@ -96,6 +98,37 @@ pub fn treaty_score(node: &Node, shard: &Shard, tick: u64) -> f64 {
         + TREATY_AVAILABILITY_WEIGHT * node.availability(tick)
 }
 
+/// A node in a class's candidate heap: greatest score first, then the name that sorts first
+/// (`rank` is the node's position in the class's name-sorted capable list).
+#[derive(Clone, Copy, Debug)]
+struct Candidate {
+    score: f64,
+    rank: u32,
+    node: NodeIx,
+}
+
+impl Ord for Candidate {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.score
+            .total_cmp(&other.score)
+            .then_with(|| other.rank.cmp(&self.rank))
+    }
+}
+
+impl PartialOrd for Candidate {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Candidate {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Candidate {}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Phase {
     /// Place jobs from the front of each class queue.
@@ -122,6 +155,8 @@ pub struct TickPlan<'a> {
     incoming: Vec<u64>,
     /// (target, class) → whether the target has a node that could take the class now.
     target_fit: HashMap<(ShardIx, ClassIx), bool>,
+    /// Per class: eligible nodes by score, built at the class's first decision of the tick.
+    candidates: HashMap<ClassIx, BinaryHeap<Candidate>>,
     classes: Vec<(ClassIx, u64)>,
     class_cursor: usize,
     /// Jobs of the current class still to look at in this phase.
@@ -151,6 +186,7 @@ impl<'a> TickPlan<'a> {
             treaty: vec![0.0; node_count],
             incoming: vec![0; state.shards().len()],
             target_fit: HashMap::new(),
+            candidates: HashMap::new(),
             classes: shard.queued_classes().collect(),
             class_cursor: 0,
             pending: Box::new(std::iter::empty()),
@@ -222,29 +258,64 @@ impl<'a> TickPlan<'a> {
             .saturating_sub(node.running.len() as u32 + self.taken[node_ix as usize])
     }
 
-    /// The best eligible node for a job of `class`, if any: O(capable nodes of the class).
-    pub fn best_node(&self, class: ClassIx) -> Option<NodeIx> {
+    /// A node's score for `class` now, or `None` when it cannot take a job: no free slot, no
+    /// quota left, unhealthy, draining or under the treaty floor.
+    fn score(&self, node_ix: NodeIx, class_skills: u32) -> Option<f64> {
+        let free = self.free_slots(node_ix);
+        if free == 0 || !self.available(node_ix) {
+            return None;
+        }
+        let node = &self.state.nodes()[node_ix as usize];
+        let alignment = if node.capabilities.is_empty() {
+            0.0
+        } else {
+            f64::from(class_skills) / f64::from(node.capabilities.len())
+        };
+        let capacity_share = f64::from(free) / f64::from(node.max_concurrency);
+        Some(self.treaty[node_ix as usize] * (1.0 + capacity_share + alignment))
+    }
+
+    /// The best eligible node for a job of `class`, if any: the highest score, ties to the
+    /// name that sorts first.
+    ///
+    /// The first call for a class in a tick scores its capable nodes into a max-heap
+    /// (O(capable nodes)); later calls cost O(log n). Within a tick a node's score only goes
+    /// down (slots and quota are taken, nothing is freed), so a heap entry is never below
+    /// its node's true score: an entry whose score went down is re-scored and pushed back,
+    /// and the first entry that is still exact is the best node.
+    pub fn best_node(&mut self, class: ClassIx) -> Option<NodeIx> {
         let skills = self.state.classes()[class as usize].skills.len();
-        let mut best: Option<(f64, NodeIx)> = None;
-        for node_ix in self.shard.capable_nodes(class) {
-            let free = self.free_slots(*node_ix);
-            if free == 0 || !self.available(*node_ix) {
-                continue;
-            }
-            let node = &self.state.nodes()[*node_ix as usize];
-            let alignment = if node.capabilities.is_empty() {
-                0.0
-            } else {
-                f64::from(skills) / f64::from(node.capabilities.len())
-            };
-            let capacity_share = f64::from(free) / f64::from(node.max_concurrency);
-            let score = self.treaty[*node_ix as usize] * (1.0 + capacity_share + alignment);
-            // Capable lists are sorted by name, so a strict comparison keeps the first name.
-            if best.is_none_or(|(best_score, _)| score > best_score) {
-                best = Some((score, *node_ix));
+        if !self.candidates.contains_key(&class) {
+            let heap: BinaryHeap<Candidate> = self
+                .shard
+                .capable_nodes(class)
+                .iter()
+                .enumerate()
+                .filter_map(|(rank, node)| {
+                    self.score(*node, skills).map(|score| Candidate {
+                        score,
+                        rank: rank as u32,
+                        node: *node,
+                    })
+                })
+                .collect();
+            self.candidates.insert(class, heap);
+        }
+        loop {
+            let top = *self.candidates.get(&class)?.peek()?;
+            let current = self.score(top.node, skills);
+            let heap = self.candidates.get_mut(&class)?;
+            match current {
+                Some(score) if score == top.score => return Some(top.node),
+                Some(score) => {
+                    heap.pop();
+                    heap.push(Candidate { score, ..top });
+                }
+                None => {
+                    heap.pop();
+                }
             }
         }
-        best.map(|(_, node)| node)
     }
 
     fn has_available_node(&self, class: ClassIx) -> bool {

@@ -343,7 +343,7 @@ fn the_ledger_folder_belongs_to_one_key_and_one_writer() {
 
 /// Rewrites one stored value of a closed ledger through sled.
 fn with_sled(dir: &std::path::Path, change: impl FnOnce(&sled::Db)) {
-    let db = sled::open(dir).expect("sled opens");
+    let db = fabric_ledger::sled_config(dir).open().expect("sled opens");
     change(&db);
     db.flush().expect("flush");
 }
