@@ -48,12 +48,23 @@ pub struct BenchArgs {
     /// Folder for the bench's temporary ledgers [default: the system's temporary folder]
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
+    /// Planetary suite: the world to run
+    #[arg(long, value_name = "FILE", default_value = "config/fabric.toml")]
+    config: PathBuf,
+    /// Planetary suite: jobs [default: 1000000, 100000 with --quick]
+    #[arg(long, value_name = "N")]
+    jobs: Option<u64>,
+    /// Planetary suite: nodes in all
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    nodes: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Suite {
     /// Signed events appended per second vs. the verify + store bound
     Ledger,
+    /// `fabric run` at scale: wall time, events/s vs. the sign + verify bound, router latency
+    Planetary,
 }
 
 #[derive(Serialize)]
@@ -102,6 +113,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     for suite in suites {
         let result = match suite {
             Suite::Ledger => ledger_suite(args)?,
+            Suite::Planetary => planetary_suite(args)?,
         };
         if !args.json {
             print_table(&result);
@@ -427,7 +439,7 @@ fn sync_sled(db: &sled::Db, data_file: &File) -> anyhow::Result<()> {
 }
 
 fn time_store_packed(dir: &Path, signed: &[SignedEvent], batch: usize) -> anyhow::Result<Duration> {
-    let db = sled::open(dir)?;
+    let db = fabric_ledger::sled_config(dir).open()?;
     let data_file = File::open(dir.join("db"))?;
     let started = Instant::now();
     let mut seq = 0u64;
@@ -453,7 +465,7 @@ fn time_store_per_key(
     signed: &[SignedEvent],
     batch: usize,
 ) -> anyhow::Result<Duration> {
-    let db = sled::open(dir)?;
+    let db = fabric_ledger::sled_config(dir).open()?;
     let data_file = File::open(dir.join("db"))?;
     let started = Instant::now();
     let mut seq = 0u64;
@@ -484,4 +496,141 @@ fn time_append(dir: &Path, signed: &[SignedEvent], batch: usize) -> anyhow::Resu
         "the bench ledger lost events"
     );
     Ok(elapsed)
+}
+
+/// Wall time a million-job run on 10,000 nodes should stay under.
+const PLANETARY_WALL_S_TARGET: f64 = 120.0;
+/// Router decision latency the 99th percentile should stay under.
+const ROUTER_P99_NS_TARGET: f64 = 25_000.0;
+
+fn planetary_suite(args: &BenchArgs) -> anyhow::Result<SuiteReport> {
+    use fabric_actors::workload::scale_nodes;
+    let jobs = args
+        .jobs
+        .unwrap_or(if args.quick { 100_000 } else { 1_000_000 })
+        .max(1);
+    let mut world = crate::config::load(&args.config)?;
+    ensure!(
+        args.nodes >= world.nodes.len(),
+        "--nodes {} is fewer than the {} nodes configured in {}",
+        args.nodes,
+        world.nodes.len(),
+        args.config.display()
+    );
+    world.nodes = scale_nodes(&world, BENCH_SEED, args.nodes);
+    let scratch = match &args.dir {
+        Some(dir) => tempfile::tempdir_in(dir),
+        None => tempfile::tempdir(),
+    }
+    .context("could not create a temporary folder for the bench")?;
+    let spec = fabric_actors::RunSpec {
+        world,
+        seed: BENCH_SEED,
+        jobs,
+    };
+    let ledger = Ledger::open(
+        scratch.path().join("ledger"),
+        fabric_actors::sim_ledger_key(BENCH_SEED),
+    )?;
+    let outcome = fabric_actors::run(&spec, ledger, |_| {}).context("the planetary run failed")?;
+    let events = outcome.tree_head.tree_size as usize;
+    ensure!(
+        outcome.drained,
+        "the bench run stopped with jobs still queued"
+    );
+
+    // The bound of a fully signed run: every event is signed once and verified once, on all
+    // cores. Measured here on intake events of the run's size.
+    let sample = 20_000usize;
+    let authors: Vec<SigningKey> = (0..BENCH_AUTHORS)
+        .map(|i| derive_signing_key(BENCH_SEED, &format!("bench/author-{i}")))
+        .collect();
+    let plain: Vec<Event> = (0..sample as u64).map(bench_event).collect();
+    let started = Instant::now();
+    let signed: Vec<SignedEvent> = plain
+        .par_iter()
+        .enumerate()
+        .map(|(i, event)| SignedEvent::sign(event, &authors[i % BENCH_AUTHORS]))
+        .collect::<Result<_, _>>()?;
+    let sign_us = per_event_us(started.elapsed(), sample);
+    let verify_us = per_event_us(time_verify(&signed, 4096)?, sample);
+    let crypto_bound = 1e6 / (sign_us + verify_us);
+
+    let mut decision_ns = outcome.decision_ns.clone();
+    decision_ns.sort_unstable();
+    let quantile = |q: f64| -> f64 {
+        if decision_ns.is_empty() {
+            return 0.0;
+        }
+        let rank = ((q * decision_ns.len() as f64).ceil() as usize).clamp(1, decision_ns.len());
+        f64::from(decision_ns[rank - 1])
+    };
+    let (p50, p99) = (quantile(0.5), quantile(0.99));
+    let wall_s = outcome.wall.as_secs_f64();
+    let events_per_s = events as f64 / wall_s;
+    let figures = vec![
+        Figure {
+            figure: "run wall time",
+            value: wall_s,
+            unit: "s",
+            bound: Some(PLANETARY_WALL_S_TARGET),
+            ratio: Some(wall_s / PLANETARY_WALL_S_TARGET),
+            what: if wall_s <= PLANETARY_WALL_S_TARGET {
+                "genesis to last append, every event signed, verified and fsynced; target <= 120 s: met"
+            } else {
+                "genesis to last append, every event signed, verified and fsynced; target <= 120 s: MISSED"
+            },
+        },
+        Figure {
+            figure: "events signed and stored",
+            value: events_per_s,
+            unit: "events/s",
+            bound: Some(crypto_bound),
+            ratio: Some(events_per_s / crypto_bound),
+            what: "the run's events per second vs. 1 / (sign + batch verify, all cores, per event)",
+        },
+        Figure {
+            figure: "jobs finished",
+            value: outcome.state.metrics().finished() as f64 / wall_s,
+            unit: "jobs/s",
+            bound: None,
+            ratio: None,
+            what: "completed + failed jobs per second of wall time",
+        },
+        Figure {
+            figure: "router decision p50",
+            value: p50,
+            unit: "ns",
+            bound: None,
+            ratio: None,
+            what: "one assign / spill / wait decision (TickPlan::next_decision), median",
+        },
+        Figure {
+            figure: "router decision p99",
+            value: p99,
+            unit: "ns",
+            bound: Some(ROUTER_P99_NS_TARGET),
+            ratio: Some(p99 / ROUTER_P99_NS_TARGET),
+            what: if p99 <= ROUTER_P99_NS_TARGET {
+                "99th percentile; target <= 25 us: met"
+            } else {
+                "99th percentile; target <= 25 us: MISSED"
+            },
+        },
+        Figure {
+            figure: "sign + verify per event",
+            value: sign_us + verify_us,
+            unit: "us/event",
+            bound: None,
+            ratio: None,
+            what: "what bounds the run: ed25519 signing plus batch verification, all cores",
+        },
+    ];
+    Ok(SuiteReport {
+        suite: "planetary",
+        events,
+        batch_events: events / outcome.last_tick.max(1) as usize,
+        repetitions: 1,
+        figures,
+    })
 }

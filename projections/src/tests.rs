@@ -551,3 +551,82 @@ fn shards_full_of_each_others_jobs_still_exchange_them() {
         "{decisions:?}"
     );
 }
+
+mod heap_matches_a_full_scan {
+    use super::*;
+    use crate::routing::treaty_score;
+    use proptest::prelude::*;
+
+    /// The decisions of one tick, recomputed the slow way: for each job, score every capable
+    /// node with the slots taken so far and take the best (ties: first name).
+    fn greedy_reference(state: &State, shard_name: &str, tick: u64, jobs: usize) -> Vec<u32> {
+        let shard_ix = state.shard_ix(shard_name).expect("shard");
+        let shard = &state.shards()[shard_ix as usize];
+        let class = state.jobs()[0].class;
+        let skills = state.classes()[class as usize].skills.len();
+        let mut taken = vec![0u32; state.nodes().len()];
+        let mut picks = Vec::new();
+        for _ in 0..jobs {
+            let mut best: Option<(f64, u32)> = None;
+            for node_ix in shard.capable_nodes(class) {
+                let node = &state.nodes()[*node_ix as usize];
+                let free =
+                    node.max_concurrency - node.running.len() as u32 - taken[*node_ix as usize];
+                let treaty = treaty_score(node, shard, tick);
+                if free == 0 || treaty <= 0.0 {
+                    continue;
+                }
+                let score = treaty
+                    * (1.0
+                        + f64::from(free) / f64::from(node.max_concurrency)
+                        + f64::from(skills) / f64::from(node.capabilities.len()));
+                if best.is_none_or(|(b, _)| score > b) {
+                    best = Some((score, *node_ix));
+                }
+            }
+            match best {
+                Some((_, node)) => {
+                    taken[node as usize] += 1;
+                    picks.push(node);
+                }
+                None => break,
+            }
+        }
+        picks
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
+        #[test]
+        fn the_candidate_heap_picks_what_a_full_scan_picks(
+            nodes in proptest::collection::vec((1u32..6, 1u64..4, 1u32..4, 400_000u32..1_000_001, 0usize..3), 1..24),
+            jobs in 1usize..60,
+        ) {
+            let mut world = World::new();
+            for (i, (slots, price, latency, reputation, extra)) in nodes.iter().enumerate() {
+                let mut n = node(&format!("b.n{:02}", (i * 7) % 24), "b", *slots, &["cpu", "gpu", "io"][..1 + extra]);
+                if world.state.node_ix(&n.node).is_some() {
+                    continue;
+                }
+                // Coarse prices and latencies make equal scores, so ties get exercised.
+                n.price_micros_per_hour = price * 1_000_000;
+                n.latency_ms = latency * 50;
+                n.reputation_ppm = *reputation - reputation % 100_000;
+                world.owner(n);
+            }
+            for id in 0..jobs as u64 {
+                world.submit(1, 1000 + id, "b", &["cpu"]);
+            }
+            let expected = greedy_reference(&world.state, "b", 2, jobs);
+            let got: Vec<u32> = world
+                .decisions("b", 2)
+                .into_iter()
+                .filter_map(|d| match d {
+                    Decision::Assign { node, .. } => Some(node),
+                    _ => None,
+                })
+                .collect();
+            prop_assert_eq!(got, expected);
+        }
+    }
+}
