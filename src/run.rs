@@ -42,7 +42,7 @@ pub struct RunArgs {
     /// (default: only the configured ones)
     #[arg(long)]
     nodes: Option<usize>,
-    /// Where the reports go (default: reports/<label>)
+    /// Where the reports go (default: reports/<data folder name>-seed<S>-jobs<J>-nodes<N>)
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
     /// Print the summary as JSON on stdout (and nothing else there)
@@ -80,7 +80,17 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         world.nodes.len(),
         args.config.display()
     );
-    let label = format!("seed{}-jobs{}-nodes{}", args.seed, args.jobs, nodes_total);
+    // The data folder's name keeps the reports of runs with the same parameters apart.
+    let data_name = args
+        .data
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .filter(|name| !name.is_empty() && name != "." && name != "..")
+        .unwrap_or_else(|| "run".to_owned());
+    let label = format!(
+        "{data_name}-seed{}-jobs{}-nodes{}",
+        args.seed, args.jobs, nodes_total
+    );
     prepare_data_dir(&args.data, args.force)?;
     let run_file = RunFile {
         format: RUN_FILE_FORMAT,

@@ -140,23 +140,54 @@ fn replay(data: &Path, seed: u64) -> Replay {
     }
 }
 
+/// Runs `fabric run --json` in `cwd` as the acceptance asks: `--data NAME`, reports where they
+/// go by default (`reports/<NAME>-seed<S>-jobs<J>-nodes6`).
+fn run_in(cwd: &Path, data: &str, seed: u64, jobs: u64) -> Value {
+    let (seed, jobs) = (seed.to_string(), jobs.to_string());
+    let output = Command::new(env!("CARGO_BIN_EXE_fabric"))
+        .current_dir(cwd)
+        .args([
+            "run",
+            "--config",
+            DEFAULT_CONFIG,
+            "--seed",
+            &seed,
+            "--jobs",
+            &jobs,
+            "--data",
+            data,
+            "--json",
+        ])
+        .output()
+        .expect("the fabric binary runs");
+    assert!(
+        output.status.success(),
+        "fabric run failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("--json prints one JSON object on stdout")
+}
+
 #[test]
 fn the_same_seed_gives_the_same_log_and_another_seed_another_root() {
-    let a = tempfile::tempdir().expect("tempdir");
-    let b = tempfile::tempdir().expect("tempdir");
-    let c = tempfile::tempdir().expect("tempdir");
-    let summary_a = run_json(a.path(), DEFAULT_CONFIG, 7, 20_000);
-    let summary_b = run_json(b.path(), DEFAULT_CONFIG, 7, 20_000);
-    let summary_c = run_json(c.path(), DEFAULT_CONFIG, 8, 20_000);
+    let work = tempfile::tempdir().expect("tempdir");
+    let summary_a = run_in(work.path(), "A", 7, 20_000);
+    let summary_b = run_in(work.path(), "B", 7, 20_000);
+    let summary_c = run_in(work.path(), "C", 8, 20_000);
     assert_eq!(summary_a["merkle_root"], summary_b["merkle_root"]);
     assert_eq!(summary_a["state_hash"], summary_b["state_hash"]);
     assert_ne!(summary_a["merkle_root"], summary_c["merkle_root"]);
-    let events_a = std::fs::read(a.path().join("out/events.ndjson")).expect("events.ndjson");
-    let events_b = std::fs::read(b.path().join("out/events.ndjson")).expect("events.ndjson");
+    let reports_a = work.path().join("reports/A-seed7-jobs20000-nodes6");
+    let reports_b = work.path().join("reports/B-seed7-jobs20000-nodes6");
+    let events_a = std::fs::read(reports_a.join("events.ndjson")).expect("events.ndjson of A");
+    let events_b = std::fs::read(reports_b.join("events.ndjson")).expect("events.ndjson of B");
     assert!(
         events_a == events_b,
         "events.ndjson differs between two runs of seed 7"
     );
+    let a = work.path().join("A");
+    let a = a.as_path();
+    let out_a = reports_a.as_path();
 
     // Conservation: every submitted job is completed, failed, or still waiting somewhere.
     let s = &summary_a;
@@ -200,10 +231,9 @@ fn the_same_seed_gives_the_same_log_and_another_seed_another_root() {
     );
 
     // The other reports are there and well-formed.
-    let shards: Value = serde_json::from_slice(
-        &std::fs::read(a.path().join("out/shards.json")).expect("shards.json"),
-    )
-    .expect("json");
+    let shards: Value =
+        serde_json::from_slice(&std::fs::read(out_a.join("shards.json")).expect("shards.json"))
+            .expect("json");
     let samples = shards["samples"].as_array().expect("samples");
     assert!(samples.len() >= 4 * 2);
     for key in [
@@ -219,7 +249,7 @@ fn the_same_seed_gives_the_same_log_and_another_seed_another_root() {
         assert!(samples[0].get(key).is_some(), "sample lacks {key}");
     }
     let script: Value = serde_json::from_slice(
-        &std::fs::read(a.path().join("out/owner-script.json")).expect("owner-script.json"),
+        &std::fs::read(out_a.join("owner-script.json")).expect("owner-script.json"),
     )
     .expect("json");
     let commands = script["commands"].as_array().expect("commands");
@@ -234,7 +264,7 @@ fn the_same_seed_gives_the_same_log_and_another_seed_another_root() {
 
     // Rebuilding the projections from the stored log gives the live run's state hash, and no
     // assignment broke the rules on the way.
-    let replayed = replay(&a.path().join("data"), 7);
+    let replayed = replay(a, 7);
     assert_eq!(Value::String(replayed.state_hash), s["state_hash"]);
     assert!(replayed.assignments >= 20_000);
     assert!(replayed.running_max_seen >= 1);
@@ -307,7 +337,7 @@ fn a_data_folder_of_another_run_is_refused_without_force() {
     assert!(!refused.status.success());
     let message = String::from_utf8_lossy(&refused.stderr);
     assert!(
-        message.contains("already holds the run seed3-jobs200-nodes6"),
+        message.contains("already holds the run data-seed3-jobs200-nodes6"),
         "{message}"
     );
     assert!(message.contains("--force"), "{message}");
