@@ -535,8 +535,9 @@ fn planetary_suite(args: &BenchArgs) -> anyhow::Result<SuiteReport> {
     let outcome = fabric_actors::run(&spec, ledger, |_| {}).context("the planetary run failed")?;
     let events = outcome.tree_head.tree_size as usize;
     ensure!(
-        outcome.drained,
-        "the bench run stopped with jobs still queued"
+        outcome.stop.drained(),
+        "the bench run stopped early: {}",
+        outcome.stop.describe()
     );
 
     // The bound of a fully signed run: every event is signed once and verified once, on all

@@ -119,6 +119,41 @@ pub struct ShardSample {
     pub healthy_nodes: u64,
 }
 
+/// Why a run stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// Every job completed, failed or was cancelled.
+    AllJobsEnded,
+    /// Jobs are left waiting, none is running, and nothing moved for longer than an outage and
+    /// its detection can last: no node will ever take them.
+    Stalled {
+        /// Ticks without a submission, assignment, spill, requeue or receipt.
+        idle_ticks: u64,
+    },
+    /// [`DRAIN_TICKS_MAX`] ticks passed after the last arrival.
+    DrainLimit,
+}
+
+impl StopReason {
+    /// Whether every job ended.
+    pub fn drained(self) -> bool {
+        self == StopReason::AllJobsEnded
+    }
+
+    /// A short explanation for reports.
+    pub fn describe(self) -> String {
+        match self {
+            StopReason::AllJobsEnded => "every job ended".to_owned(),
+            StopReason::Stalled { idle_ticks } => {
+                format!("stalled: waiting jobs, none running, nothing moved for {idle_ticks} ticks")
+            }
+            StopReason::DrainLimit => {
+                format!("drain limit: {DRAIN_TICKS_MAX} ticks after the last arrival")
+            }
+        }
+    }
+}
+
 /// How a run went.
 pub struct RunOutcome {
     /// The final state.
@@ -137,8 +172,8 @@ pub struct RunOutcome {
     pub samples: Vec<ShardSample>,
     /// Ticks between samples.
     pub sample_every_ticks: u64,
-    /// Whether every job ended (otherwise the drain limit stopped the run).
-    pub drained: bool,
+    /// Why the run stopped.
+    pub stop: StopReason,
     /// Wall time of the run, from genesis to the last append.
     pub wall: Duration,
     /// Arrivals per tick of the workload.
@@ -357,7 +392,22 @@ async fn drive(
     let mut decision_ns = Vec::new();
     let mut waits = 0;
     let mut tick = 0;
-    let drained = loop {
+    // A run whose waiting jobs no node can ever take would otherwise idle until the drain
+    // limit: stop once nothing has moved for longer than any outage and its detection take.
+    let interval_max = world
+        .nodes
+        .iter()
+        .map(|node| u64::from(node.heartbeat_interval_ticks))
+        .max()
+        .unwrap_or(1);
+    let stall_ticks = u64::from(world.failures.epoch_ticks)
+        + interval_max * (u64::from(world.failures.outage_heartbeats_max) + 2);
+    let progress = |state: &State| {
+        let m = state.metrics();
+        m.submitted + m.assigned + m.spillovers + m.requeues + m.finished() + m.cancelled
+    };
+    let (mut last_progress, mut last_progress_tick) = (progress(&state), 0);
+    let stop = loop {
         tick += 1;
         let tree = (receipt.tree_head.tree_size, receipt.tree_head.root);
         let answers = actors.propose(tick, &state, tree).await?;
@@ -397,11 +447,21 @@ async fn drive(
             sample(&state, tick, &mut samples);
         }
         if all_ended {
-            break true;
+            break StopReason::AllJobsEnded;
+        }
+        if progress(&state) != last_progress {
+            (last_progress, last_progress_tick) = (progress(&state), tick);
+        }
+        let running: u64 = state.shards().iter().map(|shard| shard.running).sum();
+        if tick > last_arrival_tick && running == 0 && tick - last_progress_tick > stall_ticks {
+            sample(&state, tick, &mut samples);
+            break StopReason::Stalled {
+                idle_ticks: tick - last_progress_tick,
+            };
         }
         if tick >= last_arrival_tick + DRAIN_TICKS_MAX {
             sample(&state, tick, &mut samples);
-            break false;
+            break StopReason::DrainLimit;
         }
     };
     let wall = started.elapsed();
@@ -420,7 +480,7 @@ async fn drive(
         waits,
         samples,
         sample_every_ticks,
-        drained,
+        stop,
         wall,
         arrivals_per_tick: workload.arrivals_per_tick(),
     })

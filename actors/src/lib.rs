@@ -19,7 +19,9 @@ pub mod world;
 
 use thiserror::Error;
 
-pub use driver::{run, sim_ledger_key, RunOutcome, RunSpec, ShardSample, SimKeys, TickProgress};
+pub use driver::{
+    run, sim_ledger_key, RunOutcome, RunSpec, ShardSample, SimKeys, StopReason, TickProgress,
+};
 
 /// Why a run stopped.
 #[derive(Debug, Error)]
@@ -70,3 +72,6 @@ pub enum RunError {
         size: u64,
     },
 }
+
+#[cfg(test)]
+mod tests;

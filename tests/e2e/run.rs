@@ -432,3 +432,33 @@ fn a_bad_config_is_refused_with_its_file_line_and_field() {
         assert!(!data.exists(), "a bad config created the data folder");
     }
 }
+
+#[test]
+fn a_run_whose_jobs_no_node_can_take_stops_as_stalled_and_counts_them() {
+    // Luna's jobs needing astronomy: only helios has it, and helios's treaty does not serve
+    // luna's region, while luna spills only to earth, which has none. They can never run.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut text = std::fs::read_to_string(DEFAULT_CONFIG).expect("default config");
+    let kinds = text
+        .find("[[workload.kinds]]\nname")
+        .expect("a kinds table");
+    text.insert_str(
+        kinds,
+        "[[workload.kinds]]\nname = \"luna.stargazing\"\nshard = \"luna\"\nweight = 40\nskills = [\"astronomy\"]\nduration_ticks_min = 1\nduration_ticks_max = 2\ndeadline_slack_ticks = 10\nbudget_micros = 1000\nfailure_ppm = 0\n\n",
+    );
+    let config = dir.path().join("stargazing.toml");
+    std::fs::write(&config, text).expect("write config");
+    let summary = run_json(dir.path(), config.to_str().expect("utf-8"), 5, 600);
+    assert_eq!(summary["drained"], false);
+    let reason = summary["stop_reason"].as_str().expect("a stop reason");
+    assert!(reason.starts_with("stalled"), "{reason}");
+    let status = &summary["jobs_status"];
+    assert!(u(&status["queued"]) > 0);
+    assert_eq!(u(&status["running"]), 0);
+    assert_eq!(
+        u(&status["submitted"]),
+        u(&status["completed"]) + u(&status["failed"]) + u(&status["queued"])
+    );
+    // It stopped within an outage's reach of the last movement, not at the drain limit.
+    assert!(u(&summary["ticks"]) < 2_000, "{}", summary["ticks"]);
+}

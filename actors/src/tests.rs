@@ -1,0 +1,155 @@
+//! The workload and failure draws: pure functions of the seed.
+
+use std::collections::BTreeSet;
+
+use crate::workload::{scale_nodes, FailureSchedule, Workload};
+use crate::world::{FailureSpec, JobKindSpec, NodeSpec, ShardSpec, WorkloadSpec, World};
+
+fn world() -> World {
+    let shard = |name: &str, spill: &str| ShardSpec {
+        name: name.to_owned(),
+        queue_budget: 100,
+        latency_budget_ms: 200,
+        spillover: vec![spill.to_owned()],
+        specialties: Vec::new(),
+        reputation_floor_ppm: 500_000,
+        regions_served: vec!["north".into(), "south".into()],
+        node_quota_jobs: 1_000,
+        quota_window_ticks: 100,
+    };
+    let node = |name: &str, region: &str, latency_ms: u32| NodeSpec {
+        name: name.to_owned(),
+        region: region.to_owned(),
+        capacity: 8,
+        max_concurrency: 4,
+        heartbeat_interval_ticks: 5,
+        capabilities: vec!["cpu".into()],
+        latency_ms,
+        price_micros_per_hour: 1_000_000,
+        reputation_ppm: 900_000,
+    };
+    let kind = |name: &str, shard: &str, weight: u32| JobKindSpec {
+        name: name.to_owned(),
+        shard: shard.to_owned(),
+        weight,
+        skills: vec!["cpu".into()],
+        duration_ticks_min: 2,
+        duration_ticks_max: 6,
+        deadline_slack_ticks: 10,
+        budget_micros: 100,
+        failure_ppm: 100_000,
+    };
+    World {
+        shards: vec![shard("north", "south"), shard("south", "north")],
+        nodes: vec![node("north.a", "north", 50), node("south.b", "south", 190)],
+        workload: WorkloadSpec {
+            load_percent: 90,
+            kinds: vec![kind("n.job", "north", 3), kind("s.job", "south", 1)],
+        },
+        failures: FailureSpec {
+            epoch_ticks: 50,
+            outage_ppm: 500_000,
+            outage_heartbeats_min: 1,
+            outage_heartbeats_max: 4,
+        },
+        checkpoint_interval_ticks: 50,
+    }
+}
+
+#[test]
+fn every_job_arrives_once_with_consecutive_ids() {
+    let workload = Workload::new(&world(), 9, 1_003);
+    assert!(workload.ids_at(0).is_empty(), "tick 0 is genesis");
+    let mut seen = Vec::new();
+    for tick in 1..=workload.last_arrival_tick() + 2 {
+        let ids = workload.ids_at(tick);
+        assert!(ids.end - ids.start <= workload.arrivals_per_tick());
+        seen.extend(ids);
+    }
+    assert_eq!(seen, (1..=1_003).collect::<Vec<_>>());
+}
+
+#[test]
+fn jobs_are_a_function_of_seed_and_id_and_split_by_shard() {
+    let a = Workload::new(&world(), 9, 500);
+    let b = Workload::new(&world(), 9, 500);
+    let c = Workload::new(&world(), 10, 500);
+    assert_eq!(a.job(77, 3), b.job(77, 3));
+    assert_ne!(
+        a.job(77, 3).submission.input_hash,
+        c.job(77, 3).submission.input_hash
+    );
+    let tick = 2;
+    let north = a.arrivals(tick, "north");
+    let south = a.arrivals(tick, "south");
+    assert_eq!(north.len() + south.len(), a.ids_at(tick).count());
+    assert!(north.iter().all(|job| job.submission.shard == "north"));
+    // Weights 3:1 over 500 jobs: both kinds appear, north more often.
+    let all: Vec<_> = (1..=500).map(|id| a.job(id, 1)).collect();
+    let north_share = all.iter().filter(|j| j.submission.shard == "north").count();
+    assert!((300..450).contains(&north_share), "{north_share}");
+    for job in &all {
+        let d = job.submission.duration_ticks;
+        assert!((2..=6).contains(&d), "duration {d}");
+        assert_eq!(job.submission.deadline_tick, 1 + 10 + u64::from(d));
+    }
+    // Run outcomes are drawn per (job, attempt): about 10% fail, the same each time.
+    let failures = (1..=2_000).filter(|id| a.run_fails(*id, 1)).count();
+    assert!((120..300).contains(&failures), "{failures}");
+    assert_eq!(a.run_fails(5, 1), b.run_fails(5, 1));
+}
+
+#[test]
+fn outages_are_drawn_from_the_seed_and_bounded() {
+    let spec = world().failures;
+    let schedule = FailureSchedule::new(&spec, 4);
+    let again = FailureSchedule::new(&spec, 4);
+    let mut outages = 0;
+    for node in 0..20 {
+        let silent: Vec<bool> = (0..400)
+            .map(|tick| schedule.silent(node, 5, tick))
+            .collect();
+        let silent_again: Vec<bool> = (0..400).map(|tick| again.silent(node, 5, tick)).collect();
+        assert_eq!(silent, silent_again);
+        assert!(!silent[0], "no node is silent at registration");
+        for epoch in 0..8 {
+            if let Some(range) = schedule.outage(node, 5, epoch) {
+                outages += 1;
+                let length = range.end - range.start;
+                assert!((5..=20).contains(&length), "outage of {length} ticks");
+                assert!(range.clone().all(|tick| schedule.silent(node, 5, tick)));
+            }
+        }
+    }
+    // 20 nodes × 8 epochs at 50%: outages happen, not everywhere.
+    assert!((40..120).contains(&outages), "{outages}");
+}
+
+#[test]
+fn scaled_worlds_add_uniquely_named_nodes_within_budget() {
+    let world = world();
+    let nodes = scale_nodes(&world, 3, 500);
+    assert_eq!(nodes.len(), 500);
+    assert_eq!(&nodes[..2], &world.nodes[..]);
+    let names: BTreeSet<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names.len(), 500);
+    for node in &nodes[2..] {
+        assert!(
+            node.name.starts_with(&format!("{}.", node.region)),
+            "{}",
+            node.name
+        );
+        assert!(
+            node.latency_ms <= 200,
+            "{} has {} ms",
+            node.name,
+            node.latency_ms
+        );
+    }
+    assert_eq!(scale_nodes(&world, 3, 500), nodes);
+    assert_eq!(
+        scale_nodes(&world, 3, 1),
+        world.nodes,
+        "never fewer than configured"
+    );
+}
