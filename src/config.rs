@@ -231,6 +231,21 @@ impl Checker<'_> {
         let shards = self.shards(&raw.shards)?;
         let shard_names: Vec<&str> = shards.iter().map(|s| s.name.as_str()).collect();
         let nodes = self.nodes(&raw.nodes, &shard_names)?;
+        let skills: BTreeSet<&str> = nodes
+            .iter()
+            .flat_map(|node| node.capabilities.iter().map(String::as_str))
+            .collect();
+        if skills.len() > fabric_projections::state::SKILLS_MAX {
+            return Err(self.error(
+                raw.nodes.span(),
+                "nodes",
+                format!(
+                    "the nodes offer {} distinct capabilities, over the limit of {} (skill sets are 128-bit sets)",
+                    skills.len(),
+                    fabric_projections::state::SKILLS_MAX
+                ),
+            ));
+        }
         let workload = self.workload(&raw.workload, &shard_names, &nodes)?;
         let failures = self.failures(&raw.failures)?;
         let checkpoint_interval_ticks = match &raw.checkpoints {
@@ -257,6 +272,17 @@ impl Checker<'_> {
                 raw.span(),
                 "shards",
                 "at least one shard is needed, e.g. `[shards.earth]`",
+            ));
+        }
+        if raw.get_ref().len() > fabric_projections::state::SHARDS_MAX {
+            return Err(self.error(
+                raw.span(),
+                "shards",
+                format!(
+                    "{} shards, over the limit of {} (a job's visited shards are a 64-bit set)",
+                    raw.get_ref().len(),
+                    fabric_projections::state::SHARDS_MAX
+                ),
             ));
         }
         // File order: the order shard actors are numbered in must not depend on spelling.
@@ -1437,5 +1463,20 @@ mod tests {
                     [failures]\nepoch_ticks = 200\noutage_ppm = 0\noutage_heartbeats_min = 1\n\
                     outage_heartbeats_max = 1\n";
         expect_error(text, 1, "shards", "at least one shard");
+    }
+
+    #[test]
+    fn more_shards_than_a_job_can_remember_are_refused() {
+        let mut text = default_text();
+        for extra in 0..61 {
+            text.push_str(&format!(
+                "\n[shards.extra{extra}]\nqueue_budget = 10\nlatency_budget_ms = 100\nspillover = []\nspecialties = []\n[shards.extra{extra}.treaty]\nreputation_floor_ppm = 0\nregions_served = []\nnode_quota_jobs = 1\nquota_window_ticks = 1\n"
+            ));
+        }
+        let shown = parse(&text, ORIGIN).expect_err("65 shards").to_string();
+        assert!(
+            shown.contains(": shards: 65 shards, over the limit of 64"),
+            "{shown}"
+        );
     }
 }
