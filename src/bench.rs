@@ -65,6 +65,8 @@ enum Suite {
     Ledger,
     /// `fabric run` at scale: wall time, events/s vs. the sign + verify bound, router latency
     Planetary,
+    /// Each GPU kernel on the adapter vs. its CPU reference on every core
+    Gpu,
 }
 
 #[derive(Serialize)]
@@ -84,6 +86,9 @@ struct SuiteReport {
     events: usize,
     batch_events: usize,
     repetitions: usize,
+    /// The GPU adapter the figures were measured on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    adapter: Option<String>,
     figures: Vec<Figure>,
 }
 
@@ -114,6 +119,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let result = match suite {
             Suite::Ledger => ledger_suite(args)?,
             Suite::Planetary => planetary_suite(args)?,
+            Suite::Gpu => gpu_suite(args)?,
         };
         if !args.json {
             print_table(&result);
@@ -127,10 +133,22 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
 }
 
 fn print_table(suite: &SuiteReport) {
-    println!(
-        "suite {}: {} events, {} per append, median of {}",
-        suite.suite, suite.events, suite.batch_events, suite.repetitions
-    );
+    if suite.adapter.is_some() {
+        println!(
+            "suite {}: size {}, median of {}",
+            suite.suite, suite.events, suite.repetitions
+        );
+    } else {
+        println!(
+            "suite {}: {} events, {} per append, median of {}",
+            suite.suite, suite.events, suite.batch_events, suite.repetitions
+        );
+    }
+    if let Some(adapter) = &suite.adapter {
+        println!(
+            "adapter: {adapter} (bound = the CPU reference on every core, ratio = adapter / CPU)"
+        );
+    }
     println!(
         "{:<34} {:>14} {:<9} {:>14} {:>7}",
         "figure", "value", "unit", "bound", "ratio"
@@ -382,6 +400,7 @@ fn ledger_suite(args: &BenchArgs) -> anyhow::Result<SuiteReport> {
         events,
         batch_events: batch,
         repetitions,
+        adapter: None,
         figures,
     })
 }
@@ -632,6 +651,158 @@ fn planetary_suite(args: &BenchArgs) -> anyhow::Result<SuiteReport> {
         events,
         batch_events: events / outcome.last_tick.max(1) as usize,
         repetitions: 1,
+        adapter: None,
         figures,
     })
+}
+
+/// Times `work` (after one untimed call that compiles pipelines and warms caches): the median
+/// of `repetitions`, and the last output.
+fn timed<T>(
+    repetitions: usize,
+    mut work: impl FnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<(Duration, T)> {
+    let mut output = work()?;
+    let mut samples = Vec::with_capacity(repetitions);
+    for _ in 0..repetitions {
+        let started = Instant::now();
+        output = work()?;
+        samples.push(started.elapsed());
+    }
+    Ok((median(samples), output))
+}
+
+/// A kernel's throughput on the adapter against its CPU reference, after checking that both
+/// gave the same output.
+fn kernel_figure<T: PartialEq>(
+    figure: &'static str,
+    unit: &'static str,
+    work_units: f64,
+    gpu: (Duration, T),
+    cpu: (Duration, T),
+    what: &'static str,
+) -> anyhow::Result<Figure> {
+    ensure!(
+        gpu.1 == cpu.1,
+        "{figure}: the adapter and the CPU reference disagree"
+    );
+    let on_gpu = work_units / gpu.0.as_secs_f64();
+    let on_cpu = work_units / cpu.0.as_secs_f64();
+    Ok(Figure {
+        figure,
+        value: on_gpu,
+        unit,
+        bound: Some(on_cpu),
+        ratio: Some(on_gpu / on_cpu),
+        what,
+    })
+}
+
+fn gpu_suite(args: &BenchArgs) -> anyhow::Result<SuiteReport> {
+    use fabric_gpu_kernels::blake3_batch::{hash_batch, hash_batch_cpu};
+    use fabric_gpu_kernels::embed::{embed, embed_cpu, Int8Matrix};
+    use fabric_gpu_kernels::rerank::{rerank, rerank_cpu};
+    use fabric_gpu_kernels::simulate::{simulate, simulate_cpu, Diffusion, Grid};
+    use fabric_gpu_kernels::{Engine, GpuMode};
+    use filler::ints;
+
+    let gpu = match fabric_gpu_kernels::device::shared(GpuMode::from_env()?)? {
+        Some(gpu) => gpu,
+        None => anyhow::bail!(
+            "bench gpu needs a GPU adapter and wgpu found none (FABRIC_GPU=off, or no Vulkan driver: on Debian, apt-get install mesa-vulkan-drivers libvulkan1)"
+        ),
+    };
+    let engine = Engine::Gpu(gpu);
+    let repetitions = if args.quick { 1 } else { 3 };
+    let side = if args.quick { 256 } else { 1024 };
+    let matrix = |salt: u64, rows: usize, cols: usize| {
+        Int8Matrix::new(
+            rows,
+            cols,
+            ints(salt, rows * cols).map(|v| v as i8).collect(),
+        )
+    };
+
+    let a = matrix(1, side, side)?;
+    let b = matrix(2, side, side)?;
+    let ops = 2.0 * (side as f64).powi(3);
+    let embed_figure = kernel_figure(
+        "embed (int8 matmul)",
+        "ops/s",
+        ops,
+        timed(repetitions, || Ok(embed(engine, &a, &b)?))?,
+        timed(repetitions, || Ok(embed_cpu(&a, &b)))?,
+        "n = k = m = side; 2·n·k·m multiply-adds per second, upload and readback included",
+    )?;
+
+    let (queries, corpus_rows, dims) = (side / 4, side * 16, 256);
+    let q = matrix(3, queries, dims)?;
+    let corpus = matrix(4, corpus_rows, dims)?;
+    let rerank_figure = kernel_figure(
+        "rerank (top 10)",
+        "queries/s",
+        queries as f64,
+        timed(repetitions, || Ok(rerank(engine, &q, &corpus, 10)?))?,
+        timed(repetitions, || Ok(rerank_cpu(&q, &corpus, 10)))?,
+        "queries of 256 int8 against side·16 corpus rows, top 10 each",
+    )?;
+
+    let grid = Grid {
+        h: side,
+        w: side,
+        cells: ints(5, side * side).map(|v| (v as i32) >> 4).collect(),
+    };
+    let diffusion = Diffusion {
+        alpha: 3,
+        shift: 4,
+        steps: 20,
+    };
+    let simulate_figure = kernel_figure(
+        "simulate (diffusion)",
+        "cells/s",
+        (side * side) as f64 * f64::from(diffusion.steps),
+        timed(repetitions, || Ok(simulate(engine, &grid, &diffusion)?))?,
+        timed(repetitions, || Ok(simulate_cpu(&grid, &diffusion)))?,
+        "side × side grid, 20 steps; cell updates per second",
+    )?;
+
+    // Ledger entries: a few hundred bytes each, hashed in one batch.
+    let entries: Vec<Vec<u8>> = (0..side as u64 * 64)
+        .map(|i| ints(6 + i, 60).flat_map(u32::to_le_bytes).collect())
+        .collect();
+    let messages: Vec<&[u8]> = entries.iter().map(Vec::as_slice).collect();
+    let bytes: usize = entries.iter().map(Vec::len).sum();
+    let blake3_figure = kernel_figure(
+        "blake3 (batch hashing)",
+        "bytes/s",
+        bytes as f64,
+        timed(repetitions, || Ok(hash_batch(engine, &messages)?))?,
+        timed(repetitions, || Ok(hash_batch_cpu(&messages)))?,
+        "side·64 messages of 240 bytes (ledger-entry sized); digests equal to the blake3 crate's",
+    )?;
+
+    let figures = vec![embed_figure, rerank_figure, simulate_figure, blake3_figure];
+    Ok(SuiteReport {
+        suite: "gpu",
+        events: side,
+        batch_events: 0,
+        repetitions,
+        adapter: Some(gpu.adapter_name().to_owned()),
+        figures,
+    })
+}
+
+/// Deterministic filler for the GPU bench's inputs.
+mod filler {
+    /// `count` pseudo-random u32 from `salt` (splitmix64), the same on every run.
+    pub fn ints(salt: u64, count: usize) -> impl Iterator<Item = u32> {
+        let mut state = salt.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        (0..count).map(move |_| {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            (z ^ (z >> 31)) as u32
+        })
+    }
 }

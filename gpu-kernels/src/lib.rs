@@ -1,9 +1,26 @@
-//! Fabric's GPU kernels (wgpu compute, WGSL), each with a CPU reference implementation that
+//! Fabric's GPU kernels (wgpu compute, WGSL), each with a multithreaded CPU reference that
 //! gives bit-identical output, so anyone can re-execute a job and check its receipt.
 //!
-//! Architecture invariant (for what lands here): every kernel is integer or fixed-point; its
-//! output never depends on the adapter, the thread count or the order of work.
+//! - [`blake3_batch`]: BLAKE3 digests of many messages (up to 64 KiB each) in one dispatch.
+//! - [`device`]: the one device of a process ([`device::shared`], chosen by `FABRIC_GPU` =
+//!   `auto` | `off` | `require`) and the [`Engine`] a kernel runs on.
+//! - [`embed`]: int8 × int8 matrix product, i32 sums, tiled through workgroup memory.
+//! - [`rerank`]: int8 dot products of queries against a corpus, then top-k per query.
+//! - [`simulate`]: a fixed-point 2-D diffusion stencil.
 //!
-//! This crate is empty until the GPU workloads land: it has no API yet, and its manifest pulls
-//! in no GPU stack, so builds stay lean until then.
+//! Architecture invariant: every kernel is integer or fixed-point, and every rounding,
+//! overflow and border rule is written down; its output never depends on the adapter, the
+//! thread count or the order of work. The tests run each kernel on the machine's adapter
+//! against its CPU reference on random inputs, odd sizes included.
 #![deny(missing_docs)]
+
+pub mod blake3_batch;
+pub mod device;
+pub mod embed;
+pub mod rerank;
+pub mod simulate;
+
+pub use device::{Engine, Gpu, GpuError, GpuMode, KernelId};
+
+#[cfg(test)]
+mod tests;

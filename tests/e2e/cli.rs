@@ -23,7 +23,7 @@ fn help_has_a_line_per_command() {
     let output = fabric(&["--help"]);
     assert!(output.status.success());
     let help = stdout(&output);
-    for command in ["keygen", "bench"] {
+    for command in ["run", "keygen", "bench"] {
         assert!(
             help.lines()
                 .any(|line| line.trim_start().starts_with(command)),
@@ -147,4 +147,46 @@ fn bench_refuses_a_batch_over_the_ledger_limit() {
         "{}",
         stderr(&output)
     );
+}
+
+#[test]
+fn bench_gpu_reports_each_kernel_on_the_adapter_against_its_cpu_reference() {
+    let output = fabric(&["bench", "gpu", "--quick", "--json"]);
+    if std::env::var("FABRIC_GPU").as_deref() != Ok("require") && !output.status.success() {
+        // Without FABRIC_GPU=require a machine without an adapter may refuse; it must say why.
+        assert!(
+            stderr(&output).contains("needs a GPU adapter"),
+            "{}",
+            stderr(&output)
+        );
+        return;
+    }
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    let suite = &report["suites"][0];
+    assert_eq!(suite["suite"], "gpu");
+    assert!(!suite["adapter"]
+        .as_str()
+        .expect("an adapter name")
+        .is_empty());
+    let figures = suite["figures"].as_array().expect("figures");
+    let names: Vec<&str> = figures
+        .iter()
+        .filter_map(|f| f["figure"].as_str())
+        .collect();
+    for kernel in ["embed", "rerank", "simulate", "blake3"] {
+        assert!(
+            names.iter().any(|n| n.starts_with(kernel)),
+            "no {kernel} in {names:?}"
+        );
+    }
+    for figure in figures {
+        let (value, bound, ratio) = (
+            figure["value"].as_f64().expect("value"),
+            figure["bound"].as_f64().expect("the CPU reference"),
+            figure["ratio"].as_f64().expect("ratio"),
+        );
+        assert!(value > 0.0 && bound > 0.0);
+        assert!((ratio - value / bound).abs() < 1e-9 * ratio.max(1.0));
+    }
 }

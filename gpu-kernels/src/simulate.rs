@@ -1,0 +1,143 @@
+//! `simulate`: fixed-point 2-D diffusion, `steps` times.
+//!
+//! For each cell `c` with neighbours up, down, left, right (a neighbour outside the grid takes
+//! the cell's own value): `next = c + (((up + down + left + right - 4c) * alpha) >> shift)`,
+//! `>>` being the arithmetic shift (rounding toward negative infinity), every operation
+//! wrapping on i32 overflow. Bit-identical on every adapter and on the CPU.
+
+use rayon::prelude::*;
+
+use crate::device::{groups, Engine, GpuError, KernelId};
+
+/// The kernel's identity.
+pub const SIMULATE: KernelId = KernelId {
+    id: "simulate",
+    version: 1,
+};
+
+const SHADER: &str = include_str!("shaders/simulate.wgsl");
+const TILE: u32 = 16;
+
+/// The diffusion's coefficients: the rate is `alpha / 2^shift`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Diffusion {
+    /// Numerator of the rate.
+    pub alpha: i32,
+    /// Binary exponent of the rate's denominator (0..=31).
+    pub shift: u32,
+    /// Steps to run.
+    pub steps: u32,
+}
+
+/// An `h` × `w` grid of i32, row-major.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grid {
+    /// Rows.
+    pub h: usize,
+    /// Columns.
+    pub w: usize,
+    /// `h * w` cells.
+    pub cells: Vec<i32>,
+}
+
+fn check(grid: &Grid, diffusion: &Diffusion) -> Result<(), GpuError> {
+    let bad = |detail: String| GpuError::BadInput {
+        kernel: "simulate",
+        detail,
+    };
+    if grid.h.checked_mul(grid.w) != Some(grid.cells.len()) {
+        return Err(bad(format!(
+            "{} cells do not make a {}×{} grid",
+            grid.cells.len(),
+            grid.h,
+            grid.w
+        )));
+    }
+    if grid.h > u32::MAX as usize || grid.w > u32::MAX as usize {
+        return Err(bad("a side over 2^32 cells".to_owned()));
+    }
+    if diffusion.shift > 31 {
+        return Err(bad(format!("shift {} is over 31", diffusion.shift)));
+    }
+    Ok(())
+}
+
+/// Runs `diffusion` on `grid` and returns the grid after its last step.
+pub fn simulate(engine: Engine, grid: &Grid, diffusion: &Diffusion) -> Result<Grid, GpuError> {
+    check(grid, diffusion)?;
+    let gpu = match engine {
+        Engine::Cpu => return Ok(simulate_cpu(grid, diffusion)),
+        Engine::Gpu(gpu) => gpu,
+    };
+    if diffusion.steps == 0 || grid.cells.is_empty() {
+        return Ok(grid.clone());
+    }
+    gpu.check_size("simulate", (grid.cells.len() * 4) as u64)?;
+    let (x, y) = (groups(grid.w, TILE), groups(grid.h, TILE));
+    gpu.check_groups(x.max(y))?;
+    let pipeline = gpu.pipeline("simulate", SHADER, "main");
+    let params = gpu.uniform(
+        "simulate params",
+        &[
+            grid.h as u32,
+            grid.w as u32,
+            diffusion.alpha as u32,
+            diffusion.shift,
+        ],
+    );
+    let ping = gpu.input("simulate ping", &grid.cells);
+    let pong = gpu.output("simulate pong", grid.cells.len());
+    let forward: [&wgpu::Buffer; 3] = [&params, &ping, &pong];
+    let backward: [&wgpu::Buffer; 3] = [&params, &pong, &ping];
+    let passes: Vec<_> = (0..diffusion.steps)
+        .map(|step| {
+            let buffers: &[&wgpu::Buffer] = if step % 2 == 0 { &forward } else { &backward };
+            (pipeline.as_ref(), buffers, (x, y, 1))
+        })
+        .collect();
+    let result = if diffusion.steps % 2 == 1 {
+        &pong
+    } else {
+        &ping
+    };
+    let cells = gpu.run(&passes, result, grid.cells.len())?;
+    Ok(Grid {
+        h: grid.h,
+        w: grid.w,
+        cells,
+    })
+}
+
+/// The CPU reference: rows of each step on every core.
+pub fn simulate_cpu(grid: &Grid, diffusion: &Diffusion) -> Grid {
+    let (h, w) = (grid.h, grid.w);
+    let mut current = grid.cells.clone();
+    let mut next = vec![0i32; current.len()];
+    if w == 0 {
+        return grid.clone();
+    }
+    for _ in 0..diffusion.steps {
+        next.par_chunks_mut(w).enumerate().for_each(|(y, out)| {
+            for (x, cell) in out.iter_mut().enumerate() {
+                let i = y * w + x;
+                let c = current[i];
+                let up = if y > 0 { current[i - w] } else { c };
+                let down = if y + 1 < h { current[i + w] } else { c };
+                let left = if x > 0 { current[i - 1] } else { c };
+                let right = if x + 1 < w { current[i + 1] } else { c };
+                let lap = up
+                    .wrapping_add(down)
+                    .wrapping_add(left)
+                    .wrapping_add(right)
+                    .wrapping_sub(c.wrapping_mul(4));
+                *cell = c.wrapping_add(lap.wrapping_mul(diffusion.alpha) >> diffusion.shift);
+            }
+        });
+        std::mem::swap(&mut current, &mut next);
+    }
+    Grid {
+        h,
+        w,
+        cells: current,
+    }
+}
