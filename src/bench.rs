@@ -578,13 +578,7 @@ fn planetary_suite(args: &BenchArgs) -> anyhow::Result<SuiteReport> {
 
     let mut decision_ns = outcome.decision_ns.clone();
     decision_ns.sort_unstable();
-    let quantile = |q: f64| -> f64 {
-        if decision_ns.is_empty() {
-            return 0.0;
-        }
-        let rank = ((q * decision_ns.len() as f64).ceil() as usize).clamp(1, decision_ns.len());
-        f64::from(decision_ns[rank - 1])
-    };
+    let quantile = |q: f64| crate::run::quantile_ns(&decision_ns, q) as f64;
     let (p50, p99) = (quantile(0.5), quantile(0.99));
     let wall_s = outcome.wall.as_secs_f64();
     let events_per_s = events as f64 / wall_s;

@@ -241,7 +241,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 }
 
 /// The value under which a `quantile` of the samples fall (nearest rank).
-fn quantile_ns(sorted: &[u32], quantile: f64) -> u64 {
+pub(crate) fn quantile_ns(sorted: &[u32], quantile: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
     }
@@ -286,7 +286,6 @@ fn summary(run: &RunFile, outcome: &RunOutcome) -> Value {
         .iter()
         .map(|shard| {
             let c = &shard.counters;
-            let finished = c.completed + c.failed;
             json!({
                 "shard": shard.name,
                 "submitted": c.submitted,
@@ -297,7 +296,7 @@ fn summary(run: &RunFile, outcome: &RunOutcome) -> Value {
                 "requeued": c.requeued,
                 "queue_peak": c.queue_peak,
                 "queued_at_end": shard.queued(),
-                "latency_ticks_mean": if finished == 0 { 0.0 } else { c.latency_ticks_sum as f64 / finished as f64 },
+                "latency_ticks_mean": c.latency_ticks_mean(),
             })
         })
         .collect();
@@ -502,12 +501,7 @@ fn table(outcome: &RunOutcome, summary: &Value, out: &Path) -> String {
     );
     for shard in state.shards() {
         let c = &shard.counters;
-        let finished = c.completed + c.failed;
-        let latency = if finished == 0 {
-            0.0
-        } else {
-            c.latency_ticks_sum as f64 / finished as f64
-        };
+        let latency = c.latency_ticks_mean();
         line(
             &mut text,
             format!(

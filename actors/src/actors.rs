@@ -275,12 +275,9 @@ impl Handler<Propose> for NodeActor {
                 if finished_tick > tick {
                     continue;
                 }
-                let failed = self.workload.run_fails(job.id, job.attempts);
-                let input = self
-                    .workload
-                    .job(job.id, job.submitted_tick)
-                    .submission
-                    .input_hash;
+                let generated = self.workload.job(job.id, job.submitted_tick);
+                let failed = self.workload.run_fails(&generated, job.attempts);
+                let input = generated.submission.input_hash;
                 signer.sign(JobReceipt {
                     job: job.id,
                     node: node.name.clone(),
@@ -332,10 +329,7 @@ impl Handler<Propose> for CheckpointerActor {
             return Ok(Proposed::default());
         }
         let snapshot = msg.state.snapshot_bytes();
-        let state_hash = Hash32(blake3::derive_key(
-            "fabric 2026-11 state hash v1",
-            &snapshot,
-        ));
+        let state_hash = fabric_projections::state::state_hash_of(&snapshot);
         let snapshot_hash = Hash32(*blake3::hash(&snapshot).as_bytes());
         let (tree_size, merkle_root) = msg.tree;
         let mut signer = Signer::new(&self.ledger_key, Role::Ledger, msg.tick);

@@ -449,8 +449,9 @@ async fn drive(
         if all_ended {
             break StopReason::AllJobsEnded;
         }
-        if progress(&state) != last_progress {
-            (last_progress, last_progress_tick) = (progress(&state), tick);
+        let progress_now = progress(&state);
+        if progress_now != last_progress {
+            (last_progress, last_progress_tick) = (progress_now, tick);
         }
         let running: u64 = state.shards().iter().map(|shard| shard.running).sum();
         if tick > last_arrival_tick && running == 0 && tick - last_progress_tick > stall_ticks {

@@ -94,9 +94,11 @@ fn jobs_are_a_function_of_seed_and_id_and_split_by_shard() {
         assert_eq!(job.submission.deadline_tick, 1 + 10 + u64::from(d));
     }
     // Run outcomes are drawn per (job, attempt): about 10% fail, the same each time.
-    let failures = (1..=2_000).filter(|id| a.run_fails(*id, 1)).count();
+    let failures = (1..=2_000)
+        .filter(|id| a.run_fails(&a.job(*id, 1), 1))
+        .count();
     assert!((120..300).contains(&failures), "{failures}");
-    assert_eq!(a.run_fails(5, 1), b.run_fails(5, 1));
+    assert_eq!(a.run_fails(&a.job(5, 1), 1), b.run_fails(&b.job(5, 1), 1));
 }
 
 #[test]

@@ -11,14 +11,28 @@ use crate::world::{FailureSpec, JobKindSpec, NodeSpec, World};
 
 const PPM: u64 = 1_000_000;
 
-fn stream_rng(seed: u64, purpose: &str, stream: u64) -> ChaCha8Rng {
-    let mut key_material = Vec::with_capacity(8 + purpose.len());
-    key_material.extend_from_slice(&seed.to_le_bytes());
-    key_material.extend_from_slice(purpose.as_bytes());
-    let key = blake3::derive_key("fabric 2026-11 simulation stream v1", &key_material);
-    let mut rng = ChaCha8Rng::from_seed(key);
-    rng.set_stream(stream);
-    rng
+/// The ChaCha key of one kind of draw (`purpose`) under a seed. Deriving it costs a BLAKE3
+/// derivation, so each holder derives its keys once and opens a stream per draw.
+#[derive(Clone, Debug)]
+struct StreamKey([u8; 32]);
+
+impl StreamKey {
+    fn new(seed: u64, purpose: &str) -> Self {
+        let mut key_material = Vec::with_capacity(8 + purpose.len());
+        key_material.extend_from_slice(&seed.to_le_bytes());
+        key_material.extend_from_slice(purpose.as_bytes());
+        Self(blake3::derive_key(
+            "fabric 2026-11 simulation stream v1",
+            &key_material,
+        ))
+    }
+
+    /// The draws about one thing (a job, a node and epoch, …): stream `stream` of the key.
+    fn rng(&self, stream: u64) -> ChaCha8Rng {
+        let mut rng = ChaCha8Rng::from_seed(self.0);
+        rng.set_stream(stream);
+        rng
+    }
 }
 
 /// A uniform draw in `0..bound` (`bound` > 0), without modulo bias worth noticing for the
@@ -39,7 +53,8 @@ pub struct GeneratedJob {
 /// Which jobs arrive when.
 #[derive(Clone, Debug)]
 pub struct Workload {
-    seed: u64,
+    job_key: StreamKey,
+    outcome_key: StreamKey,
     jobs_total: u64,
     arrivals_per_tick: u64,
     kinds: Vec<JobKindSpec>,
@@ -62,7 +77,8 @@ impl Workload {
             })
             .collect();
         Self {
-            seed,
+            job_key: StreamKey::new(seed, "workload/job"),
+            outcome_key: StreamKey::new(seed, "workload/outcome"),
             jobs_total,
             arrivals_per_tick: arrivals_per_tick(world),
             kinds: world.workload.kinds.clone(),
@@ -102,7 +118,7 @@ impl Workload {
 
     /// The job with id `id` (a pure function of the seed and the id), submitted at `tick`.
     pub fn job(&self, id: JobId, tick: u64) -> GeneratedJob {
-        let mut rng = stream_rng(self.seed, "workload/job", id);
+        let mut rng = self.job_key.rng(id);
         let total_weight = self.cumulative_weights.last().copied().unwrap_or(0).max(1);
         let pick = below(&mut rng, total_weight);
         let kind_ix = self
@@ -142,11 +158,10 @@ impl Workload {
             .collect()
     }
 
-    /// Whether a run of job `id` fails on its node at its `attempt` (1-based).
-    pub fn run_fails(&self, id: JobId, attempt: u32) -> bool {
-        let kind = self.job(id, 0).kind;
-        let failure_ppm = u64::from(self.kinds[kind].failure_ppm);
-        let mut rng = stream_rng(self.seed, "workload/outcome", id);
+    /// Whether a run of `job` fails on its node at its `attempt` (1-based).
+    pub fn run_fails(&self, job: &GeneratedJob, attempt: u32) -> bool {
+        let failure_ppm = u64::from(self.kinds[job.kind].failure_ppm);
+        let mut rng = self.outcome_key.rng(job.submission.job);
         rng.set_word_pos(u128::from(attempt) * 16);
         below(&mut rng, PPM) < failure_ppm
     }
@@ -192,7 +207,7 @@ pub fn arrivals_per_tick(world: &World) -> u64 {
 /// When nodes are silent.
 #[derive(Clone, Debug)]
 pub struct FailureSchedule {
-    seed: u64,
+    outage_key: StreamKey,
     spec: FailureSpec,
 }
 
@@ -200,7 +215,7 @@ impl FailureSchedule {
     /// The schedule of `spec` under `seed`.
     pub fn new(spec: &FailureSpec, seed: u64) -> Self {
         Self {
-            seed,
+            outage_key: StreamKey::new(seed, "failures/outage"),
             spec: spec.clone(),
         }
     }
@@ -213,11 +228,7 @@ impl FailureSchedule {
         epoch: u64,
     ) -> Option<std::ops::Range<u64>> {
         let epoch_ticks = u64::from(self.spec.epoch_ticks.max(1));
-        let mut rng = stream_rng(
-            self.seed,
-            "failures/outage",
-            (u64::from(node) << 32) | epoch,
-        );
+        let mut rng = self.outage_key.rng((u64::from(node) << 32) | epoch);
         if below(&mut rng, PPM) >= u64::from(self.spec.outage_ppm) {
             return None;
         }
@@ -255,9 +266,10 @@ pub fn scale_nodes(world: &World, seed: u64, nodes_total: usize) -> Vec<NodeSpec
     if templates == 0 {
         return nodes;
     }
+    let scale_key = StreamKey::new(seed, "scale/node");
     for index in templates..nodes_total {
         let template = &world.nodes[index % templates];
-        let mut rng = stream_rng(seed, "scale/node", index as u64);
+        let mut rng = scale_key.rng(index as u64);
         let vary = |rng: &mut ChaCha8Rng, value: u64| -> u64 {
             let pct = 90 + below(rng, 21);
             (value * pct / 100).max(1)

@@ -10,7 +10,8 @@ pub const EMBED: KernelId = KernelId {
     version: 1,
 };
 
-const SHADER: &str = include_str!("shaders/embed.wgsl");
+/// The `embed` shader (also the first pass of `rerank`).
+pub(crate) const SHADER: &str = include_str!("shaders/embed.wgsl");
 const TILE: u32 = 16;
 
 /// A row-major int8 matrix.

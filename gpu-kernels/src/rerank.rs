@@ -15,7 +15,6 @@ pub const RERANK: KernelId = KernelId {
 /// Largest k.
 pub const RERANK_K_MAX: usize = 64;
 
-const EMBED_SHADER: &str = include_str!("shaders/embed.wgsl");
 const TOPK_SHADER: &str = include_str!("shaders/topk.wgsl");
 
 /// One hit: corpus index and its score.
@@ -68,7 +67,7 @@ pub fn rerank(
     }
     let (x, y) = (groups(c, 16), groups(q, 16));
     gpu.check_groups(x.max(y))?;
-    let embed = gpu.pipeline("embed", EMBED_SHADER, "main");
+    let embed = gpu.pipeline("embed", crate::embed::SHADER, "main");
     let topk = gpu.pipeline("rerank-topk", TOPK_SHADER, "main");
     let embed_params = gpu.uniform("rerank scores params", &[q as u32, k4 as u32, c as u32, 0]);
     let topk_params = gpu.uniform("rerank topk params", &[q as u32, c as u32, k as u32, 0]);

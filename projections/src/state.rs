@@ -243,6 +243,18 @@ pub struct ShardCounters {
     pub latency_ticks_sum: u64,
 }
 
+impl ShardCounters {
+    /// Mean submission-to-receipt latency of the jobs its nodes finished, in ticks.
+    pub fn latency_ticks_mean(&self) -> f64 {
+        let finished = self.completed + self.failed;
+        if finished == 0 {
+            0.0
+        } else {
+            self.latency_ticks_sum as f64 / finished as f64
+        }
+    }
+}
+
 /// One shard.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Shard {
@@ -771,25 +783,29 @@ impl State {
             && shard.serves(class.origin)
     }
 
-    /// Recomputes which nodes of a shard could take each class.
-    fn rebuild_capable(&mut self, shard: ShardIx) {
-        let s = &self.shards[shard as usize];
-        let mut by_name: Vec<NodeIx> = s.nodes.clone();
-        by_name.sort_by(|a, b| {
+    /// The nodes of `shard` that could take `class`, sorted by name.
+    fn capable_list(&self, shard: &Shard, class: &JobClass) -> Vec<NodeIx> {
+        let mut list: Vec<NodeIx> = shard
+            .nodes
+            .iter()
+            .copied()
+            .filter(|node| self.node_capable(shard, *node, class))
+            .collect();
+        list.sort_by(|a, b| {
             self.nodes[*a as usize]
                 .name
                 .cmp(&self.nodes[*b as usize].name)
         });
+        list
+    }
+
+    /// Recomputes which nodes of a shard could take each class.
+    fn rebuild_capable(&mut self, shard: ShardIx) {
+        let s = &self.shards[shard as usize];
         let capable = self
             .classes
             .iter()
-            .map(|class| {
-                by_name
-                    .iter()
-                    .copied()
-                    .filter(|node| self.node_capable(s, *node, class))
-                    .collect()
-            })
+            .map(|class| self.capable_list(s, class))
             .collect();
         self.shards[shard as usize].capable = capable;
     }
@@ -869,18 +885,7 @@ impl State {
         let class_ix = self.classes.len() as ClassIx;
         let class = JobClass { skills, origin };
         for shard_ix in 0..self.shards.len() {
-            let shard = &self.shards[shard_ix];
-            let mut list: Vec<NodeIx> = shard
-                .nodes
-                .iter()
-                .copied()
-                .filter(|node| self.node_capable(shard, *node, &class))
-                .collect();
-            list.sort_by(|a, b| {
-                self.nodes[*a as usize]
-                    .name
-                    .cmp(&self.nodes[*b as usize].name)
-            });
+            let list = self.capable_list(&self.shards[shard_ix], &class);
             self.shards[shard_ix].capable.push(list);
         }
         self.classes.push(class);
@@ -1320,9 +1325,12 @@ impl State {
     /// BLAKE3 (keyed by the context `fabric 2026-11 state hash v1`) of
     /// [`State::snapshot_bytes`]: two folds of the same log give the same hash.
     pub fn state_hash(&self) -> Hash32 {
-        Hash32(blake3::derive_key(
-            "fabric 2026-11 state hash v1",
-            &self.snapshot_bytes(),
-        ))
+        state_hash_of(&self.snapshot_bytes())
     }
+}
+
+/// The state hash of snapshot bytes made by [`State::snapshot_bytes`], for callers that keep
+/// the bytes (a checkpoint stores them and hashes them once).
+pub fn state_hash_of(snapshot: &[u8]) -> Hash32 {
+    Hash32(blake3::derive_key("fabric 2026-11 state hash v1", snapshot))
 }
