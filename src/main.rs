@@ -2,6 +2,7 @@
 
 mod bench;
 mod config;
+mod export;
 mod run;
 
 use std::path::PathBuf;
@@ -22,6 +23,10 @@ struct Cli {
 enum Command {
     /// Run the planetary simulation: every event signed, chained and stored in --data
     Run(run::RunArgs),
+    /// Continue an interrupted run from its newest valid checkpoint to its end
+    Resume(run::ResumeArgs),
+    /// Write a run's log as export lines (docs/FORMAT.md §5)
+    Export(export::ExportArgs),
     /// Create an ed25519 key pair: FILE (secret, mode 0600) and FILE.pub
     Keygen {
         /// Where to write the secret key; the public key goes to FILE.pub
@@ -49,6 +54,8 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run::run(&args),
+        Command::Resume(args) => run::resume(&args),
+        Command::Export(args) => export::run(&args),
         Command::Keygen { out, force } => keygen(&out, force),
         Command::Bench(args) => bench::run(&args),
     }

@@ -1,18 +1,17 @@
 //! `fabric run`: the planetary simulation on the embedded store, with its reports.
 
 use std::fs::{self, File};
-use std::io::{BufWriter, IsTerminal, Write};
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context};
 use fabric_actors::workload::scale_nodes;
 use fabric_actors::world::World;
-use fabric_actors::{sim_ledger_key, RunOutcome, RunSpec};
+use fabric_actors::{sim_ledger_key, RunOutcome, RunSpec, Sampler};
 use fabric_events::{OwnerAction, OwnerCommand};
 use fabric_ledger::Ledger;
 use fabric_projections::state::JobStatus;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -20,8 +19,6 @@ use serde_json::{json, Value};
 const RUN_FILE_FORMAT: u32 = 1;
 const RUN_FILE: &str = "run.json";
 const LEDGER_DIR: &str = "ledger";
-/// Entries turned into export lines per parallel step.
-const EXPORT_CHUNK_ENTRIES: usize = 16_384;
 
 /// Arguments of `fabric run`.
 #[derive(clap::Args, Debug)]
@@ -124,42 +121,138 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         serde_json::to_string_pretty(&run_file)?.as_bytes(),
     )?;
 
-    let mut scaled = world;
-    scaled.nodes = scale_nodes(&scaled, args.seed, nodes_total);
-    let spec = RunSpec {
-        world: scaled,
-        seed: args.seed,
-        jobs: args.jobs,
-    };
+    let spec = run_file.spec();
     let ledger_path = args.data.join(LEDGER_DIR);
     let ledger = Ledger::open(&ledger_path, sim_ledger_key(args.seed))
         .with_context(|| format!("could not open the ledger in {}", ledger_path.display()))?;
 
     let progress = progress_bar(args.jobs);
-    let outcome = fabric_actors::run(&spec, ledger, |tick| {
-        let metrics = tick.state.metrics();
-        progress.set_position(metrics.completed + metrics.dropped + metrics.cancelled);
-        progress.set_message(format!(
-            "tick {} · {} events · {} queued",
-            tick.tick,
-            tick.events_total,
-            tick.state.shards().iter().map(|s| s.queued()).sum::<u64>()
-        ));
-    })
-    .context("the run failed")?;
+    let outcome = fabric_actors::run(&spec, ledger, |tick| show_progress(&progress, tick))
+        .context("the run failed")?;
     progress.finish_and_clear();
+    finish(&run_file, &outcome, args.out.clone(), args.json)
+}
 
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("reports").join(&label));
-    let summary = summary(&run_file, &outcome);
-    write_reports(&out, &outcome, &summary)?;
-    if args.json {
+/// Arguments of `fabric resume`.
+#[derive(clap::Args, Debug)]
+pub struct ResumeArgs {
+    /// The data folder of the interrupted run
+    #[arg(long, value_name = "DIR", default_value = "data")]
+    data: PathBuf,
+    /// Where the reports go (default: reports/<the run's label>)
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Print the summary as JSON on stdout (and nothing else there)
+    #[arg(long)]
+    json: bool,
+}
+
+/// `fabric resume`: continues the run stored in `--data` from its newest valid checkpoint to
+/// its end, then writes its reports (from the log, so every event appears exactly once).
+pub fn resume(args: &ResumeArgs) -> anyhow::Result<()> {
+    let (run_file, ledger) = open_run(&args.data)?;
+    let discarded = ledger.open_report().discarded_blocks;
+    let spec = run_file.spec();
+    let progress = progress_bar(run_file.jobs);
+    let outcome = fabric_actors::resume(&spec, ledger, |tick| show_progress(&progress, tick))
+        .context("the resumed run failed")?;
+    progress.finish_and_clear();
+    if discarded > 0 {
+        eprintln!(
+            "discarded {discarded} stored blocks past the last acknowledged batch (a batch that \
+             was being written when the run stopped)"
+        );
+    }
+    if let Some((report, took)) = &outcome.restored {
+        for skipped in &report.skipped {
+            eprintln!("skipped {skipped}; falling back to the one before");
+        }
+        match report.checkpoint_tree_size {
+            Some(size) => eprintln!(
+                "restored from the checkpoint at tree size {size}, replaying {} of {} events, in {} ms",
+                report.tail_events,
+                report.log_events,
+                took.as_millis()
+            ),
+            None => eprintln!(
+                "no usable checkpoint: replayed all {} events from genesis in {} ms",
+                report.log_events,
+                took.as_millis()
+            ),
+        }
+    }
+    finish(&run_file, &outcome, args.out.clone(), args.json)
+}
+
+impl RunFile {
+    /// What to run: the configured world with its generated nodes.
+    fn spec(&self) -> RunSpec {
+        let mut world = self.world.clone();
+        world.nodes = scale_nodes(&world, self.seed, self.nodes);
+        RunSpec {
+            world,
+            seed: self.seed,
+            jobs: self.jobs,
+        }
+    }
+}
+
+/// Reads a data folder's `run.json` and opens its ledger.
+pub(crate) fn open_run(data: &Path) -> anyhow::Result<(RunFile, Ledger)> {
+    let run_path = data.join(RUN_FILE);
+    let text = fs::read_to_string(&run_path).with_context(|| {
+        format!(
+            "{} is not the data folder of a run: cannot read {}",
+            data.display(),
+            run_path.display()
+        )
+    })?;
+    let run_file: RunFile = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a valid run file", run_path.display()))?;
+    ensure!(
+        run_file.format == RUN_FILE_FORMAT,
+        "{}: run file format {} is not supported (this build reads format {RUN_FILE_FORMAT})",
+        run_path.display(),
+        run_file.format
+    );
+    let ledger_path = data.join(LEDGER_DIR);
+    ensure!(
+        ledger_path.is_dir(),
+        "{} holds no ledger (no folder {})",
+        data.display(),
+        ledger_path.display()
+    );
+    let ledger = Ledger::open(&ledger_path, sim_ledger_key(run_file.seed))
+        .with_context(|| format!("could not open the ledger in {}", ledger_path.display()))?;
+    Ok((run_file, ledger))
+}
+
+fn show_progress(progress: &ProgressBar, tick: &fabric_actors::TickProgress<'_>) {
+    let metrics = tick.state.metrics();
+    progress.set_position(metrics.completed + metrics.dropped + metrics.cancelled);
+    progress.set_message(format!(
+        "tick {} · {} events · {} queued",
+        tick.tick,
+        tick.events_total,
+        tick.state.shards().iter().map(|s| s.queued()).sum::<u64>()
+    ));
+}
+
+/// Writes the reports of a finished run and prints its summary.
+fn finish(
+    run_file: &RunFile,
+    outcome: &RunOutcome,
+    out: Option<PathBuf>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let out = out.unwrap_or_else(|| PathBuf::from("reports").join(&run_file.label));
+    let summary = summary(run_file, outcome);
+    write_reports(&out, outcome, &summary)?;
+    if json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
-        eprint!("{}", table(&outcome, &summary, &out));
+        eprint!("{}", table(outcome, &summary, &out));
     } else {
-        print!("{}", table(&outcome, &summary, &out));
+        print!("{}", table(outcome, &summary, &out));
     }
     Ok(())
 }
@@ -202,7 +295,9 @@ fn prepare_data_dir(data: &Path, force: bool) -> anyhow::Result<()> {
     };
     if !force {
         bail!(
-            "--data {} already holds {describe}; choose another folder, or pass --force to replace it",
+            "--data {} already holds {describe}; choose another folder, pass --force to replace it, \
+             or continue an interrupted run with `fabric resume --data {}`",
+            data.display(),
             data.display()
         );
     }
@@ -281,6 +376,7 @@ fn summary(run: &RunFile, outcome: &RunOutcome) -> Value {
     });
     let wall_s = outcome.wall.as_secs_f64().max(1e-9);
     let events = outcome.tree_head.tree_size;
+    let appended = outcome.events_appended;
     let shards: Vec<Value> = state
         .shards()
         .iter()
@@ -300,7 +396,7 @@ fn summary(run: &RunFile, outcome: &RunOutcome) -> Value {
             })
         })
         .collect();
-    json!({
+    let mut summary = json!({
         "label": run.label,
         "seed": run.seed,
         "jobs": run.jobs,
@@ -317,7 +413,7 @@ fn summary(run: &RunFile, outcome: &RunOutcome) -> Value {
         "state_hash": state.state_hash().to_hex(),
         "wall_ms": outcome.wall.as_millis() as u64,
         "throughput": {
-            "events_per_s": events as f64 / wall_s,
+            "events_per_s": appended as f64 / wall_s,
             "jobs_per_s": metrics.finished() as f64 / wall_s,
             "jobs_per_tick": metrics.finished() as f64 / outcome.last_tick.max(1) as f64,
         },
@@ -360,58 +456,60 @@ fn summary(run: &RunFile, outcome: &RunOutcome) -> Value {
             "treaty_failover_events_total": metrics.requeues + metrics.spillovers,
         },
         "shards": shards,
-    })
+    });
+    if let Some((report, took)) = &outcome.restored {
+        summary["resumed"] = json!({
+            "checkpoint_tree_size": report.checkpoint_tree_size.unwrap_or(0),
+            "from_genesis": report.checkpoint_tree_size.is_none(),
+            "tail_events": report.tail_events,
+            "skipped_checkpoints": report.skipped,
+            "restore_ms": took.as_millis() as u64,
+            "events_appended": appended,
+        });
+    }
+    summary
 }
 
+/// Writes the reports. `events.ndjson` and `shards.json` come from one replay of the log, so
+/// a resumed run reports every event exactly once and the same samples as an uninterrupted
+/// one; the replay must end in the run's own state. Each file is replaced atomically.
 fn write_reports(out: &Path, outcome: &RunOutcome, summary: &Value) -> anyhow::Result<()> {
     fs::create_dir_all(out)
         .with_context(|| format!("could not create the report folder {}", out.display()))?;
     let write_json = |name: &str, value: &Value| -> anyhow::Result<()> {
-        let path = out.join(name);
-        let text = serde_json::to_string_pretty(value)?;
-        fs::write(&path, text + "\n").with_context(|| format!("could not write {}", path.display()))
+        let text = serde_json::to_string_pretty(value)? + "\n";
+        crate::export::write_file(&out.join(name), |writer| {
+            Ok(writer.write_all(text.as_bytes())?)
+        })
     };
-    write_json("summary.json", summary)?;
+    let reader = outcome.ledger.reader();
+    let mut sampler = Sampler::new(outcome.sample_every_ticks);
+    crate::export::write_file(&out.join("events.ndjson"), |writer| {
+        crate::export::write_lines(&reader, 0..outcome.ledger.len(), writer, |entry| {
+            let event = entry
+                .event()
+                .with_context(|| format!("entry {} does not decode", entry.seq))?;
+            sampler
+                .apply(&event)
+                .with_context(|| format!("entry {} does not fit the replayed state", entry.seq))?;
+            Ok(())
+        })
+    })?;
+    let (replayed, samples) = sampler.finish(outcome.last_tick);
+    let (replayed_hash, run_hash) = (replayed.state_hash(), outcome.state.state_hash());
+    ensure!(
+        replayed_hash == run_hash,
+        "the log replays to state {replayed_hash}, but the run ended in state {run_hash}"
+    );
     write_json(
         "shards.json",
         &json!({
             "sample_every_ticks": outcome.sample_every_ticks,
-            "samples": outcome.samples,
+            "samples": samples,
         }),
     )?;
     write_json("owner-script.json", &owner_script(outcome))?;
-
-    let path = out.join("events.ndjson");
-    let file =
-        File::create(&path).with_context(|| format!("could not write {}", path.display()))?;
-    let mut writer = BufWriter::with_capacity(1 << 20, file);
-    // Entries are read in order and turned into JSON lines on every core, a chunk at a time.
-    let mut entries = outcome.ledger.entries(0..outcome.ledger.len());
-    loop {
-        let chunk: Vec<_> = entries
-            .by_ref()
-            .take(EXPORT_CHUNK_ENTRIES)
-            .collect::<Result<_, _>>()
-            .context("could not read the ledger back for the export")?;
-        if chunk.is_empty() {
-            break;
-        }
-        let lines: Vec<String> = chunk
-            .par_iter()
-            .map(|entry| {
-                entry
-                    .export_line()
-                    .with_context(|| format!("entry {} does not decode", entry.seq))
-            })
-            .collect::<anyhow::Result<_>>()?;
-        for line in lines {
-            writer.write_all(line.as_bytes())?;
-            writer.write_all(b"\n")?;
-        }
-    }
-    writer
-        .flush()
-        .with_context(|| format!("could not write {}", path.display()))?;
+    write_json("summary.json", summary)?;
     Ok(())
 }
 

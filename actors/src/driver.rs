@@ -20,6 +20,7 @@ use crate::actors::{
     Append, CheckpointerActor, Close, LedgerWriter, NodeActor, Proposal, Propose, Proposed,
     RouterActor, ShardActor, Signer,
 };
+use crate::restore::{restore, RestoreReport, Restored};
 use crate::workload::{FailureSchedule, Workload};
 use crate::world::World;
 use crate::RunError;
@@ -168,14 +169,16 @@ pub struct RunOutcome {
     pub decision_ns: Vec<u32>,
     /// Decisions that left a job waiting.
     pub waits: u64,
-    /// Per-shard telemetry over the run.
-    pub samples: Vec<ShardSample>,
-    /// Ticks between samples.
+    /// Ticks between telemetry samples (see [`Sampler`]).
     pub sample_every_ticks: u64,
     /// Why the run stopped.
     pub stop: StopReason,
-    /// Wall time of the run, from genesis to the last append.
+    /// Wall time of this process's part of the run, from its first tick to its last append.
     pub wall: Duration,
+    /// Events this process appended (all of them, unless the run was resumed).
+    pub events_appended: u64,
+    /// How a resumed run was restored, and how long that took.
+    pub restored: Option<(RestoreReport, Duration)>,
     /// Arrivals per tick of the workload.
     pub arrivals_per_tick: u64,
 }
@@ -213,14 +216,15 @@ fn genesis(world: &World, keys: &SimKeys) -> Result<Vec<Proposal>, RunError> {
     Ok(owner.finish())
 }
 
-fn sample(state: &State, tick: u64, out: &mut Vec<ShardSample>) {
-    for shard in state.shards() {
+/// One sample per shard of the state after `tick`.
+pub fn shard_samples(state: &State, tick: u64) -> impl Iterator<Item = ShardSample> + '_ {
+    state.shards().iter().map(move |shard| {
         let healthy_nodes = shard
             .nodes
             .iter()
             .filter(|node| state.nodes()[**node as usize].healthy)
             .count() as u64;
-        out.push(ShardSample {
+        ShardSample {
             tick,
             shard: shard.name.clone(),
             queue_depth: shard.queued(),
@@ -229,7 +233,60 @@ fn sample(state: &State, tick: u64, out: &mut Vec<ShardSample>) {
             spilled_in: shard.counters.spilled_in,
             spilled_out: shard.counters.spilled_out,
             healthy_nodes,
-        });
+        }
+    })
+}
+
+/// Replays a log and samples every shard at tick 0, at every multiple of `every_ticks` and at
+/// the last tick: the telemetry of `shards.json`, a function of the log alone, so a resumed
+/// run reports exactly what an uninterrupted one does.
+pub struct Sampler {
+    state: State,
+    every_ticks: u64,
+    next_tick: u64,
+    last_sampled: Option<u64>,
+    samples: Vec<ShardSample>,
+}
+
+impl Sampler {
+    /// An empty replay sampling every `every_ticks` ticks.
+    pub fn new(every_ticks: u64) -> Self {
+        Self {
+            state: State::new(),
+            every_ticks: every_ticks.max(1),
+            next_tick: 0,
+            last_sampled: None,
+            samples: Vec::new(),
+        }
+    }
+
+    /// Samples every due tick before `tick`: the state has not changed since.
+    fn sample_before(&mut self, tick: u64) {
+        while self.next_tick < tick {
+            self.samples
+                .extend(shard_samples(&self.state, self.next_tick));
+            self.last_sampled = Some(self.next_tick);
+            self.next_tick += self.every_ticks;
+        }
+    }
+
+    /// Folds in the next event of the log.
+    pub fn apply(
+        &mut self,
+        event: &fabric_events::Event,
+    ) -> Result<(), fabric_projections::ApplyError> {
+        self.sample_before(event.header.tick);
+        self.state.apply(event)
+    }
+
+    /// Samples up to and including `last_tick` (the run's last tick) and hands back the state
+    /// and the samples.
+    pub fn finish(mut self, last_tick: u64) -> (State, Vec<ShardSample>) {
+        self.sample_before(last_tick + 1);
+        if self.last_sampled != Some(last_tick) {
+            self.samples.extend(shard_samples(&self.state, last_tick));
+        }
+        (self.state, self.samples)
     }
 }
 
@@ -243,8 +300,30 @@ pub fn run(
     if !ledger.is_empty() {
         return Err(RunError::LedgerNotEmpty { size: ledger.len() });
     }
+    execute(spec, ledger, None, on_tick)
+}
+
+/// Continues the run of `spec` stored in `ledger` (interrupted at any moment) to its end,
+/// from the newest checkpoint that verifies (see [`restore`]). The log it leaves is the one
+/// an uninterrupted run leaves, byte for byte.
+pub fn resume(
+    spec: &RunSpec,
+    ledger: Ledger,
+    on_tick: impl FnMut(&TickProgress<'_>),
+) -> Result<RunOutcome, RunError> {
+    let started = Instant::now();
+    let restored = restore(&ledger.reader(), &ledger.ledger_key())?;
+    execute(spec, ledger, Some((restored, started.elapsed())), on_tick)
+}
+
+fn execute(
+    spec: &RunSpec,
+    ledger: Ledger,
+    restored: Option<(Restored, Duration)>,
+    on_tick: impl FnMut(&TickProgress<'_>),
+) -> Result<RunOutcome, RunError> {
     let system = actix::System::new();
-    let result = system.block_on(drive(spec, ledger, on_tick));
+    let result = system.block_on(drive(spec, ledger, restored, on_tick));
     System::current().stop();
     result
 }
@@ -293,9 +372,12 @@ impl Actors {
 async fn drive(
     spec: &RunSpec,
     ledger: Ledger,
+    restored: Option<(Restored, Duration)>,
     mut on_tick: impl FnMut(&TickProgress<'_>),
 ) -> Result<RunOutcome, RunError> {
     let started = Instant::now();
+    let events_before = ledger.len();
+    let mut tree_head = ledger.tree_head();
     let world = &spec.world;
     let keys = SimKeys::derive(world, spec.seed);
     let workload = Arc::new(Workload::new(world, spec.seed, spec.jobs));
@@ -364,19 +446,19 @@ async fn drive(
         intakes,
     };
 
-    let mut state = Arc::new(State::new());
-
-    // Tick 0: the world registers.
-    let genesis = genesis(world, &keys)?;
-    let genesis_events: Vec<_> = genesis.iter().map(|p| p.event.clone()).collect();
-    let genesis_signed = genesis.into_iter().map(|p| p.signed).collect();
-    let mut receipt = writer
-        .send(Append {
-            events: genesis_signed,
-            snapshot: None,
-        })
-        .await??;
-    apply_all(&mut state, 0, &genesis_events)?;
+    // A fresh run starts at tick 0 (the world registers); a resumed one at the log's last tick,
+    // whose stored events must be the start of what the actors propose for it again.
+    let (state, mut tick, mut stored, mut tree, restore_report) = match restored {
+        None => (State::new(), 0, Vec::new(), (0, tree_head.root), None),
+        Some((restored, took)) => (
+            restored.state,
+            restored.tick,
+            restored.stored,
+            restored.tree_before,
+            Some((restored.report, took)),
+        ),
+    };
+    let mut state = Arc::new(state);
 
     let last_arrival_tick = workload.last_arrival_tick();
     let longest_run = world
@@ -387,11 +469,8 @@ async fn drive(
         .max()
         .unwrap_or(1);
     let sample_every_ticks = ((last_arrival_tick + 2 * longest_run) / SAMPLES_TARGET).max(1);
-    let mut samples = Vec::new();
-    sample(&state, 0, &mut samples);
     let mut decision_ns = Vec::new();
     let mut waits = 0;
-    let mut tick = 0;
     // A run whose waiting jobs no node can ever take would otherwise idle until the drain
     // limit: stop once nothing has moved for longer than any outage and its detection take.
     let interval_max = world
@@ -402,15 +481,12 @@ async fn drive(
         .unwrap_or(1);
     let stall_ticks = u64::from(world.failures.epoch_ticks)
         + interval_max * (u64::from(world.failures.outage_heartbeats_max) + 2);
-    let progress = |state: &State| {
-        let m = state.metrics();
-        m.submitted + m.assigned + m.spillovers + m.requeues + m.finished() + m.cancelled
-    };
-    let (mut last_progress, mut last_progress_tick) = (progress(&state), 0);
     let stop = loop {
-        tick += 1;
-        let tree = (receipt.tree_head.tree_size, receipt.tree_head.root);
-        let answers = actors.propose(tick, &state, tree).await?;
+        let answers = if tick == 0 {
+            vec![Proposed::from(genesis(world, &keys)?)]
+        } else {
+            actors.propose(tick, &state, tree).await?
+        };
         let mut events = Vec::new();
         let mut signed = Vec::new();
         let mut snapshot = None;
@@ -425,45 +501,47 @@ async fn drive(
                 signed.push(proposal.signed);
             }
         }
-        if !signed.is_empty() {
-            receipt = writer
+        if !stored.is_empty() {
+            check_stored_prefix(tick, &stored, &signed)?;
+            // The snapshot went to disk with the tick's first commit.
+            snapshot = None;
+        }
+        let missing = signed.split_off(stored.len());
+        stored.clear();
+        if !missing.is_empty() {
+            tree_head = writer
                 .send(Append {
-                    events: signed,
+                    events: missing,
                     snapshot,
                 })
-                .await??;
+                .await??
+                .tree_head;
+        }
+        if !events.is_empty() {
             apply_all(&mut state, tick, &events)?;
         }
+        tree = (tree_head.tree_size, tree_head.root);
         on_tick(&TickProgress {
             tick,
             state: &state,
-            events_total: receipt.tree_head.tree_size,
+            events_total: tree_head.tree_size,
             jobs_total: spec.jobs,
         });
         let metrics = state.metrics();
-        let all_ended = metrics.submitted == spec.jobs
-            && metrics.completed + metrics.dropped + metrics.cancelled == spec.jobs;
-        if tick % sample_every_ticks == 0 || all_ended {
-            sample(&state, tick, &mut samples);
-        }
-        if all_ended {
+        if metrics.submitted == spec.jobs
+            && metrics.completed + metrics.dropped + metrics.cancelled == spec.jobs
+        {
             break StopReason::AllJobsEnded;
         }
-        let progress_now = progress(&state);
-        if progress_now != last_progress {
-            (last_progress, last_progress_tick) = (progress_now, tick);
-        }
         let running: u64 = state.shards().iter().map(|shard| shard.running).sum();
-        if tick > last_arrival_tick && running == 0 && tick - last_progress_tick > stall_ticks {
-            sample(&state, tick, &mut samples);
-            break StopReason::Stalled {
-                idle_ticks: tick - last_progress_tick,
-            };
+        let idle_ticks = tick - state.jobs_moved_tick();
+        if tick > last_arrival_tick && running == 0 && idle_ticks > stall_ticks {
+            break StopReason::Stalled { idle_ticks };
         }
         if tick >= last_arrival_tick + DRAIN_TICKS_MAX {
-            sample(&state, tick, &mut samples);
             break StopReason::DrainLimit;
         }
+        tick += 1;
     };
     let wall = started.elapsed();
     let ledger = writer.send(Close).await?.ok_or(RunError::LedgerClosed)?;
@@ -475,16 +553,32 @@ async fn drive(
     Ok(RunOutcome {
         state,
         last_tick: tick,
-        tree_head: receipt.tree_head,
+        tree_head,
+        events_appended: tree_head.tree_size - events_before,
+        restored: restore_report,
         ledger,
         decision_ns,
         waits,
-        samples,
         sample_every_ticks,
         stop,
         wall,
         arrivals_per_tick: workload.arrivals_per_tick(),
     })
+}
+
+/// Checks that the events a resumed tick already stored are the start of what is proposed
+/// for it now: the same authors, signatures and bytes.
+fn check_stored_prefix(
+    tick: u64,
+    stored: &[(fabric_events::Event, fabric_events::SignedEvent)],
+    proposed: &[fabric_events::SignedEvent],
+) -> Result<(), RunError> {
+    for (index, (_, stored)) in stored.iter().enumerate() {
+        if proposed.get(index) != Some(stored) {
+            return Err(RunError::Diverged { tick, index });
+        }
+    }
+    Ok(())
 }
 
 /// Folds an appended batch into the state. Every actor has answered (and dropped its view),

@@ -4,7 +4,9 @@
 //! - [`world`]: the world a run simulates (shards, nodes, workload, failures).
 //! - [`workload`]: arrivals, outages and outcomes as pure functions of the seed.
 //! - [`actors`]: the actors and their messages.
-//! - [`driver`]: [`driver::run`], the planetary run.
+//! - [`driver`]: [`driver::run`], the planetary run, and [`driver::resume`], which continues an
+//!   interrupted one.
+//! - [`restore`]: the state of a stored run from its newest valid checkpoint and its tail.
 //!
 //! Architecture invariant: actors act in ticks. The driver collects every actor's proposed
 //! events for a tick, orders them by a stable key, and appends them to the ledger as one
@@ -14,14 +16,17 @@
 
 pub mod actors;
 pub mod driver;
+pub mod restore;
 pub mod workload;
 pub mod world;
 
 use thiserror::Error;
 
 pub use driver::{
-    run, sim_ledger_key, RunOutcome, RunSpec, ShardSample, SimKeys, StopReason, TickProgress,
+    resume, run, shard_samples, sim_ledger_key, RunOutcome, RunSpec, Sampler, ShardSample, SimKeys,
+    StopReason, TickProgress,
 };
+pub use restore::{restore, RestoreReport, Restored};
 
 /// Why a run stopped.
 #[derive(Debug, Error)]
@@ -65,6 +70,20 @@ pub enum RunError {
     /// A reader kept the state past its tick.
     #[error("an actor kept its view of the state past its tick")]
     StateShared,
+    /// A resumed run's log cannot be restored.
+    #[error("cannot restore the run: {0}")]
+    Restore(String),
+    /// A resumed tick's stored events are not what the run proposes for it.
+    #[error(
+        "the log does not continue this run: event {index} of tick {tick} is not what the run \
+         proposes there (was it made with other parameters, or by another build?)"
+    )]
+    Diverged {
+        /// The tick.
+        tick: u64,
+        /// The event's position in the tick.
+        index: usize,
+    },
     /// The run needs an empty ledger.
     #[error("the ledger already holds {size} events; a run starts from an empty ledger")]
     LedgerNotEmpty {

@@ -87,6 +87,27 @@ pub fn decode_canonical<T: Decode<()>>(bytes: &[u8]) -> Result<T, DecodeError> {
     Ok(value)
 }
 
+/// Decodes one canonical value at the start of `bytes` and says how many bytes it used, for
+/// structures that are a sequence of values (state snapshots). Damaged lengths cannot make it
+/// allocate much more than the input: the decoder's limit is at most sixteen times the input's
+/// length.
+pub fn decode_canonical_prefix<T: Decode<()>>(bytes: &[u8]) -> Result<(T, usize), DecodeError> {
+    fn with_limit<T: Decode<()>, const LIMIT: usize>(
+        bytes: &[u8],
+    ) -> Result<(T, usize), bincode::error::DecodeError> {
+        bincode::decode_from_slice::<T, _>(bytes, CANONICAL.with_limit::<LIMIT>())
+    }
+    let result = match bytes.len() {
+        0..=0xffff => with_limit::<T, { 1 << 16 }>(bytes),
+        0x1_0000..=0xf_ffff => with_limit::<T, { 1 << 20 }>(bytes),
+        0x10_0000..=0xff_ffff => with_limit::<T, { 1 << 24 }>(bytes),
+        0x100_0000..=0xfff_ffff => with_limit::<T, { 1 << 28 }>(bytes),
+        0x1000_0000..=0xffff_ffff => with_limit::<T, { 1 << 32 }>(bytes),
+        _ => with_limit::<T, { 1 << 40 }>(bytes),
+    };
+    result.map_err(|err| DecodeError::Malformed(err.to_string()))
+}
+
 /// The canonical encoding of an event, refused when over [`MAX_EVENT_BYTES`].
 pub fn encode_event(event: &Event) -> Result<Vec<u8>, OversizeEvent> {
     let bytes = encode_canonical(event);

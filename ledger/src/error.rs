@@ -87,6 +87,22 @@ pub enum LedgerError {
         /// Format supported.
         supported: u32,
     },
+    /// A stored state snapshot is incomplete or does not match its manifest.
+    #[error("snapshot at tree size {tree_size} is unusable: {detail}")]
+    CorruptSnapshot {
+        /// The tree size it was taken at.
+        tree_size: u64,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A snapshot must be taken at the head of the log.
+    #[error("a snapshot at tree size {tree_size} cannot be stored: the log has {size} entries")]
+    SnapshotNotAtHead {
+        /// Size given.
+        tree_size: u64,
+        /// The log's size.
+        size: u64,
+    },
     /// An earlier write failed; what is on disk is unknown until the ledger is reopened.
     #[error("ledger refuses writes after an earlier storage failure ({0}); reopen it")]
     Poisoned(String),

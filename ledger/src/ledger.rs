@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use fabric_events::{Entry, Hash32, PublicKey, SignedEvent, SigningKey};
 
 use crate::error::{AppendError, LedgerError};
-use crate::merkle::{self, InclusionProof};
+use crate::merkle::{self, Frontier, InclusionProof};
 use crate::storage::{
     block_key, decode_block, key_number, numbered_key, BlockWriter, Head, KEY_FORMAT, KEY_HEAD,
     KEY_LEDGER_KEY, PREFIX_TREE_HEAD, STORAGE_FORMAT,
@@ -19,6 +19,34 @@ use crate::verify::{VerifiedBatch, Verifier};
 pub const SNAPSHOT_TREE: &str = "snapshots";
 /// Largest chunk of a stored snapshot.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 64 * 1024;
+/// Bytes of a snapshot manifest before the Merkle frontier: length, chunk count, hash.
+const SNAPSHOT_MANIFEST_FIXED_BYTES: usize = 8 + 4 + 32;
+/// Snapshot manifests: `m` ‖ tree size (u64 BE).
+const PREFIX_SNAPSHOT_MANIFEST: u8 = b'm';
+/// Snapshot chunks: `c` ‖ tree size (u64 BE) ‖ chunk index (u32 BE).
+const PREFIX_SNAPSHOT_CHUNK: u8 = b'c';
+
+fn snapshot_chunk_key(tree_size: u64, index: u32) -> [u8; 13] {
+    let mut key = [0; 13];
+    key[0] = PREFIX_SNAPSHOT_CHUNK;
+    key[1..9].copy_from_slice(&tree_size.to_be_bytes());
+    key[9..].copy_from_slice(&index.to_be_bytes());
+    key
+}
+
+/// A state snapshot read back from the ledger, checked against its manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredSnapshot {
+    /// The tree size it was taken at (its checkpoint covers that many entries).
+    pub tree_size: u64,
+    /// The snapshot bytes.
+    pub bytes: Vec<u8>,
+    /// BLAKE3 of the bytes (the checkpoint's `snapshot_hash`).
+    pub hash: Hash32,
+    /// The Merkle frontier of the log at `tree_size`: lets a replay go on from here without
+    /// reading the entries before it.
+    pub frontier: Frontier,
+}
 
 /// sled's segment size. sled writes any page larger than a quarter of a segment to a blob
 /// file of its own that it never syncs, and a leaf page holds up to 17 values; with blocks and
@@ -174,6 +202,7 @@ impl Ledger {
             ledger.initialise()?;
         } else {
             ledger.check_and_repair_tail()?;
+            ledger.remove_orphan_snapshots()?;
         }
         Ok(ledger)
     }
@@ -370,41 +399,67 @@ impl Ledger {
         result
     }
 
-    /// Stores a state snapshot taken at `tree_size` in the `snapshots` tree, in chunks of at
-    /// most [`SNAPSHOT_CHUNK_BYTES`] (sled keeps larger values in files it never syncs), and
-    /// returns its BLAKE3 hash. It becomes durable with the next append's flush and sync, so
-    /// store it just before appending the `Checkpoint` event that names its hash.
-    ///
-    /// Keys: `c` ‖ tree_size (u64 BE) ‖ chunk index (u32 BE) for the chunks, then
-    /// `m` ‖ tree_size (u64 BE) → total length (u64 LE) ‖ chunk count (u32 LE) ‖ hash (32 bytes),
-    /// written last so a snapshot without its `m` key is incomplete.
+    /// Stores a state snapshot taken at the current head (`tree_size` must be the log's size)
+    /// in the `snapshots` tree and returns its BLAKE3 hash. The chunks (at most
+    /// [`SNAPSHOT_CHUNK_BYTES`] each: sled keeps larger values in files it never syncs) and the
+    /// manifest go in one atomic sled batch under keys no other snapshot uses, so a snapshot is
+    /// never written in place and a crash leaves either all of it or none. It becomes durable
+    /// with the next append's flush and sync: store it just before appending the `Checkpoint`
+    /// event that names its hash. Layout: docs/FORMAT.md §7.
     pub fn store_snapshot(&mut self, tree_size: u64, bytes: &[u8]) -> Result<Hash32, LedgerError> {
         self.check_writable()?;
-        let tree = self
-            .reader
-            .db
-            .open_tree(SNAPSHOT_TREE)
-            .map_err(storage("opening the snapshot tree"))?;
+        if tree_size != self.head.size {
+            return Err(LedgerError::SnapshotNotAtHead {
+                tree_size,
+                size: self.head.size,
+            });
+        }
+        let tree = self.reader.snapshot_tree()?;
         let hash = Hash32(*blake3::hash(bytes).as_bytes());
+        let mut batch = sled::Batch::default();
         let mut chunks = 0u32;
         for (index, chunk) in bytes.chunks(SNAPSHOT_CHUNK_BYTES).enumerate() {
-            let mut key = Vec::with_capacity(13);
-            key.push(b'c');
-            key.extend_from_slice(&tree_size.to_be_bytes());
-            key.extend_from_slice(&(index as u32).to_be_bytes());
-            tree.insert(key, chunk)
-                .map_err(storage("writing a snapshot chunk"))?;
+            batch.insert(&snapshot_chunk_key(tree_size, index as u32), chunk);
             chunks += 1;
         }
-        let mut meta = Vec::with_capacity(44);
-        meta.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
-        meta.extend_from_slice(&chunks.to_le_bytes());
-        meta.extend_from_slice(hash.as_bytes());
-        let mut key = vec![b'm'];
-        key.extend_from_slice(&tree_size.to_be_bytes());
-        tree.insert(key, meta)
-            .map_err(storage("writing a snapshot's manifest"))?;
+        let frontier = self.head.frontier.nodes();
+        let mut manifest = Vec::with_capacity(SNAPSHOT_MANIFEST_FIXED_BYTES + 32 * frontier.len());
+        manifest.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+        manifest.extend_from_slice(&chunks.to_le_bytes());
+        manifest.extend_from_slice(hash.as_bytes());
+        for node in frontier {
+            manifest.extend_from_slice(node.as_bytes());
+        }
+        batch.insert(&numbered_key(PREFIX_SNAPSHOT_MANIFEST, tree_size), manifest);
+        tree.apply_batch(batch)
+            .map_err(storage("writing a snapshot"))?;
         Ok(hash)
+    }
+
+    /// Removes snapshots at or past the head: stored for a checkpoint whose append never
+    /// committed, so nothing refers to them.
+    fn remove_orphan_snapshots(&mut self) -> Result<(), LedgerError> {
+        let size = self.head.size;
+        let tree = self.reader.snapshot_tree()?;
+        let mut batch = sled::Batch::default();
+        let mut stale = false;
+        for key in tree
+            .range(numbered_key(PREFIX_SNAPSHOT_MANIFEST, size)..)
+            .keys()
+            .chain(
+                tree.range(snapshot_chunk_key(size, 0)..snapshot_chunk_key(u64::MAX, u32::MAX))
+                    .keys(),
+            )
+        {
+            batch.remove(key.map_err(storage("scanning for snapshots past the head"))?);
+            stale = true;
+        }
+        if stale {
+            tree.apply_batch(batch)
+                .map_err(storage("removing snapshots past the head"))?;
+            self.commit(sled::Batch::default())?;
+        }
+        Ok(())
     }
 
     /// An inclusion proof for entry `seq` in the tree of the first `tree_size` entries, with
@@ -589,6 +644,96 @@ impl LedgerReader {
             ledger_key,
             signature: fabric_events::SignatureBytes(value[32..].try_into().expect("64 bytes")),
         }))
+    }
+
+    fn snapshot_tree(&self) -> Result<sled::Tree, LedgerError> {
+        self.db
+            .open_tree(SNAPSHOT_TREE)
+            .map_err(storage("opening the snapshot tree"))
+    }
+
+    /// Tree sizes that have a stored snapshot (a manifest), oldest first.
+    pub fn snapshot_sizes(&self) -> Result<Vec<u64>, LedgerError> {
+        let tree = self.snapshot_tree()?;
+        let mut sizes = Vec::new();
+        for key in tree
+            .range(
+                numbered_key(PREFIX_SNAPSHOT_MANIFEST, 0)
+                    ..=numbered_key(PREFIX_SNAPSHOT_MANIFEST, u64::MAX),
+            )
+            .keys()
+        {
+            let key = key.map_err(storage("listing snapshots"))?;
+            let size = key_number(&key).ok_or_else(|| LedgerError::CorruptSnapshot {
+                tree_size: 0,
+                detail: format!("malformed manifest key {key:?}"),
+            })?;
+            sizes.push(size);
+        }
+        Ok(sizes)
+    }
+
+    /// Reads the snapshot taken at `tree_size`, checking the manifest, every chunk, the
+    /// length and the hash.
+    pub fn snapshot(&self, tree_size: u64) -> Result<StoredSnapshot, LedgerError> {
+        let corrupt = |detail: String| LedgerError::CorruptSnapshot { tree_size, detail };
+        let tree = self.snapshot_tree()?;
+        let manifest = tree
+            .get(numbered_key(PREFIX_SNAPSHOT_MANIFEST, tree_size))
+            .map_err(storage("reading a snapshot manifest"))?
+            .ok_or_else(|| corrupt("no snapshot is stored at this size".to_owned()))?;
+        let frontier_len = 32 * tree_size.count_ones() as usize;
+        if manifest.len() != SNAPSHOT_MANIFEST_FIXED_BYTES + frontier_len {
+            return Err(corrupt(format!(
+                "its manifest has {} bytes, not {}",
+                manifest.len(),
+                SNAPSHOT_MANIFEST_FIXED_BYTES + frontier_len
+            )));
+        }
+        let len = u64::from_le_bytes(manifest[..8].try_into().expect("8 bytes"));
+        let chunks = u32::from_le_bytes(manifest[8..12].try_into().expect("4 bytes"));
+        let hash = Hash32(manifest[12..44].try_into().expect("32 bytes"));
+        let nodes = manifest[44..]
+            .chunks_exact(32)
+            .map(|node| Hash32(node.try_into().expect("32 bytes")))
+            .collect();
+        let frontier =
+            Frontier::from_parts(tree_size, nodes).map_err(|err| corrupt(err.to_string()))?;
+        if len.div_ceil(SNAPSHOT_CHUNK_BYTES as u64) != u64::from(chunks) {
+            return Err(corrupt(format!(
+                "its manifest says {len} bytes in {chunks} chunks"
+            )));
+        }
+        let mut bytes = Vec::with_capacity(len as usize);
+        let mut stored_chunks = 0u32;
+        for chunk in
+            tree.range(snapshot_chunk_key(tree_size, 0)..=snapshot_chunk_key(tree_size, u32::MAX))
+        {
+            let (key, value) = chunk.map_err(storage("reading a snapshot chunk"))?;
+            if key.as_ref() != snapshot_chunk_key(tree_size, stored_chunks) {
+                return Err(corrupt(format!("chunk {stored_chunks} is missing")));
+            }
+            bytes.extend_from_slice(&value);
+            stored_chunks += 1;
+        }
+        if stored_chunks != chunks || bytes.len() as u64 != len {
+            return Err(corrupt(format!(
+                "{stored_chunks} chunks of {} bytes are stored, its manifest says {chunks} of {len}",
+                bytes.len()
+            )));
+        }
+        let computed = Hash32(*blake3::hash(&bytes).as_bytes());
+        if computed != hash {
+            return Err(corrupt(format!(
+                "its bytes hash to {computed}, its manifest says {hash}"
+            )));
+        }
+        Ok(StoredSnapshot {
+            tree_size,
+            bytes,
+            hash,
+            frontier,
+        })
     }
 
     /// Every stored signed tree head, by tree size.

@@ -26,9 +26,11 @@ pub mod verify;
 
 pub use error::{AppendError, LedgerError};
 pub use ledger::{
-    sled_config, AppendReceipt, Entries, Ledger, LedgerReader, OpenReport, BATCH_EVENTS_MAX,
-    SLED_SEGMENT_BYTES, SNAPSHOT_CHUNK_BYTES, SNAPSHOT_TREE,
+    sled_config, AppendReceipt, Entries, Ledger, LedgerReader, OpenReport, StoredSnapshot,
+    BATCH_EVENTS_MAX, SLED_SEGMENT_BYTES, SNAPSHOT_CHUNK_BYTES, SNAPSHOT_TREE,
 };
 pub use merkle::{Frontier, InclusionProof};
 pub use tree_head::SignedTreeHead;
-pub use verify::{KeyCache, Refusal, RefusalReason, VerifiedBatch, Verifier};
+pub use verify::{
+    verify_batch, KeyCache, Refusal, RefusalReason, SignedItem, VerifiedBatch, Verifier,
+};

@@ -12,7 +12,7 @@ use std::fmt;
 use ed25519_dalek::VerifyingKey;
 use fabric_events::ed25519::{self, Item};
 use fabric_events::wire::event_from_signed;
-use fabric_events::{DecodeError, PublicKey, SignedEvent, VerifyError};
+use fabric_events::{DecodeError, Entry, PublicKey, SignatureBytes, SignedEvent, VerifyError};
 use rayon::prelude::*;
 
 /// Events verified together by one ed25519 batch verification. Large enough that the batch
@@ -80,14 +80,49 @@ impl KeyCache {
     }
 }
 
+/// Something signed by an author: a [`SignedEvent`] on its way in, or an [`Entry`] read back.
+pub trait SignedItem: Sync {
+    /// The author's key.
+    fn author(&self) -> &PublicKey;
+    /// The signature over [`SignedItem::signed`].
+    fn signature(&self) -> &SignatureBytes;
+    /// `FABRICv1` ‖ canonical event.
+    fn signed(&self) -> &[u8];
+}
+
+impl SignedItem for SignedEvent {
+    fn author(&self) -> &PublicKey {
+        &self.author
+    }
+    fn signature(&self) -> &SignatureBytes {
+        &self.signature
+    }
+    fn signed(&self) -> &[u8] {
+        &self.signed
+    }
+}
+
+impl SignedItem for Entry {
+    fn author(&self) -> &PublicKey {
+        &self.author
+    }
+    fn signature(&self) -> &SignatureBytes {
+        &self.signature
+    }
+    fn signed(&self) -> &[u8] {
+        &self.signed
+    }
+}
+
 /// Verifies every event of a batch: each must decode as a canonical event within the size
 /// limit and carry a valid signature by a valid key. Returns the refusals, in batch order;
-/// an empty list means the whole batch is good.
-pub fn verify_batch(events: &[SignedEvent], cache: &mut KeyCache) -> Vec<Refusal> {
+/// an empty list means the whole batch is good. Used by the ledger on the way in and by
+/// audits of what was stored.
+pub fn verify_batch<T: SignedItem>(events: &[T], cache: &mut KeyCache) -> Vec<Refusal> {
     // Keys are resolved serially (the cache is mutable), then shared read-only by the workers.
     let keys: Vec<Result<VerifyingKey, VerifyError>> = events
         .iter()
-        .map(|event| cache.resolve(&event.author))
+        .map(|event| cache.resolve(event.author()))
         .collect();
     let mut refusals: Vec<Refusal> = events
         .par_chunks(VERIFY_CHUNK_EVENTS)
@@ -101,16 +136,16 @@ pub fn verify_batch(events: &[SignedEvent], cache: &mut KeyCache) -> Vec<Refusal
     refusals
 }
 
-fn verify_chunk(
+fn verify_chunk<T: SignedItem>(
     offset: usize,
-    events: &[SignedEvent],
+    events: &[T],
     keys: &[Result<VerifyingKey, VerifyError>],
 ) -> Vec<Refusal> {
     let mut refusals = Vec::new();
     let mut candidates = Vec::with_capacity(events.len());
     for (position, (event, key)) in events.iter().zip(keys).enumerate() {
         let index = offset + position;
-        if let Err(err) = event_from_signed(&event.signed) {
+        if let Err(err) = event_from_signed(event.signed()) {
             refusals.push(Refusal {
                 index,
                 reason: RefusalReason::Malformed(err),
@@ -129,8 +164,8 @@ fn verify_chunk(
         .iter()
         .map(|(_, event, key)| Item {
             key,
-            message: &event.signed,
-            signature: event.signature.as_bytes(),
+            message: event.signed(),
+            signature: event.signature().as_bytes(),
         })
         .collect();
     if !ed25519::verify_batch(&items) {
@@ -139,7 +174,7 @@ fn verify_chunk(
             if !ed25519::verify(item) {
                 refusals.push(Refusal {
                     index: *index,
-                    reason: RefusalReason::Signature(VerifyError::BadSignature(event.author)),
+                    reason: RefusalReason::Signature(VerifyError::BadSignature(*event.author())),
                 });
             }
         }

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use bincode::Encode;
+use bincode::{Decode, Encode};
 use fabric_events::{
     Body, Event, Hash32, JobAssigned, JobId, JobOutcome, JobReceipt, JobRequeued, JobSpilled,
     JobSubmitted, NodeHealthChanged, NodeRegistered, OwnerAction, PublicKey, Role, ShardRegistered,
@@ -43,7 +43,7 @@ const PPM: u32 = 1_000_000;
 const NO_NODE: NodeIx = NodeIx::MAX;
 
 /// A set of skills as a bit mask over interned skill indices.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Encode)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Encode, Decode)]
 pub struct SkillSet(pub u128);
 
 impl SkillSet {
@@ -64,7 +64,7 @@ impl SkillSet {
 }
 
 /// Where a job is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Encode)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Encode, Decode)]
 pub enum JobStatus {
     /// Waiting in a shard's queue.
     Queued,
@@ -89,7 +89,7 @@ impl JobStatus {
 }
 
 /// One step of a job's history.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
 pub struct StatusChange {
     /// When.
     pub tick: u64,
@@ -102,7 +102,7 @@ pub struct StatusChange {
 }
 
 /// A skill set and an origin region: jobs of one class are interchangeable for routing.
-#[derive(Clone, Debug, PartialEq, Eq, Encode)]
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub struct JobClass {
     /// Skills a node needs.
     pub skills: SkillSet,
@@ -111,7 +111,7 @@ pub struct JobClass {
 }
 
 /// One job.
-#[derive(Clone, Debug, PartialEq, Eq, Encode)]
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub struct Job {
     /// Its id.
     pub id: JobId,
@@ -150,7 +150,7 @@ pub struct Job {
 }
 
 /// One node.
-#[derive(Clone, Debug, PartialEq, Eq, Encode)]
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub struct Node {
     /// Its name.
     pub name: String,
@@ -221,7 +221,7 @@ impl Node {
 }
 
 /// Per-shard counters.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Encode)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Encode, Decode)]
 pub struct ShardCounters {
     /// Jobs submitted to it.
     pub submitted: u64,
@@ -335,7 +335,7 @@ impl Shard {
 }
 
 /// Fabric-wide counters.
-#[derive(Clone, Debug, PartialEq, Eq, Encode)]
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub struct Metrics {
     /// Jobs submitted.
     pub submitted: u64,
@@ -398,6 +398,17 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Every movement of a job so far: submissions, assignments, spills, requeues, finishes
+    /// and cancellations. It only grows.
+    pub fn jobs_moved(&self) -> u64 {
+        self.submitted
+            + self.assigned
+            + self.spillovers
+            + self.requeues
+            + self.finished()
+            + self.cancelled
+    }
+
     /// Jobs finished (completed or dropped).
     pub fn finished(&self) -> u64 {
         self.completed + self.dropped
@@ -486,6 +497,7 @@ pub struct State {
     events_applied: u64,
     anomalies: u64,
     last_checkpoint_tree_size: u64,
+    jobs_moved_tick: u64,
     shards: Vec<Shard>,
     nodes: Vec<Node>,
     jobs: Vec<Job>,
@@ -508,6 +520,12 @@ impl State {
     /// The tick of the latest event applied.
     pub fn tick(&self) -> u64 {
         self.tick
+    }
+
+    /// The tick of the latest event that moved a job (submitted, assigned, spilled, requeued,
+    /// finished or cancelled it): a run that sees no movement for long enough has stalled.
+    pub fn jobs_moved_tick(&self) -> u64 {
+        self.jobs_moved_tick
     }
 
     /// Events applied, including anomalies.
@@ -596,9 +614,13 @@ impl State {
     pub fn apply(&mut self, event: &Event) -> Result<(), ApplyError> {
         self.events_applied += 1;
         self.tick = self.tick.max(event.header.tick);
+        let moved_before = self.metrics.jobs_moved();
         let result = self.apply_body(event);
         if result.is_err() {
             self.anomalies += 1;
+        }
+        if self.metrics.jobs_moved() != moved_before {
+            self.jobs_moved_tick = self.jobs_moved_tick.max(event.header.tick);
         }
         result
     }
@@ -1284,6 +1306,7 @@ impl State {
         enc(&self.events_applied, &mut out);
         enc(&self.anomalies, &mut out);
         enc(&self.last_checkpoint_tree_size, &mut out);
+        enc(&self.jobs_moved_tick, &mut out);
         enc(&self.skills, &mut out);
         enc(&self.classes, &mut out);
         enc(&(self.shards.len() as u64), &mut out);
@@ -1333,4 +1356,252 @@ impl State {
 /// the bytes (a checkpoint stores them and hashes them once).
 pub fn state_hash_of(snapshot: &[u8]) -> Hash32 {
     Hash32(blake3::derive_key("fabric 2026-11 state hash v1", snapshot))
+}
+
+/// Why snapshot bytes cannot be a state.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum SnapshotError {
+    /// The bytes do not decode as the canonical encoding.
+    #[error("state snapshot does not decode at byte {offset}: {detail}")]
+    Malformed {
+        /// Where decoding stopped.
+        offset: usize,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The bytes decode, but into something no log can produce.
+    #[error("state snapshot is inconsistent: {0}")]
+    Inconsistent(String),
+}
+
+/// Reads the values of a snapshot one after the other.
+struct SnapshotReader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl SnapshotReader<'_> {
+    fn take<T: Decode<()>>(&mut self) -> Result<T, SnapshotError> {
+        let (value, used) = fabric_events::codec::decode_canonical_prefix(&self.bytes[self.at..])
+            .map_err(|err| SnapshotError::Malformed {
+            offset: self.at,
+            detail: err.to_string(),
+        })?;
+        self.at += used;
+        Ok(value)
+    }
+}
+
+fn inconsistent(detail: String) -> SnapshotError {
+    SnapshotError::Inconsistent(detail)
+}
+
+fn check_index(what: &str, index: usize, len: usize) -> Result<(), SnapshotError> {
+    if index < len {
+        Ok(())
+    } else {
+        Err(inconsistent(format!(
+            "{what} {index} is out of range ({len})"
+        )))
+    }
+}
+
+impl State {
+    /// Rebuilds a state from [`State::snapshot_bytes`]: `from_snapshot_bytes(s.snapshot_bytes())`
+    /// has the same snapshot bytes as `s` and evolves exactly as `s` under every event. Indices
+    /// are checked, so inconsistent bytes are an error rather than a panic; decode only bytes
+    /// whose hash matched a signed checkpoint (lengths are trusted up to the input's size).
+    pub fn from_snapshot_bytes(bytes: &[u8]) -> Result<State, SnapshotError> {
+        let mut r = SnapshotReader { bytes, at: 0 };
+        let magic: Vec<u8> = r.take()?;
+        if magic != b"fabric-state-v1" {
+            return Err(SnapshotError::Malformed {
+                offset: 0,
+                detail: "it does not start with \"fabric-state-v1\"".to_owned(),
+            });
+        }
+        let mut state = State {
+            tick: r.take()?,
+            events_applied: r.take()?,
+            anomalies: r.take()?,
+            last_checkpoint_tree_size: r.take()?,
+            jobs_moved_tick: r.take()?,
+            skills: r.take()?,
+            classes: r.take()?,
+            ..State::default()
+        };
+        if state.skills.len() > SKILLS_MAX {
+            return Err(inconsistent(format!("{} skills", state.skills.len())));
+        }
+        if state.classes.len() > CLASSES_MAX {
+            return Err(inconsistent(format!("{} job classes", state.classes.len())));
+        }
+        let shard_count: u64 = r.take()?;
+        if shard_count > SHARDS_MAX as u64 {
+            return Err(inconsistent(format!("{shard_count} shards")));
+        }
+        // Queued jobs per shard, checked once the jobs are read.
+        let mut queued_lists: Vec<Vec<(ClassIx, Vec<JobIx>)>> = Vec::new();
+        for _ in 0..shard_count {
+            let mut shard = Shard {
+                name: r.take()?,
+                router_key: r.take()?,
+                queue_budget: r.take()?,
+                latency_budget_ms: r.take()?,
+                spillover: r.take()?,
+                specialties: r.take()?,
+                reputation_floor_ppm: r.take()?,
+                regions_served: r.take()?,
+                node_quota_jobs: r.take()?,
+                quota_window_ticks: r.take()?,
+                paused: r.take()?,
+                nodes: r.take()?,
+                running: r.take()?,
+                counters: r.take()?,
+                queues: BTreeMap::new(),
+                queued: 0,
+                capable: Vec::new(),
+                spillover_ix: Vec::new(),
+                served_mask: 0,
+            };
+            shard.queued = r.take()?;
+            let mut lists = Vec::new();
+            loop {
+                let class: u32 = r.take()?;
+                if class == u32::MAX {
+                    break;
+                }
+                check_index("queued class", class as usize, state.classes.len())?;
+                let count: u64 = r.take()?;
+                if count > (bytes.len() - r.at) as u64 / 4 {
+                    return Err(inconsistent(format!(
+                        "shard `{}` claims {count} queued jobs of class {class}",
+                        shard.name
+                    )));
+                }
+                let jobs = (0..count)
+                    .map(|_| r.take())
+                    .collect::<Result<Vec<JobIx>, _>>()?;
+                lists.push((class, jobs));
+            }
+            state
+                .shard_index
+                .insert(shard.name.clone(), state.shards.len() as ShardIx);
+            state.shards.push(shard);
+            queued_lists.push(lists);
+        }
+        state.nodes = r.take()?;
+        state.jobs = r.take()?;
+        state.metrics = r.take()?;
+        if r.at != bytes.len() {
+            return Err(SnapshotError::Malformed {
+                offset: r.at,
+                detail: format!("{} bytes after the metrics", bytes.len() - r.at),
+            });
+        }
+        state.check_and_index(queued_lists)?;
+        Ok(state)
+    }
+
+    /// Checks every index of a decoded state and rebuilds what the snapshot leaves out: the
+    /// lookup maps, the class queues and the derived per-shard lists.
+    fn check_and_index(
+        &mut self,
+        queued_lists: Vec<Vec<(ClassIx, Vec<JobIx>)>>,
+    ) -> Result<(), SnapshotError> {
+        let (shards, nodes, jobs, classes) = (
+            self.shards.len(),
+            self.nodes.len(),
+            self.jobs.len(),
+            self.classes.len(),
+        );
+        if self.metrics.latency_histogram.len() != LATENCY_HISTOGRAM_TICKS + 1
+            || self.metrics.spills_per_job.len() != SHARDS_MAX + 1
+        {
+            return Err(inconsistent(
+                "metric histograms of the wrong length".to_owned(),
+            ));
+        }
+        for class in &self.classes {
+            check_index("class origin shard", class.origin as usize, shards)?;
+        }
+        for shard in &self.shards {
+            for node in &shard.nodes {
+                check_index("shard node", *node as usize, nodes)?;
+            }
+        }
+        for (ix, node) in self.nodes.iter().enumerate() {
+            check_index("node region", node.region as usize, shards)?;
+            for job in &node.running {
+                check_index("running job", *job as usize, jobs)?;
+            }
+            if self
+                .node_index
+                .insert(node.name.clone(), ix as NodeIx)
+                .is_some()
+            {
+                return Err(inconsistent(format!("node `{}` appears twice", node.name)));
+            }
+        }
+        for (ix, job) in self.jobs.iter().enumerate() {
+            check_index("job class", job.class as usize, classes)?;
+            check_index("job shard", job.shard as usize, shards)?;
+            check_index("job origin", job.origin as usize, shards)?;
+            if job.node != NO_NODE {
+                check_index("job node", job.node as usize, nodes)?;
+            }
+            if self.job_index.insert(job.id, ix as JobIx).is_some() {
+                return Err(inconsistent(format!("job {} appears twice", job.id)));
+            }
+        }
+        for (ix, name) in self.skills.iter().enumerate() {
+            self.skill_index.insert(name.clone(), ix as u8);
+        }
+        for (ix, class) in self.classes.iter().enumerate() {
+            self.class_index
+                .insert((class.skills.0, class.origin), ix as ClassIx);
+        }
+        if self.shard_index.len() != shards
+            || self.skill_index.len() != self.skills.len()
+            || self.class_index.len() != classes
+        {
+            return Err(inconsistent(
+                "a shard, skill or class appears twice".to_owned(),
+            ));
+        }
+        for (shard_ix, lists) in queued_lists.into_iter().enumerate() {
+            let mut queued = 0u64;
+            for (class, list) in lists {
+                let mut queue = ClassQueue::default();
+                for job in list {
+                    check_index("queued job", job as usize, jobs)?;
+                    let j = &self.jobs[job as usize];
+                    if j.status != JobStatus::Queued
+                        || j.shard as usize != shard_ix
+                        || j.class != class
+                    {
+                        return Err(inconsistent(format!(
+                            "job {} is listed in a queue of shard {shard_ix} it is not in",
+                            j.id
+                        )));
+                    }
+                    queue.entries.push_back((job, j.generation));
+                    queue.live += 1;
+                }
+                queued += queue.live;
+                self.shards[shard_ix].queues.insert(class, queue);
+            }
+            if queued != self.shards[shard_ix].queued {
+                return Err(inconsistent(format!(
+                    "shard {shard_ix} says {} queued jobs and lists {queued}",
+                    self.shards[shard_ix].queued
+                )));
+            }
+        }
+        for shard in 0..shards {
+            self.resolve_shard_names(shard as ShardIx);
+            self.rebuild_capable(shard as ShardIx);
+        }
+        Ok(())
+    }
 }

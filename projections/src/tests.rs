@@ -630,3 +630,184 @@ mod heap_matches_a_full_scan {
         }
     }
 }
+
+/// The events a tiny fabric produces at `tick`: health actions and routing decisions of every
+/// shard, receipts of finished jobs (every third one fails), heartbeats of the nodes that are
+/// up (a.y is silent from tick 6 to 23), and two submissions.
+fn tick_events(state: &State, tick: u64) -> Vec<Event> {
+    let mut bodies: Vec<(Role, Body)> = Vec::new();
+    for shard in state.shards() {
+        let ix = state.shard_ix(&shard.name).expect("shard");
+        let mut plan = TickPlan::new(state, ix, tick);
+        let node_name = |node: u32| state.nodes()[node as usize].name.clone();
+        let job_id = |job: u32| state.jobs()[job as usize].id;
+        for action in plan.health().to_vec() {
+            let body: Body = match action {
+                HealthAction::Requeue { job, node } => JobRequeued {
+                    job: job_id(job),
+                    node: node_name(node),
+                    shard: shard.name.clone(),
+                    reason: RequeueReason::NodeUnhealthy,
+                }
+                .into(),
+                HealthAction::MarkUnhealthy {
+                    node,
+                    last_heartbeat_tick,
+                } => NodeHealthChanged {
+                    node: node_name(node),
+                    healthy: false,
+                    last_heartbeat_tick,
+                }
+                .into(),
+                HealthAction::MarkHealthy {
+                    node,
+                    last_heartbeat_tick,
+                } => NodeHealthChanged {
+                    node: node_name(node),
+                    healthy: true,
+                    last_heartbeat_tick,
+                }
+                .into(),
+            };
+            bodies.push((Role::Router, body));
+        }
+        while let Some(decision) = plan.next_decision() {
+            match decision {
+                Decision::Assign { job, node } => bodies.push((
+                    Role::Router,
+                    JobAssigned {
+                        job: job_id(job),
+                        shard: shard.name.clone(),
+                        node: node_name(node),
+                    }
+                    .into(),
+                )),
+                Decision::Spill { job, to, reason } => bodies.push((
+                    Role::Router,
+                    JobSpilled {
+                        job: job_id(job),
+                        from_shard: shard.name.clone(),
+                        to_shard: state.shards()[to as usize].name.clone(),
+                        reason,
+                    }
+                    .into(),
+                )),
+                Decision::Wait { .. } => {}
+            }
+        }
+    }
+    for node in state.nodes() {
+        let silent = node.name == "a.y" && (6..24).contains(&tick);
+        if silent {
+            continue;
+        }
+        for job in &node.running {
+            let job = &state.jobs()[*job as usize];
+            if job.started_tick + u64::from(job.duration_ticks) <= tick {
+                let failed = job.id % 3 == 0 && job.attempts == 1;
+                bodies.push((
+                    Role::Node,
+                    JobReceipt {
+                        job: job.id,
+                        node: node.name.clone(),
+                        outcome: if failed {
+                            JobOutcome::Failed
+                        } else {
+                            JobOutcome::Completed
+                        },
+                        output_hash: Hash32([7; 32]),
+                        kernel: None,
+                        started_tick: job.started_tick,
+                        finished_tick: tick,
+                    }
+                    .into(),
+                ));
+            }
+        }
+        bodies.push((
+            Role::Node,
+            Heartbeat {
+                node: node.name.clone(),
+                running_jobs: node.running.len() as u32,
+            }
+            .into(),
+        ));
+    }
+    if tick < 20 {
+        let skills: &[&str] = if tick % 4 == 0 { &["gpu"] } else { &["cpu"] };
+        for (k, shard) in ["a", "b"].into_iter().enumerate() {
+            bodies.push((
+                Role::Client,
+                job(tick * 10 + k as u64, shard, skills).into(),
+            ));
+        }
+    }
+    bodies
+        .into_iter()
+        .enumerate()
+        .map(|(i, (role, body))| Event::new(role, tick, (tick << 24) | i as u64, body))
+        .collect()
+}
+
+#[test]
+fn a_state_rebuilt_from_its_snapshot_evolves_exactly_like_the_original() {
+    let world = World::new();
+    for rebuild_at in [1u64, 5, 9, 12, 17, 23] {
+        let mut original = world.state.clone();
+        for tick in 1..rebuild_at {
+            for event in tick_events(&original, tick) {
+                let _ = original.apply(&event);
+            }
+        }
+        let bytes = original.snapshot_bytes();
+        let mut rebuilt = State::from_snapshot_bytes(&bytes).expect("snapshot decodes");
+        assert_eq!(
+            rebuilt.snapshot_bytes(),
+            bytes,
+            "rebuilt at tick {rebuild_at}"
+        );
+        for tick in rebuild_at..40 {
+            let events = tick_events(&original, tick);
+            assert_eq!(
+                events,
+                tick_events(&rebuilt, tick),
+                "tick {tick} after a rebuild at {rebuild_at}"
+            );
+            for event in &events {
+                assert_eq!(original.apply(event), rebuilt.apply(event));
+            }
+            assert_eq!(original.state_hash(), rebuilt.state_hash());
+        }
+        let m = original.metrics();
+        assert!(
+            m.completed > 10 && m.requeues > 0 && m.failures > 0,
+            "{m:?}"
+        );
+        assert!(original.metrics().spillovers > 0);
+    }
+}
+
+#[test]
+fn damaged_snapshots_are_errors_not_states() {
+    let mut world = World::new();
+    for tick in 1..12 {
+        for event in tick_events(&world.state, tick) {
+            let _ = world.state.apply(&event);
+        }
+    }
+    let bytes = world.state.snapshot_bytes();
+    assert!(State::from_snapshot_bytes(&bytes[..bytes.len() - 1]).is_err());
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert!(State::from_snapshot_bytes(&longer).is_err());
+    assert!(State::from_snapshot_bytes(b"not a snapshot").is_err());
+    // Every single-byte change either fails to decode or decodes into other bytes: never a
+    // panic, never silently the same state.
+    for at in (0..bytes.len()).step_by(7) {
+        let mut damaged = bytes.clone();
+        damaged[at] ^= 0x5a;
+        if let Ok(state) = State::from_snapshot_bytes(&damaged) {
+            assert_ne!(state.snapshot_bytes(), bytes, "byte {at}");
+        }
+    }
+}
