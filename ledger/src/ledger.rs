@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use fabric_events::{Entry, Hash32, PublicKey, SignedEvent, SigningKey};
 
 use crate::error::{AppendError, LedgerError};
-use crate::merkle::{self, Frontier, InclusionProof};
+use crate::merkle::{self, ConsistencyProof, Frontier, InclusionProof};
 use crate::storage::{
     block_key, decode_block, key_number, numbered_key, BlockWriter, Head, KEY_FORMAT, KEY_HEAD,
     KEY_LEDGER_KEY, PREFIX_TREE_HEAD, STORAGE_FORMAT,
@@ -115,7 +115,7 @@ impl std::fmt::Debug for Ledger {
 }
 
 fn storage(context: &'static str) -> impl FnOnce(sled::Error) -> LedgerError {
-    move |source| LedgerError::Storage { context, source }
+    move |cause| LedgerError::Storage { context, cause }
 }
 
 impl Ledger {
@@ -133,9 +133,9 @@ impl Ledger {
         // sled's Db::flush writes with sync_file_range and never fsyncs; the ledger syncs
         // sled's data file itself before it acknowledges anything.
         let db_file_path = path.join("db");
-        let db_file = File::open(&db_file_path).map_err(|source| LedgerError::Io {
+        let db_file = File::open(&db_file_path).map_err(|cause| LedgerError::Io {
             path: db_file_path,
-            source,
+            cause,
         })?;
         let reader = LedgerReader {
             db,
@@ -388,9 +388,9 @@ impl Ledger {
                 .db
                 .flush()
                 .map_err(storage("flushing a batch"))?;
-            self.db_file.sync_data().map_err(|source| LedgerError::Io {
+            self.db_file.sync_data().map_err(|cause| LedgerError::Io {
                 path: self.reader.path.join("db"),
-                source,
+                cause,
             })
         })();
         if let Err(err) = &result {
@@ -463,30 +463,23 @@ impl Ledger {
     }
 
     /// An inclusion proof for entry `seq` in the tree of the first `tree_size` entries, with
-    /// that tree's root. Costs O(tree_size): it reads every leaf hash up to `tree_size`.
+    /// that tree's root; see [`LedgerReader::inclusion_proof`].
     pub fn inclusion_proof(
         &self,
         seq: u64,
         tree_size: u64,
     ) -> Result<(InclusionProof, Hash32), LedgerError> {
-        if tree_size > self.head.size {
-            return Err(LedgerError::OutOfRange {
-                seq: tree_size - 1,
-                size: self.head.size,
-            });
-        }
-        if seq >= tree_size {
-            return Err(LedgerError::OutOfRange {
-                seq,
-                size: tree_size,
-            });
-        }
-        let leaves = self.reader.leaf_hashes(0..tree_size)?;
-        let proof = merkle::inclusion_proof(&leaves, seq).map_err(|_| LedgerError::OutOfRange {
-            seq,
-            size: tree_size,
-        })?;
-        Ok((proof, merkle::root(&leaves)))
+        self.reader.inclusion_proof(seq, tree_size)
+    }
+
+    /// A consistency proof from the tree of the first `old_size` entries to the tree of the
+    /// first `new_size`, with both roots; see [`LedgerReader::consistency_proof`].
+    pub fn consistency_proof(
+        &self,
+        old_size: u64,
+        new_size: u64,
+    ) -> Result<(ConsistencyProof, Hash32, Hash32), LedgerError> {
+        self.reader.consistency_proof(old_size, new_size)
     }
 }
 
@@ -614,6 +607,90 @@ impl LedgerReader {
             leaves.push(hash);
         }
         Ok(leaves)
+    }
+
+    /// The first `tree_size` leaf hashes, read once; an error if any is not stored.
+    fn leaves_up_to(&self, tree_size: u64) -> Result<Vec<Hash32>, LedgerError> {
+        let leaves = self.leaf_hashes(0..tree_size)?;
+        if (leaves.len() as u64) < tree_size {
+            return Err(LedgerError::Missing {
+                seq: leaves.len() as u64,
+            });
+        }
+        Ok(leaves)
+    }
+
+    /// An inclusion proof for entry `seq` in the tree of the first `tree_size` entries
+    /// (RFC 9162 §2.1.3), with that tree's root computed from the stored entries.
+    ///
+    /// Costs O(tree_size): it reads every leaf hash below `tree_size` once. A `tree_size` past
+    /// the log is [`LedgerError::OutOfRange`] for its last seq against the log's size; a `seq`
+    /// outside the tree is [`LedgerError::OutOfRange`] for `seq` against `tree_size`.
+    pub fn inclusion_proof(
+        &self,
+        seq: u64,
+        tree_size: u64,
+    ) -> Result<(InclusionProof, Hash32), LedgerError> {
+        let size = self.len()?;
+        if tree_size > size {
+            return Err(LedgerError::OutOfRange {
+                seq: tree_size - 1,
+                size,
+            });
+        }
+        if seq >= tree_size {
+            return Err(LedgerError::OutOfRange {
+                seq,
+                size: tree_size,
+            });
+        }
+        let leaves = self.leaves_up_to(tree_size)?;
+        let proof = merkle::inclusion_proof(&leaves, seq).map_err(|_| LedgerError::OutOfRange {
+            seq,
+            size: tree_size,
+        })?;
+        Ok((proof, merkle::root(&leaves)))
+    }
+
+    /// A consistency proof (RFC 9162 §2.1.4) that the tree of the first `old_size` entries is
+    /// a prefix of the tree of the first `new_size`, with the old root and the new root
+    /// computed from the stored entries.
+    ///
+    /// Costs O(new_size): it reads every leaf hash below `new_size` once. Needs
+    /// 1 ≤ `old_size` ≤ `new_size` ≤ the log's size (RFC 9162 gives the empty tree no proof);
+    /// otherwise [`LedgerError::OutOfRange`]: for `new_size - 1` against the log's size when
+    /// `new_size` is past the log, for `old_size - 1` against `new_size` when the old tree is
+    /// larger, and for seq 0 against size 0 when the old tree is empty.
+    pub fn consistency_proof(
+        &self,
+        old_size: u64,
+        new_size: u64,
+    ) -> Result<(ConsistencyProof, Hash32, Hash32), LedgerError> {
+        let size = self.len()?;
+        if new_size > size {
+            return Err(LedgerError::OutOfRange {
+                seq: new_size - 1,
+                size,
+            });
+        }
+        if old_size == 0 {
+            return Err(LedgerError::OutOfRange { seq: 0, size: 0 });
+        }
+        if old_size > new_size {
+            return Err(LedgerError::OutOfRange {
+                seq: old_size - 1,
+                size: new_size,
+            });
+        }
+        let leaves = self.leaves_up_to(new_size)?;
+        let proof = merkle::consistency_proof(&leaves, old_size).map_err(|err| {
+            LedgerError::OutOfRange {
+                seq: err.old_size.saturating_sub(1),
+                size: err.new_size,
+            }
+        })?;
+        let old_root = merkle::root(&leaves[..old_size as usize]);
+        Ok((proof, old_root, merkle::root(&leaves)))
     }
 
     /// The signed tree head stored for `tree_size`, if a commit ended at that size.
