@@ -51,12 +51,14 @@ pub struct BenchArgs {
     /// Planetary suite: the world to run
     #[arg(long, value_name = "FILE", default_value = "config/fabric.toml")]
     config: PathBuf,
-    /// Planetary suite: jobs [default: 1000000, 100000 with --quick]
+    /// Planetary suite: jobs [default: 1000000, 100000 with --quick]; audit suite: jobs of
+    /// the long history (the short one has a tenth) [default: 200000, 20000 with --quick]
     #[arg(long, value_name = "N")]
     jobs: Option<u64>,
-    /// Planetary suite: nodes in all
-    #[arg(long, value_name = "N", default_value_t = 10_000)]
-    nodes: usize,
+    /// Nodes in all [default: 10000 for the planetary suite; the configured ones for the audit
+    /// suite, whose histories then run many ticks]
+    #[arg(long, value_name = "N")]
+    nodes: Option<usize>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -67,6 +69,8 @@ enum Suite {
     Planetary,
     /// Each GPU kernel on the adapter vs. its CPU reference on every core
     Gpu,
+    /// `fabric audit` events/s vs. batch verification alone; restore time, long vs. short history
+    Audit,
 }
 
 #[derive(Serialize)]
@@ -120,6 +124,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             Suite::Ledger => ledger_suite(args)?,
             Suite::Planetary => planetary_suite(args)?,
             Suite::Gpu => gpu_suite(args)?,
+            Suite::Audit => audit_suite(args)?,
         };
         if !args.json {
             print_table(&result);
@@ -529,14 +534,14 @@ fn planetary_suite(args: &BenchArgs) -> anyhow::Result<SuiteReport> {
         .unwrap_or(if args.quick { 100_000 } else { 1_000_000 })
         .max(1);
     let mut world = crate::config::load(&args.config)?;
+    let nodes = args.nodes.unwrap_or(10_000);
     ensure!(
-        args.nodes >= world.nodes.len(),
-        "--nodes {} is fewer than the {} nodes configured in {}",
-        args.nodes,
+        nodes >= world.nodes.len(),
+        "--nodes {nodes} is fewer than the {} nodes configured in {}",
         world.nodes.len(),
         args.config.display()
     );
-    world.nodes = scale_nodes(&world, BENCH_SEED, args.nodes);
+    world.nodes = scale_nodes(&world, BENCH_SEED, nodes);
     let scratch = match &args.dir {
         Some(dir) => tempfile::tempdir_in(dir),
         None => tempfile::tempdir(),
@@ -799,4 +804,194 @@ mod filler {
             (z ^ (z >> 31)) as u32
         })
     }
+}
+
+/// Ratio of restore times, long history over short with the same tail, that restores aim for.
+const RESTORE_RATIO_TARGET: f64 = 1.5;
+
+/// A finished planetary run of `jobs` jobs in `dir`, for the audit suite.
+fn bench_run(world: &fabric_actors::world::World, jobs: u64, dir: &Path) -> anyhow::Result<Ledger> {
+    let spec = fabric_actors::RunSpec {
+        world: world.clone(),
+        seed: BENCH_SEED,
+        jobs,
+    };
+    let ledger = Ledger::open(dir, fabric_actors::sim_ledger_key(BENCH_SEED))?;
+    let outcome = fabric_actors::run(&spec, ledger, |_| {}).context("the bench run failed")?;
+    Ok(outcome.ledger)
+}
+
+/// The checkpoint in the middle of `ledger`'s history and the one after it.
+fn middle_checkpoints(ledger: &Ledger) -> anyhow::Result<(u64, u64)> {
+    let checkpoints = ledger.reader().snapshot_sizes()?;
+    ensure!(
+        checkpoints.len() >= 2,
+        "the bench run made fewer than two checkpoints: give it more jobs"
+    );
+    let middle = (checkpoints.len() - 1) / 2;
+    Ok((checkpoints[middle], checkpoints[middle + 1]))
+}
+
+/// A restore point of `ledger`: `tail` entries (rounded up to the next signed tree head) past
+/// the checkpoint in the middle of its history. Returns (checkpoint, point).
+fn restore_point(ledger: &Ledger, tail: u64) -> anyhow::Result<(u64, u64)> {
+    let (checkpoint, _) = middle_checkpoints(ledger)?;
+    let point = ledger
+        .reader()
+        .tree_heads()?
+        .into_iter()
+        .map(|head| head.tree_size)
+        .find(|size| *size >= checkpoint + tail)
+        .ok_or_else(|| anyhow!("no signed tree head {tail} entries past the checkpoint"))?;
+    Ok((checkpoint, point))
+}
+
+/// Half the distance between the middle checkpoints: a tail that ends before the next one.
+fn checkpoint_gap(ledger: &Ledger) -> anyhow::Result<u64> {
+    let (checkpoint, next) = middle_checkpoints(ledger)?;
+    Ok((next - checkpoint) / 2)
+}
+
+fn audit_suite(args: &BenchArgs) -> anyhow::Result<SuiteReport> {
+    use fabric_actors::workload::scale_nodes;
+    let jobs = args
+        .jobs
+        .unwrap_or(if args.quick { 20_000 } else { 200_000 })
+        .max(10);
+    let repetitions = if args.quick { 1 } else { 3 };
+    let mut world = crate::config::load(&args.config)?;
+    let nodes = args.nodes.unwrap_or(world.nodes.len());
+    ensure!(
+        nodes >= world.nodes.len(),
+        "--nodes {nodes} is fewer than the {} nodes configured in {}",
+        world.nodes.len(),
+        args.config.display()
+    );
+    world.nodes = scale_nodes(&world, BENCH_SEED, nodes);
+    let scratch = match &args.dir {
+        Some(dir) => tempfile::tempdir_in(dir),
+        None => tempfile::tempdir(),
+    }
+    .context("could not create a temporary folder for the bench")?;
+    let long = bench_run(&world, jobs, &scratch.path().join("long"))?;
+    let short = bench_run(&world, jobs / 10, &scratch.path().join("short"))?;
+    let events = long.len() as usize;
+
+    // The bound: batch verification of the same entries on every core, nothing else.
+    let entries: Vec<fabric_events::Entry> = long
+        .entries(0..long.len())
+        .collect::<Result<_, _>>()
+        .context("could not read the bench ledger")?;
+    let (verify_time, ()) = timed(repetitions, || {
+        let mut cache = KeyCache::new(1 << 16);
+        for chunk in entries.chunks(crate::audit::AUDIT_CHUNK_ENTRIES) {
+            ensure!(
+                verify_batch(chunk, &mut cache).is_empty(),
+                "a bench signature failed"
+            );
+        }
+        Ok(())
+    })?;
+    drop(entries);
+    let bound = events_per_s(verify_time, events);
+    let (_, audit) = timed(repetitions, || {
+        let report = crate::audit::audit_ledger(&long, "bench".to_owned(), 0)?;
+        ensure!(report.ok, "the bench audit failed: {:?}", report.failure);
+        Ok(report)
+    })?;
+    let audit_eps = audit.events_per_s;
+
+    let tail = checkpoint_gap(&long)?.min(checkpoint_gap(&short)?);
+    let mut restores = Vec::new();
+    for ledger in [&short, &long] {
+        let (checkpoint, point) = restore_point(ledger, tail)?;
+        let reader = ledger.reader();
+        let key = ledger.ledger_key();
+        let (took, restored) = timed(repetitions, || {
+            Ok(fabric_actors::restore_to(&reader, &key, point)?)
+        })?;
+        ensure!(
+            restored.report.checkpoint_tree_size == Some(checkpoint),
+            "the bench restore did not start at its checkpoint"
+        );
+        restores.push((took, point, point - checkpoint));
+    }
+    let (short_ms, long_ms) = (
+        restores[0].0.as_secs_f64() * 1e3,
+        restores[1].0.as_secs_f64() * 1e3,
+    );
+    // What a restore without checkpoints costs: the whole long history folded from genesis.
+    let (replay_time, ()) = timed(repetitions, || {
+        let mut state = fabric_projections::State::new();
+        for entry in long.entries(0..restores[1].1) {
+            let event = entry?.event()?;
+            let _ = state.apply(&event);
+        }
+        Ok(())
+    })?;
+    let ratio = long_ms / short_ms.max(1e-9);
+    let figures = vec![
+        Figure {
+            figure: "audit",
+            value: audit_eps,
+            unit: "events/s",
+            bound: Some(bound),
+            ratio: Some(audit_eps / bound),
+            what: if audit_eps >= TARGET_RATIO * bound {
+                "fabric audit (signatures, links, roots, tree heads, states) vs. batch verify alone; target >= 0.8: met"
+            } else {
+                "fabric audit (signatures, links, roots, tree heads, states) vs. batch verify alone; target >= 0.8: MISSED"
+            },
+        },
+        Figure {
+            figure: "batch verify bound",
+            value: bound,
+            unit: "events/s",
+            bound: None,
+            ratio: None,
+            what: "ed25519 batch verification of the same entries on every core, nothing else",
+        },
+        Figure {
+            figure: "restore, short history",
+            value: short_ms,
+            unit: "ms",
+            bound: None,
+            ratio: None,
+            what: "checkpoint + tail replay at a point of the short run (history and tail in the table below)",
+        },
+        Figure {
+            figure: "replay from genesis, long",
+            value: replay_time.as_secs_f64() * 1e3,
+            unit: "ms",
+            bound: None,
+            ratio: None,
+            what: "for comparison: folding the long history up to its restore point from genesis",
+        },
+        Figure {
+            figure: "restore, long history",
+            value: long_ms,
+            unit: "ms",
+            bound: Some(short_ms * RESTORE_RATIO_TARGET),
+            ratio: Some(ratio / RESTORE_RATIO_TARGET),
+            what: if ratio <= RESTORE_RATIO_TARGET {
+                "the same tail after 10x the history; target <= 1.5x the short restore: met"
+            } else {
+                "the same tail after 10x the history; target <= 1.5x the short restore: MISSED"
+            },
+        },
+    ];
+    if !args.json {
+        println!(
+            "restore points: short history {} entries (tail {}), long history {} entries (tail {})",
+            restores[0].1, restores[0].2, restores[1].1, restores[1].2
+        );
+    }
+    Ok(SuiteReport {
+        suite: "audit",
+        events,
+        batch_events: crate::audit::AUDIT_CHUNK_ENTRIES,
+        repetitions,
+        adapter: None,
+        figures,
+    })
 }

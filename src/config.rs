@@ -89,14 +89,8 @@ impl fmt::Display for ConfigError {
     }
 }
 
-impl std::error::Error for ConfigError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            ConfigError::Read { source, .. } => Some(source),
-            ConfigError::Invalid { .. } => None,
-        }
-    }
-}
+// The read error's cause is already in its message: no `source`, so chains do not repeat it.
+impl std::error::Error for ConfigError {}
 
 /// Reads and validates the world file at `path`; messages name it as given.
 pub fn load(path: &Path) -> Result<World, ConfigError> {

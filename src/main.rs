@@ -1,8 +1,10 @@
 //! `fabric`: the command line of the Fabric planetary compute orchestrator.
 
+mod audit;
 mod bench;
 mod config;
 mod export;
+mod proof;
 mod run;
 
 use std::path::PathBuf;
@@ -27,6 +29,8 @@ enum Command {
     Resume(run::ResumeArgs),
     /// Write a run's log as export lines (docs/FORMAT.md §5)
     Export(export::ExportArgs),
+    /// Verify a run's whole history: signatures, links, hashes, roots, states, snapshots
+    Audit(audit::AuditArgs),
     /// Create an ed25519 key pair: FILE (secret, mode 0600) and FILE.pub
     Keygen {
         /// Where to write the secret key; the public key goes to FILE.pub
@@ -38,12 +42,15 @@ enum Command {
     },
     /// Measure throughput against the bounds of this machine (suites: ledger)
     Bench(bench::BenchArgs),
+    /// Print an inclusion or consistency proof of a run's log, with its signed tree heads (JSON)
+    Proof(proof::ProofArgs),
+    /// Check a proof written by `fabric proof` offline, against the ledger's key
+    VerifyProof(proof::VerifyProofArgs),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+    match run(Cli::parse()) {
+        Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
@@ -51,14 +58,19 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let done = match cli.command {
         Command::Run(args) => run::run(&args),
         Command::Resume(args) => run::resume(&args),
         Command::Export(args) => export::run(&args),
+        // An audit that ran gives its verdict as the exit status.
+        Command::Audit(args) => return audit::run(&args),
         Command::Keygen { out, force } => keygen(&out, force),
         Command::Bench(args) => bench::run(&args),
-    }
+        Command::Proof(args) => proof::run(&args),
+        Command::VerifyProof(args) => proof::verify(&args),
+    };
+    done.map(|()| ExitCode::SUCCESS)
 }
 
 fn keygen(out: &std::path::Path, force: bool) -> anyhow::Result<()> {

@@ -150,7 +150,7 @@ pub struct ResumeArgs {
 /// `fabric resume`: continues the run stored in `--data` from its newest valid checkpoint to
 /// its end, then writes its reports (from the log, so every event appears exactly once).
 pub fn resume(args: &ResumeArgs) -> anyhow::Result<()> {
-    let (run_file, ledger) = open_run(&args.data)?;
+    let (run_file, ledger) = open_run_with(&args.data, true)?;
     let discarded = ledger.open_report().discarded_blocks;
     let spec = run_file.spec();
     let progress = progress_bar(run_file.jobs);
@@ -199,6 +199,12 @@ impl RunFile {
 
 /// Reads a data folder's `run.json` and opens its ledger.
 pub(crate) fn open_run(data: &Path) -> anyhow::Result<(RunFile, Ledger)> {
+    open_run_with(data, false)
+}
+
+/// Reads a data folder's `run.json` and opens its ledger; with `create`, a run stopped
+/// before its ledger existed gets an empty one (and starts from genesis).
+fn open_run_with(data: &Path, create: bool) -> anyhow::Result<(RunFile, Ledger)> {
     let run_path = data.join(RUN_FILE);
     let text = fs::read_to_string(&run_path).with_context(|| {
         format!(
@@ -217,7 +223,7 @@ pub(crate) fn open_run(data: &Path) -> anyhow::Result<(RunFile, Ledger)> {
     );
     let ledger_path = data.join(LEDGER_DIR);
     ensure!(
-        ledger_path.is_dir(),
+        create || ledger_path.is_dir(),
         "{} holds no ledger (no folder {})",
         data.display(),
         ledger_path.display()

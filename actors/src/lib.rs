@@ -26,7 +26,7 @@ pub use driver::{
     resume, run, shard_samples, sim_ledger_key, RunOutcome, RunSpec, Sampler, ShardSample, SimKeys,
     StopReason, TickProgress,
 };
-pub use restore::{restore, RestoreReport, Restored};
+pub use restore::{load_checkpoint, restore, restore_to, Loaded, RestoreReport, Restored};
 
 /// Why a run stopped.
 #[derive(Debug, Error)]

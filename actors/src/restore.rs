@@ -48,13 +48,16 @@ pub struct RestoreReport {
 }
 
 /// A checkpoint that verified: its state and the Merkle frontier at its size.
-struct Loaded {
-    state: State,
-    frontier: fabric_ledger::Frontier,
+pub struct Loaded {
+    /// The state after the first `tree_size` entries.
+    pub state: State,
+    /// The Merkle frontier of those entries.
+    pub frontier: fabric_ledger::Frontier,
 }
 
-/// Checks the checkpoint at `tree_size` as described in the module documentation.
-fn load_checkpoint(
+/// Loads the checkpoint at `tree_size` if it verifies as described in the module
+/// documentation; otherwise says why not.
+pub fn load_checkpoint(
     reader: &LedgerReader,
     ledger_key: &PublicKey,
     tree_size: u64,
@@ -129,7 +132,16 @@ fn signed_head(
 /// (each one skipped says why in the report), then every later entry but those of the last
 /// tick, which are handed back for the driver to complete.
 pub fn restore(reader: &LedgerReader, ledger_key: &PublicKey) -> Result<Restored, RunError> {
-    let size = reader.len()?;
+    restore_to(reader, ledger_key, reader.len()?)
+}
+
+/// [`restore`] as if the log ended after its first `size` entries (a size with a signed tree
+/// head): what a restore costs at any point of a history, for benchmarks and audits.
+pub fn restore_to(
+    reader: &LedgerReader,
+    ledger_key: &PublicKey,
+    size: u64,
+) -> Result<Restored, RunError> {
     let mut report = RestoreReport {
         log_events: size,
         ..RestoreReport::default()

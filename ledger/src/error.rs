@@ -11,20 +11,22 @@ use crate::verify::Refusal;
 #[derive(Debug, Error)]
 pub enum LedgerError {
     /// sled failed.
-    #[error("storage error while {context}: {source}")]
+    // The cause is part of the message and deliberately not a `source`, so error chains
+    // printed with their causes do not repeat it.
+    #[error("storage error while {context}: {cause}")]
     Storage {
         /// What the ledger was doing.
         context: &'static str,
         /// sled's error.
-        source: sled::Error,
+        cause: sled::Error,
     },
     /// A file operation outside sled failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A stored entry does not match its recorded hash, or is not a well-formed entry.
     #[error("entry {seq} is corrupted: {detail}")]

@@ -1,7 +1,11 @@
 //! End-to-end tests of Fabric: the crates together on a real sled folder, and the `fabric`
 //! binary as a user runs it. One test binary for the whole suite, so one build serves all.
 
+mod audit;
 mod cli;
+mod durability;
 mod ledger;
+mod proof;
+mod restore;
 mod run;
 mod support;
