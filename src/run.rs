@@ -70,8 +70,8 @@ pub struct RunFile {
     pub world: World,
 }
 
-/// Most jobs one run takes: the projected state keeps every job in memory (about 1.8 GB at a
-/// million jobs).
+/// Most jobs one run takes: the state holds only the jobs in the fabric, but the reports write
+/// an export line per event (about 3 GB per million jobs).
 const JOBS_PER_RUN_MAX: u64 = 10_000_000;
 /// Most nodes one run takes.
 const NODES_PER_RUN_MAX: usize = 1_000_000;
@@ -80,7 +80,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     ensure!(args.jobs > 0, "--jobs must be at least 1");
     ensure!(
         args.jobs <= JOBS_PER_RUN_MAX,
-        "--jobs {} is over the limit of {JOBS_PER_RUN_MAX} jobs per run (the state of every job is kept in memory)",
+        "--jobs {} is over the limit of {JOBS_PER_RUN_MAX} jobs per run (its reports would take tens of GB)",
         args.jobs
     );
     ensure!(

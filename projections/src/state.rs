@@ -76,10 +76,13 @@ pub enum JobStatus {
     Failed,
     /// Cancelled by the owners.
     Cancelled,
+    /// Not a job: a free slot of the job table. A job that ends leaves the state (its outcome
+    /// is in the metrics and the log), so the state holds only the jobs still in the fabric.
+    Vacant,
 }
 
 impl JobStatus {
-    /// Whether the job is done for good.
+    /// Whether the job is done for good (a job is only seen so in its own history).
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
@@ -143,10 +146,85 @@ pub struct Job {
     pub requeues: u32,
     /// Times it was assigned.
     pub attempts: u32,
-    /// Bumped whenever it joins a queue, so stale queue entries can be recognised.
-    pub generation: u32,
+    /// A number unique to each time a job joins a queue (a state-wide counter), so stale queue
+    /// entries are recognised even after the slot has passed to another job.
+    pub generation: u64,
     /// Every status change, oldest first.
     pub history: Vec<StatusChange>,
+}
+
+impl Job {
+    /// A free slot of the job table.
+    pub fn vacant() -> Self {
+        Self {
+            id: 0,
+            class: 0,
+            origin: 0,
+            shard: 0,
+            node: NO_NODE,
+            status: JobStatus::Vacant,
+            submitted_tick: 0,
+            started_tick: 0,
+            finished_tick: 0,
+            duration_ticks: 0,
+            deadline_tick: 0,
+            visited: 0,
+            spills: 0,
+            requeues: 0,
+            attempts: 0,
+            generation: 0,
+            history: Vec::new(),
+        }
+    }
+}
+
+/// Job ids ever submitted, as disjoint ranges: submissions of consecutive ids (the usual case)
+/// take one range however many jobs have come and gone.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IdRanges {
+    /// start → end (exclusive), disjoint and not adjacent.
+    ranges: BTreeMap<u64, u64>,
+}
+
+impl IdRanges {
+    /// Whether `id` is in a range.
+    pub fn contains(&self, id: u64) -> bool {
+        self.ranges
+            .range(..=id)
+            .next_back()
+            .is_some_and(|(_, end)| id < *end)
+    }
+
+    /// Adds `id` (which must not be in a range yet), merging with its neighbours.
+    fn insert(&mut self, id: u64) {
+        let mut start = id;
+        let mut end = id.saturating_add(1);
+        if let Some((before_start, before_end)) = self.ranges.range(..id).next_back() {
+            if *before_end == id {
+                start = *before_start;
+            }
+        }
+        if let Some(after_end) = self.ranges.get(&end).copied() {
+            self.ranges.remove(&end);
+            end = after_end;
+        }
+        self.ranges.insert(start, end);
+    }
+
+    /// Number of ranges.
+    pub fn len(&self) -> usize {
+        self.ranges.len()
+    }
+
+    /// Whether no id was ever added.
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+
+    /// The ranges, as (start, end exclusive), in order.
+    pub fn ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.ranges.iter().map(|(start, end)| (*start, *end))
+    }
 }
 
 /// One node.
@@ -297,7 +375,7 @@ pub struct Shard {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct ClassQueue {
-    entries: VecDeque<(JobIx, u32)>,
+    entries: VecDeque<(JobIx, u64)>,
     live: u64,
 }
 
@@ -498,9 +576,14 @@ pub struct State {
     anomalies: u64,
     last_checkpoint_tree_size: u64,
     jobs_moved_tick: u64,
+    generations: u64,
     shards: Vec<Shard>,
     nodes: Vec<Node>,
+    /// The job table: jobs still in the fabric, and vacant slots (listed in `free_slots`, reused
+    /// last freed first) of jobs that ended.
     jobs: Vec<Job>,
+    free_slots: Vec<JobIx>,
+    submitted_ids: IdRanges,
     classes: Vec<JobClass>,
     skills: Vec<String>,
     metrics: Metrics,
@@ -548,9 +631,22 @@ impl State {
         &self.nodes
     }
 
-    /// Jobs, by index (submission order).
+    /// The job table by index: the jobs still in the fabric (queued or running) and vacant
+    /// slots ([`JobStatus::Vacant`]) of jobs that ended.
     pub fn jobs(&self) -> &[Job] {
         &self.jobs
+    }
+
+    /// The jobs still in the fabric (queued or running), by index.
+    pub fn live_jobs(&self) -> impl Iterator<Item = &Job> + '_ {
+        self.jobs
+            .iter()
+            .filter(|job| job.status != JobStatus::Vacant)
+    }
+
+    /// Whether a job with this id was ever submitted (it may have ended since).
+    pub fn was_submitted(&self, job: JobId) -> bool {
+        self.submitted_ids.contains(job)
     }
 
     /// Job classes, by index.
@@ -573,7 +669,7 @@ impl State {
         self.node_index.get(name).copied()
     }
 
-    /// A job's index by id.
+    /// A live job's index by id (`None` once it has ended).
     pub fn job_ix(&self, job: JobId) -> Option<JobIx> {
         self.job_index.get(&job).copied()
     }
@@ -604,7 +700,7 @@ impl State {
             .map(|(job, _)| *job)
     }
 
-    fn is_queued_entry(&self, shard: ShardIx, job: JobIx, generation: u32) -> bool {
+    fn is_queued_entry(&self, shard: ShardIx, job: JobIx, generation: u64) -> bool {
         let job = &self.jobs[job as usize];
         job.status == JobStatus::Queued && job.shard == shard && job.generation == generation
     }
@@ -916,8 +1012,9 @@ impl State {
     }
 
     fn enqueue(&mut self, job: JobIx, shard: ShardIx) {
+        self.generations += 1;
         let j = &mut self.jobs[job as usize];
-        j.generation = j.generation.wrapping_add(1);
+        j.generation = self.generations;
         j.shard = shard;
         j.status = JobStatus::Queued;
         j.visited |= 1u64 << shard;
@@ -947,7 +1044,7 @@ impl State {
     /// Drops stale entries from both ends of a class queue, so the live jobs stay near the ends.
     fn compact(&mut self, shard: ShardIx, class: ClassIx) {
         let jobs = &self.jobs;
-        let is_live = |(job, generation): &(JobIx, u32)| {
+        let is_live = |(job, generation): &(JobIx, u64)| {
             let j = &jobs[*job as usize];
             j.status == JobStatus::Queued && j.shard == shard && j.generation == *generation
         };
@@ -978,14 +1075,14 @@ impl State {
 
     fn submit(&mut self, body: &JobSubmitted, tick: u64) -> Result<(), ApplyError> {
         let shard = self.lookup_shard(&body.shard)?;
-        if self.job_index.contains_key(&body.job) {
+        if self.submitted_ids.contains(body.job) {
             return Err(ApplyError::Duplicate {
                 what: "job",
                 name: body.job.to_string(),
             });
         }
-        if self.jobs.len() >= JOBS_MAX {
-            return Err(ApplyError::Limit("u32::MAX jobs"));
+        if self.free_slots.is_empty() && self.jobs.len() >= JOBS_MAX {
+            return Err(ApplyError::Limit("u32::MAX jobs in the fabric at once"));
         }
         if body.duration_ticks == 0 {
             return Err(ApplyError::Conflict(format!(
@@ -995,9 +1092,7 @@ impl State {
         }
         let skills = self.intern_skills(&body.skills)?;
         let class = self.class_of(skills, shard)?;
-        let index = self.jobs.len() as JobIx;
-        self.job_index.insert(body.job, index);
-        self.jobs.push(Job {
+        let job = Job {
             id: body.job,
             class,
             origin: shard,
@@ -1015,7 +1110,19 @@ impl State {
             attempts: 0,
             generation: 0,
             history: Vec::with_capacity(3),
-        });
+        };
+        let index = match self.free_slots.pop() {
+            Some(slot) => {
+                self.jobs[slot as usize] = job;
+                slot
+            }
+            None => {
+                self.jobs.push(job);
+                (self.jobs.len() - 1) as JobIx
+            }
+        };
+        self.job_index.insert(body.job, index);
+        self.submitted_ids.insert(body.job);
         self.enqueue(index, shard);
         self.record(index, tick);
         self.shards[shard as usize].counters.submitted += 1;
@@ -1217,8 +1324,16 @@ impl State {
         metrics.latency_ticks_max = metrics.latency_ticks_max.max(latency_ticks);
         metrics.latency_histogram[(latency_ticks as usize).min(LATENCY_HISTOGRAM_TICKS)] += 1;
         metrics.deadline_missed += u64::from(late);
-        self.record(job, tick);
+        self.vacate(job);
         Ok(())
+    }
+
+    /// An ended job leaves the job table: its slot is freed for the next submission.
+    fn vacate(&mut self, job: JobIx) {
+        let id = self.jobs[job as usize].id;
+        self.job_index.remove(&id);
+        self.jobs[job as usize] = Job::vacant();
+        self.free_slots.push(job);
     }
 
     fn owner_action(&mut self, action: &OwnerAction, tick: u64) -> Result<(), ApplyError> {
@@ -1269,7 +1384,7 @@ impl State {
                 self.jobs[ix as usize].status = JobStatus::Cancelled;
                 self.compact(shard, class);
                 self.metrics.cancelled += 1;
-                self.record(ix, tick);
+                self.vacate(ix);
             }
             OwnerAction::RerouteJob { job, shard } => {
                 let ix = self.lookup_job(*job)?;
@@ -1307,6 +1422,7 @@ impl State {
         enc(&self.anomalies, &mut out);
         enc(&self.last_checkpoint_tree_size, &mut out);
         enc(&self.jobs_moved_tick, &mut out);
+        enc(&self.generations, &mut out);
         enc(&self.skills, &mut out);
         enc(&self.classes, &mut out);
         enc(&(self.shards.len() as u64), &mut out);
@@ -1340,7 +1456,26 @@ impl State {
             enc(&u32::MAX, &mut out);
         }
         enc(&self.nodes, &mut out);
-        enc(&self.jobs, &mut out);
+        // The job table: its length, its free slots (in reuse order), then the live jobs with
+        // their slots. Vacant slots carry nothing, so the snapshot follows the jobs in the
+        // fabric, not every job that ever was.
+        enc(&(self.jobs.len() as u64), &mut out);
+        enc(&self.free_slots, &mut out);
+        enc(
+            &((self.jobs.len() - self.free_slots.len()) as u64),
+            &mut out,
+        );
+        for (slot, job) in self.jobs.iter().enumerate() {
+            if job.status != JobStatus::Vacant {
+                enc(&(slot as JobIx), &mut out);
+                enc(job, &mut out);
+            }
+        }
+        enc(&(self.submitted_ids.len() as u64), &mut out);
+        for (start, end) in self.submitted_ids.ranges() {
+            enc(&start, &mut out);
+            enc(&end, &mut out);
+        }
         enc(&self.metrics, &mut out);
         out
     }
@@ -1426,6 +1561,7 @@ impl State {
             anomalies: r.take()?,
             last_checkpoint_tree_size: r.take()?,
             jobs_moved_tick: r.take()?,
+            generations: r.take()?,
             skills: r.take()?,
             classes: r.take()?,
             ..State::default()
@@ -1491,7 +1627,58 @@ impl State {
             queued_lists.push(lists);
         }
         state.nodes = r.take()?;
-        state.jobs = r.take()?;
+        let slots: u64 = r.take()?;
+        // A slot costs at least four bytes (a free one is its index in the free list).
+        if slots > JOBS_MAX as u64 || slots > bytes.len() as u64 / 4 {
+            return Err(inconsistent(format!("a job table of {slots} slots")));
+        }
+        state.free_slots = r.take()?;
+        let live: u64 = r.take()?;
+        if live + state.free_slots.len() as u64 != slots {
+            return Err(inconsistent(format!(
+                "{live} live jobs and {} free slots in a table of {slots}",
+                state.free_slots.len()
+            )));
+        }
+        state.jobs = vec![Job::vacant(); slots as usize];
+        let mut previous: Option<JobIx> = None;
+        for _ in 0..live {
+            let slot: JobIx = r.take()?;
+            let job: Job = r.take()?;
+            check_index("job slot", slot as usize, slots as usize)?;
+            if previous.is_some_and(|previous| previous >= slot) || job.status == JobStatus::Vacant
+            {
+                return Err(inconsistent(format!(
+                    "job slot {slot} out of order or vacant"
+                )));
+            }
+            previous = Some(slot);
+            state.jobs[slot as usize] = job;
+        }
+        for slot in &state.free_slots {
+            check_index("free job slot", *slot as usize, slots as usize)?;
+            if state.jobs[*slot as usize].status != JobStatus::Vacant {
+                return Err(inconsistent(format!("free slot {slot} holds a job")));
+            }
+        }
+        let ranges: u64 = r.take()?;
+        if ranges > bytes.len() as u64 / 16 {
+            return Err(inconsistent(format!("{ranges} ranges of submitted ids")));
+        }
+        for _ in 0..ranges {
+            let (start, end): (u64, u64) = (r.take()?, r.take()?);
+            let after_last = state
+                .submitted_ids
+                .ranges
+                .last_key_value()
+                .map(|(_, end)| *end);
+            if start >= end || after_last.is_some_and(|last_end| start <= last_end) {
+                return Err(inconsistent(format!(
+                    "submitted id range {start}..{end} is empty, overlaps or touches the one before"
+                )));
+            }
+            state.submitted_ids.ranges.insert(start, end);
+        }
         state.metrics = r.take()?;
         if r.at != bytes.len() {
             return Err(SnapshotError::Malformed {
@@ -1534,6 +1721,12 @@ impl State {
             check_index("node region", node.region as usize, shards)?;
             for job in &node.running {
                 check_index("running job", *job as usize, jobs)?;
+                if self.jobs[*job as usize].status != JobStatus::Running {
+                    return Err(inconsistent(format!(
+                        "node `{}` runs slot {job}, which holds no running job",
+                        node.name
+                    )));
+                }
             }
             if self
                 .node_index
@@ -1544,6 +1737,12 @@ impl State {
             }
         }
         for (ix, job) in self.jobs.iter().enumerate() {
+            if job.status == JobStatus::Vacant {
+                continue;
+            }
+            if !self.submitted_ids.contains(job.id) {
+                return Err(inconsistent(format!("job {} was never submitted", job.id)));
+            }
             check_index("job class", job.class as usize, classes)?;
             check_index("job shard", job.shard as usize, shards)?;
             check_index("job origin", job.origin as usize, shards)?;

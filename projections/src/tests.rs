@@ -811,3 +811,67 @@ fn damaged_snapshots_are_errors_not_states() {
         }
     }
 }
+
+#[test]
+fn ended_jobs_leave_the_state_but_their_ids_stay_taken() {
+    let mut world = World::new();
+    for tick in 1..40 {
+        for event in tick_events(&world.state, tick) {
+            let _ = world.state.apply(&event);
+        }
+    }
+    let state = &world.state;
+    let m = state.metrics();
+    assert!(m.completed + m.dropped > 20, "{m:?}");
+    // Only the jobs still in the fabric hold a slot; ended ones freed theirs for reuse.
+    let live = state.live_jobs().count() as u64;
+    assert_eq!(live, m.submitted - m.completed - m.dropped - m.cancelled);
+    assert!(
+        state.jobs().len() < m.submitted as usize,
+        "slots were reused"
+    );
+    // Job 10 (submitted at tick 1) ended long ago: its id is still refused.
+    assert!(state.job_ix(10).is_none() && state.was_submitted(10));
+    let anomalies = state.anomalies();
+    let duplicate = world.apply(Role::Client, 41, job(10, "a", &["cpu"]));
+    assert!(matches!(duplicate, Err(ApplyError::Duplicate { .. })));
+    assert_eq!(world.state.anomalies(), anomalies + 1);
+    // A receipt for an ended job is refused.
+    let late = world.apply(
+        Role::Node,
+        41,
+        JobReceipt {
+            job: 10,
+            node: "a.x".into(),
+            outcome: JobOutcome::Completed,
+            output_hash: Hash32([7; 32]),
+            kernel: None,
+            started_tick: 1,
+            finished_tick: 41,
+        },
+    );
+    assert_eq!(late, Err(ApplyError::UnknownJob(10)));
+}
+
+#[test]
+fn submitted_ids_merge_into_ranges() {
+    let mut state = World::new().state;
+    let mut nonce = 0;
+    for id in [5u64, 7, 6, 1, 3, 2, 100] {
+        nonce += 1;
+        state
+            .apply(&Event::new(Role::Client, 1, nonce, job(id, "a", &["cpu"])))
+            .expect("a new id");
+    }
+    for id in [1, 2, 3, 5, 6, 7, 100] {
+        assert!(state.was_submitted(id), "{id}");
+    }
+    for id in [0, 4, 8, 99, 101] {
+        assert!(!state.was_submitted(id), "{id}");
+    }
+    // The ranges 1..4, 5..8 and 100..101 survive a snapshot.
+    let bytes = state.snapshot_bytes();
+    let rebuilt = State::from_snapshot_bytes(&bytes).expect("decodes");
+    assert!(rebuilt.was_submitted(6) && !rebuilt.was_submitted(4));
+    assert_eq!(rebuilt.snapshot_bytes(), bytes);
+}
