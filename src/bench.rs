@@ -551,6 +551,7 @@ fn planetary_suite(args: &BenchArgs) -> anyhow::Result<SuiteReport> {
         world,
         seed: BENCH_SEED,
         jobs,
+        append_events_max: fabric_ledger::BATCH_EVENTS_MAX,
     };
     let ledger = Ledger::open(
         scratch.path().join("ledger"),
@@ -815,6 +816,7 @@ fn bench_run(world: &fabric_actors::world::World, jobs: u64, dir: &Path) -> anyh
         world: world.clone(),
         seed: BENCH_SEED,
         jobs,
+        append_events_max: fabric_ledger::BATCH_EVENTS_MAX,
     };
     let ledger = Ledger::open(dir, fabric_actors::sim_ledger_key(BENCH_SEED))?;
     let outcome = fabric_actors::run(&spec, ledger, |_| {}).context("the bench run failed")?;
@@ -914,7 +916,8 @@ fn audit_suite(args: &BenchArgs) -> anyhow::Result<SuiteReport> {
             restored.report.checkpoint_tree_size == Some(checkpoint),
             "the bench restore did not start at its checkpoint"
         );
-        restores.push((took, point, point - checkpoint));
+        let snapshot_bytes = reader.snapshot(checkpoint)?.bytes.len();
+        restores.push((took, point, point - checkpoint, snapshot_bytes));
     }
     let (short_ms, long_ms) = (
         restores[0].0.as_secs_f64() * 1e3,
@@ -982,8 +985,8 @@ fn audit_suite(args: &BenchArgs) -> anyhow::Result<SuiteReport> {
     ];
     if !args.json {
         println!(
-            "restore points: short history {} entries (tail {}), long history {} entries (tail {})",
-            restores[0].1, restores[0].2, restores[1].1, restores[1].2
+            "restore points: short history {} entries (tail {}, snapshot {} bytes), long history {} entries (tail {}, snapshot {} bytes)",
+            restores[0].1, restores[0].2, restores[0].3, restores[1].1, restores[1].2, restores[1].3
         );
     }
     Ok(SuiteReport {

@@ -12,7 +12,7 @@ use anyhow::{anyhow, bail, ensure, Context};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use clap::ArgGroup;
-use fabric_events::{entry_hash, Entry, Hash32, PublicKey, SignatureBytes};
+use fabric_events::{entry_hash, Entry, Hash32, PublicKey};
 use fabric_ledger::merkle::{self, ConsistencyProof, InclusionProof};
 use fabric_ledger::{LedgerReader, SignedTreeHead};
 use serde::{Deserialize, Serialize};
@@ -54,38 +54,6 @@ pub struct VerifyProofArgs {
     ledger_key: Option<String>,
 }
 
-/// A signed tree head as it appears in a proof document.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TreeHeadDoc {
-    tree_size: u64,
-    root: Hash32,
-    ledger_key: PublicKey,
-    signature: SignatureBytes,
-}
-
-impl From<&SignedTreeHead> for TreeHeadDoc {
-    fn from(head: &SignedTreeHead) -> Self {
-        Self {
-            tree_size: head.tree_size,
-            root: head.root,
-            ledger_key: head.ledger_key,
-            signature: head.signature,
-        }
-    }
-}
-
-impl From<&TreeHeadDoc> for SignedTreeHead {
-    fn from(head: &TreeHeadDoc) -> Self {
-        Self {
-            tree_size: head.tree_size,
-            root: head.root,
-            ledger_key: head.ledger_key,
-            signature: head.signature,
-        }
-    }
-}
-
 /// `fabric-inclusion-proof-v1`; the field order is the document's key order.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -98,7 +66,7 @@ struct InclusionDoc {
     entry: String,
     audit_path: Vec<Hash32>,
     root: Hash32,
-    tree_head: TreeHeadDoc,
+    tree_head: SignedTreeHead,
 }
 
 /// `fabric-consistency-proof-v1`; the field order is the document's key order.
@@ -109,8 +77,8 @@ struct ConsistencyDoc {
     old_size: u64,
     new_size: u64,
     path: Vec<Hash32>,
-    old_tree_head: TreeHeadDoc,
-    new_tree_head: TreeHeadDoc,
+    old_tree_head: SignedTreeHead,
+    new_tree_head: SignedTreeHead,
 }
 
 /// Only the `format` key, to pick the document's kind before parsing it strictly.
@@ -182,7 +150,7 @@ fn inclusion_doc(
         entry: BASE64.encode(&bytes),
         audit_path: proof.path,
         root,
-        tree_head: TreeHeadDoc::from(&head),
+        tree_head: head,
     })
 }
 
@@ -233,8 +201,8 @@ fn consistency_doc(
         old_size,
         new_size,
         path: proof.path,
-        old_tree_head: TreeHeadDoc::from(&old_head),
-        new_tree_head: TreeHeadDoc::from(&new_head),
+        old_tree_head: old_head,
+        new_tree_head: new_head,
     })
 }
 
@@ -347,7 +315,7 @@ fn verify_inclusion_doc(
     trusted: Option<&PublicKey>,
     untrusted: impl FnOnce(&PublicKey),
 ) -> anyhow::Result<String> {
-    let head = SignedTreeHead::from(&doc.tree_head);
+    let head = doc.tree_head;
     let key = trusted.copied().unwrap_or_else(|| {
         untrusted(&head.ledger_key);
         head.ledger_key
@@ -411,8 +379,7 @@ fn verify_consistency_doc(
     trusted: Option<&PublicKey>,
     untrusted: impl FnOnce(&PublicKey),
 ) -> anyhow::Result<String> {
-    let old = SignedTreeHead::from(&doc.old_tree_head);
-    let new = SignedTreeHead::from(&doc.new_tree_head);
+    let (old, new) = (doc.old_tree_head, doc.new_tree_head);
     let key = match trusted {
         Some(key) => *key,
         None => {

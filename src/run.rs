@@ -193,6 +193,7 @@ impl RunFile {
             world,
             seed: self.seed,
             jobs: self.jobs,
+            append_events_max: fabric_ledger::BATCH_EVENTS_MAX,
         }
     }
 }

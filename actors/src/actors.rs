@@ -361,6 +361,8 @@ pub struct Append {
 pub struct LedgerWriter {
     /// The ledger, until [`Close`] takes it back.
     pub ledger: Option<Ledger>,
+    /// Most events per append.
+    pub append_events_max: usize,
 }
 
 impl Actor for LedgerWriter {
@@ -377,7 +379,7 @@ impl Handler<Append> for LedgerWriter {
         }
         // A tick larger than one group commit is appended in consecutive commits.
         let mut receipt = None;
-        for chunk in msg.events.chunks(fabric_ledger::BATCH_EVENTS_MAX) {
+        for chunk in msg.events.chunks(self.append_events_max.max(1)) {
             receipt = Some(ledger.append(chunk)?);
         }
         receipt.ok_or(RunError::EmptyTick)

@@ -41,6 +41,10 @@ pub struct RunSpec {
     pub seed: u64,
     /// Jobs to submit.
     pub jobs: u64,
+    /// Most events one append (one group commit) takes: a larger tick is appended in several,
+    /// and a crash between them leaves part of the tick stored, which a resume completes.
+    /// Normally [`fabric_ledger::BATCH_EVENTS_MAX`].
+    pub append_events_max: usize,
 }
 
 /// The keys of a simulation, derived from its seed.
@@ -385,8 +389,15 @@ async fn drive(
 
     let arbiters: Vec<Arbiter> = (0..ACTOR_THREADS).map(|_| Arbiter::new()).collect();
     let on = |index: usize| arbiters[index % arbiters.len()].handle();
+    if spec.append_events_max == 0 || spec.append_events_max > fabric_ledger::BATCH_EVENTS_MAX {
+        return Err(RunError::AppendSize {
+            given: spec.append_events_max,
+            max: fabric_ledger::BATCH_EVENTS_MAX,
+        });
+    }
     let writer = LedgerWriter {
         ledger: Some(ledger),
+        append_events_max: spec.append_events_max,
     }
     .start();
     let checkpointer = {

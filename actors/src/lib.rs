@@ -84,6 +84,14 @@ pub enum RunError {
         /// The event's position in the tick.
         index: usize,
     },
+    /// The events-per-append limit is out of range.
+    #[error("appends of {given} events are not possible: between 1 and {max}")]
+    AppendSize {
+        /// The limit given.
+        given: usize,
+        /// The ledger's limit.
+        max: usize,
+    },
     /// The run needs an empty ledger.
     #[error("the ledger already holds {size} events; a run starts from an empty ledger")]
     LedgerNotEmpty {

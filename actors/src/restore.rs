@@ -147,10 +147,8 @@ pub fn restore_to(
         ..RestoreReport::default()
     };
     let mut loaded = None;
-    for tree_size in reader.snapshot_sizes()?.into_iter().rev() {
-        if tree_size >= size {
-            continue;
-        }
+    for tree_size in reader.snapshot_sizes_before(size)? {
+        let tree_size = tree_size?;
         match load_checkpoint(reader, ledger_key, tree_size) {
             Ok(found) => {
                 report.checkpoint_tree_size = Some(tree_size);

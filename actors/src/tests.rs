@@ -1,4 +1,4 @@
-//! The workload and failure draws: pure functions of the seed.
+//! The workload and failure draws (pure functions of the seed), and resumes of cut logs.
 
 use std::collections::BTreeSet;
 
@@ -153,5 +153,124 @@ fn scaled_worlds_add_uniquely_named_nodes_within_budget() {
         scale_nodes(&world, 3, 1),
         world.nodes,
         "never fewer than configured"
+    );
+}
+
+/// A tick larger than one append is stored in several; a crash between them leaves part of the
+/// tick in the log. A resume must propose the tick again, check the stored part and append
+/// only the rest, ending with the uninterrupted run's log.
+#[test]
+fn a_resume_completes_a_tick_cut_between_its_appends() {
+    use crate::driver::{resume, run, sim_ledger_key, RunSpec};
+    use fabric_events::SignedEvent;
+    use fabric_ledger::Ledger;
+
+    let seed = 11;
+    let spec = RunSpec {
+        world: world(),
+        seed,
+        jobs: 300,
+        append_events_max: 4,
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let full = run(
+        &spec,
+        Ledger::open(dir.path().join("full"), sim_ledger_key(seed)).expect("open"),
+        |_| {},
+    )
+    .expect("the uninterrupted run");
+    let full_ledger = full.ledger;
+    let reader = full_ledger.reader();
+    let entries: Vec<fabric_events::Entry> = full_ledger
+        .entries(0..full_ledger.len())
+        .collect::<Result<_, _>>()
+        .expect("entries read back");
+    let tick_of = |seq: usize| entries[seq].event().expect("decodes").header.tick;
+    let heads: Vec<u64> = reader
+        .tree_heads()
+        .expect("heads")
+        .iter()
+        .map(|head| head.tree_size)
+        .collect();
+    let snapshots = reader.snapshot_sizes().expect("snapshots");
+    // Cut points inside a tick, after a checkpoint (so the restore starts from it).
+    let cuts: Vec<u64> = heads
+        .iter()
+        .copied()
+        .filter(|size| {
+            let size = *size as usize;
+            size > 0
+                && size < entries.len()
+                && tick_of(size - 1) == tick_of(size)
+                && snapshots
+                    .first()
+                    .is_some_and(|first| (*first as usize) < size)
+        })
+        .collect();
+    assert!(cuts.len() > 10, "the run has ticks cut between appends");
+    for cut in [cuts[cuts.len() / 3], cuts[cuts.len() - 1]] {
+        // The log as a crash after the append that ended at `cut` leaves it: the same appends
+        // and snapshots up to there.
+        let path = dir.path().join(format!("cut-{cut}"));
+        let mut torn = Ledger::open(&path, sim_ledger_key(seed)).expect("open");
+        let mut start = 0u64;
+        for end in heads
+            .iter()
+            .copied()
+            .filter(|size| *size > 0 && *size <= cut)
+        {
+            if snapshots.contains(&start) {
+                let snapshot = reader.snapshot(start).expect("snapshot");
+                torn.store_snapshot(start, &snapshot.bytes)
+                    .expect("store snapshot");
+            }
+            let batch: Vec<SignedEvent> = entries[start as usize..end as usize]
+                .iter()
+                .map(|entry| SignedEvent {
+                    author: entry.author,
+                    signature: entry.signature,
+                    signed: entry.signed.clone(),
+                })
+                .collect();
+            torn.append(&batch).expect("append");
+            start = end;
+        }
+        assert_eq!(torn.len(), cut);
+        let resumed = resume(&spec, torn, |_| {}).expect("the resume");
+        let report = &resumed.restored.as_ref().expect("a restore").0;
+        assert!(
+            report.checkpoint_tree_size.is_some(),
+            "restored from a checkpoint"
+        );
+        assert_eq!(resumed.tree_head.root, full.tree_head.root, "cut at {cut}");
+        assert_eq!(resumed.state.state_hash(), full.state.state_hash());
+        assert_eq!(resumed.last_tick, full.last_tick);
+    }
+}
+
+#[test]
+fn a_resume_refuses_a_log_another_run_wrote() {
+    use crate::driver::{resume, run, sim_ledger_key, RunSpec};
+    use fabric_ledger::Ledger;
+
+    let spec = |world: World| RunSpec {
+        world,
+        seed: 3,
+        jobs: 50,
+        append_events_max: fabric_ledger::BATCH_EVENTS_MAX,
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ledger = Ledger::open(dir.path().join("ledger"), sim_ledger_key(3)).expect("open");
+    let outcome = run(&spec(world()), ledger, |_| {}).expect("a run of 50 jobs");
+    // Other node names give the nodes other keys: the receipts of the log's last tick are not
+    // what this world's nodes would sign.
+    let mut other = world();
+    for node in &mut other.nodes {
+        node.name.push_str("-other");
+    }
+    let result = resume(&spec(other), outcome.ledger, |_| {});
+    assert!(
+        matches!(result, Err(crate::RunError::Diverged { .. })),
+        "a log of another run was continued"
     );
 }

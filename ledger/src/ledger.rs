@@ -750,6 +750,29 @@ impl LedgerReader {
         Ok(sizes)
     }
 
+    /// Tree sizes below `size` that have a stored snapshot, newest first, read lazily: finding
+    /// the newest one costs the same however many there are.
+    pub fn snapshot_sizes_before(
+        &self,
+        size: u64,
+    ) -> Result<impl Iterator<Item = Result<u64, LedgerError>>, LedgerError> {
+        let tree = self.snapshot_tree()?;
+        Ok(tree
+            .range(
+                numbered_key(PREFIX_SNAPSHOT_MANIFEST, 0)
+                    ..numbered_key(PREFIX_SNAPSHOT_MANIFEST, size),
+            )
+            .keys()
+            .rev()
+            .map(|key| {
+                let key = key.map_err(storage("listing snapshots"))?;
+                key_number(&key).ok_or_else(|| LedgerError::CorruptSnapshot {
+                    tree_size: 0,
+                    detail: format!("malformed manifest key {key:?}"),
+                })
+            }))
+    }
+
     /// Reads the snapshot taken at `tree_size`, checking the manifest, every chunk, the
     /// length and the hash.
     pub fn snapshot(&self, tree_size: u64) -> Result<StoredSnapshot, LedgerError> {

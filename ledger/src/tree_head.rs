@@ -14,6 +14,7 @@ pub const TREE_HEAD_DOMAIN: &[u8] = b"FABRICv1-tree-head";
 
 /// (tree size, root), signed by the ledger key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SignedTreeHead {
     /// Number of entries.
     pub tree_size: u64,
