@@ -225,11 +225,7 @@ fn ledger_suite(args: &BenchArgs) -> anyhow::Result<SuiteReport> {
         .max(1);
     let batch = args.batch;
     let repetitions = if args.quick { 1 } else { 3 };
-    let scratch = match &args.dir {
-        Some(dir) => tempfile::tempdir_in(dir),
-        None => tempfile::tempdir(),
-    }
-    .context("could not create a temporary folder for the bench")?;
+    let scratch = scratch_dir(args)?;
 
     let authors: Vec<SigningKey> = (0..BENCH_AUTHORS)
         .map(|i| derive_signing_key(BENCH_SEED, &format!("bench/author-{i}")))
@@ -527,26 +523,40 @@ const PLANETARY_WALL_S_TARGET: f64 = 120.0;
 /// Router decision latency the 99th percentile should stay under.
 const ROUTER_P99_NS_TARGET: f64 = 25_000.0;
 
-fn planetary_suite(args: &BenchArgs) -> anyhow::Result<SuiteReport> {
-    use fabric_actors::workload::scale_nodes;
-    let jobs = args
-        .jobs
-        .unwrap_or(if args.quick { 100_000 } else { 1_000_000 })
-        .max(1);
+/// The world of `--config` with `--nodes` nodes in all (else `default_nodes`, else the
+/// configured ones).
+fn bench_world(
+    args: &BenchArgs,
+    default_nodes: Option<usize>,
+) -> anyhow::Result<fabric_actors::world::World> {
     let mut world = crate::config::load(&args.config)?;
-    let nodes = args.nodes.unwrap_or(10_000);
+    let nodes = args.nodes.or(default_nodes).unwrap_or(world.nodes.len());
     ensure!(
         nodes >= world.nodes.len(),
         "--nodes {nodes} is fewer than the {} nodes configured in {}",
         world.nodes.len(),
         args.config.display()
     );
-    world.nodes = scale_nodes(&world, BENCH_SEED, nodes);
-    let scratch = match &args.dir {
+    world.nodes = fabric_actors::workload::scale_nodes(&world, BENCH_SEED, nodes);
+    Ok(world)
+}
+
+/// A temporary folder for the bench's ledgers, in `--dir` when given.
+fn scratch_dir(args: &BenchArgs) -> anyhow::Result<tempfile::TempDir> {
+    match &args.dir {
         Some(dir) => tempfile::tempdir_in(dir),
         None => tempfile::tempdir(),
     }
-    .context("could not create a temporary folder for the bench")?;
+    .context("could not create a temporary folder for the bench")
+}
+
+fn planetary_suite(args: &BenchArgs) -> anyhow::Result<SuiteReport> {
+    let jobs = args
+        .jobs
+        .unwrap_or(if args.quick { 100_000 } else { 1_000_000 })
+        .max(1);
+    let world = bench_world(args, Some(10_000))?;
+    let scratch = scratch_dir(args)?;
     let spec = fabric_actors::RunSpec {
         world,
         seed: BENCH_SEED,
@@ -855,26 +865,13 @@ fn checkpoint_gap(ledger: &Ledger) -> anyhow::Result<u64> {
 }
 
 fn audit_suite(args: &BenchArgs) -> anyhow::Result<SuiteReport> {
-    use fabric_actors::workload::scale_nodes;
     let jobs = args
         .jobs
         .unwrap_or(if args.quick { 20_000 } else { 200_000 })
         .max(10);
     let repetitions = if args.quick { 1 } else { 3 };
-    let mut world = crate::config::load(&args.config)?;
-    let nodes = args.nodes.unwrap_or(world.nodes.len());
-    ensure!(
-        nodes >= world.nodes.len(),
-        "--nodes {nodes} is fewer than the {} nodes configured in {}",
-        world.nodes.len(),
-        args.config.display()
-    );
-    world.nodes = scale_nodes(&world, BENCH_SEED, nodes);
-    let scratch = match &args.dir {
-        Some(dir) => tempfile::tempdir_in(dir),
-        None => tempfile::tempdir(),
-    }
-    .context("could not create a temporary folder for the bench")?;
+    let world = bench_world(args, None)?;
+    let scratch = scratch_dir(args)?;
     let long = bench_run(&world, jobs, &scratch.path().join("long"))?;
     let short = bench_run(&world, jobs / 10, &scratch.path().join("short"))?;
     let events = long.len() as usize;

@@ -3,23 +3,10 @@
 //! with an error naming what is broken. No flip is accepted silently.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+use crate::support::{fabric, path, small_run};
 use serde_json::Value;
-
-const DEFAULT_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/fabric.toml");
-
-fn fabric(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fabric"))
-        .args(args)
-        .output()
-        .expect("the fabric binary runs")
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().expect("utf-8 paths")
-}
 
 /// One small run shared by the tests of this file: (its folder, its data folder). A ledger is
 /// opened by one process at a time, so tests work on copies of it (see [`copy_of_pristine`]).
@@ -27,26 +14,7 @@ fn pristine() -> &'static (tempfile::TempDir, PathBuf) {
     static RUN: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
     RUN.get_or_init(|| {
         let dir = tempfile::tempdir().expect("temp dir");
-        let data = dir.path().join("data");
-        let out = dir.path().join("out");
-        let output = fabric(&[
-            "run",
-            "--config",
-            DEFAULT_CONFIG,
-            "--seed",
-            "3",
-            "--jobs",
-            "2500",
-            "--data",
-            path(&data),
-            "--out",
-            path(&out),
-        ]);
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let data = small_run(dir.path(), 3, 2500);
         (dir, data)
     })
 }

@@ -1,22 +1,7 @@
 //! The `fabric` binary as a user runs it.
 
+use crate::support::{fabric, stderr, stdout};
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Output};
-
-fn fabric(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fabric"))
-        .args(args)
-        .output()
-        .expect("the fabric binary runs")
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
 
 #[test]
 fn help_has_a_line_per_command() {

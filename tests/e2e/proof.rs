@@ -2,7 +2,7 @@
 //! round-trip, and every kind of tampering is refused with an error naming its cause.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -13,25 +13,9 @@ use fabric_ledger::merkle::verify_consistency;
 use fabric_ledger::{Ledger, LedgerError};
 use serde_json::Value;
 
-use crate::support::{heartbeats, ledger_key};
+use crate::support::{fabric, heartbeats, ledger_key, small_run, stderr, stdout};
 
-const DEFAULT_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/fabric.toml");
 const SEED: u64 = 1;
-
-fn fabric(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fabric"))
-        .args(args)
-        .output()
-        .expect("the fabric binary runs")
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
 
 /// One small run shared by the tests that are running at the same time; the last one to
 /// finish removes it.
@@ -60,22 +44,7 @@ fn fixture() -> Arc<Fixture> {
 impl Fixture {
     fn create() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let data = dir.path().join("data");
-        let out = dir.path().join("out");
-        let output = fabric(&[
-            "run",
-            "--config",
-            DEFAULT_CONFIG,
-            "--seed",
-            &SEED.to_string(),
-            "--jobs",
-            "300",
-            "--data",
-            data.to_str().expect("utf-8"),
-            "--out",
-            out.to_str().expect("utf-8"),
-        ]);
-        assert!(output.status.success(), "fabric run: {}", stderr(&output));
+        let data = small_run(dir.path(), SEED, 300);
         let ledger = Ledger::open(data.join("ledger"), sim_ledger_key(SEED)).expect("opens");
         let head_sizes: Vec<u64> = ledger
             .reader()

@@ -5,21 +5,10 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::{fabric, path, DEFAULT_CONFIG};
 use serde_json::Value;
 
-const DEFAULT_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/fabric.toml");
 const JOBS: &str = "3000";
-
-fn fabric(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fabric"))
-        .args(args)
-        .output()
-        .expect("the fabric binary runs")
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().expect("utf-8 paths")
-}
 
 fn run_args<'a>(data: &'a str, out: &'a str) -> Vec<&'a str> {
     vec![

@@ -1,23 +1,15 @@
 //! `fabric run`: determinism, conservation of jobs, routing invariants, replay of the log.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
+use crate::support::{fabric, DEFAULT_CONFIG};
 use fabric_actors::sim_ledger_key;
 use fabric_events::{Body, ExportLine};
 use fabric_ledger::Ledger;
 use fabric_projections::State;
 use proptest::prelude::*;
 use serde_json::Value;
-
-const DEFAULT_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/fabric.toml");
-
-fn fabric(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fabric"))
-        .args(args)
-        .output()
-        .expect("the fabric binary runs")
-}
 
 /// Runs `fabric run --json` into `dir/data` with reports in `dir/out`; returns the summary.
 fn run_json(dir: &Path, config: &str, seed: u64, jobs: u64) -> Value {

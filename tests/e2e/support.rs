@@ -1,6 +1,57 @@
-//! Keys and events shared by the tests.
+//! Keys, events and helpers shared by the tests.
+
+use std::path::Path;
+use std::process::{Command, Output};
 
 use fabric_events::{derive_signing_key, Event, Heartbeat, Role, SignedEvent, SigningKey};
+
+/// The world of `config/fabric.toml`.
+pub const DEFAULT_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/fabric.toml");
+
+/// Runs the `fabric` binary with `args` and waits for it.
+pub fn fabric(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fabric"))
+        .args(args)
+        .output()
+        .expect("the fabric binary runs")
+}
+
+/// A command's stdout as text.
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A command's stderr as text.
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Runs `fabric run` of the default world into `dir/data` (reports in `dir/out`) and returns
+/// the data folder.
+pub fn small_run(dir: &Path, seed: u64, jobs: u64) -> std::path::PathBuf {
+    let (data, out) = (dir.join("data"), dir.join("out"));
+    let (seed, jobs) = (seed.to_string(), jobs.to_string());
+    let output = fabric(&[
+        "run",
+        "--config",
+        DEFAULT_CONFIG,
+        "--seed",
+        &seed,
+        "--jobs",
+        &jobs,
+        "--data",
+        path(&data),
+        "--out",
+        path(&out),
+    ]);
+    assert!(output.status.success(), "fabric run: {}", stderr(&output));
+    data
+}
+
+/// A path as a command-line argument.
+pub fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 paths")
+}
 
 /// The ledger key of the tests' ledgers.
 pub fn ledger_key() -> SigningKey {
