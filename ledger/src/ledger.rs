@@ -63,6 +63,36 @@ pub fn sled_config(path: &Path) -> sled::Config {
         .segment_size(SLED_SEGMENT_BYTES)
 }
 
+/// How long opening waits for a folder whose previous user is still closing it.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Opens sled in `path`. sled releases a folder's lock only once its background flusher has
+/// finished with a dropped database, a moment after the drop: opening waits that moment out
+/// (up to [`LOCK_WAIT`]) instead of failing. A folder another live process holds still fails,
+/// with sled's "could not acquire lock" error.
+fn open_sled(path: &Path) -> Result<sled::Db, LedgerError> {
+    let started = std::time::Instant::now();
+    loop {
+        match sled_config(path).open() {
+            Ok(db) => return Ok(db),
+            Err(err) if is_lock_contention(&err) && started.elapsed() < LOCK_WAIT => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(cause) => {
+                return Err(LedgerError::Storage {
+                    context: "opening the ledger",
+                    cause,
+                })
+            }
+        }
+    }
+}
+
+/// Whether sled failed because another handle holds the folder's lock.
+fn is_lock_contention(err: &sled::Error) -> bool {
+    matches!(err, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
+}
+
 /// Most events one append (one group commit) may hold.
 pub const BATCH_EVENTS_MAX: usize = 262_144;
 /// Authors whose decompressed keys are kept.
@@ -127,9 +157,7 @@ impl Ledger {
     /// commit never completed) are removed.
     pub fn open(path: impl AsRef<Path>, ledger_key: SigningKey) -> Result<Self, LedgerError> {
         let path = path.as_ref().to_path_buf();
-        let db = sled_config(&path)
-            .open()
-            .map_err(storage("opening the ledger"))?;
+        let db = open_sled(&path)?;
         // sled's Db::flush writes with sync_file_range and never fsyncs; the ledger syncs
         // sled's data file itself before it acknowledges anything.
         let db_file_path = path.join("db");
