@@ -52,11 +52,16 @@ pub struct BenchArgs {
     #[arg(long, value_name = "FILE", default_value = "config/fabric.toml")]
     config: PathBuf,
     /// Planetary suite: jobs [default: 1000000, 100000 with --quick]; audit suite: jobs of
-    /// the long history (the short one has a tenth) [default: 200000, 20000 with --quick]
+    /// the long history (the short one has a tenth) [default: 200000, 20000 with --quick];
+    /// nats suite [default: 100000, 20000 with --quick]
     #[arg(long, value_name = "N")]
     jobs: Option<u64>,
+    /// The NATS server of the nats suite [default: a nats-server the bench starts on a free
+    /// loopback port, with its store in the bench's temporary folder]
+    #[arg(long, value_name = "URL")]
+    nats: Option<String>,
     /// Nodes in all [default: 10000 for the planetary suite; the configured ones for the audit
-    /// suite, whose histories then run many ticks]
+    /// suite, whose histories then run many ticks, and for the nats suite, as `fabric run` does]
     #[arg(long, value_name = "N")]
     nodes: Option<usize>,
 }
@@ -71,6 +76,8 @@ enum Suite {
     Gpu,
     /// `fabric audit` events/s vs. batch verification alone; restore time, long vs. short history
     Audit,
+    /// `fabric run --nats` vs. without: throughput, and the lag from append to JetStream ack
+    Nats,
 }
 
 #[derive(Serialize)]
@@ -125,6 +132,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             Suite::Planetary => planetary_suite(args)?,
             Suite::Gpu => gpu_suite(args)?,
             Suite::Audit => audit_suite(args)?,
+            Suite::Nats => nats_suite(args)?,
         };
         if !args.json {
             print_table(&result);
@@ -991,6 +999,170 @@ fn audit_suite(args: &BenchArgs) -> anyhow::Result<SuiteReport> {
         events,
         batch_events: crate::audit::AUDIT_CHUNK_ENTRIES,
         repetitions,
+        adapter: None,
+        figures,
+    })
+}
+
+/// Lag from append to JetStream acknowledgement that publication aims under, at the 99th
+/// percentile.
+const NATS_LAG_P99_MS_TARGET: f64 = 50.0;
+
+/// A `nats-server` the bench started, stopped when dropped.
+struct BenchNatsServer {
+    child: std::process::Child,
+    url: String,
+}
+
+impl BenchNatsServer {
+    /// Starts `nats-server -js` on a free loopback port with its store in `dir`.
+    fn start(dir: &Path) -> anyhow::Result<Self> {
+        let binary = ["nats-server", "/usr/sbin/nats-server"]
+            .into_iter()
+            .find(|candidate| {
+                std::process::Command::new(candidate)
+                    .arg("--version")
+                    .output()
+                    .is_ok_and(|output| output.status.success())
+            })
+            .ok_or_else(|| {
+                anyhow!("nats-server is not installed (Debian: apt-get install nats-server); or pass --nats URL")
+            })?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = std::process::Command::new(binary)
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| format!("could not start {binary}"))?;
+        let server = Self {
+            child,
+            url: format!("nats://127.0.0.1:{port}"),
+        };
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            ensure!(
+                started.elapsed() < Duration::from_secs(10),
+                "nats-server did not listen on port {port} within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(server)
+    }
+}
+
+impl Drop for BenchNatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn nats_suite(args: &BenchArgs) -> anyhow::Result<SuiteReport> {
+    let jobs = args
+        .jobs
+        .unwrap_or(if args.quick { 20_000 } else { 100_000 })
+        .max(1);
+    let world = bench_world(args, None)?;
+    let scratch = scratch_dir(args)?;
+    let server = match &args.nats {
+        Some(_) => None,
+        None => Some(BenchNatsServer::start(&scratch.path().join("nats"))?),
+    };
+    let url = args
+        .nats
+        .clone()
+        .or_else(|| server.as_ref().map(|server| server.url.clone()))
+        .ok_or_else(|| anyhow!("no NATS server"))?;
+    let spec = fabric_actors::RunSpec {
+        world,
+        seed: BENCH_SEED,
+        jobs,
+        append_events_max: fabric_ledger::BATCH_EVENTS_MAX,
+    };
+    let ledger_key = || fabric_actors::sim_ledger_key(BENCH_SEED);
+
+    let plain = fabric_actors::run(
+        &spec,
+        Ledger::open(scratch.path().join("plain"), ledger_key())?,
+        |_| {},
+    )
+    .context("the run without NATS failed")?;
+    let events = plain.tree_head.tree_size as usize;
+    let plain_eps = events_per_s(plain.wall, events);
+    drop(plain);
+
+    let ledger = Ledger::open(scratch.path().join("published"), ledger_key())?;
+    let log: fabric_bus::outbox::Log = std::sync::Arc::new(|line: &str| eprintln!("{line}"));
+    let outbox = fabric_bus::Outbox::start(ledger.reader(), &url, log)
+        .with_context(|| format!("cannot publish on {url}"))?;
+    let published = fabric_actors::run(&spec, ledger, |tick| outbox.durable(tick.events_total))
+        .context("the run with NATS failed")?;
+    let drain_started = Instant::now();
+    let report = outbox.finish(Duration::from_secs(120))?;
+    let drain = drain_started.elapsed();
+    ensure!(
+        report.published == published.tree_head.tree_size,
+        "{} of {} events were published",
+        report.published,
+        published.tree_head.tree_size
+    );
+    let published_eps = events_per_s(published.wall, events);
+    let mut lag_us = report.lag_us;
+    lag_us.sort_unstable();
+    let lag_ms = |quantile: f64| crate::run::quantile_ns(&lag_us, quantile) as f64 / 1e3;
+    let (p50, p99) = (lag_ms(0.5), lag_ms(0.99));
+    let ratio = published_eps / plain_eps;
+    let figures = vec![
+        Figure {
+            figure: "run with --nats",
+            value: published_eps,
+            unit: "events/s",
+            bound: Some(plain_eps),
+            ratio: Some(ratio),
+            what: if ratio >= 0.9 {
+                "signed, stored and published vs. the same run without NATS; target >= 0.9: met"
+            } else {
+                "signed, stored and published vs. the same run without NATS; target >= 0.9: MISSED"
+            },
+        },
+        Figure {
+            figure: "publication lag p50",
+            value: p50,
+            unit: "ms",
+            bound: None,
+            ratio: None,
+            what: "from the append's return (durable) to JetStream's acknowledgement, median",
+        },
+        Figure {
+            figure: "publication lag p99",
+            value: p99,
+            unit: "ms",
+            bound: Some(NATS_LAG_P99_MS_TARGET),
+            ratio: Some(p99 / NATS_LAG_P99_MS_TARGET),
+            what: if p99 <= NATS_LAG_P99_MS_TARGET {
+                "99th percentile; target <= 50 ms: met"
+            } else {
+                "99th percentile; target <= 50 ms: MISSED"
+            },
+        },
+        Figure {
+            figure: "drain after the run",
+            value: drain.as_secs_f64() * 1e3,
+            unit: "ms",
+            bound: None,
+            ratio: None,
+            what: "from the last append to the last acknowledgement",
+        },
+    ];
+    Ok(SuiteReport {
+        suite: "nats",
+        events,
+        batch_events: events / published.last_tick.max(1) as usize,
+        repetitions: 1,
         adapter: None,
         figures,
     })

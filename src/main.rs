@@ -6,6 +6,7 @@ mod config;
 mod export;
 mod proof;
 mod run;
+mod tail;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,6 +32,8 @@ enum Command {
     Export(export::ExportArgs),
     /// Verify a run's whole history: signatures, links, hashes, roots, states, snapshots
     Audit(audit::AuditArgs),
+    /// Follow the log on NATS, verifying each event's signature and link as it arrives
+    Tail(tail::TailArgs),
     /// Create an ed25519 key pair: FILE (secret, mode 0600) and FILE.pub
     Keygen {
         /// Where to write the secret key; the public key goes to FILE.pub
@@ -65,6 +68,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Export(args) => export::run(&args),
         // An audit that ran gives its verdict as the exit status.
         Command::Audit(args) => return audit::run(&args),
+        // A tail that saw something wrong says so in its exit status.
+        Command::Tail(args) => return tail::run(&args),
         Command::Keygen { out, force } => keygen(&out, force),
         Command::Bench(args) => bench::run(&args),
         Command::Proof(args) => proof::run(&args),

@@ -48,6 +48,63 @@ pub struct RunArgs {
     /// Print the summary as JSON on stdout (and nothing else there)
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    nats: NatsArgs,
+}
+
+/// Publication on NATS, shared by `fabric run` and `fabric resume`.
+#[derive(clap::Args, Debug)]
+pub struct NatsArgs {
+    /// Publish every appended event on this NATS server's JetStream, e.g. nats://127.0.0.1:4222
+    #[arg(long, value_name = "URL")]
+    nats: Option<String>,
+    /// At the end, wait this long for NATS to take the events not yet published
+    #[arg(long, value_name = "SECS", default_value_t = 60, requires = "nats")]
+    nats_drain_s: u64,
+}
+
+/// An outbox running beside a run, when `--nats` asks for one.
+struct Publication {
+    outbox: Option<fabric_bus::Outbox>,
+    wait: std::time::Duration,
+}
+
+impl Publication {
+    /// Connects and starts the outbox on `reader`'s log; lines it has to say go above the
+    /// progress bar.
+    fn start(
+        args: &NatsArgs,
+        reader: fabric_ledger::LedgerReader,
+        progress: &ProgressBar,
+    ) -> anyhow::Result<Self> {
+        let outbox = match &args.nats {
+            None => None,
+            Some(url) => {
+                let progress = progress.clone();
+                let log: fabric_bus::outbox::Log =
+                    std::sync::Arc::new(move |line: &str| progress.suspend(|| eprintln!("{line}")));
+                Some(
+                    fabric_bus::Outbox::start(reader, url, log)
+                        .with_context(|| format!("--nats {url}: cannot publish there"))?,
+                )
+            }
+        };
+        Ok(Self {
+            outbox,
+            wait: std::time::Duration::from_secs(args.nats_drain_s),
+        })
+    }
+
+    fn durable(&self, size: u64) {
+        if let Some(outbox) = &self.outbox {
+            outbox.durable(size);
+        }
+    }
+
+    /// Waits for the backlog; the report, or why some events are still waiting.
+    fn finish(self) -> Option<Result<fabric_bus::OutboxReport, fabric_bus::BusError>> {
+        self.outbox.map(|outbox| outbox.finish(self.wait))
+    }
 }
 
 /// What `run.json` in a data folder records, so later commands need only `--data`.
@@ -127,10 +184,27 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         .with_context(|| format!("could not open the ledger in {}", ledger_path.display()))?;
 
     let progress = progress_bar(args.jobs);
-    let outcome = fabric_actors::run(&spec, ledger, |tick| show_progress(&progress, tick))
-        .context("the run failed")?;
+    let publication =
+        Publication::start(&args.nats, ledger.reader(), &progress).with_context(|| {
+            format!(
+                "the run did not start; once NATS is reachable, start it with `fabric resume \
+                 --data {} --nats URL`",
+                args.data.display()
+            )
+        })?;
+    let outcome = fabric_actors::run(&spec, ledger, |tick| {
+        publication.durable(tick.events_total);
+        show_progress(&progress, tick)
+    })
+    .context("the run failed")?;
     progress.finish_and_clear();
-    finish(&run_file, &outcome, args.out.clone(), args.json)
+    finish(
+        &run_file,
+        &outcome,
+        publication,
+        args.out.clone(),
+        args.json,
+    )
 }
 
 /// Arguments of `fabric resume`.
@@ -145,6 +219,8 @@ pub struct ResumeArgs {
     /// Print the summary as JSON on stdout (and nothing else there)
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    nats: NatsArgs,
 }
 
 /// `fabric resume`: continues the run stored in `--data` from its newest valid checkpoint to
@@ -154,8 +230,12 @@ pub fn resume(args: &ResumeArgs) -> anyhow::Result<()> {
     let discarded = ledger.open_report().discarded_blocks;
     let spec = run_file.spec();
     let progress = progress_bar(run_file.jobs);
-    let outcome = fabric_actors::resume(&spec, ledger, |tick| show_progress(&progress, tick))
-        .context("the resumed run failed")?;
+    let publication = Publication::start(&args.nats, ledger.reader(), &progress)?;
+    let outcome = fabric_actors::resume(&spec, ledger, |tick| {
+        publication.durable(tick.events_total);
+        show_progress(&progress, tick)
+    })
+    .context("the resumed run failed")?;
     progress.finish_and_clear();
     if discarded > 0 {
         eprintln!(
@@ -181,7 +261,13 @@ pub fn resume(args: &ResumeArgs) -> anyhow::Result<()> {
             ),
         }
     }
-    finish(&run_file, &outcome, args.out.clone(), args.json)
+    finish(
+        &run_file,
+        &outcome,
+        publication,
+        args.out.clone(),
+        args.json,
+    )
 }
 
 impl RunFile {
@@ -245,15 +331,22 @@ fn show_progress(progress: &ProgressBar, tick: &fabric_actors::TickProgress<'_>)
     ));
 }
 
-/// Writes the reports of a finished run and prints its summary.
+/// Waits for the publication, writes the reports of a finished run and prints its summary.
+/// Events NATS did not take in time are an error, after the reports (the run itself is
+/// complete and durable; the outbox sends them on the next `fabric resume --nats`).
 fn finish(
     run_file: &RunFile,
     outcome: &RunOutcome,
+    publication: Publication,
     out: Option<PathBuf>,
     json: bool,
 ) -> anyhow::Result<()> {
     let out = out.unwrap_or_else(|| PathBuf::from("reports").join(&run_file.label));
-    let summary = summary(run_file, outcome);
+    let mut summary = summary(run_file, outcome);
+    let published = publication.finish();
+    if let Some(Ok(report)) = &published {
+        summary["nats"] = nats_summary(report);
+    }
     write_reports(&out, outcome, &summary)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -261,7 +354,26 @@ fn finish(
     } else {
         print!("{}", table(outcome, &summary, &out));
     }
-    Ok(())
+    match published {
+        Some(Err(err)) => Err(err).context("publishing on NATS did not finish"),
+        _ => Ok(()),
+    }
+}
+
+/// The `nats` object of a summary.
+fn nats_summary(report: &fabric_bus::OutboxReport) -> Value {
+    let mut lag_us = report.lag_us.clone();
+    lag_us.sort_unstable();
+    let ms = |quantile: f64| quantile_ns(&lag_us, quantile) as f64 / 1e3;
+    json!({
+        "published": report.published,
+        "duplicates": report.duplicates,
+        "retries": report.retries,
+        "cursor": report.cursor,
+        "lag_ms_p50": ms(0.5),
+        "lag_ms_p99": ms(0.99),
+        "lag_ms_max": lag_us.last().map_or(0.0, |us| f64::from(*us) / 1e3),
+    })
 }
 
 fn progress_bar(jobs: u64) -> ProgressBar {

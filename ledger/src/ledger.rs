@@ -17,6 +17,8 @@ use crate::verify::{VerifiedBatch, Verifier};
 
 /// Name of the sled tree holding state snapshots.
 pub const SNAPSHOT_TREE: &str = "snapshots";
+/// Name of the sled tree holding the NATS outbox's cursor.
+pub const OUTBOX_TREE: &str = "outbox";
 /// Largest chunk of a stored snapshot.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 64 * 1024;
 /// Bytes of a snapshot manifest before the Merkle frontier: length, chunk count, hash.
@@ -749,6 +751,15 @@ impl LedgerReader {
             ledger_key,
             signature: fabric_events::SignatureBytes(value[32..].try_into().expect("64 bytes")),
         }))
+    }
+
+    /// The `outbox` tree, where a publisher of the log keeps its cursor (docs/FORMAT.md §7).
+    /// It lives in the ledger's folder so it moves with the log, and nothing in it is part of
+    /// the log.
+    pub fn outbox_tree(&self) -> Result<sled::Tree, LedgerError> {
+        self.db
+            .open_tree(OUTBOX_TREE)
+            .map_err(storage("opening the outbox tree"))
     }
 
     fn snapshot_tree(&self) -> Result<sled::Tree, LedgerError> {

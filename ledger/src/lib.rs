@@ -27,7 +27,7 @@ pub mod verify;
 pub use error::{AppendError, LedgerError};
 pub use ledger::{
     sled_config, AppendReceipt, Entries, Ledger, LedgerReader, OpenReport, StoredSnapshot,
-    BATCH_EVENTS_MAX, SLED_SEGMENT_BYTES, SNAPSHOT_CHUNK_BYTES, SNAPSHOT_TREE,
+    BATCH_EVENTS_MAX, OUTBOX_TREE, SLED_SEGMENT_BYTES, SNAPSHOT_CHUNK_BYTES, SNAPSHOT_TREE,
 };
 pub use merkle::{Frontier, InclusionProof};
 pub use tree_head::SignedTreeHead;

@@ -5,6 +5,7 @@ mod audit;
 mod cli;
 mod durability;
 mod ledger;
+mod nats;
 mod proof;
 mod restore;
 mod run;

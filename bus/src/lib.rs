@@ -1,0 +1,122 @@
+//! Fabric on NATS: every appended event published to JetStream through an outbox, and a
+//! subscriber that checks what it receives.
+//!
+//! - [`subject`]: where an event is published, `fabric.events.<shard>.<kind>`.
+//! - [`Outbox`]: a thread of its own that tails the durable log from a cursor kept in the
+//!   ledger's folder and publishes each entry's export line, in seq order, with `Nats-Msg-Id`
+//!   = seq. The writer only tells it how far the log is durable; an outage of NATS never
+//!   blocks or loses an append (the backlog waits in the log itself and is sent when the
+//!   server is back).
+//! - [`tail`]: reads the stream back, verifying every signature and chain link and reporting
+//!   gaps, duplicates and bad lines.
+//!
+//! Architecture invariant: nothing is published before it is durable, and the cursor only
+//! moves past an entry once JetStream has acknowledged it; so every seq reaches the stream,
+//! and a republished one is dropped there as a duplicate of its `Nats-Msg-Id`.
+#![deny(missing_docs)]
+
+pub mod outbox;
+pub mod subject;
+mod tail;
+
+use std::time::Duration;
+
+use thiserror::Error;
+
+pub use outbox::{Outbox, OutboxReport};
+pub use tail::{tail, Checker, TailEvent, TailOptions, TailReport, TailWarning};
+
+/// The JetStream stream that holds the log.
+pub const STREAM: &str = "FABRIC_EVENTS";
+/// Subjects of the stream.
+pub const STREAM_SUBJECTS: &str = "fabric.events.>";
+/// How long JetStream remembers a `Nats-Msg-Id` to drop a republished message. Longer than
+/// the 2 minutes default: an outbox restarted after a crash republishes from its last saved
+/// cursor, and the restart may take a while.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(60 * 60);
+
+/// Why publishing or tailing failed.
+#[derive(Debug, Error)]
+pub enum BusError {
+    /// The server cannot be reached or refused the connection.
+    #[error("cannot connect to NATS at {url}: {detail}")]
+    Connect {
+        /// The server's URL.
+        url: String,
+        /// What the client said.
+        detail: String,
+    },
+    /// The stream cannot be created, or exists with settings that do not fit.
+    #[error("JetStream stream {STREAM}: {0}")]
+    Stream(String),
+    /// The ledger failed.
+    #[error(transparent)]
+    Ledger(#[from] fabric_ledger::LedgerError),
+    /// The outbox's runtime could not start.
+    #[error("the NATS outbox could not start: {0}")]
+    Runtime(String),
+    /// The backlog was not sent before the deadline.
+    #[error(
+        "{left} events (seqs {first}..{end}) are not yet on NATS after waiting {waited_s} s; they \
+         stay in the outbox and are sent by the next `fabric resume --nats`"
+    )]
+    Backlog {
+        /// Events left.
+        left: u64,
+        /// First seq not published.
+        first: u64,
+        /// The log's size.
+        end: u64,
+        /// How long the outbox waited.
+        waited_s: u64,
+    },
+    /// The subscriber failed.
+    #[error("tailing the stream failed: {0}")]
+    Tail(String),
+}
+
+/// The stream's settings: see docs/FORMAT.md §12 for why each is what it is.
+pub fn stream_config() -> async_nats::jetstream::stream::Config {
+    use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
+    Config {
+        name: STREAM.to_owned(),
+        subjects: vec![STREAM_SUBJECTS.to_owned()],
+        storage: StorageType::File,
+        retention: RetentionPolicy::Limits,
+        discard: DiscardPolicy::Old,
+        duplicate_window: DUPLICATE_WINDOW,
+        num_replicas: 1,
+        deny_delete: true,
+        deny_purge: true,
+        ..Config::default()
+    }
+}
+
+/// Creates the stream, or checks that the one there holds the log's subjects in files.
+pub async fn ensure_stream(
+    jetstream: &async_nats::jetstream::Context,
+) -> Result<async_nats::jetstream::stream::Stream, BusError> {
+    use async_nats::jetstream::stream::StorageType;
+    let wanted = stream_config();
+    let mut stream = jetstream
+        .get_or_create_stream(wanted.clone())
+        .await
+        .map_err(|err| BusError::Stream(err.to_string()))?;
+    let info = stream
+        .info()
+        .await
+        .map_err(|err| BusError::Stream(err.to_string()))?;
+    let config = &info.config;
+    if !config.subjects.iter().any(|s| s == STREAM_SUBJECTS) {
+        return Err(BusError::Stream(format!(
+            "exists with subjects {:?}, not {STREAM_SUBJECTS}",
+            config.subjects
+        )));
+    }
+    if config.storage != StorageType::File {
+        return Err(BusError::Stream(
+            "exists with memory storage; the log needs file storage".to_owned(),
+        ));
+    }
+    Ok(stream)
+}
