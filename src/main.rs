@@ -5,6 +5,7 @@ mod bench;
 mod config;
 mod export;
 mod proof;
+mod report;
 mod run;
 mod tail;
 
@@ -34,6 +35,8 @@ enum Command {
     Audit(audit::AuditArgs),
     /// Follow the log on NATS, verifying each event's signature and link as it arrives
     Tail(tail::TailArgs),
+    /// Write a run's mission report: one HTML page with its charts, and topology.mmd
+    Report(report::ReportArgs),
     /// Create an ed25519 key pair: FILE (secret, mode 0600) and FILE.pub
     Keygen {
         /// Where to write the secret key; the public key goes to FILE.pub
@@ -66,6 +69,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::run(&args),
         Command::Resume(args) => run::resume(&args),
         Command::Export(args) => export::run(&args),
+        Command::Report(args) => report::run(&args),
         // An audit that ran gives its verdict as the exit status.
         Command::Audit(args) => return audit::run(&args),
         // A tail that saw something wrong says so in its exit status.

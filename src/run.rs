@@ -272,7 +272,7 @@ pub fn resume(args: &ResumeArgs) -> anyhow::Result<()> {
 
 impl RunFile {
     /// What to run: the configured world with its generated nodes.
-    fn spec(&self) -> RunSpec {
+    pub(crate) fn spec(&self) -> RunSpec {
         let mut world = self.world.clone();
         world.nodes = scale_nodes(&world, self.seed, self.nodes);
         RunSpec {
@@ -347,7 +347,7 @@ fn finish(
     if let Some(Ok(report)) = &published {
         summary["nats"] = nats_summary(report);
     }
-    write_reports(&out, outcome, &summary)?;
+    write_reports(run_file, &out, outcome, &summary)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
         eprint!("{}", table(outcome, &summary, &out));
@@ -592,7 +592,12 @@ fn summary(run: &RunFile, outcome: &RunOutcome) -> Value {
 /// Writes the reports. `events.ndjson` and `shards.json` come from one replay of the log, so
 /// a resumed run reports every event exactly once and the same samples as an uninterrupted
 /// one; the replay must end in the run's own state. Each file is replaced atomically.
-fn write_reports(out: &Path, outcome: &RunOutcome, summary: &Value) -> anyhow::Result<()> {
+fn write_reports(
+    run_file: &RunFile,
+    out: &Path,
+    outcome: &RunOutcome,
+    summary: &Value,
+) -> anyhow::Result<()> {
     fs::create_dir_all(out)
         .with_context(|| format!("could not create the report folder {}", out.display()))?;
     let write_json = |name: &str, value: &Value| -> anyhow::Result<()> {
@@ -603,18 +608,22 @@ fn write_reports(out: &Path, outcome: &RunOutcome, summary: &Value) -> anyhow::R
     };
     let reader = outcome.ledger.reader();
     let mut sampler = Sampler::new(outcome.sample_every_ticks);
+    let mut chronicle = crate::report::Chronicle::new(outcome.sample_every_ticks);
     crate::export::write_file(&out.join("events.ndjson"), |writer| {
         crate::export::write_lines(&reader, 0..outcome.ledger.len(), writer, |entry| {
             let event = entry
                 .event()
                 .with_context(|| format!("entry {} does not decode", entry.seq))?;
+            chronicle.before(&event, sampler.state());
             sampler
-                .apply(&event)
+                .apply_observed(&event, |tick, state| chronicle.observe(tick, state))
                 .with_context(|| format!("entry {} does not fit the replayed state", entry.seq))?;
             Ok(())
         })
     })?;
-    let (replayed, samples) = sampler.finish(outcome.last_tick);
+    let (replayed, samples) = sampler.finish_observed(outcome.last_tick, |tick, state| {
+        chronicle.observe(tick, state)
+    });
     let (replayed_hash, run_hash) = (replayed.state_hash(), outcome.state.state_hash());
     ensure!(
         replayed_hash == run_hash,
@@ -628,6 +637,16 @@ fn write_reports(out: &Path, outcome: &RunOutcome, summary: &Value) -> anyhow::R
         }),
     )?;
     write_json("owner-script.json", &owner_script(outcome))?;
+    let headline = crate::report::Headline::new(
+        &run_file.label,
+        run_file.seed,
+        run_file.jobs,
+        &replayed,
+        outcome.tree_head.root,
+        outcome.tree_head.tree_size,
+        Some(summary),
+    );
+    crate::report::write(out, &chronicle, &headline, &replayed)?;
     write_json("summary.json", summary)?;
     Ok(())
 }

@@ -47,6 +47,24 @@ pub struct RunSpec {
     pub append_events_max: usize,
 }
 
+impl RunSpec {
+    /// Ticks between the telemetry samples of `shards.json` (and the report's charts): about
+    /// [`SAMPLES_TARGET`] samples over the arrivals and twice the longest job after them.
+    pub fn sample_every_ticks(&self) -> u64 {
+        let last_arrival_tick =
+            Workload::new(&self.world, self.seed, self.jobs).last_arrival_tick();
+        let longest_run = self
+            .world
+            .workload
+            .kinds
+            .iter()
+            .map(|kind| u64::from(kind.duration_ticks_max))
+            .max()
+            .unwrap_or(1);
+        ((last_arrival_tick + 2 * longest_run) / SAMPLES_TARGET).max(1)
+    }
+}
+
 /// The keys of a simulation, derived from its seed.
 pub struct SimKeys {
     /// Registers shards and nodes.
@@ -264,14 +282,21 @@ impl Sampler {
         }
     }
 
-    /// Samples every due tick before `tick`: the state has not changed since.
-    fn sample_before(&mut self, tick: u64) {
+    /// Samples every due tick before `tick` (the state has not changed since), showing each
+    /// sampled state to `observe`.
+    fn sample_before(&mut self, tick: u64, observe: &mut impl FnMut(u64, &State)) {
         while self.next_tick < tick {
             self.samples
                 .extend(shard_samples(&self.state, self.next_tick));
+            observe(self.next_tick, &self.state);
             self.last_sampled = Some(self.next_tick);
             self.next_tick += self.every_ticks;
         }
+    }
+
+    /// The state of the log folded so far.
+    pub fn state(&self) -> &State {
+        &self.state
     }
 
     /// Folds in the next event of the log.
@@ -279,16 +304,36 @@ impl Sampler {
         &mut self,
         event: &fabric_events::Event,
     ) -> Result<(), fabric_projections::ApplyError> {
-        self.sample_before(event.header.tick);
+        self.apply_observed(event, |_, _| {})
+    }
+
+    /// Folds in the next event of the log; `observe` sees the state at each sample tick it
+    /// passes, before the event.
+    pub fn apply_observed(
+        &mut self,
+        event: &fabric_events::Event,
+        mut observe: impl FnMut(u64, &State),
+    ) -> Result<(), fabric_projections::ApplyError> {
+        self.sample_before(event.header.tick, &mut observe);
         self.state.apply(event)
     }
 
     /// Samples up to and including `last_tick` (the run's last tick) and hands back the state
     /// and the samples.
-    pub fn finish(mut self, last_tick: u64) -> (State, Vec<ShardSample>) {
-        self.sample_before(last_tick + 1);
+    pub fn finish(self, last_tick: u64) -> (State, Vec<ShardSample>) {
+        self.finish_observed(last_tick, |_, _| {})
+    }
+
+    /// [`Sampler::finish`], showing each remaining sampled state to `observe`.
+    pub fn finish_observed(
+        mut self,
+        last_tick: u64,
+        mut observe: impl FnMut(u64, &State),
+    ) -> (State, Vec<ShardSample>) {
+        self.sample_before(last_tick + 1, &mut observe);
         if self.last_sampled != Some(last_tick) {
             self.samples.extend(shard_samples(&self.state, last_tick));
+            observe(last_tick, &self.state);
         }
         (self.state, self.samples)
     }
@@ -472,14 +517,7 @@ async fn drive(
     let mut state = Arc::new(state);
 
     let last_arrival_tick = workload.last_arrival_tick();
-    let longest_run = world
-        .workload
-        .kinds
-        .iter()
-        .map(|kind| u64::from(kind.duration_ticks_max))
-        .max()
-        .unwrap_or(1);
-    let sample_every_ticks = ((last_arrival_tick + 2 * longest_run) / SAMPLES_TARGET).max(1);
+    let sample_every_ticks = spec.sample_every_ticks();
     let mut decision_ns = Vec::new();
     let mut waits = 0;
     // A run whose waiting jobs no node can ever take would otherwise idle until the drain

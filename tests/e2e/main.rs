@@ -7,6 +7,7 @@ mod durability;
 mod ledger;
 mod nats;
 mod proof;
+mod report;
 mod restore;
 mod run;
 mod support;
