@@ -520,7 +520,18 @@ impl Auditor {
                 if let Body::Checkpoint(checkpoint) = &event.body {
                     self.check_checkpoint(seq, &entry.author, checkpoint)?;
                 }
-                let _ = self.state.apply(&event);
+                // Each stored event must be one the ledger could admit: the authority table,
+                // owner approvals, nonces, and a fit with the state.
+                self.state.admit(&entry.author, &event).map_err(|err| {
+                    Failure::at(
+                        seq,
+                        "authority",
+                        format!(
+                            "entry {seq} ({}) is not admissible: {err}",
+                            event.kind().as_str()
+                        ),
+                    )
+                })?;
                 self.frontier.push(*hash);
                 self.check_heads(seq)?;
             }

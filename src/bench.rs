@@ -570,6 +570,7 @@ fn planetary_suite(args: &BenchArgs) -> anyhow::Result<SuiteReport> {
         seed: BENCH_SEED,
         jobs,
         append_events_max: fabric_ledger::BATCH_EVENTS_MAX,
+        owner_script: Vec::new(),
     };
     let ledger = Ledger::open(
         scratch.path().join("ledger"),
@@ -835,6 +836,7 @@ fn bench_run(world: &fabric_actors::world::World, jobs: u64, dir: &Path) -> anyh
         seed: BENCH_SEED,
         jobs,
         append_events_max: fabric_ledger::BATCH_EVENTS_MAX,
+        owner_script: Vec::new(),
     };
     let ledger = Ledger::open(dir, fabric_actors::sim_ledger_key(BENCH_SEED))?;
     let outcome = fabric_actors::run(&spec, ledger, |_| {}).context("the bench run failed")?;
@@ -932,8 +934,8 @@ fn audit_suite(args: &BenchArgs) -> anyhow::Result<SuiteReport> {
     let (replay_time, ()) = timed(repetitions, || {
         let mut state = fabric_projections::State::new();
         for entry in long.entries(0..restores[1].1) {
-            let event = entry?.event()?;
-            let _ = state.apply(&event);
+            let entry = entry?;
+            let _ = state.admit(&entry.author, &entry.event()?);
         }
         Ok(())
     })?;
@@ -1082,6 +1084,7 @@ fn nats_suite(args: &BenchArgs) -> anyhow::Result<SuiteReport> {
         seed: BENCH_SEED,
         jobs,
         append_events_max: fabric_ledger::BATCH_EVENTS_MAX,
+        owner_script: Vec::new(),
     };
     let ledger_key = || fabric_actors::sim_ledger_key(BENCH_SEED);
 

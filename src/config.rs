@@ -14,7 +14,7 @@
 //!
 //! Layout: `[shards.<name>]` tables (with a `[shards.<name>.treaty]` sub-table) in the order
 //! their shard actors are numbered, `[[nodes]]`, `[workload]` with `[[workload.kinds]]`,
-//! `[failures]` and an optional `[checkpoints]`.
+//! `[failures]`, an optional `[checkpoints]` and an optional `[owners]`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -22,13 +22,17 @@ use std::io::Read;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use fabric_actors::world::{FailureSpec, JobKindSpec, NodeSpec, ShardSpec, WorkloadSpec, World};
+use fabric_actors::world::{
+    FailureSpec, JobKindSpec, NodeSpec, OwnersSpec, ShardSpec, WorkloadSpec, World,
+};
 use serde::Deserialize;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 /// Ticks between checkpoints when the file has no `[checkpoints]` table.
 pub const CHECKPOINT_INTERVAL_TICKS_DEFAULT: u32 = 50;
+/// Most owners a fabric has.
+pub const OWNERS_MAX: u32 = 64;
 
 /// The largest world file read; a real one is a few kilobytes, so anything near this is a
 /// wrong path (a ledger, a log), not a world.
@@ -140,6 +144,7 @@ struct RawWorld {
     workload: RawWorkload,
     failures: RawFailures,
     checkpoints: Option<RawCheckpoints>,
+    owners: Option<RawOwners>,
 }
 
 #[derive(Deserialize)]
@@ -211,6 +216,13 @@ struct RawCheckpoints {
     interval_ticks: Spanned<i64>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOwners {
+    count: Spanned<i64>,
+    threshold: Spanned<i64>,
+}
+
 // ---------------------------------------------------------------------------------------------
 // Validation.
 
@@ -248,12 +260,35 @@ impl Checker<'_> {
             }
             None => CHECKPOINT_INTERVAL_TICKS_DEFAULT,
         };
+        let owners = match &raw.owners {
+            Some(owners) => {
+                let count = self.count(&owners.count, "owners.count", 1)?;
+                if count > OWNERS_MAX {
+                    return Err(self.error(
+                        owners.count.span(),
+                        "owners.count",
+                        format!("at most {OWNERS_MAX} owners (got {count})"),
+                    ));
+                }
+                let threshold = self.count(&owners.threshold, "owners.threshold", 1)?;
+                if threshold > count {
+                    return Err(self.error(
+                        owners.threshold.span(),
+                        "owners.threshold",
+                        format!("a threshold of {threshold} needs at least as many owners (there are {count})"),
+                    ));
+                }
+                OwnersSpec { count, threshold }
+            }
+            None => OwnersSpec::default(),
+        };
         Ok(World {
             shards,
             nodes,
             workload,
             failures,
             checkpoint_interval_ticks,
+            owners,
         })
     }
 

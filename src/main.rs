@@ -4,6 +4,7 @@ mod audit;
 mod bench;
 mod config;
 mod export;
+mod owner;
 mod proof;
 mod report;
 mod run;
@@ -37,6 +38,11 @@ enum Command {
     Tail(tail::TailArgs),
     /// Write a run's mission report: one HTML page with its charts, and topology.mmd
     Report(report::ReportArgs),
+    /// Steer the fabric: propose, approve (M of N owners) and submit owner commands
+    Owner {
+        #[command(subcommand)]
+        command: owner::OwnerCmd,
+    },
     /// Create an ed25519 key pair: FILE (secret, mode 0600) and FILE.pub
     Keygen {
         /// Where to write the secret key; the public key goes to FILE.pub
@@ -74,6 +80,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit(args) => return audit::run(&args),
         // A tail that saw something wrong says so in its exit status.
         Command::Tail(args) => return tail::run(&args),
+        // A submission with a refused command says so in its exit status.
+        Command::Owner { command } => return owner::run(&command),
         Command::Keygen { out, force } => keygen(&out, force),
         Command::Bench(args) => bench::run(&args),
         Command::Proof(args) => proof::run(&args),

@@ -60,7 +60,9 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
         last_tick = event.header.tick;
         chronicle.before(&event, sampler.state());
         sampler
-            .apply_observed(&event, |tick, state| chronicle.observe(tick, state))
+            .apply_observed(&entry.author, &event, |tick, state| {
+                chronicle.observe(tick, state)
+            })
             .with_context(|| format!("entry {} does not fit the replayed state", entry.seq))?;
     }
     let last_tick = summary
@@ -227,10 +229,21 @@ impl Chronicle {
                 tick,
                 label: format!("checkpoint at {} events", body.tree_size),
             }),
-            Body::OwnerCommand(body) => self.marks.push(Mark {
-                tick,
-                label: format!("owner: {}", owner_action_name(&body.action)),
-            }),
+            // Registrations (every client, shard and node at genesis) are the world's
+            // shape, drawn in the topology, not steering marks on the time axis.
+            Body::OwnerCommand(body)
+                if !matches!(
+                    body.action,
+                    OwnerAction::RegisterClient { .. }
+                        | OwnerAction::RegisterShard { .. }
+                        | OwnerAction::RegisterNode { .. }
+                ) =>
+            {
+                self.marks.push(Mark {
+                    tick,
+                    label: format!("owner: {}", owner_action_name(&body.action)),
+                })
+            }
             _ => {}
         }
     }
@@ -649,7 +662,10 @@ fn timeline(marks: &[Mark], x_max: f64) -> String {
         left: 120.0,
         ..Frame::CHART
     };
-    let lanes = [("owner commands", 46.0, "#b04a00"), ("checkpoints", 62.0, "#1b1b1b")];
+    let lanes = [
+        ("owner commands", 46.0, "#b04a00"),
+        ("checkpoints", 62.0, "#1b1b1b"),
+    ];
     let mut out = String::new();
     let (x_top, _) = axes(
         &mut out,
@@ -977,6 +993,13 @@ fn owner_action_name(action: &OwnerAction) -> &'static str {
         OwnerAction::CheckpointNow => "checkpoint now",
         OwnerAction::SetCheckpointInterval { .. } => "set checkpoint interval",
         OwnerAction::Governance { .. } => "governance",
+        OwnerAction::RegisterShard { .. } => "register shard",
+        OwnerAction::RetireShard { .. } => "retire shard",
+        OwnerAction::RegisterNode { .. } => "register node",
+        OwnerAction::UpdateNode { .. } => "update node",
+        OwnerAction::SetTreaty { .. } => "set treaty",
+        OwnerAction::RegisterClient { .. } => "register client",
+        OwnerAction::ResumeNode { .. } => "resume node",
     }
 }
 

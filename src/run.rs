@@ -48,6 +48,10 @@ pub struct RunArgs {
     /// Print the summary as JSON on stdout (and nothing else there)
     #[arg(long)]
     json: bool,
+    /// Owner commands to submit during the run, each at its `tick` (a command file of
+    /// `fabric owner propose`, approved with `fabric owner sign`)
+    #[arg(long, value_name = "FILE")]
+    owner_script: Option<PathBuf>,
     #[command(flatten)]
     nats: NatsArgs,
 }
@@ -125,6 +129,9 @@ pub struct RunFile {
     pub config: PathBuf,
     /// The world as configured (before generated nodes are added).
     pub world: World,
+    /// Owner commands submitted during the run (`--owner-script`).
+    #[serde(default)]
+    pub owner_script: Vec<fabric_actors::ScriptedCommand>,
 }
 
 /// Most jobs one run takes: the state holds only the jobs in the fabric, but the reports write
@@ -163,6 +170,10 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         "{data_name}-seed{}-jobs{}-nodes{}",
         args.seed, args.jobs, nodes_total
     );
+    let owner_script = match &args.owner_script {
+        Some(path) => crate::owner::CommandFile::load(path)?.script(path)?,
+        None => Vec::new(),
+    };
     prepare_data_dir(&args.data, args.force)?;
     let run_file = RunFile {
         format: RUN_FILE_FORMAT,
@@ -172,6 +183,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         nodes: nodes_total,
         config: args.config.clone(),
         world: world.clone(),
+        owner_script,
     };
     write_atomically(
         &args.data.join(RUN_FILE),
@@ -280,6 +292,7 @@ impl RunFile {
             seed: self.seed,
             jobs: self.jobs,
             append_events_max: fabric_ledger::BATCH_EVENTS_MAX,
+            owner_script: self.owner_script.clone(),
         }
     }
 }
@@ -443,7 +456,7 @@ fn prepare_data_dir(data: &Path, force: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut file =
         File::create(&tmp).with_context(|| format!("could not write {}", tmp.display()))?;
@@ -461,6 +474,21 @@ pub(crate) fn quantile_ns(sorted: &[u32], quantile: f64) -> u64 {
     }
     let rank = ((quantile * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
     u64::from(sorted[rank - 1])
+}
+
+/// `Rejected` events recorded, by reason (every reason, zeros included).
+pub(crate) fn rejections_by_reason(state: &fabric_projections::State) -> Value {
+    let authority = state.authority();
+    let counts: serde_json::Map<String, Value> = fabric_events::RejectReason::ALL
+        .iter()
+        .map(|reason| {
+            (
+                reason.as_str().to_owned(),
+                json!(authority.rejections(*reason)),
+            )
+        })
+        .collect();
+    Value::Object(counts)
 }
 
 fn summary(run: &RunFile, outcome: &RunOutcome) -> Value {
@@ -559,6 +587,8 @@ fn summary(run: &RunFile, outcome: &RunOutcome) -> Value {
         "heartbeats": metrics.heartbeats,
         "checkpoints": metrics.checkpoints,
         "anomalies": state.anomalies(),
+        "owner_commands": metrics.owner_commands,
+        "rejections": rejections_by_reason(state),
         "router": {
             "decisions": decision_ns.len(),
             "waits": outcome.waits,
@@ -609,14 +639,18 @@ fn write_reports(
     let reader = outcome.ledger.reader();
     let mut sampler = Sampler::new(outcome.sample_every_ticks);
     let mut chronicle = crate::report::Chronicle::new(outcome.sample_every_ticks);
+    let mut executed = crate::owner::ExecutedCommands::default();
     crate::export::write_file(&out.join("events.ndjson"), |writer| {
         crate::export::write_lines(&reader, 0..outcome.ledger.len(), writer, |entry| {
             let event = entry
                 .event()
                 .with_context(|| format!("entry {} does not decode", entry.seq))?;
             chronicle.before(&event, sampler.state());
+            executed.see(entry.seq, &event);
             sampler
-                .apply_observed(&event, |tick, state| chronicle.observe(tick, state))
+                .apply_observed(&entry.author, &event, |tick, state| {
+                    chronicle.observe(tick, state)
+                })
                 .with_context(|| format!("entry {} does not fit the replayed state", entry.seq))?;
             Ok(())
         })
@@ -636,7 +670,8 @@ fn write_reports(
             "samples": samples,
         }),
     )?;
-    write_json("owner-script.json", &owner_script(outcome))?;
+    write_json("owner-script.json", &owner_script(outcome)?)?;
+    write_json("owner-commands-executed.json", &executed.to_json())?;
     let headline = crate::report::Headline::new(
         &run_file.label,
         run_file.seed,
@@ -651,14 +686,15 @@ fn write_reports(
     Ok(())
 }
 
-/// Owner commands that pause, resume and re-budget each shard, with the exact bytes each owner
-/// signs to approve them (issue them through the owners' multisig).
-fn owner_script(outcome: &RunOutcome) -> Value {
+/// Owner commands that pause, resume and re-budget each shard, unapproved, as a command file:
+/// each owner approves them with `fabric owner sign`, then `fabric owner submit` hands them to
+/// the ledger (they expire 1,000 ticks after the run's last tick).
+fn owner_script(outcome: &RunOutcome) -> anyhow::Result<Value> {
     let state = &outcome.state;
     let expiry_tick = outcome.last_tick + 1_000;
     let first_nonce = (outcome.last_tick + 1) << 24;
     let mut commands = Vec::new();
-    for shard in state.shards() {
+    for shard in state.shards().iter().filter(|shard| !shard.retired) {
         let actions = [
             (
                 "pause the shard",
@@ -696,21 +732,17 @@ fn owner_script(outcome: &RunOutcome) -> Value {
                 expiry_tick,
                 approvals: Vec::new(),
             };
-            let message = command.approval_message(nonce);
-            commands.push(json!({
-                "shard": shard.name,
-                "purpose": purpose,
-                "nonce": nonce,
-                "command": command,
-                "approval_message_hex": hex::encode(message),
-            }));
+            commands.push(crate::owner::FileCommand::new(
+                None,
+                &format!("{}: {purpose}", shard.name),
+                nonce,
+                command,
+            ));
         }
     }
-    json!({
-        "description": "Owner commands for each shard, unsigned. Every owner signs approval_message_hex with ed25519 and adds {owner, signature} to command.approvals; the command is then submitted as an owner_command event with the given nonce.",
-        "approval_domain": String::from_utf8_lossy(OwnerCommand::APPROVAL_DOMAIN),
-        "commands": commands,
-    })
+    Ok(serde_json::to_value(crate::owner::CommandFile::new(
+        commands,
+    ))?)
 }
 
 fn table(outcome: &RunOutcome, summary: &Value, out: &Path) -> String {

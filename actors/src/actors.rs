@@ -313,7 +313,7 @@ impl Handler<Propose> for NodeActor {
 pub struct CheckpointerActor {
     /// The ledger key.
     pub ledger_key: SigningKey,
-    /// Ticks between checkpoints.
+    /// Ticks between checkpoints, unless the owners set another interval.
     pub interval_ticks: u64,
 }
 
@@ -325,7 +325,13 @@ impl Handler<Propose> for CheckpointerActor {
     type Result = Result<Proposed, RunError>;
 
     fn handle(&mut self, msg: Propose, _: &mut Self::Context) -> Self::Result {
-        if msg.tick == 0 || msg.tick % self.interval_ticks.max(1) != 0 {
+        // The owners may change the interval or ask for a checkpoint now (both in the state).
+        let interval_ticks = msg
+            .state
+            .checkpoint_interval_ticks()
+            .map_or(self.interval_ticks, u64::from)
+            .max(1);
+        if msg.tick == 0 || (msg.tick % interval_ticks != 0 && !msg.state.checkpoint_requested()) {
             return Ok(Proposed::default());
         }
         let snapshot = msg.state.snapshot_bytes();

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use fabric_events::{
-    derive_signing_key, NodeRegistered, PublicKey, Role, ShardRegistered, SigningKey,
+    derive_signing_key, Event, FabricGenesis, NodeRegistered, OwnerAction, OwnerCommand, PublicKey,
+    Role, ShardRegistered, SignedEvent, SigningKey,
 };
 use fabric_ledger::{Ledger, SignedTreeHead};
 use fabric_projections::state::{NodeIx, ShardIx};
@@ -17,9 +18,10 @@ use fabric_projections::State;
 use serde::Serialize;
 
 use crate::actors::{
-    Append, CheckpointerActor, Close, LedgerWriter, NodeActor, Proposal, Propose, Proposed,
-    RouterActor, ShardActor, Signer,
+    Append, CheckpointerActor, Close, LedgerWriter, NodeActor, Propose, Proposed, RouterActor,
+    ShardActor,
 };
+use crate::gate::{self, Attempt, Origin};
 use crate::restore::{restore, RestoreReport, Restored};
 use crate::workload::{FailureSchedule, Workload};
 use crate::world::World;
@@ -45,6 +47,44 @@ pub struct RunSpec {
     /// and a crash between them leaves part of the tick stored, which a resume completes.
     /// Normally [`fabric_ledger::BATCH_EVENTS_MAX`].
     pub append_events_max: usize,
+    /// Owner commands to submit during the run, each at its tick (after the tick's other
+    /// events, so it steers the fabric from the next tick on).
+    pub owner_script: Vec<ScriptedCommand>,
+}
+
+/// An owner command prepared (and approved) beforehand, submitted at a given tick.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ScriptedCommand {
+    /// The tick it is submitted at.
+    pub tick: u64,
+    /// Its nonce (what the approvals are bound to).
+    pub nonce: u64,
+    /// The command with its approvals.
+    pub command: OwnerCommand,
+}
+
+impl ScriptedCommand {
+    /// The command as an event of `tick`, its envelope signed by the ledger key.
+    pub fn attempt(&self, ledger_key: &SigningKey) -> Result<Attempt, RunError> {
+        owner_command_attempt(self.tick, self.nonce, self.command.clone(), ledger_key)
+    }
+}
+
+/// An owner command as an attempt to append at `tick`: the approvals are the owners', the
+/// envelope is signed by the ledger key that sequences it.
+pub fn owner_command_attempt(
+    tick: u64,
+    nonce: u64,
+    command: OwnerCommand,
+    ledger_key: &SigningKey,
+) -> Result<Attempt, RunError> {
+    let event = Event::new(Role::Owner, tick, nonce, command);
+    let signed = SignedEvent::sign(&event, ledger_key)?;
+    Ok(Attempt {
+        event,
+        signed,
+        origin: Origin::External,
+    })
 }
 
 impl RunSpec {
@@ -67,8 +107,8 @@ impl RunSpec {
 
 /// The keys of a simulation, derived from its seed.
 pub struct SimKeys {
-    /// Registers shards and nodes.
-    pub owner: SigningKey,
+    /// The owners (`sim/owner/<i>`); the first `threshold` approve the genesis registrations.
+    pub owners: Vec<SigningKey>,
     /// Signs checkpoints and tree heads.
     pub ledger: SigningKey,
     /// Per shard: the key of its region's clients.
@@ -84,11 +124,18 @@ pub fn sim_ledger_key(seed: u64) -> SigningKey {
     derive_signing_key(seed, "sim/ledger")
 }
 
+/// Owner `index`'s key in a simulation with `seed`.
+pub fn sim_owner_key(seed: u64, index: u32) -> SigningKey {
+    derive_signing_key(seed, &format!("sim/owner/{index}"))
+}
+
 impl SimKeys {
     /// Derives every key of `world` from `seed`.
     pub fn derive(world: &World, seed: u64) -> Self {
         Self {
-            owner: derive_signing_key(seed, "sim/owner"),
+            owners: (0..world.owners.count)
+                .map(|index| sim_owner_key(seed, index))
+                .collect(),
             ledger: sim_ledger_key(seed),
             clients: world
                 .shards
@@ -205,37 +252,84 @@ pub struct RunOutcome {
     pub arrivals_per_tick: u64,
 }
 
-fn genesis(world: &World, keys: &SimKeys) -> Result<Vec<Proposal>, RunError> {
-    let mut owner = Signer::new(&keys.owner, Role::Owner, 0);
+/// Tick 0: the ledger names itself and the owners, then the owners register every client,
+/// shard and node, each by a command approved by the first `threshold` owners.
+fn genesis(world: &World, keys: &SimKeys) -> Result<Vec<Attempt>, RunError> {
+    let ledger = PublicKey::from(&keys.ledger.verifying_key());
+    let founding = Event::new(
+        Role::Ledger,
+        0,
+        0,
+        FabricGenesis {
+            ledger_key: ledger,
+            owners: keys
+                .owners
+                .iter()
+                .map(|owner| PublicKey::from(&owner.verifying_key()))
+                .collect(),
+            owner_threshold: world.owners.threshold,
+        },
+    );
+    let mut attempts = vec![Attempt {
+        signed: SignedEvent::sign(&founding, &keys.ledger)?,
+        event: founding,
+        origin: Origin::Internal,
+    }];
+    let mut actions = Vec::new();
+    for (shard, client) in world.shards.iter().zip(&keys.clients) {
+        actions.push(OwnerAction::RegisterClient {
+            client: format!("{}.clients", shard.name),
+            key: PublicKey::from(&client.verifying_key()),
+        });
+    }
     for (shard, router) in world.shards.iter().zip(&keys.routers) {
-        owner.sign(ShardRegistered {
-            shard: shard.name.clone(),
-            router_key: PublicKey::from(&router.verifying_key()),
-            queue_budget: shard.queue_budget,
-            latency_budget_ms: shard.latency_budget_ms,
-            spillover: shard.spillover.clone(),
-            specialties: shard.specialties.clone(),
-            reputation_floor_ppm: shard.reputation_floor_ppm,
-            regions_served: shard.regions_served.clone(),
-            node_quota_jobs: shard.node_quota_jobs,
-            quota_window_ticks: shard.quota_window_ticks,
-        })?;
+        actions.push(OwnerAction::RegisterShard {
+            registration: ShardRegistered {
+                shard: shard.name.clone(),
+                router_key: PublicKey::from(&router.verifying_key()),
+                queue_budget: shard.queue_budget,
+                latency_budget_ms: shard.latency_budget_ms,
+                spillover: shard.spillover.clone(),
+                specialties: shard.specialties.clone(),
+                reputation_floor_ppm: shard.reputation_floor_ppm,
+                regions_served: shard.regions_served.clone(),
+                node_quota_jobs: shard.node_quota_jobs,
+                quota_window_ticks: shard.quota_window_ticks,
+            },
+        });
     }
     for (node, key) in world.nodes.iter().zip(&keys.nodes) {
-        owner.sign(NodeRegistered {
-            node: node.name.clone(),
-            region: node.region.clone(),
-            node_key: PublicKey::from(&key.verifying_key()),
-            capacity: node.capacity,
-            max_concurrency: node.max_concurrency,
-            heartbeat_interval_ticks: node.heartbeat_interval_ticks,
-            capabilities: node.capabilities.clone(),
-            latency_ms: node.latency_ms,
-            price_micros_per_hour: node.price_micros_per_hour,
-            reputation_ppm: node.reputation_ppm,
-        })?;
+        actions.push(OwnerAction::RegisterNode {
+            registration: NodeRegistered {
+                node: node.name.clone(),
+                region: node.region.clone(),
+                node_key: PublicKey::from(&key.verifying_key()),
+                capacity: node.capacity,
+                max_concurrency: node.max_concurrency,
+                heartbeat_interval_ticks: node.heartbeat_interval_ticks,
+                capabilities: node.capabilities.clone(),
+                latency_ms: node.latency_ms,
+                price_micros_per_hour: node.price_micros_per_hour,
+                reputation_ppm: node.reputation_ppm,
+            },
+        });
     }
-    Ok(owner.finish())
+    let approvers = &keys.owners[..world.owners.threshold as usize];
+    for (index, action) in actions.into_iter().enumerate() {
+        let nonce = index as u64 + 1;
+        let mut command = OwnerCommand {
+            action,
+            expiry_tick: 0,
+            approvals: Vec::with_capacity(approvers.len()),
+        };
+        for owner in approvers {
+            command.approve(nonce, owner);
+        }
+        let mut attempt = owner_command_attempt(0, nonce, command, &keys.ledger)?;
+        attempt.origin = Origin::Internal;
+        attempts.push(attempt);
+    }
+    Ok(attempts)
 }
 
 /// One sample per shard of the state after `tick`.
@@ -299,23 +393,25 @@ impl Sampler {
         &self.state
     }
 
-    /// Folds in the next event of the log.
+    /// Folds in (admits) the next event of the log, by `author`.
     pub fn apply(
         &mut self,
+        author: &PublicKey,
         event: &fabric_events::Event,
     ) -> Result<(), fabric_projections::ApplyError> {
-        self.apply_observed(event, |_, _| {})
+        self.apply_observed(author, event, |_, _| {})
     }
 
-    /// Folds in the next event of the log; `observe` sees the state at each sample tick it
-    /// passes, before the event.
+    /// Folds in (admits) the next event of the log; `observe` sees the state at each sample
+    /// tick it passes, before the event.
     pub fn apply_observed(
         &mut self,
+        author: &PublicKey,
         event: &fabric_events::Event,
         mut observe: impl FnMut(u64, &State),
     ) -> Result<(), fabric_projections::ApplyError> {
         self.sample_before(event.header.tick, &mut observe);
-        self.state.apply(event)
+        self.state.admit(author, event)
     }
 
     /// Samples up to and including `last_tick` (the run's last tick) and hands back the state
@@ -531,25 +627,35 @@ async fn drive(
     let stall_ticks = u64::from(world.failures.epoch_ticks)
         + interval_max * (u64::from(world.failures.outage_heartbeats_max) + 2);
     let stop = loop {
-        let answers = if tick == 0 {
-            vec![Proposed::from(genesis(world, &keys)?)]
-        } else {
-            actors.propose(tick, &state, tree).await?
-        };
-        let mut events = Vec::new();
-        let mut signed = Vec::new();
+        let mut attempts = Vec::new();
         let mut snapshot = None;
-        for answer in answers {
-            decision_ns.extend_from_slice(&answer.decision_ns);
-            waits += answer.waits;
-            if answer.snapshot.is_some() {
-                snapshot = answer.snapshot;
-            }
-            for proposal in answer.proposals {
-                events.push(proposal.event);
-                signed.push(proposal.signed);
+        if tick == 0 {
+            attempts = genesis(world, &keys)?;
+        } else {
+            for answer in actors.propose(tick, &state, tree).await? {
+                decision_ns.extend_from_slice(&answer.decision_ns);
+                waits += answer.waits;
+                if answer.snapshot.is_some() {
+                    snapshot = answer.snapshot;
+                }
+                attempts.extend(answer.proposals.into_iter().map(|proposal| Attempt {
+                    event: proposal.event,
+                    signed: proposal.signed,
+                    origin: Origin::Internal,
+                }));
             }
         }
+        for scripted in spec.owner_script.iter().filter(|c| c.tick == tick) {
+            attempts.push(scripted.attempt(&keys.ledger)?);
+        }
+        // The sequencer's gate: every attempt is admitted against the state the tick builds
+        // up, or replaced by a signed `Rejected` event. Actors see the new state only at the
+        // next tick, after the append below has made it durable.
+        let admitted = {
+            let state = Arc::get_mut(&mut state).ok_or(RunError::StateShared)?;
+            gate::admit(state, tick, attempts, &keys.ledger)?
+        };
+        let mut signed = admitted.signed;
         if !stored.is_empty() {
             check_stored_prefix(tick, &stored, &signed)?;
             // The snapshot went to disk with the tick's first commit.
@@ -565,9 +671,6 @@ async fn drive(
                 })
                 .await??
                 .tree_head;
-        }
-        if !events.is_empty() {
-            apply_all(&mut state, tick, &events)?;
         }
         tree = (tree_head.tree_size, tree_head.root);
         on_tick(&TickProgress {
@@ -626,25 +729,6 @@ fn check_stored_prefix(
         if proposed.get(index) != Some(stored) {
             return Err(RunError::Diverged { tick, index });
         }
-    }
-    Ok(())
-}
-
-/// Folds an appended batch into the state. Every actor has answered (and dropped its view),
-/// so the driver holds the only reference.
-fn apply_all(
-    state: &mut Arc<State>,
-    tick: u64,
-    events: &[fabric_events::Event],
-) -> Result<(), RunError> {
-    let state = Arc::get_mut(state).ok_or(RunError::StateShared)?;
-    for (index, event) in events.iter().enumerate() {
-        state.apply(event).map_err(|error| RunError::Apply {
-            tick,
-            index,
-            kind: event.kind().as_str(),
-            error,
-        })?;
     }
     Ok(())
 }

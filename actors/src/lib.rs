@@ -7,6 +7,8 @@
 //! - [`driver`]: [`driver::run`], the planetary run, and [`driver::resume`], which continues an
 //!   interrupted one.
 //! - [`restore`]: the state of a stored run from its newest valid checkpoint and its tail.
+//! - [`gate`]: the sequencer's gate: each attempt admitted by the authority table, or
+//!   replaced by a signed `Rejected` event.
 //!
 //! Architecture invariant: actors act in ticks. The driver collects every actor's proposed
 //! events for a tick, orders them by a stable key, and appends them to the ledger as one
@@ -16,6 +18,7 @@
 
 pub mod actors;
 pub mod driver;
+pub mod gate;
 pub mod restore;
 pub mod workload;
 pub mod world;
@@ -23,8 +26,8 @@ pub mod world;
 use thiserror::Error;
 
 pub use driver::{
-    resume, run, shard_samples, sim_ledger_key, RunOutcome, RunSpec, Sampler, ShardSample, SimKeys,
-    StopReason, TickProgress,
+    owner_command_attempt, resume, run, shard_samples, sim_ledger_key, sim_owner_key, RunOutcome,
+    RunSpec, Sampler, ScriptedCommand, ShardSample, SimKeys, StopReason, TickProgress,
 };
 pub use restore::{load_checkpoint, restore, restore_to, Loaded, RestoreReport, Restored};
 

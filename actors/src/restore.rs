@@ -196,9 +196,9 @@ pub fn restore_to(
             }
             Some(current) if event_tick == current => {}
             _ => {
-                for (offset, (previous, _)) in stored.drain(..).enumerate() {
+                for (offset, (previous, signed)) in stored.drain(..).enumerate() {
                     // The run stops at an event that does not fit; so does its restore.
-                    state.apply(&previous).map_err(|err| {
+                    state.admit(&signed.author, &previous).map_err(|err| {
                         RunError::Restore(format!(
                             "entry {} does not fit the state: {err}",
                             tree_before.0 + offset as u64

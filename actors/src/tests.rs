@@ -53,6 +53,7 @@ fn world() -> World {
             outage_heartbeats_max: 4,
         },
         checkpoint_interval_ticks: 50,
+        owners: Default::default(),
     }
 }
 
@@ -171,6 +172,7 @@ fn a_resume_completes_a_tick_cut_between_its_appends() {
         seed,
         jobs: 300,
         append_events_max: 4,
+        owner_script: Vec::new(),
     };
     let dir = tempfile::tempdir().expect("temp dir");
     let full = run(
@@ -258,6 +260,7 @@ fn a_resume_refuses_a_log_another_run_wrote() {
         seed: 3,
         jobs: 50,
         append_events_max: fabric_ledger::BATCH_EVENTS_MAX,
+        owner_script: Vec::new(),
     };
     let dir = tempfile::tempdir().expect("temp dir");
     let ledger = Ledger::open(dir.path().join("ledger"), sim_ledger_key(3)).expect("open");

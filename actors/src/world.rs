@@ -16,6 +16,29 @@ pub struct World {
     pub failures: FailureSpec,
     /// Ticks between checkpoints.
     pub checkpoint_interval_ticks: u32,
+    /// The owners: how many, and how many must approve a command.
+    #[serde(default)]
+    pub owners: OwnersSpec,
+}
+
+/// The owners of a simulated fabric. Their keys are derived from the seed
+/// (`sim/owner/0` … `sim/owner/<count − 1>`), so `fabric owner keys` can hand them out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnersSpec {
+    /// Owners (N).
+    pub count: u32,
+    /// Distinct approvals an owner command needs (M).
+    pub threshold: u32,
+}
+
+impl Default for OwnersSpec {
+    /// Two of three.
+    fn default() -> Self {
+        Self {
+            count: 3,
+            threshold: 2,
+        }
+    }
 }
 
 /// One shard and its treaty terms.

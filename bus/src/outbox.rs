@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::{self, message::PublishMessage};
-use fabric_events::{Body, Entry};
+use fabric_events::Entry;
 use fabric_ledger::LedgerReader;
 use tokio::sync::mpsc;
 
-use crate::subject::{subject, Regions};
+use crate::subject::{registered_node, subject, Regions};
 use crate::BusError;
 
 /// Entries published per round (and at most in flight): under JetStream's default limit of
@@ -319,8 +319,8 @@ impl Publisher {
             let event = entry
                 .event()
                 .map_err(|err| Retry(format!("entry {} does not decode: {err}", entry.seq)))?;
-            if let Body::NodeRegistered(body) = &event.body {
-                self.learn_region(&body.node, &body.region).map_err(Retry)?;
+            if let Some((node, region)) = registered_node(&event) {
+                self.learn_region(node, region).map_err(Retry)?;
             }
             let line = entry
                 .export_line()

@@ -18,6 +18,21 @@ pub const GLOBAL: &str = "global";
 /// Node name → the region (shard) it registered in, learnt from `node_registered` events.
 pub type Regions = HashMap<String, String>;
 
+/// The node an event registers and its region, if it registers one (an owner command, or the
+/// bare `node_registered` of older logs).
+pub fn registered_node(event: &Event) -> Option<(&str, &str)> {
+    match &event.body {
+        Body::NodeRegistered(body) => Some((&body.node, &body.region)),
+        Body::OwnerCommand(command) => match &command.action {
+            OwnerAction::RegisterNode { registration } => {
+                Some((&registration.node, &registration.region))
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// The shard an event is about, if any.
 pub fn shard_of<'a>(event: &'a Event, regions: &'a Regions) -> Option<&'a str> {
     let node = |name: &String| regions.get(name).map(String::as_str);
@@ -37,13 +52,18 @@ pub fn shard_of<'a>(event: &'a Event, regions: &'a Regions) -> Option<&'a str> {
             | OwnerAction::SetQueueBudget { shard, .. }
             | OwnerAction::SetLatencyBudget { shard, .. }
             | OwnerAction::SetSpillover { shard, .. }
-            | OwnerAction::RerouteJob { shard, .. } => Some(shard),
-            OwnerAction::DrainNode { node: name } | OwnerAction::RetireNode { node: name } => {
-                node(name)
-            }
+            | OwnerAction::RerouteJob { shard, .. }
+            | OwnerAction::RetireShard { shard, .. }
+            | OwnerAction::SetTreaty { shard, .. } => Some(shard),
+            OwnerAction::RegisterShard { registration } => Some(&registration.shard),
+            OwnerAction::RegisterNode { registration } => Some(&registration.region),
+            OwnerAction::DrainNode { node: name }
+            | OwnerAction::RetireNode { node: name }
+            | OwnerAction::ResumeNode { node: name }
+            | OwnerAction::UpdateNode { node: name, .. } => node(name),
             _ => None,
         },
-        Body::Checkpoint(_) | Body::Rejected(_) => None,
+        Body::Checkpoint(_) | Body::Rejected(_) | Body::FabricGenesis(_) => None,
     }
 }
 

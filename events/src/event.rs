@@ -91,7 +91,8 @@ impl Event {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "data", rename_all = "snake_case")]
 pub enum Body {
-    /// A node joins the marketplace; its key may then author heartbeats and receipts.
+    /// A node joins the marketplace. Kept for its tag: nodes now enter only through an owner
+    /// command ([`OwnerAction::RegisterNode`]), and the authority table refuses this kind.
     NodeRegistered(NodeRegistered),
     /// A client submits a job to a shard (intake).
     JobSubmitted(JobSubmitted),
@@ -113,8 +114,12 @@ pub enum Body {
     Checkpoint(Checkpoint),
     /// The ledger records a refused attempt.
     Rejected(Rejected),
-    /// A shard joins the fabric with its budgets, spillover rules and treaty terms.
+    /// A shard joins the fabric with its budgets, spillover rules and treaty terms. Kept for
+    /// its tag: shards now enter only through an owner command
+    /// ([`OwnerAction::RegisterShard`]), and the authority table refuses this kind.
     ShardRegistered(ShardRegistered),
+    /// The first event of every log: the ledger key and the owners with their threshold.
+    FabricGenesis(FabricGenesis),
 }
 
 macro_rules! kinds {
@@ -178,6 +183,7 @@ kinds! {
     Checkpoint => "checkpoint",
     Rejected => "rejected",
     ShardRegistered => "shard_registered",
+    FabricGenesis => "fabric_genesis",
 }
 
 /// A node joins the marketplace.
@@ -432,6 +438,71 @@ pub enum OwnerAction {
         #[serde(with = "crate::hex_serde")]
         payload: Vec<u8>,
     },
+    /// A shard joins the fabric; its router key may then route its queue.
+    RegisterShard {
+        /// The shard, its router key, budgets, spillover rules and treaty terms.
+        registration: ShardRegistered,
+    },
+    /// A shard leaves the fabric: it takes no more jobs and assigns nothing; its queue spills
+    /// to its neighbours or is cancelled. Jobs already running finish.
+    RetireShard {
+        /// The shard.
+        shard: String,
+        /// What happens to its queued jobs.
+        queue: RetiredQueue,
+    },
+    /// A node joins the marketplace; its key may then author heartbeats and receipts.
+    RegisterNode {
+        /// The node, its key and its terms.
+        registration: NodeRegistered,
+    },
+    /// Change a node's terms.
+    UpdateNode {
+        /// The node.
+        node: String,
+        /// Jobs it may run at once (at least 1).
+        max_concurrency: u32,
+        /// Its round-trip latency.
+        latency_ms: u32,
+        /// Its price, in millionths of a credit per hour.
+        price_micros_per_hour: u64,
+    },
+    /// Change a shard's treaty terms.
+    SetTreaty {
+        /// The shard.
+        shard: String,
+        /// Nodes under this reputation score zero.
+        reputation_floor_ppm: u32,
+        /// Origin regions whose jobs its nodes serve.
+        regions_served: Vec<String>,
+        /// Jobs one node may take per quota window.
+        node_quota_jobs: u32,
+        /// Length of a quota window (at least 1).
+        quota_window_ticks: u32,
+    },
+    /// A client key may then submit jobs.
+    RegisterClient {
+        /// A name for the client (unique).
+        client: String,
+        /// Its key.
+        key: PublicKey,
+    },
+    /// Give a drained node work again.
+    ResumeNode {
+        /// The node.
+        node: String,
+    },
+}
+
+/// What a retired shard's queued jobs become.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetiredQueue {
+    /// Each moves to the first of the shard's spillover targets still in service (cancelled
+    /// when there is none).
+    Spill,
+    /// Each is cancelled.
+    Cancel,
 }
 
 /// One owner's approval of a command.
@@ -480,6 +551,16 @@ impl OwnerCommand {
         crate::codec::encode_canonical_into(&scope, &mut message);
         message
     }
+
+    /// Adds `owner`'s approval of this command under `nonce`.
+    pub fn approve(&mut self, nonce: u64, owner: &crate::SigningKey) {
+        use ed25519_dalek::Signer;
+        let signature = owner.sign(&self.approval_message(nonce));
+        self.approvals.push(Approval {
+            owner: PublicKey::from(&owner.verifying_key()),
+            signature: signature.into(),
+        });
+    }
 }
 
 /// The ledger commits to a state.
@@ -524,6 +605,52 @@ pub enum RejectReason {
     ShardPaused,
     /// The author's key is a small-order point.
     WeakKey,
+    /// The event is authorised but does not fit the state (an unknown shard, a job that is
+    /// not queued, a name registered twice).
+    Invalid,
+}
+
+impl RejectReason {
+    /// Every reason, in tag order.
+    pub const ALL: [RejectReason; 13] = [
+        RejectReason::BadSignature,
+        RejectReason::Malformed,
+        RejectReason::Oversize,
+        RejectReason::UnknownKey,
+        RejectReason::RetiredKey,
+        RejectReason::WrongRole,
+        RejectReason::TooFewOwnerSignatures,
+        RejectReason::DuplicateOwnerSigner,
+        RejectReason::ReplayedNonce,
+        RejectReason::ExpiredNonce,
+        RejectReason::ShardPaused,
+        RejectReason::WeakKey,
+        RejectReason::Invalid,
+    ];
+
+    /// The snake_case name used in JSON and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::BadSignature => "bad_signature",
+            RejectReason::Malformed => "malformed",
+            RejectReason::Oversize => "oversize",
+            RejectReason::UnknownKey => "unknown_key",
+            RejectReason::RetiredKey => "retired_key",
+            RejectReason::WrongRole => "wrong_role",
+            RejectReason::TooFewOwnerSignatures => "too_few_owner_signatures",
+            RejectReason::DuplicateOwnerSigner => "duplicate_owner_signer",
+            RejectReason::ReplayedNonce => "replayed_nonce",
+            RejectReason::ExpiredNonce => "expired_nonce",
+            RejectReason::ShardPaused => "shard_paused",
+            RejectReason::WeakKey => "weak_key",
+            RejectReason::Invalid => "invalid",
+        }
+    }
+
+    /// The wire tag (the variant's index).
+    pub fn tag(self) -> usize {
+        self as usize
+    }
 }
 
 /// The ledger records a refused attempt.
@@ -540,7 +667,7 @@ pub struct Rejected {
     pub detail: String,
 }
 
-/// A shard joins the fabric (authored by the owner). Its router key routes its queue; its
+/// A shard joins the fabric (carried by [`OwnerAction::RegisterShard`]). Its router key routes its queue; its
 /// treaty terms decide which nodes may score above zero.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -565,4 +692,18 @@ pub struct ShardRegistered {
     pub node_quota_jobs: u32,
     /// Treaty: length of a quota window.
     pub quota_window_ticks: u32,
+}
+
+/// The first event of every log, signed by the ledger key: who the ledger is and who the
+/// owners are. Every later event is judged against it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FabricGenesis {
+    /// The ledger key: it signs this event, checkpoints, rejections, tree heads and the
+    /// envelopes of owner commands.
+    pub ledger_key: PublicKey,
+    /// The owners' keys (distinct).
+    pub owners: Vec<PublicKey>,
+    /// Distinct owner approvals an owner command needs (1 ≤ M ≤ owners).
+    pub owner_threshold: u32,
 }

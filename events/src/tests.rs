@@ -120,6 +120,7 @@ fn kind_tags_are_positional_and_named() {
             "checkpoint",
             "rejected",
             "shard_registered",
+            "fabric_genesis",
         ]
     );
     for (index, kind) in Kind::ALL.iter().enumerate() {

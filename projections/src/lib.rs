@@ -15,7 +15,9 @@ pub mod routing;
 pub mod state;
 
 pub use routing::{treaty_score, Decision, HealthAction, TickPlan};
-pub use state::{ApplyError, Job, JobStatus, Metrics, Node, Shard, SnapshotError, State};
+pub use state::{
+    ApplyError, Authority, Job, JobStatus, Metrics, Node, Shard, SnapshotError, State,
+};
 
 use fabric_events::{Event, Kind, KIND_COUNT};
 /// Events seen, counted per kind, in tag order.

@@ -8,10 +8,14 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use bincode::{Decode, Encode};
 use fabric_events::{
-    Body, Event, Hash32, JobAssigned, JobId, JobOutcome, JobReceipt, JobRequeued, JobSpilled,
-    JobSubmitted, NodeHealthChanged, NodeRegistered, OwnerAction, PublicKey, Role, ShardRegistered,
+    Body, Event, FabricGenesis, Hash32, JobAssigned, JobId, JobOutcome, JobReceipt, JobRequeued,
+    JobSpilled, JobSubmitted, NodeHealthChanged, NodeRegistered, OwnerAction, PublicKey,
+    RejectReason, RetiredQueue, Role, ShardRegistered,
 };
 use thiserror::Error;
+
+mod authority;
+pub use authority::{Authority, Holder, KeyRecord, OWNER_COMMAND_LIFETIME_TICKS_MAX};
 
 /// Index of a shard, in registration order.
 pub type ShardIx = u16;
@@ -274,6 +278,8 @@ pub struct Node {
     pub completed: u64,
     /// Jobs that failed on it.
     pub failed: u64,
+    /// Whether the owners retired it (its key too).
+    pub retired: bool,
 }
 
 impl Node {
@@ -358,6 +364,8 @@ pub struct Shard {
     pub quota_window_ticks: u32,
     /// Whether the owners paused it.
     pub paused: bool,
+    /// Whether the owners retired it: paused for good, no intake, no spill target.
+    pub retired: bool,
     /// Its nodes, in registration order.
     pub nodes: Vec<NodeIx>,
     /// Jobs running on its nodes.
@@ -566,6 +574,25 @@ pub enum ApplyError {
     /// A limit of the state is reached.
     #[error("limit reached: {0}")]
     Limit(&'static str),
+    /// The authority table refuses the event: the ledger records a `Rejected` event instead.
+    #[error("refused ({}): {detail}", reason.as_str())]
+    Refused {
+        /// Why, as recorded.
+        reason: RejectReason,
+        /// What exactly.
+        detail: String,
+    },
+}
+
+impl ApplyError {
+    /// The reason a `Rejected` event records for this error: the refusal's own, or `invalid`
+    /// for an event that does not fit the state.
+    pub fn reject_reason(&self) -> RejectReason {
+        match self {
+            ApplyError::Refused { reason, .. } => *reason,
+            _ => RejectReason::Invalid,
+        }
+    }
 }
 
 /// The projected state. Only [`State::apply`] changes it.
@@ -592,6 +619,11 @@ pub struct State {
     job_index: HashMap<JobId, JobIx>,
     skill_index: HashMap<String, u8>,
     class_index: HashMap<(u128, ShardIx), ClassIx>,
+    authority: Authority,
+    /// The owners' checkpoint interval (0: the run's configured one).
+    checkpoint_interval_ticks: u32,
+    /// An owner asked for a checkpoint at the next tick.
+    checkpoint_requested: bool,
 }
 
 impl State {
@@ -659,6 +691,22 @@ impl State {
         &self.metrics
     }
 
+    /// The authority table: ledger key, owners, registered keys, owner command nonces and
+    /// rejections by reason.
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    /// The checkpoint interval the owners set (`None`: the configured one).
+    pub fn checkpoint_interval_ticks(&self) -> Option<u32> {
+        (self.checkpoint_interval_ticks > 0).then_some(self.checkpoint_interval_ticks)
+    }
+
+    /// Whether an owner asked for a checkpoint that has not been taken yet.
+    pub fn checkpoint_requested(&self) -> bool {
+        self.checkpoint_requested
+    }
+
     /// A shard's index by name.
     pub fn shard_ix(&self, name: &str) -> Option<ShardIx> {
         self.shard_index.get(name).copied()
@@ -705,8 +753,9 @@ impl State {
         job.status == JobStatus::Queued && job.shard == shard && job.generation == generation
     }
 
-    /// Folds one event in. An event that does not fit is counted as an anomaly and changes
-    /// nothing else.
+    /// Folds one event in without judging its author (see [`State::admit`] for the ledger's
+    /// rule, which every log is replayed with). An event that does not fit is counted as an
+    /// anomaly and changes nothing else.
     pub fn apply(&mut self, event: &Event) -> Result<(), ApplyError> {
         self.events_applied += 1;
         self.tick = self.tick.max(event.header.tick);
@@ -736,6 +785,10 @@ impl State {
             }
         };
         match &event.body {
+            Body::FabricGenesis(body) => {
+                expect(Role::Ledger)?;
+                self.found(body)
+            }
             Body::ShardRegistered(body) => {
                 expect(Role::Owner)?;
                 self.register_shard(body)
@@ -785,12 +838,14 @@ impl State {
             Body::Checkpoint(body) => {
                 expect(Role::Ledger)?;
                 self.last_checkpoint_tree_size = body.tree_size;
+                self.checkpoint_requested = false;
                 self.metrics.checkpoints += 1;
                 Ok(())
             }
-            Body::Rejected(_) => {
+            Body::Rejected(body) => {
                 expect(Role::Ledger)?;
                 self.metrics.rejections += 1;
+                self.authority.count_rejection(body.reason);
                 Ok(())
             }
         }
@@ -856,6 +911,7 @@ impl State {
             node_quota_jobs: body.node_quota_jobs,
             quota_window_ticks: body.quota_window_ticks.max(1),
             paused: false,
+            retired: false,
             nodes: Vec::new(),
             running: 0,
             counters: ShardCounters::default(),
@@ -865,6 +921,8 @@ impl State {
             spillover_ix: Vec::new(),
             served_mask: 0,
         });
+        self.authority
+            .register_key(body.router_key, Holder::Router(index));
         // A new name may complete other shards' rules and treaties.
         for shard in 0..self.shards.len() {
             self.resolve_shard_names(shard as ShardIx);
@@ -880,7 +938,7 @@ impl State {
                 .spillover
                 .iter()
                 .filter_map(|name| self.shard_ix(name))
-                .filter(|target| *target != shard)
+                .filter(|target| *target != shard && !self.shards[*target as usize].retired)
                 .collect();
             let served_mask = s
                 .regions_served
@@ -971,7 +1029,10 @@ impl State {
             quota_used: 0,
             completed: 0,
             failed: 0,
+            retired: false,
         });
+        self.authority
+            .register_key(body.node_key, Holder::Node(index));
         // Keep the shard's capable lists sorted by name: insert where the name belongs.
         let shard = &mut self.shards[region as usize];
         shard.nodes.push(index);
@@ -1075,6 +1136,12 @@ impl State {
 
     fn submit(&mut self, body: &JobSubmitted, tick: u64) -> Result<(), ApplyError> {
         let shard = self.lookup_shard(&body.shard)?;
+        if self.shards[shard as usize].retired {
+            return Err(ApplyError::Conflict(format!(
+                "shard `{}` is retired and takes no jobs",
+                body.shard
+            )));
+        }
         if self.submitted_ids.contains(body.job) {
             return Err(ApplyError::Duplicate {
                 what: "job",
@@ -1368,9 +1435,83 @@ impl State {
                 self.shards[ix as usize].spillover = targets.clone();
                 self.resolve_shard_names(ix);
             }
-            OwnerAction::DrainNode { node } | OwnerAction::RetireNode { node } => {
+            OwnerAction::DrainNode { node } => {
                 let ix = self.lookup_node(node)?;
                 self.nodes[ix as usize].draining = true;
+            }
+            OwnerAction::RetireNode { node } => {
+                let ix = self.lookup_node(node)?;
+                let n = &mut self.nodes[ix as usize];
+                n.draining = true;
+                n.retired = true;
+                let key = n.key;
+                self.authority.retire_key(&key);
+            }
+            OwnerAction::ResumeNode { node } => {
+                let ix = self.lookup_node(node)?;
+                if self.nodes[ix as usize].retired {
+                    return Err(ApplyError::Conflict(format!(
+                        "node `{node}` is retired and cannot take work again"
+                    )));
+                }
+                self.nodes[ix as usize].draining = false;
+            }
+            OwnerAction::RegisterShard { registration } => {
+                self.register_shard(registration)?;
+            }
+            OwnerAction::RegisterNode { registration } => {
+                self.register_node(registration, tick)?;
+            }
+            OwnerAction::RegisterClient { client, key } => {
+                self.authority.register_client(client, *key)?;
+            }
+            OwnerAction::RetireShard { shard, queue } => {
+                let ix = self.lookup_shard(shard)?;
+                self.retire_shard(ix, *queue, tick);
+            }
+            OwnerAction::UpdateNode {
+                node,
+                max_concurrency,
+                latency_ms,
+                price_micros_per_hour,
+            } => {
+                let ix = self.lookup_node(node)?;
+                if *max_concurrency == 0 {
+                    return Err(ApplyError::Conflict(format!(
+                        "node `{node}` needs a max concurrency of at least 1"
+                    )));
+                }
+                let n = &mut self.nodes[ix as usize];
+                n.max_concurrency = *max_concurrency;
+                n.latency_ms = *latency_ms;
+                n.price_micros_per_hour = *price_micros_per_hour;
+                let region = n.region;
+                self.rebuild_capable(region);
+            }
+            OwnerAction::SetTreaty {
+                shard,
+                reputation_floor_ppm,
+                regions_served,
+                node_quota_jobs,
+                quota_window_ticks,
+            } => {
+                let ix = self.lookup_shard(shard)?;
+                let s = &mut self.shards[ix as usize];
+                s.reputation_floor_ppm = *reputation_floor_ppm;
+                s.regions_served = regions_served.clone();
+                s.node_quota_jobs = *node_quota_jobs;
+                s.quota_window_ticks = (*quota_window_ticks).max(1);
+                self.resolve_shard_names(ix);
+                self.rebuild_capable(ix);
+            }
+            OwnerAction::CheckpointNow => self.checkpoint_requested = true,
+            OwnerAction::SetCheckpointInterval { interval_ticks } => {
+                if *interval_ticks == 0 {
+                    return Err(ApplyError::Conflict(
+                        "a checkpoint interval of 0 ticks".to_owned(),
+                    ));
+                }
+                self.checkpoint_interval_ticks = *interval_ticks;
             }
             OwnerAction::CancelJob { job } => {
                 let ix = self.lookup_job(*job)?;
@@ -1400,13 +1541,72 @@ impl State {
                 self.compact(from, class);
                 self.record(ix, tick);
             }
-            // Checkpoint scheduling and governance payloads steer the checkpointer and the
-            // owners' own records; the projected fabric does not change.
-            OwnerAction::CheckpointNow
-            | OwnerAction::SetCheckpointInterval { .. }
-            | OwnerAction::Governance { .. } => {}
+            // A governance payload is the owners' own record; the fabric does not change.
+            OwnerAction::Governance { .. } => {}
         }
         Ok(())
+    }
+
+    /// The first event: the ledger key and the owners.
+    fn found(&mut self, body: &FabricGenesis) -> Result<(), ApplyError> {
+        if self.authority.founded {
+            return Err(ApplyError::Conflict(
+                "the fabric already has its genesis".to_owned(),
+            ));
+        }
+        self.authority.found(body);
+        Ok(())
+    }
+
+    /// Retires a shard: paused for good; its queued jobs spill to the first of its spillover
+    /// targets still in service, or are cancelled.
+    fn retire_shard(&mut self, shard: ShardIx, queue: RetiredQueue, tick: u64) {
+        let s = &mut self.shards[shard as usize];
+        s.retired = true;
+        s.paused = true;
+        let target = match queue {
+            RetiredQueue::Spill => self.shards[shard as usize]
+                .spillover_ix
+                .iter()
+                .copied()
+                .find(|target| !self.shards[*target as usize].retired),
+            RetiredQueue::Cancel => None,
+        };
+        let classes: Vec<ClassIx> = self.shards[shard as usize]
+            .queued_classes()
+            .map(|(class, _)| class)
+            .collect();
+        for class in classes {
+            let jobs: Vec<JobIx> = self.queue(shard, class).collect();
+            for job in jobs {
+                self.dequeue(job);
+                match target {
+                    Some(to) => {
+                        let j = &mut self.jobs[job as usize];
+                        j.spills += 1;
+                        let spills = j.spills as usize;
+                        let per_job = &mut self.metrics.spills_per_job;
+                        per_job[(spills - 1).min(SHARDS_MAX)] -= 1;
+                        per_job[spills.min(SHARDS_MAX)] += 1;
+                        self.enqueue(job, to);
+                        self.shards[shard as usize].counters.spilled_out += 1;
+                        self.shards[to as usize].counters.spilled_in += 1;
+                        self.metrics.spillovers += 1;
+                        self.record(job, tick);
+                    }
+                    None => {
+                        self.jobs[job as usize].status = JobStatus::Cancelled;
+                        self.metrics.cancelled += 1;
+                        self.vacate(job);
+                    }
+                }
+            }
+            self.compact(shard, class);
+        }
+        // Nobody spills into a retired shard.
+        for other in 0..self.shards.len() {
+            self.resolve_shard_names(other as ShardIx);
+        }
     }
 
     /// The canonical bytes of the state: everything [`State::state_hash`] covers, in index
@@ -1416,7 +1616,7 @@ impl State {
         fn enc<T: Encode>(value: &T, out: &mut Vec<u8>) {
             fabric_events::codec::encode_canonical_into(value, out);
         }
-        enc(&b"fabric-state-v1".as_slice(), &mut out);
+        enc(&b"fabric-state-v2".as_slice(), &mut out);
         enc(&self.tick, &mut out);
         enc(&self.events_applied, &mut out);
         enc(&self.anomalies, &mut out);
@@ -1439,6 +1639,7 @@ impl State {
             enc(&shard.node_quota_jobs, &mut out);
             enc(&shard.quota_window_ticks, &mut out);
             enc(&shard.paused, &mut out);
+            enc(&shard.retired, &mut out);
             enc(&shard.nodes, &mut out);
             enc(&shard.running, &mut out);
             enc(&shard.counters, &mut out);
@@ -1477,6 +1678,9 @@ impl State {
             enc(&end, &mut out);
         }
         enc(&self.metrics, &mut out);
+        enc(&self.authority, &mut out);
+        enc(&self.checkpoint_interval_ticks, &mut out);
+        enc(&self.checkpoint_requested, &mut out);
         out
     }
 
@@ -1549,10 +1753,10 @@ impl State {
     pub fn from_snapshot_bytes(bytes: &[u8]) -> Result<State, SnapshotError> {
         let mut r = SnapshotReader { bytes, at: 0 };
         let magic: Vec<u8> = r.take()?;
-        if magic != b"fabric-state-v1" {
+        if magic != b"fabric-state-v2" {
             return Err(SnapshotError::Malformed {
                 offset: 0,
-                detail: "it does not start with \"fabric-state-v1\"".to_owned(),
+                detail: "it does not start with \"fabric-state-v2\"".to_owned(),
             });
         }
         let mut state = State {
@@ -1591,6 +1795,7 @@ impl State {
                 node_quota_jobs: r.take()?,
                 quota_window_ticks: r.take()?,
                 paused: r.take()?,
+                retired: r.take()?,
                 nodes: r.take()?,
                 running: r.take()?,
                 counters: r.take()?,
@@ -1680,10 +1885,13 @@ impl State {
             state.submitted_ids.ranges.insert(start, end);
         }
         state.metrics = r.take()?;
+        state.authority = r.take()?;
+        state.checkpoint_interval_ticks = r.take()?;
+        state.checkpoint_requested = r.take()?;
         if r.at != bytes.len() {
             return Err(SnapshotError::Malformed {
                 offset: r.at,
-                detail: format!("{} bytes after the metrics", bytes.len() - r.at),
+                detail: format!("{} bytes after the state", bytes.len() - r.at),
             });
         }
         state.check_and_index(queued_lists)?;
@@ -1712,6 +1920,7 @@ impl State {
         for class in &self.classes {
             check_index("class origin shard", class.origin as usize, shards)?;
         }
+        self.authority.check(shards, nodes)?;
         for shard in &self.shards {
             for node in &shard.nodes {
                 check_index("shard node", *node as usize, nodes)?;

@@ -407,9 +407,12 @@ fn a_run_publishes_every_event_once_in_order_as_its_export_line() {
     let parsed: Vec<Value> = lines.iter().map(|line| parse(line)).collect();
     let shards: BTreeSet<String> = parsed
         .iter()
-        .filter(|line| line["kind"] == "shard_registered")
+        .filter(|line| {
+            line["kind"] == "owner_command"
+                && line["body"]["data"]["action"]["command"] == "register_shard"
+        })
         .map(|line| {
-            line["body"]["data"]["shard"]
+            line["body"]["data"]["action"]["registration"]["shard"]
                 .as_str()
                 .expect("a registered shard has a name")
                 .to_owned()

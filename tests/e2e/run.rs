@@ -108,7 +108,7 @@ fn replay(data: &Path, seed: u64) -> Replay {
             assignments += 1;
         }
         state
-            .apply(&event)
+            .admit(&entry.author, &event)
             .unwrap_or_else(|err| panic!("seq {}: stored event does not fit: {err}", entry.seq));
         let busiest = state
             .nodes()

@@ -1,0 +1,231 @@
+//! The sequencer's gate: what may enter the ledger. Every event of a batch is admitted in
+//! order against the state the batch builds up ([`State::admit`]: the authority table, owner
+//! approvals, nonces, then the fold); each refused attempt is replaced by a `Rejected` event
+//! signed by the ledger key, which names the attempt's BLAKE3 hash, its claimed author and the
+//! reason. So every refusal is itself on the record, and the stored batch is exactly what the
+//! state was folded from.
+
+use fabric_events::{
+    codec::encode_event, event_from_signed, Event, Hash32, PublicKey, RejectReason, Rejected, Role,
+    SignedEvent, SigningKey, VerifyError, MAX_SIGNED_BYTES,
+};
+use fabric_projections::{ApplyError, State};
+
+use crate::RunError;
+
+/// Longest `detail` a `Rejected` event carries.
+pub const REJECT_DETAIL_BYTES_MAX: usize = 512;
+
+/// Where an attempt comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// The fabric's own actors: a refusal is a bug, and stops the run.
+    Internal,
+    /// Outside (owner scripts and submissions, requests): a refusal is recorded.
+    External,
+}
+
+/// One attempt to append, with its decoded event.
+#[derive(Clone, Debug)]
+pub struct Attempt {
+    /// The event.
+    pub event: Event,
+    /// Its signed form.
+    pub signed: SignedEvent,
+    /// Where it comes from.
+    pub origin: Origin,
+}
+
+/// What became of one attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Admitted: it is the batch's event at this position.
+    Admitted,
+    /// Refused: a `Rejected` event stands at this position instead.
+    Refused {
+        /// Why.
+        reason: RejectReason,
+        /// What exactly.
+        detail: String,
+    },
+}
+
+/// A batch as it will be appended, with the verdict on each attempt (same order).
+#[derive(Debug, Default)]
+pub struct Admitted {
+    /// The events to append, in order.
+    pub signed: Vec<SignedEvent>,
+    /// The same, decoded.
+    pub events: Vec<Event>,
+    /// One verdict per attempt.
+    pub verdicts: Vec<Verdict>,
+}
+
+/// Admits `attempts` in order into `state` (which moves with each admitted event), signing a
+/// `Rejected` event with `ledger_key` at `tick` for each refused external attempt. An internal
+/// attempt that is refused stops with [`RunError::Apply`].
+pub fn admit(
+    state: &mut State,
+    tick: u64,
+    attempts: Vec<Attempt>,
+    ledger_key: &SigningKey,
+) -> Result<Admitted, RunError> {
+    let mut out = Admitted::default();
+    for (index, attempt) in attempts.into_iter().enumerate() {
+        match state.admit(&attempt.signed.author, &attempt.event) {
+            Ok(()) => {
+                out.signed.push(attempt.signed);
+                out.events.push(attempt.event);
+                out.verdicts.push(Verdict::Admitted);
+            }
+            Err(error) if attempt.origin == Origin::Internal => {
+                return Err(RunError::Apply {
+                    tick,
+                    index,
+                    kind: attempt.event.kind().as_str(),
+                    error,
+                });
+            }
+            Err(error) => {
+                let reason = error.reject_reason();
+                let detail = describe(&error);
+                record_rejection(
+                    state,
+                    tick,
+                    &attempt.signed,
+                    reason,
+                    &detail,
+                    ledger_key,
+                    &mut out,
+                )?;
+                out.verdicts.push(Verdict::Refused { reason, detail });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Admits raw signed attempts from outside: each must be within the size limit, decode as a
+/// canonical event and carry a valid signature before the authority table even looks at it.
+/// Every refusal is recorded.
+pub fn admit_signed(
+    state: &mut State,
+    tick: u64,
+    attempts: Vec<SignedEvent>,
+    ledger_key: &SigningKey,
+) -> Result<Admitted, RunError> {
+    let mut out = Admitted::default();
+    for signed in attempts {
+        let checked = if signed.signed.len() > MAX_SIGNED_BYTES {
+            Err((
+                RejectReason::Oversize,
+                format!(
+                    "{} signed bytes, over the limit of {MAX_SIGNED_BYTES}",
+                    signed.signed.len()
+                ),
+            ))
+        } else {
+            match event_from_signed(&signed.signed) {
+                Err(error) => Err((RejectReason::Malformed, error.to_string())),
+                Ok(event) => match signed.verify() {
+                    Err(VerifyError::WeakKey(_)) => Err((
+                        RejectReason::WeakKey,
+                        format!("key {} is a small-order point", signed.author),
+                    )),
+                    Err(error) => Err((RejectReason::BadSignature, error.to_string())),
+                    Ok(()) => Ok(event),
+                },
+            }
+        };
+        match checked {
+            Ok(event) => {
+                let admitted = admit(
+                    state,
+                    tick,
+                    vec![Attempt {
+                        event,
+                        signed,
+                        origin: Origin::External,
+                    }],
+                    ledger_key,
+                )?;
+                out.signed.extend(admitted.signed);
+                out.events.extend(admitted.events);
+                out.verdicts.extend(admitted.verdicts);
+            }
+            Err((reason, detail)) => {
+                record_rejection(state, tick, &signed, reason, &detail, ledger_key, &mut out)?;
+                out.verdicts.push(Verdict::Refused { reason, detail });
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn describe(error: &ApplyError) -> String {
+    match error {
+        ApplyError::Refused { detail, .. } => detail.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The next nonce of the ledger key at `tick`: above every nonce it used, and in the tick's
+/// range when that is higher (checkpoints take `tick << 24`).
+fn next_ledger_nonce(state: &State, ledger: &PublicKey, tick: u64) -> u64 {
+    let last = state
+        .authority()
+        .key(ledger)
+        .and_then(|record| record.last_nonce);
+    let floor = (tick << 24) | (1 << 23);
+    match last {
+        Some(last) => (last + 1).max(floor),
+        None => floor,
+    }
+}
+
+fn truncate(detail: &str) -> String {
+    if detail.len() <= REJECT_DETAIL_BYTES_MAX {
+        return detail.to_owned();
+    }
+    let mut end = REJECT_DETAIL_BYTES_MAX;
+    while !detail.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &detail[..end])
+}
+
+fn record_rejection(
+    state: &mut State,
+    tick: u64,
+    attempt: &SignedEvent,
+    reason: RejectReason,
+    detail: &str,
+    ledger_key: &SigningKey,
+    out: &mut Admitted,
+) -> Result<(), RunError> {
+    let ledger = PublicKey::from(&ledger_key.verifying_key());
+    let event = Event::new(
+        Role::Ledger,
+        tick,
+        next_ledger_nonce(state, &ledger, tick),
+        Rejected {
+            attempt_hash: Hash32(*blake3::hash(&attempt.signed).as_bytes()),
+            claimed_author: attempt.author,
+            reason,
+            detail: truncate(detail),
+        },
+    );
+    debug_assert!(encode_event(&event).is_ok());
+    let signed = SignedEvent::sign(&event, ledger_key)?;
+    state
+        .admit(&ledger, &event)
+        .map_err(|error| RunError::Apply {
+            tick,
+            index: out.events.len(),
+            kind: "rejected",
+            error,
+        })?;
+    out.signed.push(signed);
+    out.events.push(event);
+    Ok(())
+}

@@ -1,0 +1,547 @@
+//! The authority table: which key may author which kind, owner multisig, and replay
+//! protection. [`State::admit`] applies it before folding an event in; the ledger's sequencer
+//! admits every proposed event this way and records a `Rejected` event for each refusal, and
+//! every replay of a log (audit, restore, reports) admits each stored event the same way.
+//!
+//! | kind | role | key |
+//! | --- | --- | --- |
+//! | `fabric_genesis` | ledger | the ledger key it names; first event only |
+//! | `job_submitted` | client | a registered client key |
+//! | `job_assigned` | router | the router key of the shard the job is queued in; refused while the shard is paused |
+//! | `job_spilled` | router | the router key of `from_shard` |
+//! | `job_requeued` | router | the router key of `shard` |
+//! | `node_health_changed` | router | the router key of the node's shard |
+//! | `heartbeat`, `job_receipt` | node | the key of the node named in the body |
+//! | `owner_command` | owner | envelope by the ledger key; M distinct owner approvals |
+//! | `checkpoint`, `rejected` | ledger | the ledger key |
+//! | `shard_registered`, `node_registered` | none | shards and nodes enter by owner command |
+//!
+//! Nonces: an owner command's nonce must not be held by an unexpired command in the
+//! owner-command nonce cache (which keeps each nonce until its command's expiry tick has
+//! passed, so it stays bounded; a replay after that is refused as expired). Every other event's nonce must be above the last nonce
+//! its author used (a high-water mark per key).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bincode::{Decode, Encode};
+use fabric_events::{
+    verify_signature, Body, Event, FabricGenesis, OwnerAction, OwnerCommand, PublicKey,
+    RejectReason, Role,
+};
+
+use super::{ApplyError, NodeIx, ShardIx, SnapshotError, State};
+
+/// Most ticks between an owner command's tick and its expiry: bounds the nonce cache.
+pub const OWNER_COMMAND_LIFETIME_TICKS_MAX: u64 = 1_000_000;
+
+/// Who holds a registered key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum Holder {
+    /// The ledger.
+    Ledger,
+    /// A client (index into [`Authority::clients`]).
+    Client(u32),
+    /// The router of a shard.
+    Router(ShardIx),
+    /// A node.
+    Node(NodeIx),
+}
+
+/// A registered key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct KeyRecord {
+    /// Who holds it.
+    pub holder: Holder,
+    /// Retired keys author nothing.
+    pub retired: bool,
+    /// The highest nonce it used (`None`: none yet).
+    pub last_nonce: Option<u64>,
+}
+
+/// The authority part of the state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Encode, Decode)]
+pub struct Authority {
+    pub(super) founded: bool,
+    ledger_key: PublicKey,
+    owners: Vec<PublicKey>,
+    owner_threshold: u32,
+    keys: BTreeMap<PublicKey, KeyRecord>,
+    clients: Vec<String>,
+    /// Owner command nonce → its expiry tick.
+    owner_nonces: BTreeMap<u64, u64>,
+    /// The tick the nonce cache was last pruned at.
+    pruned_tick: u64,
+    /// Rejections by reason tag.
+    rejections: Vec<u64>,
+}
+
+impl Authority {
+    /// Whether the log had its genesis.
+    pub fn founded(&self) -> bool {
+        self.founded
+    }
+
+    /// The ledger key named at genesis.
+    pub fn ledger_key(&self) -> PublicKey {
+        self.ledger_key
+    }
+
+    /// The owners' keys.
+    pub fn owners(&self) -> &[PublicKey] {
+        &self.owners
+    }
+
+    /// Approvals an owner command needs.
+    pub fn owner_threshold(&self) -> u32 {
+        self.owner_threshold
+    }
+
+    /// A registered key.
+    pub fn key(&self, key: &PublicKey) -> Option<&KeyRecord> {
+        self.keys.get(key)
+    }
+
+    /// Registered client names, by index.
+    pub fn clients(&self) -> &[String] {
+        &self.clients
+    }
+
+    /// Owner command nonces still cached, with their expiry ticks.
+    pub fn owner_nonces(&self) -> &BTreeMap<u64, u64> {
+        &self.owner_nonces
+    }
+
+    /// `Rejected` events recorded for a reason.
+    pub fn rejections(&self, reason: RejectReason) -> u64 {
+        self.rejections.get(reason.tag()).copied().unwrap_or(0)
+    }
+
+    pub(super) fn found(&mut self, body: &FabricGenesis) {
+        self.founded = true;
+        self.ledger_key = body.ledger_key;
+        self.owners = body.owners.clone();
+        self.owner_threshold = body.owner_threshold;
+        self.register_key(body.ledger_key, Holder::Ledger);
+    }
+
+    pub(super) fn register_key(&mut self, key: PublicKey, holder: Holder) {
+        self.keys.insert(
+            key,
+            KeyRecord {
+                holder,
+                retired: false,
+                last_nonce: None,
+            },
+        );
+    }
+
+    pub(super) fn retire_key(&mut self, key: &PublicKey) {
+        if let Some(record) = self.keys.get_mut(key) {
+            record.retired = true;
+        }
+    }
+
+    pub(super) fn register_client(
+        &mut self,
+        client: &str,
+        key: PublicKey,
+    ) -> Result<(), ApplyError> {
+        if self.clients.iter().any(|name| name == client) {
+            return Err(ApplyError::Duplicate {
+                what: "client",
+                name: client.to_owned(),
+            });
+        }
+        if self.clients.len() >= u32::MAX as usize {
+            return Err(ApplyError::Limit("u32::MAX clients"));
+        }
+        self.register_key(key, Holder::Client(self.clients.len() as u32));
+        self.clients.push(client.to_owned());
+        Ok(())
+    }
+
+    pub(super) fn count_rejection(&mut self, reason: RejectReason) {
+        if self.rejections.len() <= reason.tag() {
+            self.rejections.resize(RejectReason::ALL.len(), 0);
+        }
+        self.rejections[reason.tag()] += 1;
+    }
+
+    /// Checks the indices a decoded snapshot's keys point at.
+    pub(super) fn check(&self, shards: usize, nodes: usize) -> Result<(), SnapshotError> {
+        for record in self.keys.values() {
+            let (what, index, len) = match record.holder {
+                Holder::Ledger => continue,
+                Holder::Client(ix) => ("client key", ix as usize, self.clients.len()),
+                Holder::Router(ix) => ("router key", ix as usize, shards),
+                Holder::Node(ix) => ("node key", ix as usize, nodes),
+            };
+            super::check_index(what, index, len)?;
+        }
+        if self.rejections.len() > RejectReason::ALL.len() {
+            return Err(super::inconsistent(format!(
+                "{} rejection counters",
+                self.rejections.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn refuse<T>(reason: RejectReason, detail: String) -> Result<T, ApplyError> {
+    Err(ApplyError::Refused { reason, detail })
+}
+
+/// The role that may author a kind (`None`: no role may).
+fn role_of(body: &Body) -> Option<Role> {
+    Some(match body {
+        Body::FabricGenesis(_) | Body::Checkpoint(_) | Body::Rejected(_) => Role::Ledger,
+        Body::JobSubmitted(_) => Role::Client,
+        Body::JobAssigned(_)
+        | Body::JobSpilled(_)
+        | Body::JobRequeued(_)
+        | Body::NodeHealthChanged(_) => Role::Router,
+        Body::Heartbeat(_) | Body::JobReceipt(_) => Role::Node,
+        Body::OwnerCommand(_) => Role::Owner,
+        Body::ShardRegistered(_) | Body::NodeRegistered(_) => return None,
+    })
+}
+
+impl State {
+    /// Folds one event in if its author may say it: the authority table, owner approvals and
+    /// nonces (see the module's table), then [`State::apply`]. On any error the state is left
+    /// exactly as it was, so a refused attempt leaves no trace but the `Rejected` event the
+    /// ledger records in its place. A refusal by the authority table is
+    /// [`ApplyError::Refused`]; an authorised event that does not fit is any other error.
+    pub fn admit(&mut self, author: &PublicKey, event: &Event) -> Result<(), ApplyError> {
+        self.authorize(author, event)?;
+        let before = (self.tick, self.events_applied, self.anomalies);
+        if let Err(error) = self.apply(event) {
+            (self.tick, self.events_applied, self.anomalies) = before;
+            return Err(error);
+        }
+        self.commit_nonce(author, event);
+        Ok(())
+    }
+
+    /// Why the authority table refuses `event` by `author`, if it does. Reads the state only.
+    pub fn authorize(&self, author: &PublicKey, event: &Event) -> Result<(), ApplyError> {
+        let role = event.header.role;
+        let kind = event.kind().as_str();
+        if let Body::FabricGenesis(genesis) = &event.body {
+            return self.authorize_genesis(author, role, genesis);
+        }
+        let authority = &self.authority;
+        if !authority.founded {
+            return refuse(
+                RejectReason::UnknownKey,
+                format!("{kind} before the fabric's genesis: no key is registered yet"),
+            );
+        }
+        match role_of(&event.body) {
+            None => {
+                return refuse(
+                    RejectReason::WrongRole,
+                    format!("no role may author {kind}: shards and nodes enter by owner command"),
+                )
+            }
+            Some(wanted) if wanted != role => {
+                return refuse(
+                    RejectReason::WrongRole,
+                    format!(
+                        "{kind} is authored as {}, not as {}",
+                        wanted.as_str(),
+                        role.as_str()
+                    ),
+                )
+            }
+            Some(_) => {}
+        }
+        if let Body::OwnerCommand(command) = &event.body {
+            return self.authorize_owner_command(author, event, command);
+        }
+        let Some(record) = authority.keys.get(author) else {
+            return refuse(
+                RejectReason::UnknownKey,
+                format!("key {author} is not registered"),
+            );
+        };
+        if record.retired {
+            return refuse(
+                RejectReason::RetiredKey,
+                format!("key {author} was retired"),
+            );
+        }
+        self.authorize_holder(record.holder, event)?;
+        if let Some(last) = record.last_nonce {
+            if event.header.nonce <= last {
+                return refuse(
+                    RejectReason::ReplayedNonce,
+                    format!(
+                        "nonce {} of key {author} is not above its last nonce {last}",
+                        event.header.nonce
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn authorize_genesis(
+        &self,
+        author: &PublicKey,
+        role: Role,
+        genesis: &FabricGenesis,
+    ) -> Result<(), ApplyError> {
+        if self.authority.founded {
+            return refuse(
+                RejectReason::Invalid,
+                "the fabric already has its genesis".to_owned(),
+            );
+        }
+        if role != Role::Ledger {
+            return refuse(
+                RejectReason::WrongRole,
+                format!(
+                    "fabric_genesis is authored as ledger, not as {}",
+                    role.as_str()
+                ),
+            );
+        }
+        if *author != genesis.ledger_key {
+            return refuse(
+                RejectReason::UnknownKey,
+                format!(
+                    "genesis names ledger key {} but is signed by {author}",
+                    genesis.ledger_key
+                ),
+            );
+        }
+        let distinct: BTreeSet<&PublicKey> = genesis.owners.iter().collect();
+        if distinct.len() != genesis.owners.len() {
+            return refuse(
+                RejectReason::Invalid,
+                "genesis lists an owner twice".to_owned(),
+            );
+        }
+        let threshold = genesis.owner_threshold as usize;
+        if threshold == 0 || threshold > genesis.owners.len() {
+            return refuse(
+                RejectReason::Invalid,
+                format!(
+                    "an owner threshold of {threshold} with {} owners",
+                    genesis.owners.len()
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether the key's holder may author this body.
+    fn authorize_holder(&self, holder: Holder, event: &Event) -> Result<(), ApplyError> {
+        let kind = event.kind().as_str();
+        let shard_name = |ix: ShardIx| self.shards[ix as usize].name.as_str();
+        let node_name = |ix: NodeIx| self.nodes[ix as usize].name.as_str();
+        let foreign = |holder: &str, about: &str| {
+            refuse(
+                RejectReason::WrongRole,
+                format!("the {holder} may not author {kind} for {about}"),
+            )
+        };
+        match (holder, &event.body) {
+            (Holder::Ledger, Body::Checkpoint(_) | Body::Rejected(_)) => Ok(()),
+            (Holder::Client(_), Body::JobSubmitted(_)) => Ok(()),
+            (Holder::Router(shard), Body::JobAssigned(body)) => {
+                let name = shard_name(shard);
+                if body.shard != name {
+                    return foreign(
+                        &format!("router of shard `{name}`"),
+                        &format!("shard `{}`", body.shard),
+                    );
+                }
+                if let Some(job) = self.job_ix(body.job) {
+                    let job = &self.jobs[job as usize];
+                    if job.shard != shard {
+                        return foreign(
+                            &format!("router of shard `{name}`"),
+                            &format!("job {}, queued in another shard", body.job),
+                        );
+                    }
+                }
+                if self.shards[shard as usize].paused {
+                    return refuse(
+                        RejectReason::ShardPaused,
+                        format!("shard `{name}` is paused: job {} stays queued", body.job),
+                    );
+                }
+                Ok(())
+            }
+            (Holder::Router(shard), Body::JobSpilled(body)) => {
+                let name = shard_name(shard);
+                if body.from_shard == name {
+                    Ok(())
+                } else {
+                    foreign(
+                        &format!("router of shard `{name}`"),
+                        &format!("shard `{}`", body.from_shard),
+                    )
+                }
+            }
+            (Holder::Router(shard), Body::JobRequeued(body)) => {
+                let name = shard_name(shard);
+                if body.shard == name {
+                    Ok(())
+                } else {
+                    foreign(
+                        &format!("router of shard `{name}`"),
+                        &format!("shard `{}`", body.shard),
+                    )
+                }
+            }
+            (Holder::Router(shard), Body::NodeHealthChanged(body)) => {
+                match self.node_ix(&body.node) {
+                    Some(node) if self.nodes[node as usize].region != shard => foreign(
+                        &format!("router of shard `{}`", shard_name(shard)),
+                        &format!("node `{}` of another shard", body.node),
+                    ),
+                    _ => Ok(()),
+                }
+            }
+            (Holder::Node(node), Body::Heartbeat(body)) if body.node == node_name(node) => Ok(()),
+            (Holder::Node(node), Body::JobReceipt(body)) if body.node == node_name(node) => Ok(()),
+            (Holder::Node(node), Body::Heartbeat(_) | Body::JobReceipt(_)) => foreign(
+                &format!("key of node `{}`", node_name(node)),
+                "another node",
+            ),
+            (holder, _) => {
+                let holder = match holder {
+                    Holder::Ledger => "ledger key".to_owned(),
+                    Holder::Client(ix) => {
+                        format!("key of client `{}`", self.authority.clients[ix as usize])
+                    }
+                    Holder::Router(ix) => format!("router key of shard `{}`", shard_name(ix)),
+                    Holder::Node(ix) => format!("key of node `{}`", node_name(ix)),
+                };
+                refuse(
+                    RejectReason::WrongRole,
+                    format!("the {holder} may not author {kind}"),
+                )
+            }
+        }
+    }
+
+    fn authorize_owner_command(
+        &self,
+        author: &PublicKey,
+        event: &Event,
+        command: &OwnerCommand,
+    ) -> Result<(), ApplyError> {
+        let authority = &self.authority;
+        let (tick, nonce) = (event.header.tick, event.header.nonce);
+        if *author != authority.ledger_key {
+            return refuse(
+                RejectReason::UnknownKey,
+                format!("an owner command's envelope is signed by the ledger key, not by {author}"),
+            );
+        }
+        if tick > command.expiry_tick {
+            return refuse(
+                RejectReason::ExpiredNonce,
+                format!(
+                    "command {nonce} expired at tick {} (now tick {tick})",
+                    command.expiry_tick
+                ),
+            );
+        }
+        if command.expiry_tick - tick > OWNER_COMMAND_LIFETIME_TICKS_MAX {
+            return refuse(
+                RejectReason::Invalid,
+                format!(
+                    "command {nonce} expires {} ticks from now, more than {OWNER_COMMAND_LIFETIME_TICKS_MAX}",
+                    command.expiry_tick - tick
+                ),
+            );
+        }
+        // A cached nonce counts until its command's expiry; after that a replay of it is
+        // refused as expired, so the cache may forget it (pruning happens lazily).
+        if let Some(expiry) = authority.owner_nonces.get(&nonce) {
+            if *expiry >= tick {
+                return refuse(
+                    RejectReason::ReplayedNonce,
+                    format!("owner command nonce {nonce} was used before (by a command valid until tick {expiry})"),
+                );
+            }
+        }
+        let mut signers = BTreeSet::new();
+        for (index, approval) in command.approvals.iter().enumerate() {
+            if !authority.owners.contains(&approval.owner) {
+                return refuse(
+                    RejectReason::UnknownKey,
+                    format!(
+                        "approval {index} is by {}, which is not an owner",
+                        approval.owner
+                    ),
+                );
+            }
+            if !signers.insert(approval.owner) {
+                return refuse(
+                    RejectReason::DuplicateOwnerSigner,
+                    format!("owner {} approves twice", approval.owner),
+                );
+            }
+        }
+        let message = command.approval_message(nonce);
+        for (index, approval) in command.approvals.iter().enumerate() {
+            if verify_signature(&approval.owner, &approval.signature, &message).is_err() {
+                return refuse(
+                    RejectReason::BadSignature,
+                    format!(
+                        "approval {index} by owner {} does not verify over command {nonce}",
+                        approval.owner
+                    ),
+                );
+            }
+        }
+        if signers.len() < authority.owner_threshold as usize {
+            return refuse(
+                RejectReason::TooFewOwnerSignatures,
+                format!(
+                    "{} owner approvals, {} needed",
+                    signers.len(),
+                    authority.owner_threshold
+                ),
+            );
+        }
+        let new_key = match &command.action {
+            OwnerAction::RegisterShard { registration } => Some(registration.router_key),
+            OwnerAction::RegisterNode { registration } => Some(registration.node_key),
+            OwnerAction::RegisterClient { key, .. } => Some(*key),
+            _ => None,
+        };
+        if let Some(key) = new_key {
+            if authority.keys.contains_key(&key) || authority.owners.contains(&key) {
+                return refuse(
+                    RejectReason::Invalid,
+                    format!("key {key} is registered already: one key, one holder"),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the nonce of an admitted event.
+    fn commit_nonce(&mut self, author: &PublicKey, event: &Event) {
+        let (tick, nonce) = (event.header.tick, event.header.nonce);
+        let authority = &mut self.authority;
+        if let Body::OwnerCommand(command) = &event.body {
+            if tick > authority.pruned_tick {
+                // An expired command is refused anyway: its nonce need not be remembered.
+                authority.owner_nonces.retain(|_, expiry| *expiry >= tick);
+                authority.pruned_tick = tick;
+            }
+            authority.owner_nonces.insert(nonce, command.expiry_tick);
+        } else if let Some(record) = authority.keys.get_mut(author) {
+            record.last_nonce = Some(nonce);
+        }
+    }
+}
