@@ -653,7 +653,15 @@ async fn drive(
         // next tick, after the append below has made it durable.
         let admitted = {
             let state = Arc::get_mut(&mut state).ok_or(RunError::StateShared)?;
-            gate::admit(state, tick, attempts, &keys.ledger)?
+            match gate::admit(state, tick, attempts, &keys.ledger) {
+                Ok(admitted) => admitted,
+                // A resumed tick whose proposals the log's authority refuses (keys of another
+                // world) is a log this run did not write.
+                Err(RunError::Apply { index, .. }) if !stored.is_empty() => {
+                    return Err(RunError::Diverged { tick, index })
+                }
+                Err(error) => return Err(error),
+            }
         };
         let mut signed = admitted.signed;
         if !stored.is_empty() {

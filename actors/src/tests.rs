@@ -277,3 +277,399 @@ fn a_resume_refuses_a_log_another_run_wrote() {
         "a log of another run was continued"
     );
 }
+
+/// The authority table at work: a small run's world, then attempts from outside.
+mod authority {
+    use fabric_events::{
+        Event, Hash32, Heartbeat, JobAssigned, JobOutcome, JobReceipt, NodeRegistered, OwnerAction,
+        OwnerCommand, PublicKey, RejectReason, Role, ShardRegistered, SignedEvent, SigningKey,
+    };
+    use fabric_ledger::Ledger;
+    use fabric_projections::{JobStatus, State};
+    use proptest::prelude::*;
+
+    use super::world;
+    use crate::driver::{run, sim_ledger_key, RunSpec, SimKeys};
+    use crate::gate::{admit, admit_signed, Admitted, Verdict};
+
+    const SEED: u64 = 21;
+
+    /// The state after a short run (jobs still queued), its keys, and its ledger.
+    fn fabric(jobs: u64) -> (State, SimKeys, Ledger, tempfile::TempDir) {
+        let world = world();
+        let spec = RunSpec {
+            world: world.clone(),
+            seed: SEED,
+            jobs,
+            append_events_max: fabric_ledger::BATCH_EVENTS_MAX,
+            owner_script: Vec::new(),
+        };
+        let dir = tempfile::tempdir().expect("temp dir");
+        let outcome = run(
+            &spec,
+            Ledger::open(dir.path().join("ledger"), sim_ledger_key(SEED)).expect("open"),
+            |_| {},
+        )
+        .expect("the run");
+        (
+            outcome.state,
+            SimKeys::derive(&world, SEED),
+            outcome.ledger,
+            dir,
+        )
+    }
+
+    fn signed(
+        key: &SigningKey,
+        role: Role,
+        tick: u64,
+        nonce: u64,
+        body: impl Into<fabric_events::Body>,
+    ) -> SignedEvent {
+        SignedEvent::sign(&Event::new(role, tick, nonce, body), key).expect("small")
+    }
+
+    fn reasons(admitted: &Admitted) -> Vec<Option<RejectReason>> {
+        admitted
+            .verdicts
+            .iter()
+            .map(|verdict| match verdict {
+                Verdict::Admitted => None,
+                Verdict::Refused { reason, .. } => Some(*reason),
+            })
+            .collect()
+    }
+
+    /// Each refusal is replaced by a `Rejected` event naming the attempt, its claimed author
+    /// and the reason; the batch appends and the ledger holds them.
+    #[test]
+    fn forged_and_misdirected_events_are_refused_and_recorded() {
+        let (mut state, keys, mut ledger, _dir) = fabric(40);
+        let tick = state.tick() + 1;
+        let stranger = fabric_events::derive_signing_key(99, "stranger");
+        let node = &state.nodes()[0];
+        let (node_name, node_region) = (node.name.clone(), node.region);
+        // A job queued or running somewhere, and a router of another shard.
+        let heartbeat = Heartbeat {
+            node: node_name.clone(),
+            running_jobs: 0,
+        };
+        let receipt = JobReceipt {
+            job: 1,
+            node: node_name.clone(),
+            outcome: JobOutcome::Completed,
+            output_hash: Hash32([7; 32]),
+            kernel: None,
+            started_tick: 1,
+            finished_tick: 2,
+        };
+        let other_shard = (node_region as usize + 1) % state.shards().len();
+        let assignment = JobAssigned {
+            job: 1,
+            shard: state.shards()[node_region as usize].name.clone(),
+            node: node_name.clone(),
+        };
+        let good_heartbeat = signed(
+            &keys.nodes[0],
+            Role::Node,
+            tick,
+            tick << 24,
+            heartbeat.clone(),
+        );
+        let mut forged = signed(
+            &keys.nodes[0],
+            Role::Node,
+            tick,
+            (tick << 24) + 1,
+            heartbeat.clone(),
+        );
+        forged.signature.0[5] ^= 1;
+        let mut oversize = good_heartbeat.clone();
+        oversize
+            .signed
+            .resize(fabric_events::MAX_SIGNED_BYTES + 1, 0);
+        let attempts = vec![
+            signed(&stranger, Role::Node, tick, 1, heartbeat.clone()),
+            signed(&stranger, Role::Node, tick, 2, receipt.clone()),
+            signed(
+                &keys.routers[other_shard],
+                Role::Router,
+                tick,
+                tick << 24,
+                assignment.clone(),
+            ),
+            signed(
+                &keys.nodes[1],
+                Role::Node,
+                tick,
+                tick << 24,
+                heartbeat.clone(),
+            ),
+            signed(
+                &keys.routers[0],
+                Role::Node,
+                tick,
+                (tick << 24) + 1,
+                heartbeat.clone(),
+            ),
+            forged,
+            oversize,
+            good_heartbeat.clone(),
+            good_heartbeat,
+            signed(
+                &keys.owners[0],
+                Role::Owner,
+                tick,
+                5,
+                ShardRegistered {
+                    shard: "rogue".into(),
+                    router_key: PublicKey([9; 32]),
+                    queue_budget: 1,
+                    latency_budget_ms: 1,
+                    spillover: Vec::new(),
+                    specialties: Vec::new(),
+                    reputation_floor_ppm: 0,
+                    regions_served: Vec::new(),
+                    node_quota_jobs: 1,
+                    quota_window_ticks: 1,
+                },
+            ),
+        ];
+        let hashes: Vec<Hash32> = attempts
+            .iter()
+            .map(|a| Hash32(*blake3::hash(&a.signed).as_bytes()))
+            .collect();
+        let authors: Vec<PublicKey> = attempts.iter().map(|a| a.author).collect();
+        let admitted = admit_signed(&mut state, tick, attempts, &keys.ledger).expect("admitted");
+        use RejectReason::*;
+        assert_eq!(
+            reasons(&admitted),
+            [
+                Some(UnknownKey),
+                Some(UnknownKey),
+                Some(WrongRole),
+                Some(WrongRole),
+                Some(WrongRole),
+                Some(BadSignature),
+                Some(Oversize),
+                None,
+                Some(ReplayedNonce),
+                Some(WrongRole),
+            ]
+        );
+        for (index, event) in admitted.events.iter().enumerate() {
+            match &event.body {
+                fabric_events::Body::Rejected(rejected) => {
+                    assert_eq!(rejected.attempt_hash, hashes[index]);
+                    assert_eq!(rejected.claimed_author, authors[index]);
+                    assert_eq!(Some(rejected.reason), reasons(&admitted)[index]);
+                    assert_eq!(event.header.role, Role::Ledger);
+                }
+                _ => assert_eq!(reasons(&admitted)[index], None),
+            }
+        }
+        let before = ledger.len();
+        ledger.append(&admitted.signed).expect("the batch appends");
+        assert_eq!(ledger.len(), before + 10);
+        assert_eq!(state.authority().rejections(WrongRole), 4);
+        assert_eq!(state.authority().rejections(UnknownKey), 2);
+    }
+
+    /// A retired node's key authors nothing; a paused shard's router assigns nothing.
+    #[test]
+    fn retired_keys_and_paused_shards_are_refused() {
+        let (mut state, keys, _ledger, _dir) = fabric(400);
+        let tick = state.tick() + 1;
+        let approve = |action: OwnerAction, nonce: u64| {
+            let mut command = OwnerCommand {
+                action,
+                expiry_tick: tick,
+                approvals: Vec::new(),
+            };
+            command.approve(nonce, &keys.owners[0]);
+            command.approve(nonce, &keys.owners[2]);
+            signed(&keys.ledger, Role::Owner, tick, nonce, command)
+        };
+        let node = state.nodes()[0].name.clone();
+        let shard_ix = state.nodes()[0].region;
+        let shard = state.shards()[shard_ix as usize].name.clone();
+        let queued = state
+            .jobs()
+            .iter()
+            .find(|job| job.status == JobStatus::Queued && job.shard == shard_ix)
+            .map(|job| job.id);
+        let attempts = vec![
+            approve(OwnerAction::RetireNode { node: node.clone() }, 1_000),
+            approve(
+                OwnerAction::PauseShard {
+                    shard: shard.clone(),
+                },
+                1_001,
+            ),
+            signed(
+                &keys.nodes[0],
+                Role::Node,
+                tick,
+                tick << 24,
+                Heartbeat {
+                    node: node.clone(),
+                    running_jobs: 0,
+                },
+            ),
+        ];
+        let admitted = admit_signed(&mut state, tick, attempts, &keys.ledger).expect("admitted");
+        assert_eq!(
+            reasons(&admitted),
+            [None, None, Some(RejectReason::RetiredKey)]
+        );
+        assert!(state.shards()[shard_ix as usize].paused);
+        if let Some(job) = queued {
+            let other = state
+                .nodes()
+                .iter()
+                .find(|n| n.region == shard_ix && !n.retired)
+                .map(|n| n.name.clone());
+            if let Some(other) = other {
+                let attempt = signed(
+                    &keys.routers[shard_ix as usize],
+                    Role::Router,
+                    tick,
+                    tick << 24,
+                    JobAssigned {
+                        job,
+                        shard: shard.clone(),
+                        node: other,
+                    },
+                );
+                let admitted =
+                    admit_signed(&mut state, tick, vec![attempt], &keys.ledger).expect("admitted");
+                assert_eq!(reasons(&admitted), [Some(RejectReason::ShardPaused)]);
+            }
+        }
+    }
+
+    /// What the owners may change: budgets, pause and retirement of shards, the node registry.
+    fn governed(state: &State) -> Vec<String> {
+        let shards = state.shards().iter().map(|s| {
+            format!(
+                "{} {} {} {} {} {:?}",
+                s.name, s.queue_budget, s.latency_budget_ms, s.paused, s.retired, s.spillover
+            )
+        });
+        let nodes = state.nodes().iter().map(|n| {
+            format!(
+                "{} {} {} {} {}",
+                n.name, n.key, n.draining, n.retired, n.max_concurrency
+            )
+        });
+        shards.chain(nodes).collect()
+    }
+
+    fn action_strategy() -> impl Strategy<Value = OwnerAction> {
+        prop_oneof![
+            Just(OwnerAction::PauseAll),
+            (0..2usize).prop_map(|s| OwnerAction::PauseShard {
+                shard: ["north", "south"][s].into()
+            }),
+            (0..2usize, 0..10_000u32).prop_map(|(s, b)| OwnerAction::SetQueueBudget {
+                shard: ["north", "south"][s].into(),
+                queue_budget: b
+            }),
+            (0..2usize).prop_map(|n| OwnerAction::RetireNode {
+                node: ["north.a", "south.b"][n].into()
+            }),
+            (0..2usize).prop_map(|n| OwnerAction::DrainNode {
+                node: ["north.a", "south.b"][n].into()
+            }),
+            any::<[u8; 32]>().prop_map(|key| OwnerAction::RegisterNode {
+                registration: NodeRegistered {
+                    node: "intruder".into(),
+                    region: "north".into(),
+                    node_key: PublicKey(key),
+                    capacity: 9,
+                    max_concurrency: 9,
+                    heartbeat_interval_ticks: 1,
+                    capabilities: vec!["cpu".into()],
+                    latency_ms: 1,
+                    price_micros_per_hour: 1,
+                    reputation_ppm: 1_000_000
+                }
+            }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// No sequence of signed or unsigned attempts by keys that are not the owners changes
+        /// shard budgets, pause state or the node registry; every one is refused and recorded.
+        #[test]
+        fn non_owners_cannot_steer_the_fabric(
+            attempts in proptest::collection::vec(
+                (action_strategy(), 0..4u8, any::<u64>(), 0..3u8, any::<u8>()), 1..12),
+        ) {
+            let (state0, keys, _ledger, _dir) = fabric(40);
+            let mut state = state0.clone();
+            let tick = state.tick() + 1;
+            let strangers: Vec<SigningKey> = (0..3).map(|i| fabric_events::derive_signing_key(7, &format!("stranger/{i}"))).collect();
+            let mut signed_attempts = Vec::new();
+            for (action, approvers, nonce, envelope, garbage) in attempts {
+                let nonce = nonce % 1_000_000;
+                let mut command = OwnerCommand { action: action.clone(), expiry_tick: tick + 10, approvals: Vec::new() };
+                for stranger in strangers.iter().take(approvers as usize) {
+                    command.approve(nonce, stranger);
+                }
+                if garbage % 3 == 0 {
+                    // Claim to be an owner without the owner's signature.
+                    command.approvals.push(fabric_events::Approval {
+                        owner: PublicKey::from(&keys.owners[usize::from(garbage) % keys.owners.len()].verifying_key()),
+                        signature: fabric_events::SignatureBytes([garbage; 64]),
+                    });
+                }
+                // The envelope by the ledger (as a submission would be), a stranger, or a router.
+                let envelope_key = match envelope { 0 => &keys.ledger, 1 => &strangers[0], _ => &keys.routers[0] };
+                signed_attempts.push(signed(envelope_key, Role::Owner, tick, nonce, command));
+                if let OwnerAction::RegisterNode { registration } = action {
+                    signed_attempts.push(signed(&strangers[1], Role::Owner, tick, nonce + 1, registration));
+                }
+            }
+            let count = signed_attempts.len();
+            let admitted = admit_signed(&mut state, tick, signed_attempts, &keys.ledger).expect("admitted");
+            prop_assert!(reasons(&admitted).iter().all(Option::is_some), "{:?}", reasons(&admitted));
+            prop_assert_eq!(admitted.events.len(), count);
+            prop_assert_eq!(governed(&state), governed(&state0));
+            prop_assert_eq!(state.metrics().rejections, state0.metrics().rejections + count as u64);
+        }
+    }
+
+    /// The same command with M approvals is executed; the internal gate refuses nothing of a
+    /// run (every actor's event is admitted).
+    #[test]
+    fn m_approvals_execute_a_command() {
+        let (mut state, keys, _ledger, _dir) = fabric(40);
+        let tick = state.tick() + 1;
+        let mut command = OwnerCommand {
+            action: OwnerAction::SetQueueBudget {
+                shard: "south".into(),
+                queue_budget: 7,
+            },
+            expiry_tick: tick,
+            approvals: Vec::new(),
+        };
+        command.approve(3, &keys.owners[1]);
+        let one = crate::driver::owner_command_attempt(tick, 3, command.clone(), &keys.ledger)
+            .expect("signed");
+        command.approve(3, &keys.owners[2]);
+        let two =
+            crate::driver::owner_command_attempt(tick, 3, command, &keys.ledger).expect("signed");
+        let admitted = admit(&mut state, tick, vec![one, two], &keys.ledger).expect("admitted");
+        assert_eq!(
+            reasons(&admitted),
+            [Some(RejectReason::TooFewOwnerSignatures), None]
+        );
+        assert_eq!(
+            state.shards()[state.shard_ix("south").expect("south") as usize].queue_budget,
+            7
+        );
+    }
+}

@@ -6,6 +6,7 @@ mod cli;
 mod durability;
 mod ledger;
 mod nats;
+mod owner;
 mod proof;
 mod report;
 mod restore;
