@@ -46,6 +46,22 @@ pub struct AuditArgs {
     /// Print the result as one JSON object on stdout
     #[arg(long)]
     json: bool,
+    /// Also re-run GPU receipts (and attestation mismatches) on the kernels' CPU references
+    /// and compare their output hashes (data folders only)
+    #[arg(long)]
+    reexecute: bool,
+    /// With --reexecute: the share (0 to 1) of GPU jobs to re-run, chosen by job id
+    #[arg(
+        long,
+        value_name = "FRACTION",
+        default_value_t = 1.0,
+        requires = "reexecute"
+    )]
+    sample: f64,
+    /// Also hash every entry with the BLAKE3 kernel on the GPU adapter and compare with the
+    /// chain (data folders only; FABRIC_GPU picks the adapter)
+    #[arg(long)]
+    gpu: bool,
 }
 
 /// The first thing that did not verify.
@@ -113,6 +129,11 @@ pub struct AuditReport {
     pub tree_heads_verified: u64,
     /// Events that did not fit the state (a run's log has none).
     pub anomalies: u64,
+    /// GPU jobs re-run on their CPU references (`--reexecute`).
+    pub reexecuted: u64,
+    /// Entries hashed by the BLAKE3 kernel (`--gpu`), and where.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_hashed: Option<(u64, String)>,
     /// Notes on what this audit could not check.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
@@ -142,6 +163,17 @@ pub fn run(args: &AuditArgs) -> anyhow::Result<std::process::ExitCode> {
         report.state_hash
     );
     let mut text = summary;
+    if report.reexecuted > 0 {
+        text.push_str(&format!(
+            "\nre-executed {} GPU jobs on the CPU references",
+            report.reexecuted
+        ));
+    }
+    if let Some((hashed, adapter)) = &report.gpu_hashed {
+        text.push_str(&format!(
+            "\nhashed {hashed} entries with the BLAKE3 kernel on {adapter}"
+        ));
+    }
     for note in &report.notes {
         text.push_str(&format!("\nnote: {note}"));
     }
@@ -173,8 +205,24 @@ type Chunk = Result<(Vec<Hash32>, Vec<Entry>), Failure>;
 
 fn audit_data(args: &AuditArgs) -> anyhow::Result<AuditReport> {
     let source = args.data.display().to_string();
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.sample),
+        "--sample {} is not a share between 0 and 1",
+        args.sample
+    );
     match crate::run::open_run(&args.data) {
-        Ok((_, ledger)) => audit_ledger(&ledger, source, args.from),
+        Ok((run_file, ledger)) => {
+            let mut report = audit_ledger(&ledger, source, args.from)?;
+            if report.ok && (args.reexecute || args.gpu) {
+                let started = Instant::now();
+                if let Err(failure) = gpu_checks(&ledger, &run_file, args, &mut report) {
+                    report.ok = false;
+                    report.failure = Some(failure);
+                }
+                report.elapsed_ms += started.elapsed().as_millis() as u64;
+            }
+            Ok(report)
+        }
         Err(err) => Ok(AuditReport {
             source,
             failure: Some(Failure {
@@ -255,6 +303,144 @@ pub fn audit_ledger(ledger: &Ledger, source: String, from: u64) -> anyhow::Resul
         },
     };
     Ok(auditor.run(entries, size - first_seq, started))
+}
+
+/// The GPU checks of an audit that passed: `--reexecute` re-runs sampled GPU receipts (and
+/// every attestation mismatch's job) on the CPU references, regenerating each input from the
+/// run's seed and checking it against the receipt's `input_hash`; `--gpu` hashes every entry
+/// with the BLAKE3 kernel and compares with the chain's hashes.
+fn gpu_checks(
+    ledger: &Ledger,
+    run_file: &crate::run::RunFile,
+    args: &AuditArgs,
+    report: &mut AuditReport,
+) -> Result<(), Failure> {
+    use fabric_gpu_kernels::jobs::output_hash;
+    use fabric_gpu_kernels::Engine;
+    let spec = run_file.spec();
+    let workload = fabric_actors::workload::Workload::new(&spec.world, spec.seed, spec.jobs);
+    let engine = if args.gpu {
+        Some(Engine::from_env().map_err(|err| Failure {
+            seq: None,
+            what: "gpu",
+            detail: err.to_string(),
+        })?)
+    } else {
+        None
+    };
+    let sample_ppm = (args.sample * 1e6).round() as u64;
+    let sampled = |job: u64| {
+        let draw = blake3::derive_key("fabric 2026-12 audit sample", &job.to_le_bytes());
+        u64::from_le_bytes(draw[..8].try_into().unwrap_or_default()) % 1_000_000 < sample_ppm
+    };
+    let mut hashed = 0u64;
+    let reader = ledger.reader();
+    let size = ledger.len();
+    let mut start = 0;
+    while start < size {
+        let end = (start + AUDIT_CHUNK_ENTRIES as u64).min(size);
+        let entries: Vec<Entry> = reader
+            .entries(start..end)
+            .collect::<Result<_, _>>()
+            .map_err(|err| Failure::from_ledger(&err))?;
+        if let Some(engine) = engine {
+            let messages: Vec<Vec<u8>> = entries
+                .iter()
+                .map(|entry| {
+                    let mut message = vec![0u8];
+                    message.extend_from_slice(&entry.encode());
+                    message
+                })
+                .collect();
+            let views: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+            let digests = fabric_gpu_kernels::blake3_batch::hash_batch(engine, &views)
+                .map_err(|err| Failure::at(start, "gpu", err.to_string()))?;
+            for (entry, digest) in entries.iter().zip(digests) {
+                if entry.hash().0 != digest {
+                    return Err(Failure::at(
+                        entry.seq,
+                        "gpu",
+                        format!(
+                            "the BLAKE3 kernel on {} hashes entry {} differently from the chain",
+                            engine.name(),
+                            entry.seq
+                        ),
+                    ));
+                }
+            }
+            hashed += entries.len() as u64;
+        }
+        if args.reexecute {
+            // (seq, job, claimed input hash, the output hash re-execution must give)
+            let mut jobs = Vec::new();
+            for entry in &entries {
+                let event = entry
+                    .event()
+                    .map_err(|err| Failure::at(entry.seq, "storage", err.to_string()))?;
+                match &event.body {
+                    Body::JobReceipt(receipt)
+                        if receipt.outcome == fabric_events::JobOutcome::Completed
+                            && sampled(receipt.job) =>
+                    {
+                        if let Some(kernel) = &receipt.kernel {
+                            jobs.push((
+                                entry.seq,
+                                receipt.job,
+                                kernel.input_hash,
+                                receipt.output_hash,
+                            ));
+                        }
+                    }
+                    Body::AttestationMismatch(mismatch) => jobs.push((
+                        entry.seq,
+                        mismatch.job,
+                        mismatch.kernel.input_hash,
+                        mismatch.expected_output_hash,
+                    )),
+                    _ => {}
+                }
+            }
+            let results: Vec<Result<(), Failure>> = jobs
+                .par_iter()
+                .map(|(seq, job, input_hash, expected)| {
+                    let generated = workload.job(*job, 0);
+                    let input = workload.gpu_input(&generated).ok_or_else(|| {
+                        Failure::at(*seq, "reexecute", format!("job {job} is not a GPU job of this run's workload"))
+                    })?;
+                    if input.hash() != input_hash.0 {
+                        return Err(Failure::at(
+                            *seq,
+                            "reexecute",
+                            format!("job {job}: the input regenerated from the seed is not the input the receipt names"),
+                        ));
+                    }
+                    let output = input
+                        .execute(Engine::Cpu)
+                        .map_err(|err| Failure::at(*seq, "reexecute", err.to_string()))?;
+                    if output_hash(&output) != expected.0 {
+                        return Err(Failure::at(
+                            *seq,
+                            "reexecute",
+                            format!(
+                                "job {job}: re-executed on the CPU reference, its output hash is {}, not {expected}",
+                                Hash32(output_hash(&output))
+                            ),
+                        ));
+                    }
+                    Ok(())
+                })
+                .collect();
+            for result in results {
+                result?;
+                report.reexecuted += 1;
+            }
+        }
+        start = end;
+    }
+    if let Some(engine) = engine {
+        report.gpu_hashed = Some((hashed, engine.name()));
+    }
+    Ok(())
 }
 
 /// Reads the ledger's entries (hash-checked and chained by the reader) on a thread of their

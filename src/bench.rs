@@ -571,6 +571,7 @@ fn planetary_suite(args: &BenchArgs) -> anyhow::Result<SuiteReport> {
         jobs,
         append_events_max: fabric_ledger::BATCH_EVENTS_MAX,
         owner_script: Vec::new(),
+        byzantine: Vec::new(),
     };
     let ledger = Ledger::open(
         scratch.path().join("ledger"),
@@ -837,6 +838,7 @@ fn bench_run(world: &fabric_actors::world::World, jobs: u64, dir: &Path) -> anyh
         jobs,
         append_events_max: fabric_ledger::BATCH_EVENTS_MAX,
         owner_script: Vec::new(),
+        byzantine: Vec::new(),
     };
     let ledger = Ledger::open(dir, fabric_actors::sim_ledger_key(BENCH_SEED))?;
     let outcome = fabric_actors::run(&spec, ledger, |_| {}).context("the bench run failed")?;
@@ -1085,6 +1087,7 @@ fn nats_suite(args: &BenchArgs) -> anyhow::Result<SuiteReport> {
         jobs,
         append_events_max: fabric_ledger::BATCH_EVENTS_MAX,
         owner_script: Vec::new(),
+        byzantine: Vec::new(),
     };
     let ledger_key = || fabric_actors::sim_ledger_key(BENCH_SEED);
 

@@ -145,6 +145,13 @@ struct RawWorld {
     failures: RawFailures,
     checkpoints: Option<RawCheckpoints>,
     owners: Option<RawOwners>,
+    verification: Option<RawVerification>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVerification {
+    fraction_ppm: Spanned<i64>,
 }
 
 #[derive(Deserialize)]
@@ -199,6 +206,7 @@ struct RawJobKind {
     deadline_slack_ticks: Spanned<i64>,
     budget_micros: Spanned<i64>,
     failure_ppm: Spanned<i64>,
+    kernel: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -282,6 +290,12 @@ impl Checker<'_> {
             }
             None => OwnersSpec::default(),
         };
+        let verify_ppm = match &raw.verification {
+            Some(verification) => {
+                self.ppm(&verification.fraction_ppm, "verification.fraction_ppm")?
+            }
+            None => fabric_actors::world::VERIFY_PPM_DEFAULT,
+        };
         Ok(World {
             shards,
             nodes,
@@ -289,6 +303,7 @@ impl Checker<'_> {
             failures,
             checkpoint_interval_ticks,
             owners,
+            verify_ppm,
         })
     }
 
@@ -556,7 +571,32 @@ impl Checker<'_> {
                     ),
                 ));
             }
+            let kernel = match &kind.kernel {
+                None => None,
+                Some(kernel) => {
+                    let field = format!("{at}.kernel");
+                    if fabric_gpu_kernels::jobs::JobKernel::from_id(kernel.get_ref()).is_none() {
+                        return Err(self.error(
+                            kernel.span(),
+                            &field,
+                            format!(
+                                "unknown kernel `{}`; the kernels are embed, rerank, simulate, blake3",
+                                kernel.get_ref()
+                            ),
+                        ));
+                    }
+                    if !skills.iter().any(|skill| skill == "gpu") {
+                        return Err(self.error(
+                            kernel.span(),
+                            &field,
+                            "a kind that runs a kernel needs the skill `gpu`, so only GPU nodes take it",
+                        ));
+                    }
+                    Some(kernel.get_ref().clone())
+                }
+            };
             kinds.push(JobKindSpec {
+                kernel,
                 name,
                 shard,
                 weight,

@@ -52,8 +52,54 @@ pub struct RunArgs {
     /// `fabric owner propose`, approved with `fabric owner sign`)
     #[arg(long, value_name = "FILE")]
     owner_script: Option<PathBuf>,
+    /// A node that corrupts this share (0 to 1) of its GPU jobs' outputs, e.g.
+    /// `mars.gpu-helion:0.2` (repeatable)
+    #[arg(long, value_name = "NODE:RATE")]
+    byzantine: Vec<String>,
+    /// Share (0 to 1) of GPU receipts the ledger's verifier re-executes (default: the
+    /// config's `[verification] fraction_ppm`, else 0.1)
+    #[arg(long, value_name = "FRACTION")]
+    verify_fraction: Option<f64>,
     #[command(flatten)]
     nats: NatsArgs,
+}
+
+/// A share from 0 to 1 in parts per million.
+fn fraction_ppm(text: &str, what: &str) -> anyhow::Result<u32> {
+    let value: f64 = text
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{what}: `{text}` is not a number from 0 to 1"))?;
+    ensure!(
+        (0.0..=1.0).contains(&value),
+        "{what}: {value} is not between 0 and 1"
+    );
+    Ok((value * 1_000_000.0).round() as u32)
+}
+
+/// `--byzantine NODE:RATE` arguments, checked against the run's nodes.
+fn byzantine_nodes(
+    args: &[String],
+    nodes: &[fabric_actors::world::NodeSpec],
+) -> anyhow::Result<Vec<fabric_actors::Byzantine>> {
+    let mut out: Vec<fabric_actors::Byzantine> = Vec::new();
+    for arg in args {
+        let Some((node, rate)) = arg.rsplit_once(':') else {
+            anyhow::bail!("--byzantine {arg}: expected NODE:RATE, e.g. mars.gpu-helion:0.2");
+        };
+        ensure!(
+            nodes.iter().any(|n| n.name == node),
+            "--byzantine {arg}: the run has no node `{node}`"
+        );
+        ensure!(
+            out.iter().all(|b| b.node != node),
+            "--byzantine names node `{node}` twice"
+        );
+        out.push(fabric_actors::Byzantine {
+            node: node.to_owned(),
+            rate_ppm: fraction_ppm(rate, &format!("--byzantine {arg}"))?,
+        });
+    }
+    Ok(out)
 }
 
 /// Publication on NATS, shared by `fabric run` and `fabric resume`.
@@ -132,6 +178,9 @@ pub struct RunFile {
     /// Owner commands submitted during the run (`--owner-script`).
     #[serde(default)]
     pub owner_script: Vec<fabric_actors::ScriptedCommand>,
+    /// Nodes that corrupt GPU outputs (`--byzantine`).
+    #[serde(default)]
+    pub byzantine: Vec<fabric_actors::Byzantine>,
 }
 
 /// Most jobs one run takes: the state holds only the jobs in the fabric, but the reports write
@@ -151,7 +200,10 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         args.nodes.is_none_or(|nodes| nodes <= NODES_PER_RUN_MAX),
         "--nodes is over the limit of {NODES_PER_RUN_MAX} nodes per run"
     );
-    let world = crate::config::load(&args.config)?;
+    let mut world = crate::config::load(&args.config)?;
+    if let Some(fraction) = args.verify_fraction {
+        world.verify_ppm = fraction_ppm(&fraction.to_string(), "--verify-fraction")?;
+    }
     let nodes_total = args.nodes.unwrap_or(world.nodes.len());
     ensure!(
         nodes_total >= world.nodes.len(),
@@ -174,6 +226,10 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         Some(path) => crate::owner::CommandFile::load(path)?.script(path)?,
         None => Vec::new(),
     };
+    let byzantine = byzantine_nodes(
+        &args.byzantine,
+        &scale_nodes(&world, args.seed, nodes_total),
+    )?;
     prepare_data_dir(&args.data, args.force)?;
     let run_file = RunFile {
         format: RUN_FILE_FORMAT,
@@ -184,6 +240,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         config: args.config.clone(),
         world: world.clone(),
         owner_script,
+        byzantine,
     };
     write_atomically(
         &args.data.join(RUN_FILE),
@@ -293,6 +350,7 @@ impl RunFile {
             jobs: self.jobs,
             append_events_max: fabric_ledger::BATCH_EVENTS_MAX,
             owner_script: self.owner_script.clone(),
+            byzantine: self.byzantine.clone(),
         }
     }
 }
@@ -360,7 +418,7 @@ fn finish(
     if let Some(Ok(report)) = &published {
         summary["nats"] = nats_summary(report);
     }
-    write_reports(run_file, &out, outcome, &summary)?;
+    write_reports(run_file, &out, outcome, &mut summary)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
         eprint!("{}", table(outcome, &summary, &out));
@@ -626,7 +684,7 @@ fn write_reports(
     run_file: &RunFile,
     out: &Path,
     outcome: &RunOutcome,
-    summary: &Value,
+    summary: &mut Value,
 ) -> anyhow::Result<()> {
     fs::create_dir_all(out)
         .with_context(|| format!("could not create the report folder {}", out.display()))?;
@@ -640,6 +698,7 @@ fn write_reports(
     let mut sampler = Sampler::new(outcome.sample_every_ticks);
     let mut chronicle = crate::report::Chronicle::new(outcome.sample_every_ticks);
     let mut executed = crate::owner::ExecutedCommands::default();
+    let mut attestation = AttestationTally::new(run_file);
     crate::export::write_file(&out.join("events.ndjson"), |writer| {
         crate::export::write_lines(&reader, 0..outcome.ledger.len(), writer, |entry| {
             let event = entry
@@ -647,6 +706,7 @@ fn write_reports(
                 .with_context(|| format!("entry {} does not decode", entry.seq))?;
             chronicle.before(&event, sampler.state());
             executed.see(entry.seq, &event);
+            attestation.see(&event);
             sampler
                 .apply_observed(&entry.author, &event, |tick, state| {
                     chronicle.observe(tick, state)
@@ -682,8 +742,91 @@ fn write_reports(
         Some(summary),
     );
     crate::report::write(out, &chronicle, &headline, &replayed)?;
+    summary["attestation"] = attestation.to_json(run_file);
     write_json("summary.json", summary)?;
     Ok(())
+}
+
+/// GPU receipts and what re-execution made of them, counted in the reports' replay. Which
+/// outputs a byzantine node corrupted is a draw of the seed, so the log and the run's
+/// parameters tell injected, detected (an `attestation_mismatch`) and missed (a corrupted
+/// receipt that was admitted) apart without re-executing anything.
+struct AttestationTally {
+    workload: fabric_actors::workload::Workload,
+    nodes: Vec<fabric_actors::Byzantine>,
+    gpu_receipts: u64,
+    mismatches: u64,
+    /// Per byzantine node: injected, detected, missed.
+    byzantine: Vec<(u64, u64, u64)>,
+}
+
+impl AttestationTally {
+    fn new(run_file: &RunFile) -> Self {
+        let spec = run_file.spec();
+        Self {
+            workload: fabric_actors::workload::Workload::new(&spec.world, spec.seed, spec.jobs),
+            nodes: run_file.byzantine.clone(),
+            gpu_receipts: 0,
+            mismatches: 0,
+            byzantine: vec![(0, 0, 0); run_file.byzantine.len()],
+        }
+    }
+
+    fn see(&mut self, event: &fabric_events::Event) {
+        match &event.body {
+            fabric_events::Body::JobReceipt(receipt) if receipt.kernel.is_some() => {
+                self.gpu_receipts += 1;
+                if receipt.outcome != fabric_events::JobOutcome::Completed {
+                    return;
+                }
+                for (index, byzantine) in self.nodes.iter().enumerate() {
+                    if byzantine.node == receipt.node
+                        && self.workload.corrupts(
+                            receipt.job,
+                            receipt.started_tick,
+                            byzantine.rate_ppm,
+                        )
+                    {
+                        self.byzantine[index].0 += 1;
+                        self.byzantine[index].2 += 1;
+                    }
+                }
+            }
+            fabric_events::Body::AttestationMismatch(mismatch) => {
+                self.mismatches += 1;
+                for (index, byzantine) in self.nodes.iter().enumerate() {
+                    if byzantine.node == mismatch.node {
+                        self.byzantine[index].0 += 1;
+                        self.byzantine[index].1 += 1;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn to_json(&self, run_file: &RunFile) -> Value {
+        let byzantine: Vec<Value> = run_file
+            .byzantine
+            .iter()
+            .zip(&self.byzantine)
+            .map(|(node, (injected, detected, missed))| {
+                json!({
+                    "node": node.node,
+                    "rate_ppm": node.rate_ppm,
+                    "corruptions_injected": injected,
+                    "corruptions_detected": detected,
+                    "corruptions_missed": missed,
+                })
+            })
+            .collect();
+        json!({
+            "verify_ppm": run_file.world.verify_ppm,
+            "gpu_receipts": self.gpu_receipts,
+            "mismatches": self.mismatches,
+            "byzantine": byzantine,
+        })
+    }
 }
 
 /// Owner commands that pause, resume and re-budget each shard, unapproved, as a command file:

@@ -10,9 +10,12 @@ use std::time::Instant;
 
 use actix::prelude::*;
 use fabric_events::{
-    Body, Checkpoint, Event, Hash32, Heartbeat, JobAssigned, JobOutcome, JobReceipt, JobRequeued,
-    JobSpilled, NodeHealthChanged, Role, SignedEvent, SigningKey,
+    AttestationMismatch, Body, Checkpoint, Event, Hash32, Heartbeat, JobAssigned, JobOutcome,
+    JobReceipt, JobRequeued, JobSpilled, KernelRef, NodeHealthChanged, Role, SignedEvent,
+    SigningKey,
 };
+use fabric_gpu_kernels::jobs::output_hash;
+use fabric_gpu_kernels::Engine;
 use fabric_ledger::{AppendReceipt, Ledger};
 use fabric_projections::state::{NodeIx, ShardIx};
 use fabric_projections::{Decision, HealthAction, State, TickPlan};
@@ -227,6 +230,18 @@ pub struct NodeActor {
     pub failures: Arc<FailureSchedule>,
     /// The workload (a run's outcome is drawn from the job and the attempt).
     pub workload: Arc<Workload>,
+    /// Where its GPU jobs run.
+    pub engine: Engine,
+    /// How often it corrupts a GPU job's output (`--byzantine`), in parts per million.
+    pub byzantine_ppm: u32,
+}
+
+/// What a byzantine node reports instead of a GPU job's real output hash.
+pub fn corrupted_output_hash(real: &Hash32) -> Hash32 {
+    Hash32(blake3::derive_key(
+        "fabric 2026-12 corrupted output",
+        real.as_bytes(),
+    ))
 }
 
 impl NodeActor {
@@ -278,6 +293,36 @@ impl Handler<Propose> for NodeActor {
                 let generated = self.workload.job(job.id, job.submitted_tick);
                 let failed = self.workload.run_fails(&generated, job.attempts);
                 let input = generated.submission.input_hash;
+                let (output, kernel) = match self.workload.gpu_input(&generated) {
+                    None if failed => (Hash32::default(), None),
+                    None => (cpu_output_hash(&input, job.id, job.attempts), None),
+                    Some(gpu_input) => {
+                        let kernel = gpu_input.kernel.id();
+                        let output = if failed {
+                            Hash32::default()
+                        } else {
+                            let real = Hash32(output_hash(&gpu_input.execute(self.engine)?));
+                            let corrupt = self.byzantine_ppm > 0
+                                && self.workload.corrupts(
+                                    job.id,
+                                    job.started_tick,
+                                    self.byzantine_ppm,
+                                );
+                            if corrupt {
+                                corrupted_output_hash(&real)
+                            } else {
+                                real
+                            }
+                        };
+                        let kernel = KernelRef {
+                            id: kernel.id.to_owned(),
+                            version: kernel.version,
+                            adapter: self.engine.name(),
+                            input_hash: input,
+                        };
+                        (output, Some(kernel))
+                    }
+                };
                 signer.sign(JobReceipt {
                     job: job.id,
                     node: node.name.clone(),
@@ -286,12 +331,8 @@ impl Handler<Propose> for NodeActor {
                     } else {
                         JobOutcome::Completed
                     },
-                    output_hash: if failed {
-                        Hash32::default()
-                    } else {
-                        cpu_output_hash(&input, job.id, job.attempts)
-                    },
-                    kernel: None,
+                    output_hash: output,
+                    kernel,
                     started_tick: job.started_tick,
                     finished_tick,
                 })?;
@@ -305,6 +346,90 @@ impl Handler<Propose> for NodeActor {
             })?;
         }
         Ok(signer.finish().into())
+    }
+}
+
+/// One GPU receipt of a tick's batch, for the verifier.
+#[derive(Clone, Debug)]
+pub struct ReceiptToVerify {
+    /// Its position in the tick's batch.
+    pub index: usize,
+    /// The receipt.
+    pub receipt: JobReceipt,
+    /// As the node signed it.
+    pub signed: SignedEvent,
+}
+
+/// Asks the verifier to re-execute a tick's sampled GPU receipts.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<(usize, Proposal)>, RunError>")]
+pub struct Verify {
+    /// The tick.
+    pub tick: u64,
+    /// The receipts.
+    pub receipts: Vec<ReceiptToVerify>,
+}
+
+/// The ledger's verifier: re-executes a fraction of GPU receipts on the CPU reference and
+/// answers each contradicted one with an `AttestationMismatch` (signed by the ledger key) to
+/// stand in its place.
+pub struct VerifierActor {
+    /// The ledger key.
+    pub ledger_key: SigningKey,
+    /// The workload (inputs come from it).
+    pub workload: Arc<Workload>,
+}
+
+impl Actor for VerifierActor {
+    type Context = Context<Self>;
+}
+
+/// Nonces of the verifier's events within a tick: above the checkpoint's, below the gate's.
+const VERIFIER_NONCE_BASE: u64 = 1 << 22;
+
+impl Handler<Verify> for VerifierActor {
+    type Result = Result<Vec<(usize, Proposal)>, RunError>;
+
+    fn handle(&mut self, msg: Verify, _: &mut Self::Context) -> Self::Result {
+        let mut out = Vec::new();
+        for item in msg.receipts {
+            let receipt = &item.receipt;
+            let (Some(kernel), generated) = (&receipt.kernel, self.workload.job(receipt.job, 0))
+            else {
+                continue;
+            };
+            let Some(input) = self.workload.gpu_input(&generated) else {
+                continue;
+            };
+            let expected = Hash32(output_hash(&input.execute(Engine::Cpu)?));
+            if expected == receipt.output_hash {
+                continue;
+            }
+            let index = out.len() as u64;
+            if index >= VERIFIER_NONCE_BASE {
+                return Err(RunError::TooManyEvents { tick: msg.tick });
+            }
+            let mut evidence = Vec::with_capacity(96 + item.signed.signed.len());
+            evidence.extend_from_slice(item.signed.author.as_bytes());
+            evidence.extend_from_slice(item.signed.signature.as_bytes());
+            evidence.extend_from_slice(&item.signed.signed);
+            let event = Event::new(
+                Role::Ledger,
+                msg.tick,
+                (msg.tick << 24) | VERIFIER_NONCE_BASE | index,
+                AttestationMismatch {
+                    job: receipt.job,
+                    node: receipt.node.clone(),
+                    kernel: kernel.clone(),
+                    expected_output_hash: expected,
+                    reported_output_hash: receipt.output_hash,
+                    evidence,
+                },
+            );
+            let signed = SignedEvent::sign(&event, &self.ledger_key)?;
+            out.push((item.index, Proposal { event, signed }));
+        }
+        Ok(out)
     }
 }
 

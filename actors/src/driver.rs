@@ -18,14 +18,15 @@ use fabric_projections::State;
 use serde::Serialize;
 
 use crate::actors::{
-    Append, CheckpointerActor, Close, LedgerWriter, NodeActor, Propose, Proposed, RouterActor,
-    ShardActor,
+    Append, CheckpointerActor, Close, LedgerWriter, NodeActor, Propose, Proposed, ReceiptToVerify,
+    RouterActor, ShardActor, VerifierActor, Verify,
 };
 use crate::gate::{self, Attempt, Origin};
 use crate::restore::{restore, RestoreReport, Restored};
 use crate::workload::{FailureSchedule, Workload};
 use crate::world::World;
 use crate::RunError;
+use fabric_gpu_kernels::Engine;
 
 /// Ticks a run goes on after the last arrival before it stops with jobs still queued.
 pub const DRAIN_TICKS_MAX: u64 = 10_000;
@@ -50,6 +51,60 @@ pub struct RunSpec {
     /// Owner commands to submit during the run, each at its tick (after the tick's other
     /// events, so it steers the fabric from the next tick on).
     pub owner_script: Vec<ScriptedCommand>,
+    /// Nodes that corrupt GPU outputs, and how often.
+    pub byzantine: Vec<Byzantine>,
+}
+
+/// A node that corrupts a share of its GPU jobs' outputs (`fabric run --byzantine NODE:RATE`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Byzantine {
+    /// The node.
+    pub node: String,
+    /// Share of its GPU outputs it corrupts, in parts per million.
+    pub rate_ppm: u32,
+}
+
+/// Sends the tick's sampled GPU receipts to the verifier and puts each contradicted one's
+/// `AttestationMismatch` in its place.
+async fn verify_receipts(
+    verifier: &Addr<VerifierActor>,
+    workload: &Workload,
+    verify_ppm: u32,
+    tick: u64,
+    attempts: &mut [Attempt],
+) -> Result<(), RunError> {
+    if verify_ppm == 0 {
+        return Ok(());
+    }
+    let receipts: Vec<ReceiptToVerify> = attempts
+        .iter()
+        .enumerate()
+        .filter_map(|(index, attempt)| match &attempt.event.body {
+            fabric_events::Body::JobReceipt(receipt)
+                if receipt.kernel.is_some()
+                    && receipt.outcome == fabric_events::JobOutcome::Completed
+                    && workload.verifies(receipt.job, receipt.started_tick, verify_ppm) =>
+            {
+                Some(ReceiptToVerify {
+                    index,
+                    receipt: receipt.clone(),
+                    signed: attempt.signed.clone(),
+                })
+            }
+            _ => None,
+        })
+        .collect();
+    if receipts.is_empty() {
+        return Ok(());
+    }
+    for (index, proposal) in verifier.send(Verify { tick, receipts }).await?? {
+        attempts[index] = Attempt {
+            event: proposal.event,
+            signed: proposal.signed,
+            origin: Origin::Internal,
+        };
+    }
+    Ok(())
 }
 
 /// An owner command prepared (and approved) beforehand, submitted at a given tick.
@@ -560,6 +615,24 @@ async fn drive(
             RouterActor::start_in_arbiter(&on(index), move |_| actor)
         })
         .collect();
+    // The process's one device, opened only when the world has GPU jobs.
+    let engine = if world
+        .workload
+        .kinds
+        .iter()
+        .any(|kind| kind.kernel.is_some())
+    {
+        Engine::from_env()?
+    } else {
+        Engine::Cpu
+    };
+    let verifier = {
+        let actor = VerifierActor {
+            ledger_key: keys.ledger.clone(),
+            workload: Arc::clone(&workload),
+        };
+        VerifierActor::start_in_arbiter(&on(1), move |_| actor)
+    };
     let nodes = world
         .nodes
         .iter()
@@ -572,6 +645,12 @@ async fn drive(
                 heartbeat_interval_ticks: node.heartbeat_interval_ticks,
                 failures: Arc::clone(&failures),
                 workload: Arc::clone(&workload),
+                engine,
+                byzantine_ppm: spec
+                    .byzantine
+                    .iter()
+                    .find(|b| b.node == node.name)
+                    .map_or(0, |b| b.rate_ppm),
             };
             NodeActor::start_in_arbiter(&on(index), move |_| actor)
         })
@@ -645,6 +724,7 @@ async fn drive(
                 }));
             }
         }
+        verify_receipts(&verifier, &workload, world.verify_ppm, tick, &mut attempts).await?;
         for scripted in spec.owner_script.iter().filter(|c| c.tick == tick) {
             attempts.push(scripted.attempt(&keys.ledger)?);
         }

@@ -26,8 +26,8 @@ pub mod world;
 use thiserror::Error;
 
 pub use driver::{
-    owner_command_attempt, resume, run, shard_samples, sim_ledger_key, sim_owner_key, RunOutcome,
-    RunSpec, Sampler, ScriptedCommand, ShardSample, SimKeys, StopReason, TickProgress,
+    owner_command_attempt, resume, run, shard_samples, sim_ledger_key, sim_owner_key, Byzantine,
+    RunOutcome, RunSpec, Sampler, ScriptedCommand, ShardSample, SimKeys, StopReason, TickProgress,
 };
 pub use restore::{load_checkpoint, restore, restore_to, Loaded, RestoreReport, Restored};
 
@@ -55,6 +55,9 @@ pub enum RunError {
         /// Why.
         error: fabric_projections::ApplyError,
     },
+    /// A GPU kernel failed.
+    #[error("a GPU job failed: {0}")]
+    Gpu(#[from] fabric_gpu_kernels::GpuError),
     /// An actor is gone.
     #[error("an actor stopped answering: {0}")]
     Mailbox(#[from] actix::MailboxError),

@@ -38,6 +38,7 @@ fn world() -> World {
         deadline_slack_ticks: 10,
         budget_micros: 100,
         failure_ppm: 100_000,
+        kernel: None,
     };
     World {
         shards: vec![shard("north", "south"), shard("south", "north")],
@@ -54,6 +55,7 @@ fn world() -> World {
         },
         checkpoint_interval_ticks: 50,
         owners: Default::default(),
+        verify_ppm: crate::world::VERIFY_PPM_DEFAULT,
     }
 }
 
@@ -173,6 +175,7 @@ fn a_resume_completes_a_tick_cut_between_its_appends() {
         jobs: 300,
         append_events_max: 4,
         owner_script: Vec::new(),
+        byzantine: Vec::new(),
     };
     let dir = tempfile::tempdir().expect("temp dir");
     let full = run(
@@ -261,6 +264,7 @@ fn a_resume_refuses_a_log_another_run_wrote() {
         jobs: 50,
         append_events_max: fabric_ledger::BATCH_EVENTS_MAX,
         owner_script: Vec::new(),
+        byzantine: Vec::new(),
     };
     let dir = tempfile::tempdir().expect("temp dir");
     let ledger = Ledger::open(dir.path().join("ledger"), sim_ledger_key(3)).expect("open");
@@ -303,6 +307,7 @@ mod authority {
             jobs,
             append_events_max: fabric_ledger::BATCH_EVENTS_MAX,
             owner_script: Vec::new(),
+            byzantine: Vec::new(),
         };
         let dir = tempfile::tempdir().expect("temp dir");
         let outcome = run(

@@ -4,6 +4,7 @@
 //! with ChaCha on a stream of its own, so a run is reproducible and can continue from any tick.
 
 use fabric_events::{Hash32, JobId, JobSubmitted};
+use fabric_gpu_kernels::jobs::{JobInput, JobKernel};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
@@ -48,6 +49,10 @@ pub struct GeneratedJob {
     pub submission: JobSubmitted,
     /// Index of its kind in the workload.
     pub kind: usize,
+    /// The 32 bytes its input is made from. A CPU job's `input_hash` is these bytes; a GPU
+    /// job's input is generated from them (`fabric_gpu_kernels::jobs`) and its `input_hash` is
+    /// the hash of that input.
+    pub input_seed: [u8; 32],
 }
 
 /// Which jobs arrive when.
@@ -55,6 +60,9 @@ pub struct GeneratedJob {
 pub struct Workload {
     job_key: StreamKey,
     outcome_key: StreamKey,
+    byzantine_key: StreamKey,
+    verify_key: StreamKey,
+    kernels: Vec<Option<JobKernel>>,
     jobs_total: u64,
     arrivals_per_tick: u64,
     kinds: Vec<JobKindSpec>,
@@ -79,6 +87,14 @@ impl Workload {
         Self {
             job_key: StreamKey::new(seed, "workload/job"),
             outcome_key: StreamKey::new(seed, "workload/outcome"),
+            byzantine_key: StreamKey::new(seed, "workload/byzantine"),
+            verify_key: StreamKey::new(seed, "workload/verify"),
+            kernels: world
+                .workload
+                .kinds
+                .iter()
+                .map(|kind| kind.kernel.as_deref().and_then(JobKernel::from_id))
+                .collect(),
             jobs_total,
             arrivals_per_tick: arrivals_per_tick(world),
             kinds: world.workload.kinds.clone(),
@@ -118,6 +134,47 @@ impl Workload {
 
     /// The job with id `id` (a pure function of the seed and the id), submitted at `tick`.
     pub fn job(&self, id: JobId, tick: u64) -> GeneratedJob {
+        self.finish(self.draw(id, tick))
+    }
+
+    /// The kernel of a GPU job's kind (`None`: a CPU job).
+    pub fn kernel(&self, job: &GeneratedJob) -> Option<JobKernel> {
+        self.kernels.get(job.kind).copied().flatten()
+    }
+
+    /// A GPU job's input (`None` for a CPU job).
+    pub fn gpu_input(&self, job: &GeneratedJob) -> Option<JobInput> {
+        self.kernel(job)
+            .map(|kernel| JobInput::generate(kernel, &job.input_seed))
+    }
+
+    /// A GPU job's `input_hash` is its generated input's hash.
+    fn finish(&self, mut job: GeneratedJob) -> GeneratedJob {
+        if let Some(input) = self.gpu_input(&job) {
+            job.submission.input_hash = Hash32(input.hash());
+        }
+        job
+    }
+
+    /// Whether a byzantine node corrupts the output of `job`'s run started at `started_tick`,
+    /// at a rate of `rate_ppm`.
+    pub fn corrupts(&self, job: JobId, started_tick: u64, rate_ppm: u32) -> bool {
+        let mut rng = self.byzantine_key.rng(job);
+        rng.set_word_pos(u128::from(started_tick) * 16);
+        below(&mut rng, PPM) < u64::from(rate_ppm)
+    }
+
+    /// Whether the verifier re-executes `job`'s run started at `started_tick`, verifying a
+    /// fraction of `fraction_ppm`.
+    pub fn verifies(&self, job: JobId, started_tick: u64, fraction_ppm: u32) -> bool {
+        let mut rng = self.verify_key.rng(job);
+        rng.set_word_pos(u128::from(started_tick) * 16);
+        below(&mut rng, PPM) < u64::from(fraction_ppm)
+    }
+
+    /// The draws of job `id` without its GPU input (which only its own shard's intake and
+    /// its node need to generate).
+    fn draw(&self, id: JobId, tick: u64) -> GeneratedJob {
         let mut rng = self.job_key.rng(id);
         let total_weight = self.cumulative_weights.last().copied().unwrap_or(0).max(1);
         let pick = below(&mut rng, total_weight);
@@ -147,14 +204,16 @@ impl Workload {
                 input_hash: Hash32(input),
             },
             kind: kind_ix,
+            input_seed: input,
         }
     }
 
     /// The jobs submitted to `shard` at `tick`, in id order.
     pub fn arrivals(&self, tick: u64, shard: &str) -> Vec<GeneratedJob> {
         self.ids_at(tick)
-            .map(|id| self.job(id, tick))
+            .map(|id| self.draw(id, tick))
             .filter(|job| job.submission.shard == shard)
+            .map(|job| self.finish(job))
             .collect()
     }
 

@@ -19,6 +19,16 @@ pub struct World {
     /// The owners: how many, and how many must approve a command.
     #[serde(default)]
     pub owners: OwnersSpec,
+    /// Share of GPU receipts the ledger's verifier re-executes, in parts per million.
+    #[serde(default = "default_verify_ppm")]
+    pub verify_ppm: u32,
+}
+
+/// One GPU receipt in ten is re-executed unless the config says otherwise.
+pub const VERIFY_PPM_DEFAULT: u32 = 100_000;
+
+fn default_verify_ppm() -> u32 {
+    VERIFY_PPM_DEFAULT
 }
 
 /// The owners of a simulated fabric. Their keys are derived from the seed
@@ -118,6 +128,10 @@ pub struct JobKindSpec {
     pub budget_micros: u64,
     /// Chance that a run fails on its node, in parts per million.
     pub failure_ppm: u32,
+    /// For GPU kinds: the kernel its jobs run (`embed`, `rerank`, `simulate`, `blake3`; see
+    /// `fabric_gpu_kernels::jobs`). Its skills include `gpu`.
+    #[serde(default)]
+    pub kernel: Option<String>,
 }
 
 /// Node outages, drawn from the seed.

@@ -46,6 +46,7 @@ pub fn shard_of<'a>(event: &'a Event, regions: &'a Regions) -> Option<&'a str> {
         Body::Heartbeat(body) => node(&body.node),
         Body::NodeHealthChanged(body) => node(&body.node),
         Body::JobReceipt(body) => node(&body.node),
+        Body::AttestationMismatch(body) => node(&body.node),
         Body::OwnerCommand(command) => match &command.action {
             OwnerAction::PauseShard { shard }
             | OwnerAction::ResumeShard { shard }

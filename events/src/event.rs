@@ -120,6 +120,9 @@ pub enum Body {
     ShardRegistered(ShardRegistered),
     /// The first event of every log: the ledger key and the owners with their threshold.
     FabricGenesis(FabricGenesis),
+    /// The ledger's verifier re-executed a GPU job and got another output than its node
+    /// reported: the job goes back to its queue, the node's treaty halts for a while.
+    AttestationMismatch(AttestationMismatch),
 }
 
 macro_rules! kinds {
@@ -184,6 +187,7 @@ kinds! {
     Rejected => "rejected",
     ShardRegistered => "shard_registered",
     FabricGenesis => "fabric_genesis",
+    AttestationMismatch => "attestation_mismatch",
 }
 
 /// A node joins the marketplace.
@@ -342,6 +346,8 @@ pub struct KernelRef {
     pub version: u32,
     /// The adapter it ran on, as the node reports it.
     pub adapter: String,
+    /// BLAKE3 of the job's input bytes (its content address; the job's `input_hash`).
+    pub input_hash: Hash32,
 }
 
 /// A node reports a job's result.
@@ -706,4 +712,24 @@ pub struct FabricGenesis {
     pub owners: Vec<PublicKey>,
     /// Distinct owner approvals an owner command needs (1 ≤ M ≤ owners).
     pub owner_threshold: u32,
+}
+
+/// A node's receipt that re-execution contradicts, with the node's own signed words as
+/// evidence.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttestationMismatch {
+    /// The job.
+    pub job: JobId,
+    /// The node whose receipt is contradicted.
+    pub node: String,
+    /// The kernel, adapter and input the node reported.
+    pub kernel: KernelRef,
+    /// BLAKE3 of the output re-execution gave.
+    pub expected_output_hash: Hash32,
+    /// BLAKE3 the node reported.
+    pub reported_output_hash: Hash32,
+    /// The node's signed receipt: author (32) ‖ signature (64) ‖ `signed` (hex in JSON).
+    #[serde(with = "crate::hex_serde")]
+    pub evidence: Vec<u8>,
 }

@@ -43,6 +43,7 @@ pub fn golden_events() -> Vec<Event> {
                     id: "embed".to_owned(),
                     version: 1,
                     adapter: "llvmpipe".to_owned(),
+                    input_hash: Hash32([0x12; 32]),
                 }),
                 started_tick: 8,
                 finished_tick: 12,

@@ -5,6 +5,8 @@
 //! - [`device`]: the one device of a process ([`device::shared`], chosen by `FABRIC_GPU` =
 //!   `auto` | `off` | `require`) and the [`Engine`] a kernel runs on.
 //! - [`embed`]: int8 × int8 matrix product, i32 sums, tiled through workgroup memory.
+//! - [`jobs`]: the fabric's GPU jobs: inputs regenerated from a seed, executed on any engine,
+//!   output bytes and hashes that receipts carry.
 //! - [`rerank`]: int8 dot products of queries against a corpus, then top-k per query.
 //! - [`simulate`]: a fixed-point 2-D diffusion stencil.
 //!
@@ -17,6 +19,7 @@
 pub mod blake3_batch;
 pub mod device;
 pub mod embed;
+pub mod jobs;
 pub mod rerank;
 pub mod simulate;
 

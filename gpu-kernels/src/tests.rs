@@ -11,7 +11,7 @@ use crate::embed::{embed, embed_cpu, Int8Matrix};
 use crate::rerank::{rerank, rerank_cpu};
 use crate::simulate::{simulate, simulate_cpu, Diffusion, Grid};
 
-fn engine() -> Engine {
+pub(crate) fn engine() -> Engine {
     let engine = Engine::from_env().expect("FABRIC_GPU asks for something this machine has");
     eprintln!("kernels run on: {}", engine.name());
     engine

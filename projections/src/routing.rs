@@ -201,7 +201,7 @@ impl<'a> TickPlan<'a> {
         plan.watch_health();
         for node_ix in &shard.nodes {
             let node = &state.nodes()[*node_ix as usize];
-            if node.healthy && !node.draining && !plan.down[*node_ix as usize] {
+            if node.takes_work(tick) && !plan.down[*node_ix as usize] {
                 plan.treaty[*node_ix as usize] = treaty_score(node, shard, tick);
             }
         }
@@ -336,8 +336,7 @@ impl<'a> TickPlan<'a> {
         *self.target_fit.entry((target, class)).or_insert_with(|| {
             shard.capable_nodes(class).iter().any(|node_ix| {
                 let node = &state.nodes()[*node_ix as usize];
-                node.healthy
-                    && !node.draining
+                node.takes_work(tick)
                     && node.reputation_ppm >= shard.reputation_floor_ppm
                     && node.quota_left(tick, shard.node_quota_jobs, shard.quota_window_ticks) > 0
             })

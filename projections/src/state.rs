@@ -8,9 +8,9 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use bincode::{Decode, Encode};
 use fabric_events::{
-    Body, Event, FabricGenesis, Hash32, JobAssigned, JobId, JobOutcome, JobReceipt, JobRequeued,
-    JobSpilled, JobSubmitted, NodeHealthChanged, NodeRegistered, OwnerAction, PublicKey,
-    RejectReason, RetiredQueue, Role, ShardRegistered,
+    AttestationMismatch, Body, Event, FabricGenesis, Hash32, JobAssigned, JobId, JobOutcome,
+    JobReceipt, JobRequeued, JobSpilled, JobSubmitted, NodeHealthChanged, NodeRegistered,
+    OwnerAction, PublicKey, RejectReason, RetiredQueue, Role, ShardRegistered,
 };
 use thiserror::Error;
 
@@ -40,6 +40,10 @@ pub const REPUTATION_COMPLETED_PPM: u32 = 1_000;
 pub const REPUTATION_FAILED_PPM: u32 = 20_000;
 /// Reputation lost per outage.
 pub const REPUTATION_OUTAGE_PPM: u32 = 50_000;
+/// Reputation lost per receipt that re-execution contradicts.
+pub const REPUTATION_ATTESTATION_PPM: u32 = 20_000;
+/// Ticks a node's treaty is halted (no new assignments) after an attestation mismatch.
+pub const ATTESTATION_HALT_TICKS: u64 = 10;
 /// Latencies above this many ticks share the histogram's last bucket.
 pub const LATENCY_HISTOGRAM_TICKS: usize = 4096;
 
@@ -280,9 +284,18 @@ pub struct Node {
     pub failed: u64,
     /// Whether the owners retired it (its key too).
     pub retired: bool,
+    /// Its treaty takes no new assignments before this tick (after an attestation mismatch).
+    pub halted_until_tick: u64,
+    /// Receipts of it that re-execution contradicted.
+    pub attestation_failures: u32,
 }
 
 impl Node {
+    /// Whether it may be given a job at `tick`: healthy, not draining, treaty not halted.
+    pub fn takes_work(&self, tick: u64) -> bool {
+        self.healthy && !self.draining && self.halted_until_tick <= tick
+    }
+
     /// Share of its life it was healthy, as a fraction at `tick`.
     pub fn availability(&self, tick: u64) -> f64 {
         let lifetime = tick.saturating_sub(self.registered_tick) + 1;
@@ -449,6 +462,8 @@ pub struct Metrics {
     pub rejections: u64,
     /// Owner commands applied.
     pub owner_commands: u64,
+    /// Receipts re-execution contradicted.
+    pub attestation_mismatches: u64,
     /// Sum of submission-to-receipt latency over finished jobs.
     pub latency_ticks_sum: u64,
     /// Largest submission-to-receipt latency.
@@ -475,6 +490,7 @@ impl Default for Metrics {
             checkpoints: 0,
             rejections: 0,
             owner_commands: 0,
+            attestation_mismatches: 0,
             latency_ticks_sum: 0,
             latency_ticks_max: 0,
             latency_histogram: vec![0; LATENCY_HISTOGRAM_TICKS + 1],
@@ -842,6 +858,10 @@ impl State {
                 self.metrics.checkpoints += 1;
                 Ok(())
             }
+            Body::AttestationMismatch(body) => {
+                expect(Role::Ledger)?;
+                self.attestation_mismatch(body, tick)
+            }
             Body::Rejected(body) => {
                 expect(Role::Ledger)?;
                 self.metrics.rejections += 1;
@@ -1030,6 +1050,8 @@ impl State {
             completed: 0,
             failed: 0,
             retired: false,
+            halted_until_tick: 0,
+            attestation_failures: 0,
         });
         self.authority
             .register_key(body.node_key, Holder::Node(index));
@@ -1231,6 +1253,9 @@ impl State {
         if node.draining {
             return refuse("the node is draining");
         }
+        if node.halted_until_tick > tick {
+            return refuse("the node's treaty is halted after an attestation mismatch");
+        }
         if !node.capabilities.covers(class.skills) {
             return refuse("the node lacks the job's skills");
         }
@@ -1353,6 +1378,39 @@ impl State {
         self.enqueue(job, shard);
         self.shards[shard as usize].counters.requeued += 1;
         self.metrics.requeues += 1;
+        self.record(job, tick);
+        Ok(())
+    }
+
+    /// A receipt re-execution contradicts: the job goes back to the queue of the shard that
+    /// assigned it, the node loses reputation and its treaty halts for a while.
+    fn attestation_mismatch(
+        &mut self,
+        body: &AttestationMismatch,
+        tick: u64,
+    ) -> Result<(), ApplyError> {
+        let (job, node_ix) = self.running_job_on(body.job, &body.node)?;
+        if body.expected_output_hash == body.reported_output_hash {
+            return Err(ApplyError::Conflict(format!(
+                "job {}: the expected and reported outputs are the same",
+                body.job
+            )));
+        }
+        self.release(job);
+        let j = &mut self.jobs[job as usize];
+        j.requeues += 1;
+        j.node = NO_NODE;
+        let shard = j.shard;
+        self.enqueue(job, shard);
+        self.shards[shard as usize].counters.requeued += 1;
+        self.metrics.requeues += 1;
+        self.metrics.attestation_mismatches += 1;
+        let node = &mut self.nodes[node_ix as usize];
+        node.reputation_ppm = node
+            .reputation_ppm
+            .saturating_sub(REPUTATION_ATTESTATION_PPM);
+        node.halted_until_tick = tick + ATTESTATION_HALT_TICKS;
+        node.attestation_failures += 1;
         self.record(job, tick);
         Ok(())
     }

@@ -4,6 +4,7 @@
 mod audit;
 mod cli;
 mod durability;
+mod gpu;
 mod ledger;
 mod nats;
 mod owner;

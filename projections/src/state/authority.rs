@@ -13,7 +13,7 @@
 //! | `node_health_changed` | router | the router key of the node's shard |
 //! | `heartbeat`, `job_receipt` | node | the key of the node named in the body |
 //! | `owner_command` | owner | envelope by the ledger key; M distinct owner approvals |
-//! | `checkpoint`, `rejected` | ledger | the ledger key |
+//! | `checkpoint`, `rejected`, `attestation_mismatch` | ledger | the ledger key |
 //! | `shard_registered`, `node_registered` | none | shards and nodes enter by owner command |
 //!
 //! Nonces: an owner command's nonce must not be held by an unexpired command in the
@@ -195,7 +195,10 @@ fn refuse<T>(reason: RejectReason, detail: String) -> Result<T, ApplyError> {
 /// The role that may author a kind (`None`: no role may).
 fn role_of(body: &Body) -> Option<Role> {
     Some(match body {
-        Body::FabricGenesis(_) | Body::Checkpoint(_) | Body::Rejected(_) => Role::Ledger,
+        Body::FabricGenesis(_)
+        | Body::Checkpoint(_)
+        | Body::Rejected(_)
+        | Body::AttestationMismatch(_) => Role::Ledger,
         Body::JobSubmitted(_) => Role::Client,
         Body::JobAssigned(_)
         | Body::JobSpilled(_)
@@ -349,7 +352,10 @@ impl State {
             )
         };
         match (holder, &event.body) {
-            (Holder::Ledger, Body::Checkpoint(_) | Body::Rejected(_)) => Ok(()),
+            (
+                Holder::Ledger,
+                Body::Checkpoint(_) | Body::Rejected(_) | Body::AttestationMismatch(_),
+            ) => Ok(()),
             (Holder::Client(_), Body::JobSubmitted(_)) => Ok(()),
             (Holder::Router(shard), Body::JobAssigned(body)) => {
                 let name = shard_name(shard);

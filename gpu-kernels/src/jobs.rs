@@ -1,0 +1,198 @@
+//! GPU jobs v1: what a GPU job of the fabric computes, as bytes anyone can regenerate.
+//!
+//! A job's input is a pure function of its kernel and a 32-byte input seed (which the
+//! workload draws from the run's seed and the job id): the kernel's input bytes are the first
+//! `input_len` bytes of the BLAKE3 XOF of `derive_key("fabric 2026-12 gpu job input v1",
+//! kernel id ‖ 0x00 ‖ input seed)`. The job's `input_hash` is BLAKE3 of those bytes, its
+//! `output_hash` BLAKE3 of the output bytes. Shapes (fixed by this version):
+//!
+//! | kernel | input bytes | output bytes |
+//! | --- | --- | --- |
+//! | `embed` | A (16×64 int8) ‖ Bᵀ (16×64 int8) | 16×16 i32 LE |
+//! | `rerank` | queries (4×64 int8) ‖ corpus (128×64 int8); k = 8 | per query 8 × (index u32 LE ‖ score i32 LE) |
+//! | `simulate` | 32×32 cells, each i32 LE of 4 bytes shifted right by 12 (arithmetic); alpha 1, shift 3, 16 steps | 32×32 i32 LE |
+//! | `blake3` | 32 messages of 128 bytes | 32 digests of 32 bytes |
+
+use crate::blake3_batch::{hash_batch, BLAKE3};
+use crate::device::{Engine, GpuError, KernelId};
+use crate::embed::{embed, Int8Matrix, EMBED};
+use crate::rerank::{rerank, RERANK};
+use crate::simulate::{simulate, Diffusion, Grid, SIMULATE};
+
+/// Derivation context of job inputs.
+pub const JOB_INPUT_CONTEXT: &str = "fabric 2026-12 gpu job input v1";
+
+const EMBED_N: usize = 16;
+const EMBED_K: usize = 64;
+const EMBED_M: usize = 16;
+const RERANK_QUERIES: usize = 4;
+const RERANK_DIMS: usize = 64;
+const RERANK_CORPUS: usize = 128;
+const RERANK_K: usize = 8;
+const GRID_SIDE: usize = 32;
+const DIFFUSION: Diffusion = Diffusion {
+    alpha: 1,
+    shift: 3,
+    steps: 16,
+};
+const BLAKE3_MESSAGES: usize = 32;
+const BLAKE3_MESSAGE_BYTES: usize = 128;
+
+/// The kernel a GPU job runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum JobKernel {
+    /// int8 matrix product.
+    Embed,
+    /// Top-k of dot products.
+    Rerank,
+    /// Fixed-point diffusion.
+    Simulate,
+    /// Batch hashing.
+    Blake3,
+}
+
+impl JobKernel {
+    /// Every kernel.
+    pub const ALL: [JobKernel; 4] = [
+        JobKernel::Embed,
+        JobKernel::Rerank,
+        JobKernel::Simulate,
+        JobKernel::Blake3,
+    ];
+
+    /// The kernel of an id (`embed`, `rerank`, `simulate`, `blake3`).
+    pub fn from_id(id: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kernel| kernel.id().id == id)
+    }
+
+    /// Its id and version, as receipts carry them.
+    pub fn id(self) -> KernelId {
+        match self {
+            JobKernel::Embed => EMBED,
+            JobKernel::Rerank => RERANK,
+            JobKernel::Simulate => SIMULATE,
+            JobKernel::Blake3 => BLAKE3,
+        }
+    }
+
+    fn input_len(self) -> usize {
+        match self {
+            JobKernel::Embed => (EMBED_N + EMBED_M) * EMBED_K,
+            JobKernel::Rerank => (RERANK_QUERIES + RERANK_CORPUS) * RERANK_DIMS,
+            JobKernel::Simulate => GRID_SIDE * GRID_SIDE * 4,
+            JobKernel::Blake3 => BLAKE3_MESSAGES * BLAKE3_MESSAGE_BYTES,
+        }
+    }
+}
+
+/// A GPU job's input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobInput {
+    /// Its kernel.
+    pub kernel: JobKernel,
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+}
+
+impl JobInput {
+    /// The input of a `kernel` job with this input seed.
+    pub fn generate(kernel: JobKernel, input_seed: &[u8; 32]) -> Self {
+        let mut hasher = blake3::Hasher::new_derive_key(JOB_INPUT_CONTEXT);
+        hasher.update(kernel.id().id.as_bytes());
+        hasher.update(&[0]);
+        hasher.update(input_seed);
+        let mut bytes = vec![0u8; kernel.input_len()];
+        hasher.finalize_xof().fill(&mut bytes);
+        Self { kernel, bytes }
+    }
+
+    /// BLAKE3 of the input bytes: the job's content address.
+    pub fn hash(&self) -> [u8; 32] {
+        *blake3::hash(&self.bytes).as_bytes()
+    }
+
+    /// Runs the job on `engine` and returns its output bytes.
+    pub fn execute(&self, engine: Engine) -> Result<Vec<u8>, GpuError> {
+        let int8 = |bytes: &[u8]| bytes.iter().map(|b| *b as i8).collect::<Vec<i8>>();
+        let i32_bytes = |values: &[i32]| {
+            values
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<u8>>()
+        };
+        let bytes = &self.bytes;
+        Ok(match self.kernel {
+            JobKernel::Embed => {
+                let split = EMBED_N * EMBED_K;
+                let a = Int8Matrix::new(EMBED_N, EMBED_K, int8(&bytes[..split]))?;
+                let b_t = Int8Matrix::new(EMBED_M, EMBED_K, int8(&bytes[split..]))?;
+                i32_bytes(&embed(engine, &a, &b_t)?)
+            }
+            JobKernel::Rerank => {
+                let split = RERANK_QUERIES * RERANK_DIMS;
+                let queries = Int8Matrix::new(RERANK_QUERIES, RERANK_DIMS, int8(&bytes[..split]))?;
+                let corpus = Int8Matrix::new(RERANK_CORPUS, RERANK_DIMS, int8(&bytes[split..]))?;
+                let hits = rerank(engine, &queries, &corpus, RERANK_K)?;
+                let mut out = Vec::with_capacity(RERANK_QUERIES * RERANK_K * 8);
+                for (index, score) in hits.iter().flatten() {
+                    out.extend_from_slice(&index.to_le_bytes());
+                    out.extend_from_slice(&score.to_le_bytes());
+                }
+                out
+            }
+            JobKernel::Simulate => {
+                let cells = bytes
+                    .chunks_exact(4)
+                    .map(|word| i32::from_le_bytes([word[0], word[1], word[2], word[3]]) >> 12)
+                    .collect();
+                let grid = Grid {
+                    h: GRID_SIDE,
+                    w: GRID_SIDE,
+                    cells,
+                };
+                i32_bytes(&simulate(engine, &grid, &DIFFUSION)?.cells)
+            }
+            JobKernel::Blake3 => {
+                let messages: Vec<&[u8]> = bytes.chunks_exact(BLAKE3_MESSAGE_BYTES).collect();
+                hash_batch(engine, &messages)?.concat()
+            }
+        })
+    }
+}
+
+/// BLAKE3 of a job's output bytes, as its receipt carries it.
+pub fn output_hash(output: &[u8]) -> [u8; 32] {
+    *blake3::hash(output).as_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every job kernel gives the same output bytes on the machine's adapter as on its CPU
+    /// reference, and inputs are a function of the seed alone.
+    #[test]
+    fn jobs_are_bit_identical_on_the_adapter_and_the_cpu_reference() {
+        let engine = crate::tests::engine();
+        for kernel in JobKernel::ALL {
+            for seed in [[0u8; 32], [7u8; 32], [0xff; 32]] {
+                let input = JobInput::generate(kernel, &seed);
+                assert_eq!(input, JobInput::generate(kernel, &seed));
+                assert_eq!(input.bytes.len(), kernel.input_len());
+                let reference = input.execute(Engine::Cpu).expect("cpu");
+                let on_adapter = input.execute(engine).expect("adapter");
+                assert_eq!(
+                    output_hash(&reference),
+                    output_hash(&on_adapter),
+                    "{kernel:?} on {}",
+                    engine.name()
+                );
+            }
+            assert_eq!(JobKernel::from_id(kernel.id().id), Some(kernel));
+        }
+        assert_ne!(
+            JobInput::generate(JobKernel::Embed, &[1; 32]).hash(),
+            JobInput::generate(JobKernel::Embed, &[2; 32]).hash()
+        );
+    }
+}
