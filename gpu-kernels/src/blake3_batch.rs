@@ -115,10 +115,13 @@ pub fn hash_batch(engine: Engine, messages: &[&[u8]]) -> Result<Vec<[u8; 32]>, G
 /// The CPU reference: [`blake3::hash`] of each message, messages spread over every core.
 /// Takes messages of any length.
 pub fn hash_batch_cpu(messages: &[&[u8]]) -> Vec<[u8; 32]> {
-    messages
-        .par_iter()
-        .map(|message| *blake3::hash(message).as_bytes())
-        .collect()
+    let hash = |message: &&[u8]| *blake3::hash(message).as_bytes();
+    let bytes: usize = messages.iter().map(|m| m.len()).sum();
+    if bytes < crate::SEQUENTIAL_WORK_MAX {
+        messages.iter().map(hash).collect()
+    } else {
+        messages.par_iter().map(hash).collect()
+    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,9 @@ use wgpu::util::DeviceExt;
 /// What `FABRIC_GPU` asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GpuMode {
-    /// Use the adapter when there is one, else the CPU reference (said once on stderr).
+    /// Use a hardware adapter when there is one, else the CPU reference (said once on
+    /// stderr). A software adapter (lavapipe) is no faster than the references on the same
+    /// cores, so `auto` does not use it.
     Auto,
     /// Never touch a GPU: CPU references only.
     Off,
@@ -147,6 +149,20 @@ pub fn shared(mode: GpuMode) -> Result<Option<&'static Gpu>, GpuError> {
         Err(other) => Err(other),
     });
     match (opened, mode) {
+        // A software rasterizer runs on the same cores as the CPU references, with a dispatch
+        // overhead of its own (about a millisecond per small job on lavapipe): `auto` leaves
+        // it alone; `require` uses it.
+        (Ok(Some(gpu)), GpuMode::Auto) if gpu.is_software() => {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                eprintln!(
+                    "fabric: the only GPU adapter is {}, a software rasterizer on the CPU; GPU \
+                     kernels run on their CPU references (FABRIC_GPU=require uses it anyway)",
+                    gpu.adapter_name()
+                )
+            });
+            Ok(None)
+        }
         (Ok(Some(gpu)), _) => Ok(Some(gpu)),
         (Ok(None), GpuMode::Require) => Err(GpuError::NoAdapter(
             "wgpu found no Vulkan adapter".to_owned(),
@@ -189,6 +205,11 @@ impl Gpu {
     /// The adapter's name as the driver reports it (e.g. `llvmpipe (LLVM 15.0.6, 256 bits)`).
     pub fn adapter_name(&self) -> &str {
         &self.adapter.name
+    }
+
+    /// Whether the adapter is a software rasterizer running on the CPU (lavapipe).
+    pub fn is_software(&self) -> bool {
+        self.adapter.device_type == wgpu::DeviceType::Cpu
     }
 
     /// The pipeline of `entry` in `source`, compiled once per process under `key`.

@@ -116,19 +116,25 @@ fn check(a: &Int8Matrix, b_t: &Int8Matrix) -> Result<(), GpuError> {
     Ok(())
 }
 
-/// The CPU reference: every row on its own core, wrapping i32 sums.
+/// The CPU reference: every row on its own core (one core for small products), wrapping i32
+/// sums.
 pub fn embed_cpu(a: &Int8Matrix, b_t: &Int8Matrix) -> Vec<i32> {
     let m = b_t.rows();
     let mut out = vec![0i32; a.rows() * m];
     if m == 0 {
         return out;
     }
-    out.par_chunks_mut(m).enumerate().for_each(|(r, out_row)| {
+    let fill_row = |(r, out_row): (usize, &mut [i32])| {
         let row = a.row(r);
         for (col, cell) in out_row.iter_mut().enumerate() {
             *cell = dot_i8(row, b_t.row(col));
         }
-    });
+    };
+    if out.len() * a.cols() < crate::SEQUENTIAL_WORK_MAX {
+        out.chunks_mut(m).enumerate().for_each(fill_row);
+    } else {
+        out.par_chunks_mut(m).enumerate().for_each(fill_row);
+    }
     out
 }
 

@@ -25,5 +25,9 @@ pub mod simulate;
 
 pub use device::{Engine, Gpu, GpuError, GpuMode, KernelId};
 
+/// Below this much work (cells × steps, multiply-adds, bytes) a CPU reference runs on the
+/// calling thread: handing a small job to the thread pool costs more than the job.
+pub const SEQUENTIAL_WORK_MAX: usize = 1 << 16;
+
 #[cfg(test)]
 mod tests;

@@ -106,17 +106,19 @@ pub fn rerank_cpu(queries: &Int8Matrix, corpus: &Int8Matrix, k: usize) -> Vec<Ve
         return vec![Vec::new(); queries.rows()];
     }
     let scores = embed_cpu(queries, corpus);
-    scores
-        .par_chunks(c)
-        .map(|row| {
-            let mut hits: Vec<Hit> = row
-                .iter()
-                .enumerate()
-                .map(|(index, score)| (index as u32, *score))
-                .collect();
-            hits.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-            hits.truncate(k);
-            hits
-        })
-        .collect()
+    let top = |row: &[i32]| {
+        let mut hits: Vec<Hit> = row
+            .iter()
+            .enumerate()
+            .map(|(index, score)| (index as u32, *score))
+            .collect();
+        hits.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        hits.truncate(k);
+        hits
+    };
+    if scores.len() < crate::SEQUENTIAL_WORK_MAX {
+        scores.chunks(c).map(top).collect()
+    } else {
+        scores.par_chunks(c).map(top).collect()
+    }
 }

@@ -108,7 +108,8 @@ pub fn simulate(engine: Engine, grid: &Grid, diffusion: &Diffusion) -> Result<Gr
     })
 }
 
-/// The CPU reference: rows of each step on every core.
+/// The CPU reference: rows of each step on every core (one core for small grids, where
+/// handing rows to other threads costs more than the rows).
 pub fn simulate_cpu(grid: &Grid, diffusion: &Diffusion) -> Grid {
     let (h, w) = (grid.h, grid.w);
     let mut current = grid.cells.clone();
@@ -116,8 +117,9 @@ pub fn simulate_cpu(grid: &Grid, diffusion: &Diffusion) -> Grid {
     if w == 0 {
         return grid.clone();
     }
+    let sequential = current.len() < crate::SEQUENTIAL_WORK_MAX;
     for _ in 0..diffusion.steps {
-        next.par_chunks_mut(w).enumerate().for_each(|(y, out)| {
+        let step_row = |(y, out): (usize, &mut [i32])| {
             for (x, cell) in out.iter_mut().enumerate() {
                 let i = y * w + x;
                 let c = current[i];
@@ -132,7 +134,12 @@ pub fn simulate_cpu(grid: &Grid, diffusion: &Diffusion) -> Grid {
                     .wrapping_sub(c.wrapping_mul(4));
                 *cell = c.wrapping_add(lap.wrapping_mul(diffusion.alpha) >> diffusion.shift);
             }
-        });
+        };
+        if sequential {
+            next.chunks_mut(w).enumerate().for_each(step_row);
+        } else {
+            next.par_chunks_mut(w).enumerate().for_each(step_row);
+        }
         std::mem::swap(&mut current, &mut next);
     }
     Grid {
