@@ -24,6 +24,9 @@ fn run_args<'a>(data: &'a str, out: &'a str) -> Vec<&'a str> {
         "--out",
         out,
         "--json",
+        // A lying GPU node, so the kills also cut through attestation mismatches.
+        "--byzantine",
+        "mars.gpu-helion:0.2",
     ]
 }
 
