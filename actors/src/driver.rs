@@ -27,6 +27,7 @@ use crate::workload::{FailureSchedule, Workload};
 use crate::world::World;
 use crate::RunError;
 use fabric_gpu_kernels::Engine;
+use rayon::prelude::*;
 
 /// Ticks a run goes on after the last arrival before it stops with jobs still queued.
 pub const DRAIN_TICKS_MAX: u64 = 10_000;
@@ -370,19 +371,28 @@ fn genesis(world: &World, keys: &SimKeys) -> Result<Vec<Attempt>, RunError> {
         });
     }
     let approvers = &keys.owners[..world.owners.threshold as usize];
-    for (index, action) in actions.into_iter().enumerate() {
-        let nonce = index as u64 + 1;
-        let mut command = OwnerCommand {
-            action,
-            expiry_tick: 0,
-            approvals: Vec::with_capacity(approvers.len()),
-        };
-        for owner in approvers {
-            command.approve(nonce, owner);
-        }
-        let mut attempt = owner_command_attempt(0, nonce, command, &keys.ledger)?;
-        attempt.origin = Origin::Internal;
-        attempts.push(attempt);
+    // Thousands of registrations, each signed M + 1 times: sign them on every core (ed25519
+    // signatures are deterministic, so the order of work changes no byte).
+    let registrations: Vec<Result<Attempt, RunError>> = actions
+        .into_par_iter()
+        .enumerate()
+        .map(|(index, action)| {
+            let nonce = index as u64 + 1;
+            let mut command = OwnerCommand {
+                action,
+                expiry_tick: 0,
+                approvals: Vec::with_capacity(approvers.len()),
+            };
+            for owner in approvers {
+                command.approve(nonce, owner);
+            }
+            let mut attempt = owner_command_attempt(0, nonce, command, &keys.ledger)?;
+            attempt.origin = Origin::Internal;
+            Ok(attempt)
+        })
+        .collect();
+    for attempt in registrations {
+        attempts.push(attempt?);
     }
     Ok(attempts)
 }
