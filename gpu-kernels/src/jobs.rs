@@ -196,3 +196,54 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod vectors {
+    use super::*;
+
+    /// Pinned input and output hashes of each kernel's job with input seed 0x07…07 (FORMAT.md
+    /// §13): a verifier in another language can check its generator and kernels against them.
+    #[test]
+    fn job_vectors_are_stable() {
+        let expected = [
+            (
+                JobKernel::Embed,
+                "e0929a68be729d41530404c7f14336397d8413d3e08a6cf510e6defe25325545",
+                "4f2fe1a98ccdc27a96ca7b36b5ce1afa2c693206d0c3dc9e44e0a87476beae13",
+            ),
+            (
+                JobKernel::Rerank,
+                "fdd1177ce5711659214b6705d3b98786e1f18b6f104024bce83655b3c1de3c71",
+                "4963cebaadab76c85b5598319ffdb6f942701e8c8503b405116146b8baf23613",
+            ),
+            (
+                JobKernel::Simulate,
+                "c5b59e40dcb8a4306f2a3d66e58492cda5d53d4a0a6f5e4a912bf9f522595603",
+                "e517474cdec42daecbb55039036b2a7cca52c27f8254c498f06936735dfa73d5",
+            ),
+            (
+                JobKernel::Blake3,
+                "580838e5e287442a8cd336cd649613cccfbc3ce42c0f87e74f657b776b449359",
+                "f3da3f76c9154f8bf2137cd45cf263aad2918d83485b1fb653ee902feff7f73e",
+            ),
+        ];
+        let actual: Vec<(JobKernel, String, String)> = expected
+            .iter()
+            .map(|(kernel, _, _)| {
+                let input = JobInput::generate(*kernel, &[7; 32]);
+                let out = input.execute(Engine::Cpu).expect("cpu");
+                (*kernel, hex(&input.hash()), hex(&output_hash(&out)))
+            })
+            .collect();
+        for ((kernel, input_hash, output), (_, got_input, got_output)) in
+            expected.iter().zip(&actual)
+        {
+            assert_eq!(got_input, input_hash, "{kernel:?} input hash");
+            assert_eq!(got_output, output, "{kernel:?} output hash");
+        }
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
