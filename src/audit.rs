@@ -70,7 +70,8 @@ pub struct Failure {
     /// The first failing entry (absent when the failure is not about one entry).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
-    /// What failed: `signature`, `chain`, `root`, `state`, `storage` or `export`.
+    /// What failed: `signature`, `chain`, `root`, `state`, `storage`, `export`, `authority`,
+    /// `reexecute` or `gpu`.
     pub what: &'static str,
     /// In words.
     pub detail: String,

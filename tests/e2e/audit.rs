@@ -336,3 +336,37 @@ fn every_flipped_byte_of_an_export_is_detected() {
     assert_eq!(verdict["events_verified"], 200);
     assert_eq!(verdict["first_seq"], 100);
 }
+
+/// A validly signed event that the authority table refuses (here a heartbeat by a key no owner
+/// registered), written straight into the ledger by someone holding the ledger key, is found
+/// by the audit's replay: signatures alone do not make history.
+#[test]
+fn a_signed_but_unauthorised_stored_event_fails_the_audit() {
+    use fabric_events::{Event, Heartbeat, Role, SignedEvent};
+
+    let (_dir, data) = copy_of_pristine("data");
+    let size = {
+        let mut ledger =
+            fabric_ledger::Ledger::open(data.join("ledger"), fabric_actors::sim_ledger_key(3))
+                .expect("the run's ledger opens with its key");
+        let stranger = fabric_events::derive_signing_key(42, "stranger");
+        let forged = Event::new(
+            Role::Node,
+            1_000_000,
+            1 << 40,
+            Heartbeat {
+                node: "mars.gpu-helion".to_owned(),
+                running_jobs: 0,
+            },
+        );
+        let signed = SignedEvent::sign(&forged, &stranger).expect("small");
+        ledger
+            .append(&[signed])
+            .expect("the ledger itself checks signatures, not authority");
+        ledger.len()
+    };
+    let (ok, report) = audit(&["--data", path(&data)]);
+    assert!(!ok, "{report}");
+    assert_eq!(report["failure"]["what"], "authority", "{report}");
+    assert_eq!(report["failure"]["seq"].as_u64(), Some(size - 1));
+}
