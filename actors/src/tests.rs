@@ -647,6 +647,113 @@ mod authority {
         }
     }
 
+    /// Owner commands change what they say: a retired shard's queue spills to its neighbour
+    /// (or is cancelled), a drained node takes nothing, budgets and checkpoints follow.
+    #[test]
+    fn owner_commands_have_their_effects() {
+        let (state0, keys, _ledger, _dir) = fabric(400);
+        let tick = state0.tick() + 1;
+        let command = |action: OwnerAction, nonce: u64| {
+            let mut command = OwnerCommand {
+                action,
+                expiry_tick: tick,
+                approvals: Vec::new(),
+            };
+            command.approve(nonce, &keys.owners[0]);
+            command.approve(nonce, &keys.owners[1]);
+            signed(&keys.ledger, Role::Owner, tick, nonce, command)
+        };
+        let north = state0.shard_ix("north").expect("north") as usize;
+        let south = state0.shard_ix("south").expect("south") as usize;
+        let queued_north = state0.shards()[north].queued();
+        assert!(queued_north > 0, "the run leaves jobs queued in north");
+
+        for (queue, nonce) in [
+            (fabric_events::RetiredQueue::Spill, 10),
+            (fabric_events::RetiredQueue::Cancel, 11),
+        ] {
+            let mut state = state0.clone();
+            let attempts = vec![
+                command(
+                    OwnerAction::RetireShard {
+                        shard: "north".into(),
+                        queue,
+                    },
+                    nonce,
+                ),
+                command(
+                    OwnerAction::DrainNode {
+                        node: "south.b".into(),
+                    },
+                    nonce + 10,
+                ),
+                command(
+                    OwnerAction::SetQueueBudget {
+                        shard: "south".into(),
+                        queue_budget: 3,
+                    },
+                    nonce + 20,
+                ),
+                command(
+                    OwnerAction::SetCheckpointInterval { interval_ticks: 7 },
+                    nonce + 30,
+                ),
+                command(OwnerAction::CheckpointNow, nonce + 40),
+            ];
+            let admitted =
+                admit_signed(&mut state, tick, attempts, &keys.ledger).expect("admitted");
+            assert!(
+                reasons(&admitted).iter().all(Option::is_none),
+                "{:?}",
+                admitted.verdicts
+            );
+            let (n, s) = (&state.shards()[north], &state.shards()[south]);
+            assert!(n.retired && n.paused && n.queued() == 0);
+            match queue {
+                fabric_events::RetiredQueue::Spill => {
+                    assert_eq!(s.queued(), state0.shards()[south].queued() + queued_north);
+                    assert_eq!(state.metrics().cancelled, state0.metrics().cancelled);
+                }
+                fabric_events::RetiredQueue::Cancel => {
+                    assert_eq!(s.queued(), state0.shards()[south].queued());
+                    assert_eq!(
+                        state.metrics().cancelled,
+                        state0.metrics().cancelled + queued_north
+                    );
+                }
+            }
+            assert_eq!(s.queue_budget, 3);
+            let node = state.node_ix("south.b").expect("node") as usize;
+            assert!(
+                !state.nodes()[node].takes_work(tick + 1),
+                "a drained node takes nothing"
+            );
+            assert_eq!(state.checkpoint_interval_ticks(), Some(7));
+            assert!(state.checkpoint_requested());
+            // Nothing is submitted to a retired shard any more: the intake's attempt does not fit.
+            let submission = fabric_events::JobSubmitted {
+                job: 1_000_000,
+                shard: "north".into(),
+                workload: "n.job".into(),
+                skills: vec!["cpu".into()],
+                duration_ticks: 2,
+                deadline_tick: tick + 10,
+                budget_micros: 1,
+                input_hash: Hash32([1; 32]),
+            };
+            let attempt = signed(
+                &keys.clients[north],
+                Role::Client,
+                tick,
+                (tick << 24) + 5,
+                submission,
+            );
+            let admitted =
+                admit_signed(&mut state, tick, vec![attempt], &keys.ledger).expect("admitted");
+            assert_eq!(reasons(&admitted), [Some(RejectReason::Invalid)]);
+        }
+    }
+
     /// The same command with M approvals is executed; the internal gate refuses nothing of a
     /// run (every actor's event is admitted).
     #[test]
