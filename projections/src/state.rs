@@ -1298,6 +1298,12 @@ impl State {
                 body.job, body.to_shard
             )));
         }
+        self.spill_queued(job, from, to, tick);
+        Ok(())
+    }
+
+    /// Moves a job queued in `from` to the queue of `to`, counted as a spill.
+    fn spill_queued(&mut self, job: JobIx, from: ShardIx, to: ShardIx, tick: u64) {
         let class = self.jobs[job as usize].class;
         self.dequeue(job);
         let j = &mut self.jobs[job as usize];
@@ -1312,7 +1318,28 @@ impl State {
         self.shards[to as usize].counters.spilled_in += 1;
         self.metrics.spillovers += 1;
         self.record(job, tick);
-        Ok(())
+    }
+
+    /// Cancels a queued job: it leaves its queue and the job table.
+    fn cancel_queued(&mut self, job: JobIx) {
+        let (shard, class) = (self.jobs[job as usize].shard, self.jobs[job as usize].class);
+        self.dequeue(job);
+        self.jobs[job as usize].status = JobStatus::Cancelled;
+        self.compact(shard, class);
+        self.metrics.cancelled += 1;
+        self.vacate(job);
+    }
+
+    /// Takes a running job off its node and queues it in `shard` again, counted as a requeue.
+    fn requeue_running(&mut self, job: JobIx, shard: ShardIx, tick: u64) {
+        self.release(job);
+        let j = &mut self.jobs[job as usize];
+        j.requeues += 1;
+        j.node = NO_NODE;
+        self.enqueue(job, shard);
+        self.shards[shard as usize].counters.requeued += 1;
+        self.metrics.requeues += 1;
+        self.record(job, tick);
     }
 
     fn health(&mut self, body: &NodeHealthChanged, tick: u64) -> Result<(), ApplyError> {
@@ -1371,14 +1398,7 @@ impl State {
     fn requeue(&mut self, body: &JobRequeued, tick: u64) -> Result<(), ApplyError> {
         let (job, _) = self.running_job_on(body.job, &body.node)?;
         let shard = self.lookup_shard(&body.shard)?;
-        self.release(job);
-        let j = &mut self.jobs[job as usize];
-        j.requeues += 1;
-        j.node = NO_NODE;
-        self.enqueue(job, shard);
-        self.shards[shard as usize].counters.requeued += 1;
-        self.metrics.requeues += 1;
-        self.record(job, tick);
+        self.requeue_running(job, shard, tick);
         Ok(())
     }
 
@@ -1396,14 +1416,8 @@ impl State {
                 body.job
             )));
         }
-        self.release(job);
-        let j = &mut self.jobs[job as usize];
-        j.requeues += 1;
-        j.node = NO_NODE;
-        let shard = j.shard;
-        self.enqueue(job, shard);
-        self.shards[shard as usize].counters.requeued += 1;
-        self.metrics.requeues += 1;
+        let shard = self.jobs[job as usize].shard;
+        self.requeue_running(job, shard, tick);
         self.metrics.attestation_mismatches += 1;
         let node = &mut self.nodes[node_ix as usize];
         node.reputation_ppm = node
@@ -1411,7 +1425,6 @@ impl State {
             .saturating_sub(REPUTATION_ATTESTATION_PPM);
         node.halted_until_tick = tick + ATTESTATION_HALT_TICKS;
         node.attestation_failures += 1;
-        self.record(job, tick);
         Ok(())
     }
 
@@ -1578,12 +1591,7 @@ impl State {
                         "job {job} is not queued, so it cannot be cancelled"
                     )));
                 }
-                let (shard, class) = (self.jobs[ix as usize].shard, self.jobs[ix as usize].class);
-                self.dequeue(ix);
-                self.jobs[ix as usize].status = JobStatus::Cancelled;
-                self.compact(shard, class);
-                self.metrics.cancelled += 1;
-                self.vacate(ix);
+                self.cancel_queued(ix);
             }
             OwnerAction::RerouteJob { job, shard } => {
                 let ix = self.lookup_job(*job)?;
@@ -1637,29 +1645,11 @@ impl State {
         for class in classes {
             let jobs: Vec<JobIx> = self.queue(shard, class).collect();
             for job in jobs {
-                self.dequeue(job);
                 match target {
-                    Some(to) => {
-                        let j = &mut self.jobs[job as usize];
-                        j.spills += 1;
-                        let spills = j.spills as usize;
-                        let per_job = &mut self.metrics.spills_per_job;
-                        per_job[(spills - 1).min(SHARDS_MAX)] -= 1;
-                        per_job[spills.min(SHARDS_MAX)] += 1;
-                        self.enqueue(job, to);
-                        self.shards[shard as usize].counters.spilled_out += 1;
-                        self.shards[to as usize].counters.spilled_in += 1;
-                        self.metrics.spillovers += 1;
-                        self.record(job, tick);
-                    }
-                    None => {
-                        self.jobs[job as usize].status = JobStatus::Cancelled;
-                        self.metrics.cancelled += 1;
-                        self.vacate(job);
-                    }
+                    Some(to) => self.spill_queued(job, shard, to, tick),
+                    None => self.cancel_queued(job),
                 }
             }
-            self.compact(shard, class);
         }
         // Nobody spills into a retired shard.
         for other in 0..self.shards.len() {
