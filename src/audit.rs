@@ -404,8 +404,8 @@ fn gpu_checks(
             let results: Vec<Result<(), Failure>> = jobs
                 .par_iter()
                 .map(|(seq, job, input_hash, expected)| {
-                    let generated = workload.job(*job, 0);
-                    let input = workload.gpu_input(&generated).ok_or_else(|| {
+                    let (_, input) = workload.job_with_input(*job, 0);
+                    let input = input.ok_or_else(|| {
                         Failure::at(*seq, "reexecute", format!("job {job} is not a GPU job of this run's workload"))
                     })?;
                     if input.hash() != input_hash.0 {

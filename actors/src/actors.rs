@@ -290,10 +290,11 @@ impl Handler<Propose> for NodeActor {
                 if finished_tick > tick {
                     continue;
                 }
-                let generated = self.workload.job(job.id, job.submitted_tick);
+                let (generated, gpu_input) =
+                    self.workload.job_with_input(job.id, job.submitted_tick);
                 let failed = self.workload.run_fails(&generated, job.attempts);
                 let input = generated.submission.input_hash;
-                let (output, kernel) = match self.workload.gpu_input(&generated) {
+                let (output, kernel) = match gpu_input {
                     None if failed => (Hash32::default(), None),
                     None => (cpu_output_hash(&input, job.id, job.attempts), None),
                     Some(gpu_input) => {
@@ -394,11 +395,10 @@ impl Handler<Verify> for VerifierActor {
         let mut out = Vec::new();
         for item in msg.receipts {
             let receipt = &item.receipt;
-            let (Some(kernel), generated) = (&receipt.kernel, self.workload.job(receipt.job, 0))
-            else {
-                continue;
-            };
-            let Some(input) = self.workload.gpu_input(&generated) else {
+            let (Some(kernel), (_, Some(input))) = (
+                &receipt.kernel,
+                self.workload.job_with_input(receipt.job, 0),
+            ) else {
                 continue;
             };
             let expected = Hash32(output_hash(&input.execute(Engine::Cpu)?));

@@ -134,6 +134,12 @@ impl Workload {
 
     /// The job with id `id` (a pure function of the seed and the id), submitted at `tick`.
     pub fn job(&self, id: JobId, tick: u64) -> GeneratedJob {
+        self.job_with_input(id, tick).0
+    }
+
+    /// [`Workload::job`] with its GPU input (`None` for a CPU job), generated once for both
+    /// the job's `input_hash` and its run.
+    pub fn job_with_input(&self, id: JobId, tick: u64) -> (GeneratedJob, Option<JobInput>) {
         self.finish(self.draw(id, tick))
     }
 
@@ -142,18 +148,15 @@ impl Workload {
         self.kernels.get(job.kind).copied().flatten()
     }
 
-    /// A GPU job's input (`None` for a CPU job).
-    pub fn gpu_input(&self, job: &GeneratedJob) -> Option<JobInput> {
-        self.kernel(job)
-            .map(|kernel| JobInput::generate(kernel, &job.input_seed))
-    }
-
     /// A GPU job's `input_hash` is its generated input's hash.
-    fn finish(&self, mut job: GeneratedJob) -> GeneratedJob {
-        if let Some(input) = self.gpu_input(&job) {
+    fn finish(&self, mut job: GeneratedJob) -> (GeneratedJob, Option<JobInput>) {
+        let input = self
+            .kernel(&job)
+            .map(|kernel| JobInput::generate(kernel, &job.input_seed));
+        if let Some(input) = &input {
             job.submission.input_hash = Hash32(input.hash());
         }
-        job
+        (job, input)
     }
 
     /// Whether a byzantine node corrupts the output of `job`'s run started at `started_tick`,
@@ -213,7 +216,7 @@ impl Workload {
         self.ids_at(tick)
             .map(|id| self.draw(id, tick))
             .filter(|job| job.submission.shard == shard)
-            .map(|job| self.finish(job))
+            .map(|job| self.finish(job).0)
             .collect()
     }
 
