@@ -7,28 +7,22 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::support::{fabric, path, stderr, stdout, DEFAULT_CONFIG};
+use crate::support::{fabric, path, run_world, stderr, stdout};
 
 /// A run of the default world with a byzantine GPU node; returns its summary.
 fn byzantine_run(dir: &Path, verify_fraction: &str) -> Value {
-    let output = fabric(&[
-        "run",
-        "--config",
-        DEFAULT_CONFIG,
-        "--seed",
-        "4",
-        "--jobs",
-        "3000",
-        "--data",
-        path(&dir.join("data")),
-        "--out",
-        path(&dir.join("out")),
-        "--json",
-        "--byzantine",
-        "mars.gpu-helion:0.2",
-        "--verify-fraction",
-        verify_fraction,
-    ]);
+    let output = run_world(
+        dir,
+        4,
+        3000,
+        &[
+            "--json",
+            "--byzantine",
+            "mars.gpu-helion:0.2",
+            "--verify-fraction",
+            verify_fraction,
+        ],
+    );
     assert!(output.status.success(), "{}", stderr(&output));
     serde_json::from_slice(&output.stdout).expect("summary JSON")
 }
@@ -139,7 +133,6 @@ fn without_verification_corruptions_get_through_and_reexecution_finds_them() {
 #[test]
 fn a_bad_byzantine_or_verification_argument_is_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let data = dir.path().join("data");
     for (args, message) in [
         (
             vec!["--byzantine", "mars.nowhere:0.2"],
@@ -152,17 +145,7 @@ fn a_bad_byzantine_or_verification_argument_is_refused() {
         ),
         (vec!["--verify-fraction", "1.5"], "is not between 0 and 1"),
     ] {
-        let mut all = vec![
-            "run",
-            "--config",
-            DEFAULT_CONFIG,
-            "--jobs",
-            "10",
-            "--data",
-            path(&data),
-        ];
-        all.extend_from_slice(&args);
-        let output = fabric(&all);
+        let output = run_world(dir.path(), 1, 10, &args);
         assert!(!output.status.success());
         assert!(
             stderr(&output).contains(message),

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::support::{fabric, path, small_run, stderr, stdout, DEFAULT_CONFIG};
+use crate::support::{fabric, path, run_world, small_run, stderr, stdout};
 
 fn owner(args: &[&str]) -> std::process::Output {
     let mut all = vec!["owner"];
@@ -207,21 +207,7 @@ fn an_owner_script_pauses_a_shard_from_its_seq_until_it_is_resumed() {
 
     let (data, out) = (dir.path().join("data"), dir.path().join("out"));
     ok(
-        fabric(&[
-            "run",
-            "--config",
-            DEFAULT_CONFIG,
-            "--seed",
-            "5",
-            "--jobs",
-            "1500",
-            "--data",
-            path(&data),
-            "--out",
-            path(&out),
-            "--owner-script",
-            path(&script),
-        ]),
+        run_world(dir.path(), 5, 1500, &["--owner-script", path(&script)]),
         "run --owner-script",
     );
     let lines: Vec<Value> = std::fs::read_to_string(out.join("events.ndjson"))
@@ -293,18 +279,7 @@ fn an_owner_script_without_ticks_or_with_an_edited_command_is_refused() {
         &[],
         &[],
     );
-    let data = dir.path().join("data");
-    let run = fabric(&[
-        "run",
-        "--config",
-        DEFAULT_CONFIG,
-        "--jobs",
-        "10",
-        "--data",
-        path(&data),
-        "--owner-script",
-        path(&file),
-    ]);
+    let run = run_world(dir.path(), 1, 10, &["--owner-script", path(&file)]);
     assert!(!run.status.success());
     assert!(stderr(&run).contains("has no `tick`"), "{}", stderr(&run));
 

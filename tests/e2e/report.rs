@@ -7,26 +7,13 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::support::{fabric, path, stderr, DEFAULT_CONFIG};
+use crate::support::{fabric, path, run_world, stderr};
 
 /// A small run with its reports in `dir/out`; returns (summary, page).
 fn small_run_with_report(dir: &Path) -> (Value, String) {
-    let (data, out) = (dir.join("data"), dir.join("out"));
-    let output = fabric(&[
-        "run",
-        "--config",
-        DEFAULT_CONFIG,
-        "--seed",
-        "2",
-        "--jobs",
-        "1500",
-        "--data",
-        path(&data),
-        "--out",
-        path(&out),
-        "--json",
-    ]);
+    let output = run_world(dir, 2, 1500, &["--json"]);
     assert!(output.status.success(), "{}", stderr(&output));
+    let out = dir.join("out");
     let summary: Value = serde_json::from_slice(&output.stdout).expect("summary JSON");
     let page = std::fs::read_to_string(out.join("report.html")).expect("report.html written");
     (summary, page)

@@ -26,12 +26,12 @@ pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-/// Runs `fabric run` of the default world into `dir/data` (reports in `dir/out`) and returns
-/// the data folder.
-pub fn small_run(dir: &Path, seed: u64, jobs: u64) -> std::path::PathBuf {
+/// Runs `fabric run` of the default world into `dir/data` (reports in `dir/out`) with `extra`
+/// arguments, and returns what it did.
+pub fn run_world(dir: &Path, seed: u64, jobs: u64, extra: &[&str]) -> Output {
     let (data, out) = (dir.join("data"), dir.join("out"));
     let (seed, jobs) = (seed.to_string(), jobs.to_string());
-    let output = fabric(&[
+    let mut args = vec![
         "run",
         "--config",
         DEFAULT_CONFIG,
@@ -43,9 +43,17 @@ pub fn small_run(dir: &Path, seed: u64, jobs: u64) -> std::path::PathBuf {
         path(&data),
         "--out",
         path(&out),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    fabric(&args)
+}
+
+/// Runs `fabric run` of the default world into `dir/data` (reports in `dir/out`) and returns
+/// the data folder.
+pub fn small_run(dir: &Path, seed: u64, jobs: u64) -> std::path::PathBuf {
+    let output = run_world(dir, seed, jobs, &[]);
     assert!(output.status.success(), "fabric run: {}", stderr(&output));
-    data
+    dir.join("data")
 }
 
 /// A path as a command-line argument.
