@@ -52,7 +52,7 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Measure throughput against the bounds of this machine (suites: ledger)
+    /// Measure Fabric against the limits of this machine and against PostgreSQL and JetStream
     Bench(bench::BenchArgs),
     /// Print an inclusion or consistency proof of a run's log, with its signed tree heads (JSON)
     Proof(proof::ProofArgs),
