@@ -209,12 +209,20 @@ struct SuiteReport {
     figures: Vec<Figure>,
 }
 
+/// A suite left out of a run of every suite, and why.
+#[derive(Serialize)]
+struct Skipped {
+    suite: Suite,
+    why: String,
+}
+
 #[derive(Serialize)]
 struct Report {
     nproc: usize,
     quick: bool,
-    /// Suites not run because --quick leaves them out.
-    skipped: Vec<Suite>,
+    /// Suites left out of a run of every suite: scale by --quick, gpu without an adapter (unless
+    /// FABRIC_GPU=require). A suite named on the command line always runs or fails.
+    skipped: Vec<Skipped>,
     suites: Vec<SuiteReport>,
 }
 
@@ -271,12 +279,25 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "--batch {} is over the ledger's limit of {BATCH_EVENTS_MAX} events per append",
         args.batch
     );
-    let (suites, skipped) = if args.suites.is_empty() {
-        Suite::value_variants()
-            .iter()
-            .partition(|suite| !(args.quick && **suite == Suite::Scale))
+    let mut skipped = Vec::new();
+    let suites = if args.suites.is_empty() {
+        let mut suites = Vec::new();
+        for suite in Suite::value_variants() {
+            let why = match suite {
+                Suite::Scale if args.quick => Some("left out by --quick".to_owned()),
+                Suite::Gpu if std::env::var("FABRIC_GPU").as_deref() != Ok("require") => {
+                    gpu::unavailable()?
+                }
+                _ => None,
+            };
+            match why {
+                Some(why) => skipped.push(Skipped { suite: *suite, why }),
+                None => suites.push(*suite),
+            }
+        }
+        suites
     } else {
-        (args.suites.clone(), Vec::new())
+        args.suites.clone()
     };
     let mut bench = Bench {
         args,
@@ -309,12 +330,14 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
-    } else if !report.skipped.is_empty() {
-        let names: Vec<&str> = report.skipped.iter().map(|suite| suite.name()).collect();
-        println!(
-            "left out by --quick: {} (name it to run it)",
-            names.join(", ")
-        );
+    } else {
+        for skipped in &report.skipped {
+            println!(
+                "suite {} not run: {} (name it to run it anyway)",
+                skipped.suite.name(),
+                skipped.why
+            );
+        }
     }
     Ok(())
 }

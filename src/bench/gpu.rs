@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use anyhow::ensure;
+use fabric_gpu_kernels::{device, GpuMode};
 
 use super::{timed, Against, Bench, Figure, SuiteReport};
 
@@ -32,22 +33,34 @@ fn kernel_figure<T: PartialEq>(
     ))
 }
 
+/// Why the gpu suite cannot run here, when it cannot: `FABRIC_GPU=off`, or no adapter at all.
+/// The suite measures whatever adapter there is, a software one too (which `auto` leaves alone
+/// in runs).
+pub(super) fn unavailable() -> anyhow::Result<Option<String>> {
+    Ok(match GpuMode::from_env()? {
+        GpuMode::Off => Some("FABRIC_GPU=off".to_owned()),
+        GpuMode::Auto | GpuMode::Require => match device::shared(GpuMode::Require) {
+            Ok(Some(_)) => None,
+            Ok(None) => Some("no GPU adapter".to_owned()),
+            Err(error) => Some(error.to_string()),
+        },
+    })
+}
+
 pub(super) fn suite(bench: &Bench<'_>) -> anyhow::Result<SuiteReport> {
     let args = bench.args;
     use fabric_gpu_kernels::blake3_batch::{hash_batch, hash_batch_cpu};
     use fabric_gpu_kernels::embed::{embed, embed_cpu, Int8Matrix};
     use fabric_gpu_kernels::rerank::{rerank, rerank_cpu};
     use fabric_gpu_kernels::simulate::{simulate, simulate_cpu, Diffusion, Grid};
-    use fabric_gpu_kernels::{Engine, GpuMode};
+    use fabric_gpu_kernels::Engine;
     use filler::ints;
 
-    // The suite measures whatever adapter there is, a software one too (which `auto` leaves
-    // alone in runs).
     let mode = match GpuMode::from_env()? {
         GpuMode::Off => GpuMode::Off,
         GpuMode::Auto | GpuMode::Require => GpuMode::Require,
     };
-    let gpu = match fabric_gpu_kernels::device::shared(mode).ok().flatten() {
+    let gpu = match device::shared(mode).ok().flatten() {
         Some(gpu) => gpu,
         None => anyhow::bail!(
             "bench gpu needs a GPU adapter and wgpu found none (FABRIC_GPU=off, or no Vulkan driver: on Debian, apt-get install mesa-vulkan-drivers libvulkan1)"
