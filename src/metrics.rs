@@ -70,8 +70,10 @@ pub struct ServeMetrics {
 }
 
 impl ServeMetrics {
-    /// Every metric at zero, registered.
-    pub fn new() -> Self {
+    /// Every metric at zero, registered; the spillover routes of the world (`(from, to)`) and
+    /// every rejection reason start with a sample of 0, so their families are there to query
+    /// before the first one happens.
+    pub fn new(routes: &[(String, String)]) -> Self {
         let mut registry = Registry::default();
         let metrics = Self {
             fill_rate: Gauge::default(),
@@ -166,6 +168,17 @@ impl ServeMetrics {
             metrics.outbox_lag_events.clone(),
         );
         registry.register("fabric_tick", "The current tick", metrics.tick.clone());
+        for (from_shard, to_shard) in routes {
+            metrics.spillovers.get_or_create(&RouteLabels {
+                from_shard: from_shard.clone(),
+                to_shard: to_shard.clone(),
+            });
+        }
+        for reason in fabric_events::RejectReason::ALL {
+            metrics.rejections.get_or_create(&ReasonLabels {
+                reason: reason.as_str().to_owned(),
+            });
+        }
         Self {
             registry,
             ..metrics

@@ -348,8 +348,19 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         .context("could not open the artifact store")?;
     let size = ledger.len();
     let jobs = index_log(&reader, &artifacts, size)?;
+    let world = run_file.spec().world;
+    let spill_routes: Vec<(String, String)> = world
+        .shards
+        .iter()
+        .flat_map(|shard| {
+            shard
+                .spillover
+                .iter()
+                .map(|to| (shard.name.clone(), to.clone()))
+        })
+        .collect();
     let spec = ServeSpec {
-        world: run_file.spec().world,
+        world,
         seed: run_file.seed,
         tick_interval: Duration::from_millis(args.tick_ms),
     };
@@ -383,7 +394,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
                 .collect(),
             jobs,
         }),
-        metrics: ServeMetrics::new(),
+        metrics: ServeMetrics::new(&spill_routes),
         tick_ms: args.tick_ms,
         started: Instant::now(),
         reader,
@@ -1051,17 +1062,18 @@ async fn owner_command(
         Ok(body) => body,
         Err(response) => return response,
     };
-    let owner: OwnerRequest =
-        match serde_json::from_slice(&body) {
-            Ok(parsed) => parsed,
-            Err(err) => return error(
+    let owner: OwnerRequest = match serde_json::from_slice(&body) {
+        Ok(parsed) => parsed,
+        Err(err) => {
+            return error(
                 StatusCode::BAD_REQUEST,
                 "bad_body",
                 format!(
                     "the body is not an owner command with its nonce (docs/FORMAT.md §10.1): {err}"
                 ),
-            ),
-        };
+            )
+        }
+    };
     let ack = match sequence(
         &shared,
         Request::Owner {

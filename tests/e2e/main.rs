@@ -5,6 +5,10 @@ mod audit;
 mod cli;
 mod durability;
 mod gpu;
+// The client `fabric submit` uses: a small HTTP/1.1 client over TCP and Unix sockets.
+#[allow(dead_code)]
+#[path = "../../src/http_client.rs"]
+mod http_client;
 mod ledger;
 mod nats;
 mod owner;
@@ -12,4 +16,5 @@ mod proof;
 mod report;
 mod restore;
 mod run;
+mod serve;
 mod support;
