@@ -169,15 +169,21 @@ impl ServeMetrics {
         );
         registry.register("fabric_tick", "The current tick", metrics.tick.clone());
         for (from_shard, to_shard) in routes {
-            metrics.spillovers.get_or_create(&RouteLabels {
-                from_shard: from_shard.clone(),
-                to_shard: to_shard.clone(),
-            });
+            metrics
+                .spillovers
+                .get_or_create(&RouteLabels {
+                    from_shard: from_shard.clone(),
+                    to_shard: to_shard.clone(),
+                })
+                .inc_by(0);
         }
         for reason in fabric_events::RejectReason::ALL {
-            metrics.rejections.get_or_create(&ReasonLabels {
-                reason: reason.as_str().to_owned(),
-            });
+            metrics
+                .rejections
+                .get_or_create(&ReasonLabels {
+                    reason: reason.as_str().to_owned(),
+                })
+                .inc_by(0);
         }
         Self {
             registry,

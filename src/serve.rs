@@ -820,14 +820,16 @@ fn check_envelope(request: &JobRequest, event: &Event) -> Result<(), (RejectReas
     Ok(())
 }
 
-fn parse_job_id(text: &str) -> Result<JobId, HttpResponse> {
-    text.parse().map_err(|_| {
-        error(
-            StatusCode::BAD_REQUEST,
-            "bad_job_id",
-            format!("{text:?} is not a job id (an unsigned 64-bit integer)"),
-        )
-    })
+fn parse_job_id(text: &str) -> Option<JobId> {
+    text.parse().ok()
+}
+
+fn bad_job_id(text: &str) -> HttpResponse {
+    error(
+        StatusCode::BAD_REQUEST,
+        "bad_job_id",
+        format!("{text:?} is not a job id (an unsigned 64-bit integer)"),
+    )
 }
 
 fn unknown_job(job: JobId) -> HttpResponse {
@@ -839,9 +841,8 @@ fn unknown_job(job: JobId) -> HttpResponse {
 }
 
 async fn job_status(shared: web::Data<Shared>, path: web::Path<String>) -> HttpResponse {
-    let job = match parse_job_id(&path) {
-        Ok(job) => job,
-        Err(response) => return response,
+    let Some(job) = parse_job_id(&path) else {
+        return bad_job_id(&path);
     };
     let view = read_view(&shared);
     let Some(record) = view.jobs.get(&job) else {
@@ -871,9 +872,8 @@ async fn job_status(shared: web::Data<Shared>, path: web::Path<String>) -> HttpR
 }
 
 async fn job_result(shared: web::Data<Shared>, path: web::Path<String>) -> HttpResponse {
-    let job = match parse_job_id(&path) {
-        Ok(job) => job,
-        Err(response) => return response,
+    let Some(job) = parse_job_id(&path) else {
+        return bad_job_id(&path);
     };
     let view = read_view(&shared);
     let Some(record) = view.jobs.get(&job) else {
