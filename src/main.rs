@@ -12,6 +12,7 @@ mod proof;
 mod report;
 mod run;
 mod serve;
+mod slo;
 mod tail;
 
 use std::path::PathBuf;
@@ -64,6 +65,8 @@ enum Command {
     VerifyProof(proof::VerifyProofArgs),
     /// Serve the fabric: the v0 HTTP API, ticks on a wall-clock interval, jobs from clients
     Serve(serve::ServeArgs),
+    /// Write canary_slo_report.json of a stored log: fill rate, RTT, provenance, policy latency
+    SloReport(slo::SloArgs),
     /// Submit a signed job to a running `fabric serve`
     Submit(client::SubmitArgs),
     /// Print a job's status and event history from a running `fabric serve`
@@ -99,6 +102,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Proof(args) => proof::run(&args),
         Command::VerifyProof(args) => proof::verify(&args),
         Command::Serve(args) => serve::run(&args),
+        Command::SloReport(args) => slo::run(&args),
         // Client commands say in their exit status whether the server said yes.
         Command::Submit(args) => return client::submit(&args),
         Command::Status(args) => return client::status(&args),

@@ -885,3 +885,78 @@ fn the_openapi_document_describes_every_answer_of_the_server() {
         }
     }
 }
+
+#[test]
+fn slo_report_of_a_run_has_every_figure_and_an_unfinished_log_is_an_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = crate::support::small_run(dir.path(), 3, 400);
+    let out = dir.path().join("canary_slo_report.json");
+    let report = fabric(&["slo-report", "--data", path(&data), "--out", path(&out)]);
+    assert!(report.status.success(), "slo-report: {}", stderr(&report));
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(&out).expect("the report")).expect("JSON");
+    for figure in [
+        "fill_rate_p95",
+        "rtt_ms_p95",
+        "provenance_coverage",
+        "policy_decision_latency_ms_p99",
+        "compliance_rate",
+    ] {
+        let value = report[figure]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{figure} is not a number: {report}"));
+        assert!(value.is_finite() && value >= 0.0, "{figure} = {value}");
+    }
+    for figure in ["fill_rate_p95", "provenance_coverage", "compliance_rate"] {
+        assert!(
+            report[figure].as_f64().expect("a number") <= 1.0,
+            "{figure}: {report}"
+        );
+    }
+    // The RTT is a registered node latency of the default world.
+    let rtt = report["rtt_ms_p95"].as_f64().expect("a number");
+    assert!(
+        [40.0, 90.0, 150.0, 300.0, 380.0, 600.0].contains(&rtt),
+        "{rtt}"
+    );
+    let compliance = report["compliance"].as_object().expect("compliance");
+    assert_eq!(compliance.len(), 4);
+    let compliant = compliance
+        .values()
+        .filter(|v| v.as_bool().expect("a boolean"))
+        .count();
+    assert_eq!(
+        report["compliance_rate"].as_f64(),
+        Some(compliant as f64 / 4.0)
+    );
+    assert!(
+        !std::fs::read_to_string(&out)
+            .expect("text")
+            .contains("null"),
+        "no nulls"
+    );
+
+    // A served fabric where no job ever ran has no RTT: an error, not a null.
+    let served_dir = dir.path().join("served");
+    let served = Served::start(&served_dir, None);
+    let mut client = served.client();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while current_tick(&mut client) < 3 {
+        assert!(Instant::now() < deadline, "the served fabric does not tick");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(served);
+    let empty = fabric(&[
+        "slo-report",
+        "--data",
+        path(&served_dir),
+        "--out",
+        path(&dir.path().join("empty.json")),
+    ]);
+    assert!(!empty.status.success());
+    assert!(
+        stderr(&empty).contains("no job was submitted"),
+        "{}",
+        stderr(&empty)
+    );
+}
