@@ -764,6 +764,68 @@ fn metrics_pass_promtool_and_name_every_metric() {
             "promtool exit {code:?}"
         );
     }
+
+    // The Grafana dashboard queries only metrics the server exposes, and shows every one; the
+    // alert rule file is valid and fires on the fill rate.
+    let text = get(&mut client, "/metrics").text();
+    let families: Vec<&str> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.split(' ').next())
+        .collect();
+    let grafana = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/grafana");
+    let dashboard: Value = serde_json::from_slice(
+        &std::fs::read(grafana.join("dashboard.json")).expect("the dashboard"),
+    )
+    .expect("the dashboard is JSON");
+    let mut queried = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("an expr");
+            let names: Vec<&str> = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|word| {
+                    word.starts_with("treaty_")
+                        || word.starts_with("fabric_")
+                        || word.starts_with("gpu_")
+                })
+                .collect();
+            assert!(
+                !names.is_empty(),
+                "panel {} queries no fabric metric",
+                panel["title"]
+            );
+            for name in names {
+                let family = name.trim_end_matches("_bucket");
+                assert!(
+                    families.contains(&family),
+                    "the dashboard queries {name}, which /metrics does not have"
+                );
+                queried.push(family.to_owned());
+            }
+        }
+    }
+    for name in METRIC_NAMES {
+        assert!(
+            queried.iter().any(|q| q == name),
+            "the dashboard shows no panel of {name}"
+        );
+    }
+    let rules = Command::new("promtool")
+        .args(["check", "rules", path(&grafana.join("alerts.yml"))])
+        .output()
+        .expect("promtool runs");
+    assert!(
+        rules.status.success(),
+        "promtool check rules: {}{}",
+        stdout(&rules),
+        stderr(&rules)
+    );
+    let alerts = std::fs::read_to_string(grafana.join("alerts.yml")).expect("the rules");
+    assert!(
+        alerts.contains("expr: treaty_fill_rate < 0.8") && alerts.contains("for: 5m"),
+        "{alerts}"
+    );
 }
 
 /// An example value for a path parameter of the OpenAPI document.
