@@ -18,6 +18,9 @@ use fabric_ledger::storage::{block_key, BlockWriter};
 use fabric_ledger::verify::{verify_batch, KeyCache, VerifiedBatch, Verifier};
 use fabric_ledger::{Ledger, BATCH_EVENTS_MAX};
 use rayon::prelude::*;
+
+#[path = "serve_bench.rs"]
+mod serve_bench;
 use serde::Serialize;
 
 /// Seed of the bench's keys and events, so every run measures the same bytes.
@@ -78,6 +81,8 @@ enum Suite {
     Audit,
     /// `fabric run --nats` vs. without: throughput, and the lag from append to JetStream ack
     Nats,
+    /// `fabric serve`: POST /v0/jobs from many connections, accepted jobs/s and p99 latency
+    Serve,
 }
 
 #[derive(Serialize)]
@@ -133,6 +138,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             Suite::Gpu => gpu_suite(args)?,
             Suite::Audit => audit_suite(args)?,
             Suite::Nats => nats_suite(args)?,
+            Suite::Serve => serve_bench::serve_suite(args)?,
         };
         if !args.json {
             print_table(&result);
