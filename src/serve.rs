@@ -70,6 +70,9 @@ pub struct ServeArgs {
     /// Publish every appended event on this NATS server's JetStream
     #[arg(long, value_name = "URL")]
     nats: Option<String>,
+    /// On shutdown, wait this long for NATS to take the events not yet published
+    #[arg(long, value_name = "SECS", default_value_t = 60, requires = "nats")]
+    nats_drain_s: u64,
     /// Milliseconds between ticks
     #[arg(long, value_name = "N", default_value_t = 100)]
     tick_ms: u64,
@@ -377,6 +380,9 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     if let Some(outbox) = &outbox {
         outbox.durable(size);
     }
+    // The driver's callback tells the outbox after each tick; it runs on this thread.
+    let outbox = std::rc::Rc::new(std::cell::RefCell::new(outbox));
+    let tick_outbox = std::rc::Rc::clone(&outbox);
     let outbox_cursor = reader.outbox_tree().ok();
     let (intake, intake_rx) = mpsc::channel(INTAKE_CAPACITY);
     let (stop, stop_rx) = watch::channel(false);
@@ -469,7 +475,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         let driver = actix_rt::spawn(async move {
             let outcome =
                 fabric_actors::serve::serve(&spec, ledger, intake_rx, stop_rx, move |tick| {
-                    if let Some(outbox) = &outbox {
+                    if let Some(outbox) = &*tick_outbox.borrow() {
                         outbox.durable(tick.tree_head.tree_size);
                     }
                     if let Some(tree) = &outbox_cursor {
@@ -501,6 +507,18 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
             .context("the serve driver panicked")?
             .context("the fabric stopped")?;
         served.context("the HTTP server failed")?;
+        let publisher = outbox.borrow_mut().take();
+        if let Some(publisher) = publisher {
+            let report = publisher
+                .finish(Duration::from_secs(args.nats_drain_s))
+                .context(
+                "not every event reached NATS; the next `fabric serve --nats` publishes the rest",
+            )?;
+            println!(
+                "published {} events on NATS ({} duplicates, {} retries)",
+                report.published, report.duplicates, report.retries
+            );
+        }
         println!(
             "stopped at tick {} with {} events, root {}",
             outcome.last_tick, outcome.tree_head.tree_size, outcome.tree_head.root

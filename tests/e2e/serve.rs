@@ -39,6 +39,11 @@ impl Served {
     /// Starts `fabric serve` on `data` on a free loopback port (and `unix` when given) and
     /// waits until it says where it listens.
     fn start(data: &Path, unix: Option<&Path>) -> Self {
+        Self::start_with(data, unix, &[])
+    }
+
+    /// [`Served::start`] with more arguments.
+    fn start_with(data: &Path, unix: Option<&Path>, extra: &[&str]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_fabric"));
         command.args([
             "serve",
@@ -56,6 +61,7 @@ impl Served {
         if let Some(socket) = unix {
             command.args(["--unix", path(socket)]);
         }
+        command.args(extra);
         let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -103,6 +109,15 @@ impl Served {
 
     fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
+    }
+
+    /// The rest of its stdout (after it exited).
+    fn rest_of_stdout(&mut self) -> String {
+        let mut rest = String::new();
+        if let Some(reader) = &mut self._stdout {
+            std::io::Read::read_to_string(reader, &mut rest).expect("serve's stdout reads");
+        }
+        rest
     }
 
     /// Sends SIGTERM and waits for the exit; true when it exited with 0.
@@ -1021,4 +1036,147 @@ fn slo_report_of_a_run_has_every_figure_and_an_unfinished_log_is_an_error() {
         "{}",
         stderr(&empty)
     );
+}
+
+#[test]
+fn live_events_follow_the_log_and_every_event_is_published_on_nats_once_in_order() {
+    let mut nats = crate::nats::NatsServer::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut served = Served::start_with(&dir.path().join("data"), None, &["--nats", &nats.url()]);
+    let mut client = served.client();
+    let tick = current_tick(&mut client);
+    let signed = signed_job(&client_key("earth"), "earth", "published", tick, 1);
+    assert_eq!(
+        post(
+            &mut client,
+            "/v0/jobs",
+            envelope("published", &signed).to_string().as_bytes()
+        )
+        .status,
+        202
+    );
+    wait_for_status(&mut client, job_id_of("published"), "completed");
+
+    // A live answer: from the current end, it waits for the next lines (heartbeats keep the
+    // log growing) and ends after `limit` of them.
+    let size = json_of(&get(&mut client, "/v0/health"))["ledger"]["size"]
+        .as_u64()
+        .expect("a size");
+    let live = get(
+        &mut client,
+        &format!("/v0/events?from={size}&limit=5&follow=true"),
+    );
+    assert_eq!(live.status, 200);
+    let seqs: Vec<u64> = live
+        .text()
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<Value>(line).expect("JSON")["seq"]
+                .as_u64()
+                .expect("a seq")
+        })
+        .collect();
+    assert_eq!(seqs, (size..size + 5).collect::<Vec<_>>());
+
+    let lines = export_lines(&mut client);
+    assert!(served.terminate(), "fabric serve did not exit 0");
+    let rest = served.rest_of_stdout();
+    let stopped = rest
+        .lines()
+        .find_map(|line| line.strip_prefix("stopped at tick "))
+        .unwrap_or_else(|| panic!("no stop line in {rest:?}"));
+    let total: usize = stopped
+        .split(" with ")
+        .nth(1)
+        .and_then(|tail| tail.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("the event count");
+    assert!(
+        rest.contains(&format!("published {total} events on NATS")),
+        "{rest}"
+    );
+    let messages = crate::nats::stream_messages(&nats.url(), total, Duration::from_secs(30));
+    assert_eq!(messages.len(), total, "every event once on the stream");
+    for (index, (_, id, payload)) in messages.iter().enumerate() {
+        assert_eq!(
+            id.as_deref(),
+            Some(index.to_string().as_str()),
+            "message {index} in seq order"
+        );
+        if let Some(line) = lines.get(&(index as u64)) {
+            let published: Value = serde_json::from_slice(payload).expect("an export line");
+            assert_eq!(&published, line, "seq {index} is its export line");
+        }
+    }
+    nats.kill();
+}
+
+#[test]
+fn owner_commands_over_http_register_a_client_and_too_few_approvals_are_refused() {
+    use fabric_events::{OwnerAction, OwnerCommand, PublicKey};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let served = Served::start(&dir.path().join("data"), None);
+    let mut client = served.client();
+    let tick = current_tick(&mut client);
+    let newcomer = derive_signing_key(SEED, "tests/new-client");
+    let owner = |index: u32| derive_signing_key(SEED, &format!("sim/owner/{index}"));
+    let command = |approvers: &[u32], nonce: u64| {
+        let mut command = OwnerCommand {
+            action: OwnerAction::RegisterClient {
+                client: "tests.newcomer".to_owned(),
+                key: PublicKey::from(&newcomer.verifying_key()),
+            },
+            expiry_tick: tick + 10_000,
+            approvals: Vec::new(),
+        };
+        for index in approvers {
+            command.approve(nonce, &owner(*index));
+        }
+        json!({"nonce": nonce, "command": command}).to_string()
+    };
+
+    // The newcomer's job before its registration: an unknown key.
+    let early = signed_job(&newcomer, "earth", "newcomer-early", tick, 1);
+    let response = post(
+        &mut client,
+        "/v0/jobs",
+        envelope("newcomer-early", &early).to_string().as_bytes(),
+    );
+    assert_eq!(response.status, 401, "{}", response.text());
+
+    // One approval of the default 2-of-3: refused and recorded.
+    let response = post(
+        &mut client,
+        "/v0/owner/commands",
+        command(&[0], 500).as_bytes(),
+    );
+    assert_eq!(response.status, 403, "{}", response.text());
+    let answer = json_of(&response);
+    assert_eq!(answer["error"]["code"], "too_few_owner_signatures");
+    let rejected_seq = answer["error"]["rejected_seq"]
+        .as_u64()
+        .expect("a rejected seq");
+    assert_eq!(export_lines(&mut client)[&rejected_seq]["kind"], "rejected");
+
+    // Two approvals: executed at its seq; the newcomer's jobs are now taken.
+    let response = post(
+        &mut client,
+        "/v0/owner/commands",
+        command(&[0, 2], 501).as_bytes(),
+    );
+    assert_eq!(response.status, 202, "{}", response.text());
+    let seq = json_of(&response)["seq"].as_u64().expect("a seq");
+    assert_eq!(export_lines(&mut client)[&seq]["kind"], "owner_command");
+    let tick = current_tick(&mut client);
+    let late = signed_job(&newcomer, "earth", "newcomer-late", tick, 2);
+    let response = post(
+        &mut client,
+        "/v0/jobs",
+        envelope("newcomer-late", &late).to_string().as_bytes(),
+    );
+    assert_eq!(response.status, 202, "{}", response.text());
+    wait_for_status(&mut client, job_id_of("newcomer-late"), "completed");
+    // A body that is not a command: 400, nothing stored.
+    let response = post(&mut client, "/v0/owner/commands", b"[1, 2, 3]");
+    assert_eq!(response.status, 400);
 }
