@@ -296,6 +296,16 @@ pub struct ResumeArgs {
 /// its end, then writes its reports (from the log, so every event appears exactly once).
 pub fn resume(args: &ResumeArgs) -> anyhow::Result<()> {
     let (run_file, ledger) = open_run_with(&args.data, true)?;
+    // A simulated run has jobs; a folder without is a served fabric, whose log goes on only
+    // under `fabric serve` (a resume would append simulated ticks to it).
+    ensure!(
+        run_file.jobs > 0,
+        "{} holds the fabric {} that `fabric serve` started; start it again with `fabric serve \
+         --data {}`",
+        args.data.display(),
+        run_file.label,
+        args.data.display()
+    );
     let discarded = ledger.open_report().discarded_blocks;
     let spec = run_file.spec();
     let progress = progress_bar(run_file.jobs);
