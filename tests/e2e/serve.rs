@@ -1036,6 +1036,14 @@ fn slo_report_of_a_run_has_every_figure_and_an_unfinished_log_is_an_error() {
         "{}",
         stderr(&empty)
     );
+    // A served folder is not a simulated run: `fabric resume` leaves it alone.
+    let resumed = fabric(&["resume", "--data", path(&served_dir)]);
+    assert!(!resumed.status.success());
+    assert!(
+        stderr(&resumed).contains("fabric serve"),
+        "{}",
+        stderr(&resumed)
+    );
 }
 
 #[test]
