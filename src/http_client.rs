@@ -179,9 +179,14 @@ impl Client {
         let result = read_response(stream, method == "HEAD");
         match &result {
             Ok(response) => {
-                if response
-                    .header("connection")
-                    .is_some_and(|value| value.eq_ignore_ascii_case("close"))
+                // A body read to the end of the stream, or a server that says so, ends the
+                // connection.
+                let delimited = response.header("content-length").is_some()
+                    || response.header("transfer-encoding").is_some();
+                if !delimited
+                    || response
+                        .header("connection")
+                        .is_some_and(|value| value.eq_ignore_ascii_case("close"))
                 {
                     self.stream = None;
                 }
