@@ -77,7 +77,7 @@ impl ServeMetrics {
         let mut registry = Registry::default();
         let metrics = Self {
             fill_rate: Gauge::default(),
-            rtt_ms: Histogram::new(exponential_buckets(10.0, 2.0, 16)),
+            rtt_ms: Histogram::new(exponential_buckets(5.0, 2.0, 12)),
             provenance_coverage: Gauge::default(),
             gpu_hours: Counter::default(),
             dropped_requests: Gauge::default(),
@@ -103,7 +103,7 @@ impl ServeMetrics {
         );
         registry.register(
             "treaty_rtt_ms",
-            "Round trip of a job from its submission to its receipt, in milliseconds (ticks times the tick interval)",
+            "Round-trip latency of the node that ran each finished job, in milliseconds (its registered latency_ms, as in summary.json)",
             metrics.rtt_ms.clone(),
         );
         registry.register(
@@ -207,11 +207,6 @@ impl ServeMetrics {
             .set(i64::try_from(total).unwrap_or(i64::MAX));
     }
 
-    /// One job's round trip (submission to receipt), in ticks.
-    pub fn observe_rtt(&self, ticks: u64, tick_ms: u64) {
-        self.rtt_ms.observe(ticks as f64 * tick_ms as f64);
-    }
-
     /// A durable tick: its events and the state after it.
     pub fn observe_tick(&self, tick: &ServedTick<'_>, state: &State, tick_ms: u64) {
         self.tick.set(i64::try_from(tick.tick).unwrap_or(i64::MAX));
@@ -243,10 +238,16 @@ impl ServeMetrics {
                         })
                         .inc();
                 }
-                Body::JobReceipt(receipt) if receipt.kernel.is_some() => {
-                    let ticks = receipt.finished_tick.saturating_sub(receipt.started_tick);
-                    self.gpu_hours
-                        .inc_by(ticks as f64 * tick_ms as f64 / 3_600_000.0);
+                Body::JobReceipt(receipt) => {
+                    if let Some(node) = state.node_ix(&receipt.node) {
+                        self.rtt_ms
+                            .observe(f64::from(state.nodes()[node as usize].latency_ms));
+                    }
+                    if receipt.kernel.is_some() {
+                        let ticks = receipt.finished_tick.saturating_sub(receipt.started_tick);
+                        self.gpu_hours
+                            .inc_by(ticks as f64 * tick_ms as f64 / 3_600_000.0);
+                    }
                 }
                 _ => {}
             }

@@ -189,14 +189,6 @@ impl Shared {
             if let Body::JobSubmitted(job) = &event.body {
                 view.active.insert(job.job);
             }
-            if let Body::JobReceipt(receipt) = &event.body {
-                if let Some(record) = view.jobs.get(&receipt.job) {
-                    self.metrics.observe_rtt(
-                        receipt.finished_tick.saturating_sub(record.submitted_tick),
-                        self.tick_ms,
-                    );
-                }
-            }
         }
         settle(view, tick.state);
         self.metrics.observe_tick(tick, tick.state, self.tick_ms);

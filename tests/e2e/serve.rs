@@ -746,6 +746,9 @@ fn metrics_pass_promtool_and_name_every_metric() {
             "{text}"
         );
         assert!(text.contains("treaty_fill_rate 1.0"), "{text}");
+        // One job finished, on earth.core-alpha (the one earth node with `general`, 40 ms).
+        assert!(text.contains("treaty_rtt_ms_count 1\n"), "{text}");
+        assert!(text.contains("treaty_rtt_ms_sum 40.0\n"), "{text}");
 
         let mut promtool = Command::new("promtool")
             .args(["check", "metrics"])
