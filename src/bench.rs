@@ -15,6 +15,7 @@
 //! - [`route`]: router decision latency at 100, 1k and 10k nodes; `scale`: 1M jobs on 10k nodes.
 //! - [`peers`]: the same signed-event append workload on PostgreSQL and JetStream.
 //! - [`gpu`], [`nats`]: kernels vs. their CPU references; `fabric run --nats` vs. without.
+//! - [`serve`]: `POST /v0/jobs` against a `fabric serve` child process on loopback.
 
 mod gpu;
 mod history;
@@ -23,6 +24,7 @@ mod limits;
 mod nats;
 mod peers;
 mod route;
+mod serve;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -32,6 +34,7 @@ use clap::ValueEnum;
 use fabric_events::{derive_signing_key, Event, JobSubmitted, Role, SignedEvent, SigningKey};
 use fabric_ledger::BATCH_EVENTS_MAX;
 use rayon::prelude::*;
+
 use serde::Serialize;
 
 /// Seed of the bench's keys and events, so every run measures the same bytes.
@@ -105,6 +108,8 @@ enum Suite {
     Gpu,
     /// `fabric run --nats` vs. without: throughput, and the lag from append to JetStream ack
     Nats,
+    /// `fabric serve`: POST /v0/jobs from many connections, accepted jobs/s and p99 latency
+    Serve,
 }
 
 impl Suite {
@@ -119,6 +124,7 @@ impl Suite {
             Suite::Peers => "peers",
             Suite::Gpu => "gpu",
             Suite::Nats => "nats",
+            Suite::Serve => "serve",
         }
     }
 }
@@ -321,6 +327,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             Suite::Peers => peers::suite(&mut bench),
             Suite::Gpu => gpu::suite(&bench),
             Suite::Nats => nats::suite(&bench),
+            Suite::Serve => serve::suite(&mut bench),
         }
         .with_context(|| format!("bench suite {} failed", suite.name()))?;
         if !args.json {

@@ -2,12 +2,17 @@
 
 mod audit;
 mod bench;
+mod client;
 mod config;
 mod export;
+mod http_client;
+mod metrics;
 mod owner;
 mod proof;
 mod report;
 mod run;
+mod serve;
+mod slo;
 mod tail;
 
 use std::path::PathBuf;
@@ -58,6 +63,16 @@ enum Command {
     Proof(proof::ProofArgs),
     /// Check a proof written by `fabric proof` offline, against the ledger's key
     VerifyProof(proof::VerifyProofArgs),
+    /// Serve the fabric: the v0 HTTP API, ticks on a wall-clock interval, jobs from clients
+    Serve(serve::ServeArgs),
+    /// Write canary_slo_report.json of a stored log: fill rate, RTT, provenance, policy latency
+    SloReport(slo::SloArgs),
+    /// Submit a signed job to a running `fabric serve`
+    Submit(client::SubmitArgs),
+    /// Print a job's status and event history from a running `fabric serve`
+    Status(client::JobArgs),
+    /// Print a job's result (and fetch its artifact) from a running `fabric serve`
+    Result(client::JobArgs),
 }
 
 fn main() -> ExitCode {
@@ -86,6 +101,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => bench::run(&args),
         Command::Proof(args) => proof::run(&args),
         Command::VerifyProof(args) => proof::verify(&args),
+        Command::Serve(args) => serve::run(&args),
+        Command::SloReport(args) => slo::run(&args),
+        // Client commands say in their exit status whether the server said yes.
+        Command::Submit(args) => return client::submit(&args),
+        Command::Status(args) => return client::status(&args),
+        Command::Result(args) => return client::result(&args),
     };
     done.map(|()| ExitCode::SUCCESS)
 }

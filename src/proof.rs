@@ -57,7 +57,7 @@ pub struct VerifyProofArgs {
 /// `fabric-inclusion-proof-v1`; the field order is the document's key order.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct InclusionDoc {
+pub(crate) struct InclusionDoc {
     format: String,
     seq: u64,
     tree_size: u64,
@@ -110,7 +110,7 @@ pub fn run(args: &ProofArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn inclusion_doc(
+pub(crate) fn inclusion_doc(
     reader: &LedgerReader,
     ledger_key: &PublicKey,
     log_size: u64,

@@ -296,6 +296,16 @@ pub struct ResumeArgs {
 /// its end, then writes its reports (from the log, so every event appears exactly once).
 pub fn resume(args: &ResumeArgs) -> anyhow::Result<()> {
     let (run_file, ledger) = open_run_with(&args.data, true)?;
+    // A simulated run has jobs; a folder without is a served fabric, whose log goes on only
+    // under `fabric serve` (a resume would append simulated ticks to it).
+    ensure!(
+        run_file.jobs > 0,
+        "{} holds the fabric {} that `fabric serve` started; start it again with `fabric serve \
+         --data {}`",
+        args.data.display(),
+        run_file.label,
+        args.data.display()
+    );
     let discarded = ledger.open_report().discarded_blocks;
     let spec = run_file.spec();
     let progress = progress_bar(run_file.jobs);
@@ -353,6 +363,48 @@ impl RunFile {
             byzantine: self.byzantine.clone(),
         }
     }
+}
+
+/// The data folder of `fabric serve`: one it served before is resumed (its `run.json` says
+/// the world and the seed); an empty or missing one gets a new fabric of `config` and `seed`
+/// with no simulated workload (`jobs` = 0: jobs come from clients).
+pub(crate) fn open_or_create_served(
+    data: &Path,
+    config: &Path,
+    seed: u64,
+) -> anyhow::Result<(RunFile, Ledger)> {
+    if data.join(RUN_FILE).exists() {
+        let (run_file, ledger) = open_run_with(data, true)?;
+        ensure!(
+            run_file.jobs == 0 && run_file.owner_script.is_empty(),
+            "--data {} holds the simulated run {}; `fabric serve` serves only folders it \
+             started (or an empty folder)",
+            data.display(),
+            run_file.label
+        );
+        return Ok((run_file, ledger));
+    }
+    prepare_data_dir(data, false)?;
+    let world = crate::config::load(config)?;
+    let run_file = RunFile {
+        format: RUN_FILE_FORMAT,
+        label: format!("serve-seed{seed}"),
+        seed,
+        jobs: 0,
+        nodes: world.nodes.len(),
+        config: config.to_path_buf(),
+        world,
+        owner_script: Vec::new(),
+        byzantine: Vec::new(),
+    };
+    write_atomically(
+        &data.join(RUN_FILE),
+        serde_json::to_string_pretty(&run_file)?.as_bytes(),
+    )?;
+    let ledger_path = data.join(LEDGER_DIR);
+    let ledger = Ledger::open(&ledger_path, sim_ledger_key(seed))
+        .with_context(|| format!("could not open the ledger in {}", ledger_path.display()))?;
+    Ok((run_file, ledger))
 }
 
 /// Reads a data folder's `run.json` and opens its ledger.

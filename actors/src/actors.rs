@@ -234,7 +234,15 @@ pub struct NodeActor {
     pub engine: Engine,
     /// How often it corrupts a GPU job's output (`--byzantine`), in parts per million.
     pub byzantine_ppm: u32,
+    /// In `fabric serve`: the input hashes of the jobs clients submitted, which the node runs
+    /// as CPU jobs that always complete. `None` in a simulation, whose jobs come from the
+    /// workload.
+    pub served_inputs: Option<Arc<ServedInputs>>,
 }
+
+/// The input hash of each job in flight that a client submitted to `fabric serve`, written by
+/// the serve driver when it admits the submission and read by the nodes when they run it.
+pub type ServedInputs = std::sync::RwLock<std::collections::HashMap<fabric_events::JobId, Hash32>>;
 
 /// What a byzantine node reports instead of a GPU job's real output hash.
 pub fn corrupted_output_hash(real: &Hash32) -> Hash32 {
@@ -290,10 +298,22 @@ impl Handler<Propose> for NodeActor {
                 if finished_tick > tick {
                     continue;
                 }
-                let (generated, gpu_input) =
-                    self.workload.job_with_input(job.id, job.submitted_tick);
-                let failed = self.workload.run_fails(&generated, job.attempts);
-                let input = generated.submission.input_hash;
+                let (input, gpu_input, failed) = match &self.served_inputs {
+                    // A served job is a CPU job whose input its client named; it completes.
+                    Some(served) => {
+                        let inputs = served.read().unwrap_or_else(|poison| poison.into_inner());
+                        let input = *inputs
+                            .get(&job.id)
+                            .ok_or(RunError::UnknownServedJob { job: job.id })?;
+                        (input, None, false)
+                    }
+                    None => {
+                        let (generated, gpu_input) =
+                            self.workload.job_with_input(job.id, job.submitted_tick);
+                        let failed = self.workload.run_fails(&generated, job.attempts);
+                        (generated.submission.input_hash, gpu_input, failed)
+                    }
+                };
                 let (output, kernel) = match gpu_input {
                     None if failed => (Hash32::default(), None),
                     None => (cpu_output_hash(&input, job.id, job.attempts), None),

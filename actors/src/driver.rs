@@ -310,7 +310,7 @@ pub struct RunOutcome {
 
 /// Tick 0: the ledger names itself and the owners, then the owners register every client,
 /// shard and node, each by a command approved by the first `threshold` owners.
-fn genesis(world: &World, keys: &SimKeys) -> Result<Vec<Attempt>, RunError> {
+pub(crate) fn genesis(world: &World, keys: &SimKeys) -> Result<Vec<Attempt>, RunError> {
     let ledger = PublicKey::from(&keys.ledger.verifying_key());
     let founding = Event::new(
         Role::Ledger,
@@ -661,6 +661,7 @@ async fn drive(
                     .iter()
                     .find(|b| b.node == node.name)
                     .map_or(0, |b| b.rate_ppm),
+                served_inputs: None,
             };
             NodeActor::start_in_arbiter(&on(index), move |_| actor)
         })

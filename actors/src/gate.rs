@@ -116,27 +116,7 @@ pub fn admit_signed(
 ) -> Result<Admitted, RunError> {
     let mut out = Admitted::default();
     for signed in attempts {
-        let checked = if signed.signed.len() > MAX_SIGNED_BYTES {
-            Err((
-                RejectReason::Oversize,
-                format!(
-                    "{} signed bytes, over the limit of {MAX_SIGNED_BYTES}",
-                    signed.signed.len()
-                ),
-            ))
-        } else {
-            match event_from_signed(&signed.signed) {
-                Err(error) => Err((RejectReason::Malformed, error.to_string())),
-                Ok(event) => match signed.verify() {
-                    Err(VerifyError::WeakKey(_)) => Err((
-                        RejectReason::WeakKey,
-                        format!("key {} is a small-order point", signed.author),
-                    )),
-                    Err(error) => Err((RejectReason::BadSignature, error.to_string())),
-                    Ok(()) => Ok(event),
-                },
-            }
-        };
+        let checked = check_signed(&signed);
         match checked {
             Ok(event) => {
                 let admitted = admit(
@@ -159,6 +139,53 @@ pub fn admit_signed(
             }
         }
     }
+    Ok(out)
+}
+
+/// The checks of a raw attempt before the authority table looks at it: within the size limit,
+/// a canonical event, a valid signature by a key that is not a small-order point. Pure (no
+/// state), so callers may run it on any thread; the refusal's reason and detail go into the
+/// `Rejected` event that [`refuse`] records.
+pub fn check_signed(signed: &SignedEvent) -> Result<Event, (RejectReason, String)> {
+    if signed.signed.len() > MAX_SIGNED_BYTES {
+        return Err((
+            RejectReason::Oversize,
+            format!(
+                "{} signed bytes, over the limit of {MAX_SIGNED_BYTES}",
+                signed.signed.len()
+            ),
+        ));
+    }
+    match event_from_signed(&signed.signed) {
+        Err(error) => Err((RejectReason::Malformed, error.to_string())),
+        Ok(event) => match signed.verify() {
+            Err(VerifyError::WeakKey(_)) => Err((
+                RejectReason::WeakKey,
+                format!("key {} is a small-order point", signed.author),
+            )),
+            Err(error) => Err((RejectReason::BadSignature, error.to_string())),
+            Ok(()) => Ok(event),
+        },
+    }
+}
+
+/// Records the refusal of an external attempt that never reached the authority table (see
+/// [`check_signed`], or a rule of the caller's): one `Rejected` event signed by `ledger_key`
+/// at `tick`, folded into `state`.
+pub fn refuse(
+    state: &mut State,
+    tick: u64,
+    attempt: &SignedEvent,
+    reason: RejectReason,
+    detail: &str,
+    ledger_key: &SigningKey,
+) -> Result<Admitted, RunError> {
+    let mut out = Admitted::default();
+    record_rejection(state, tick, attempt, reason, detail, ledger_key, &mut out)?;
+    out.verdicts.push(Verdict::Refused {
+        reason,
+        detail: truncate(detail),
+    });
     Ok(out)
 }
 

@@ -20,6 +20,7 @@ pub mod actors;
 pub mod driver;
 pub mod gate;
 pub mod restore;
+pub mod serve;
 pub mod workload;
 pub mod world;
 
@@ -97,6 +98,12 @@ pub enum RunError {
         given: usize,
         /// The ledger's limit.
         max: usize,
+    },
+    /// A node of `fabric serve` was assigned a job whose submission the server never saw.
+    #[error("job {job} runs on a node, but no submission of it is known to the server")]
+    UnknownServedJob {
+        /// The job.
+        job: u64,
     },
     /// The run needs an empty ledger.
     #[error("the ledger already holds {size} events; a run starts from an empty ledger")]

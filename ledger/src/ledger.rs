@@ -19,6 +19,8 @@ use crate::verify::{VerifiedBatch, Verifier};
 pub const SNAPSHOT_TREE: &str = "snapshots";
 /// Name of the sled tree holding the NATS outbox's cursor.
 pub const OUTBOX_TREE: &str = "outbox";
+/// Name of the sled tree of `fabric serve`'s artifacts (see [`LedgerReader::artifacts_tree`]).
+pub const ARTIFACTS_TREE: &str = "artifacts";
 /// Largest chunk of a stored snapshot.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 64 * 1024;
 /// Bytes of a snapshot manifest before the Merkle frontier: length, chunk count, hash.
@@ -760,6 +762,16 @@ impl LedgerReader {
         self.db
             .open_tree(OUTBOX_TREE)
             .map_err(storage("opening the outbox tree"))
+    }
+
+    /// The `artifacts` tree of `fabric serve`: content-addressed job outputs, keyed by their
+    /// BLAKE3 hash (docs/FORMAT.md §7). It lives in the ledger's folder, so each append's group
+    /// commit also makes the artifacts written before it durable; nothing in it is part of the
+    /// log, and every artifact can be derived again from the log.
+    pub fn artifacts_tree(&self) -> Result<sled::Tree, LedgerError> {
+        self.db
+            .open_tree(ARTIFACTS_TREE)
+            .map_err(storage("opening the artifacts tree"))
     }
 
     fn snapshot_tree(&self) -> Result<sled::Tree, LedgerError> {

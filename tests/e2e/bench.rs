@@ -74,6 +74,16 @@ fn expected_figures() -> Vec<(&'static str, Vec<String>)> {
                 "drain after the run",
             ]),
         ),
+        (
+            "serve",
+            owned(&[
+                "accepted jobs",
+                "accepted jobs vs ingest",
+                "events appended by the server",
+                "submission latency p50",
+                "submission latency p99",
+            ]),
+        ),
     ]
 }
 

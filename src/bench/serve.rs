@@ -1,0 +1,327 @@
+//! `fabric bench serve`: `POST /v0/jobs` driven from this process against a `fabric serve`
+//! child process on loopback, on many connections at once; accepted jobs per second and the
+//! latency of an accepted submission (request sent to 202 read, which includes the wait for the
+//! tick and its group commit), next to the bounds of suite `limits` measured in the same run:
+//! the ledger's ingest of pre-signed events, and the signature work every served job needs.
+//!
+//! Each connection signs with a client key of its own, registered beforehand through
+//! `POST /v0/owner/commands` (approved by the seed's owners): one key's nonces must rise in
+//! the order the ledger sees them, which one sequential connection per key guarantees.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, ensure, Context};
+use fabric_events::{derive_signing_key, Hash32, OwnerAction, OwnerCommand, PublicKey, SigningKey};
+use serde_json::{json, Value};
+
+use super::{scratch_dir, verdict, Against, Bench, BenchArgs, Figure, SuiteReport};
+use crate::client::{job_request_body, JobSpec};
+use crate::http_client::{Client, Target};
+
+/// The seed of the served fabric (its owner and ledger keys).
+const SERVE_BENCH_SEED: u64 = 0x5E_2026;
+/// Tick interval of the served fabric.
+const TICK_MS: u64 = 10;
+/// Concurrent connections, each with a client key of its own.
+const CONNECTIONS: usize = 256;
+/// Share of the signature-work bound the served fabric aims for: the HTTP parsing, the JSON,
+/// the gate and the actors share the same cores.
+const CRYPTO_RATIO_TARGET: f64 = 0.5;
+/// Submission latency the 99th percentile aims under: ten ticks.
+const LATENCY_MS_P99_TARGET: f64 = 10.0 * TICK_MS as f64;
+
+/// A `fabric serve` child, killed when dropped if it is still running.
+struct ServeChild {
+    child: Child,
+    target: Target,
+}
+
+impl Drop for ServeChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(args: &BenchArgs, data: &std::path::Path) -> anyhow::Result<ServeChild> {
+    let exe =
+        std::env::current_exe().context("cannot find this program to start `fabric serve`")?;
+    let mut child = Command::new(exe)
+        .args(["serve", "--data"])
+        .arg(data)
+        .arg("--config")
+        .arg(&args.config)
+        .args([
+            "--seed",
+            &SERVE_BENCH_SEED.to_string(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--tick-ms", &TICK_MS.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("could not start `fabric serve`")?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow!("no stdout of `fabric serve`"))?;
+    let mut lines = BufReader::new(stdout).lines();
+    let mut target = None;
+    for line in lines.by_ref() {
+        let line = line.context("could not read `fabric serve`'s output")?;
+        if let Some(address) = line.strip_prefix("listening on ") {
+            target = Some(Target::parse(address).map_err(|reason| anyhow!(reason))?);
+        }
+        if line.starts_with("data ") {
+            break;
+        }
+    }
+    // Keep reading (and dropping) its output so it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    let target = target.ok_or_else(|| anyhow!("`fabric serve` did not say where it listens"))?;
+    Ok(ServeChild { child, target })
+}
+
+fn health(client: &mut Client) -> anyhow::Result<Value> {
+    let response = client.request("GET", "/v0/health", None)?;
+    ensure!(
+        response.status == 200,
+        "GET /v0/health: {}",
+        response.status
+    );
+    Ok(serde_json::from_slice(&response.body)?)
+}
+
+fn wait_for_tick(client: &mut Client, tick: u64) -> anyhow::Result<u64> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = health(client)?["tick"].as_u64().unwrap_or(0);
+        if now >= tick {
+            return Ok(now);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the served fabric does not reach tick {tick}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Registers one client key per connection, each by an owner command approved by the first
+/// `threshold` owners of the seed.
+fn register_clients(
+    client: &mut Client,
+    world: &fabric_actors::world::World,
+    keys: &[SigningKey],
+) -> anyhow::Result<()> {
+    let owners: Vec<SigningKey> = (0..world.owners.threshold)
+        .map(|index| fabric_actors::sim_owner_key(SERVE_BENCH_SEED, index))
+        .collect();
+    let tick = health(client)?["tick"].as_u64().unwrap_or(0);
+    for (index, key) in keys.iter().enumerate() {
+        let nonce = 1_000_000 + index as u64;
+        let mut command = OwnerCommand {
+            action: OwnerAction::RegisterClient {
+                client: format!("bench.client-{index}"),
+                key: PublicKey::from(&key.verifying_key()),
+            },
+            expiry_tick: tick + 100_000,
+            approvals: Vec::new(),
+        };
+        for owner in &owners {
+            command.approve(nonce, owner);
+        }
+        let body = serde_json::to_vec(&json!({"nonce": nonce, "command": command}))?;
+        let response = client.request(
+            "POST",
+            "/v0/owner/commands",
+            Some(("application/json", &body)),
+        )?;
+        ensure!(
+            response.status == 202,
+            "registering bench client {index}: {} {}",
+            response.status,
+            response.text()
+        );
+    }
+    Ok(())
+}
+
+/// Nearest-rank quantile of sorted latencies, in milliseconds.
+fn quantile_ms(sorted: &[Duration], quantile: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((quantile * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1].as_secs_f64() * 1e3
+}
+
+/// The `serve` suite.
+pub(super) fn suite(bench: &mut Bench<'_>) -> anyhow::Result<SuiteReport> {
+    let args = bench.args;
+    let scratch = scratch_dir(args)?;
+    let world = crate::config::load(&args.config)?;
+    let Some(shard) = world.shards.first().map(|shard| shard.name.clone()) else {
+        bail!("{} has no shard", args.config.display());
+    };
+    let skill = world
+        .nodes
+        .iter()
+        .find(|node| node.region == shard)
+        .and_then(|node| node.capabilities.first().cloned())
+        .ok_or_else(|| anyhow!("shard {shard} has no node with a capability"))?;
+    let duration = Duration::from_secs(if args.quick { 5 } else { 20 });
+
+    let server = start_server(args, &scratch.path().join("served"))?;
+    let mut control = Client::new(server.target.clone(), Duration::from_secs(30));
+    wait_for_tick(&mut control, 1)?;
+    let keys: Vec<SigningKey> = (0..CONNECTIONS)
+        .map(|index| derive_signing_key(SERVE_BENCH_SEED, &format!("bench/client/{index}")))
+        .collect();
+    register_clients(&mut control, &world, &keys)?;
+    let size_before = health(&mut control)?["ledger"]["size"]
+        .as_u64()
+        .unwrap_or(0);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let workers: Vec<_> = keys
+        .into_iter()
+        .enumerate()
+        .map(|(connection, key)| {
+            let (target, stop, shard, skill) = (
+                server.target.clone(),
+                Arc::clone(&stop),
+                shard.clone(),
+                skill.clone(),
+            );
+            std::thread::spawn(move || -> anyhow::Result<(Vec<Duration>, u64)> {
+                let mut client = Client::new(target, Duration::from_secs(30));
+                let tick = health(&mut client)?["tick"].as_u64().unwrap_or(0);
+                let mut latencies = Vec::new();
+                let mut refused = 0;
+                for index in 0u64.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let request_id = format!("bench-{connection}-{index}");
+                    let job = JobSpec {
+                        request_id: request_id.clone(),
+                        shard: shard.clone(),
+                        model_id: "bench".to_owned(),
+                        model_version: "1".to_owned(),
+                        skills: vec![skill.clone()],
+                        duration_ticks: 2,
+                        deadline_ticks: 1_000,
+                        budget_micros: 1_000,
+                        input_hash: Hash32(*blake3::hash(request_id.as_bytes()).as_bytes()),
+                    };
+                    let body = job_request_body(&job, &key, tick, index + 1)?;
+                    let sent = Instant::now();
+                    let response =
+                        client.request("POST", "/v0/jobs", Some(("application/json", &body)))?;
+                    if response.status == 202 {
+                        latencies.push(sent.elapsed());
+                    } else {
+                        refused += 1;
+                    }
+                }
+                Ok((latencies, refused))
+            })
+        })
+        .collect();
+    std::thread::sleep(duration);
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies = Vec::new();
+    let mut refused = 0;
+    for worker in workers {
+        let (mut worker_latencies, worker_refused) = worker
+            .join()
+            .map_err(|_| anyhow!("a bench connection panicked"))??;
+        latencies.append(&mut worker_latencies);
+        refused += worker_refused;
+    }
+    let elapsed = started.elapsed();
+    let size_after = health(&mut control)?["ledger"]["size"]
+        .as_u64()
+        .unwrap_or(0);
+    drop(server);
+    ensure!(
+        refused == 0,
+        "{refused} submissions were refused during the bench"
+    );
+    latencies.sort_unstable();
+    let accepted = latencies.len();
+    let jobs_per_s = accepted as f64 / elapsed.as_secs_f64();
+    let events_per_s = size_after.saturating_sub(size_before) as f64 / elapsed.as_secs_f64();
+    let (p50, p99) = (quantile_ms(&latencies, 0.5), quantile_ms(&latencies, 0.99));
+    let limits = bench.limits()?;
+    let ingest_bound = limits.presigned_bound();
+    // Every served job is signed once by its client, verified once alone by the HTTP worker
+    // and once more in its tick's batch by the ledger, all on the same cores.
+    let crypto_bound = limits.cores as f64 * 1e6
+        / (limits.sign.one_core_us + limits.verify.one_core_us + limits.batch_verify.one_core_us);
+    Ok(SuiteReport {
+        suite: "serve",
+        events: accepted,
+        batch_events: 0,
+        repetitions: 1,
+        adapter: None,
+        notes: vec![format!(
+            "{CONNECTIONS} connections for {} s, {TICK_MS} ms ticks; {accepted} jobs accepted",
+            duration.as_secs()
+        )],
+        figures: vec![
+            Figure::new(
+                "accepted jobs",
+                jobs_per_s,
+                "jobs/s",
+                (Against::Bound, crypto_bound),
+                format!(
+                    "POST /v0/jobs answered 202 (durable) per second vs. the signature work of \
+                     a served job on every core (client sign + verify alone + batch verify); \
+                     target >= {CRYPTO_RATIO_TARGET}: {}",
+                    verdict(jobs_per_s >= CRYPTO_RATIO_TARGET * crypto_bound)
+                ),
+            ),
+            Figure::new(
+                "accepted jobs vs ingest",
+                jobs_per_s,
+                "jobs/s",
+                (Against::Bound, ingest_bound),
+                "the same next to the ledger's ingest bound of pre-signed events (limits)",
+            ),
+            Figure::new(
+                "events appended by the server",
+                events_per_s,
+                "events/s",
+                (Against::Bound, ingest_bound),
+                "the served log's growth during the load (submissions, assignments, receipts, \
+                 heartbeats) vs. the ledger's ingest bound",
+            ),
+            Figure::new(
+                "submission latency p50",
+                p50,
+                "ms",
+                (Against::Target, LATENCY_MS_P99_TARGET),
+                "request sent to 202 read: the wait for the next tick and its group commit; \
+                 next to the p99 target",
+            ),
+            Figure::new(
+                "submission latency p99",
+                p99,
+                "ms",
+                (Against::Target, LATENCY_MS_P99_TARGET),
+                format!(
+                    "99th percentile; target <= {LATENCY_MS_P99_TARGET} ms (ten ticks): {}",
+                    verdict(p99 <= LATENCY_MS_P99_TARGET)
+                ),
+            ),
+        ],
+    })
+}

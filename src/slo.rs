@@ -1,0 +1,259 @@
+//! `fabric slo-report`: `canary_slo_report.json` from a stored log (run or served). One replay
+//! of the log gives each figure; a figure that cannot be computed (no job finished, no routing
+//! decision) is an error, never a null.
+//!
+//! - Fill rate p95: the log's submission ticks are cut into windows of `--window-ticks`; a
+//!   window's fill rate is the share of the jobs submitted in it that completed; the p95 over
+//!   the windows with submissions (nearest rank).
+//! - RTT p95: per finished job, the round-trip latency of the node that ran it (its registered
+//!   `latency_ms`, as `treaty_rtt_ms` in `summary.json`); the p95 over finished jobs.
+//! - Provenance coverage: completed jobs as a share of finished ones (each completion is a
+//!   signed receipt naming its output hash).
+//! - Policy decision latency p99: during the replay, at each tick, each shard's routing plan is
+//!   rebuilt from the state its router saw (the state after the previous tick) and each decision
+//!   is timed on this machine (the policy code the routers run, on the log's own states).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use fabric_events::{Body, JobOutcome};
+use fabric_projections::state::ShardIx;
+use fabric_projections::{State, TickPlan};
+use serde_json::json;
+
+/// Arguments of `fabric slo-report`.
+#[derive(clap::Args, Debug)]
+pub struct SloArgs {
+    /// The data folder of a run or of `fabric serve`
+    #[arg(long, value_name = "DIR", default_value = "data")]
+    data: PathBuf,
+    /// Where the report goes
+    #[arg(long, value_name = "FILE", default_value = "canary_slo_report.json")]
+    out: PathBuf,
+    /// Ticks per fill-rate window
+    #[arg(long, default_value_t = 100)]
+    window_ticks: u64,
+    /// Target: fill rate p95 at least this
+    #[arg(long, default_value_t = 0.8)]
+    fill_rate_p95_min: f64,
+    /// Target: RTT p95 at most this many milliseconds
+    #[arg(long, default_value_t = 250.0)]
+    rtt_ms_p95_max: f64,
+    /// Target: provenance coverage at least this
+    #[arg(long, default_value_t = 0.99)]
+    provenance_coverage_min: f64,
+    /// Target: policy decision latency p99 at most this many milliseconds
+    #[arg(long, default_value_t = 1.0)]
+    policy_decision_latency_ms_p99_max: f64,
+}
+
+/// Nearest-rank quantile of a sorted, non-empty slice.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+struct Replay {
+    fill_windows: Vec<f64>,
+    rtt_ms: Vec<f64>,
+    completed: u64,
+    finished: u64,
+    decision_ms: Vec<f64>,
+    events: u64,
+}
+
+fn time_decisions(state: &State, tick: u64, out: &mut Vec<f64>) {
+    for shard in 0..state.shards().len() {
+        let mut plan = TickPlan::new(state, shard as ShardIx, tick);
+        let _ = plan.health();
+        loop {
+            let started = Instant::now();
+            let Some(_) = plan.next_decision() else {
+                break;
+            };
+            out.push(started.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+}
+
+fn replay(
+    reader: &fabric_ledger::LedgerReader,
+    size: u64,
+    window_ticks: u64,
+) -> anyhow::Result<Replay> {
+    let mut state = State::new();
+    let mut tick = 0;
+    // Per window: (submitted, completed) of the jobs submitted in it.
+    let mut windows: HashMap<u64, (u64, u64)> = HashMap::new();
+    let mut window_of: HashMap<u64, u64> = HashMap::new();
+    let mut replay = Replay {
+        fill_windows: Vec::new(),
+        rtt_ms: Vec::new(),
+        completed: 0,
+        finished: 0,
+        decision_ms: Vec::new(),
+        events: 0,
+    };
+    for entry in reader.entries(0..size) {
+        let entry = entry.context("could not read the log")?;
+        let event = entry
+            .event()
+            .with_context(|| format!("entry {} does not decode", entry.seq))?;
+        if event.header.tick > tick {
+            tick = event.header.tick;
+            time_decisions(&state, tick, &mut replay.decision_ms);
+        }
+        match &event.body {
+            Body::JobSubmitted(job) => {
+                let window = event.header.tick / window_ticks;
+                windows.entry(window).or_default().0 += 1;
+                window_of.insert(job.job, window);
+            }
+            Body::JobReceipt(receipt) => {
+                // Only a receipt the state takes ends a job (a stale one is an anomaly).
+                let ran = state.job_ix(receipt.job).is_some_and(|ix| {
+                    state.jobs()[ix as usize].status
+                        == fabric_projections::state::JobStatus::Running
+                });
+                if ran {
+                    if let Some(node) = state.node_ix(&receipt.node) {
+                        replay
+                            .rtt_ms
+                            .push(f64::from(state.nodes()[node as usize].latency_ms));
+                    }
+                }
+            }
+            _ => {}
+        }
+        let before = state.metrics().completed;
+        state
+            .admit(&entry.author, &event)
+            .with_context(|| format!("entry {} does not fit the state", entry.seq))?;
+        if let Body::JobReceipt(receipt) = &event.body {
+            if state.metrics().completed > before && receipt.outcome == JobOutcome::Completed {
+                if let Some(window) = window_of.get(&receipt.job) {
+                    windows.entry(*window).or_default().1 += 1;
+                }
+            }
+        }
+        replay.events += 1;
+    }
+    let metrics = state.metrics();
+    replay.completed = metrics.completed;
+    replay.finished = metrics.finished();
+    let mut keys: Vec<&u64> = windows.keys().collect();
+    keys.sort();
+    replay.fill_windows = keys
+        .into_iter()
+        .filter_map(|key| {
+            let (submitted, completed) = windows[key];
+            (submitted > 0).then(|| completed as f64 / submitted as f64)
+        })
+        .collect();
+    Ok(replay)
+}
+
+/// `fabric slo-report`.
+pub fn run(args: &SloArgs) -> anyhow::Result<()> {
+    if args.window_ticks == 0 {
+        bail!("--window-ticks must be at least 1");
+    }
+    let (run_file, ledger) = crate::run::open_run(&args.data)?;
+    let reader = ledger.reader();
+    let size = ledger.len();
+    let replayed = replay(&reader, size, args.window_ticks)?;
+    let mut fill = replayed.fill_windows.clone();
+    let mut rtt = replayed.rtt_ms.clone();
+    let mut decisions = replayed.decision_ms.clone();
+    if fill.is_empty() {
+        bail!(
+            "{}: no job was submitted, so there is no fill rate",
+            args.data.display()
+        );
+    }
+    if rtt.is_empty() || replayed.finished == 0 {
+        bail!(
+            "{}: no job finished on a node, so there is no RTT or provenance coverage",
+            args.data.display()
+        );
+    }
+    if decisions.is_empty() {
+        bail!(
+            "{}: the routers made no decision, so there is no decision latency",
+            args.data.display()
+        );
+    }
+    for values in [&mut fill, &mut rtt, &mut decisions] {
+        values.sort_by(f64::total_cmp);
+    }
+    let fill_rate_p95 = quantile(&fill, 0.95);
+    let rtt_ms_p95 = quantile(&rtt, 0.95);
+    let provenance_coverage = replayed.completed as f64 / replayed.finished as f64;
+    let decision_ms_p99 = quantile(&decisions, 0.99);
+    let targets = [
+        ("fill_rate_p95", fill_rate_p95, ">=", args.fill_rate_p95_min),
+        ("rtt_ms_p95", rtt_ms_p95, "<=", args.rtt_ms_p95_max),
+        (
+            "provenance_coverage",
+            provenance_coverage,
+            ">=",
+            args.provenance_coverage_min,
+        ),
+        (
+            "policy_decision_latency_ms_p99",
+            decision_ms_p99,
+            "<=",
+            args.policy_decision_latency_ms_p99_max,
+        ),
+    ];
+    let mut compliance = serde_json::Map::new();
+    let mut target_values = serde_json::Map::new();
+    let mut compliant = 0;
+    for (name, value, comparison, target) in targets {
+        let ok = match comparison {
+            ">=" => value >= target,
+            _ => value <= target,
+        };
+        compliant += usize::from(ok);
+        compliance.insert(name.to_owned(), json!(ok));
+        target_values.insert(
+            name.to_owned(),
+            json!({"comparison": comparison, "target": target}),
+        );
+    }
+    let report = json!({
+        "format": "fabric-canary-slo-report-v1",
+        "run": run_file.label,
+        "tree_size": size,
+        "events_replayed": replayed.events,
+        "fill_rate_p95": fill_rate_p95,
+        "fill_rate_windows": fill.len(),
+        "window_ticks": args.window_ticks,
+        "rtt_ms_p95": rtt_ms_p95,
+        "provenance_coverage": provenance_coverage,
+        "policy_decision_latency_ms_p99": decision_ms_p99,
+        "policy_decisions_timed": decisions.len(),
+        "targets": target_values,
+        "compliance": compliance,
+        "compliance_rate": compliant as f64 / targets.len() as f64,
+    });
+    let text = serde_json::to_string_pretty(&report)?;
+    crate::run::write_atomically(&args.out, text.as_bytes())?;
+    println!("{text}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quantile;
+
+    #[test]
+    fn nearest_rank_quantiles() {
+        let values: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(quantile(&values, 0.95), 95.0);
+        assert_eq!(quantile(&values, 0.99), 99.0);
+        assert_eq!(quantile(&[3.0], 0.95), 3.0);
+    }
+}
