@@ -177,7 +177,11 @@ pub fn restore_to(
     });
     let head = signed_head(reader, ledger_key, size).map_err(RunError::Restore)?;
 
-    // Every entry but the last tick's is applied; the last tick's are kept.
+    // Every entry but the last tick's is applied; the last tick's are kept. An entry's tick is
+    // the one its author signed: the fabric's own events carry the tick they were sequenced at,
+    // but a served client's submission carries the tick the client last saw, which may be
+    // older. So a tick starts at the first entry of a higher tick than any before it, and an
+    // entry of a lower tick belongs to the tick it was sequenced in.
     let mut tick = None;
     let mut tree_before = (frontier.size(), frontier.root());
     let mut stored: Vec<(Event, SignedEvent)> = Vec::new();
@@ -187,27 +191,18 @@ pub fn restore_to(
             .event()
             .map_err(|err| RunError::Restore(format!("entry {}: {err}", entry.seq)))?;
         let event_tick = event.header.tick;
-        match tick {
-            Some(current) if event_tick < current => {
-                return Err(RunError::Restore(format!(
-                    "entry {} is at tick {event_tick}, after an entry at tick {current}",
-                    entry.seq
-                )));
+        if tick.is_none_or(|current| event_tick > current) {
+            for (offset, (previous, signed)) in stored.drain(..).enumerate() {
+                // The run stops at an event that does not fit; so does its restore.
+                state.admit(&signed.author, &previous).map_err(|err| {
+                    RunError::Restore(format!(
+                        "entry {} does not fit the state: {err}",
+                        tree_before.0 + offset as u64
+                    ))
+                })?;
             }
-            Some(current) if event_tick == current => {}
-            _ => {
-                for (offset, (previous, signed)) in stored.drain(..).enumerate() {
-                    // The run stops at an event that does not fit; so does its restore.
-                    state.admit(&signed.author, &previous).map_err(|err| {
-                        RunError::Restore(format!(
-                            "entry {} does not fit the state: {err}",
-                            tree_before.0 + offset as u64
-                        ))
-                    })?;
-                }
-                tick = Some(event_tick);
-                tree_before = (frontier.size(), frontier.root());
-            }
+            tick = Some(event_tick);
+            tree_before = (frontier.size(), frontier.root());
         }
         frontier.push(hash);
         let signed = SignedEvent {

@@ -410,14 +410,6 @@ async fn serve_tick(
         .await??
         .tree_head;
     let append_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-    // Durable: now the submitters may hear of it. One who stopped waiting loses nothing.
-    for (position, verdict, reply) in replies {
-        let _ = reply.send(Ack {
-            tick,
-            seq: first_seq + position as u64,
-            verdict,
-        });
-    }
     // Jobs that ended leave the nodes' table of inputs.
     {
         let mut inputs = served_inputs
@@ -441,6 +433,15 @@ async fn serve_tick(
         append_ns,
         decision_ns: &decision_ns,
     });
+    // Durable, and the server's views know of it: now the submitters may hear of it, and a
+    // `GET` right after the answer finds the job. One who stopped waiting loses nothing.
+    for (position, verdict, reply) in replies {
+        let _ = reply.send(Ack {
+            tick,
+            seq: first_seq + position as u64,
+            verdict,
+        });
+    }
     Ok(())
 }
 

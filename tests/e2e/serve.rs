@@ -686,6 +686,67 @@ fn sigterm_under_load_loses_no_acknowledged_job_and_the_log_audits_after_a_resta
     drop(restarted);
 }
 
+#[test]
+fn a_restart_restores_jobs_signed_at_a_tick_before_a_checkpoint() {
+    // A client signs the tick it last saw; its job is sequenced later, here after the
+    // checkpoint of tick 50. The restart restores from that checkpoint a tail whose entries'
+    // ticks go back (the fabric's own events of the later tick, then the older job).
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let mut served = Served::start(&data, None);
+    let mut client = served.client();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while current_tick(&mut client) <= 55 {
+        assert!(
+            Instant::now() < deadline,
+            "tick 55 did not come within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let key = client_key("earth");
+    let request_id = "signed-at-tick-1";
+    let signed = signed_job(&key, "earth", request_id, 1, 1);
+    let response = post(
+        &mut client,
+        "/v0/jobs",
+        envelope(request_id, &signed).to_string().as_bytes(),
+    );
+    assert_eq!(response.status, 202, "{}", response.text());
+    let seq = json_of(&response)["seq"].as_u64().expect("a seq");
+    assert!(
+        served.terminate(),
+        "fabric serve did not exit 0 after SIGTERM"
+    );
+
+    let restarted = Served::start(&data, None);
+    let mut client = restarted.client();
+    let lines = export_lines(&mut client);
+    let line = &lines[&seq];
+    assert_eq!(line["kind"], "job_submitted");
+    assert_eq!(
+        line["body"]["tick"], 1,
+        "the job keeps the tick its client signed"
+    );
+    let checkpoint_ticks: Vec<u64> = lines
+        .values()
+        .filter(|line| line["kind"] == "checkpoint")
+        .filter_map(|line| line["body"]["tick"].as_u64())
+        .collect();
+    assert!(
+        checkpoint_ticks.contains(&50),
+        "a checkpoint at tick 50 precedes the job: {checkpoint_ticks:?}"
+    );
+    wait_for_status(&mut client, job_id_of(request_id), "completed");
+    drop(restarted);
+    let audit = fabric(&["audit", "--data", path(&data)]);
+    assert!(
+        audit.status.success(),
+        "{}{}",
+        stdout(&audit),
+        stderr(&audit)
+    );
+}
+
 /// The metric names the fabric must expose.
 const METRIC_NAMES: [&str; 16] = [
     "treaty_fill_rate",
