@@ -190,13 +190,22 @@ impl Shared {
                 view.active.insert(job.job);
             }
         }
-        settle(view, tick.state);
+        // Only an owner command (cancel-job, retire-shard) ends a job without a receipt, so
+        // the other ticks need not look at every job in the fabric.
+        if tick
+            .events
+            .iter()
+            .any(|event| matches!(event.body, Body::OwnerCommand(_)))
+        {
+            settle(view, tick.state);
+        }
         self.metrics.observe_tick(tick, tick.state, self.tick_ms);
     }
 }
 
 /// Jobs that left the fabric without a receipt were cancelled by the owners (a command, or a
-/// retired shard): the state says so, the log has no event of the job for it.
+/// retired shard): the state says so, the log has no event of the job for it. Called after a
+/// tick with an owner command: only those cancel jobs.
 fn settle(view: &mut View, state: &State) {
     let jobs = &mut view.jobs;
     view.active.retain(|job| {
