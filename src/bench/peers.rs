@@ -44,16 +44,10 @@ fn client_verify(
     Ok(signed)
 }
 
-/// The median of `repetitions` rates.
-fn median_rate(
-    repetitions: usize,
-    mut rate: impl FnMut(usize) -> anyhow::Result<f64>,
-) -> anyhow::Result<f64> {
-    let mut rates = (0..repetitions)
-        .map(&mut rate)
-        .collect::<anyhow::Result<Vec<f64>>>()?;
+/// The median of rates.
+fn median_rate(mut rates: Vec<f64>) -> f64 {
     rates.sort_by(f64::total_cmp);
-    Ok(rates[rates.len() / 2])
+    rates[rates.len() / 2]
 }
 
 pub(super) fn suite(bench: &mut Bench<'_>) -> anyhow::Result<SuiteReport> {
@@ -94,18 +88,19 @@ pub(super) fn suite(bench: &mut Bench<'_>) -> anyhow::Result<SuiteReport> {
     let mut run = 0;
     let mut figures = Vec::new();
     for (name, source) in sources {
-        let fabric = median_rate(repetitions, |_| {
+        // The three take turns, so whatever else the machine does moves them alike.
+        let mut rates = [Vec::new(), Vec::new(), Vec::new()];
+        for _ in 0..repetitions {
             run += 1;
-            fabric_pipeline(&scratch.path().join(format!("fabric-{run}")), source, batch)
-        })?;
-        let on_postgres = median_rate(repetitions, |_| {
-            run += 1;
-            postgres.append(run, source, batch)
-        })?;
-        let on_jetstream = median_rate(repetitions, |_| {
-            run += 1;
-            jetstream.append(run, source, batch)
-        })?;
+            rates[0].push(fabric_pipeline(
+                &scratch.path().join(format!("fabric-{run}")),
+                source,
+                batch,
+            )?);
+            rates[1].push(postgres.append(run, source, batch)?);
+            rates[2].push(jetstream.append(run, source, batch)?);
+        }
+        let [fabric, on_postgres, on_jetstream] = rates.map(median_rate);
         notes.push(format!(
             "{name}: Fabric {} events/s, PostgreSQL {} events/s, JetStream {} events/s",
             super::format_number(fabric),
