@@ -570,6 +570,23 @@ async fn health(shared: web::Data<Shared>) -> HttpResponse {
     }))
 }
 
+/// The request's body parsed as JSON of `T` (`what` names it in the error): 413 over the size
+/// limit, 400 when it cannot be read or is not `what`.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    request: &HttpRequest,
+    payload: web::Payload,
+    what: &str,
+) -> Result<T, HttpResponse> {
+    let body = read_body(request, payload).await?;
+    serde_json::from_slice(&body).map_err(|err| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "bad_body",
+            format!("the body is not {what}: {err}"),
+        )
+    })
+}
+
 /// Reads a request body of at most [`REQUEST_BODY_BYTES_MAX`] bytes.
 async fn read_body(
     request: &HttpRequest,
@@ -742,20 +759,11 @@ async fn submit_job(
     request: HttpRequest,
     payload: web::Payload,
 ) -> HttpResponse {
-    let body = match read_body(&request, payload).await {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
-    let job_request: JobRequest = match serde_json::from_slice(&body) {
-        Ok(parsed) => parsed,
-        Err(err) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "bad_body",
-                format!("the body is not a job request (docs/FORMAT.md §14.2): {err}"),
-            )
-        }
-    };
+    let job_request: JobRequest =
+        match read_json(&request, payload, "a job request (docs/FORMAT.md §14.2)").await {
+            Ok(parsed) => parsed,
+            Err(response) => return response,
+        };
     let signed = match job_request.event.decode() {
         Ok(signed) => signed,
         Err(message) => return error(StatusCode::BAD_REQUEST, "bad_body", message),
@@ -1077,21 +1085,15 @@ async fn owner_command(
     request: HttpRequest,
     payload: web::Payload,
 ) -> HttpResponse {
-    let body = match read_body(&request, payload).await {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
-    let owner: OwnerRequest = match serde_json::from_slice(&body) {
+    let owner: OwnerRequest = match read_json(
+        &request,
+        payload,
+        "an owner command with its nonce (docs/FORMAT.md §10.1)",
+    )
+    .await
+    {
         Ok(parsed) => parsed,
-        Err(err) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "bad_body",
-                format!(
-                    "the body is not an owner command with its nonce (docs/FORMAT.md §10.1): {err}"
-                ),
-            )
-        }
+        Err(response) => return response,
     };
     let ack = match sequence(
         &shared,

@@ -538,18 +538,19 @@ fn execute(
     result
 }
 
-struct Actors {
-    checkpointer: Addr<CheckpointerActor>,
-    routers: Vec<Addr<RouterActor>>,
-    nodes: Vec<Addr<NodeActor>>,
-    intakes: Vec<Addr<ShardActor>>,
+/// The actors of a run (or of `fabric serve`, which has no intakes: its jobs come from clients).
+pub(crate) struct Actors {
+    pub(crate) checkpointer: Addr<CheckpointerActor>,
+    pub(crate) routers: Vec<Addr<RouterActor>>,
+    pub(crate) nodes: Vec<Addr<NodeActor>>,
+    pub(crate) intakes: Vec<Addr<ShardActor>>,
 }
 
 impl Actors {
-    /// Sends `Propose` to every actor, then collects the answers in the stable order. The
-    /// messages are all sent before the first answer is awaited, so the actors work in
-    /// parallel on their threads.
-    async fn propose(
+    /// Sends `Propose` to every actor, then collects the answers in the stable order
+    /// (checkpointer, routers by shard, nodes by index, intakes by shard). The messages are all
+    /// sent before the first answer is awaited, so the actors work in parallel on their threads.
+    pub(crate) async fn propose(
         &self,
         tick: u64,
         state: &Arc<State>,

@@ -24,10 +24,9 @@ use fabric_projections::State;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::actors::{
-    Append, CheckpointerActor, Close, LedgerWriter, NodeActor, Propose, Proposed, RouterActor,
-    ServedInputs,
+    Append, CheckpointerActor, Close, LedgerWriter, NodeActor, RouterActor, ServedInputs,
 };
-use crate::driver::{genesis, SimKeys, ACTOR_THREADS};
+use crate::driver::{genesis, Actors, SimKeys, ACTOR_THREADS};
 use crate::gate::{self, Admitted, Attempt, Origin, Verdict};
 use crate::restore::restore;
 use crate::workload::{FailureSchedule, Workload};
@@ -175,40 +174,6 @@ fn start_from(ledger: &Ledger) -> Result<Start, RunError> {
     })
 }
 
-struct ServeActors {
-    checkpointer: Addr<CheckpointerActor>,
-    routers: Vec<Addr<RouterActor>>,
-    nodes: Vec<Addr<NodeActor>>,
-}
-
-impl ServeActors {
-    /// Same order as a run: checkpointer, routers by shard, nodes by index (no intakes).
-    async fn propose(
-        &self,
-        tick: u64,
-        state: &Arc<State>,
-        tree: (u64, fabric_events::Hash32),
-    ) -> Result<Vec<Proposed>, RunError> {
-        let message = || Propose {
-            tick,
-            state: Arc::clone(state),
-            tree,
-        };
-        let checkpointer = self.checkpointer.send(message());
-        let routers: Vec<_> = self.routers.iter().map(|a| a.send(message())).collect();
-        let nodes: Vec<_> = self.nodes.iter().map(|a| a.send(message())).collect();
-        let mut answers = Vec::with_capacity(1 + routers.len() + nodes.len());
-        answers.push(checkpointer.await??);
-        for request in routers {
-            answers.push(request.await??);
-        }
-        for request in nodes {
-            answers.push(request.await??);
-        }
-        Ok(answers)
-    }
-}
-
 /// Serves `ledger` (opened with the seed's ledger key; empty, or a log `fabric serve` wrote):
 /// a tick every `spec.tick_interval`, with the submissions of `intake`, until `stop` turns
 /// true; then one last tick takes what is left in `intake`. Must run inside an actix system.
@@ -274,10 +239,12 @@ pub async fn serve(
             NodeActor::start_in_arbiter(&on(index), move |_| actor)
         })
         .collect();
-    let actors = ServeActors {
+    let actors = Actors {
         checkpointer,
         routers,
         nodes,
+        // No simulated arrivals: served jobs come from clients.
+        intakes: Vec::new(),
     };
 
     let mut state = Arc::new(start.state);
@@ -338,7 +305,7 @@ pub async fn serve(
 #[allow(clippy::too_many_arguments)]
 async fn serve_tick(
     tick: u64,
-    actors: &ServeActors,
+    actors: &Actors,
     writer: &Addr<LedgerWriter>,
     ledger_key: &SigningKey,
     state: &mut Arc<State>,
