@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use crate::actors::{
     Append, CheckpointerActor, Close, LedgerWriter, NodeActor, Propose, Proposed, ReceiptToVerify,
-    RouterActor, ShardActor, VerifierActor, Verify,
+    RouterActor, ServedInputs, ShardActor, VerifierActor, Verify,
 };
 use crate::gate::{self, Attempt, Origin};
 use crate::restore::{restore, RestoreReport, Restored};
@@ -136,11 +136,7 @@ pub fn owner_command_attempt(
 ) -> Result<Attempt, RunError> {
     let event = Event::new(Role::Owner, tick, nonce, command);
     let signed = SignedEvent::sign(&event, ledger_key)?;
-    Ok(Attempt {
-        event,
-        signed,
-        origin: Origin::External,
-    })
+    Ok(Attempt::external(event, signed))
 }
 
 impl RunSpec {
@@ -546,11 +542,143 @@ pub(crate) struct Actors {
     pub(crate) intakes: Vec<Addr<ShardActor>>,
 }
 
+/// How a fabric's nodes run their jobs.
+pub(crate) struct NodeSetup<'a> {
+    /// Where GPU kernels run.
+    pub(crate) engine: Engine,
+    /// Nodes that corrupt a share of their GPU outputs (`--byzantine`).
+    pub(crate) byzantine: &'a [Byzantine],
+    /// `fabric serve`: the inputs clients named for their jobs, by job.
+    pub(crate) served_inputs: Option<Arc<ServedInputs>>,
+}
+
+/// What the actors proposed for one tick, in the stable order, as attempts for the gate.
+pub(crate) struct TickProposals {
+    pub(crate) attempts: Vec<Attempt>,
+    /// The checkpointer's snapshot to store with the tick's batch.
+    pub(crate) snapshot: Option<(u64, Vec<u8>)>,
+    /// Nanoseconds each routing decision took (telemetry only).
+    pub(crate) decision_ns: Vec<u32>,
+    /// Routing decisions that left a job waiting.
+    pub(crate) waits: u64,
+}
+
 impl Actors {
-    /// Sends `Propose` to every actor, then collects the answers in the stable order
-    /// (checkpointer, routers by shard, nodes by index, intakes by shard). The messages are all
-    /// sent before the first answer is awaited, so the actors work in parallel on their threads.
+    /// Starts the checkpointer, a router per shard, a node per configured node and, with
+    /// `intakes`, a shard intake per shard, spread over `arbiters`.
+    pub(crate) fn start(
+        world: &World,
+        keys: &SimKeys,
+        workload: &Arc<Workload>,
+        failures: &Arc<FailureSchedule>,
+        arbiters: &[Arbiter],
+        node_setup: NodeSetup<'_>,
+        intakes: bool,
+    ) -> Self {
+        let on = |index: usize| arbiters[index % arbiters.len()].handle();
+        let checkpointer = {
+            let actor = CheckpointerActor {
+                ledger_key: keys.ledger.clone(),
+                interval_ticks: u64::from(world.checkpoint_interval_ticks),
+            };
+            CheckpointerActor::start_in_arbiter(&on(0), move |_| actor)
+        };
+        let routers = keys
+            .routers
+            .iter()
+            .enumerate()
+            .map(|(index, key)| {
+                let actor = RouterActor {
+                    shard: index as ShardIx,
+                    router_key: key.clone(),
+                };
+                RouterActor::start_in_arbiter(&on(index), move |_| actor)
+            })
+            .collect();
+        let nodes = world
+            .nodes
+            .iter()
+            .zip(&keys.nodes)
+            .enumerate()
+            .map(|(index, (node, key))| {
+                let actor = NodeActor {
+                    node: index as NodeIx,
+                    key: key.clone(),
+                    heartbeat_interval_ticks: node.heartbeat_interval_ticks,
+                    failures: Arc::clone(failures),
+                    workload: Arc::clone(workload),
+                    engine: node_setup.engine,
+                    byzantine_ppm: node_setup
+                        .byzantine
+                        .iter()
+                        .find(|b| b.node == node.name)
+                        .map_or(0, |b| b.rate_ppm),
+                    served_inputs: node_setup.served_inputs.clone(),
+                };
+                NodeActor::start_in_arbiter(&on(index), move |_| actor)
+            })
+            .collect();
+        // Intakes sit on the other thread from their shard's router, to spread the signing.
+        let intakes = if intakes {
+            world
+                .shards
+                .iter()
+                .zip(&keys.clients)
+                .enumerate()
+                .map(|(index, (shard, key))| {
+                    let actor = ShardActor {
+                        shard: shard.name.clone(),
+                        client_key: key.clone(),
+                        workload: Arc::clone(workload),
+                    };
+                    ShardActor::start_in_arbiter(&on(index + 1), move |_| actor)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Self {
+            checkpointer,
+            routers,
+            nodes,
+            intakes,
+        }
+    }
+
+    /// Sends `Propose` to every actor and gathers the answers in the stable order
+    /// (checkpointer, routers by shard, nodes by index, intakes by shard) as internal attempts.
     pub(crate) async fn propose(
+        &self,
+        tick: u64,
+        state: &Arc<State>,
+        tree: (u64, fabric_events::Hash32),
+    ) -> Result<TickProposals, RunError> {
+        let mut proposals = TickProposals {
+            attempts: Vec::new(),
+            snapshot: None,
+            decision_ns: Vec::new(),
+            waits: 0,
+        };
+        for answer in self.answers(tick, state, tree).await? {
+            proposals.decision_ns.extend_from_slice(&answer.decision_ns);
+            proposals.waits += answer.waits;
+            if answer.snapshot.is_some() {
+                proposals.snapshot = answer.snapshot;
+            }
+            proposals
+                .attempts
+                .extend(answer.proposals.into_iter().map(|proposal| Attempt {
+                    event: proposal.event,
+                    signed: proposal.signed,
+                    origin: Origin::Internal,
+                }));
+        }
+        Ok(proposals)
+    }
+
+    /// The actors' answers to `Propose`, in the stable order. The messages are all sent before
+    /// the first answer is awaited, so the actors work in parallel on their threads.
+    async fn answers(
         &self,
         tick: u64,
         state: &Arc<State>,
@@ -595,7 +723,6 @@ async fn drive(
     let failures = Arc::new(FailureSchedule::new(&world.failures, spec.seed));
 
     let arbiters: Vec<Arbiter> = (0..ACTOR_THREADS).map(|_| Arbiter::new()).collect();
-    let on = |index: usize| arbiters[index % arbiters.len()].handle();
     if spec.append_events_max == 0 || spec.append_events_max > fabric_ledger::BATCH_EVENTS_MAX {
         return Err(RunError::AppendSize {
             given: spec.append_events_max,
@@ -607,25 +734,6 @@ async fn drive(
         append_events_max: spec.append_events_max,
     }
     .start();
-    let checkpointer = {
-        let actor = CheckpointerActor {
-            ledger_key: keys.ledger.clone(),
-            interval_ticks: u64::from(world.checkpoint_interval_ticks),
-        };
-        CheckpointerActor::start_in_arbiter(&on(0), move |_| actor)
-    };
-    let routers = keys
-        .routers
-        .iter()
-        .enumerate()
-        .map(|(index, key)| {
-            let actor = RouterActor {
-                shard: index as ShardIx,
-                router_key: key.clone(),
-            };
-            RouterActor::start_in_arbiter(&on(index), move |_| actor)
-        })
-        .collect();
     // The process's one device, opened only when the world has GPU jobs.
     let engine = if world
         .workload
@@ -642,52 +750,21 @@ async fn drive(
             ledger_key: keys.ledger.clone(),
             workload: Arc::clone(&workload),
         };
-        VerifierActor::start_in_arbiter(&on(1), move |_| actor)
+        VerifierActor::start_in_arbiter(&arbiters[1 % arbiters.len()].handle(), move |_| actor)
     };
-    let nodes = world
-        .nodes
-        .iter()
-        .zip(&keys.nodes)
-        .enumerate()
-        .map(|(index, (node, key))| {
-            let actor = NodeActor {
-                node: index as NodeIx,
-                key: key.clone(),
-                heartbeat_interval_ticks: node.heartbeat_interval_ticks,
-                failures: Arc::clone(&failures),
-                workload: Arc::clone(&workload),
-                engine,
-                byzantine_ppm: spec
-                    .byzantine
-                    .iter()
-                    .find(|b| b.node == node.name)
-                    .map_or(0, |b| b.rate_ppm),
-                served_inputs: None,
-            };
-            NodeActor::start_in_arbiter(&on(index), move |_| actor)
-        })
-        .collect();
-    // Intakes sit on the other thread from their shard's router, to spread the signing.
-    let intakes = world
-        .shards
-        .iter()
-        .zip(&keys.clients)
-        .enumerate()
-        .map(|(index, (shard, key))| {
-            let actor = ShardActor {
-                shard: shard.name.clone(),
-                client_key: key.clone(),
-                workload: Arc::clone(&workload),
-            };
-            ShardActor::start_in_arbiter(&on(index + 1), move |_| actor)
-        })
-        .collect();
-    let actors = Actors {
-        checkpointer,
-        routers,
-        nodes,
-        intakes,
-    };
+    let actors = Actors::start(
+        world,
+        &keys,
+        &workload,
+        &failures,
+        &arbiters,
+        NodeSetup {
+            engine,
+            byzantine: &spec.byzantine,
+            served_inputs: None,
+        },
+        true,
+    );
 
     // A fresh run starts at tick 0 (the world registers); a resumed one at the log's last tick,
     // whose stored events must be the start of what the actors propose for it again.
@@ -718,24 +795,14 @@ async fn drive(
     let stall_ticks = u64::from(world.failures.epoch_ticks)
         + interval_max * (u64::from(world.failures.outage_heartbeats_max) + 2);
     let stop = loop {
-        let mut attempts = Vec::new();
-        let mut snapshot = None;
-        if tick == 0 {
-            attempts = genesis(world, &keys)?;
+        let (mut attempts, mut snapshot) = if tick == 0 {
+            (genesis(world, &keys)?, None)
         } else {
-            for answer in actors.propose(tick, &state, tree).await? {
-                decision_ns.extend_from_slice(&answer.decision_ns);
-                waits += answer.waits;
-                if answer.snapshot.is_some() {
-                    snapshot = answer.snapshot;
-                }
-                attempts.extend(answer.proposals.into_iter().map(|proposal| Attempt {
-                    event: proposal.event,
-                    signed: proposal.signed,
-                    origin: Origin::Internal,
-                }));
-            }
-        }
+            let proposals = actors.propose(tick, &state, tree).await?;
+            decision_ns.extend_from_slice(&proposals.decision_ns);
+            waits += proposals.waits;
+            (proposals.attempts, proposals.snapshot)
+        };
         verify_receipts(&verifier, &workload, world.verify_ppm, tick, &mut attempts).await?;
         for scripted in spec.owner_script.iter().filter(|c| c.tick == tick) {
             attempts.push(scripted.attempt(&keys.ledger)?);

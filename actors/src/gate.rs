@@ -36,6 +36,17 @@ pub struct Attempt {
     pub origin: Origin,
 }
 
+impl Attempt {
+    /// An attempt from outside, whose refusal is recorded.
+    pub fn external(event: Event, signed: SignedEvent) -> Self {
+        Self {
+            event,
+            signed,
+            origin: Origin::External,
+        }
+    }
+}
+
 /// What became of one attempt.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -116,17 +127,12 @@ pub fn admit_signed(
 ) -> Result<Admitted, RunError> {
     let mut out = Admitted::default();
     for signed in attempts {
-        let checked = check_signed(&signed);
-        match checked {
+        match check_signed(&signed) {
             Ok(event) => {
                 let admitted = admit(
                     state,
                     tick,
-                    vec![Attempt {
-                        event,
-                        signed,
-                        origin: Origin::External,
-                    }],
+                    vec![Attempt::external(event, signed)],
                     ledger_key,
                 )?;
                 out.signed.extend(admitted.signed);

@@ -19,15 +19,12 @@ use std::time::Duration;
 use actix::prelude::*;
 use fabric_events::{Body, Event, JobId, OwnerCommand, RejectReason, SignedEvent, SigningKey};
 use fabric_ledger::{Ledger, SignedTreeHead};
-use fabric_projections::state::{NodeIx, ShardIx};
 use fabric_projections::State;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::actors::{
-    Append, CheckpointerActor, Close, LedgerWriter, NodeActor, RouterActor, ServedInputs,
-};
-use crate::driver::{genesis, Actors, SimKeys, ACTOR_THREADS};
-use crate::gate::{self, Admitted, Attempt, Origin, Verdict};
+use crate::actors::{Append, Close, LedgerWriter, ServedInputs};
+use crate::driver::{genesis, Actors, NodeSetup, SimKeys, ACTOR_THREADS};
+use crate::gate::{self, Admitted, Attempt, Verdict};
 use crate::restore::restore;
 use crate::workload::{FailureSchedule, Workload};
 use crate::world::World;
@@ -195,57 +192,26 @@ pub async fn serve(
     let failures = Arc::new(FailureSchedule::new(&world.failures, spec.seed));
 
     let arbiters: Vec<Arbiter> = (0..ACTOR_THREADS).map(|_| Arbiter::new()).collect();
-    let on = |index: usize| arbiters[index % arbiters.len()].handle();
     let writer = LedgerWriter {
         ledger: Some(ledger),
         append_events_max: fabric_ledger::BATCH_EVENTS_MAX,
     }
     .start();
-    let checkpointer = {
-        let actor = CheckpointerActor {
-            ledger_key: keys.ledger.clone(),
-            interval_ticks: u64::from(world.checkpoint_interval_ticks),
-        };
-        CheckpointerActor::start_in_arbiter(&on(0), move |_| actor)
-    };
-    let routers = keys
-        .routers
-        .iter()
-        .enumerate()
-        .map(|(index, key)| {
-            let actor = RouterActor {
-                shard: index as ShardIx,
-                router_key: key.clone(),
-            };
-            RouterActor::start_in_arbiter(&on(index), move |_| actor)
-        })
-        .collect();
-    let nodes = world
-        .nodes
-        .iter()
-        .zip(&keys.nodes)
-        .enumerate()
-        .map(|(index, (node, key))| {
-            let actor = NodeActor {
-                node: index as NodeIx,
-                key: key.clone(),
-                heartbeat_interval_ticks: node.heartbeat_interval_ticks,
-                failures: Arc::clone(&failures),
-                workload: Arc::clone(&workload),
-                engine: fabric_gpu_kernels::Engine::Cpu,
-                byzantine_ppm: 0,
-                served_inputs: Some(Arc::clone(&served_inputs)),
-            };
-            NodeActor::start_in_arbiter(&on(index), move |_| actor)
-        })
-        .collect();
-    let actors = Actors {
-        checkpointer,
-        routers,
-        nodes,
-        // No simulated arrivals: served jobs come from clients.
-        intakes: Vec::new(),
-    };
+    // No simulated arrivals (served jobs come from clients) and no GPU: served jobs are CPU
+    // jobs with the inputs their clients named.
+    let actors = Actors::start(
+        world,
+        &keys,
+        &workload,
+        &failures,
+        &arbiters,
+        NodeSetup {
+            engine: fabric_gpu_kernels::Engine::Cpu,
+            byzantine: &[],
+            served_inputs: Some(Arc::clone(&served_inputs)),
+        },
+        false,
+    );
 
     let mut state = Arc::new(start.state);
     let mut tick = start.next_tick;
@@ -316,25 +282,18 @@ async fn serve_tick(
     genesis: Option<Vec<Attempt>>,
 ) -> Result<(), RunError> {
     let tree = (tree_head.tree_size, tree_head.root);
-    let mut attempts = Vec::new();
-    let mut snapshot = None;
-    let mut decision_ns = Vec::new();
     let genesis_tick = genesis.is_some();
-    if let Some(genesis) = genesis {
-        attempts = genesis;
-    } else {
-        for answer in actors.propose(tick, state, tree).await? {
-            decision_ns.extend_from_slice(&answer.decision_ns);
-            if answer.snapshot.is_some() {
-                snapshot = answer.snapshot;
-            }
-            attempts.extend(answer.proposals.into_iter().map(|proposal| Attempt {
-                event: proposal.event,
-                signed: proposal.signed,
-                origin: Origin::Internal,
-            }));
+    let (attempts, snapshot, decision_ns) = match genesis {
+        Some(genesis) => (genesis, None, Vec::new()),
+        None => {
+            let proposals = actors.propose(tick, state, tree).await?;
+            (
+                proposals.attempts,
+                proposals.snapshot,
+                proposals.decision_ns,
+            )
         }
-    }
+    };
     let mut replies = Vec::new();
     let admitted = {
         let state = Arc::get_mut(state).ok_or(RunError::StateShared)?;
@@ -412,6 +371,32 @@ async fn serve_tick(
     Ok(())
 }
 
+/// The rules of a submitted job beyond the gate's: it is a `job_submitted` event, signed for
+/// a tick that is not ahead of the fabric's nor more than [`SUBMISSION_TICK_LAG_MAX`] behind.
+fn submission_fits(event: Event, tick: u64) -> Result<Event, (RejectReason, String)> {
+    if !matches!(event.body, Body::JobSubmitted(_)) {
+        return Err((
+            RejectReason::Invalid,
+            format!(
+                "only job_submitted events may be submitted as jobs, not {}",
+                event.kind().as_str()
+            ),
+        ));
+    }
+    let signed_tick = event.header.tick;
+    if signed_tick > tick || tick - signed_tick > SUBMISSION_TICK_LAG_MAX {
+        return Err((
+            RejectReason::Invalid,
+            format!(
+                "the submission is signed for tick {signed_tick}, the fabric is at tick {tick} \
+                 (a submission may be at most {SUBMISSION_TICK_LAG_MAX} ticks old and never \
+                 from the future)"
+            ),
+        ));
+    }
+    Ok(event)
+}
+
 /// Puts one request through the gate at `tick`: exactly one event comes out, the request's
 /// own or a `Rejected` in its place.
 fn sequence(
@@ -421,53 +406,19 @@ fn sequence(
     ledger_key: &SigningKey,
 ) -> Result<Admitted, RunError> {
     match request {
-        Request::Job { signed, checked } => match checked {
-            Err((reason, detail)) => {
-                gate::refuse(state, tick, &signed, reason, &detail, ledger_key)
-            }
-            Ok(event) => {
-                if !matches!(event.body, Body::JobSubmitted(_)) {
-                    let detail = format!(
-                        "only job_submitted events may be submitted as jobs, not {}",
-                        event.kind().as_str()
-                    );
-                    return gate::refuse(
-                        state,
-                        tick,
-                        &signed,
-                        RejectReason::Invalid,
-                        &detail,
-                        ledger_key,
-                    );
+        Request::Job { signed, checked } => {
+            match checked.and_then(|event| submission_fits(event, tick)) {
+                Err((reason, detail)) => {
+                    gate::refuse(state, tick, &signed, reason, &detail, ledger_key)
                 }
-                let signed_tick = event.header.tick;
-                if signed_tick > tick || tick - signed_tick > SUBMISSION_TICK_LAG_MAX {
-                    let detail = format!(
-                        "the submission is signed for tick {signed_tick}, the fabric is at tick \
-                         {tick} (a submission may be at most {SUBMISSION_TICK_LAG_MAX} ticks old \
-                         and never from the future)"
-                    );
-                    return gate::refuse(
-                        state,
-                        tick,
-                        &signed,
-                        RejectReason::Invalid,
-                        &detail,
-                        ledger_key,
-                    );
-                }
-                gate::admit(
+                Ok(event) => gate::admit(
                     state,
                     tick,
-                    vec![Attempt {
-                        event,
-                        signed,
-                        origin: Origin::External,
-                    }],
+                    vec![Attempt::external(event, signed)],
                     ledger_key,
-                )
+                ),
             }
-        },
+        }
         Request::Owner { nonce, command } => {
             let attempt = crate::driver::owner_command_attempt(tick, nonce, command, ledger_key)?;
             gate::admit(state, tick, vec![attempt], ledger_key)
