@@ -577,13 +577,16 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// The value under which a `quantile` of the samples fall (nearest rank).
+/// The value under which a `quantile` of the sorted samples fall (nearest rank); none without
+/// samples.
+pub(crate) fn nearest_rank<T: Copy>(sorted: &[T], quantile: f64) -> Option<T> {
+    let rank = ((quantile * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len().max(1));
+    sorted.get(rank - 1).copied()
+}
+
+/// [`nearest_rank`] of nanoseconds (or any u32 samples), 0 without samples.
 pub(crate) fn quantile_ns(sorted: &[u32], quantile: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = ((quantile * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    u64::from(sorted[rank - 1])
+    nearest_rank(sorted, quantile).map_or(0, u64::from)
 }
 
 /// `Rejected` events recorded, by reason (every reason, zeros included).

@@ -49,10 +49,10 @@ pub struct SloArgs {
     policy_decision_latency_ms_p99_max: f64,
 }
 
-/// Nearest-rank quantile of a sorted, non-empty slice.
+/// Nearest-rank quantile of a sorted, non-empty slice (the report checks each is non-empty
+/// first, with an error that says which figure cannot be computed).
 fn quantile(sorted: &[f64], q: f64) -> f64 {
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
+    crate::run::nearest_rank(sorted, q).unwrap_or(f64::NAN)
 }
 
 struct Replay {

@@ -152,13 +152,9 @@ fn register_clients(
     Ok(())
 }
 
-/// Nearest-rank quantile of sorted latencies, in milliseconds.
+/// Nearest-rank quantile of sorted latencies, in milliseconds (0 without any).
 fn quantile_ms(sorted: &[Duration], quantile: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = ((quantile * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1].as_secs_f64() * 1e3
+    crate::run::nearest_rank(sorted, quantile).map_or(0.0, |latency| latency.as_secs_f64() * 1e3)
 }
 
 /// The `serve` suite.
