@@ -74,7 +74,7 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// finished with a dropped database, a moment after the drop: opening waits that moment out
 /// (up to [`LOCK_WAIT`]) instead of failing. A folder another live process holds still fails,
 /// with sled's "could not acquire lock" error.
-fn open_sled(path: &Path) -> Result<sled::Db, LedgerError> {
+pub fn open_sled(path: &Path) -> Result<sled::Db, LedgerError> {
     let started = std::time::Instant::now();
     loop {
         match sled_config(path).open() {

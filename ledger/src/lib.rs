@@ -26,9 +26,9 @@ pub mod verify;
 
 pub use error::{AppendError, LedgerError};
 pub use ledger::{
-    sled_config, AppendReceipt, Entries, Ledger, LedgerReader, OpenReport, StoredSnapshot,
-    ARTIFACTS_TREE, BATCH_EVENTS_MAX, OUTBOX_TREE, SLED_SEGMENT_BYTES, SNAPSHOT_CHUNK_BYTES,
-    SNAPSHOT_TREE,
+    open_sled, sled_config, AppendReceipt, Entries, Ledger, LedgerReader, OpenReport,
+    StoredSnapshot, ARTIFACTS_TREE, BATCH_EVENTS_MAX, OUTBOX_TREE, SLED_SEGMENT_BYTES,
+    SNAPSHOT_CHUNK_BYTES, SNAPSHOT_TREE,
 };
 pub use merkle::{Frontier, InclusionProof};
 pub use tree_head::SignedTreeHead;

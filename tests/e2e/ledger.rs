@@ -341,9 +341,10 @@ fn the_ledger_folder_belongs_to_one_key_and_one_writer() {
     assert!(err.to_string().contains("holds the ledger of key"), "{err}");
 }
 
-/// Rewrites one stored value of a closed ledger through sled.
+/// Rewrites one stored value of a closed ledger through sled (opened as the ledger opens it,
+/// waiting out the lock the closed ledger's flusher still holds for a moment).
 fn with_sled(dir: &std::path::Path, change: impl FnOnce(&sled::Db)) {
-    let db = fabric_ledger::sled_config(dir).open().expect("sled opens");
+    let db = fabric_ledger::open_sled(dir).expect("sled opens");
     change(&db);
     db.flush().expect("flush");
 }
