@@ -319,7 +319,7 @@ fn gpu_checks(
     use fabric_gpu_kernels::jobs::output_hash;
     use fabric_gpu_kernels::Engine;
     let spec = run_file.spec();
-    let workload = fabric_actors::workload::Workload::new(&spec.world, spec.seed, spec.jobs);
+    let workload = fabric_sim::workload::Workload::new(&spec.world, spec.seed, spec.jobs);
     let engine = if args.gpu {
         Some(Engine::from_env().map_err(|err| Failure {
             seq: None,

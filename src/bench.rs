@@ -488,19 +488,15 @@ fn bench_world_with(args: &BenchArgs, nodes: Option<usize>) -> anyhow::Result<Be
         world.nodes.len(),
         args.config.display()
     );
-    world.nodes = fabric_actors::workload::scale_nodes(&world, BENCH_SEED, nodes);
+    world.nodes = fabric_sim::workload::scale_nodes(&world, BENCH_SEED, nodes);
     Ok(world)
 }
 
 type BenchWorld = fabric_actors::world::World;
 
 /// A planetary run of `jobs` jobs of `world` into a new ledger in `dir`.
-fn bench_run(
-    world: &BenchWorld,
-    jobs: u64,
-    dir: &Path,
-) -> anyhow::Result<fabric_actors::RunOutcome> {
-    let spec = fabric_actors::RunSpec {
+fn bench_run(world: &BenchWorld, jobs: u64, dir: &Path) -> anyhow::Result<fabric_sim::RunOutcome> {
+    let spec = fabric_sim::RunSpec {
         world: world.clone(),
         seed: BENCH_SEED,
         jobs,
@@ -508,8 +504,8 @@ fn bench_run(
         owner_script: Vec::new(),
         byzantine: Vec::new(),
     };
-    let ledger = fabric_ledger::Ledger::open(dir, fabric_actors::sim_ledger_key(BENCH_SEED))?;
-    let outcome = fabric_actors::run(&spec, ledger, |_| {}).context("the bench run failed")?;
+    let ledger = fabric_ledger::Ledger::open(dir, fabric_sim::sim_ledger_key(BENCH_SEED))?;
+    let outcome = fabric_sim::run(&spec, ledger, |_| {}).context("the bench run failed")?;
     ensure!(
         outcome.stop.drained(),
         "the bench run stopped early: {}",

@@ -14,11 +14,12 @@ use std::process::ExitCode;
 
 use anyhow::{bail, ensure, Context};
 use fabric_actors::gate::{self, Verdict};
-use fabric_actors::{owner_command_attempt, sim_ledger_key, sim_owner_key, ScriptedCommand};
+use fabric_actors::owner_command_attempt;
 use fabric_events::{
     keys, Event, NodeRegistered, OwnerAction, OwnerCommand, PublicKey, RetiredQueue,
     ShardRegistered,
 };
+use fabric_sim::{sim_ledger_key, sim_owner_key, ScriptedCommand};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 

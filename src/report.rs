@@ -50,7 +50,7 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
     };
     let every_ticks = run_file.spec().sample_every_ticks();
     let mut chronicle = Chronicle::new(every_ticks);
-    let mut sampler = fabric_actors::Sampler::new(every_ticks);
+    let mut sampler = fabric_sim::Sampler::new(every_ticks);
     let mut last_tick = 0;
     for entry in ledger.entries(0..ledger.len()) {
         let entry = entry.context("could not read the ledger")?;

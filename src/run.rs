@@ -5,12 +5,12 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context};
-use fabric_actors::workload::scale_nodes;
 use fabric_actors::world::World;
-use fabric_actors::{sim_ledger_key, RunOutcome, RunSpec, Sampler};
 use fabric_events::{OwnerAction, OwnerCommand};
 use fabric_ledger::Ledger;
 use fabric_projections::state::JobStatus;
+use fabric_sim::workload::scale_nodes;
+use fabric_sim::{sim_ledger_key, RunOutcome, RunSpec, Sampler};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -80,8 +80,8 @@ fn fraction_ppm(text: &str, what: &str) -> anyhow::Result<u32> {
 fn byzantine_nodes(
     args: &[String],
     nodes: &[fabric_actors::world::NodeSpec],
-) -> anyhow::Result<Vec<fabric_actors::Byzantine>> {
-    let mut out: Vec<fabric_actors::Byzantine> = Vec::new();
+) -> anyhow::Result<Vec<fabric_sim::Byzantine>> {
+    let mut out: Vec<fabric_sim::Byzantine> = Vec::new();
     for arg in args {
         let Some((node, rate)) = arg.rsplit_once(':') else {
             anyhow::bail!("--byzantine {arg}: expected NODE:RATE, e.g. mars.gpu-helion:0.2");
@@ -94,7 +94,7 @@ fn byzantine_nodes(
             out.iter().all(|b| b.node != node),
             "--byzantine names node `{node}` twice"
         );
-        out.push(fabric_actors::Byzantine {
+        out.push(fabric_sim::Byzantine {
             node: node.to_owned(),
             rate_ppm: fraction_ppm(rate, &format!("--byzantine {arg}"))?,
         });
@@ -177,10 +177,10 @@ pub struct RunFile {
     pub world: World,
     /// Owner commands submitted during the run (`--owner-script`).
     #[serde(default)]
-    pub owner_script: Vec<fabric_actors::ScriptedCommand>,
+    pub owner_script: Vec<fabric_sim::ScriptedCommand>,
     /// Nodes that corrupt GPU outputs (`--byzantine`).
     #[serde(default)]
-    pub byzantine: Vec<fabric_actors::Byzantine>,
+    pub byzantine: Vec<fabric_sim::Byzantine>,
 }
 
 /// Most jobs one run takes: the state holds only the jobs in the fabric, but the reports write
@@ -261,7 +261,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
                 args.data.display()
             )
         })?;
-    let outcome = fabric_actors::run(&spec, ledger, |tick| {
+    let outcome = fabric_sim::run(&spec, ledger, |tick| {
         publication.durable(tick.events_total);
         show_progress(&progress, tick)
     })
@@ -310,7 +310,7 @@ pub fn resume(args: &ResumeArgs) -> anyhow::Result<()> {
     let spec = run_file.spec();
     let progress = progress_bar(run_file.jobs);
     let publication = Publication::start(&args.nats, ledger.reader(), &progress)?;
-    let outcome = fabric_actors::resume(&spec, ledger, |tick| {
+    let outcome = fabric_sim::resume(&spec, ledger, |tick| {
         publication.durable(tick.events_total);
         show_progress(&progress, tick)
     })
@@ -443,7 +443,7 @@ fn open_run_with(data: &Path, create: bool) -> anyhow::Result<(RunFile, Ledger)>
     Ok((run_file, ledger))
 }
 
-fn show_progress(progress: &ProgressBar, tick: &fabric_actors::TickProgress<'_>) {
+fn show_progress(progress: &ProgressBar, tick: &fabric_sim::TickProgress<'_>) {
     let metrics = tick.state.metrics();
     progress.set_position(metrics.completed + metrics.dropped + metrics.cancelled);
     progress.set_message(format!(
@@ -807,8 +807,8 @@ fn write_reports(
 /// parameters tell injected, detected (an `attestation_mismatch`) and missed (a corrupted
 /// receipt that was admitted) apart without re-executing anything.
 struct AttestationTally {
-    workload: fabric_actors::workload::Workload,
-    nodes: Vec<fabric_actors::Byzantine>,
+    workload: fabric_sim::workload::Workload,
+    nodes: Vec<fabric_sim::Byzantine>,
     gpu_receipts: u64,
     mismatches: u64,
     /// Per byzantine node: injected, detected, missed.
@@ -819,7 +819,7 @@ impl AttestationTally {
     fn new(run_file: &RunFile) -> Self {
         let spec = run_file.spec();
         Self {
-            workload: fabric_actors::workload::Workload::new(&spec.world, spec.seed, spec.jobs),
+            workload: fabric_sim::workload::Workload::new(&spec.world, spec.seed, spec.jobs),
             nodes: run_file.byzantine.clone(),
             gpu_receipts: 0,
             mismatches: 0,

@@ -363,9 +363,18 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
                 .map(|to| (shard.name.clone(), to.clone()))
         })
         .collect();
+    // Until operators hold their own keys, a served fabric runs on the seed's simulated keys
+    // and genesis, plugged in here: the server and its driver never derive a key.
+    let sim_keys = fabric_sim::SimKeys::derive(&world, run_file.seed);
+    let genesis = if size == 0 {
+        fabric_sim::genesis(&world, &sim_keys)?
+    } else {
+        Vec::new()
+    };
     let spec = ServeSpec {
+        keys: sim_keys.actor_keys(),
+        genesis,
         world,
-        seed: run_file.seed,
         tick_interval: Duration::from_millis(args.tick_ms),
     };
     let outbox = match &args.nats {

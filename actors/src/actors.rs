@@ -10,17 +10,14 @@ use std::time::Instant;
 
 use actix::prelude::*;
 use fabric_events::{
-    AttestationMismatch, Body, Checkpoint, Event, Hash32, Heartbeat, JobAssigned, JobOutcome,
-    JobReceipt, JobRequeued, JobSpilled, KernelRef, NodeHealthChanged, Role, SignedEvent,
-    SigningKey,
+    Body, Checkpoint, Event, Hash32, Heartbeat, JobAssigned, JobReceipt, JobRequeued, JobSpilled,
+    NodeHealthChanged, Role, SignedEvent, SigningKey,
 };
-use fabric_gpu_kernels::jobs::output_hash;
-use fabric_gpu_kernels::Engine;
 use fabric_ledger::{AppendReceipt, Ledger};
 use fabric_projections::state::{NodeIx, ShardIx};
 use fabric_projections::{Decision, HealthAction, State, TickPlan};
 
-use crate::workload::{FailureSchedule, Workload};
+use crate::work::{Intake, NodeWork};
 use crate::RunError;
 
 /// Events one author may sign per tick: the nonce is `tick << 24 | index`.
@@ -109,15 +106,15 @@ impl From<Vec<Proposal>> for Proposed {
     }
 }
 
-/// A shard's intake: submits the jobs its region's clients send at each tick, signed with the
-/// region's client key.
+/// A shard's intake: submits the jobs its region's clients send at each tick (as its
+/// [`Intake`] says), signed with the region's client key.
 pub struct ShardActor {
     /// The shard's name.
     pub shard: String,
     /// The key of the region's clients.
     pub client_key: SigningKey,
-    /// The workload.
-    pub workload: Arc<Workload>,
+    /// Where its submissions come from.
+    pub intake: Arc<dyn Intake>,
 }
 
 impl Actor for ShardActor {
@@ -129,8 +126,8 @@ impl Handler<Propose> for ShardActor {
 
     fn handle(&mut self, msg: Propose, _: &mut Self::Context) -> Self::Result {
         let mut signer = Signer::new(&self.client_key, Role::Client, msg.tick);
-        for job in self.workload.arrivals(msg.tick, &self.shard) {
-            signer.sign(job.submission)?;
+        for submission in self.intake.submissions(msg.tick, &self.shard) {
+            signer.sign(submission)?;
         }
         Ok(signer.finish().into())
     }
@@ -218,7 +215,8 @@ impl Handler<Propose> for RouterActor {
 }
 
 /// One node of the marketplace: heartbeats while it is up, runs what it is assigned up to its
-/// max concurrency for each job's duration, and answers with signed receipts.
+/// max concurrency for each job's duration, and answers with signed receipts. When it is
+/// silent and what a finished job's receipt says come from its [`NodeWork`].
 pub struct NodeActor {
     /// The node's index (registration order).
     pub node: NodeIx,
@@ -226,55 +224,20 @@ pub struct NodeActor {
     pub key: SigningKey,
     /// Its heartbeat interval.
     pub heartbeat_interval_ticks: u32,
-    /// When it is silent.
-    pub failures: Arc<FailureSchedule>,
-    /// The workload (a run's outcome is drawn from the job and the attempt).
-    pub workload: Arc<Workload>,
-    /// Where its GPU jobs run.
-    pub engine: Engine,
-    /// How often it corrupts a GPU job's output (`--byzantine`), in parts per million.
-    pub byzantine_ppm: u32,
-    /// In `fabric serve`: the input hashes of the jobs clients submitted, which the node runs
-    /// as CPU jobs that always complete. `None` in a simulation, whose jobs come from the
-    /// workload.
-    pub served_inputs: Option<Arc<ServedInputs>>,
-}
-
-/// The input hash of each job in flight that a client submitted to `fabric serve`, written by
-/// the serve driver when it admits the submission and read by the nodes when they run it.
-pub type ServedInputs = std::sync::RwLock<std::collections::HashMap<fabric_events::JobId, Hash32>>;
-
-/// What a byzantine node reports instead of a GPU job's real output hash.
-pub fn corrupted_output_hash(real: &Hash32) -> Hash32 {
-    Hash32(blake3::derive_key(
-        "fabric 2026-12 corrupted output",
-        real.as_bytes(),
-    ))
+    /// What running a job means for it, and when it is silent.
+    pub work: Arc<dyn NodeWork>,
 }
 
 impl NodeActor {
     fn up(&self, tick: u64) -> bool {
         !self
-            .failures
+            .work
             .silent(self.node, self.heartbeat_interval_ticks, tick)
     }
 }
 
 impl Actor for NodeActor {
     type Context = Context<Self>;
-}
-
-/// The output of a simulated CPU job: a hash of its input and identity, so a receipt commits
-/// to something only this job produces.
-pub fn cpu_output_hash(input_hash: &Hash32, job: u64, attempt: u32) -> Hash32 {
-    let mut material = Vec::with_capacity(44);
-    material.extend_from_slice(input_hash.as_bytes());
-    material.extend_from_slice(&job.to_le_bytes());
-    material.extend_from_slice(&attempt.to_le_bytes());
-    Hash32(blake3::derive_key(
-        "fabric 2026-11 cpu job output v1",
-        &material,
-    ))
 }
 
 impl Handler<Propose> for NodeActor {
@@ -298,62 +261,13 @@ impl Handler<Propose> for NodeActor {
                 if finished_tick > tick {
                     continue;
                 }
-                let (input, gpu_input, failed) = match &self.served_inputs {
-                    // A served job is a CPU job whose input its client named; it completes.
-                    Some(served) => {
-                        let inputs = served.read().unwrap_or_else(|poison| poison.into_inner());
-                        let input = *inputs
-                            .get(&job.id)
-                            .ok_or(RunError::UnknownServedJob { job: job.id })?;
-                        (input, None, false)
-                    }
-                    None => {
-                        let (generated, gpu_input) =
-                            self.workload.job_with_input(job.id, job.submitted_tick);
-                        let failed = self.workload.run_fails(&generated, job.attempts);
-                        (generated.submission.input_hash, gpu_input, failed)
-                    }
-                };
-                let (output, kernel) = match gpu_input {
-                    None if failed => (Hash32::default(), None),
-                    None => (cpu_output_hash(&input, job.id, job.attempts), None),
-                    Some(gpu_input) => {
-                        let kernel = gpu_input.kernel.id();
-                        let output = if failed {
-                            Hash32::default()
-                        } else {
-                            let real = Hash32(output_hash(&gpu_input.execute(self.engine)?));
-                            let corrupt = self.byzantine_ppm > 0
-                                && self.workload.corrupts(
-                                    job.id,
-                                    job.started_tick,
-                                    self.byzantine_ppm,
-                                );
-                            if corrupt {
-                                corrupted_output_hash(&real)
-                            } else {
-                                real
-                            }
-                        };
-                        let kernel = KernelRef {
-                            id: kernel.id.to_owned(),
-                            version: kernel.version,
-                            adapter: self.engine.name(),
-                            input_hash: input,
-                        };
-                        (output, Some(kernel))
-                    }
-                };
+                let result = self.work.finish(self.node, job)?;
                 signer.sign(JobReceipt {
                     job: job.id,
                     node: node.name.clone(),
-                    outcome: if failed {
-                        JobOutcome::Failed
-                    } else {
-                        JobOutcome::Completed
-                    },
-                    output_hash: output,
-                    kernel,
+                    outcome: result.outcome,
+                    output_hash: result.output_hash,
+                    kernel: result.kernel,
                     started_tick: job.started_tick,
                     finished_tick,
                 })?;
@@ -367,89 +281,6 @@ impl Handler<Propose> for NodeActor {
             })?;
         }
         Ok(signer.finish().into())
-    }
-}
-
-/// One GPU receipt of a tick's batch, for the verifier.
-#[derive(Clone, Debug)]
-pub struct ReceiptToVerify {
-    /// Its position in the tick's batch.
-    pub index: usize,
-    /// The receipt.
-    pub receipt: JobReceipt,
-    /// As the node signed it.
-    pub signed: SignedEvent,
-}
-
-/// Asks the verifier to re-execute a tick's sampled GPU receipts.
-#[derive(Message)]
-#[rtype(result = "Result<Vec<(usize, Proposal)>, RunError>")]
-pub struct Verify {
-    /// The tick.
-    pub tick: u64,
-    /// The receipts.
-    pub receipts: Vec<ReceiptToVerify>,
-}
-
-/// The ledger's verifier: re-executes a fraction of GPU receipts on the CPU reference and
-/// answers each contradicted one with an `AttestationMismatch` (signed by the ledger key) to
-/// stand in its place.
-pub struct VerifierActor {
-    /// The ledger key.
-    pub ledger_key: SigningKey,
-    /// The workload (inputs come from it).
-    pub workload: Arc<Workload>,
-}
-
-impl Actor for VerifierActor {
-    type Context = Context<Self>;
-}
-
-/// Nonces of the verifier's events within a tick: above the checkpoint's, below the gate's.
-const VERIFIER_NONCE_BASE: u64 = 1 << 22;
-
-impl Handler<Verify> for VerifierActor {
-    type Result = Result<Vec<(usize, Proposal)>, RunError>;
-
-    fn handle(&mut self, msg: Verify, _: &mut Self::Context) -> Self::Result {
-        let mut out = Vec::new();
-        for item in msg.receipts {
-            let receipt = &item.receipt;
-            let (Some(kernel), (_, Some(input))) = (
-                &receipt.kernel,
-                self.workload.job_with_input(receipt.job, 0),
-            ) else {
-                continue;
-            };
-            let expected = Hash32(output_hash(&input.execute(Engine::Cpu)?));
-            if expected == receipt.output_hash {
-                continue;
-            }
-            let index = out.len() as u64;
-            if index >= VERIFIER_NONCE_BASE {
-                return Err(RunError::TooManyEvents { tick: msg.tick });
-            }
-            let mut evidence = Vec::with_capacity(96 + item.signed.signed.len());
-            evidence.extend_from_slice(item.signed.author.as_bytes());
-            evidence.extend_from_slice(item.signed.signature.as_bytes());
-            evidence.extend_from_slice(&item.signed.signed);
-            let event = Event::new(
-                Role::Ledger,
-                msg.tick,
-                (msg.tick << 24) | VERIFIER_NONCE_BASE | index,
-                AttestationMismatch {
-                    job: receipt.job,
-                    node: receipt.node.clone(),
-                    kernel: kernel.clone(),
-                    expected_output_hash: expected,
-                    reported_output_hash: receipt.output_hash,
-                    evidence,
-                },
-            );
-            let signed = SignedEvent::sign(&event, &self.ledger_key)?;
-            out.push((item.index, Proposal { event, signed }));
-        }
-        Ok(out)
     }
 }
 

@@ -6,8 +6,8 @@
 //! state was folded from.
 
 use fabric_events::{
-    codec::encode_event, event_from_signed, Event, Hash32, PublicKey, RejectReason, Rejected, Role,
-    SignedEvent, SigningKey, VerifyError, MAX_SIGNED_BYTES,
+    codec::encode_event, event_from_signed, Event, Hash32, OwnerCommand, PublicKey, RejectReason,
+    Rejected, Role, SignedEvent, SigningKey, VerifyError, MAX_SIGNED_BYTES,
 };
 use fabric_projections::{ApplyError, State};
 
@@ -261,4 +261,17 @@ fn record_rejection(
     out.signed.push(signed);
     out.events.push(event);
     Ok(())
+}
+
+/// An owner command as an attempt to append at `tick`: the approvals are the owners', the
+/// envelope is signed by the ledger key that sequences it.
+pub fn owner_command_attempt(
+    tick: u64,
+    nonce: u64,
+    command: OwnerCommand,
+    ledger_key: &SigningKey,
+) -> Result<Attempt, RunError> {
+    let event = Event::new(Role::Owner, tick, nonce, command);
+    let signed = SignedEvent::sign(&event, ledger_key)?;
+    Ok(Attempt::external(event, signed))
 }

@@ -1,36 +1,43 @@
-//! Fabric's actors (actix): the ledger writer, one intake actor per shard, one router per
-//! shard, one actor per node, the checkpointer, and the tick driver that runs them.
+//! Fabric's actors (actix): the ledger writer, one router per shard, one actor per node, the
+//! checkpointer and (in a simulation) one intake per shard; the sequencer's gate; restore;
+//! and the driver of `fabric serve`.
 //!
-//! - [`world`]: the world a run simulates (shards, nodes, workload, failures).
-//! - [`workload`]: arrivals, outages and outcomes as pure functions of the seed.
+//! - [`world`]: the world's schema (shards, nodes, treaty terms), from `fabric-config`.
 //! - [`actors`]: the actors and their messages.
-//! - [`driver`]: [`driver::run`], the planetary run, and [`driver::resume`], which continues an
-//!   interrupted one.
-//! - [`restore`]: the state of a stored run from its newest valid checkpoint and its tail.
+//! - [`work`]: the narrow interfaces actors get their work through ([`work::NodeWork`],
+//!   [`work::Intake`]); the simulation (`fabric-sim`) and `fabric serve` implement them.
+//! - [`fleet`]: [`fleet::Actors`], the actor set of a fabric started with the keys its
+//!   caller hands in ([`fleet::ActorKeys`]), and the stable order of a tick's proposals.
 //! - [`gate`]: the sequencer's gate: each attempt admitted by the authority table, or
 //!   replaced by a signed `Rejected` event.
+//! - [`restore`]: the state of a stored log from its newest valid checkpoint and its tail.
+//! - [`serve`]: the driver of `fabric serve`: ticks on a wall-clock interval, jobs from
+//!   clients.
 //!
-//! Architecture invariant: actors act in ticks. The driver collects every actor's proposed
-//! events for a tick, orders them by a stable key, and appends them to the ledger as one
-//! batch; actors read state only from projections of appended events. Wall-clock time is
-//! measured for telemetry only and never reaches an event.
+//! Architecture invariant: nothing here derives a key, draws from a seed or simulates a
+//! failure. Keys, work and genesis come in through [`fleet::ActorKeys`], [`work`] and the
+//! callers' specs, so the service never depends on the simulation.
+//!
+//! Actors act in ticks. A driver collects every actor's proposed events for a tick, orders
+//! them by a stable key, and appends them to the ledger as one batch; actors read state only
+//! from projections of appended events. Wall-clock time is measured for telemetry only and
+//! never reaches an event.
 #![deny(missing_docs)]
 
 pub mod actors;
-pub mod driver;
+pub mod fleet;
 pub mod gate;
 pub mod restore;
 pub mod serve;
-pub mod workload;
+pub mod work;
 pub mod world;
 
 use thiserror::Error;
 
-pub use driver::{
-    owner_command_attempt, resume, run, shard_samples, sim_ledger_key, sim_owner_key, Byzantine,
-    RunOutcome, RunSpec, Sampler, ScriptedCommand, ShardSample, SimKeys, StopReason, TickProgress,
-};
+pub use fleet::{ActorKeys, Actors, TickProposals, ACTOR_THREADS};
+pub use gate::owner_command_attempt;
 pub use restore::{load_checkpoint, restore, restore_to, Loaded, RestoreReport, Restored};
+pub use work::{cpu_output_hash, Intake, JobResult, NodeWork, ServedJobs};
 
 /// Why a run stopped.
 #[derive(Debug, Error)]
@@ -105,6 +112,9 @@ pub enum RunError {
         /// The job.
         job: u64,
     },
+    /// An empty ledger was to be served without the events that found the fabric.
+    #[error("the ledger is empty and no genesis events were given to found the fabric")]
+    NoGenesis,
     /// The run needs an empty ledger.
     #[error("the ledger already holds {size} events; a run starts from an empty ledger")]
     LedgerNotEmpty {
@@ -112,6 +122,3 @@ pub enum RunError {
         size: u64,
     },
 }
-
-#[cfg(test)]
-mod tests;

@@ -9,8 +9,9 @@
 //! never a byte of an event.
 //!
 //! Differences from a run, on purpose: there are no simulated arrivals and no simulated node
-//! outages (the world's failure schedule is switched off), and a served job is a CPU job whose
-//! input hash its client named; it completes on its node after its `duration_ticks`.
+//! outages, and a served job is a CPU job whose input hash its client named
+//! ([`ServedJobs`]); it completes on its node after its `duration_ticks`. The keys and the
+//! genesis come from the caller ([`ServeSpec`]): nothing here derives a key.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,11 +23,11 @@ use fabric_ledger::{Ledger, SignedTreeHead};
 use fabric_projections::State;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::actors::{Append, Close, LedgerWriter, ServedInputs};
-use crate::driver::{genesis, Actors, NodeSetup, SimKeys, ACTOR_THREADS};
+use crate::actors::{Append, Close, LedgerWriter};
+use crate::fleet::{ActorKeys, Actors, ACTOR_THREADS};
 use crate::gate::{self, Admitted, Attempt, Verdict};
 use crate::restore::restore;
-use crate::workload::{FailureSchedule, Workload};
+use crate::work::{NodeWork, ServedJobs};
 use crate::world::World;
 use crate::RunError;
 
@@ -38,12 +39,14 @@ pub const SUBMISSIONS_PER_TICK_MAX: usize = 16_384;
 pub const SUBMISSION_TICK_LAG_MAX: u64 = 100_000;
 
 /// What to serve.
-#[derive(Clone, Debug)]
 pub struct ServeSpec {
-    /// The world (its failure schedule is ignored: served nodes have no simulated outages).
+    /// The world (its failure schedule and workload are ignored: served nodes have no
+    /// simulated outages and served jobs come from clients).
     pub world: World,
-    /// The seed of every key.
-    pub seed: u64,
+    /// The keys of the ledger, the routers and the nodes.
+    pub keys: ActorKeys,
+    /// The events of tick 0, appended when the ledger is empty (ignored otherwise).
+    pub genesis: Vec<Attempt>,
     /// Wall-clock time between ticks.
     pub tick_interval: Duration,
 }
@@ -181,15 +184,14 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
     mut on_tick: impl FnMut(&ServedTick<'_>),
 ) -> Result<ServeOutcome, RunError> {
-    let mut world = spec.world.clone();
-    world.failures.outage_ppm = 0;
-    let world = &world;
-    let keys = SimKeys::derive(world, spec.seed);
+    let keys = &spec.keys;
+    if ledger.is_empty() && spec.genesis.is_empty() {
+        return Err(RunError::NoGenesis);
+    }
     let start = start_from(&ledger)?;
-    let served_inputs: Arc<ServedInputs> = Arc::new(std::sync::RwLock::new(start.inputs));
+    let served_jobs = Arc::new(ServedJobs::new(start.inputs));
     let mut tree_head = ledger.tree_head();
-    let workload = Arc::new(Workload::new(world, spec.seed, 0));
-    let failures = Arc::new(FailureSchedule::new(&world.failures, spec.seed));
+    let mut genesis = ledger.is_empty().then(|| spec.genesis.clone());
 
     let arbiters: Vec<Arbiter> = (0..ACTOR_THREADS).map(|_| Arbiter::new()).collect();
     let writer = LedgerWriter {
@@ -197,21 +199,10 @@ pub async fn serve(
         append_events_max: fabric_ledger::BATCH_EVENTS_MAX,
     }
     .start();
-    // No simulated arrivals (served jobs come from clients) and no GPU: served jobs are CPU
-    // jobs with the inputs their clients named.
-    let actors = Actors::start(
-        world,
-        &keys,
-        &workload,
-        &failures,
-        &arbiters,
-        NodeSetup {
-            engine: fabric_gpu_kernels::Engine::Cpu,
-            byzantine: &[],
-            served_inputs: Some(Arc::clone(&served_inputs)),
-        },
-        false,
-    );
+    // No intakes (served jobs come from clients) and no GPU: served jobs are CPU jobs with the
+    // inputs their clients named.
+    let work: Arc<dyn NodeWork> = Arc::clone(&served_jobs) as Arc<dyn NodeWork>;
+    let actors = Actors::start(&spec.world, keys, &work, None, &arbiters);
 
     let mut state = Arc::new(start.state);
     let mut tick = start.next_tick;
@@ -235,14 +226,10 @@ pub async fn serve(
             &keys.ledger,
             &mut state,
             &mut tree_head,
-            &served_inputs,
+            &served_jobs,
             &mut intake,
             &mut on_tick,
-            if tick == 0 {
-                Some(genesis(world, &keys)?)
-            } else {
-                None
-            },
+            genesis.take(),
         )
         .await;
         if let Err(error) = outcome {
@@ -276,7 +263,7 @@ async fn serve_tick(
     ledger_key: &SigningKey,
     state: &mut Arc<State>,
     tree_head: &mut SignedTreeHead,
-    served_inputs: &Arc<ServedInputs>,
+    served_jobs: &ServedJobs,
     intake: &mut mpsc::Receiver<Submission>,
     on_tick: &mut impl FnMut(&ServedTick<'_>),
     genesis: Option<Vec<Attempt>>,
@@ -311,10 +298,7 @@ async fn serve_tick(
                 .filter(|_| one.verdicts.first() == Some(&Verdict::Admitted))
                 .map(|event| &event.body)
             {
-                served_inputs
-                    .write()
-                    .unwrap_or_else(|poison| poison.into_inner())
-                    .insert(job.job, job.input_hash);
+                served_jobs.admitted(job.job, job.input_hash);
             }
             let verdict = one.verdicts.into_iter().next().unwrap_or(Verdict::Admitted);
             batch.signed.extend(one.signed);
@@ -337,15 +321,10 @@ async fn serve_tick(
         .tree_head;
     let append_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
     // Jobs that ended leave the nodes' table of inputs.
-    {
-        let mut inputs = served_inputs
-            .write()
-            .unwrap_or_else(|poison| poison.into_inner());
-        for event in &admitted.events {
-            if let Body::JobReceipt(receipt) = &event.body {
-                if state.job_ix(receipt.job).is_none() {
-                    inputs.remove(&receipt.job);
-                }
+    for event in &admitted.events {
+        if let Body::JobReceipt(receipt) = &event.body {
+            if state.job_ix(receipt.job).is_none() {
+                served_jobs.ended(receipt.job);
             }
         }
     }
@@ -420,7 +399,7 @@ fn sequence(
             }
         }
         Request::Owner { nonce, command } => {
-            let attempt = crate::driver::owner_command_attempt(tick, nonce, command, ledger_key)?;
+            let attempt = gate::owner_command_attempt(tick, nonce, command, ledger_key)?;
             gate::admit(state, tick, vec![attempt], ledger_key)
         }
     }

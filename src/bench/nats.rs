@@ -86,7 +86,7 @@ pub(super) fn suite(bench: &Bench<'_>) -> anyhow::Result<SuiteReport> {
         .clone()
         .or_else(|| server.as_ref().map(|server| server.url.clone()))
         .ok_or_else(|| anyhow!("no NATS server"))?;
-    let spec = fabric_actors::RunSpec {
+    let spec = fabric_sim::RunSpec {
         world,
         seed: BENCH_SEED,
         jobs,
@@ -94,9 +94,9 @@ pub(super) fn suite(bench: &Bench<'_>) -> anyhow::Result<SuiteReport> {
         owner_script: Vec::new(),
         byzantine: Vec::new(),
     };
-    let ledger_key = || fabric_actors::sim_ledger_key(BENCH_SEED);
+    let ledger_key = || fabric_sim::sim_ledger_key(BENCH_SEED);
 
-    let plain = fabric_actors::run(
+    let plain = fabric_sim::run(
         &spec,
         Ledger::open(scratch.path().join("plain"), ledger_key())?,
         |_| {},
@@ -110,7 +110,7 @@ pub(super) fn suite(bench: &Bench<'_>) -> anyhow::Result<SuiteReport> {
     let log: fabric_bus::outbox::Log = std::sync::Arc::new(|line: &str| eprintln!("{line}"));
     let outbox = fabric_bus::Outbox::start(ledger.reader(), &url, log)
         .with_context(|| format!("cannot publish on {url}"))?;
-    let published = fabric_actors::run(&spec, ledger, |tick| outbox.durable(tick.events_total))
+    let published = fabric_sim::run(&spec, ledger, |tick| outbox.durable(tick.events_total))
         .context("the run with NATS failed")?;
     let drain_started = Instant::now();
     let report = outbox.finish(Duration::from_secs(120))?;

@@ -120,7 +120,7 @@ fn register_clients(
     keys: &[SigningKey],
 ) -> anyhow::Result<()> {
     let owners: Vec<SigningKey> = (0..world.owners.threshold)
-        .map(|index| fabric_actors::sim_owner_key(SERVE_BENCH_SEED, index))
+        .map(|index| fabric_sim::sim_owner_key(SERVE_BENCH_SEED, index))
         .collect();
     let tick = health(client)?["tick"].as_u64().unwrap_or(0);
     for (index, key) in keys.iter().enumerate() {

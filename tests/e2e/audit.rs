@@ -347,7 +347,7 @@ fn a_signed_but_unauthorised_stored_event_fails_the_audit() {
     let (_dir, data) = copy_of_pristine("data");
     let size = {
         let mut ledger =
-            fabric_ledger::Ledger::open(data.join("ledger"), fabric_actors::sim_ledger_key(3))
+            fabric_ledger::Ledger::open(data.join("ledger"), fabric_sim::sim_ledger_key(3))
                 .expect("the run's ledger opens with its key");
         let stranger = fabric_events::derive_signing_key(42, "stranger");
         let forged = Event::new(

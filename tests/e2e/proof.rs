@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
-use fabric_actors::sim_ledger_key;
 use fabric_events::{Hash32, PublicKey};
 use fabric_ledger::merkle::verify_consistency;
 use fabric_ledger::{Ledger, LedgerError};
+use fabric_sim::sim_ledger_key;
 use serde_json::Value;
 
 use crate::support::{fabric, heartbeats, ledger_key, small_run, stderr, stdout};

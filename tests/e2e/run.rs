@@ -4,10 +4,10 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::support::{fabric, DEFAULT_CONFIG};
-use fabric_actors::sim_ledger_key;
 use fabric_events::{Body, ExportLine};
 use fabric_ledger::Ledger;
 use fabric_projections::State;
+use fabric_sim::sim_ledger_key;
 use proptest::prelude::*;
 use serde_json::Value;
 

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 
 use crate::workload::{scale_nodes, FailureSchedule, Workload};
-use crate::world::{FailureSpec, JobKindSpec, NodeSpec, ShardSpec, WorkloadSpec, World};
+use fabric_actors::world::{FailureSpec, JobKindSpec, NodeSpec, ShardSpec, WorkloadSpec, World};
 
 fn world() -> World {
     let shard = |name: &str, spill: &str| ShardSpec {
@@ -55,7 +55,7 @@ fn world() -> World {
         },
         checkpoint_interval_ticks: 50,
         owners: Default::default(),
-        verify_ppm: crate::world::VERIFY_PPM_DEFAULT,
+        verify_ppm: fabric_actors::world::VERIFY_PPM_DEFAULT,
     }
 }
 
@@ -164,7 +164,7 @@ fn scaled_worlds_add_uniquely_named_nodes_within_budget() {
 /// only the rest, ending with the uninterrupted run's log.
 #[test]
 fn a_resume_completes_a_tick_cut_between_its_appends() {
-    use crate::driver::{resume, run, sim_ledger_key, RunSpec};
+    use crate::{resume, run, sim_ledger_key, RunSpec};
     use fabric_events::SignedEvent;
     use fabric_ledger::Ledger;
 
@@ -255,7 +255,7 @@ fn a_resume_completes_a_tick_cut_between_its_appends() {
 
 #[test]
 fn a_resume_refuses_a_log_another_run_wrote() {
-    use crate::driver::{resume, run, sim_ledger_key, RunSpec};
+    use crate::{resume, run, sim_ledger_key, RunSpec};
     use fabric_ledger::Ledger;
 
     let spec = |world: World| RunSpec {
@@ -277,7 +277,7 @@ fn a_resume_refuses_a_log_another_run_wrote() {
     }
     let result = resume(&spec(other), outcome.ledger, |_| {});
     assert!(
-        matches!(result, Err(crate::RunError::Diverged { .. })),
+        matches!(result, Err(fabric_actors::RunError::Diverged { .. })),
         "a log of another run was continued"
     );
 }
@@ -293,8 +293,8 @@ mod authority {
     use proptest::prelude::*;
 
     use super::world;
-    use crate::driver::{run, sim_ledger_key, RunSpec, SimKeys};
-    use crate::gate::{admit, admit_signed, Admitted, Verdict};
+    use crate::{run, sim_ledger_key, RunSpec, SimKeys};
+    use fabric_actors::gate::{admit, admit_signed, Admitted, Verdict};
 
     const SEED: u64 = 21;
 
@@ -769,11 +769,11 @@ mod authority {
             approvals: Vec::new(),
         };
         command.approve(3, &keys.owners[1]);
-        let one = crate::driver::owner_command_attempt(tick, 3, command.clone(), &keys.ledger)
+        let one = fabric_actors::owner_command_attempt(tick, 3, command.clone(), &keys.ledger)
             .expect("signed");
         command.approve(3, &keys.owners[2]);
         let two =
-            crate::driver::owner_command_attempt(tick, 3, command, &keys.ledger).expect("signed");
+            fabric_actors::owner_command_attempt(tick, 3, command, &keys.ledger).expect("signed");
         let admitted = admit(&mut state, tick, vec![one, two], &keys.ledger).expect("admitted");
         assert_eq!(
             reasons(&admitted),

@@ -8,7 +8,7 @@ use fabric_gpu_kernels::jobs::{JobInput, JobKernel};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
-use crate::world::{FailureSpec, JobKindSpec, NodeSpec, World};
+use fabric_actors::world::{FailureSpec, JobKindSpec, NodeSpec, World};
 
 const PPM: u64 = 1_000_000;
 
