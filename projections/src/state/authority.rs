@@ -176,10 +176,10 @@ impl Authority {
                 Holder::Router(ix) => ("router key", ix as usize, shards),
                 Holder::Node(ix) => ("node key", ix as usize, nodes),
             };
-            super::check_index(what, index, len)?;
+            super::snapshot::check_index(what, index, len)?;
         }
         if self.rejections.len() > RejectReason::ALL.len() {
-            return Err(super::inconsistent(format!(
+            return Err(super::snapshot::inconsistent(format!(
                 "{} rejection counters",
                 self.rejections.len()
             )));
