@@ -14,6 +14,9 @@
 //!   lists, resolved spillover and served regions).
 //! - `snapshot`: [`State::snapshot_bytes`], [`State::from_snapshot_bytes`], [`state_hash_of`].
 //! - `authority`: [`State::admit`], who may author what ([`Authority`]).
+//!
+//! The limits below bound the indices and masks; compile-time assertions at the end tie them
+//! to the integers that hold them.
 
 mod authority;
 mod fold;
@@ -62,3 +65,25 @@ pub const LATENCY_HISTOGRAM_TICKS: usize = 4096;
 
 const PPM: u32 = 1_000_000;
 const NO_NODE: NodeIx = NodeIx::MAX;
+
+// The limits fit the integers and masks that hold them.
+// A job's `visited` shards and a shard's served regions are one bit per shard in a u64.
+const _: () = assert!(SHARDS_MAX <= u64::BITS as usize);
+const _: () = assert!(SHARDS_MAX <= ShardIx::MAX as usize + 1);
+// A skill set is one bit per skill in a u128; the skill index is a u8.
+const _: () = assert!(SKILLS_MAX <= u128::BITS as usize);
+const _: () = assert!(SKILLS_MAX <= u8::MAX as usize + 1);
+// Class indices stay below `ClassIx::MAX`, which ends a shard's queues in a snapshot.
+const _: () = assert!(CLASSES_MAX < ClassIx::MAX as usize);
+// Job slots are `JobIx`es.
+const _: () = assert!(JOBS_MAX <= JobIx::MAX as usize);
+// Reputation is in parts per million: no single change is more than the whole.
+const _: () = assert!(
+    REPUTATION_COMPLETED_PPM <= PPM
+        && REPUTATION_FAILED_PPM <= PPM
+        && REPUTATION_OUTAGE_PPM <= PPM
+        && REPUTATION_ATTESTATION_PPM <= PPM
+);
+// A mismatch halts a treaty for at least one tick; the latency histogram has a bucket per tick
+// up to its limit and one more for everything longer.
+const _: () = assert!(ATTESTATION_HALT_TICKS > 0 && LATENCY_HISTOGRAM_TICKS > 0);

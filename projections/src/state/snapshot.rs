@@ -21,6 +21,7 @@ use super::{
 const MAGIC: &[u8] = b"fabric-state-v2";
 /// Ends a shard's list of queued classes (no class has this index).
 const END_OF_QUEUES: ClassIx = u32::MAX;
+const _: () = assert!(CLASSES_MAX < END_OF_QUEUES as usize);
 
 /// The queued jobs a snapshot lists per shard, per class, in queue order; checked once the
 /// job table is read.
