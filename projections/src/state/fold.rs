@@ -91,7 +91,26 @@ impl State {
         if self.metrics.jobs_moved() != moved_before {
             self.jobs_moved_tick = self.jobs_moved_tick.max(event.header.tick);
         }
+        self.debug_assert_job_table();
         result
+    }
+
+    /// What every event leaves true of the job table, checked in O(1) in debug builds (the
+    /// full check is [`State::check_invariants`]): it holds exactly the jobs submitted and not
+    /// ended yet, each in the id index once.
+    fn debug_assert_job_table(&self) {
+        let live = self.jobs.len() - self.free_slots.len();
+        debug_assert_eq!(
+            live as u64,
+            self.metrics.submitted - self.metrics.finished() - self.metrics.cancelled,
+            "live jobs = submitted - finished - cancelled"
+        );
+        debug_assert_eq!(
+            self.job_index.len(),
+            live,
+            "one id index entry per live job"
+        );
+        debug_assert!(self.jobs_moved_tick <= self.tick);
     }
 
     fn apply_body(&mut self, event: &Event) -> Result<(), ApplyError> {
@@ -493,8 +512,11 @@ impl State {
             node.quota_used = 0;
         }
         node.quota_used += 1;
+        debug_assert!(node.running.len() as u32 <= node.max_concurrency);
         let s = &mut self.shards[shard as usize];
+        debug_assert!(node.quota_used <= s.node_quota_jobs);
         s.running += 1;
+        debug_assert!(node.running.len() as u64 <= s.running);
         s.counters.assigned += 1;
         self.metrics.assigned += 1;
         self.compact(shard, class);
@@ -590,10 +612,15 @@ impl State {
         let j = &self.jobs[job as usize];
         let (node_ix, shard) = (j.node, j.shard);
         let node = &mut self.nodes[node_ix as usize];
-        if let Some(at) = node.running.iter().position(|running| *running == job) {
+        debug_assert_eq!(node.region, shard, "a job runs on a node of its shard");
+        let at = node.running.iter().position(|running| *running == job);
+        debug_assert!(at.is_some(), "a running job is on its node's list");
+        if let Some(at) = at {
             node.running.remove(at);
         }
-        self.shards[shard as usize].running -= 1;
+        let s = &mut self.shards[shard as usize];
+        s.running -= 1;
+        debug_assert!(node.running.len() as u64 <= s.running);
     }
 
     pub(super) fn running_job_on(
@@ -685,6 +712,7 @@ impl State {
 
     /// An ended job leaves the job table: its slot is freed for the next submission.
     pub(super) fn vacate(&mut self, job: JobIx) {
+        debug_assert!(self.jobs[job as usize].status.is_terminal());
         let id = self.jobs[job as usize].id;
         self.job_index.remove(&id);
         self.jobs[job as usize] = Job::vacant();

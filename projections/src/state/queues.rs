@@ -43,25 +43,31 @@ impl State {
         job.status == JobStatus::Queued && job.shard == shard && job.generation == generation
     }
 
+    /// Resolves a shard's spillover targets and served regions by name, now that the shards
+    /// registered or retired may have changed.
     pub(super) fn resolve_shard_names(&mut self, shard: ShardIx) {
-        let (spillover_ix, served_mask) = {
-            let s = &self.shards[shard as usize];
-            let spillover_ix = s
-                .spillover
-                .iter()
-                .filter_map(|name| self.shard_ix(name))
-                .filter(|target| *target != shard && !self.shards[*target as usize].retired)
-                .collect();
-            let served_mask = s
-                .regions_served
-                .iter()
-                .filter_map(|name| self.shard_ix(name))
-                .fold(0u64, |mask, ix| mask | (1u64 << ix));
-            (spillover_ix, served_mask)
-        };
+        let (spillover_ix, served_mask) = self.resolved_names(shard);
         let s = &mut self.shards[shard as usize];
         s.spillover_ix = spillover_ix;
         s.served_mask = served_mask;
+    }
+
+    /// A shard's spillover targets (registered, not itself, not retired; first preferred) and
+    /// the mask of the regions it serves, from the names it holds.
+    pub(super) fn resolved_names(&self, shard: ShardIx) -> (Vec<ShardIx>, u64) {
+        let s = &self.shards[shard as usize];
+        let spillover_ix = s
+            .spillover
+            .iter()
+            .filter_map(|name| self.shard_ix(name))
+            .filter(|target| *target != shard && !self.shards[*target as usize].retired)
+            .collect();
+        let served_mask = s
+            .regions_served
+            .iter()
+            .filter_map(|name| self.shard_ix(name))
+            .fold(0u64, |mask, ix| mask | (1u64 << ix));
+        (spillover_ix, served_mask)
     }
 
     pub(super) fn node_capable(&self, shard: &Shard, node: NodeIx, class: &JobClass) -> bool {
@@ -112,19 +118,29 @@ impl State {
         queue.live += 1;
         s.queued += 1;
         s.counters.queue_peak = s.counters.queue_peak.max(s.queued);
+        debug_assert!(queue.live as usize <= queue.entries.len());
+        debug_assert!(queue.live <= s.queued);
     }
 
-    /// Marks a queued job as leaving its shard's queue; drops stale entries at the ends.
+    /// Counts a queued job out of its shard's queue. The caller changes the job next, which
+    /// makes its entry stale; [`State::compact`] drops it once it reaches an end.
     pub(super) fn dequeue(&mut self, job: JobIx) {
         let (shard, class) = {
             let j = &self.jobs[job as usize];
+            debug_assert_eq!(
+                j.status,
+                JobStatus::Queued,
+                "only a queued job leaves a queue"
+            );
             (j.shard, j.class)
         };
-        // The caller changes the job's status next, which makes its entry stale.
         let s = &mut self.shards[shard as usize];
         s.queued -= 1;
-        if let Some(queue) = s.queues.get_mut(&class) {
+        let queue = s.queues.get_mut(&class);
+        debug_assert!(queue.is_some(), "a queued job's class queue exists");
+        if let Some(queue) = queue {
             queue.live -= 1;
+            debug_assert!(queue.live <= s.queued);
         }
     }
 
@@ -145,6 +161,9 @@ impl State {
         while queue.entries.back().is_some_and(|e| !is_live(e)) {
             queue.entries.pop_back();
         }
+        // Every live job has exactly one live entry, so a queue whose ends are stale until it
+        // empties held no live job, and one with a live end holds at least one.
+        debug_assert_eq!(queue.entries.is_empty(), queue.live == 0);
         if queue.entries.is_empty() {
             s.queues.remove(&class);
         }
