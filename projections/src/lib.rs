@@ -16,7 +16,8 @@ pub mod state;
 
 pub use routing::{treaty_score, Decision, HealthAction, TickPlan};
 pub use state::{
-    ApplyError, Authority, Job, JobStatus, Metrics, Node, Shard, SnapshotError, State,
+    ApplyError, Authority, InvariantError, Job, JobStatus, Metrics, Node, Shard, SnapshotError,
+    State,
 };
 
 use fabric_events::{Event, Kind, KIND_COUNT};

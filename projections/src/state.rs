@@ -14,12 +14,15 @@
 //!   lists, resolved spillover and served regions).
 //! - `snapshot`: [`State::snapshot_bytes`], [`State::from_snapshot_bytes`], [`state_hash_of`].
 //! - `authority`: [`State::admit`], who may author what ([`Authority`]).
+//! - `invariants`: [`State::check_invariants`], a full consistency check for tests; the fold
+//!   itself checks in debug builds only what costs O(1) (or O(touched entity)) per event.
 //!
 //! The limits below bound the indices and masks; compile-time assertions at the end tie them
 //! to the integers that hold them.
 
 mod authority;
 mod fold;
+mod invariants;
 mod model;
 mod owner;
 mod queues;
@@ -27,6 +30,7 @@ mod snapshot;
 
 pub use authority::{Authority, Holder, KeyRecord, OWNER_COMMAND_LIFETIME_TICKS_MAX};
 pub use fold::ApplyError;
+pub use invariants::InvariantError;
 pub use model::{
     IdRanges, Job, JobClass, JobStatus, Metrics, Node, Shard, ShardCounters, SkillSet, State,
     StatusChange,
