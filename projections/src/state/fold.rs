@@ -113,6 +113,7 @@ impl State {
         debug_assert!(self.jobs_moved_tick <= self.tick);
     }
 
+    /// Checks the author's role for the kind, then folds the body in.
     fn apply_body(&mut self, event: &Event) -> Result<(), ApplyError> {
         let tick = event.header.tick;
         let role = event.header.role;
@@ -198,6 +199,7 @@ impl State {
         }
     }
 
+    /// A registered shard's index, or [`ApplyError::Unknown`].
     pub(super) fn lookup_shard(&self, name: &str) -> Result<ShardIx, ApplyError> {
         self.shard_ix(name).ok_or_else(|| ApplyError::Unknown {
             what: "shard",
@@ -205,6 +207,7 @@ impl State {
         })
     }
 
+    /// A registered node's index, or [`ApplyError::Unknown`].
     pub(super) fn lookup_node(&self, name: &str) -> Result<NodeIx, ApplyError> {
         self.node_ix(name).ok_or_else(|| ApplyError::Unknown {
             what: "node",
@@ -212,11 +215,13 @@ impl State {
         })
     }
 
+    /// A live job's slot, or [`ApplyError::UnknownJob`].
     pub(super) fn lookup_job(&self, job: JobId) -> Result<JobIx, ApplyError> {
         self.job_ix(job).ok_or(ApplyError::UnknownJob(job))
     }
 
-    pub(super) fn intern_skills(&mut self, names: &[String]) -> Result<SkillSet, ApplyError> {
+    /// The skill set of names, interning the new ones (all or none, within [`SKILLS_MAX`]).
+    fn intern_skills(&mut self, names: &[String]) -> Result<SkillSet, ApplyError> {
         let new = names
             .iter()
             .filter(|name| !self.skill_index.contains_key(*name))
@@ -234,6 +239,7 @@ impl State {
         Ok(self.skill_set(names).unwrap_or_default())
     }
 
+    /// A shard joins: its router key is registered and every shard's names are resolved again.
     pub(super) fn register_shard(&mut self, body: &ShardRegistered) -> Result<(), ApplyError> {
         if self.shard_index.contains_key(&body.shard) {
             return Err(ApplyError::Duplicate {
@@ -278,6 +284,7 @@ impl State {
         Ok(())
     }
 
+    /// A node joins its region's shard: its key is registered and it enters the capable lists.
     pub(super) fn register_node(
         &mut self,
         body: &NodeRegistered,
@@ -352,11 +359,8 @@ impl State {
         Ok(())
     }
 
-    pub(super) fn class_of(
-        &mut self,
-        skills: SkillSet,
-        origin: ShardIx,
-    ) -> Result<ClassIx, ApplyError> {
+    /// The class of a skill set and origin, added (with its capable lists) on first sight.
+    fn class_of(&mut self, skills: SkillSet, origin: ShardIx) -> Result<ClassIx, ApplyError> {
         if let Some(class) = self.class_index.get(&(skills.0, origin)) {
             return Ok(*class);
         }
@@ -374,6 +378,7 @@ impl State {
         Ok(class_ix)
     }
 
+    /// Appends the job's current status to its history.
     pub(super) fn record(&mut self, job: JobIx, tick: u64) {
         let j = &mut self.jobs[job as usize];
         j.history.push(StatusChange {
@@ -384,7 +389,8 @@ impl State {
         });
     }
 
-    pub(super) fn submit(&mut self, body: &JobSubmitted, tick: u64) -> Result<(), ApplyError> {
+    /// A job enters the table (a free slot first) and its origin shard's queue.
+    fn submit(&mut self, body: &JobSubmitted, tick: u64) -> Result<(), ApplyError> {
         let shard = self.lookup_shard(&body.shard)?;
         if self.shards[shard as usize].retired {
             return Err(ApplyError::Conflict(format!(
@@ -448,11 +454,8 @@ impl State {
         Ok(())
     }
 
-    pub(super) fn queued_job_in(
-        &self,
-        job: JobId,
-        shard_name: &str,
-    ) -> Result<(JobIx, ShardIx), ApplyError> {
+    /// The slot of a job queued in the named shard, or why not.
+    fn queued_job_in(&self, job: JobId, shard_name: &str) -> Result<(JobIx, ShardIx), ApplyError> {
         let job_ix = self.lookup_job(job)?;
         let shard = self.lookup_shard(shard_name)?;
         let j = &self.jobs[job_ix as usize];
@@ -464,7 +467,8 @@ impl State {
         Ok((job_ix, shard))
     }
 
-    pub(super) fn assign(&mut self, body: &JobAssigned, tick: u64) -> Result<(), ApplyError> {
+    /// A queued job goes to a node of its shard that may take it now.
+    fn assign(&mut self, body: &JobAssigned, tick: u64) -> Result<(), ApplyError> {
         let (job, shard) = self.queued_job_in(body.job, &body.shard)?;
         let node_ix = self.lookup_node(&body.node)?;
         let node = &self.nodes[node_ix as usize];
@@ -524,7 +528,8 @@ impl State {
         Ok(())
     }
 
-    pub(super) fn spill(&mut self, body: &JobSpilled, tick: u64) -> Result<(), ApplyError> {
+    /// A queued job moves to another shard's queue.
+    fn spill(&mut self, body: &JobSpilled, tick: u64) -> Result<(), ApplyError> {
         let (job, from) = self.queued_job_in(body.job, &body.from_shard)?;
         let to = self.lookup_shard(&body.to_shard)?;
         if to == from {
@@ -566,7 +571,7 @@ impl State {
     }
 
     /// Takes a running job off its node and queues it in `shard` again, counted as a requeue.
-    pub(super) fn requeue_running(&mut self, job: JobIx, shard: ShardIx, tick: u64) {
+    fn requeue_running(&mut self, job: JobIx, shard: ShardIx, tick: u64) {
         self.release(job);
         let j = &mut self.jobs[job as usize];
         j.requeues += 1;
@@ -577,7 +582,8 @@ impl State {
         self.record(job, tick);
     }
 
-    pub(super) fn health(&mut self, body: &NodeHealthChanged, tick: u64) -> Result<(), ApplyError> {
+    /// A node is marked healthy, or unhealthy once it runs nothing.
+    fn health(&mut self, body: &NodeHealthChanged, tick: u64) -> Result<(), ApplyError> {
         let node_ix = self.lookup_node(&body.node)?;
         let node = &mut self.nodes[node_ix as usize];
         if node.healthy == body.healthy {
@@ -608,7 +614,7 @@ impl State {
     }
 
     /// Takes a running job off its node.
-    pub(super) fn release(&mut self, job: JobIx) {
+    fn release(&mut self, job: JobIx) {
         let j = &self.jobs[job as usize];
         let (node_ix, shard) = (j.node, j.shard);
         let node = &mut self.nodes[node_ix as usize];
@@ -623,11 +629,8 @@ impl State {
         debug_assert!(node.running.len() as u64 <= s.running);
     }
 
-    pub(super) fn running_job_on(
-        &self,
-        job: JobId,
-        node_name: &str,
-    ) -> Result<(JobIx, NodeIx), ApplyError> {
+    /// The slot of a job running on the named node, or why not.
+    fn running_job_on(&self, job: JobId, node_name: &str) -> Result<(JobIx, NodeIx), ApplyError> {
         let job_ix = self.lookup_job(job)?;
         let node = self.lookup_node(node_name)?;
         let j = &self.jobs[job_ix as usize];
@@ -639,7 +642,8 @@ impl State {
         Ok((job_ix, node))
     }
 
-    pub(super) fn requeue(&mut self, body: &JobRequeued, tick: u64) -> Result<(), ApplyError> {
+    /// A running job goes back to a queue.
+    fn requeue(&mut self, body: &JobRequeued, tick: u64) -> Result<(), ApplyError> {
         let (job, _) = self.running_job_on(body.job, &body.node)?;
         let shard = self.lookup_shard(&body.shard)?;
         self.requeue_running(job, shard, tick);
@@ -648,7 +652,7 @@ impl State {
 
     /// A receipt re-execution contradicts: the job goes back to the queue of the shard that
     /// assigned it, the node loses reputation and its treaty halts for a while.
-    pub(super) fn attestation_mismatch(
+    fn attestation_mismatch(
         &mut self,
         body: &AttestationMismatch,
         tick: u64,
@@ -672,7 +676,8 @@ impl State {
         Ok(())
     }
 
-    pub(super) fn receipt(&mut self, body: &JobReceipt, tick: u64) -> Result<(), ApplyError> {
+    /// A running job finishes: counted in the node, shard and fabric metrics, then it leaves.
+    fn receipt(&mut self, body: &JobReceipt, tick: u64) -> Result<(), ApplyError> {
         let (job, node_ix) = self.running_job_on(body.job, &body.node)?;
         self.release(job);
         let j = &mut self.jobs[job as usize];
@@ -711,7 +716,7 @@ impl State {
     }
 
     /// An ended job leaves the job table: its slot is freed for the next submission.
-    pub(super) fn vacate(&mut self, job: JobIx) {
+    fn vacate(&mut self, job: JobIx) {
         debug_assert!(self.jobs[job as usize].status.is_terminal());
         let id = self.jobs[job as usize].id;
         self.job_index.remove(&id);
@@ -720,7 +725,7 @@ impl State {
     }
 
     /// The first event: the ledger key and the owners.
-    pub(super) fn found(&mut self, body: &FabricGenesis) -> Result<(), ApplyError> {
+    fn found(&mut self, body: &FabricGenesis) -> Result<(), ApplyError> {
         if self.authority.founded {
             return Err(ApplyError::Conflict(
                 "the fabric already has its genesis".to_owned(),

@@ -214,7 +214,7 @@ impl State {
 
     /// Retires a shard: paused for good; its queued jobs spill to the first of its spillover
     /// targets still in service, or are cancelled.
-    pub(super) fn retire_shard(&mut self, shard: ShardIx, queue: RetiredQueue, tick: u64) {
+    fn retire_shard(&mut self, shard: ShardIx, queue: RetiredQueue, tick: u64) {
         let s = &mut self.shards[shard as usize];
         s.retired = true;
         s.paused = true;

@@ -38,6 +38,7 @@ impl State {
             .map(|(job, _)| *job)
     }
 
+    /// Whether a queue entry of `shard` is still its job's: queued there, in the same stay.
     pub(super) fn is_queued_entry(&self, shard: ShardIx, job: JobIx, generation: u64) -> bool {
         let job = &self.jobs[job as usize];
         job.status == JobStatus::Queued && job.shard == shard && job.generation == generation
@@ -70,6 +71,7 @@ impl State {
         (spillover_ix, served_mask)
     }
 
+    /// Whether a node of `shard` could ever take jobs of `class`: skills, latency, region served.
     pub(super) fn node_capable(&self, shard: &Shard, node: NodeIx, class: &JobClass) -> bool {
         let node = &self.nodes[node as usize];
         node.capabilities.covers(class.skills)
@@ -104,6 +106,7 @@ impl State {
         self.shards[shard as usize].capable = capable;
     }
 
+    /// Queues a job at the back of its class queue in `shard`, as a new stay (a new generation).
     pub(super) fn enqueue(&mut self, job: JobIx, shard: ShardIx) {
         self.generations += 1;
         let j = &mut self.jobs[job as usize];
