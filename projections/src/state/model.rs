@@ -1,8 +1,9 @@
 //! The types of the projected state: [`State`] and what it holds (shards, nodes, jobs, job
 //! classes, the set of submitted ids, metrics), with their read-only queries.
 //!
-//! Fields the fold maintains are `pub(super)`: only the modules of `state` change them, and
-//! only through [`State::apply`] (see `fold`).
+//! Fields the fold maintains are `pub(super)`: only the modules of `state` change them, through
+//! [`State::apply`] (`fold`, `owner`, `queues`), [`State::admit`] (`authority`) and
+//! [`State::from_snapshot_bytes`] (`snapshot`).
 
 use std::collections::{BTreeMap, HashMap};
 
