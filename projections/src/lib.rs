@@ -2,8 +2,8 @@
 //! `fabric-events` only and never touches storage or the network, so replaying a log always
 //! gives the same state.
 //!
-//! - [`state`]: [`State`], the fold of the log (shards, nodes, jobs, metrics), and its
-//!   [`State::state_hash`].
+//! - [`state`]: [`State`], the fold of the log (shards, nodes, jobs, metrics), its
+//!   [`State::state_hash`], and [`State::check_invariants`] for tests.
 //! - [`routing`]: [`TickPlan`], the routing policy of one shard for one tick.
 //! - [`KindCounts`]: events per kind.
 //!
@@ -16,7 +16,8 @@ pub mod state;
 
 pub use routing::{treaty_score, Decision, HealthAction, TickPlan};
 pub use state::{
-    ApplyError, Authority, Job, JobStatus, Metrics, Node, Shard, SnapshotError, State,
+    ApplyError, Authority, InvariantError, Job, JobStatus, Metrics, Node, Shard, SnapshotError,
+    State,
 };
 
 use fabric_events::{Event, Kind, KIND_COUNT};

@@ -29,6 +29,14 @@ pub const TREATY_LATENCY_WEIGHT: f64 = 0.3;
 pub const TREATY_REPUTATION_WEIGHT: f64 = 0.2;
 /// Weight of availability (0..=1).
 pub const TREATY_AVAILABILITY_WEIGHT: f64 = 0.2;
+// The price and latency terms are always positive, so a score of 0 ("not eligible") means
+// below the reputation floor and nothing else.
+const _: () = assert!(
+    TREATY_PRICE_WEIGHT > 0.0
+        && TREATY_LATENCY_WEIGHT > 0.0
+        && TREATY_REPUTATION_WEIGHT >= 0.0
+        && TREATY_AVAILABILITY_WEIGHT >= 0.0
+);
 
 /// A health decision of the shard's router.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

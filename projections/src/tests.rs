@@ -3,7 +3,7 @@
 use fabric_events::{
     Body, Event, Hash32, Heartbeat, JobAssigned, JobOutcome, JobReceipt, JobRequeued, JobSpilled,
     JobSubmitted, NodeHealthChanged, NodeRegistered, OwnerAction, OwnerCommand, PublicKey,
-    RequeueReason, Role, ShardRegistered, SpillReason,
+    RequeueReason, RetiredQueue, Role, ShardRegistered, SpillReason,
 };
 
 use crate::routing::{Decision, HealthAction, TickPlan};
@@ -54,14 +54,14 @@ fn job(id: u64, shard: &str, skills: &[&str]) -> JobSubmitted {
     }
 }
 
-struct World {
-    state: State,
+pub(crate) struct World {
+    pub(crate) state: State,
     nonce: u64,
 }
 
 impl World {
     /// Shards a → [b, c], b → [a], c → [b]; nodes a.x (gpu, 2 slots), a.y (cpu, 1), b.z (cpu, 4).
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut world = Self {
             state: State::new(),
             nonce: 0,
@@ -75,9 +75,19 @@ impl World {
         world
     }
 
-    fn apply(&mut self, role: Role, tick: u64, body: impl Into<Body>) -> Result<(), ApplyError> {
+    pub(crate) fn apply(
+        &mut self,
+        role: Role,
+        tick: u64,
+        body: impl Into<Body>,
+    ) -> Result<(), ApplyError> {
         self.nonce += 1;
-        self.state.apply(&Event::new(role, tick, self.nonce, body))
+        let result = self.state.apply(&Event::new(role, tick, self.nonce, body));
+        // The worlds here are small enough to check in full after every event.
+        self.state
+            .check_invariants()
+            .expect("the fold keeps the state consistent");
+        result
     }
 
     fn owner(&mut self, body: impl Into<Body>) {
@@ -85,7 +95,7 @@ impl World {
             .expect("the world registers");
     }
 
-    fn submit(&mut self, tick: u64, id: u64, shard: &str, skills: &[&str]) {
+    pub(crate) fn submit(&mut self, tick: u64, id: u64, shard: &str, skills: &[&str]) {
         self.apply(Role::Client, tick, job(id, shard, skills))
             .expect("submission fits");
     }
@@ -874,4 +884,124 @@ fn submitted_ids_merge_into_ranges() {
     let rebuilt = State::from_snapshot_bytes(&bytes).expect("decodes");
     assert!(rebuilt.was_submitted(6) && !rebuilt.was_submitted(4));
     assert_eq!(rebuilt.snapshot_bytes(), bytes);
+}
+
+/// Owner commands of the consistency test, by tick: settings that rebuild derived lists,
+/// node updates, retirements of shards (spilling and cancelling their queues) and nodes.
+fn owner_actions_at(tick: u64) -> Vec<OwnerAction> {
+    let (shard, node) = (|name: &str| name.to_owned(), |name: &str| name.to_owned());
+    match tick {
+        5 => vec![OwnerAction::SetLatencyBudget {
+            shard: shard("b"),
+            latency_budget_ms: 5,
+        }],
+        7 => vec![OwnerAction::UpdateNode {
+            node: node("a.y"),
+            max_concurrency: 3,
+            latency_ms: 1,
+            price_micros_per_hour: 7,
+        }],
+        9 => vec![OwnerAction::SetTreaty {
+            shard: shard("a"),
+            reputation_floor_ppm: 1,
+            regions_served: vec![shard("a"), shard("b"), shard("d")],
+            node_quota_jobs: 4,
+            quota_window_ticks: 3,
+        }],
+        13 => vec![
+            OwnerAction::SetSpillover {
+                shard: shard("c"),
+                targets: vec![shard("d"), shard("zz")],
+            },
+            OwnerAction::DrainNode { node: node("b.z") },
+        ],
+        15 => vec![
+            OwnerAction::ResumeNode { node: node("b.z") },
+            OwnerAction::CheckpointNow,
+        ],
+        17 => vec![
+            OwnerAction::RetireShard {
+                shard: shard("c"),
+                queue: RetiredQueue::Spill,
+            },
+            OwnerAction::RetireNode { node: node("a.y") },
+        ],
+        19 => vec![OwnerAction::UpdateNode {
+            node: node("a.x"),
+            max_concurrency: 1,
+            latency_ms: 1,
+            price_micros_per_hour: 7,
+        }],
+        23 => vec![
+            OwnerAction::RetireShard {
+                shard: shard("d"),
+                queue: RetiredQueue::Cancel,
+            },
+            OwnerAction::PauseAll,
+        ],
+        25 => vec![
+            OwnerAction::ResumeAll,
+            OwnerAction::SetQueueBudget {
+                shard: shard("a"),
+                queue_budget: 2,
+            },
+        ],
+        _ => Vec::new(),
+    }
+}
+
+#[test]
+fn the_fold_and_the_snapshot_keep_the_state_consistent() {
+    let mut world = World::new();
+    world.owner(shard("d", 3, &["a", "b"]));
+    world.owner(node("d.w", "d", 3, &["cpu", "gpu"]));
+    for tick in 1..60 {
+        let mut actions = owner_actions_at(tick);
+        if tick % 4 == 2 {
+            // Cancel one queued job and reroute two.
+            let queued: Vec<u64> = world
+                .state
+                .live_jobs()
+                .filter(|job| job.status == JobStatus::Queued)
+                .map(|job| job.id)
+                .collect();
+            let cancel = queued
+                .first()
+                .map(|job| OwnerAction::CancelJob { job: *job });
+            let reroutes =
+                queued
+                    .iter()
+                    .skip(1)
+                    .zip(["d", "c"])
+                    .map(|(job, to)| OwnerAction::RerouteJob {
+                        job: *job,
+                        shard: to.to_owned(),
+                    });
+            actions.extend(cancel.into_iter().chain(reroutes));
+        }
+        for action in actions {
+            let command = OwnerCommand {
+                action,
+                expiry_tick: tick + 10,
+                approvals: Vec::new(),
+            };
+            let _ = world.apply(Role::Owner, tick, command);
+        }
+        for event in tick_events(&world.state, tick) {
+            let _ = world.state.apply(&event);
+        }
+        world
+            .state
+            .check_invariants()
+            .expect("consistent after a tick");
+        let rebuilt = State::from_snapshot_bytes(&world.state.snapshot_bytes()).expect("decodes");
+        rebuilt
+            .check_invariants()
+            .expect("consistent after a rebuild");
+    }
+    let m = world.state.metrics();
+    assert!(
+        m.cancelled > 0 && m.spillovers > 0 && m.completed > 0 && m.requeues > 0,
+        "{m:?}"
+    );
 }

@@ -25,8 +25,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bincode::{Decode, Encode};
 use fabric_events::{
-    verify_signature, Body, Event, FabricGenesis, OwnerAction, OwnerCommand, PublicKey,
-    RejectReason, Role,
+    verify_signature, Body, Event, FabricGenesis, JobAssigned, Kind, OwnerAction, OwnerCommand,
+    PublicKey, RejectReason, Role,
 };
 
 use super::{ApplyError, NodeIx, ShardIx, SnapshotError, State};
@@ -176,10 +176,10 @@ impl Authority {
                 Holder::Router(ix) => ("router key", ix as usize, shards),
                 Holder::Node(ix) => ("node key", ix as usize, nodes),
             };
-            super::check_index(what, index, len)?;
+            super::snapshot::check_index(what, index, len)?;
         }
         if self.rejections.len() > RejectReason::ALL.len() {
-            return Err(super::inconsistent(format!(
+            return Err(super::snapshot::inconsistent(format!(
                 "{} rejection counters",
                 self.rejections.len()
             )));
@@ -190,6 +190,14 @@ impl Authority {
 
 fn refuse<T>(reason: RejectReason, detail: String) -> Result<T, ApplyError> {
     Err(ApplyError::Refused { reason, detail })
+}
+
+/// The refusal of an event its author's key may author, but not for what it is about.
+fn refuse_foreign<T>(holder: &str, kind: &str, about: &str) -> Result<T, ApplyError> {
+    refuse(
+        RejectReason::WrongRole,
+        format!("the {holder} may not author {kind} for {about}"),
+    )
 }
 
 /// The role that may author a kind (`None`: no role may).
@@ -345,12 +353,7 @@ impl State {
         let kind = event.kind().as_str();
         let shard_name = |ix: ShardIx| self.shards[ix as usize].name.as_str();
         let node_name = |ix: NodeIx| self.nodes[ix as usize].name.as_str();
-        let foreign = |holder: &str, about: &str| {
-            refuse(
-                RejectReason::WrongRole,
-                format!("the {holder} may not author {kind} for {about}"),
-            )
-        };
+        let foreign = |holder: &str, about: &str| refuse_foreign(holder, kind, about);
         match (holder, &event.body) {
             (
                 Holder::Ledger,
@@ -358,29 +361,7 @@ impl State {
             ) => Ok(()),
             (Holder::Client(_), Body::JobSubmitted(_)) => Ok(()),
             (Holder::Router(shard), Body::JobAssigned(body)) => {
-                let name = shard_name(shard);
-                if body.shard != name {
-                    return foreign(
-                        &format!("router of shard `{name}`"),
-                        &format!("shard `{}`", body.shard),
-                    );
-                }
-                if let Some(job) = self.job_ix(body.job) {
-                    let job = &self.jobs[job as usize];
-                    if job.shard != shard {
-                        return foreign(
-                            &format!("router of shard `{name}`"),
-                            &format!("job {}, queued in another shard", body.job),
-                        );
-                    }
-                }
-                if self.shards[shard as usize].paused {
-                    return refuse(
-                        RejectReason::ShardPaused,
-                        format!("shard `{name}` is paused: job {} stays queued", body.job),
-                    );
-                }
-                Ok(())
+                self.authorize_assignment(shard, body)
             }
             (Holder::Router(shard), Body::JobSpilled(body)) => {
                 let name = shard_name(shard);
@@ -436,6 +417,38 @@ impl State {
         }
     }
 
+    /// A router may assign only jobs queued in its own shard, and not while it is paused.
+    fn authorize_assignment(&self, shard: ShardIx, body: &JobAssigned) -> Result<(), ApplyError> {
+        let name = self.shards[shard as usize].name.as_str();
+        let foreign =
+            |holder: &str, about: &str| refuse_foreign(holder, Kind::JobAssigned.as_str(), about);
+        if body.shard != name {
+            return foreign(
+                &format!("router of shard `{name}`"),
+                &format!("shard `{}`", body.shard),
+            );
+        }
+        if let Some(job) = self.job_ix(body.job) {
+            let job = &self.jobs[job as usize];
+            if job.shard != shard {
+                return foreign(
+                    &format!("router of shard `{name}`"),
+                    &format!("job {}, queued in another shard", body.job),
+                );
+            }
+        }
+        if self.shards[shard as usize].paused {
+            return refuse(
+                RejectReason::ShardPaused,
+                format!("shard `{name}` is paused: job {} stays queued", body.job),
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether an owner command may be folded in: enveloped by the ledger key, not expired nor
+    /// too long-lived, its nonce not in use, approved by enough owners, registering no key
+    /// that is held already.
     fn authorize_owner_command(
         &self,
         author: &PublicKey,
@@ -478,6 +491,14 @@ impl State {
                 );
             }
         }
+        self.check_owner_approvals(command, nonce)?;
+        self.check_new_key(&command.action)
+    }
+
+    /// The approvals of an owner command: by distinct owners, each signature valid over the
+    /// command, at least the owner threshold of them.
+    fn check_owner_approvals(&self, command: &OwnerCommand, nonce: u64) -> Result<(), ApplyError> {
+        let authority = &self.authority;
         let mut signers = BTreeSet::new();
         for (index, approval) in command.approvals.iter().enumerate() {
             if !authority.owners.contains(&approval.owner) {
@@ -518,7 +539,13 @@ impl State {
                 ),
             );
         }
-        let new_key = match &command.action {
+        Ok(())
+    }
+
+    /// A registration by owner command brings a key no one holds yet: one key, one holder.
+    fn check_new_key(&self, action: &OwnerAction) -> Result<(), ApplyError> {
+        let authority = &self.authority;
+        let new_key = match action {
             OwnerAction::RegisterShard { registration } => Some(registration.router_key),
             OwnerAction::RegisterNode { registration } => Some(registration.node_key),
             OwnerAction::RegisterClient { key, .. } => Some(*key),
