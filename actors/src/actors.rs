@@ -267,14 +267,7 @@ impl Actor for NodeActor {
 /// The output of a simulated CPU job: a hash of its input and identity, so a receipt commits
 /// to something only this job produces.
 pub fn cpu_output_hash(input_hash: &Hash32, job: u64, attempt: u32) -> Hash32 {
-    let mut material = Vec::with_capacity(44);
-    material.extend_from_slice(input_hash.as_bytes());
-    material.extend_from_slice(&job.to_le_bytes());
-    material.extend_from_slice(&attempt.to_le_bytes());
-    Hash32(blake3::derive_key(
-        "fabric 2026-11 cpu job output v1",
-        &material,
-    ))
+    fabric_events::cpu_job::output_hash(input_hash, job, attempt)
 }
 
 impl Handler<Propose> for NodeActor {
