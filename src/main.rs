@@ -5,7 +5,6 @@ mod bench;
 mod client;
 mod config;
 mod export;
-mod http_client;
 mod metrics;
 mod owner;
 mod proof;

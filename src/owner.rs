@@ -8,22 +8,17 @@
 //! valid, distinct owner approvals, with a nonce seen before or past its expiry is refused,
 //! and the refusal is recorded as a `Rejected` event.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{bail, ensure, Context};
+use anyhow::{ensure, Context};
 use fabric_actors::gate::{self, Verdict};
 use fabric_actors::owner_command_attempt;
-use fabric_events::{
-    keys, Event, NodeRegistered, OwnerAction, OwnerCommand, PublicKey, RetiredQueue,
-    ShardRegistered,
-};
+pub use fabric_api::owner::{effect, CommandFile, FileCommand};
+use fabric_api::owner::{parse_action, COMMANDS_HELP};
+use fabric_events::{keys, Event, OwnerCommand, PublicKey};
 use fabric_sim::{sim_ledger_key, sim_owner_key, ScriptedCommand};
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-
-use crate::run::write_atomically;
 
 /// What `fabric owner` does.
 #[derive(clap::Subcommand, Debug)]
@@ -66,20 +61,6 @@ pub struct ProposeArgs {
     append: bool,
 }
 
-const COMMANDS_HELP: &str = "The command and its arguments:
-  pause-all | resume-all
-  pause-shard SHARD | resume-shard SHARD
-  set-queue-budget SHARD JOBS | set-latency-budget SHARD MS
-  set-spillover SHARD [TARGET...]
-  set-treaty SHARD FLOOR_PPM QUOTA_JOBS WINDOW_TICKS [REGION...]
-  register-shard JSON (a shard_registered body) | retire-shard SHARD spill|cancel
-  register-node JSON (a node_registered body) | update-node NODE MAX_CONCURRENCY LATENCY_MS PRICE_MICROS_PER_HOUR
-  drain-node NODE | resume-node NODE | retire-node NODE
-  register-client NAME PUBLIC_KEY_HEX
-  cancel-job JOB | reroute-job JOB SHARD
-  checkpoint-now | set-checkpoint-interval TICKS
-  governance PAYLOAD_HEX";
-
 /// Arguments of `fabric owner sign`.
 #[derive(clap::Args, Debug)]
 pub struct SignArgs {
@@ -119,123 +100,23 @@ pub struct KeysArgs {
     force: bool,
 }
 
-/// A command file.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CommandFile {
-    /// What the file is.
-    #[serde(default)]
-    pub description: String,
-    /// The domain every approval message starts with (informational).
-    #[serde(default)]
-    pub approval_domain: String,
-    /// The commands, in submission order.
-    pub commands: Vec<FileCommand>,
-}
-
-/// One command of a command file.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileCommand {
-    /// The tick `fabric run --owner-script` submits it at.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tick: Option<u64>,
-    /// What it is for.
-    #[serde(default)]
-    pub purpose: String,
-    /// Its nonce.
-    pub nonce: u64,
-    /// The command and its approvals.
-    pub command: OwnerCommand,
-    /// The bytes each owner signs, hex (checked against the command).
-    pub approval_message_hex: String,
-}
-
-const DESCRIPTION: &str = "Owner commands. Each owner approves with `fabric owner sign FILE --key KEYFILE` (an ed25519 signature over approval_message_hex, added to command.approvals); `fabric owner submit FILE --data DIR` hands them to the ledger, which executes a command once it carries enough distinct owner approvals.";
-
-impl FileCommand {
-    /// A command with no approvals yet.
-    pub fn new(tick: Option<u64>, purpose: &str, nonce: u64, command: OwnerCommand) -> Self {
-        let approval_message_hex = hex::encode(command.approval_message(nonce));
-        Self {
+/// The commands of the command file at `path` as a run's script (`fabric run
+/// --owner-script`): each needs its tick; a nonce seen twice is warned of.
+pub fn load_script(path: &Path) -> anyhow::Result<Vec<ScriptedCommand>> {
+    let script = CommandFile::load(path)?.script(path, |nonce| {
+        eprintln!(
+            "warning: {}: nonce {nonce} appears twice; the ledger will refuse the second",
+            path.display()
+        );
+    })?;
+    Ok(script
+        .into_iter()
+        .map(|(tick, nonce, command)| ScriptedCommand {
             tick,
-            purpose: purpose.to_owned(),
             nonce,
             command,
-            approval_message_hex,
-        }
-    }
-}
-
-impl CommandFile {
-    /// A file of `commands`.
-    pub fn new(commands: Vec<FileCommand>) -> Self {
-        Self {
-            description: DESCRIPTION.to_owned(),
-            approval_domain: String::from_utf8_lossy(OwnerCommand::APPROVAL_DOMAIN).into_owned(),
-            commands,
-        }
-    }
-
-    /// Reads and checks a command file: each approval message must be the command's.
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("could not read the command file {}", path.display()))?;
-        let file: CommandFile = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a command file", path.display()))?;
-        for (index, command) in file.commands.iter().enumerate() {
-            let expected = hex::encode(command.command.approval_message(command.nonce));
-            ensure!(
-                command.approval_message_hex == expected,
-                "{}: command {index} (nonce {}): approval_message_hex is not the message of this \
-                 command and nonce (was the command edited after it was proposed?)",
-                path.display(),
-                command.nonce
-            );
-        }
-        Ok(file)
-    }
-
-    /// Writes the file atomically.
-    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
-        write_atomically(path, serde_json::to_string_pretty(self)?.as_bytes())
-    }
-
-    /// The commands as a run's script: each needs its tick.
-    pub fn script(&self, path: &Path) -> anyhow::Result<Vec<ScriptedCommand>> {
-        let mut nonces = BTreeSet::new();
-        self.commands
-            .iter()
-            .enumerate()
-            .map(|(index, command)| {
-                let Some(tick) = command.tick else {
-                    bail!(
-                        "{}: command {index} (nonce {}) has no `tick`: a run submits each \
-                         command of its owner script at its tick",
-                        path.display(),
-                        command.nonce
-                    );
-                };
-                ensure!(
-                    tick > 0,
-                    "{}: command {index}: tick 0 is the fabric's genesis; submit at tick 1 or later",
-                    path.display()
-                );
-                if !nonces.insert(command.nonce) {
-                    eprintln!(
-                        "warning: {}: nonce {} appears twice; the ledger will refuse the second",
-                        path.display(),
-                        command.nonce
-                    );
-                }
-                Ok(ScriptedCommand {
-                    tick,
-                    nonce: command.nonce,
-                    command: command.command.clone(),
-                })
-            })
-            .collect()
-    }
+        })
+        .collect())
 }
 
 /// Runs `fabric owner …`.
@@ -288,159 +169,6 @@ fn propose(args: &ProposeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn words<'a>(args: &'a [String], count: usize, usage: &str) -> anyhow::Result<&'a [String]> {
-    ensure!(args.len() == count, "usage: {usage}");
-    Ok(args)
-}
-
-fn number<T: std::str::FromStr>(text: &str, what: &str) -> anyhow::Result<T> {
-    text.parse()
-        .map_err(|_| anyhow::anyhow!("{what} must be a non-negative integer, not `{text}`"))
-}
-
-/// The action of `propose`'s words.
-pub fn parse_action(words_in: &[String]) -> anyhow::Result<OwnerAction> {
-    let (name, rest) = words_in
-        .split_first()
-        .context("name a command, e.g. `pause-shard mars`")?;
-    let s = |i: usize| rest[i].clone();
-    Ok(match name.as_str() {
-        "pause-all" => {
-            words(rest, 0, "pause-all")?;
-            OwnerAction::PauseAll
-        }
-        "resume-all" => {
-            words(rest, 0, "resume-all")?;
-            OwnerAction::ResumeAll
-        }
-        "pause-shard" => {
-            words(rest, 1, "pause-shard SHARD")?;
-            OwnerAction::PauseShard { shard: s(0) }
-        }
-        "resume-shard" => {
-            words(rest, 1, "resume-shard SHARD")?;
-            OwnerAction::ResumeShard { shard: s(0) }
-        }
-        "set-queue-budget" => {
-            words(rest, 2, "set-queue-budget SHARD JOBS")?;
-            OwnerAction::SetQueueBudget {
-                shard: s(0),
-                queue_budget: number(&rest[1], "JOBS")?,
-            }
-        }
-        "set-latency-budget" => {
-            words(rest, 2, "set-latency-budget SHARD MS")?;
-            OwnerAction::SetLatencyBudget {
-                shard: s(0),
-                latency_budget_ms: number(&rest[1], "MS")?,
-            }
-        }
-        "set-spillover" => {
-            ensure!(!rest.is_empty(), "usage: set-spillover SHARD [TARGET...]");
-            OwnerAction::SetSpillover {
-                shard: s(0),
-                targets: rest[1..].to_vec(),
-            }
-        }
-        "set-treaty" => {
-            ensure!(
-                rest.len() >= 4,
-                "usage: set-treaty SHARD FLOOR_PPM QUOTA_JOBS WINDOW_TICKS [REGION...]"
-            );
-            OwnerAction::SetTreaty {
-                shard: s(0),
-                reputation_floor_ppm: number(&rest[1], "FLOOR_PPM")?,
-                node_quota_jobs: number(&rest[2], "QUOTA_JOBS")?,
-                quota_window_ticks: number(&rest[3], "WINDOW_TICKS")?,
-                regions_served: rest[4..].to_vec(),
-            }
-        }
-        "register-shard" => {
-            words(rest, 1, "register-shard JSON")?;
-            let registration: ShardRegistered = serde_json::from_str(&rest[0])
-                .context("register-shard takes a shard_registered body as JSON")?;
-            OwnerAction::RegisterShard { registration }
-        }
-        "retire-shard" => {
-            words(rest, 2, "retire-shard SHARD spill|cancel")?;
-            let queue = match rest[1].as_str() {
-                "spill" => RetiredQueue::Spill,
-                "cancel" => RetiredQueue::Cancel,
-                other => bail!("retire-shard: the queue is `spill` or `cancel`, not `{other}`"),
-            };
-            OwnerAction::RetireShard { shard: s(0), queue }
-        }
-        "register-node" => {
-            words(rest, 1, "register-node JSON")?;
-            let registration: NodeRegistered = serde_json::from_str(&rest[0])
-                .context("register-node takes a node_registered body as JSON")?;
-            OwnerAction::RegisterNode { registration }
-        }
-        "update-node" => {
-            words(
-                rest,
-                4,
-                "update-node NODE MAX_CONCURRENCY LATENCY_MS PRICE_MICROS_PER_HOUR",
-            )?;
-            OwnerAction::UpdateNode {
-                node: s(0),
-                max_concurrency: number(&rest[1], "MAX_CONCURRENCY")?,
-                latency_ms: number(&rest[2], "LATENCY_MS")?,
-                price_micros_per_hour: number(&rest[3], "PRICE_MICROS_PER_HOUR")?,
-            }
-        }
-        "drain-node" => {
-            words(rest, 1, "drain-node NODE")?;
-            OwnerAction::DrainNode { node: s(0) }
-        }
-        "resume-node" => {
-            words(rest, 1, "resume-node NODE")?;
-            OwnerAction::ResumeNode { node: s(0) }
-        }
-        "retire-node" => {
-            words(rest, 1, "retire-node NODE")?;
-            OwnerAction::RetireNode { node: s(0) }
-        }
-        "register-client" => {
-            words(rest, 2, "register-client NAME PUBLIC_KEY_HEX")?;
-            let key = PublicKey::from_hex(&rest[1])
-                .map_err(|err| anyhow::anyhow!("register-client: PUBLIC_KEY_HEX: {err}"))?;
-            OwnerAction::RegisterClient { client: s(0), key }
-        }
-        "cancel-job" => {
-            words(rest, 1, "cancel-job JOB")?;
-            OwnerAction::CancelJob {
-                job: number(&rest[0], "JOB")?,
-            }
-        }
-        "reroute-job" => {
-            words(rest, 2, "reroute-job JOB SHARD")?;
-            OwnerAction::RerouteJob {
-                job: number(&rest[0], "JOB")?,
-                shard: s(1),
-            }
-        }
-        "checkpoint-now" => {
-            words(rest, 0, "checkpoint-now")?;
-            OwnerAction::CheckpointNow
-        }
-        "set-checkpoint-interval" => {
-            words(rest, 1, "set-checkpoint-interval TICKS")?;
-            OwnerAction::SetCheckpointInterval {
-                interval_ticks: number(&rest[0], "TICKS")?,
-            }
-        }
-        "governance" => {
-            words(rest, 1, "governance PAYLOAD_HEX")?;
-            OwnerAction::Governance {
-                payload: hex::decode(&rest[0])
-                    .map_err(|err| anyhow::anyhow!("governance: PAYLOAD_HEX: {err}"))?,
-            }
-        }
-        other => bail!("unknown owner command `{other}`\n{COMMANDS_HELP}"),
-    })
-}
-
 fn sign(args: &SignArgs) -> anyhow::Result<()> {
     let key = keys::load_secret(&args.key)
         .with_context(|| format!("could not load the key {}", args.key.display()))?;
@@ -469,60 +197,6 @@ fn sign(args: &SignArgs) -> anyhow::Result<()> {
         args.file.display()
     );
     Ok(())
-}
-
-/// A plain description of what an executed command did.
-pub fn effect(action: &OwnerAction) -> String {
-    match action {
-        OwnerAction::PauseAll => "every shard paused: no assignment from here on".to_owned(),
-        OwnerAction::ResumeAll => "every shard resumed".to_owned(),
-        OwnerAction::PauseShard { shard } => {
-            format!("shard `{shard}` paused: no assignment there from here on")
-        }
-        OwnerAction::ResumeShard { shard } => format!("shard `{shard}` resumed"),
-        OwnerAction::SetQueueBudget {
-            shard,
-            queue_budget,
-        } => format!("shard `{shard}` spills above {queue_budget} queued jobs"),
-        OwnerAction::SetLatencyBudget {
-            shard,
-            latency_budget_ms,
-        } => format!("shard `{shard}` takes nodes up to {latency_budget_ms} ms"),
-        OwnerAction::SetSpillover { shard, targets } => {
-            format!("shard `{shard}` spills to {}", targets.join(", "))
-        }
-        OwnerAction::DrainNode { node } => format!("node `{node}` gets no new jobs"),
-        OwnerAction::ResumeNode { node } => format!("node `{node}` takes jobs again"),
-        OwnerAction::RetireNode { node } => {
-            format!("node `{node}` retired: no new jobs, its key authors nothing")
-        }
-        OwnerAction::CancelJob { job } => format!("job {job} cancelled"),
-        OwnerAction::RerouteJob { job, shard } => format!("job {job} moved to shard `{shard}`"),
-        OwnerAction::CheckpointNow => "a checkpoint at the next tick".to_owned(),
-        OwnerAction::SetCheckpointInterval { interval_ticks } => {
-            format!("a checkpoint every {interval_ticks} ticks")
-        }
-        OwnerAction::Governance { payload } => {
-            format!("governance payload of {} bytes recorded", payload.len())
-        }
-        OwnerAction::RegisterShard { registration } => {
-            format!("shard `{}` registered", registration.shard)
-        }
-        OwnerAction::RetireShard { shard, queue } => format!(
-            "shard `{shard}` retired; its queue {}",
-            match queue {
-                RetiredQueue::Spill => "spilled to its neighbours",
-                RetiredQueue::Cancel => "cancelled",
-            }
-        ),
-        OwnerAction::RegisterNode { registration } => format!(
-            "node `{}` registered in shard `{}`",
-            registration.node, registration.region
-        ),
-        OwnerAction::UpdateNode { node, .. } => format!("node `{node}` has new terms"),
-        OwnerAction::SetTreaty { shard, .. } => format!("shard `{shard}` has new treaty terms"),
-        OwnerAction::RegisterClient { client, .. } => format!("client `{client}` registered"),
-    }
 }
 
 /// The owner commands of a log, as `owner-commands-executed.json` lists them: every stored

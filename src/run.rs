@@ -223,7 +223,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         args.seed, args.jobs, nodes_total
     );
     let owner_script = match &args.owner_script {
-        Some(path) => crate::owner::CommandFile::load(path)?.script(path)?,
+        Some(path) => crate::owner::load_script(path)?,
         None => Vec::new(),
     };
     let byzantine = byzantine_nodes(

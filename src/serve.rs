@@ -6,46 +6,34 @@
 //! the requests in flight get their answers, the driver appends one last tick, exit 0.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use anyhow::{ensure, Context};
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine as _;
 use fabric_actors::gate::{check_signed, Verdict};
 use fabric_actors::serve::{Ack, Request, ServeSpec, ServedTick, Submission};
-use fabric_events::{
-    Body, Event, Hash32, JobId, JobOutcome, OwnerCommand, PublicKey, RejectReason, SignatureBytes,
-    SignedEvent,
+use fabric_api::job::{
+    check_envelope, ArtifactRef, JobAccepted, JobEvent, JobLinks, JobRequest, JobResult, JobState,
+    JobStatus, JobTimings,
 };
+use fabric_api::wire::{
+    ErrorBody, Health, LedgerInfo, OwnerAccepted, OwnerRequest, TreeHead, Versions, API_VERSION,
+    EVENTS_PER_RESPONSE_MAX, JOB_SCHEMA_VERSION, REQUEST_BODY_BYTES_MAX,
+};
+use fabric_events::{cpu_job, Body, Event, Hash32, JobId, JobOutcome, PublicKey, RejectReason};
 use fabric_ledger::{LedgerReader, SignedTreeHead};
 use fabric_projections::State;
 use futures_util::StreamExt;
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::metrics::ServeMetrics;
 
-/// The API's version, in every path.
-pub const API_VERSION: &str = "v0";
-/// The `schema_version` every job request must carry.
-pub const JOB_SCHEMA_VERSION: &str = "fabric.job.v0";
-/// Largest request body read; a longer one gets 413 without being read.
-pub const REQUEST_BODY_BYTES_MAX: usize = 64 * 1024;
 /// Submissions waiting for a tick; more get 503 (the fabric is overloaded).
 pub const INTAKE_CAPACITY: usize = 65_536;
-/// Export lines one `GET /v0/events` answer carries at most (`limit` may ask for fewer).
-pub const EVENTS_PER_RESPONSE_MAX: u64 = 100_000;
-/// What the context of a job id derived from a request id is (docs/FORMAT.md §14.2).
-pub const REQUEST_ID_CONTEXT: &str = "fabric 2026-12 request id to job id";
-/// What a CPU job's output hash is derived with (`fabric_actors::actors::cpu_output_hash`).
-const CPU_OUTPUT_CONTEXT: &str = "fabric 2026-11 cpu job output v1";
-/// Longest request id.
-pub const REQUEST_ID_BYTES_MAX: usize = 128;
 
 /// Arguments of `fabric serve`.
 #[derive(clap::Args, Debug)]
@@ -82,7 +70,7 @@ pub struct ServeArgs {
 }
 
 /// One job as the API shows it, built from the log.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 struct JobRecord {
     job: JobId,
     shard: String,
@@ -94,19 +82,19 @@ struct JobRecord {
     finished_tick: Option<u64>,
     attempts: u32,
     node: Option<String>,
-    status: &'static str,
+    status: JobState,
     events: Vec<JobEventRef>,
     receipt: Option<ReceiptRef>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 struct JobEventRef {
     seq: u64,
     tick: u64,
     kind: &'static str,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 struct ReceiptRef {
     seq: u64,
     outcome: JobOutcome,
@@ -138,7 +126,7 @@ pub struct Shared {
 
 /// `{"error": {"code", "message"}}` with `status`.
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> HttpResponse {
-    HttpResponse::build(status).json(json!({"error": {"code": code, "message": message.into()}}))
+    HttpResponse::build(status).json(ErrorBody::new(code, message))
 }
 
 fn read_view(shared: &Shared) -> std::sync::RwLockReadGuard<'_, View> {
@@ -146,27 +134,6 @@ fn read_view(shared: &Shared) -> std::sync::RwLockReadGuard<'_, View> {
         .view
         .read()
         .unwrap_or_else(|poison| poison.into_inner())
-}
-
-/// The job id of a request id: the first 8 bytes (little-endian) of a keyed BLAKE3 of the
-/// request id, top bit cleared. Retrying a request therefore submits the same job, which the
-/// ledger refuses as a duplicate instead of running it twice.
-pub fn job_id_of(request_id: &str) -> JobId {
-    let hash = blake3::derive_key(REQUEST_ID_CONTEXT, request_id.as_bytes());
-    let mut bytes = [0u8; 8];
-    bytes.copy_from_slice(&hash[..8]);
-    u64::from_le_bytes(bytes) >> 1
-}
-
-/// The bytes of a served job's result artifact: the material its receipt's output hash is
-/// derived from (input hash ‖ job id LE ‖ attempt LE), so anyone can check the receipt
-/// against it (docs/FORMAT.md §14.5).
-pub fn result_artifact(input_hash: &Hash32, job: JobId, attempt: u32) -> Vec<u8> {
-    let mut material = Vec::with_capacity(44);
-    material.extend_from_slice(input_hash.as_bytes());
-    material.extend_from_slice(&job.to_le_bytes());
-    material.extend_from_slice(&attempt.to_le_bytes());
-    material
 }
 
 impl Shared {
@@ -216,7 +183,7 @@ fn settle(view: &mut View, state: &State) {
             return false;
         }
         if state.job_ix(*job).is_none() {
-            record.status = "cancelled";
+            record.status = JobState::Cancelled;
             return false;
         }
         true
@@ -249,7 +216,7 @@ fn index_event(
                     finished_tick: None,
                     attempts: 0,
                     node: None,
-                    status: "queued",
+                    status: JobState::Queued,
                     events: Vec::new(),
                     receipt: None,
                 },
@@ -259,7 +226,7 @@ fn index_event(
         Body::JobAssigned(body) => {
             if let Some(record) = jobs.get_mut(&body.job) {
                 record.attempts += 1;
-                record.status = "running";
+                record.status = JobState::Running;
                 record.started_tick = Some(tick);
                 record.node = Some(body.node.clone());
             }
@@ -268,13 +235,13 @@ fn index_event(
         Body::JobSpilled(body) => {
             if let Some(record) = jobs.get_mut(&body.job) {
                 record.shard = body.to_shard.clone();
-                record.status = "queued";
+                record.status = JobState::Queued;
             }
             body.job
         }
         Body::JobRequeued(body) => {
             if let Some(record) = jobs.get_mut(&body.job) {
-                record.status = "queued";
+                record.status = JobState::Queued;
             }
             body.job
         }
@@ -282,13 +249,13 @@ fn index_event(
             if let Some(record) = jobs.get_mut(&body.job) {
                 record.finished_tick = Some(body.finished_tick);
                 record.status = match body.outcome {
-                    JobOutcome::Completed => "completed",
-                    JobOutcome::Failed => "failed",
+                    JobOutcome::Completed => JobState::Completed,
+                    JobOutcome::Failed => JobState::Failed,
                 };
                 let mut artifact = None;
                 if body.outcome == JobOutcome::Completed && body.kernel.is_none() {
-                    let bytes = result_artifact(&record.input_hash, body.job, record.attempts);
-                    let derived = Hash32(blake3::derive_key(CPU_OUTPUT_CONTEXT, &bytes));
+                    let bytes = cpu_job::artifact(&record.input_hash, body.job, record.attempts);
+                    let derived = cpu_job::output_hash_of_artifact(&bytes);
                     ensure!(
                         derived == body.output_hash,
                         "the receipt of job {} (seq {seq}) names output {}, its result artifact \
@@ -405,7 +372,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
             tree_head: ledger.tree_head(),
             active: jobs
                 .values()
-                .filter(|record| record.receipt.is_none() && record.status != "cancelled")
+                .filter(|record| record.receipt.is_none() && record.status != JobState::Cancelled)
                 .map(|record| record.job)
                 .collect(),
             jobs,
@@ -559,24 +526,35 @@ fn routes(config: &mut web::ServiceConfig) {
 
 async fn health(shared: web::Data<Shared>) -> HttpResponse {
     let view = read_view(&shared);
-    HttpResponse::Ok().json(json!({
-        "status": "ok",
-        "versions": {
-            "fabric": env!("CARGO_PKG_VERSION"),
-            "api": API_VERSION,
-            "schema": JOB_SCHEMA_VERSION,
-            "wire_format": String::from_utf8_lossy(&fabric_events::wire::WIRE_MAGIC),
+    let head = view.tree_head;
+    HttpResponse::Ok().json(Health {
+        ledger: LedgerInfo {
+            ledger_key: shared.ledger_key,
+            root: head.root,
+            size: head.tree_size,
+            tree_head: tree_head(&head),
         },
-        "tick": view.tick,
-        "tick_ms": shared.tick_ms,
-        "uptime_ms": shared.started.elapsed().as_millis() as u64,
-        "ledger": {
-            "size": view.tree_head.tree_size,
-            "root": view.tree_head.root,
-            "ledger_key": shared.ledger_key,
-            "tree_head": view.tree_head,
+        status: "ok".to_owned(),
+        tick: view.tick,
+        tick_ms: shared.tick_ms,
+        uptime_ms: shared.started.elapsed().as_millis() as u64,
+        versions: Versions {
+            api: API_VERSION.to_owned(),
+            fabric: env!("CARGO_PKG_VERSION").to_owned(),
+            schema: JOB_SCHEMA_VERSION.to_owned(),
+            wire_format: String::from_utf8_lossy(&fabric_events::wire::WIRE_MAGIC).into_owned(),
         },
-    }))
+    })
+}
+
+/// A signed tree head as the API shows it.
+fn tree_head(head: &SignedTreeHead) -> TreeHead {
+    TreeHead {
+        ledger_key: head.ledger_key,
+        root: head.root,
+        signature: head.signature,
+        tree_size: head.tree_size,
+    }
 }
 
 /// The request's body parsed as JSON of `T` (`what` names it in the error): 413 over the size
@@ -633,76 +611,6 @@ async fn read_body(
     Ok(body)
 }
 
-/// The body of `POST /v0/jobs` (docs/FORMAT.md §14.2).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JobRequest {
-    /// The client's id of this request; the job id is derived from it.
-    pub request_id: String,
-    /// The model (the job's `workload` is `model_id@model_version`).
-    pub model_id: String,
-    /// Its version.
-    pub model_version: String,
-    /// Must be [`JOB_SCHEMA_VERSION`].
-    pub schema_version: String,
-    /// The job's input hash, 64 hex digits (must be the event's).
-    pub input_hash: String,
-    /// The signed `job_submitted` event.
-    pub event: WireSignedEvent,
-}
-
-/// A signed event in JSON: author and signature in hex, the signed bytes in standard base64.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WireSignedEvent {
-    /// The author's public key, 64 hex digits.
-    pub author: String,
-    /// The signature, 128 hex digits; a missing one is an unsigned attempt.
-    #[serde(default)]
-    pub signature: Option<String>,
-    /// `FABRICv1` ‖ canonical event, standard base64.
-    pub signed: String,
-}
-
-impl WireSignedEvent {
-    /// The JSON form of `signed`.
-    pub fn from_signed(signed: &SignedEvent) -> Self {
-        Self {
-            author: signed.author.to_string(),
-            signature: Some(hex::encode(signed.signature.0)),
-            signed: BASE64.encode(&signed.signed),
-        }
-    }
-
-    /// Parses the hex and base64 fields; the signature of an unsigned attempt is all zeros
-    /// (which no key's signature is), so it is refused and recorded as a bad signature.
-    fn decode(&self) -> Result<SignedEvent, String> {
-        let author = PublicKey::from_hex(&self.author)
-            .map_err(|reason| format!("event.author: {reason}"))?;
-        let signature = match &self.signature {
-            None => [0u8; 64],
-            Some(text) => {
-                let bytes = hex::decode(text)
-                    .map_err(|err| format!("event.signature is not hex: {err}"))?;
-                <[u8; 64]>::try_from(bytes.as_slice()).map_err(|_| {
-                    format!(
-                        "event.signature has {} bytes, an ed25519 signature has 64",
-                        bytes.len()
-                    )
-                })?
-            }
-        };
-        let signed = BASE64
-            .decode(&self.signed)
-            .map_err(|err| format!("event.signed is not standard base64: {err}"))?;
-        Ok(SignedEvent {
-            author,
-            signature: SignatureBytes(signature),
-            signed,
-        })
-    }
-}
-
 /// The HTTP status of a refusal.
 fn refusal_status(reason: RejectReason) -> StatusCode {
     match reason {
@@ -753,14 +661,12 @@ async fn sequence(shared: &Shared, request: Request) -> Result<Ack, HttpResponse
 }
 
 fn refused(ack: &Ack, reason: RejectReason, detail: &str) -> HttpResponse {
-    HttpResponse::build(refusal_status(reason)).json(json!({
-        "error": {
-            "code": reason.as_str(),
-            "message": detail,
-            "rejected_seq": ack.seq,
-            "tick": ack.tick,
-        }
-    }))
+    HttpResponse::build(refusal_status(reason)).json(ErrorBody::refusal(
+        reason.as_str(),
+        detail,
+        ack.seq,
+        ack.tick,
+    ))
 }
 
 async fn submit_job(
@@ -775,12 +681,13 @@ async fn submit_job(
         };
     let signed = match job_request.event.decode() {
         Ok(signed) => signed,
-        Err(message) => return error(StatusCode::BAD_REQUEST, "bad_body", message),
+        Err(wrong) => return error(StatusCode::BAD_REQUEST, "bad_body", wrong.to_string()),
     };
     // Checks that need no state run here, on the HTTP worker's thread; the signature check is
     // the expensive one. What fails them is still recorded (as a `Rejected` event).
     let checked = check_signed(&signed).and_then(|event| {
-        check_envelope(&job_request, &event)?;
+        check_envelope(&job_request, &event)
+            .map_err(|wrong| (RejectReason::Invalid, wrong.to_string()))?;
         Ok(event)
     });
     let job = match &checked {
@@ -795,65 +702,16 @@ async fn submit_job(
         Err(response) => return response,
     };
     match &ack.verdict {
-        Verdict::Admitted => HttpResponse::Accepted().json(json!({
-            "job": job,
-            "request_id": job_request.request_id,
-            "status": "accepted",
-            "seq": ack.seq,
-            "tick": ack.tick,
-            "links": {
-                "status": job.map(|job| format!("/v0/jobs/{job}")),
-                "result": job.map(|job| format!("/v0/jobs/{job}/result")),
-                "proof": format!("/v0/proofs/{}", ack.seq),
-            },
-        })),
+        Verdict::Admitted => HttpResponse::Accepted().json(JobAccepted {
+            job,
+            links: JobLinks::new(job, ack.seq),
+            request_id: job_request.request_id,
+            seq: ack.seq,
+            status: "accepted".to_owned(),
+            tick: ack.tick,
+        }),
         Verdict::Refused { reason, detail } => refused(&ack, *reason, detail),
     }
-}
-
-/// The envelope must say what the signed event says: the client signs the event only, so the
-/// envelope's fields are bound to it here.
-fn check_envelope(request: &JobRequest, event: &Event) -> Result<(), (RejectReason, String)> {
-    let invalid = |detail: String| Err((RejectReason::Invalid, detail));
-    if request.schema_version != JOB_SCHEMA_VERSION {
-        return invalid(format!(
-            "schema_version {:?} is not supported; this server takes {JOB_SCHEMA_VERSION:?}",
-            request.schema_version
-        ));
-    }
-    if request.request_id.is_empty() || request.request_id.len() > REQUEST_ID_BYTES_MAX {
-        return invalid(format!(
-            "request_id must have 1 to {REQUEST_ID_BYTES_MAX} bytes, not {}",
-            request.request_id.len()
-        ));
-    }
-    let Body::JobSubmitted(job) = &event.body else {
-        return invalid(format!(
-            "event is a {}, a job request carries a job_submitted",
-            event.kind().as_str()
-        ));
-    };
-    let expected_job = job_id_of(&request.request_id);
-    if job.job != expected_job {
-        return invalid(format!(
-            "the event's job id {} is not the one of request_id {:?} ({expected_job})",
-            job.job, request.request_id
-        ));
-    }
-    let workload = format!("{}@{}", request.model_id, request.model_version);
-    if job.workload != workload {
-        return invalid(format!(
-            "the event's workload {:?} is not model_id@model_version {workload:?}",
-            job.workload
-        ));
-    }
-    if request.input_hash != job.input_hash.to_string() {
-        return invalid(format!(
-            "input_hash {} is not the event's input hash {}",
-            request.input_hash, job.input_hash
-        ));
-    }
-    Ok(())
 }
 
 fn parse_job_id(text: &str) -> Option<JobId> {
@@ -884,27 +742,31 @@ async fn job_status(shared: web::Data<Shared>, path: web::Path<String>) -> HttpR
     let Some(record) = view.jobs.get(&job) else {
         return unknown_job(job);
     };
-    let status = record.status;
-    let tick_ms = shared.tick_ms;
-    HttpResponse::Ok().json(json!({
-        "job": record.job,
-        "status": status,
-        "shard": record.shard,
-        "workload": record.workload,
-        "input_hash": record.input_hash,
-        "client": record.client,
-        "node": record.node,
-        "attempts": record.attempts,
-        "events": record.events,
-        "timings": {
-            "tick_ms": tick_ms,
-            "submitted_tick": record.submitted_tick,
-            "started_tick": record.started_tick,
-            "finished_tick": record.finished_tick,
-            "queued_ticks": record.started_tick.map(|started| started.saturating_sub(record.submitted_tick)),
-            "latency_ticks": record.finished_tick.map(|finished| finished.saturating_sub(record.submitted_tick)),
-        },
-    }))
+    HttpResponse::Ok().json(JobStatus {
+        attempts: record.attempts,
+        client: record.client,
+        events: record
+            .events
+            .iter()
+            .map(|event| JobEvent {
+                kind: event.kind.to_owned(),
+                seq: event.seq,
+                tick: event.tick,
+            })
+            .collect(),
+        input_hash: record.input_hash,
+        job: record.job,
+        node: record.node.clone(),
+        shard: record.shard.clone(),
+        status: record.status,
+        timings: JobTimings::new(
+            shared.tick_ms,
+            record.submitted_tick,
+            record.started_tick,
+            record.finished_tick,
+        ),
+        workload: record.workload.clone(),
+    })
 }
 
 async fn job_result(shared: web::Data<Shared>, path: web::Path<String>) -> HttpResponse {
@@ -923,17 +785,14 @@ async fn job_result(shared: web::Data<Shared>, path: web::Path<String>) -> HttpR
             format!("job {job} is {status}: it has no result"),
         );
     };
-    HttpResponse::Ok().json(json!({
-        "job": job,
-        "outcome": receipt.outcome,
-        "node": receipt.node,
-        "output_hash": receipt.output_hash,
-        "receipt_seq": receipt.seq,
-        "artifact": receipt.artifact.map(|hash| json!({
-            "hash": hash,
-            "url": format!("/v0/artifacts/{hash}"),
-        })),
-    }))
+    HttpResponse::Ok().json(JobResult {
+        artifact: receipt.artifact.map(ArtifactRef::new),
+        job,
+        node: receipt.node.clone(),
+        outcome: receipt.outcome,
+        output_hash: receipt.output_hash,
+        receipt_seq: receipt.seq,
+    })
 }
 
 async fn artifact(shared: web::Data<Shared>, path: web::Path<String>) -> HttpResponse {
@@ -1081,14 +940,6 @@ async fn proof(shared: web::Data<Shared>, path: web::Path<String>) -> HttpRespon
     }
 }
 
-/// The body of `POST /v0/owner/commands`: one command of a command file (docs/FORMAT.md
-/// §10.1); fields other than `nonce` and `command` are ignored.
-#[derive(Debug, Deserialize)]
-struct OwnerRequest {
-    nonce: u64,
-    command: OwnerCommand,
-}
-
 async fn owner_command(
     shared: web::Data<Shared>,
     request: HttpRequest,
@@ -1117,12 +968,12 @@ async fn owner_command(
         Err(response) => return response,
     };
     match &ack.verdict {
-        Verdict::Admitted => HttpResponse::Accepted().json(json!({
-            "status": "executed",
-            "nonce": owner.nonce,
-            "seq": ack.seq,
-            "tick": ack.tick,
-        })),
+        Verdict::Admitted => HttpResponse::Accepted().json(OwnerAccepted {
+            nonce: owner.nonce,
+            seq: ack.seq,
+            status: "executed".to_owned(),
+            tick: ack.tick,
+        }),
         Verdict::Refused { reason, detail } => refused(&ack, *reason, detail),
     }
 }
@@ -1150,27 +1001,4 @@ async fn openapi() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
         .body(OPENAPI_JSON)
-}
-
-/// Loads a client key for `fabric submit`: a key file, or the simulated client key of a shard
-/// of a fabric started with `--seed`.
-pub fn client_key(
-    key: Option<&Path>,
-    sim_client: Option<&str>,
-    seed: u64,
-) -> anyhow::Result<fabric_events::SigningKey> {
-    match (key, sim_client) {
-        (Some(path), None) => fabric_events::keys::load_secret(path)
-            .with_context(|| format!("--key {}: cannot load the client key", path.display())),
-        (None, Some(shard)) => Ok(fabric_events::derive_signing_key(
-            seed,
-            &format!("sim/client/{shard}"),
-        )),
-        _ => anyhow::bail!("give either --key FILE or --sim-client SHARD"),
-    }
-}
-
-/// Renders a JSON value for the terminal.
-pub fn pretty(value: &Value) -> String {
-    serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
 }

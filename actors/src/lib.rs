@@ -37,7 +37,7 @@ use thiserror::Error;
 pub use fleet::{ActorKeys, Actors, TickProposals, ACTOR_THREADS};
 pub use gate::owner_command_attempt;
 pub use restore::{load_checkpoint, restore, restore_to, Loaded, RestoreReport, Restored};
-pub use work::{cpu_output_hash, Intake, JobResult, NodeWork, ServedJobs};
+pub use work::{Intake, JobResult, NodeWork, ServedJobs};
 
 /// Why a run stopped.
 #[derive(Debug, Error)]

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::RwLock;
 
 use fabric_events::{Hash32, JobId, JobOutcome, JobSubmitted, KernelRef};
+use fabric_events::cpu_job::output_hash as cpu_output_hash;
 use fabric_projections::state::{Job, NodeIx};
 
 use crate::RunError;
@@ -38,18 +39,6 @@ pub trait NodeWork: Send + Sync {
 pub trait Intake: Send + Sync {
     /// The jobs `shard`'s clients submit at `tick`, in order.
     fn submissions(&self, tick: u64, shard: &str) -> Vec<JobSubmitted>;
-}
-
-/// The output hash of a CPU job: FORMAT.md's CPU job rule, in one place.
-pub fn cpu_output_hash(input_hash: &Hash32, job: JobId, attempt: u32) -> Hash32 {
-    let mut material = Vec::with_capacity(44);
-    material.extend_from_slice(input_hash.as_bytes());
-    material.extend_from_slice(&job.to_le_bytes());
-    material.extend_from_slice(&attempt.to_le_bytes());
-    Hash32(blake3::derive_key(
-        "fabric 2026-11 cpu job output v1",
-        &material,
-    ))
 }
 
 /// `fabric serve`'s nodes: never silent; each runs the jobs clients submitted as CPU jobs with

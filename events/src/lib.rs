@@ -15,12 +15,14 @@
 //!   which always agree.
 //! - [`wire`]: `signed` = `FABRICv1` ‖ canonical event, [`Entry`] (what the ledger stores),
 //!   entry hashes and the JSON export line. `docs/FORMAT.md` describes every byte.
+//! - [`cpu_job`]: the one rule for a CPU job's artifact and the output hash its receipt names.
 //!
 //! Architecture invariant: the bytes of an existing event kind never change when a kind is
 //! added; new kinds are appended to [`Body`] and so get a new, higher tag.
 #![deny(missing_docs)]
 
 pub mod codec;
+pub mod cpu_job;
 pub mod ed25519;
 pub mod event;
 #[doc(hidden)]

@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use fabric_actors::work::{cpu_output_hash, Intake, JobResult, NodeWork};
+use fabric_actors::work::{Intake, JobResult, NodeWork};
+use fabric_events::cpu_job::output_hash as cpu_output_hash;
 use fabric_actors::world::World;
 use fabric_actors::RunError;
 use fabric_events::{Hash32, JobOutcome, JobSubmitted, KernelRef};

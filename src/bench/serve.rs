@@ -15,12 +15,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context};
+use fabric_api::http_client::{Client, Target};
+use fabric_api::job::{job_request_body, JobSpec};
 use fabric_events::{derive_signing_key, Hash32, OwnerAction, OwnerCommand, PublicKey, SigningKey};
 use serde_json::{json, Value};
 
 use super::{scratch_dir, verdict, Against, Bench, BenchArgs, Figure, SuiteReport};
-use crate::client::{job_request_body, JobSpec};
-use crate::http_client::{Client, Target};
 
 /// The seed of the served fabric (its owner and ledger keys).
 const SERVE_BENCH_SEED: u64 = 0x5E_2026;

@@ -6,10 +6,6 @@ mod bench;
 mod cli;
 mod durability;
 mod gpu;
-// The client `fabric submit` uses: a small HTTP/1.1 client over TCP and Unix sockets.
-#[allow(dead_code)]
-#[path = "../../src/http_client.rs"]
-mod http_client;
 mod ledger;
 mod nats;
 mod owner;

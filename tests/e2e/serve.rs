@@ -19,8 +19,8 @@ use fabric_events::{
 };
 use serde_json::{json, Value};
 
-use crate::http_client::{Client, Response, Target};
 use crate::support::{fabric, path, stderr, stdout, DEFAULT_CONFIG};
+use fabric_api::http_client::{Client, Response, Target};
 
 const SEED: u64 = 7;
 const TICK_MS: &str = "10";

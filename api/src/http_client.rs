@@ -1,7 +1,8 @@
-//! A small HTTP/1.1 client over a TCP or Unix socket, for `fabric submit | status | result`
-//! and the `serve` benchmark: one request at a time per connection, kept alive between
-//! requests, bodies by `Content-Length` or chunked transfer coding. Nothing more is needed to
-//! talk to `fabric serve`, and it keeps the build small.
+//! A small blocking HTTP/1.1 client over a TCP or Unix socket, for `fabric submit | status |
+//! result`, the `serve` benchmark and the tests: one request at a time per connection, kept
+//! alive between requests, bodies by `Content-Length` or chunked transfer coding. Nothing more
+//! is needed to talk to `fabric serve`, and it keeps the build small. Transport and framing
+//! errors are [`std::io::Error`]s (`InvalidData` for a response that is not HTTP/1.1).
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -23,25 +24,35 @@ pub enum Target {
     Unix(PathBuf),
 }
 
+/// Why a server address does not parse.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    /// `unix:` without a path.
+    #[error("{0:?}: `unix:` needs a socket path")]
+    NoSocketPath(String),
+    /// Neither `http://` nor `unix:`.
+    #[error("{0:?} is not a server address: give http://HOST:PORT or unix:PATH")]
+    Scheme(String),
+    /// `http://` without a port, or with a path.
+    #[error("{0:?} is not a server address: give http://HOST:PORT (with a port, no path)")]
+    HostPort(String),
+}
+
 impl Target {
     /// Parses `http://HOST:PORT` (a trailing `/` allowed) or `unix:PATH`.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, TargetError> {
         if let Some(path) = text.strip_prefix("unix:") {
             if path.is_empty() {
-                return Err(format!("{text:?}: `unix:` needs a socket path"));
+                return Err(TargetError::NoSocketPath(text.to_owned()));
             }
             return Ok(Target::Unix(PathBuf::from(path)));
         }
         let Some(rest) = text.strip_prefix("http://") else {
-            return Err(format!(
-                "{text:?} is not a server address: give http://HOST:PORT or unix:PATH"
-            ));
+            return Err(TargetError::Scheme(text.to_owned()));
         };
         let host_port = rest.trim_end_matches('/');
         if host_port.is_empty() || host_port.contains('/') || !host_port.contains(':') {
-            return Err(format!(
-                "{text:?} is not a server address: give http://HOST:PORT (with a port, no path)"
-            ));
+            return Err(TargetError::HostPort(text.to_owned()));
         }
         Ok(Target::Tcp(host_port.to_owned()))
     }
@@ -304,4 +315,49 @@ fn read_response(reader: &mut impl BufRead, head_only: bool) -> io::Result<Respo
         headers,
         body,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse_and_print_back() {
+        let tcp = Target::parse("http://127.0.0.1:8080/").unwrap();
+        assert_eq!(tcp.to_string(), "http://127.0.0.1:8080");
+        let unix = Target::parse("unix:/tmp/fabric.sock").unwrap();
+        assert_eq!(unix.to_string(), "unix:/tmp/fabric.sock");
+        assert_eq!(
+            Target::parse("unix:").unwrap_err(),
+            TargetError::NoSocketPath("unix:".to_owned())
+        );
+        assert_eq!(
+            Target::parse("https://x:1").unwrap_err().to_string(),
+            "\"https://x:1\" is not a server address: give http://HOST:PORT or unix:PATH"
+        );
+        assert!(matches!(
+            Target::parse("http://host/path"),
+            Err(TargetError::HostPort(_))
+        ));
+    }
+
+    #[test]
+    fn responses_are_read_by_length_and_by_chunks() {
+        let mut plain: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: b\r\n\r\nhello";
+        let response = read_response(&mut plain, false).unwrap();
+        assert_eq!(response.status, 200);
+        assert_eq!(response.header("x-a"), Some("b"));
+        assert_eq!(response.text(), "hello");
+        let mut chunked: &[u8] = b"HTTP/1.1 202 Accepted\r\nTransfer-Encoding: chunked\r\n\r\n\
+              3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n";
+        let response = read_response(&mut chunked, false).unwrap();
+        assert_eq!(response.status, 202);
+        assert_eq!(response.body, b"abcde");
+        let mut garbage: &[u8] = b"SMTP ready\r\n\r\n";
+        let error = read_response(&mut garbage, false).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+        let mut empty: &[u8] = b"";
+        let error = read_response(&mut empty, false).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::ConnectionAborted);
+    }
 }

@@ -1,0 +1,344 @@
+//! The requests `fabric submit`, `fabric status` and `fabric result` make of a `fabric serve`,
+//! with typed errors: read the current tick, post a signed job request, wait for a result,
+//! read a job's status or result, fetch an artifact and check it against its hash.
+//!
+//! Answers come back as [`Answer`]s (the status and the JSON body as the server wrote it), so
+//! a caller can print them as they are or read them as [`crate::job::JobStatus`],
+//! [`crate::job::JobResult`] or [`crate::wire::ErrorBody`].
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use fabric_events::keys::KeyError;
+use fabric_events::{Hash32, JobId, SigningKey};
+use serde_json::Value;
+
+use crate::http_client::{Client, Response};
+use crate::job::{job_request_body, JobRequestError, JobSpec};
+
+/// How long one request of the `fabric` client commands may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How often [`wait_for_result`] asks.
+const RESULT_POLL: Duration = Duration::from_millis(100);
+
+/// What can go wrong talking to a server.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// `GET /v0/health` could not be sent or its answer read.
+    #[error("could not reach the server")]
+    Unreachable(#[source] std::io::Error),
+    /// A `GET` could not be sent or its answer read.
+    #[error("GET {path}: could not reach the server")]
+    Get {
+        /// The path asked for.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `POST /v0/jobs` could not be sent or its answer read.
+    #[error("could not send the job")]
+    Send(#[source] std::io::Error),
+    /// A later request of a conversation failed in transport.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The server answered with a status the caller cannot go on with.
+    #[error("{request} answered {status}: {body}")]
+    Status {
+        /// Method and path.
+        request: String,
+        /// The HTTP status.
+        status: u16,
+        /// The body, as text.
+        body: String,
+    },
+    /// The body of an answer is not JSON.
+    #[error("{request}: the server answered {status} with a body that is not JSON: {body}")]
+    NotJson {
+        /// What was asked.
+        request: String,
+        /// The HTTP status.
+        status: u16,
+        /// The body, as text.
+        body: String,
+        /// The parser's complaint.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// `GET /v0/health` has no tick.
+    #[error("GET /v0/health has no tick")]
+    NoTick,
+    /// The job request could not be built.
+    #[error(transparent)]
+    Job(#[from] JobRequestError),
+    /// The job had no result in time.
+    #[error("job {job} has no result after {waited_s} s")]
+    NoResultYet {
+        /// The job.
+        job: JobId,
+        /// How long was waited.
+        waited_s: u64,
+    },
+    /// A result names no artifact.
+    #[error("the job's result has no artifact")]
+    NoArtifact,
+    /// A result's artifact hash is not a hash.
+    #[error("the artifact hash {text:?}: {reason}")]
+    ArtifactHash {
+        /// What the result says.
+        text: String,
+        /// Why it is not a hash.
+        reason: String,
+    },
+    /// The artifact served does not hash to its name.
+    #[error("the artifact served as {expected} hashes to {actual}")]
+    ArtifactMismatch {
+        /// Its name.
+        expected: Hash32,
+        /// What its bytes hash to.
+        actual: Hash32,
+    },
+}
+
+/// Why a client key could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientKeyError {
+    /// The key file could not be loaded.
+    #[error("--key {}: cannot load the client key", path.display())]
+    Load {
+        /// The key file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: KeyError,
+    },
+    /// Neither or both of a key file and a simulated shard were named.
+    #[error("give either --key FILE or --sim-client SHARD")]
+    Choice,
+}
+
+/// The client key of `fabric submit`: a key file, or the simulated client key of a shard of a
+/// fabric started with `seed` (`sim/client/<shard>`, registered at its genesis).
+pub fn client_key(
+    key: Option<&Path>,
+    sim_client: Option<&str>,
+    seed: u64,
+) -> Result<SigningKey, ClientKeyError> {
+    match (key, sim_client) {
+        (Some(path), None) => {
+            fabric_events::keys::load_secret(path).map_err(|source| ClientKeyError::Load {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+        (None, Some(shard)) => Ok(fabric_events::derive_signing_key(
+            seed,
+            &format!("sim/client/{shard}"),
+        )),
+        _ => Err(ClientKeyError::Choice),
+    }
+}
+
+/// A nonce above every earlier one of this client: microseconds since the Unix epoch.
+pub fn clock_nonce() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_micros() as u64)
+}
+
+/// A fresh random request id: 32 hex digits.
+pub fn random_request_id() -> String {
+    let mut bytes = [0u8; 16];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut bytes);
+    hex::encode(bytes)
+}
+
+/// An answer with a JSON body.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Answer {
+    /// The HTTP status.
+    pub status: u16,
+    /// The body.
+    pub body: Value,
+}
+
+/// The JSON body of `response` to `request`.
+pub fn json_of(response: &Response, request: &str) -> Result<Value, ClientError> {
+    serde_json::from_slice(&response.body).map_err(|source| ClientError::NotJson {
+        request: request.to_owned(),
+        status: response.status,
+        body: response.text(),
+        source,
+    })
+}
+
+/// The server's current tick (`GET /v0/health`).
+pub fn current_tick(client: &mut Client) -> Result<u64, ClientError> {
+    let response = client
+        .request("GET", "/v0/health", None)
+        .map_err(ClientError::Unreachable)?;
+    if response.status != 200 {
+        return Err(ClientError::Status {
+            request: "GET /v0/health".to_owned(),
+            status: response.status,
+            body: response.text(),
+        });
+    }
+    json_of(&response, "GET /v0/health")?["tick"]
+        .as_u64()
+        .ok_or(ClientError::NoTick)
+}
+
+/// Submits `job`, signed by `key` with `nonce` at the server's current tick: the answer of
+/// `POST /v0/jobs` (202 when accepted, an error body otherwise).
+pub fn submit(
+    client: &mut Client,
+    job: &JobSpec,
+    key: &SigningKey,
+    nonce: u64,
+) -> Result<Answer, ClientError> {
+    let tick = current_tick(client)?;
+    let body = job_request_body(job, key, tick, nonce)?;
+    let response = client
+        .request("POST", "/v0/jobs", Some(("application/json", &body)))
+        .map_err(ClientError::Send)?;
+    let answer = json_of(&response, "POST /v0/jobs")?;
+    Ok(Answer {
+        status: response.status,
+        body: answer,
+    })
+}
+
+/// Waits up to `wait` for job `job`'s result, asking every 100 ms: the body of
+/// `GET /v0/jobs/{job}/result` once it is 200.
+pub fn wait_for_result(
+    client: &mut Client,
+    job: JobId,
+    wait: Duration,
+) -> Result<Value, ClientError> {
+    let deadline = Instant::now() + wait;
+    let path = format!("/v0/jobs/{job}/result");
+    loop {
+        let response = client.request("GET", &path, None)?;
+        if response.status == 200 {
+            return json_of(&response, "GET result");
+        }
+        if response.status != 409 {
+            return Err(ClientError::Status {
+                request: format!("GET {path}"),
+                status: response.status,
+                body: response.text(),
+            });
+        }
+        if Instant::now() >= deadline {
+            return Err(ClientError::NoResultYet {
+                job,
+                waited_s: wait.as_secs(),
+            });
+        }
+        std::thread::sleep(RESULT_POLL);
+    }
+}
+
+/// `GET path` with a JSON answer.
+pub fn get_json(client: &mut Client, path: &str) -> Result<Answer, ClientError> {
+    let response = client
+        .request("GET", path, None)
+        .map_err(|source| ClientError::Get {
+            path: path.to_owned(),
+            source,
+        })?;
+    let body = json_of(&response, path)?;
+    Ok(Answer {
+        status: response.status,
+        body,
+    })
+}
+
+/// `GET /v0/jobs/{job}`: 200 with a [`crate::job::JobStatus`], or an error body.
+pub fn job_status(client: &mut Client, job: JobId) -> Result<Answer, ClientError> {
+    get_json(client, &format!("/v0/jobs/{job}"))
+}
+
+/// `GET /v0/jobs/{job}/result`: 200 with a [`crate::job::JobResult`], or an error body.
+pub fn job_result(client: &mut Client, job: JobId) -> Result<Answer, ClientError> {
+    get_json(client, &format!("/v0/jobs/{job}/result"))
+}
+
+/// The artifact hash a result body names.
+pub fn artifact_hash(result: &Value) -> Result<Hash32, ClientError> {
+    let text = result["artifact"]["hash"]
+        .as_str()
+        .ok_or(ClientError::NoArtifact)?;
+    Hash32::from_hex(text).map_err(|reason| ClientError::ArtifactHash {
+        text: text.to_owned(),
+        reason,
+    })
+}
+
+/// The bytes of the artifact stored under `hash` (`GET /v0/artifacts/{hash}`), checked
+/// against it.
+pub fn fetch_artifact(client: &mut Client, hash: &Hash32) -> Result<Vec<u8>, ClientError> {
+    let path = format!("/v0/artifacts/{hash}");
+    let response = client.request("GET", &path, None)?;
+    if response.status != 200 {
+        return Err(ClientError::Status {
+            request: format!("GET {path}"),
+            status: response.status,
+            body: response.text(),
+        });
+    }
+    let actual = Hash32(*blake3::hash(&response.body).as_bytes());
+    if actual != *hash {
+        return Err(ClientError::ArtifactMismatch {
+            expected: *hash,
+            actual,
+        });
+    }
+    Ok(response.body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_keys_come_from_one_source() {
+        let sim = client_key(None, Some("earth"), 7).unwrap();
+        assert_eq!(
+            sim.to_bytes(),
+            fabric_events::derive_signing_key(7, "sim/client/earth").to_bytes()
+        );
+        assert!(matches!(
+            client_key(None, None, 7),
+            Err(ClientKeyError::Choice)
+        ));
+        let missing = client_key(Some(Path::new("/nonexistent/key")), None, 7).unwrap_err();
+        assert_eq!(
+            missing.to_string(),
+            "--key /nonexistent/key: cannot load the client key"
+        );
+    }
+
+    #[test]
+    fn an_artifact_hash_is_read_from_a_result() {
+        let hash = Hash32([5; 32]);
+        let result = serde_json::json!({"artifact": {"hash": hash, "url": "x"}});
+        assert_eq!(artifact_hash(&result).unwrap(), hash);
+        let none = serde_json::json!({"artifact": null});
+        assert!(matches!(artifact_hash(&none), Err(ClientError::NoArtifact)));
+        assert_eq!(random_request_id().len(), 32);
+        assert!(clock_nonce() > 0);
+    }
+
+    #[test]
+    fn a_server_that_is_not_there_is_unreachable() {
+        let folder = tempfile::tempdir().unwrap();
+        let target = crate::Target::Unix(folder.path().join("none.sock"));
+        let mut client = Client::new(target, Duration::from_secs(1));
+        let error = current_tick(&mut client).unwrap_err();
+        assert!(matches!(error, ClientError::Unreachable(_)));
+        assert_eq!(error.to_string(), "could not reach the server");
+    }
+}

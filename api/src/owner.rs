@@ -1,0 +1,696 @@
+//! Owner command files (docs/FORMAT.md §10.1): what `fabric owner propose` writes, `fabric
+//! owner sign` approves, and `fabric owner submit` and `fabric run --owner-script` read.
+//!
+//! A file lists commands, each with its nonce, its expiry tick, its approvals and the exact
+//! bytes an owner signs (`approval_message_hex`, checked against the command when the file is
+//! loaded). [`parse_action`] turns the words of `fabric owner propose` into an action;
+//! [`effect`] says in plain words what an executed command did.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use fabric_events::{
+    NodeRegistered, OwnerAction, OwnerCommand, PublicKey, RetiredQueue, ShardRegistered,
+};
+use serde::{Deserialize, Serialize};
+
+/// The commands `fabric owner propose` takes, with their arguments.
+pub const COMMANDS_HELP: &str = "The command and its arguments:
+  pause-all | resume-all
+  pause-shard SHARD | resume-shard SHARD
+  set-queue-budget SHARD JOBS | set-latency-budget SHARD MS
+  set-spillover SHARD [TARGET...]
+  set-treaty SHARD FLOOR_PPM QUOTA_JOBS WINDOW_TICKS [REGION...]
+  register-shard JSON (a shard_registered body) | retire-shard SHARD spill|cancel
+  register-node JSON (a node_registered body) | update-node NODE MAX_CONCURRENCY LATENCY_MS PRICE_MICROS_PER_HOUR
+  drain-node NODE | resume-node NODE | retire-node NODE
+  register-client NAME PUBLIC_KEY_HEX
+  cancel-job JOB | reroute-job JOB SHARD
+  checkpoint-now | set-checkpoint-interval TICKS
+  governance PAYLOAD_HEX";
+
+/// A command file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandFile {
+    /// What the file is.
+    #[serde(default)]
+    pub description: String,
+    /// The domain every approval message starts with (informational).
+    #[serde(default)]
+    pub approval_domain: String,
+    /// The commands, in submission order.
+    pub commands: Vec<FileCommand>,
+}
+
+/// One command of a command file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCommand {
+    /// The tick `fabric run --owner-script` submits it at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tick: Option<u64>,
+    /// What it is for.
+    #[serde(default)]
+    pub purpose: String,
+    /// Its nonce.
+    pub nonce: u64,
+    /// The command and its approvals.
+    pub command: OwnerCommand,
+    /// The bytes each owner signs, hex (checked against the command).
+    pub approval_message_hex: String,
+}
+
+/// What can go wrong with a command file.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandFileError {
+    /// The file could not be read.
+    #[error("could not read the command file {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a command file's JSON.
+    #[error("{} is not a command file", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's complaint.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A command's approval message is not the one of its command and nonce.
+    #[error(
+        "{}: command {index} (nonce {nonce}): approval_message_hex is not the message of this \
+         command and nonce (was the command edited after it was proposed?)",
+        path.display()
+    )]
+    ApprovalMessage {
+        /// The file.
+        path: PathBuf,
+        /// The command's position.
+        index: usize,
+        /// Its nonce.
+        nonce: u64,
+    },
+    /// The file (or its temporary file) could not be written.
+    #[error("could not write {}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file could not be written as JSON.
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    /// A command of a run's script has no tick.
+    #[error(
+        "{}: command {index} (nonce {nonce}) has no `tick`: a run submits each command of its \
+         owner script at its tick",
+        path.display()
+    )]
+    NoTick {
+        /// The file.
+        path: PathBuf,
+        /// The command's position.
+        index: usize,
+        /// Its nonce.
+        nonce: u64,
+    },
+    /// A command of a run's script is at tick 0.
+    #[error(
+        "{}: command {index}: tick 0 is the fabric's genesis; submit at tick 1 or later",
+        path.display()
+    )]
+    GenesisTick {
+        /// The file.
+        path: PathBuf,
+        /// The command's position.
+        index: usize,
+    },
+}
+
+/// What a new command file says it is.
+const DESCRIPTION: &str = "Owner commands. Each owner approves with `fabric owner sign FILE --key KEYFILE` (an ed25519 signature over approval_message_hex, added to command.approvals); `fabric owner submit FILE --data DIR` hands them to the ledger, which executes a command once it carries enough distinct owner approvals.";
+
+impl FileCommand {
+    /// A command with no approvals yet.
+    pub fn new(tick: Option<u64>, purpose: &str, nonce: u64, command: OwnerCommand) -> Self {
+        let approval_message_hex = hex::encode(command.approval_message(nonce));
+        Self {
+            tick,
+            purpose: purpose.to_owned(),
+            nonce,
+            command,
+            approval_message_hex,
+        }
+    }
+}
+
+impl CommandFile {
+    /// A file of `commands`.
+    pub fn new(commands: Vec<FileCommand>) -> Self {
+        Self {
+            description: DESCRIPTION.to_owned(),
+            approval_domain: String::from_utf8_lossy(OwnerCommand::APPROVAL_DOMAIN).into_owned(),
+            commands,
+        }
+    }
+
+    /// Parses a command file's text and checks it: each approval message must be the
+    /// command's. `path` names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, CommandFileError> {
+        let file: CommandFile =
+            serde_json::from_str(text).map_err(|source| CommandFileError::Parse {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        for (index, command) in file.commands.iter().enumerate() {
+            let expected = hex::encode(command.command.approval_message(command.nonce));
+            if command.approval_message_hex != expected {
+                return Err(CommandFileError::ApprovalMessage {
+                    path: path.to_path_buf(),
+                    index,
+                    nonce: command.nonce,
+                });
+            }
+        }
+        Ok(file)
+    }
+
+    /// Reads and checks a command file: each approval message must be the command's.
+    pub fn load(path: &Path) -> Result<Self, CommandFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| CommandFileError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Writes the file atomically: to `<path>.tmp`, synced, then renamed over `path`.
+    pub fn save(&self, path: &Path) -> Result<(), CommandFileError> {
+        let text = serde_json::to_string_pretty(self)?;
+        write_atomically(path, text.as_bytes())
+    }
+
+    /// The commands as a run's script, `(tick, nonce, command)` in file order: each needs a
+    /// tick of 1 or later. `on_duplicate_nonce` hears of each nonce seen before in the file
+    /// (the ledger will refuse the second command with it). `path` names the file in errors.
+    pub fn script(
+        &self,
+        path: &Path,
+        mut on_duplicate_nonce: impl FnMut(u64),
+    ) -> Result<Vec<(u64, u64, OwnerCommand)>, CommandFileError> {
+        let mut nonces = BTreeSet::new();
+        let mut script = Vec::with_capacity(self.commands.len());
+        for (index, command) in self.commands.iter().enumerate() {
+            let Some(tick) = command.tick else {
+                return Err(CommandFileError::NoTick {
+                    path: path.to_path_buf(),
+                    index,
+                    nonce: command.nonce,
+                });
+            };
+            if tick == 0 {
+                return Err(CommandFileError::GenesisTick {
+                    path: path.to_path_buf(),
+                    index,
+                });
+            }
+            if !nonces.insert(command.nonce) {
+                on_duplicate_nonce(command.nonce);
+            }
+            script.push((tick, command.nonce, command.command.clone()));
+        }
+        Ok(script)
+    }
+}
+
+/// Writes `bytes` to `path` through `<path>.tmp`, synced before the rename.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CommandFileError> {
+    let tmp = path.with_extension("tmp");
+    let write_error = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| CommandFileError::Write { path, source }
+    };
+    let mut file = File::create(&tmp).map_err(write_error(&tmp))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(write_error(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(write_error(path))
+}
+
+/// Why the words of `fabric owner propose` are not a command.
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    /// No words.
+    #[error("name a command, e.g. `pause-shard mars`")]
+    NoCommand,
+    /// The wrong number of arguments.
+    #[error("usage: {0}")]
+    Usage(&'static str),
+    /// An argument that must be a number is not.
+    #[error("{what} must be a non-negative integer, not `{text}`")]
+    NotANumber {
+        /// The argument's name.
+        what: &'static str,
+        /// What was given.
+        text: String,
+    },
+    /// A registration that is not the JSON of its body.
+    #[error("{command} takes a {body} body as JSON")]
+    Json {
+        /// The command.
+        command: &'static str,
+        /// The event kind whose body it takes.
+        body: &'static str,
+        /// The parser's complaint.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// `retire-shard`'s queue is neither `spill` nor `cancel`.
+    #[error("retire-shard: the queue is `spill` or `cancel`, not `{0}`")]
+    RetiredQueue(String),
+    /// `register-client`'s key is not a public key in hex.
+    #[error("register-client: PUBLIC_KEY_HEX: {0}")]
+    PublicKey(String),
+    /// `governance`'s payload is not hex.
+    #[error("governance: PAYLOAD_HEX: {0}")]
+    Payload(hex::FromHexError),
+    /// No such command.
+    #[error("unknown owner command `{0}`\n{COMMANDS_HELP}")]
+    Unknown(String),
+}
+
+/// What one group of commands makes of `name` and its arguments: `None` when `name` is not
+/// one of the group's.
+type ActionParse = Result<Option<OwnerAction>, ActionError>;
+
+fn words(args: &[String], count: usize, usage: &'static str) -> Result<(), ActionError> {
+    if args.len() == count {
+        Ok(())
+    } else {
+        Err(ActionError::Usage(usage))
+    }
+}
+
+fn number<T: std::str::FromStr>(text: &str, what: &'static str) -> Result<T, ActionError> {
+    text.parse().map_err(|_| ActionError::NotANumber {
+        what,
+        text: text.to_owned(),
+    })
+}
+
+/// The action of `fabric owner propose`'s words: a command's name and its arguments (see
+/// [`COMMANDS_HELP`]).
+pub fn parse_action(words_in: &[String]) -> Result<OwnerAction, ActionError> {
+    let (name, rest) = words_in.split_first().ok_or(ActionError::NoCommand)?;
+    let groups: [fn(&str, &[String]) -> ActionParse; 4] =
+        [fabric_action, shard_action, node_action, client_job_action];
+    for group in groups {
+        if let Some(action) = group(name, rest)? {
+            return Ok(action);
+        }
+    }
+    Err(ActionError::Unknown(name.clone()))
+}
+
+/// The commands about the whole fabric.
+fn fabric_action(name: &str, rest: &[String]) -> ActionParse {
+    Ok(Some(match name {
+        "pause-all" => {
+            words(rest, 0, "pause-all")?;
+            OwnerAction::PauseAll
+        }
+        "resume-all" => {
+            words(rest, 0, "resume-all")?;
+            OwnerAction::ResumeAll
+        }
+        "checkpoint-now" => {
+            words(rest, 0, "checkpoint-now")?;
+            OwnerAction::CheckpointNow
+        }
+        "set-checkpoint-interval" => {
+            words(rest, 1, "set-checkpoint-interval TICKS")?;
+            OwnerAction::SetCheckpointInterval {
+                interval_ticks: number(&rest[0], "TICKS")?,
+            }
+        }
+        "governance" => {
+            words(rest, 1, "governance PAYLOAD_HEX")?;
+            OwnerAction::Governance {
+                payload: hex::decode(&rest[0]).map_err(ActionError::Payload)?,
+            }
+        }
+        _ => return Ok(None),
+    }))
+}
+
+/// The commands about one shard.
+fn shard_action(name: &str, rest: &[String]) -> ActionParse {
+    let shard = || rest[0].clone();
+    Ok(Some(match name {
+        "pause-shard" => {
+            words(rest, 1, "pause-shard SHARD")?;
+            OwnerAction::PauseShard { shard: shard() }
+        }
+        "resume-shard" => {
+            words(rest, 1, "resume-shard SHARD")?;
+            OwnerAction::ResumeShard { shard: shard() }
+        }
+        "set-queue-budget" => {
+            words(rest, 2, "set-queue-budget SHARD JOBS")?;
+            OwnerAction::SetQueueBudget {
+                shard: shard(),
+                queue_budget: number(&rest[1], "JOBS")?,
+            }
+        }
+        "set-latency-budget" => {
+            words(rest, 2, "set-latency-budget SHARD MS")?;
+            OwnerAction::SetLatencyBudget {
+                shard: shard(),
+                latency_budget_ms: number(&rest[1], "MS")?,
+            }
+        }
+        "set-spillover" => {
+            if rest.is_empty() {
+                return Err(ActionError::Usage("set-spillover SHARD [TARGET...]"));
+            }
+            OwnerAction::SetSpillover {
+                shard: shard(),
+                targets: rest[1..].to_vec(),
+            }
+        }
+        "set-treaty" => set_treaty(rest)?,
+        "register-shard" => {
+            words(rest, 1, "register-shard JSON")?;
+            let registration: ShardRegistered =
+                serde_json::from_str(&rest[0]).map_err(|source| ActionError::Json {
+                    command: "register-shard",
+                    body: "shard_registered",
+                    source,
+                })?;
+            OwnerAction::RegisterShard { registration }
+        }
+        "retire-shard" => {
+            words(rest, 2, "retire-shard SHARD spill|cancel")?;
+            let queue = match rest[1].as_str() {
+                "spill" => RetiredQueue::Spill,
+                "cancel" => RetiredQueue::Cancel,
+                other => return Err(ActionError::RetiredQueue(other.to_owned())),
+            };
+            OwnerAction::RetireShard {
+                shard: shard(),
+                queue,
+            }
+        }
+        _ => return Ok(None),
+    }))
+}
+
+/// `set-treaty SHARD FLOOR_PPM QUOTA_JOBS WINDOW_TICKS [REGION...]`.
+fn set_treaty(rest: &[String]) -> Result<OwnerAction, ActionError> {
+    if rest.len() < 4 {
+        return Err(ActionError::Usage(
+            "set-treaty SHARD FLOOR_PPM QUOTA_JOBS WINDOW_TICKS [REGION...]",
+        ));
+    }
+    Ok(OwnerAction::SetTreaty {
+        shard: rest[0].clone(),
+        reputation_floor_ppm: number(&rest[1], "FLOOR_PPM")?,
+        node_quota_jobs: number(&rest[2], "QUOTA_JOBS")?,
+        quota_window_ticks: number(&rest[3], "WINDOW_TICKS")?,
+        regions_served: rest[4..].to_vec(),
+    })
+}
+
+/// The commands about one node.
+fn node_action(name: &str, rest: &[String]) -> ActionParse {
+    let node = || rest[0].clone();
+    Ok(Some(match name {
+        "register-node" => {
+            words(rest, 1, "register-node JSON")?;
+            let registration: NodeRegistered =
+                serde_json::from_str(&rest[0]).map_err(|source| ActionError::Json {
+                    command: "register-node",
+                    body: "node_registered",
+                    source,
+                })?;
+            OwnerAction::RegisterNode { registration }
+        }
+        "update-node" => {
+            words(
+                rest,
+                4,
+                "update-node NODE MAX_CONCURRENCY LATENCY_MS PRICE_MICROS_PER_HOUR",
+            )?;
+            OwnerAction::UpdateNode {
+                node: node(),
+                max_concurrency: number(&rest[1], "MAX_CONCURRENCY")?,
+                latency_ms: number(&rest[2], "LATENCY_MS")?,
+                price_micros_per_hour: number(&rest[3], "PRICE_MICROS_PER_HOUR")?,
+            }
+        }
+        "drain-node" => {
+            words(rest, 1, "drain-node NODE")?;
+            OwnerAction::DrainNode { node: node() }
+        }
+        "resume-node" => {
+            words(rest, 1, "resume-node NODE")?;
+            OwnerAction::ResumeNode { node: node() }
+        }
+        "retire-node" => {
+            words(rest, 1, "retire-node NODE")?;
+            OwnerAction::RetireNode { node: node() }
+        }
+        _ => return Ok(None),
+    }))
+}
+
+/// The commands about one client or one job.
+fn client_job_action(name: &str, rest: &[String]) -> ActionParse {
+    Ok(Some(match name {
+        "register-client" => {
+            words(rest, 2, "register-client NAME PUBLIC_KEY_HEX")?;
+            let key = PublicKey::from_hex(&rest[1]).map_err(ActionError::PublicKey)?;
+            OwnerAction::RegisterClient {
+                client: rest[0].clone(),
+                key,
+            }
+        }
+        "cancel-job" => {
+            words(rest, 1, "cancel-job JOB")?;
+            OwnerAction::CancelJob {
+                job: number(&rest[0], "JOB")?,
+            }
+        }
+        "reroute-job" => {
+            words(rest, 2, "reroute-job JOB SHARD")?;
+            OwnerAction::RerouteJob {
+                job: number(&rest[0], "JOB")?,
+                shard: rest[1].clone(),
+            }
+        }
+        _ => return Ok(None),
+    }))
+}
+
+/// A plain description of what an executed command did.
+pub fn effect(action: &OwnerAction) -> String {
+    match action {
+        OwnerAction::PauseAll => "every shard paused: no assignment from here on".to_owned(),
+        OwnerAction::ResumeAll => "every shard resumed".to_owned(),
+        OwnerAction::PauseShard { shard } => {
+            format!("shard `{shard}` paused: no assignment there from here on")
+        }
+        OwnerAction::ResumeShard { shard } => format!("shard `{shard}` resumed"),
+        OwnerAction::SetQueueBudget {
+            shard,
+            queue_budget,
+        } => format!("shard `{shard}` spills above {queue_budget} queued jobs"),
+        OwnerAction::SetLatencyBudget {
+            shard,
+            latency_budget_ms,
+        } => format!("shard `{shard}` takes nodes up to {latency_budget_ms} ms"),
+        OwnerAction::SetSpillover { shard, targets } => {
+            format!("shard `{shard}` spills to {}", targets.join(", "))
+        }
+        OwnerAction::DrainNode { node } => format!("node `{node}` gets no new jobs"),
+        OwnerAction::ResumeNode { node } => format!("node `{node}` takes jobs again"),
+        OwnerAction::RetireNode { node } => {
+            format!("node `{node}` retired: no new jobs, its key authors nothing")
+        }
+        OwnerAction::CancelJob { job } => format!("job {job} cancelled"),
+        OwnerAction::RerouteJob { job, shard } => format!("job {job} moved to shard `{shard}`"),
+        OwnerAction::CheckpointNow => "a checkpoint at the next tick".to_owned(),
+        OwnerAction::SetCheckpointInterval { interval_ticks } => {
+            format!("a checkpoint every {interval_ticks} ticks")
+        }
+        OwnerAction::Governance { payload } => {
+            format!("governance payload of {} bytes recorded", payload.len())
+        }
+        OwnerAction::RegisterShard { registration } => {
+            format!("shard `{}` registered", registration.shard)
+        }
+        OwnerAction::RetireShard { shard, queue } => format!(
+            "shard `{shard}` retired; its queue {}",
+            match queue {
+                RetiredQueue::Spill => "spilled to its neighbours",
+                RetiredQueue::Cancel => "cancelled",
+            }
+        ),
+        OwnerAction::RegisterNode { registration } => format!(
+            "node `{}` registered in shard `{}`",
+            registration.node, registration.region
+        ),
+        OwnerAction::UpdateNode { node, .. } => format!("node `{node}` has new terms"),
+        OwnerAction::SetTreaty { shard, .. } => format!("shard `{shard}` has new treaty terms"),
+        OwnerAction::RegisterClient { client, .. } => format!("client `{client}` registered"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(line: &str) -> Result<OwnerAction, ActionError> {
+        let words: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
+        parse_action(&words)
+    }
+
+    #[test]
+    fn every_group_of_commands_parses() {
+        assert_eq!(parse("pause-all").unwrap(), OwnerAction::PauseAll);
+        assert_eq!(
+            parse("set-queue-budget earth 8000").unwrap(),
+            OwnerAction::SetQueueBudget {
+                shard: "earth".to_owned(),
+                queue_budget: 8000
+            }
+        );
+        assert_eq!(
+            parse("set-treaty mars 10 20 30 a b").unwrap(),
+            OwnerAction::SetTreaty {
+                shard: "mars".to_owned(),
+                reputation_floor_ppm: 10,
+                node_quota_jobs: 20,
+                quota_window_ticks: 30,
+                regions_served: vec!["a".to_owned(), "b".to_owned()],
+            }
+        );
+        assert_eq!(
+            parse("retire-shard luna spill").unwrap(),
+            OwnerAction::RetireShard {
+                shard: "luna".to_owned(),
+                queue: RetiredQueue::Spill
+            }
+        );
+        assert_eq!(
+            parse("drain-node n1").unwrap(),
+            OwnerAction::DrainNode {
+                node: "n1".to_owned()
+            }
+        );
+        assert_eq!(
+            parse("reroute-job 5 mars").unwrap(),
+            OwnerAction::RerouteJob {
+                job: 5,
+                shard: "mars".to_owned()
+            }
+        );
+        assert_eq!(
+            parse("governance 0a0b").unwrap(),
+            OwnerAction::Governance {
+                payload: vec![10, 11]
+            }
+        );
+    }
+
+    #[test]
+    fn bad_words_say_what_is_wrong() {
+        let message = |line: &str| parse(line).unwrap_err().to_string();
+        assert_eq!(message(""), "name a command, e.g. `pause-shard mars`");
+        assert_eq!(message("pause-shard"), "usage: pause-shard SHARD");
+        assert_eq!(
+            message("set-spillover"),
+            "usage: set-spillover SHARD [TARGET...]"
+        );
+        assert_eq!(
+            message("cancel-job x"),
+            "JOB must be a non-negative integer, not `x`"
+        );
+        assert_eq!(
+            message("retire-shard luna keep"),
+            "retire-shard: the queue is `spill` or `cancel`, not `keep`"
+        );
+        assert!(message("register-client a zz").starts_with("register-client: PUBLIC_KEY_HEX: "));
+        assert!(matches!(
+            parse("register-node {"),
+            Err(ActionError::Json {
+                command: "register-node",
+                ..
+            })
+        ));
+        assert!(message("fly-away").starts_with("unknown owner command `fly-away`\n"));
+    }
+
+    #[test]
+    fn a_file_round_trips_and_edits_are_caught() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("commands.json");
+        let command = OwnerCommand {
+            action: OwnerAction::PauseAll,
+            expiry_tick: 100,
+            approvals: Vec::new(),
+        };
+        let file = CommandFile::new(vec![
+            FileCommand::new(Some(3), "test", 1, command.clone()),
+            FileCommand::new(Some(4), "again", 1, command.clone()),
+        ]);
+        file.save(&path).unwrap();
+        let loaded = CommandFile::load(&path).unwrap();
+        assert_eq!(loaded.commands.len(), 2);
+        let mut duplicates = Vec::new();
+        let script = loaded
+            .script(&path, |nonce| duplicates.push(nonce))
+            .unwrap();
+        assert_eq!(script[0], (3, 1, command.clone()));
+        assert_eq!(duplicates, vec![1]);
+
+        let mut edited = file.clone();
+        edited.commands[1].nonce = 2;
+        let text = serde_json::to_string(&edited).unwrap();
+        assert!(matches!(
+            CommandFile::parse(&text, &path),
+            Err(CommandFileError::ApprovalMessage {
+                index: 1,
+                nonce: 2,
+                ..
+            })
+        ));
+        let untimed = CommandFile::new(vec![FileCommand::new(None, "", 1, command)]);
+        assert!(matches!(
+            untimed.script(&path, |_| {}),
+            Err(CommandFileError::NoTick { index: 0, .. })
+        ));
+        assert!(matches!(
+            CommandFile::load(&folder.path().join("none.json")),
+            Err(CommandFileError::Read { .. })
+        ));
+    }
+
+    #[test]
+    fn effects_are_plain_words() {
+        assert_eq!(
+            effect(&OwnerAction::CancelJob { job: 4 }),
+            "job 4 cancelled"
+        );
+    }
+}
