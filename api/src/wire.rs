@@ -24,6 +24,21 @@ pub const REQUEST_ID_CONTEXT: &str = "fabric 2026-12 request id to job id";
 /// Longest request id, in bytes.
 pub const REQUEST_ID_BYTES_MAX: usize = 128;
 
+/// Bytes of a job request besides its signed event and the copies of the event's strings:
+/// keys, quotes, the author and signature in hex, the input hash, the request id, the schema.
+const JOB_REQUEST_FIXED_BYTES_MAX: usize = 1024;
+
+// Every event a client may sign fits a request body: the signed bytes in base64, the model
+// fields the envelope repeats (at most the event's own size, even JSON-escaped twice over) and
+// the fixed fields. A larger event limit would make valid jobs unsubmittable.
+const _: () = assert!(
+    fabric_events::MAX_SIGNED_BYTES.div_ceil(3) * 4
+        + 2 * fabric_events::MAX_SIGNED_BYTES
+        + REQUEST_ID_BYTES_MAX
+        + JOB_REQUEST_FIXED_BYTES_MAX
+        <= REQUEST_BODY_BYTES_MAX
+);
+
 /// A signed event in JSON: author and signature in hex, the signed bytes in standard base64.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

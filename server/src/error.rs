@@ -1,0 +1,118 @@
+//! What can stop `fabric serve` from starting, serving or stopping cleanly.
+
+use std::path::PathBuf;
+
+use fabric_events::{Hash32, JobId};
+use thiserror::Error;
+
+/// Why the server could not start, went down, or could not finish cleanly.
+#[derive(Debug, Error)]
+pub enum ServerError {
+    /// A setting is out of range.
+    #[error("{0}")]
+    Setting(&'static str),
+    /// The log could not be read.
+    #[error("could not read the log: {error}")]
+    Log {
+        /// Why.
+        error: fabric_ledger::LedgerError,
+    },
+    /// An entry of the log does not decode.
+    #[error("entry {seq} does not decode: {error}")]
+    Decode {
+        /// Its seq.
+        seq: u64,
+        /// Why.
+        error: fabric_events::DecodeError,
+    },
+    /// The artifact store could not be opened.
+    #[error("could not open the artifact store: {error}")]
+    ArtifactStore {
+        /// Why.
+        error: fabric_ledger::LedgerError,
+    },
+    /// A completed job's receipt names another output than its artifact gives.
+    #[error(
+        "the receipt of job {job} (seq {seq}) names output {named}, its result artifact gives \
+         {derived}: no artifact stored"
+    )]
+    ArtifactMismatch {
+        /// The job.
+        job: JobId,
+        /// Seq of the receipt.
+        seq: u64,
+        /// The output hash the receipt names.
+        named: Hash32,
+        /// The output hash of the artifact.
+        derived: Hash32,
+    },
+    /// An artifact could not be stored.
+    #[error("could not store the artifact of job {job}: {error}")]
+    ArtifactWrite {
+        /// The job.
+        job: JobId,
+        /// Why.
+        error: sled::Error,
+    },
+    /// A TCP address could not be bound.
+    #[error("could not listen on {address}: {error}")]
+    Listen {
+        /// The address.
+        address: String,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// The Unix socket path holds something that is not a socket.
+    #[error("--unix {} exists and is not a socket", path.display())]
+    NotASocket {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The Unix socket could not be set up.
+    #[error("{what} {}: {error}", path.display())]
+    Socket {
+        /// What was being done.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// SIGTERM cannot be listened for.
+    #[error("could not listen for SIGTERM: {error}")]
+    Signal {
+        /// Why.
+        error: std::io::Error,
+    },
+    /// NATS publication could not start.
+    #[error("--nats {url}: cannot publish there: {error}")]
+    Nats {
+        /// The server.
+        url: String,
+        /// Why.
+        error: fabric_bus::BusError,
+    },
+    /// NATS did not take every event before the drain deadline.
+    #[error(
+        "not every event reached NATS; the next `fabric serve --nats` publishes the rest: {error}"
+    )]
+    Drain {
+        /// Why.
+        error: fabric_bus::BusError,
+    },
+    /// The driver task panicked.
+    #[error("the serve driver panicked")]
+    DriverPanicked,
+    /// The fabric (driver, actors, ledger) stopped with an error.
+    #[error("the fabric stopped: {error}")]
+    Fabric {
+        /// Why.
+        error: fabric_actors::RunError,
+    },
+    /// The HTTP server failed.
+    #[error("the HTTP server failed: {error}")]
+    Http {
+        /// Why.
+        error: std::io::Error,
+    },
+}

@@ -1,0 +1,579 @@
+//! The v0 HTTP API's handlers (docs/FORMAT.md §14): each parses, size-checks and
+//! signature-checks a request on its worker thread, queues what must be sequenced to the
+//! driver (503 when the queue is full), and answers from the views updated after each durable
+//! tick.
+
+use std::sync::RwLock;
+use std::time::Instant;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use fabric_actors::gate::{check_signed, Verdict};
+use fabric_actors::serve::{Ack, Request, ServedTick, Submission};
+use fabric_api::job::{
+    check_envelope, ArtifactRef, JobAccepted, JobEvent, JobLinks, JobRequest, JobResult, JobState,
+    JobStatus, JobTimings,
+};
+use fabric_api::wire::{
+    ErrorBody, Health, LedgerInfo, OwnerAccepted, OwnerRequest, TreeHead, Versions, API_VERSION,
+    EVENTS_PER_RESPONSE_MAX, JOB_SCHEMA_VERSION, REQUEST_BODY_BYTES_MAX,
+};
+use fabric_events::{Body, Hash32, JobId, PublicKey, RejectReason};
+use fabric_ledger::{LedgerReader, SignedTreeHead};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::index::{index_event, settle, View};
+use crate::metrics::ServeMetrics;
+
+/// Everything the handlers share.
+pub(crate) struct Shared {
+    pub(crate) intake: mpsc::Sender<Submission>,
+    pub(crate) reader: LedgerReader,
+    pub(crate) ledger_key: PublicKey,
+    pub(crate) artifacts: sled::Tree,
+    pub(crate) view: RwLock<View>,
+    pub(crate) metrics: ServeMetrics,
+    pub(crate) tick_ms: u64,
+    pub(crate) started: Instant,
+}
+
+/// `{"error": {"code", "message"}}` with `status`.
+pub(crate) fn error(status: StatusCode, code: &str, message: impl Into<String>) -> HttpResponse {
+    HttpResponse::build(status).json(ErrorBody::new(code, message))
+}
+
+fn read_view(shared: &Shared) -> std::sync::RwLockReadGuard<'_, View> {
+    shared
+        .view
+        .read()
+        .unwrap_or_else(|poison| poison.into_inner())
+}
+
+impl Shared {
+    /// Folds one durable tick into the views: job index, artifacts, metrics.
+    pub(crate) fn on_tick(&self, tick: &ServedTick<'_>) {
+        let mut view = self
+            .view
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let view = &mut *view;
+        view.tick = tick.tick;
+        view.tree_head = *tick.tree_head;
+        for (index, (event, signed)) in tick.events.iter().zip(tick.signed).enumerate() {
+            let seq = tick.first_seq + index as u64;
+            if let Err(error) =
+                index_event(&mut view.jobs, &self.artifacts, seq, event, &signed.author)
+            {
+                eprintln!("warning: {error}");
+            }
+            if let Body::JobSubmitted(job) = &event.body {
+                view.active.insert(job.job);
+            }
+        }
+        // Only an owner command (cancel-job, retire-shard) ends a job without a receipt, so
+        // the other ticks need not look at every job in the fabric.
+        if tick
+            .events
+            .iter()
+            .any(|event| matches!(event.body, Body::OwnerCommand(_)))
+        {
+            settle(view, tick.state);
+        }
+        self.metrics.observe_tick(tick, tick.state, self.tick_ms);
+    }
+}
+
+/// Every route of the v0 API (docs/FORMAT.md §14; `GET /v0/openapi.json` describes them).
+pub(crate) fn routes(config: &mut web::ServiceConfig) {
+    config
+        .route("/v0/health", web::get().to(health))
+        .route("/v0/jobs", web::post().to(submit_job))
+        .route("/v0/jobs/{id}", web::get().to(job_status))
+        .route("/v0/jobs/{id}/result", web::get().to(job_result))
+        .route("/v0/artifacts/{hash}", web::get().to(artifact))
+        .route("/v0/events", web::get().to(events))
+        .route("/v0/proofs/{seq}", web::get().to(proof))
+        .route("/v0/owner/commands", web::post().to(owner_command))
+        .route("/v0/metrics", web::get().to(metrics))
+        .route("/metrics", web::get().to(metrics))
+        .route("/v0/openapi.json", web::get().to(openapi));
+}
+
+async fn health(shared: web::Data<Shared>) -> HttpResponse {
+    let view = read_view(&shared);
+    let head = view.tree_head;
+    HttpResponse::Ok().json(Health {
+        ledger: LedgerInfo {
+            ledger_key: shared.ledger_key,
+            root: head.root,
+            size: head.tree_size,
+            tree_head: tree_head(&head),
+        },
+        status: "ok".to_owned(),
+        tick: view.tick,
+        tick_ms: shared.tick_ms,
+        uptime_ms: shared.started.elapsed().as_millis() as u64,
+        versions: Versions {
+            api: API_VERSION.to_owned(),
+            fabric: env!("CARGO_PKG_VERSION").to_owned(),
+            schema: JOB_SCHEMA_VERSION.to_owned(),
+            wire_format: String::from_utf8_lossy(&fabric_events::wire::WIRE_MAGIC).into_owned(),
+        },
+    })
+}
+
+/// A signed tree head as the API shows it.
+fn tree_head(head: &SignedTreeHead) -> TreeHead {
+    TreeHead {
+        ledger_key: head.ledger_key,
+        root: head.root,
+        signature: head.signature,
+        tree_size: head.tree_size,
+    }
+}
+
+/// The request's body parsed as JSON of `T` (`what` names it in the error): 413 over the size
+/// limit, 400 when it cannot be read or is not `what`.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    request: &HttpRequest,
+    payload: web::Payload,
+    what: &str,
+) -> Result<T, HttpResponse> {
+    let body = read_body(request, payload).await?;
+    serde_json::from_slice(&body).map_err(|err| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "bad_body",
+            format!("the body is not {what}: {err}"),
+        )
+    })
+}
+
+/// Reads a request body of at most [`REQUEST_BODY_BYTES_MAX`] bytes.
+async fn read_body(
+    request: &HttpRequest,
+    mut payload: web::Payload,
+) -> Result<Vec<u8>, HttpResponse> {
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request body is over the limit of {REQUEST_BODY_BYTES_MAX} bytes"),
+        )
+    };
+    let declared = request
+        .headers()
+        .get("content-length")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > REQUEST_BODY_BYTES_MAX as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|err| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                format!("could not read the request body: {err}"),
+            )
+        })?;
+        if body.len() + chunk.len() > REQUEST_BODY_BYTES_MAX {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// The HTTP status of a refusal.
+fn refusal_status(reason: RejectReason) -> StatusCode {
+    match reason {
+        RejectReason::BadSignature
+        | RejectReason::UnknownKey
+        | RejectReason::RetiredKey
+        | RejectReason::WeakKey => StatusCode::UNAUTHORIZED,
+        RejectReason::Oversize => StatusCode::PAYLOAD_TOO_LARGE,
+        RejectReason::Malformed | RejectReason::Invalid => StatusCode::BAD_REQUEST,
+        RejectReason::WrongRole
+        | RejectReason::TooFewOwnerSignatures
+        | RejectReason::DuplicateOwnerSigner => StatusCode::FORBIDDEN,
+        RejectReason::ReplayedNonce | RejectReason::ExpiredNonce => StatusCode::CONFLICT,
+        RejectReason::ShardPaused => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// Hands a request to the driver and waits until its tick is durable.
+async fn sequence(shared: &Shared, request: Request) -> Result<Ack, HttpResponse> {
+    let (reply, answer) = oneshot::channel();
+    match shared.intake.try_send(Submission { request, reply }) {
+        Ok(()) => {}
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            shared.metrics.dropped_request();
+            return Err(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                format!("{INTAKE_CAPACITY} submissions are waiting for a tick; try again"),
+            ));
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => {
+            shared.metrics.dropped_request();
+            return Err(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the fabric is stopping and takes no more submissions",
+            ));
+        }
+    }
+    answer.await.map_err(|_| {
+        shared.metrics.dropped_request();
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_sequenced",
+            "the fabric stopped before this request's tick was durable: it was not stored",
+        )
+    })
+}
+
+fn refused(ack: &Ack, reason: RejectReason, detail: &str) -> HttpResponse {
+    HttpResponse::build(refusal_status(reason)).json(ErrorBody::refusal(
+        reason.as_str(),
+        detail,
+        ack.seq,
+        ack.tick,
+    ))
+}
+
+async fn submit_job(
+    shared: web::Data<Shared>,
+    request: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
+    let job_request: JobRequest =
+        match read_json(&request, payload, "a job request (docs/FORMAT.md §14.2)").await {
+            Ok(parsed) => parsed,
+            Err(response) => return response,
+        };
+    let signed = match job_request.event.decode() {
+        Ok(signed) => signed,
+        Err(wrong) => return error(StatusCode::BAD_REQUEST, "bad_body", wrong.to_string()),
+    };
+    // Checks that need no state run here, on the HTTP worker's thread; the signature check is
+    // the expensive one. What fails them is still recorded (as a `Rejected` event).
+    let checked = check_signed(&signed).and_then(|event| {
+        check_envelope(&job_request, &event)
+            .map_err(|wrong| (RejectReason::Invalid, wrong.to_string()))?;
+        Ok(event)
+    });
+    let job = match &checked {
+        Ok(event) => match &event.body {
+            Body::JobSubmitted(body) => Some(body.job),
+            _ => None,
+        },
+        Err(_) => None,
+    };
+    let ack = match sequence(&shared, Request::Job { signed, checked }).await {
+        Ok(ack) => ack,
+        Err(response) => return response,
+    };
+    match &ack.verdict {
+        Verdict::Admitted => HttpResponse::Accepted().json(JobAccepted {
+            job,
+            links: JobLinks::new(job, ack.seq),
+            request_id: job_request.request_id,
+            seq: ack.seq,
+            status: "accepted".to_owned(),
+            tick: ack.tick,
+        }),
+        Verdict::Refused { reason, detail } => refused(&ack, *reason, detail),
+    }
+}
+
+fn parse_job_id(text: &str) -> Option<JobId> {
+    text.parse().ok()
+}
+
+fn bad_job_id(text: &str) -> HttpResponse {
+    error(
+        StatusCode::BAD_REQUEST,
+        "bad_job_id",
+        format!("{text:?} is not a job id (an unsigned 64-bit integer)"),
+    )
+}
+
+fn unknown_job(job: JobId) -> HttpResponse {
+    error(
+        StatusCode::NOT_FOUND,
+        "unknown_job",
+        format!("no job {job} was submitted to this fabric"),
+    )
+}
+
+async fn job_status(shared: web::Data<Shared>, path: web::Path<String>) -> HttpResponse {
+    let Some(job) = parse_job_id(&path) else {
+        return bad_job_id(&path);
+    };
+    let view = read_view(&shared);
+    let Some(record) = view.jobs.get(&job) else {
+        return unknown_job(job);
+    };
+    HttpResponse::Ok().json(JobStatus {
+        attempts: record.attempts,
+        client: record.client,
+        events: record
+            .events
+            .iter()
+            .map(|event| JobEvent {
+                kind: event.kind.to_owned(),
+                seq: event.seq,
+                tick: event.tick,
+            })
+            .collect(),
+        input_hash: record.input_hash,
+        job: record.job,
+        node: record.node.clone(),
+        shard: record.shard.clone(),
+        status: record.status,
+        timings: JobTimings::new(
+            shared.tick_ms,
+            record.submitted_tick,
+            record.started_tick,
+            record.finished_tick,
+        ),
+        workload: record.workload.clone(),
+    })
+}
+
+async fn job_result(shared: web::Data<Shared>, path: web::Path<String>) -> HttpResponse {
+    let Some(job) = parse_job_id(&path) else {
+        return bad_job_id(&path);
+    };
+    let view = read_view(&shared);
+    let Some(record) = view.jobs.get(&job) else {
+        return unknown_job(job);
+    };
+    let Some(receipt) = &record.receipt else {
+        let status = record.status;
+        return error(
+            StatusCode::CONFLICT,
+            "no_result",
+            format!("job {job} is {status}: it has no result"),
+        );
+    };
+    HttpResponse::Ok().json(JobResult {
+        artifact: receipt.artifact.map(ArtifactRef::new),
+        job,
+        node: receipt.node.clone(),
+        outcome: receipt.outcome,
+        output_hash: receipt.output_hash,
+        receipt_seq: receipt.seq,
+    })
+}
+
+async fn artifact(shared: web::Data<Shared>, path: web::Path<String>) -> HttpResponse {
+    let Ok(hash) = Hash32::from_hex(&path) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_hash",
+            format!("{:?} is not a BLAKE3 hash (64 hex digits)", path.as_str()),
+        );
+    };
+    let stored = match shared.artifacts.get(hash.as_bytes()) {
+        Ok(stored) => stored,
+        Err(err) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "storage",
+                format!("could not read the artifact store: {err}"),
+            )
+        }
+    };
+    let Some(bytes) = stored else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "unknown_artifact",
+            format!("no artifact {hash} is stored"),
+        );
+    };
+    // Verified on every read: a damaged artifact is never served.
+    let actual = Hash32(*blake3::hash(&bytes).as_bytes());
+    if actual != hash {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "artifact_corrupt",
+            format!("the stored artifact {hash} hashes to {actual}: it is damaged"),
+        );
+    }
+    HttpResponse::Ok()
+        .content_type("application/octet-stream")
+        .insert_header(("x-fabric-blake3", hash.to_string()))
+        .body(bytes.to_vec())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    #[serde(default)]
+    from: u64,
+    limit: Option<u64>,
+    #[serde(default)]
+    follow: bool,
+}
+
+async fn events(shared: web::Data<Shared>, query: web::Query<EventsQuery>) -> HttpResponse {
+    let query = query.into_inner();
+    let limit = query
+        .limit
+        .unwrap_or(EVENTS_PER_RESPONSE_MAX)
+        .min(EVENTS_PER_RESPONSE_MAX);
+    let size = read_view(&shared).tree_head.tree_size;
+    if query.from > size {
+        return error(
+            StatusCode::NOT_FOUND,
+            "past_the_end",
+            format!(
+                "from={} is past the end of the log ({size} entries)",
+                query.from
+            ),
+        );
+    }
+    let shared = shared.into_inner();
+    let end = query.from.saturating_add(limit);
+    let tick = Duration::from_millis(shared.tick_ms);
+    let follow = query.follow;
+    // Lines from `from` to the durable size; with `follow`, then each new durable tick's, until
+    // `limit` lines are sent or the client goes away.
+    let stream = futures_util::stream::unfold(query.from, move |next| {
+        let shared = Arc::clone(&shared);
+        async move {
+            loop {
+                if next >= end {
+                    return None;
+                }
+                let size = read_view(&shared).tree_head.tree_size;
+                if next < size {
+                    let upto = size.min(end).min(next + 1024);
+                    let mut out = Vec::new();
+                    for entry in shared.reader.entries(next..upto) {
+                        let line = entry
+                            .map_err(|err| err.to_string())
+                            .and_then(|entry| entry.export_line().map_err(|err| err.to_string()));
+                        match line {
+                            Ok(line) => {
+                                out.extend_from_slice(line.as_bytes());
+                                out.push(b'\n');
+                            }
+                            Err(err) => {
+                                let error: Box<dyn std::error::Error> = err.into();
+                                return Some((
+                                    Err(actix_web::error::ErrorInternalServerError(error)),
+                                    end,
+                                ));
+                            }
+                        }
+                    }
+                    return Some((Ok(web::Bytes::from(out)), upto));
+                }
+                if !follow {
+                    return None;
+                }
+                actix_rt::time::sleep(tick).await;
+            }
+        }
+    });
+    HttpResponse::Ok()
+        .content_type("application/x-ndjson")
+        .streaming(stream)
+}
+
+async fn proof(shared: web::Data<Shared>, path: web::Path<String>) -> HttpResponse {
+    let Ok(seq) = path.parse::<u64>() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_seq",
+            format!(
+                "{:?} is not a seq (an unsigned 64-bit integer)",
+                path.as_str()
+            ),
+        );
+    };
+    let size = read_view(&shared).tree_head.tree_size;
+    if seq >= size {
+        return error(
+            StatusCode::NOT_FOUND,
+            "unknown_seq",
+            format!("seq {seq} is not in the log ({size} entries)"),
+        );
+    }
+    match fabric_audit::proof::inclusion_doc(&shared.reader, &shared.ledger_key, size, seq, size) {
+        Ok(doc) => HttpResponse::Ok().json(doc),
+        Err(err) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "proof",
+            format!("could not build the proof: {err:#}"),
+        ),
+    }
+}
+
+async fn owner_command(
+    shared: web::Data<Shared>,
+    request: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
+    let owner: OwnerRequest = match read_json(
+        &request,
+        payload,
+        "an owner command with its nonce (docs/FORMAT.md §10.1)",
+    )
+    .await
+    {
+        Ok(parsed) => parsed,
+        Err(response) => return response,
+    };
+    let ack = match sequence(
+        &shared,
+        Request::Owner {
+            nonce: owner.nonce,
+            command: owner.command,
+        },
+    )
+    .await
+    {
+        Ok(ack) => ack,
+        Err(response) => return response,
+    };
+    match &ack.verdict {
+        Verdict::Admitted => HttpResponse::Accepted().json(OwnerAccepted {
+            nonce: owner.nonce,
+            seq: ack.seq,
+            status: "executed".to_owned(),
+            tick: ack.tick,
+        }),
+        Verdict::Refused { reason, detail } => refused(&ack, *reason, detail),
+    }
+}
+
+async fn metrics(shared: web::Data<Shared>, request: HttpRequest) -> HttpResponse {
+    let openmetrics = request
+        .headers()
+        .get("accept")
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|accept| accept.contains("application/openmetrics-text"));
+    match shared.metrics.encode(openmetrics) {
+        Ok((content_type, text)) => HttpResponse::Ok().content_type(content_type).body(text),
+        Err(err) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "metrics",
+            format!("could not encode the metrics: {err}"),
+        ),
+    }
+}
+
+
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(crate::OPENAPI_JSON)
+}

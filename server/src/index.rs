@@ -1,0 +1,194 @@
+//! The job index the API reads: every served job's record (status, attempts, node, its
+//! events, its receipt), built from the log's events after each durable tick and, at a
+//! restart, from the whole log; a completed CPU job's result artifact is stored on the way.
+
+use std::collections::HashMap;
+
+use fabric_api::job::JobState;
+use fabric_events::{cpu_job, Body, Event, Hash32, JobId, JobOutcome, PublicKey};
+use fabric_ledger::{LedgerReader, SignedTreeHead};
+use fabric_projections::State;
+
+use crate::error::ServerError;
+
+/// One job as the API shows it, built from the log.
+#[derive(Clone, Debug)]
+pub(crate) struct JobRecord {
+    pub(crate) job: JobId,
+    pub(crate) shard: String,
+    pub(crate) workload: String,
+    pub(crate) input_hash: Hash32,
+    pub(crate) client: PublicKey,
+    pub(crate) submitted_tick: u64,
+    pub(crate) started_tick: Option<u64>,
+    pub(crate) finished_tick: Option<u64>,
+    pub(crate) attempts: u32,
+    pub(crate) node: Option<String>,
+    pub(crate) status: JobState,
+    pub(crate) events: Vec<JobEventRef>,
+    pub(crate) receipt: Option<ReceiptRef>,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct JobEventRef {
+    pub(crate) seq: u64,
+    pub(crate) tick: u64,
+    pub(crate) kind: &'static str,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct ReceiptRef {
+    pub(crate) seq: u64,
+    pub(crate) outcome: JobOutcome,
+    pub(crate) node: String,
+    pub(crate) output_hash: Hash32,
+    pub(crate) artifact: Option<Hash32>,
+}
+
+/// What the API reads, updated after each durable tick.
+pub(crate) struct View {
+    pub(crate) tick: u64,
+    pub(crate) tree_head: SignedTreeHead,
+    pub(crate) jobs: HashMap<JobId, JobRecord>,
+    /// Jobs without a receipt that were still in the fabric after the last tick.
+    pub(crate) active: std::collections::HashSet<JobId>,
+}
+
+/// Jobs that left the fabric without a receipt were cancelled by the owners (a command, or a
+/// retired shard): the state says so, the log has no event of the job for it. Called after a
+/// tick with an owner command: only those cancel jobs.
+pub(crate) fn settle(view: &mut View, state: &State) {
+    let jobs = &mut view.jobs;
+    view.active.retain(|job| {
+        let Some(record) = jobs.get_mut(job) else {
+            return false;
+        };
+        if record.receipt.is_some() {
+            return false;
+        }
+        if state.job_ix(*job).is_none() {
+            record.status = JobState::Cancelled;
+            return false;
+        }
+        true
+    });
+}
+
+/// Adds one event of the log to the job index (and a completed served job's artifact to the
+/// store).
+pub(crate) fn index_event(
+    jobs: &mut HashMap<JobId, JobRecord>,
+    artifacts: &sled::Tree,
+    seq: u64,
+    event: &Event,
+    author: &PublicKey,
+) -> Result<(), ServerError> {
+    let tick = event.header.tick;
+    let kind = event.kind().as_str();
+    let job_id = match &event.body {
+        Body::JobSubmitted(body) => {
+            jobs.insert(
+                body.job,
+                JobRecord {
+                    job: body.job,
+                    shard: body.shard.clone(),
+                    workload: body.workload.clone(),
+                    input_hash: body.input_hash,
+                    client: *author,
+                    submitted_tick: tick,
+                    started_tick: None,
+                    finished_tick: None,
+                    attempts: 0,
+                    node: None,
+                    status: JobState::Queued,
+                    events: Vec::new(),
+                    receipt: None,
+                },
+            );
+            body.job
+        }
+        Body::JobAssigned(body) => {
+            if let Some(record) = jobs.get_mut(&body.job) {
+                record.attempts += 1;
+                record.status = JobState::Running;
+                record.started_tick = Some(tick);
+                record.node = Some(body.node.clone());
+            }
+            body.job
+        }
+        Body::JobSpilled(body) => {
+            if let Some(record) = jobs.get_mut(&body.job) {
+                record.shard = body.to_shard.clone();
+                record.status = JobState::Queued;
+            }
+            body.job
+        }
+        Body::JobRequeued(body) => {
+            if let Some(record) = jobs.get_mut(&body.job) {
+                record.status = JobState::Queued;
+            }
+            body.job
+        }
+        Body::JobReceipt(body) => {
+            if let Some(record) = jobs.get_mut(&body.job) {
+                record.finished_tick = Some(body.finished_tick);
+                record.status = match body.outcome {
+                    JobOutcome::Completed => JobState::Completed,
+                    JobOutcome::Failed => JobState::Failed,
+                };
+                let mut artifact = None;
+                if body.outcome == JobOutcome::Completed && body.kernel.is_none() {
+                    let bytes = cpu_job::artifact(&record.input_hash, body.job, record.attempts);
+                    let derived = cpu_job::output_hash_of_artifact(&bytes);
+                    if derived != body.output_hash {
+                        return Err(ServerError::ArtifactMismatch {
+                            job: body.job,
+                            seq,
+                            named: body.output_hash,
+                            derived,
+                        });
+                    }
+                    let hash = Hash32(*blake3::hash(&bytes).as_bytes());
+                    artifacts
+                        .insert(hash.as_bytes(), bytes)
+                        .map_err(|error| ServerError::ArtifactWrite {
+                            job: body.job,
+                            error,
+                        })?;
+                    artifact = Some(hash);
+                }
+                record.receipt = Some(ReceiptRef {
+                    seq,
+                    outcome: body.outcome,
+                    node: body.node.clone(),
+                    output_hash: body.output_hash,
+                    artifact,
+                });
+            }
+            body.job
+        }
+        _ => return Ok(()),
+    };
+    if let Some(record) = jobs.get_mut(&job_id) {
+        record.events.push(JobEventRef { seq, tick, kind });
+    }
+    Ok(())
+}
+
+/// The job index and the artifacts of a log, read from its start (a restart of `fabric serve`).
+pub(crate) fn index_log(
+    reader: &LedgerReader,
+    artifacts: &sled::Tree,
+    size: u64,
+) -> Result<HashMap<JobId, JobRecord>, ServerError> {
+    let mut jobs = HashMap::new();
+    for entry in reader.entries(0..size) {
+        let entry = entry.map_err(|error| ServerError::Log { error })?;
+        let event = entry.event().map_err(|error| ServerError::Decode {
+            seq: entry.seq,
+            error,
+        })?;
+        index_event(&mut jobs, artifacts, entry.seq, &event, &entry.author)?;
+    }
+    Ok(jobs)
+}

@@ -1,0 +1,25 @@
+//! `fabric serve` as a library: the fabric as a long-running service.
+//!
+//! The serve driver (`fabric_actors::serve`) runs the actors and the ledger with a tick every
+//! `tick_ms`; this crate puts the v0 HTTP API in front of it (docs/FORMAT.md §14) on TCP
+//! and/or a Unix socket ([`service::serve`]), keeps the views the API reads up to date after
+//! each durable tick (the job index, [`index`]; the artifacts; the [`metrics`]), and shuts
+//! down gracefully on SIGINT/SIGTERM: the server stops accepting, the requests in flight get
+//! their answers, the driver appends one last tick.
+//!
+//! Architecture invariant: this crate does not depend on the simulation (`fabric-sim`): the
+//! keys and genesis of a served fabric come in through [`fabric_actors::serve::ServeSpec`]
+//! (a test checks the crate graph).
+#![deny(missing_docs)]
+
+pub mod error;
+mod handlers;
+pub mod index;
+pub mod metrics;
+pub mod service;
+
+pub use error::ServerError;
+pub use service::{serve, Served, ServerConfig, INTAKE_CAPACITY};
+
+/// The API's OpenAPI document (`GET /v0/openapi.json`).
+pub const OPENAPI_JSON: &str = include_str!("openapi.json");

@@ -1,0 +1,285 @@
+//! Starting and stopping the service: the HTTP server (TCP and/or a Unix socket) in front of
+//! the serve driver on one actix system, the NATS outbox told after each durable tick, and
+//! the graceful stop on SIGINT/SIGTERM (stop accepting, answer the requests in flight, let the
+//! driver append its last tick).
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::http::StatusCode;
+use actix_web::{web, App, HttpServer};
+use fabric_actors::serve::{ServeOutcome, ServeSpec};
+use fabric_api::job::JobState;
+use fabric_bus::{Outbox, OutboxReport};
+use fabric_ledger::Ledger;
+use tokio::sync::{mpsc, watch};
+
+use crate::error::ServerError;
+use crate::handlers::{error, routes, Shared};
+use crate::index::{index_log, View};
+use crate::metrics::ServeMetrics;
+
+/// Submissions waiting for a tick; more get 503 (the fabric is overloaded).
+pub const INTAKE_CAPACITY: usize = 65_536;
+/// Most HTTP worker threads.
+pub const WORKERS_MAX: usize = 64;
+/// How long a graceful stop waits for the requests in flight.
+const SHUTDOWN_TIMEOUT_S: u64 = 30;
+
+/// How to serve.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// TCP address to listen on (port 0: any free port).
+    pub listen: Option<String>,
+    /// Unix socket to listen on.
+    pub unix: Option<PathBuf>,
+    /// NATS server to publish every appended event on.
+    pub nats: Option<String>,
+    /// On shutdown, how long to wait for NATS to take what is not yet published.
+    pub nats_drain: Duration,
+    /// Milliseconds between ticks.
+    pub tick_ms: u64,
+    /// HTTP worker threads.
+    pub workers: usize,
+}
+
+/// How serving ended.
+pub struct Served {
+    /// The driver's last tick, tree head and ledger.
+    pub outcome: ServeOutcome,
+    /// What the outbox published, with `--nats`.
+    pub published: Option<OutboxReport>,
+}
+
+/// Serves `ledger` with the actors of `spec` until SIGINT or SIGTERM. `listening` is told
+/// the addresses once the server listens (`http://ADDR`, `unix:PATH`).
+pub fn serve(
+    config: &ServerConfig,
+    ledger: Ledger,
+    spec: ServeSpec,
+    listening: impl FnOnce(&[String]),
+) -> Result<Served, ServerError> {
+    check(config)?;
+    let (intake, intake_rx) = mpsc::channel(INTAKE_CAPACITY);
+    let shared = web::Data::new(shared(config, &ledger, &spec, intake)?);
+    let outbox = start_outbox(config, &ledger)?;
+    let system = actix_rt::System::new();
+    let result = system.block_on(async {
+        let (running, addresses) = bind(config, shared.clone())?;
+        listening(&addresses);
+        run(config, running, shared, ledger, spec, intake_rx, outbox).await
+    });
+    if let Some(path) = &config.unix {
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}
+
+fn check(config: &ServerConfig) -> Result<(), ServerError> {
+    if config.tick_ms == 0 {
+        return Err(ServerError::Setting("--tick-ms must be at least 1"));
+    }
+    if config.workers == 0 || config.workers > WORKERS_MAX {
+        return Err(ServerError::Setting("--workers must be between 1 and 64"));
+    }
+    Ok(())
+}
+
+/// The handlers' shared views, with the job index of the log so far.
+fn shared(
+    config: &ServerConfig,
+    ledger: &Ledger,
+    spec: &ServeSpec,
+    intake: mpsc::Sender<fabric_actors::serve::Submission>,
+) -> Result<Shared, ServerError> {
+    let reader = ledger.reader();
+    let artifacts = reader
+        .artifacts_tree()
+        .map_err(|error| ServerError::ArtifactStore { error })?;
+    let jobs = index_log(&reader, &artifacts, ledger.len())?;
+    let spill_routes: Vec<(String, String)> = spec
+        .world
+        .shards
+        .iter()
+        .flat_map(|shard| {
+            shard
+                .spillover
+                .iter()
+                .map(|to| (shard.name.clone(), to.clone()))
+        })
+        .collect();
+    let active = jobs
+        .values()
+        .filter(|record| record.receipt.is_none() && record.status != JobState::Cancelled)
+        .map(|record| record.job)
+        .collect();
+    Ok(Shared {
+        intake,
+        ledger_key: ledger.ledger_key(),
+        artifacts,
+        view: RwLock::new(View {
+            tick: 0,
+            tree_head: ledger.tree_head(),
+            active,
+            jobs,
+        }),
+        metrics: ServeMetrics::new(&spill_routes),
+        tick_ms: config.tick_ms,
+        started: Instant::now(),
+        reader,
+    })
+}
+
+fn start_outbox(config: &ServerConfig, ledger: &Ledger) -> Result<Option<Outbox>, ServerError> {
+    let Some(url) = &config.nats else {
+        return Ok(None);
+    };
+    let log: fabric_bus::outbox::Log = Arc::new(|line: &str| eprintln!("{line}"));
+    let outbox = Outbox::start(ledger.reader(), url, log).map_err(|error| ServerError::Nats {
+        url: url.clone(),
+        error,
+    })?;
+    outbox.durable(ledger.len());
+    Ok(Some(outbox))
+}
+
+/// The HTTP server, bound to its TCP address and/or Unix socket (not yet running).
+fn bind(
+    config: &ServerConfig,
+    shared: web::Data<Shared>,
+) -> Result<(Server, Vec<String>), ServerError> {
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(shared.clone())
+            .configure(routes)
+            .default_service(web::to(|| async {
+                error(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    "no such endpoint (see GET /v0/openapi.json)",
+                )
+            }))
+    })
+    .workers(config.workers)
+    .shutdown_timeout(SHUTDOWN_TIMEOUT_S)
+    // actix-server's own signal handling stops the whole actix system, actors included,
+    // before the driver's last tick: the signals are handled in `run` instead.
+    .disable_signals();
+    let tcp = match (&config.listen, &config.unix) {
+        (Some(listen), _) => Some(listen.clone()),
+        (None, None) => Some("127.0.0.1:8080".to_owned()),
+        (None, Some(_)) => None,
+    };
+    let mut addresses = Vec::new();
+    if let Some(address) = tcp {
+        server = server.bind(&address).map_err(|error| ServerError::Listen {
+            address: address.clone(),
+            error,
+        })?;
+        addresses.extend(server.addrs().iter().map(|addr| format!("http://{addr}")));
+    }
+    if let Some(path) = &config.unix {
+        remove_stale_socket(path)?;
+        server = server.bind_uds(path).map_err(|error| ServerError::Socket {
+            what: "could not listen on the Unix socket",
+            path: path.clone(),
+            error,
+        })?;
+        addresses.push(format!("unix:{}", path.display()));
+    }
+    Ok((server.run(), addresses))
+}
+
+/// A socket left by a server that is gone is replaced; anything else at the path is not.
+fn remove_stale_socket(path: &Path) -> Result<(), ServerError> {
+    use std::os::unix::fs::FileTypeExt;
+    if !path.exists() {
+        return Ok(());
+    }
+    let socket_error = |what, error| ServerError::Socket {
+        what,
+        path: path.to_path_buf(),
+        error,
+    };
+    let metadata =
+        std::fs::symlink_metadata(path).map_err(|error| socket_error("could not inspect", error))?;
+    if !metadata.file_type().is_socket() {
+        return Err(ServerError::NotASocket {
+            path: path.to_path_buf(),
+        });
+    }
+    std::fs::remove_file(path).map_err(|error| socket_error("could not remove the old socket", error))
+}
+
+/// Stops accepting on SIGINT or SIGTERM; the requests in flight are answered (their tick still
+/// comes).
+fn stop_on_signals(handle: ServerHandle) -> Result<(), ServerError> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|error| ServerError::Signal { error })?;
+    actix_rt::spawn(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+        handle.stop(true).await;
+    });
+    Ok(())
+}
+
+async fn run(
+    config: &ServerConfig,
+    running: Server,
+    shared: web::Data<Shared>,
+    ledger: Ledger,
+    spec: ServeSpec,
+    intake: mpsc::Receiver<fabric_actors::serve::Submission>,
+    outbox: Option<Outbox>,
+) -> Result<Served, ServerError> {
+    stop_on_signals(running.handle())?;
+    let (stop, stop_rx) = watch::channel(false);
+    let handle = running.handle();
+    // The driver's callback tells the outbox after each tick; it runs on this thread.
+    let outbox = Rc::new(RefCell::new(outbox));
+    let tick_outbox = Rc::clone(&outbox);
+    let outbox_cursor = shared.reader.outbox_tree().ok();
+    let driver = actix_rt::spawn(async move {
+        let outcome = fabric_actors::serve::serve(&spec, ledger, intake, stop_rx, move |tick| {
+            if let Some(outbox) = &*tick_outbox.borrow() {
+                outbox.durable(tick.tree_head.tree_size);
+            }
+            if let Some(tree) = &outbox_cursor {
+                shared.metrics.observe_outbox(tree, tick.tree_head.tree_size);
+            }
+            shared.on_tick(tick);
+        })
+        .await;
+        if let Err(error) = &outcome {
+            // The fabric cannot go on: neither can the server.
+            eprintln!("error: the fabric stopped: {error}");
+            handle.stop(true).await;
+        }
+        outcome
+    });
+    // Returns after SIGINT/SIGTERM, once the requests in flight have been answered.
+    let served = running.await;
+    let _ = stop.send(true);
+    let outcome = driver
+        .await
+        .map_err(|_| ServerError::DriverPanicked)?
+        .map_err(|error| ServerError::Fabric { error })?;
+    served.map_err(|error| ServerError::Http { error })?;
+    let publisher = outbox.borrow_mut().take();
+    let published = match publisher {
+        None => None,
+        Some(publisher) => Some(
+            publisher
+                .finish(config.nats_drain)
+                .map_err(|error| ServerError::Drain { error })?,
+        ),
+    };
+    Ok(Served { outcome, published })
+}
