@@ -68,7 +68,7 @@ fn a_clean_run_passes_its_audit_from_genesis_and_from_a_checkpoint() {
     let (ok, tail) = audit(&["--data", path(data), "--from", &(events - 10).to_string()]);
     assert!(ok, "{tail}");
     assert!(tail["first_seq"].as_u64() > Some(0), "{tail}");
-    assert_eq!(tail["root"], full["root"]);
+    assert_eq!(tail["merkle_root"], full["merkle_root"]);
     assert_eq!(tail["state_hash"], full["state_hash"]);
 }
 
