@@ -224,8 +224,8 @@ impl Replay {
         (self.state, self.tree)
     }
 
-    /// Checks that `entry` (whose hash is `hash`) is the next one: its seq, and its `prev`
-    /// link when the hash before it is known.
+    /// Checks that `entry` is the next one: its seq, and its `prev` link when the hash before
+    /// it is known.
     pub fn check(&self, entry: &Entry) -> Result<(), ReplayError> {
         let expected = self.next_seq();
         if entry.seq != expected {
