@@ -1,18 +1,12 @@
-//! Export lines (docs/FORMAT.md §5) from a ledger: `fabric export`, and the `events.ndjson` of
-//! a run's reports.
+//! `fabric export`: fabric-audit's export lines (docs/FORMAT.md §5) of a run's ledger into a
+//! file, and the atomic file writing the reports share.
 
 use std::fs::{self, File};
-use std::io::{BufWriter, Write};
-use std::ops::Range;
+use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Context};
-use fabric_events::Entry;
-use fabric_ledger::LedgerReader;
-use rayon::prelude::*;
-
-/// Entries turned into export lines per parallel step.
-const EXPORT_CHUNK_ENTRIES: usize = 16_384;
+use fabric_audit::export::write_lines;
 
 /// Arguments of `fabric export`.
 #[derive(clap::Args, Debug)]
@@ -45,7 +39,12 @@ pub fn run(args: &ExportArgs) -> anyhow::Result<()> {
         args.from
     );
     let lines = write_file(&args.out, |writer| {
-        write_lines(&ledger.reader(), args.from..to, writer, |_| Ok(()))
+        Ok(write_lines(
+            &ledger.reader(),
+            args.from..to,
+            writer,
+            |_, _| Ok(()),
+        )?)
     })?;
     eprintln!(
         "exported entries {}..{} ({lines} lines) to {}",
@@ -76,42 +75,4 @@ pub fn write_file<T>(
         .with_context(|| format!("could not write {}", tmp.display()))?;
     fs::rename(&tmp, path).with_context(|| format!("could not write {}", path.display()))?;
     Ok(value)
-}
-
-/// Writes one export line per entry of `range`, in seq order, built on every core a chunk at
-/// a time; `each` sees every entry in order on this thread. Returns the lines written.
-pub fn write_lines(
-    reader: &LedgerReader,
-    range: Range<u64>,
-    writer: &mut impl Write,
-    mut each: impl FnMut(&Entry) -> anyhow::Result<()>,
-) -> anyhow::Result<u64> {
-    let mut entries = reader.entries(range);
-    let mut written = 0;
-    loop {
-        let chunk: Vec<Entry> = entries
-            .by_ref()
-            .take(EXPORT_CHUNK_ENTRIES)
-            .collect::<Result<_, _>>()
-            .context("could not read the ledger")?;
-        if chunk.is_empty() {
-            return Ok(written);
-        }
-        let lines: Vec<String> = chunk
-            .par_iter()
-            .map(|entry| {
-                entry
-                    .export_line()
-                    .with_context(|| format!("entry {} does not decode", entry.seq))
-            })
-            .collect::<anyhow::Result<_>>()?;
-        for entry in &chunk {
-            each(entry)?;
-        }
-        for line in lines {
-            writer.write_all(line.as_bytes())?;
-            writer.write_all(b"\n")?;
-        }
-        written += chunk.len() as u64;
-    }
 }

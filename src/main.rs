@@ -5,7 +5,6 @@ mod bench;
 mod client;
 mod config;
 mod export;
-mod metrics;
 mod owner;
 mod proof;
 mod report;

@@ -227,6 +227,12 @@ impl ExecutedCommands {
     }
 }
 
+impl fabric_audit::Observer for ExecutedCommands {
+    fn before(&mut self, step: &fabric_audit::Step<'_>, _: &fabric_projections::State) {
+        self.see(step.seq, step.event);
+    }
+}
+
 fn submit(args: &SubmitArgs) -> anyhow::Result<ExitCode> {
     let file = CommandFile::load(&args.file)?;
     ensure!(

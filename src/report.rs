@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use fabric_audit::{Observer, Replay, Sample, Sampled, Step};
 use fabric_events::{Body, Event, OwnerAction};
 use fabric_projections::state::{JobStatus, State};
 use serde_json::Value;
@@ -49,28 +50,19 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
         }
     };
     let every_ticks = run_file.spec().sample_every_ticks();
-    let mut chronicle = Chronicle::new(every_ticks);
-    let mut sampler = fabric_sim::Sampler::new(every_ticks);
-    let mut last_tick = 0;
-    for entry in ledger.entries(0..ledger.len()) {
-        let entry = entry.context("could not read the ledger")?;
-        let event = entry
-            .event()
-            .with_context(|| format!("entry {} does not decode", entry.seq))?;
-        last_tick = event.header.tick;
-        chronicle.before(&event, sampler.state());
-        sampler
-            .apply_observed(&entry.author, &event, |tick, state| {
-                chronicle.observe(tick, state)
-            })
-            .with_context(|| format!("entry {} does not fit the replayed state", entry.seq))?;
-    }
+    let mut sampled = Sampled::new(every_ticks, Chronicle::new(every_ticks));
+    let mut last = LastTick(0);
+    let mut replay = Replay::genesis();
+    replay
+        .read(&ledger.reader(), ledger.len(), (&mut sampled, &mut last))
+        .context("could not replay the log")?;
     let last_tick = summary
         .as_ref()
         .and_then(|s| s["ticks"].as_u64())
-        .unwrap_or(last_tick);
-    let (state, _) =
-        sampler.finish_observed(last_tick, |tick, state| chronicle.observe(tick, state));
+        .unwrap_or(last.0);
+    sampled.finish(last_tick, replay.state());
+    let chronicle = sampled.into_inner();
+    let state = replay.into_state();
     let headline = Headline::new(
         &run_file.label,
         run_file.seed,
@@ -83,6 +75,15 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
     let mermaid = write_page(&args.out, &chronicle, &headline, &state)?;
     eprintln!("wrote {} and {}", args.out.display(), mermaid.display());
     Ok(())
+}
+
+/// The tick of the last event of the log.
+struct LastTick(u64);
+
+impl Observer for LastTick {
+    fn before(&mut self, step: &Step<'_>, _: &State) {
+        self.0 = step.event.header.tick;
+    }
 }
 
 /// Writes `report.html` and `topology.mmd` into a run's report folder.
@@ -167,6 +168,20 @@ impl Headline {
     }
 }
 
+/// Each event before its fold: spills, latencies, marks.
+impl Observer for Chronicle {
+    fn before(&mut self, step: &Step<'_>, state: &State) {
+        self.see(step.event, state);
+    }
+}
+
+/// Each sample tick: the charts' series.
+impl Sample for Chronicle {
+    fn sample(&mut self, tick: u64, state: &State) {
+        self.sample_state(tick, state);
+    }
+}
+
 /// A moment of the run worth marking on the time axis.
 struct Mark {
     tick: u64,
@@ -204,7 +219,7 @@ impl Chronicle {
     }
 
     /// Sees an event before it is folded into `state`.
-    pub fn before(&mut self, event: &Event, state: &State) {
+    fn see(&mut self, event: &Event, state: &State) {
         let tick = event.header.tick;
         match &event.body {
             Body::JobSpilled(body) => {
@@ -249,7 +264,7 @@ impl Chronicle {
     }
 
     /// Sees the state after a sample tick.
-    pub fn observe(&mut self, tick: u64, state: &State) {
+    fn sample_state(&mut self, tick: u64, state: &State) {
         self.ticks.push(tick);
         for shard in state.shards() {
             self.shard_series

@@ -6,11 +6,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context};
 use fabric_actors::world::World;
+use fabric_audit::export::write_lines;
+use fabric_audit::{Observer, Replay, Sample, Sampled, Step};
 use fabric_events::{OwnerAction, OwnerCommand};
 use fabric_ledger::Ledger;
 use fabric_projections::state::JobStatus;
 use fabric_sim::workload::scale_nodes;
-use fabric_sim::{sim_ledger_key, RunOutcome, RunSpec, Sampler};
+use fabric_sim::{sim_ledger_key, RunOutcome, RunSpec};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -750,29 +752,28 @@ fn write_reports(
         })
     };
     let reader = outcome.ledger.reader();
-    let mut sampler = Sampler::new(outcome.sample_every_ticks);
-    let mut chronicle = crate::report::Chronicle::new(outcome.sample_every_ticks);
+    let mut replay = Replay::genesis();
+    let mut sampled = Sampled::new(
+        outcome.sample_every_ticks,
+        (
+            crate::report::Chronicle::new(outcome.sample_every_ticks),
+            ShardSamples::default(),
+        ),
+    );
     let mut executed = crate::owner::ExecutedCommands::default();
     let mut attestation = AttestationTally::new(run_file);
     crate::export::write_file(&out.join("events.ndjson"), |writer| {
-        crate::export::write_lines(&reader, 0..outcome.ledger.len(), writer, |entry| {
-            let event = entry
-                .event()
-                .with_context(|| format!("entry {} does not decode", entry.seq))?;
-            chronicle.before(&event, sampler.state());
-            executed.see(entry.seq, &event);
-            attestation.see(&event);
-            sampler
-                .apply_observed(&entry.author, &event, |tick, state| {
-                    chronicle.observe(tick, state)
-                })
-                .with_context(|| format!("entry {} does not fit the replayed state", entry.seq))?;
-            Ok(())
-        })
+        let mut observers = (&mut sampled, &mut executed, &mut attestation);
+        Ok(write_lines(
+            &reader,
+            0..outcome.ledger.len(),
+            writer,
+            |hash, entry| replay.push(hash, entry, &mut observers).map(drop),
+        )?)
     })?;
-    let (replayed, samples) = sampler.finish_observed(outcome.last_tick, |tick, state| {
-        chronicle.observe(tick, state)
-    });
+    sampled.finish(outcome.last_tick, replay.state());
+    let (chronicle, ShardSamples(samples)) = sampled.into_inner();
+    let replayed = replay.into_state();
     let (replayed_hash, run_hash) = (replayed.state_hash(), outcome.state.state_hash());
     ensure!(
         replayed_hash == run_hash,
@@ -800,6 +801,18 @@ fn write_reports(
     summary["attestation"] = attestation.to_json(run_file);
     write_json("summary.json", summary)?;
     Ok(())
+}
+
+/// The per-shard samples of `shards.json`, at each sample tick of the reports' replay.
+#[derive(Default)]
+struct ShardSamples(Vec<fabric_sim::ShardSample>);
+
+impl Observer for ShardSamples {}
+
+impl Sample for ShardSamples {
+    fn sample(&mut self, tick: u64, state: &fabric_projections::State) {
+        self.0.extend(fabric_sim::shard_samples(state, tick));
+    }
 }
 
 /// GPU receipts and what re-execution made of them, counted in the reports' replay. Which
@@ -881,6 +894,12 @@ impl AttestationTally {
             "mismatches": self.mismatches,
             "byzantine": byzantine,
         })
+    }
+}
+
+impl Observer for AttestationTally {
+    fn before(&mut self, step: &Step<'_>, _: &fabric_projections::State) {
+        self.see(step.event);
     }
 }
 

@@ -18,6 +18,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
+use fabric_audit::{Observer, Replay, Step};
 use fabric_events::{Body, JobOutcome};
 use fabric_projections::state::ShardIx;
 use fabric_projections::{State, TickPlan};
@@ -55,7 +56,8 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
     crate::run::nearest_rank(sorted, q).unwrap_or(f64::NAN)
 }
 
-struct Replay {
+/// What the replay of the log gives the report.
+struct Replayed {
     fill_windows: Vec<f64>,
     rtt_ms: Vec<f64>,
     completed: u64,
@@ -78,38 +80,33 @@ fn time_decisions(state: &State, tick: u64, out: &mut Vec<f64>) {
     }
 }
 
-fn replay(
-    reader: &fabric_ledger::LedgerReader,
-    size: u64,
+/// The figures' raw material, gathered around each event of the replay.
+struct Gather {
     window_ticks: u64,
-) -> anyhow::Result<Replay> {
-    let mut state = State::new();
-    let mut tick = 0;
-    // Per window: (submitted, completed) of the jobs submitted in it.
-    let mut windows: HashMap<u64, (u64, u64)> = HashMap::new();
-    let mut window_of: HashMap<u64, u64> = HashMap::new();
-    let mut replay = Replay {
-        fill_windows: Vec::new(),
-        rtt_ms: Vec::new(),
-        completed: 0,
-        finished: 0,
-        decision_ms: Vec::new(),
-        events: 0,
-    };
-    for entry in reader.entries(0..size) {
-        let entry = entry.context("could not read the log")?;
-        let event = entry
-            .event()
-            .with_context(|| format!("entry {} does not decode", entry.seq))?;
-        if event.header.tick > tick {
-            tick = event.header.tick;
-            time_decisions(&state, tick, &mut replay.decision_ms);
+    /// The tick of the events seen so far (routing plans are timed when it moves on).
+    tick: u64,
+    /// Per window: (submitted, completed) of the jobs submitted in it.
+    windows: HashMap<u64, (u64, u64)>,
+    window_of: HashMap<u64, u64>,
+    /// Jobs completed before the event being folded.
+    completed_before: u64,
+    rtt_ms: Vec<f64>,
+    decision_ms: Vec<f64>,
+    events: u64,
+}
+
+impl Observer for Gather {
+    fn before(&mut self, step: &Step<'_>, state: &State) {
+        let event = step.event;
+        if event.header.tick > self.tick {
+            self.tick = event.header.tick;
+            time_decisions(state, self.tick, &mut self.decision_ms);
         }
         match &event.body {
             Body::JobSubmitted(job) => {
-                let window = event.header.tick / window_ticks;
-                windows.entry(window).or_default().0 += 1;
-                window_of.insert(job.job, window);
+                let window = event.header.tick / self.window_ticks;
+                self.windows.entry(window).or_default().0 += 1;
+                self.window_of.insert(job.job, window);
             }
             Body::JobReceipt(receipt) => {
                 // Only a receipt the state takes ends a job (a stale one is an anomaly).
@@ -119,40 +116,67 @@ fn replay(
                 });
                 if ran {
                     if let Some(node) = state.node_ix(&receipt.node) {
-                        replay
-                            .rtt_ms
+                        self.rtt_ms
                             .push(f64::from(state.nodes()[node as usize].latency_ms));
                     }
                 }
             }
             _ => {}
         }
-        let before = state.metrics().completed;
-        state
-            .admit(&entry.author, &event)
-            .with_context(|| format!("entry {} does not fit the state", entry.seq))?;
-        if let Body::JobReceipt(receipt) = &event.body {
-            if state.metrics().completed > before && receipt.outcome == JobOutcome::Completed {
-                if let Some(window) = window_of.get(&receipt.job) {
-                    windows.entry(*window).or_default().1 += 1;
+        self.completed_before = state.metrics().completed;
+    }
+
+    fn after(&mut self, step: &Step<'_>, state: &State) {
+        if let Body::JobReceipt(receipt) = &step.event.body {
+            if state.metrics().completed > self.completed_before
+                && receipt.outcome == JobOutcome::Completed
+            {
+                if let Some(window) = self.window_of.get(&receipt.job) {
+                    self.windows.entry(*window).or_default().1 += 1;
                 }
             }
         }
-        replay.events += 1;
+        self.events += 1;
     }
-    let metrics = state.metrics();
-    replay.completed = metrics.completed;
-    replay.finished = metrics.finished();
-    let mut keys: Vec<&u64> = windows.keys().collect();
+}
+
+fn replay(
+    reader: &fabric_ledger::LedgerReader,
+    size: u64,
+    window_ticks: u64,
+) -> anyhow::Result<Replayed> {
+    let mut gather = Gather {
+        window_ticks,
+        tick: 0,
+        windows: HashMap::new(),
+        window_of: HashMap::new(),
+        completed_before: 0,
+        rtt_ms: Vec::new(),
+        decision_ms: Vec::new(),
+        events: 0,
+    };
+    let mut replay = Replay::genesis();
+    replay
+        .read(reader, size, &mut gather)
+        .context("could not replay the log")?;
+    let metrics = replay.state().metrics();
+    let mut keys: Vec<&u64> = gather.windows.keys().collect();
     keys.sort();
-    replay.fill_windows = keys
+    let fill_windows = keys
         .into_iter()
         .filter_map(|key| {
-            let (submitted, completed) = windows[key];
+            let (submitted, completed) = gather.windows[key];
             (submitted > 0).then(|| completed as f64 / submitted as f64)
         })
         .collect();
-    Ok(replay)
+    Ok(Replayed {
+        fill_windows,
+        rtt_ms: gather.rtt_ms,
+        completed: metrics.completed,
+        finished: metrics.finished(),
+        decision_ms: gather.decision_ms,
+        events: gather.events,
+    })
 }
 
 /// `fabric slo-report`.

@@ -9,8 +9,8 @@
 use std::collections::HashMap;
 use std::sync::RwLock;
 
-use fabric_events::{Hash32, JobId, JobOutcome, JobSubmitted, KernelRef};
 use fabric_events::cpu_job::output_hash as cpu_output_hash;
+use fabric_events::{Hash32, JobId, JobOutcome, JobSubmitted, KernelRef};
 use fabric_projections::state::{Job, NodeIx};
 
 use crate::RunError;

@@ -1,18 +1,26 @@
 //! The ledger: one writer appending batches, any number of readers.
 
+#[cfg(feature = "writer")]
 use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use fabric_events::{Entry, Hash32, PublicKey, SignedEvent, SigningKey};
+use fabric_events::{Entry, Hash32, PublicKey};
+#[cfg(feature = "writer")]
+use fabric_events::{SignedEvent, SigningKey};
 
-use crate::error::{AppendError, LedgerError};
+#[cfg(feature = "writer")]
+use crate::error::AppendError;
+use crate::error::LedgerError;
 use crate::merkle::{self, ConsistencyProof, Frontier, InclusionProof};
+#[cfg(feature = "writer")]
+use crate::storage::BlockWriter;
 use crate::storage::{
-    block_key, decode_block, key_number, numbered_key, BlockWriter, Head, KEY_FORMAT, KEY_HEAD,
-    KEY_LEDGER_KEY, PREFIX_TREE_HEAD, STORAGE_FORMAT,
+    block_key, decode_block, key_number, numbered_key, Head, KEY_FORMAT, KEY_HEAD, KEY_LEDGER_KEY,
+    PREFIX_TREE_HEAD, STORAGE_FORMAT,
 };
 use crate::tree_head::SignedTreeHead;
+#[cfg(feature = "writer")]
 use crate::verify::{VerifiedBatch, Verifier};
 
 /// Name of the sled tree holding state snapshots.
@@ -102,6 +110,7 @@ pub const BATCH_EVENTS_MAX: usize = 262_144;
 /// Authors whose decompressed keys are kept.
 pub(crate) const KEY_CACHE_AUTHORS_MAX: usize = 1 << 16;
 
+#[cfg(feature = "writer")]
 /// What a successful append tells its caller: the batch is durable on disk.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AppendReceipt {
@@ -115,6 +124,7 @@ pub struct AppendReceipt {
     pub tree_head: SignedTreeHead,
 }
 
+#[cfg(feature = "writer")]
 /// What opening found and repaired.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OpenReport {
@@ -125,6 +135,7 @@ pub struct OpenReport {
     pub discarded_blocks: u64,
 }
 
+#[cfg(feature = "writer")]
 /// The append-only log. Exactly one `Ledger` may be open on a folder (sled locks it); it is
 /// the single sequencer. Reads go through [`LedgerReader`], which it hands out.
 pub struct Ledger {
@@ -138,6 +149,7 @@ pub struct Ledger {
     open_report: OpenReport,
 }
 
+#[cfg(feature = "writer")]
 impl std::fmt::Debug for Ledger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ledger")
@@ -152,6 +164,7 @@ fn storage(context: &'static str) -> impl FnOnce(sled::Error) -> LedgerError {
     move |cause| LedgerError::Storage { context, cause }
 }
 
+#[cfg(feature = "writer")]
 impl Ledger {
     /// Opens (or creates) the ledger in `path`, whose tree heads are signed by `ledger_key`.
     ///
@@ -515,6 +528,7 @@ impl Ledger {
     }
 }
 
+#[cfg(feature = "writer")]
 fn insert_tree_head(batch: &mut sled::Batch, tree_head: &SignedTreeHead) {
     let mut value = Vec::with_capacity(96);
     value.extend_from_slice(tree_head.root.as_bytes());
@@ -534,6 +548,55 @@ impl LedgerReader {
     /// The folder of the ledger.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Opens the stored ledger in `path` for reading only, without a writer (no key to sign
+    /// with, nothing repaired): for an auditor's own program. The folder must hold a ledger of
+    /// this build's storage format whose head's signed tree head verifies with the stored
+    /// ledger key ([`LedgerReader::ledger_key`]) and gives the head's Merkle root. Like the
+    /// writer, it takes the folder's lock while open.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, LedgerError> {
+        let path = path.as_ref().to_path_buf();
+        if !path.join("db").is_file() {
+            return Err(LedgerError::Io {
+                path: path.join("db"),
+                cause: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no ledger is stored in this folder",
+                ),
+            });
+        }
+        let reader = Self {
+            db: open_sled(&path)?,
+            path: path.clone(),
+        };
+        match reader
+            .db
+            .get(KEY_FORMAT)
+            .map_err(storage("reading the format"))?
+        {
+            Some(format) if format.as_ref() == STORAGE_FORMAT.to_le_bytes() => {}
+            found => {
+                return Err(LedgerError::UnsupportedFormat {
+                    path,
+                    found: found.map_or_else(|| "none".to_owned(), |f| format!("{:?}", f.as_ref())),
+                    supported: STORAGE_FORMAT,
+                })
+            }
+        }
+        let key = reader.ledger_key()?;
+        reader.verified_tree_head(&reader.head()?, &key)?;
+        Ok(reader)
+    }
+
+    /// The ledger key recorded in the folder (which signs its tree heads and checkpoints).
+    pub fn ledger_key(&self) -> Result<PublicKey, LedgerError> {
+        self.db
+            .get(KEY_LEDGER_KEY)
+            .map_err(storage("reading the ledger key"))?
+            .and_then(|bytes| <[u8; 32]>::try_from(bytes.as_ref()).ok())
+            .map(PublicKey)
+            .ok_or_else(|| LedgerError::CorruptHead("ledger key missing".to_owned()))
     }
 
     pub(crate) fn head(&self) -> Result<Head, LedgerError> {

@@ -13,6 +13,10 @@
 //!   inclusion proofs and their verification.
 //! - [`SignedTreeHead`] is the ledger key's signature over (size, root).
 //!
+//! Cargo feature `writer` (on by default): [`Ledger`], the writer, and what only it uses.
+//! Without it the crate reads and verifies a stored log but cannot write one (what an
+//! auditor links: [`LedgerReader::open`] opens a folder read-only).
+//!
 //! Architecture invariant: nothing is stored that did not verify, and nothing is acknowledged
 //! before it is on disk. The storage layout is described in [`storage`] and `docs/FORMAT.md`.
 #![deny(missing_docs)]
@@ -26,10 +30,11 @@ pub mod verify;
 
 pub use error::{AppendError, LedgerError};
 pub use ledger::{
-    open_sled, sled_config, AppendReceipt, Entries, Ledger, LedgerReader, OpenReport,
-    StoredSnapshot, ARTIFACTS_TREE, BATCH_EVENTS_MAX, OUTBOX_TREE, SLED_SEGMENT_BYTES,
-    SNAPSHOT_CHUNK_BYTES, SNAPSHOT_TREE,
+    open_sled, sled_config, Entries, LedgerReader, StoredSnapshot, ARTIFACTS_TREE,
+    BATCH_EVENTS_MAX, OUTBOX_TREE, SLED_SEGMENT_BYTES, SNAPSHOT_CHUNK_BYTES, SNAPSHOT_TREE,
 };
+#[cfg(feature = "writer")]
+pub use ledger::{AppendReceipt, Ledger, OpenReport};
 pub use merkle::{Frontier, InclusionProof};
 pub use tree_head::SignedTreeHead;
 pub use verify::{

@@ -14,7 +14,9 @@
 //! value lives in the segment file that a flush syncs. Keys are big-endian so that sled's
 //! byte order is seq order and "the block holding seq n" is one reverse range lookup.
 
-use fabric_events::{entry_hash, Entry, Hash32, SignedEvent, MAX_ENTRY_BYTES};
+use fabric_events::{entry_hash, Entry, Hash32};
+#[cfg(feature = "writer")]
+use fabric_events::{SignedEvent, MAX_ENTRY_BYTES};
 
 use crate::error::LedgerError;
 use crate::merkle::Frontier;
@@ -64,6 +66,7 @@ pub(crate) struct Head {
 }
 
 impl Head {
+    #[cfg(feature = "writer")]
     pub fn empty() -> Self {
         Self {
             size: 0,
@@ -72,6 +75,7 @@ impl Head {
         }
     }
 
+    #[cfg(feature = "writer")]
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(8 + 32 + 32 * self.frontier.nodes().len());
         out.extend_from_slice(&self.size.to_le_bytes());
@@ -109,6 +113,7 @@ fn array<const N: usize>(bytes: &[u8]) -> [u8; N] {
     <[u8; N]>::try_from(bytes).expect("caller slices exactly N bytes")
 }
 
+#[cfg(feature = "writer")]
 /// Packs entries into blocks as they are appended (also used by `fabric bench` to measure
 /// the storage cost of this layout on its own).
 pub struct BlockWriter {
@@ -116,12 +121,14 @@ pub struct BlockWriter {
     count: usize,
 }
 
+#[cfg(feature = "writer")]
 impl Default for BlockWriter {
     fn default() -> Self {
         Self::new()
     }
 }
 
+#[cfg(feature = "writer")]
 impl BlockWriter {
     /// An empty writer.
     pub fn new() -> Self {

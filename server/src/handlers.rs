@@ -3,16 +3,16 @@
 //! driver (503 when the queue is full), and answers from the views updated after each durable
 //! tick.
 
-use std::sync::RwLock;
-use std::time::Instant;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use fabric_actors::gate::{check_signed, Verdict};
 use fabric_actors::serve::{Ack, Request, ServedTick, Submission};
 use fabric_api::job::{
-    check_envelope, ArtifactRef, JobAccepted, JobEvent, JobLinks, JobRequest, JobResult, JobState,
-    JobStatus, JobTimings,
+    check_envelope, ArtifactRef, JobAccepted, JobEvent, JobLinks, JobRequest, JobResult, JobStatus,
+    JobTimings,
 };
 use fabric_api::wire::{
     ErrorBody, Health, LedgerInfo, OwnerAccepted, OwnerRequest, TreeHead, Versions, API_VERSION,
@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::index::{index_event, settle, View};
 use crate::metrics::ServeMetrics;
+use crate::INTAKE_CAPACITY;
 
 /// Everything the handlers share.
 pub(crate) struct Shared {
@@ -570,7 +571,6 @@ async fn metrics(shared: web::Data<Shared>, request: HttpRequest) -> HttpRespons
         ),
     }
 }
-
 
 async fn openapi() -> HttpResponse {
     HttpResponse::Ok()

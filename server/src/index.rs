@@ -149,12 +149,12 @@ pub(crate) fn index_event(
                         });
                     }
                     let hash = Hash32(*blake3::hash(&bytes).as_bytes());
-                    artifacts
-                        .insert(hash.as_bytes(), bytes)
-                        .map_err(|error| ServerError::ArtifactWrite {
+                    artifacts.insert(hash.as_bytes(), bytes).map_err(|error| {
+                        ServerError::ArtifactWrite {
                             job: body.job,
                             error,
-                        })?;
+                        }
+                    })?;
                     artifact = Some(hash);
                 }
                 record.receipt = Some(ReceiptRef {

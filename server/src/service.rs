@@ -205,14 +205,15 @@ fn remove_stale_socket(path: &Path) -> Result<(), ServerError> {
         path: path.to_path_buf(),
         error,
     };
-    let metadata =
-        std::fs::symlink_metadata(path).map_err(|error| socket_error("could not inspect", error))?;
+    let metadata = std::fs::symlink_metadata(path)
+        .map_err(|error| socket_error("could not inspect", error))?;
     if !metadata.file_type().is_socket() {
         return Err(ServerError::NotASocket {
             path: path.to_path_buf(),
         });
     }
-    std::fs::remove_file(path).map_err(|error| socket_error("could not remove the old socket", error))
+    std::fs::remove_file(path)
+        .map_err(|error| socket_error("could not remove the old socket", error))
 }
 
 /// Stops accepting on SIGINT or SIGTERM; the requests in flight are answered (their tick still
@@ -252,7 +253,9 @@ async fn run(
                 outbox.durable(tick.tree_head.tree_size);
             }
             if let Some(tree) = &outbox_cursor {
-                shared.metrics.observe_outbox(tree, tick.tree_head.tree_size);
+                shared
+                    .metrics
+                    .observe_outbox(tree, tick.tree_head.tree_size);
             }
             shared.on_tick(tick);
         })

@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use fabric_actors::work::{Intake, JobResult, NodeWork};
-use fabric_events::cpu_job::output_hash as cpu_output_hash;
 use fabric_actors::world::World;
 use fabric_actors::RunError;
+use fabric_events::cpu_job::output_hash as cpu_output_hash;
 use fabric_events::{Hash32, JobOutcome, JobSubmitted, KernelRef};
 use fabric_gpu_kernels::jobs::output_hash;
 use fabric_gpu_kernels::Engine;

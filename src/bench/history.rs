@@ -94,7 +94,13 @@ pub(super) fn audit_suite(bench: &mut Bench<'_>) -> anyhow::Result<SuiteReport> 
     drop(entries);
     let bound = events_per_s(verify_time, events);
     let (_, audit) = timed(repetitions, || {
-        let report = crate::audit::audit_ledger(long, "bench".to_owned(), 0)?;
+        let report = fabric_audit::audit::audit_ledger(
+            &long.reader(),
+            &long.ledger_key(),
+            "bench".to_owned(),
+            0,
+            &mut |_, _| {},
+        )?;
         ensure!(report.ok, "the bench audit failed: {:?}", report.failure);
         Ok(report)
     })?;

@@ -68,7 +68,7 @@ fn a_clean_run_passes_its_audit_from_genesis_and_from_a_checkpoint() {
     let (ok, tail) = audit(&["--data", path(data), "--from", &(events - 10).to_string()]);
     assert!(ok, "{tail}");
     assert!(tail["first_seq"].as_u64() > Some(0), "{tail}");
-    assert_eq!(tail["root"], full["root"]);
+    assert_eq!(tail["merkle_root"], full["merkle_root"]);
     assert_eq!(tail["state_hash"], full["state_hash"]);
 }
 
@@ -369,4 +369,67 @@ fn a_signed_but_unauthorised_stored_event_fails_the_audit() {
     assert!(!ok, "{report}");
     assert_eq!(report["failure"]["what"], "authority", "{report}");
     assert_eq!(report["failure"]["seq"].as_u64(), Some(size - 1));
+}
+
+/// What an auditor's own program does with fabric-audit alone: opens the ledger read-only,
+/// audits it, and replays it from genesis and from a checkpoint, to the CLI audit's root and
+/// state.
+#[test]
+fn the_audit_library_alone_verifies_and_replays_a_run_read_only() {
+    use fabric_audit::{Observer, Replay, Step};
+
+    #[derive(Default)]
+    struct Seen(u64);
+
+    impl Observer for Seen {
+        fn after(&mut self, step: &Step<'_>, _: &fabric_projections::State) {
+            assert_eq!(step.tree.size(), step.seq + 1);
+            self.0 += 1;
+        }
+    }
+
+    let (_dir, data) = copy_of_pristine("data");
+    let (ok, cli) = audit(&["--data", path(&data)]);
+    assert!(ok, "{cli}");
+    let reader =
+        fabric_ledger::LedgerReader::open(data.join("ledger")).expect("the ledger opens read-only");
+    let key = reader.ledger_key().expect("the stored key");
+    let size = reader.len().expect("size");
+    let report =
+        fabric_audit::audit::audit_ledger(&reader, &key, "library".to_owned(), 0, &mut |_, _| {})
+            .expect("the audit runs");
+    assert!(report.ok, "{report:?}");
+    assert_eq!(
+        report.merkle_root,
+        cli["merkle_root"].as_str().expect("root")
+    );
+    assert_eq!(
+        report.state_hash,
+        cli["state_hash"].as_str().expect("state")
+    );
+
+    let mut seen = Seen::default();
+    let mut replay = Replay::genesis();
+    assert_eq!(
+        replay.read(&reader, size, &mut seen).expect("replays"),
+        size
+    );
+    assert_eq!(seen.0, size);
+    assert_eq!(replay.tree().root().to_hex(), report.merkle_root);
+    assert_eq!(replay.state().state_hash().to_hex(), report.state_hash);
+
+    let checkpoint = *reader
+        .snapshot_sizes()
+        .expect("snapshots")
+        .last()
+        .expect("a run stores checkpoints");
+    let loaded = fabric_audit::load_checkpoint(&reader, &key, checkpoint).expect("it verifies");
+    let mut tail = Replay::resume(loaded.state, loaded.frontier, None);
+    assert_eq!(tail.next_seq(), checkpoint);
+    assert_eq!(
+        tail.read(&reader, size, ()).expect("replays"),
+        size - checkpoint
+    );
+    assert_eq!(tail.tree().root().to_hex(), report.merkle_root);
+    assert_eq!(tail.state().state_hash().to_hex(), report.state_hash);
 }

@@ -577,3 +577,25 @@ fn a_long_ledger_keeps_every_page_in_the_synced_file() {
     );
     assert_eq!(ledger.len(), 48_010);
 }
+
+#[test]
+fn a_ledger_opens_read_only_with_its_stored_key_and_an_empty_folder_is_refused_untouched() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let refused = fabric_ledger::LedgerReader::open(dir.path());
+    assert!(
+        matches!(refused, Err(LedgerError::Io { .. })),
+        "{:?}",
+        refused.err()
+    );
+    assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
+    let size = {
+        let mut ledger = open(dir.path());
+        ledger.append(&heartbeats(0, 10)).expect("append");
+        ledger.len()
+    };
+    let reader = fabric_ledger::LedgerReader::open(dir.path()).expect("opens read-only");
+    let key = PublicKey::from(&ledger_key().verifying_key());
+    assert_eq!(reader.ledger_key().expect("stored key"), key);
+    assert_eq!(reader.len().expect("size"), size);
+    assert_eq!(reader.entries(0..size).count() as u64, size);
+}

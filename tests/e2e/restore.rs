@@ -117,7 +117,7 @@ fn runs_killed_at_random_moments_and_resumed_end_where_an_uninterrupted_run_ends
         let audit = fabric(&["audit", "--data", &data, "--json"]);
         let verdict = summary(&audit, "the audit of a resumed run");
         assert_eq!(verdict["ok"], true);
-        assert_eq!(verdict["root"], reference["merkle_root"]);
+        assert_eq!(verdict["merkle_root"], reference["merkle_root"]);
         assert_eq!(verdict["state_hash"], reference["state_hash"]);
     }
     assert!(
