@@ -36,7 +36,7 @@ use thiserror::Error;
 
 pub use fleet::{ActorKeys, Actors, TickProposals, ACTOR_THREADS};
 pub use gate::owner_command_attempt;
-pub use restore::{load_checkpoint, restore, restore_to, Loaded, RestoreReport, Restored};
+pub use restore::{restore, restore_to, RestoreReport, Restored};
 pub use work::{Intake, JobResult, NodeWork, ServedJobs};
 
 /// Why a run stopped.

@@ -11,19 +11,11 @@ pub enum ServerError {
     /// A setting is out of range.
     #[error("{0}")]
     Setting(&'static str),
-    /// The log could not be read.
-    #[error("could not read the log: {error}")]
-    Log {
+    /// The log does not replay: an entry could not be read, does not decode or does not fit.
+    #[error("the log does not replay: {error}")]
+    Replay {
         /// Why.
-        error: fabric_ledger::LedgerError,
-    },
-    /// An entry of the log does not decode.
-    #[error("entry {seq} does not decode: {error}")]
-    Decode {
-        /// Its seq.
-        seq: u64,
-        /// Why.
-        error: fabric_events::DecodeError,
+        error: fabric_audit::ReplayError,
     },
     /// The artifact store could not be opened.
     #[error("could not open the artifact store: {error}")]

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use fabric_api::job::JobState;
+use fabric_audit::{Observer, Replay, Step};
 use fabric_events::{cpu_job, Body, Event, Hash32, JobId, JobOutcome, PublicKey};
 use fabric_ledger::{LedgerReader, SignedTreeHead};
 use fabric_projections::State;
@@ -175,20 +176,46 @@ pub(crate) fn index_event(
     Ok(())
 }
 
-/// The job index and the artifacts of a log, read from its start (a restart of `fabric serve`).
+/// The job index and the artifacts of a log, read from its start (a restart of `fabric serve`)
+/// by the one replay of the log, which checks and folds every entry on the way.
 pub(crate) fn index_log(
     reader: &LedgerReader,
     artifacts: &sled::Tree,
     size: u64,
 ) -> Result<HashMap<JobId, JobRecord>, ServerError> {
-    let mut jobs = HashMap::new();
-    for entry in reader.entries(0..size) {
-        let entry = entry.map_err(|error| ServerError::Log { error })?;
-        let event = entry.event().map_err(|error| ServerError::Decode {
-            seq: entry.seq,
-            error,
-        })?;
-        index_event(&mut jobs, artifacts, entry.seq, &event, &entry.author)?;
+    let mut indexer = Indexer {
+        jobs: HashMap::new(),
+        artifacts,
+        failed: None,
+    };
+    Replay::genesis()
+        .read(reader, size, &mut indexer)
+        .map_err(|error| ServerError::Replay { error })?;
+    match indexer.failed {
+        Some(error) => Err(error),
+        None => Ok(indexer.jobs),
     }
-    Ok(jobs)
+}
+
+/// Indexes each event of a replay; the first failure stops the indexing.
+struct Indexer<'a> {
+    jobs: HashMap<JobId, JobRecord>,
+    artifacts: &'a sled::Tree,
+    failed: Option<ServerError>,
+}
+
+impl Observer for Indexer<'_> {
+    fn after(&mut self, step: &Step<'_>, _: &State) {
+        if self.failed.is_some() {
+            return;
+        }
+        let indexed = index_event(
+            &mut self.jobs,
+            self.artifacts,
+            step.seq,
+            step.event,
+            step.author,
+        );
+        self.failed = indexed.err();
+    }
 }

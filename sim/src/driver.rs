@@ -147,7 +147,7 @@ pub struct RunOutcome {
     pub decision_ns: Vec<u32>,
     /// Decisions that left a job waiting.
     pub waits: u64,
-    /// Ticks between telemetry samples (see [`crate::Sampler`]).
+    /// Ticks between telemetry samples (see `shards.json`).
     pub sample_every_ticks: u64,
     /// Why the run stopped.
     pub stop: StopReason,

@@ -29,7 +29,7 @@ pub use driver::{
 };
 pub use keys::{genesis, sim_ledger_key, sim_owner_key, SimKeys};
 pub use nodes::Byzantine;
-pub use samples::{shard_samples, Sampler, ShardSample};
+pub use samples::{shard_samples, ShardSample};
 
 #[cfg(test)]
 mod tests;

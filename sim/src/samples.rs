@@ -1,7 +1,6 @@
 //! The per-shard telemetry of `shards.json`: samples of the state every few ticks, taken by
 //! replaying the log, so a resumed run reports exactly what an uninterrupted one does.
 
-use fabric_events::PublicKey;
 use fabric_projections::State;
 use serde::Serialize;
 
@@ -45,86 +44,4 @@ pub fn shard_samples(state: &State, tick: u64) -> impl Iterator<Item = ShardSamp
             healthy_nodes,
         }
     })
-}
-
-/// Replays a log and samples every shard at tick 0, at every multiple of `every_ticks` and at
-/// the last tick: the telemetry of `shards.json`, a function of the log alone, so a resumed
-/// run reports exactly what an uninterrupted one does.
-pub struct Sampler {
-    state: State,
-    every_ticks: u64,
-    next_tick: u64,
-    last_sampled: Option<u64>,
-    samples: Vec<ShardSample>,
-}
-
-impl Sampler {
-    /// An empty replay sampling every `every_ticks` ticks.
-    pub fn new(every_ticks: u64) -> Self {
-        Self {
-            state: State::new(),
-            every_ticks: every_ticks.max(1),
-            next_tick: 0,
-            last_sampled: None,
-            samples: Vec::new(),
-        }
-    }
-
-    /// Samples every due tick before `tick` (the state has not changed since), showing each
-    /// sampled state to `observe`.
-    fn sample_before(&mut self, tick: u64, observe: &mut impl FnMut(u64, &State)) {
-        while self.next_tick < tick {
-            self.samples
-                .extend(shard_samples(&self.state, self.next_tick));
-            observe(self.next_tick, &self.state);
-            self.last_sampled = Some(self.next_tick);
-            self.next_tick += self.every_ticks;
-        }
-    }
-
-    /// The state of the log folded so far.
-    pub fn state(&self) -> &State {
-        &self.state
-    }
-
-    /// Folds in (admits) the next event of the log, by `author`.
-    pub fn apply(
-        &mut self,
-        author: &PublicKey,
-        event: &fabric_events::Event,
-    ) -> Result<(), fabric_projections::ApplyError> {
-        self.apply_observed(author, event, |_, _| {})
-    }
-
-    /// Folds in (admits) the next event of the log; `observe` sees the state at each sample
-    /// tick it passes, before the event.
-    pub fn apply_observed(
-        &mut self,
-        author: &PublicKey,
-        event: &fabric_events::Event,
-        mut observe: impl FnMut(u64, &State),
-    ) -> Result<(), fabric_projections::ApplyError> {
-        self.sample_before(event.header.tick, &mut observe);
-        self.state.admit(author, event)
-    }
-
-    /// Samples up to and including `last_tick` (the run's last tick) and hands back the state
-    /// and the samples.
-    pub fn finish(self, last_tick: u64) -> (State, Vec<ShardSample>) {
-        self.finish_observed(last_tick, |_, _| {})
-    }
-
-    /// [`Sampler::finish`], showing each remaining sampled state to `observe`.
-    pub fn finish_observed(
-        mut self,
-        last_tick: u64,
-        mut observe: impl FnMut(u64, &State),
-    ) -> (State, Vec<ShardSample>) {
-        self.sample_before(last_tick + 1, &mut observe);
-        if self.last_sampled != Some(last_tick) {
-            self.samples.extend(shard_samples(&self.state, last_tick));
-            observe(last_tick, &self.state);
-        }
-        (self.state, self.samples)
-    }
 }
