@@ -6,6 +6,7 @@ mod bench;
 mod cli;
 mod durability;
 mod gpu;
+mod layout;
 mod ledger;
 mod nats;
 mod owner;
