@@ -89,7 +89,7 @@ pub enum ClientError {
         /// What the result says.
         text: String,
         /// Why it is not a hash.
-        reason: String,
+        reason: fabric_events::hex_serde::HexError,
     },
     /// The artifact served does not hash to its name.
     #[error("the artifact served as {expected} hashes to {actual}")]

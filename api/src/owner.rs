@@ -280,7 +280,7 @@ pub enum ActionError {
     RetiredQueue(String),
     /// `register-client`'s key is not a public key in hex.
     #[error("register-client: PUBLIC_KEY_HEX: {0}")]
-    PublicKey(String),
+    PublicKey(fabric_events::hex_serde::HexError),
     /// `governance`'s payload is not hex.
     #[error("governance: PAYLOAD_HEX: {0}")]
     Payload(hex::FromHexError),

@@ -57,7 +57,7 @@ pub struct WireSignedEvent {
 pub enum WireError {
     /// `author` is not a public key in hex.
     #[error("event.author: {0}")]
-    Author(String),
+    Author(fabric_events::hex_serde::HexError),
     /// `signature` is not hex.
     #[error("event.signature is not hex: {0}")]
     SignatureHex(hex::FromHexError),

@@ -13,14 +13,27 @@ pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>
     hex::decode(&text).map_err(serde::de::Error::custom)
 }
 
+/// Why text is not the hex of a fixed number of bytes.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum HexError {
+    /// Not hex at all.
+    #[error("not hex: {0}")]
+    NotHex(hex::FromHexError),
+    /// Hex of another length.
+    #[error("expected {expected} bytes ({} hex digits), got {got}", 2 * expected)]
+    Length {
+        /// Bytes expected.
+        expected: usize,
+        /// Bytes found.
+        got: usize,
+    },
+}
+
 /// Decodes exactly `N` bytes of hex, naming what was expected on error.
-pub fn decode_fixed<const N: usize>(text: &str) -> Result<[u8; N], String> {
-    let bytes = hex::decode(text).map_err(|err| format!("not hex: {err}"))?;
-    <[u8; N]>::try_from(bytes.as_slice()).map_err(|_| {
-        format!(
-            "expected {N} bytes ({} hex digits), got {}",
-            2 * N,
-            bytes.len()
-        )
+pub fn decode_fixed<const N: usize>(text: &str) -> Result<[u8; N], HexError> {
+    let bytes = hex::decode(text).map_err(HexError::NotHex)?;
+    <[u8; N]>::try_from(bytes.as_slice()).map_err(|_| HexError::Length {
+        expected: N,
+        got: bytes.len(),
     })
 }

@@ -29,7 +29,7 @@ macro_rules! fixed_bytes {
             }
 
             /// Parses hex of exactly the right length.
-            pub fn from_hex(text: &str) -> Result<Self, String> {
+            pub fn from_hex(text: &str) -> Result<Self, crate::hex_serde::HexError> {
                 crate::hex_serde::decode_fixed::<$len>(text).map(Self)
             }
         }

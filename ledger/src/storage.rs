@@ -31,6 +31,30 @@ pub const BLOCK_BYTES_TARGET: usize = 64 * 1024;
 const BLOCK_COUNT_LEN: usize = 2;
 /// Bytes before each entry in a block: length + hash.
 const BLOCK_ENTRY_PREFIX_LEN: usize = 4 + 32;
+/// Values one sled leaf page holds at most.
+const SLED_LEAF_VALUES_MAX: usize = 17;
+
+/// The largest value the ledger stores: a block (the target, or one maximal entry alone in a
+/// block) or a snapshot chunk.
+const VALUE_BYTES_MAX: usize = {
+    let lone_entry = BLOCK_COUNT_LEN + BLOCK_ENTRY_PREFIX_LEN + fabric_events::MAX_ENTRY_BYTES;
+    let block = if lone_entry > BLOCK_BYTES_TARGET {
+        lone_entry
+    } else {
+        BLOCK_BYTES_TARGET
+    };
+    if block > crate::SNAPSHOT_CHUNK_BYTES {
+        block
+    } else {
+        crate::SNAPSHOT_CHUNK_BYTES
+    }
+};
+
+// sled writes a page over a quarter of a segment to a blob file it never syncs: a page full
+// of the largest values must stay under that, in the `db` file the ledger fdatasyncs.
+const _: () = assert!(SLED_LEAF_VALUES_MAX * VALUE_BYTES_MAX <= crate::SLED_SEGMENT_BYTES / 4);
+// A block's count field holds its entry count.
+const _: () = assert!(BLOCK_ENTRIES_MAX <= u16::MAX as usize);
 
 pub(crate) const KEY_FORMAT: &[u8] = b"v";
 pub(crate) const KEY_LEDGER_KEY: &[u8] = b"k";

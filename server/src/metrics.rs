@@ -96,6 +96,18 @@ impl ServeMetrics {
             jobs_dropped: Mutex::new(0),
             registry: Registry::default(),
         };
+        metrics.register_treaty(&mut registry);
+        metrics.register_fabric(&mut registry);
+        metrics.seed_families(routes);
+        Self {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// The metrics of the treaty (the seeds' names).
+    fn register_treaty(&self, registry: &mut Registry) {
+        let metrics = self;
         registry.register(
             "treaty_fill_rate",
             "Completed jobs as a share of submitted ones",
@@ -126,6 +138,11 @@ impl ServeMetrics {
             "Spillovers and requeues",
             metrics.failover_events.clone(),
         );
+    }
+
+    /// The fabric's own metrics.
+    fn register_fabric(&self, registry: &mut Registry) {
+        let metrics = self;
         registry.register(
             "fabric_events_appended",
             "Events appended to the ledger by this server",
@@ -168,6 +185,12 @@ impl ServeMetrics {
             metrics.outbox_lag_events.clone(),
         );
         registry.register("fabric_tick", "The current tick", metrics.tick.clone());
+    }
+
+    /// The spillover routes of the world and every rejection reason start with a sample of 0,
+    /// so their families are there to query before the first one happens.
+    fn seed_families(&self, routes: &[(String, String)]) {
+        let metrics = self;
         for (from_shard, to_shard) in routes {
             metrics
                 .spillovers
@@ -184,10 +207,6 @@ impl ServeMetrics {
                     reason: reason.as_str().to_owned(),
                 })
                 .inc_by(0);
-        }
-        Self {
-            registry,
-            ..metrics
         }
     }
 

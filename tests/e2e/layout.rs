@@ -9,8 +9,23 @@ fn tree(package: &str, features: bool) -> String {
     let mut command = Command::new(env!("CARGO"));
     command
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["tree", "--locked", "--offline", "--prefix", "none", "-p", package])
-        .args(["-e", if features { "normal,features" } else { "normal" }]);
+        .args([
+            "tree",
+            "--locked",
+            "--offline",
+            "--prefix",
+            "none",
+            "-p",
+            package,
+        ])
+        .args([
+            "-e",
+            if features {
+                "normal,features"
+            } else {
+                "normal"
+            },
+        ]);
     let output = command.output().expect("cargo runs");
     assert!(
         output.status.success(),
@@ -58,6 +73,9 @@ fn the_audit_crate_links_no_ledger_writer() {
         "fabric-audit must read the ledger without its writer:\n{listing}"
     );
     for writer in ["fabric-actors", "fabric-sim", "actix"] {
-        assert!(!crates(&listing).contains(&writer), "fabric-audit links {writer}");
+        assert!(
+            !crates(&listing).contains(&writer),
+            "fabric-audit links {writer}"
+        );
     }
 }
