@@ -84,9 +84,25 @@ pub enum RunError {
     /// A reader kept the state past its tick.
     #[error("an actor kept its view of the state past its tick")]
     StateShared,
-    /// A resumed run's log cannot be restored.
+    /// A stored log does not replay (an entry does not decode or does not fit the state).
     #[error("cannot restore the run: {0}")]
-    Restore(String),
+    Restore(#[from] fabric_audit::ReplayError),
+    /// The log's signed tree head at its size cannot be had.
+    #[error("cannot restore the run: {0}")]
+    RestoreHead(#[from] fabric_audit::CheckpointError),
+    /// The entries after the checkpoint do not lead to the signed tree head's root.
+    #[error(
+        "cannot restore the run: the entries after the checkpoint give root {computed}, the \
+         signed tree head at {size} says {signed}"
+    )]
+    RestoreRoot {
+        /// The log's size.
+        size: u64,
+        /// The root the entries give.
+        computed: fabric_events::Hash32,
+        /// The signed tree head's root.
+        signed: fabric_events::Hash32,
+    },
     /// A resumed tick's stored events are not what the run proposes for it.
     #[error(
         "the log does not continue this run: event {index} of tick {tick} is not what the run \

@@ -68,8 +68,7 @@ pub fn restore_to(
         ..RestoreReport::default()
     };
     let (start, loaded) = newest_checkpoint(reader, ledger_key, size, &mut report)?;
-    let head = signed_head(reader, ledger_key, size)
-        .map_err(|error| RunError::Restore(error.to_string()))?;
+    let head = signed_head(reader, ledger_key, size)?;
     let mut replay = Replay::resume(loaded.state, loaded.frontier, None);
 
     // Every entry but the last tick's is folded; the last tick's are kept. An entry's tick is
@@ -81,14 +80,12 @@ pub fn restore_to(
     let mut last_tick: Vec<(Hash32, Entry, Event)> = Vec::new();
     let mut entries = reader.entries(start..size);
     while let Some((hash, entry)) = entries.next_with_hash()? {
-        let event = Replay::decode(&entry).map_err(|err| RunError::Restore(err.to_string()))?;
+        let event = Replay::decode(&entry)?;
         let event_tick = event.header.tick;
         if tick.is_none_or(|current| event_tick > current) {
             for (hash, entry, event) in last_tick.drain(..) {
                 // The run stops at an event that does not fit; so does its restore.
-                replay
-                    .fold(hash, &entry, &event, ())
-                    .map_err(|err| RunError::Restore(err.to_string()))?;
+                replay.fold(hash, &entry, &event, ())?;
             }
             tick = Some(event_tick);
         }
@@ -102,11 +99,11 @@ pub fn restore_to(
         frontier.push(*hash);
     }
     if frontier.root() != head.root {
-        return Err(RunError::Restore(format!(
-            "the entries after the checkpoint give root {}, the signed tree head at {size} says {}",
-            frontier.root(),
-            head.root
-        )));
+        return Err(RunError::RestoreRoot {
+            size,
+            computed: frontier.root(),
+            signed: head.root,
+        });
     }
     let stored = last_tick
         .into_iter()

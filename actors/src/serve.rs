@@ -2,7 +2,7 @@
 //! follow a wall-clock interval and jobs come from clients instead of the seed's workload.
 //!
 //! At each tick the driver asks the checkpointer, the routers and the nodes for their events
-//! (as in [`crate::driver`]), then takes the submissions that arrived since the last tick, in
+//! (as a simulation's driver does), then takes the submissions that arrived since the last tick, in
 //! arrival order, and puts each through the gate after the actors' events. The batch is
 //! appended as one group commit; only then is each submitter told the seq of its event (or of
 //! its `Rejected` event). Wall-clock time decides only at which tick a submission is sequenced,
@@ -158,9 +158,7 @@ fn start_from(ledger: &Ledger) -> Result<Start, RunError> {
     let mut inputs = HashMap::new();
     for entry in reader.entries(0..ledger.len()) {
         let entry = entry?;
-        let event = entry
-            .event()
-            .map_err(|error| RunError::Restore(format!("entry {}: {error}", entry.seq)))?;
+        let event = fabric_audit::Replay::decode(&entry)?;
         if let Body::JobSubmitted(job) = &event.body {
             if state.job_ix(job.job).is_some() {
                 inputs.insert(job.job, job.input_hash);
