@@ -1,7 +1,8 @@
 //! Fabric's actors (actix): the ledger writer, one intake actor per shard, one router per
 //! shard, one actor per node, the checkpointer, and the tick driver that runs them.
 //!
-//! - [`world`]: the world a run simulates (shards, nodes, workload, failures).
+//! - [`world`]: the world a run simulates (shards, nodes, workload, failures), from
+//!   `fabric-config`.
 //! - [`workload`]: arrivals, outages and outcomes as pure functions of the seed.
 //! - [`actors`]: the actors and their messages.
 //! - [`driver`]: [`driver::run`], the planetary run, and [`driver::resume`], which continues an
@@ -22,7 +23,7 @@ pub mod gate;
 pub mod restore;
 pub mod serve;
 pub mod workload;
-pub mod world;
+pub use fabric_config::world;
 
 use thiserror::Error;
 
