@@ -66,9 +66,10 @@ pub struct BenchArgs {
     /// folder]
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
-    /// The world of the run-based suites (audit, restore, route, scale, nats)
-    #[arg(long, value_name = "FILE", default_value = "config/fabric.toml")]
-    config: PathBuf,
+    /// The world of the run-based suites (audit, restore, route, scale, nats) [default: the
+    /// built-in world, config/fabric.toml of the source]
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Jobs of the run-based suites. scale [default: 1000000, 100000 with --quick]; audit and
     /// restore: the long history, the short one has a tenth [default: 200000, 20000 with
     /// --quick]; route, per node count [default: 50000, 10000 with --quick]; nats [default:
@@ -480,13 +481,13 @@ fn sign_events(
 
 /// The world of `--config` with `nodes` nodes in all (at least the configured ones).
 fn bench_world_with(args: &BenchArgs, nodes: Option<usize>) -> anyhow::Result<BenchWorld> {
-    let mut world = crate::config::load(&args.config)?;
+    let mut world = fabric_config::load(args.config.as_deref())?;
     let nodes = nodes.unwrap_or(world.nodes.len());
     ensure!(
         nodes >= world.nodes.len(),
         "--nodes {nodes} is fewer than the {} nodes configured in {}",
         world.nodes.len(),
-        args.config.display()
+        fabric_config::origin(args.config.as_deref()).display()
     );
     world.nodes = fabric_sim::workload::scale_nodes(&world, BENCH_SEED, nodes);
     Ok(world)

@@ -3,7 +3,6 @@
 mod audit;
 mod bench;
 mod client;
-mod config;
 mod export;
 mod owner;
 mod proof;

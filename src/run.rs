@@ -25,9 +25,10 @@ const LEDGER_DIR: &str = "ledger";
 /// Arguments of `fabric run`.
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
-    /// The world: shards, nodes, treaty terms, workload, failures
-    #[arg(long, value_name = "FILE", default_value = "config/fabric.toml")]
-    config: PathBuf,
+    /// The world: shards, nodes, treaty terms, workload, failures [default: the built-in
+    /// world, config/fabric.toml of the source]
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Where the ledger and the run's parameters go (must be empty, or pass --force)
     #[arg(long, value_name = "DIR", default_value = "data")]
     data: PathBuf,
@@ -173,7 +174,8 @@ pub struct RunFile {
     pub jobs: u64,
     /// Nodes in all.
     pub nodes: usize,
-    /// The config file it was read from.
+    /// The config file it was read from (`config/fabric.toml` for the embedded default
+    /// world, which is where it comes from; the world itself is in `world`).
     pub config: PathBuf,
     /// The world as configured (before generated nodes are added).
     pub world: World,
@@ -202,7 +204,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         args.nodes.is_none_or(|nodes| nodes <= NODES_PER_RUN_MAX),
         "--nodes is over the limit of {NODES_PER_RUN_MAX} nodes per run"
     );
-    let mut world = crate::config::load(&args.config)?;
+    let mut world = fabric_config::load(args.config.as_deref())?;
+    let config = fabric_config::origin(args.config.as_deref());
     if let Some(fraction) = args.verify_fraction {
         world.verify_ppm = fraction_ppm(&fraction.to_string(), "--verify-fraction")?;
     }
@@ -211,7 +214,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         nodes_total >= world.nodes.len(),
         "--nodes {nodes_total} is fewer than the {} nodes configured in {}",
         world.nodes.len(),
-        args.config.display()
+        config.display()
     );
     // The data folder's name keeps the reports of runs with the same parameters apart.
     let data_name = args
@@ -239,7 +242,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         seed: args.seed,
         jobs: args.jobs,
         nodes: nodes_total,
-        config: args.config.clone(),
+        config: config.to_path_buf(),
         world: world.clone(),
         owner_script,
         byzantine,
@@ -369,10 +372,11 @@ impl RunFile {
 
 /// The data folder of `fabric serve`: one it served before is resumed (its `run.json` says
 /// the world and the seed); an empty or missing one gets a new fabric of `config` and `seed`
-/// with no simulated workload (`jobs` = 0: jobs come from clients).
+/// with no simulated workload (`jobs` = 0: jobs come from clients); without `config`, of the
+/// embedded default world.
 pub(crate) fn open_or_create_served(
     data: &Path,
-    config: &Path,
+    config: Option<&Path>,
     seed: u64,
 ) -> anyhow::Result<(RunFile, Ledger)> {
     if data.join(RUN_FILE).exists() {
@@ -387,14 +391,14 @@ pub(crate) fn open_or_create_served(
         return Ok((run_file, ledger));
     }
     prepare_data_dir(data, false)?;
-    let world = crate::config::load(config)?;
+    let world = fabric_config::load(config)?;
     let run_file = RunFile {
         format: RUN_FILE_FORMAT,
         label: format!("serve-seed{seed}"),
         seed,
         jobs: 0,
         nodes: world.nodes.len(),
-        config: config.to_path_buf(),
+        config: fabric_config::origin(config).to_path_buf(),
         world,
         owner_script: Vec::new(),
         byzantine: Vec::new(),

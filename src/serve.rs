@@ -14,8 +14,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DIR", default_value = "data")]
     data: PathBuf,
     /// The world of a new fabric (ignored when resuming: the folder's run.json has it)
-    #[arg(long, value_name = "FILE", default_value = "config/fabric.toml")]
-    config: PathBuf,
+    /// [default: the built-in world, config/fabric.toml of the source]
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Seed of the keys of a new fabric (ignored when resuming)
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -43,7 +44,7 @@ pub struct ServeArgs {
 /// `fabric serve`.
 pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     let (run_file, ledger) =
-        crate::run::open_or_create_served(&args.data, &args.config, args.seed)?;
+        crate::run::open_or_create_served(&args.data, args.config.as_deref(), args.seed)?;
     let size = ledger.len();
     let world = run_file.spec().world;
     // Until operators hold their own keys, a served fabric runs on the seed's simulated keys

@@ -30,7 +30,7 @@ pub mod gate;
 pub mod restore;
 pub mod serve;
 pub mod work;
-pub mod world;
+pub use fabric_config::world;
 
 use thiserror::Error;
 

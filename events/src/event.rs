@@ -190,30 +190,19 @@ kinds! {
     AttestationMismatch => "attestation_mismatch",
 }
 
-/// A node joins the marketplace.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NodeRegistered {
-    /// Node name, e.g. `earth.core-alpha`.
-    pub node: String,
-    /// The shard (region) it serves.
-    pub region: String,
-    /// The key that signs the node's heartbeats and receipts.
-    pub node_key: PublicKey,
-    /// Units of work it can hold.
-    pub capacity: u32,
-    /// Jobs it runs at once.
-    pub max_concurrency: u32,
-    /// Ticks between heartbeats.
-    pub heartbeat_interval_ticks: u32,
-    /// Skills it offers, e.g. `gpu`, `finance`.
-    pub capabilities: Vec<String>,
-    /// Its round-trip latency.
-    pub latency_ms: u32,
-    /// Its price, in millionths of a credit per hour.
-    pub price_micros_per_hour: u64,
-    /// Its reputation, in parts per million (1_000_000 = perfect).
-    pub reputation_ppm: u32,
+crate::with_node_terms! {
+    /// A node joins the marketplace (carried by [`OwnerAction::RegisterNode`]): its name,
+    /// region and key, then its terms (see [`with_node_terms!`](crate::with_node_terms)).
+    #[derive(Clone, Debug, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct NodeRegistered {
+        /// Node name, e.g. `earth.core-alpha`.
+        pub node: String,
+        /// The shard (region) it serves.
+        pub region: String,
+        /// The key that signs the node's heartbeats and receipts.
+        pub node_key: PublicKey,
+    }
 }
 
 /// A job enters a shard.
@@ -673,31 +662,18 @@ pub struct Rejected {
     pub detail: String,
 }
 
-/// A shard joins the fabric (carried by [`OwnerAction::RegisterShard`]). Its router key routes its queue; its
-/// treaty terms decide which nodes may score above zero.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ShardRegistered {
-    /// Shard name, e.g. `earth`; also the region its nodes live in.
-    pub shard: String,
-    /// The key that signs the shard's routing decisions.
-    pub router_key: PublicKey,
-    /// Jobs it may hold queued before it spills.
-    pub queue_budget: u32,
-    /// Largest node latency it accepts.
-    pub latency_budget_ms: u32,
-    /// Shards it spills to, first preferred.
-    pub spillover: Vec<String>,
-    /// What it is known for (informational).
-    pub specialties: Vec<String>,
-    /// Treaty: nodes under this reputation score zero.
-    pub reputation_floor_ppm: u32,
-    /// Treaty: the origin regions whose jobs its nodes serve.
-    pub regions_served: Vec<String>,
-    /// Treaty: jobs one node may take per quota window.
-    pub node_quota_jobs: u32,
-    /// Treaty: length of a quota window.
-    pub quota_window_ticks: u32,
+crate::with_shard_terms! {
+    /// A shard joins the fabric (carried by [`OwnerAction::RegisterShard`]): its name and
+    /// router key, then its terms (see [`with_shard_terms!`](crate::with_shard_terms)). Its
+    /// router key routes its queue; its treaty terms decide which nodes may score above zero.
+    #[derive(Clone, Debug, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ShardRegistered {
+        /// Shard name, e.g. `earth`; also the region its nodes live in.
+        pub shard: String,
+        /// The key that signs the shard's routing decisions.
+        pub router_key: PublicKey,
+    }
 }
 
 /// The first event of every log, signed by the ledger key: who the ledger is and who the

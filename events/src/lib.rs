@@ -13,6 +13,8 @@
 //! - [`keys`]: ed25519 key generation, key files, deterministic derivation from a seed.
 //! - [`ed25519`]: signature verification (RFC 8032's cofactored equation), single and batch,
 //!   which always agree.
+//! - [`terms`]: the field lists of a shard's and a node's terms, declared once for the
+//!   registration events and the configured world.
 //! - [`wire`]: `signed` = `FABRICv1` ‖ canonical event, [`Entry`] (what the ledger stores),
 //!   entry hashes and the JSON export line. `docs/FORMAT.md` describes every byte.
 //! - [`cpu_job`]: the one rule for a CPU job's artifact and the output hash its receipt names.
@@ -29,6 +31,7 @@ pub mod event;
 pub mod golden;
 pub mod hex_serde;
 pub mod keys;
+pub mod terms;
 pub mod types;
 pub mod wire;
 

@@ -8,6 +8,7 @@
 //! `POST /v0/owner/commands` (approved by the seed's owners): one key's nonces must rise in
 //! the order the ledger sees them, which one sequential connection per key guarantees.
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -53,8 +54,11 @@ fn start_server(args: &BenchArgs, data: &std::path::Path) -> anyhow::Result<Serv
     let mut child = Command::new(exe)
         .args(["serve", "--data"])
         .arg(data)
-        .arg("--config")
-        .arg(&args.config)
+        .args(
+            args.config
+                .iter()
+                .flat_map(|config| [OsStr::new("--config"), config.as_os_str()]),
+        )
         .args([
             "--seed",
             &SERVE_BENCH_SEED.to_string(),
@@ -161,9 +165,12 @@ fn quantile_ms(sorted: &[Duration], quantile: f64) -> f64 {
 pub(super) fn suite(bench: &mut Bench<'_>) -> anyhow::Result<SuiteReport> {
     let args = bench.args;
     let scratch = scratch_dir(args)?;
-    let world = crate::config::load(&args.config)?;
+    let world = fabric_config::load(args.config.as_deref())?;
     let Some(shard) = world.shards.first().map(|shard| shard.name.clone()) else {
-        bail!("{} has no shard", args.config.display());
+        bail!(
+            "{} has no shard",
+            fabric_config::origin(args.config.as_deref()).display()
+        );
     };
     let skill = world
         .nodes

@@ -179,3 +179,55 @@ fn bench_gpu_reports_each_kernel_on_the_adapter_against_its_cpu_reference() {
         assert!((ratio - value / bound).abs() < 1e-9 * ratio.max(1.0));
     }
 }
+
+/// `fabric run` in an empty folder, outside the source tree and without `--config`: the
+/// embedded default world, with the data and the reports in that folder. Its log is the one
+/// `--config config/fabric.toml` gives, and a resume continues it.
+#[test]
+fn run_without_config_uses_the_embedded_world_and_writes_where_it_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_fabric"))
+        .args(["run", "--jobs", "200", "--json"])
+        .current_dir(dir.path())
+        .output()
+        .expect("the fabric binary runs");
+    assert!(output.status.success(), "{}", stderr(&output));
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert!(dir.path().join("data/run.json").is_file());
+    assert!(dir.path().join("data/ledger").is_dir());
+    let reports = dir.path().join("reports/data-seed1-jobs200-nodes6");
+    assert!(reports.join("events.ndjson").is_file());
+    assert!(reports.join("summary.json").is_file());
+    let run_file: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("data/run.json")).expect("run.json"))
+            .expect("JSON");
+    assert_eq!(run_file["config"], "config/fabric.toml");
+
+    let other = tempfile::tempdir().expect("tempdir");
+    let (data, out) = (other.path().join("data"), other.path().join("out"));
+    let with_file = fabric(&[
+        "run",
+        "--config",
+        crate::support::DEFAULT_CONFIG,
+        "--jobs",
+        "200",
+        "--json",
+        "--data",
+        data.to_str().expect("utf-8"),
+        "--out",
+        out.to_str().expect("utf-8"),
+    ]);
+    assert!(with_file.status.success(), "{}", stderr(&with_file));
+    let with_file: serde_json::Value = serde_json::from_slice(&with_file.stdout).expect("JSON");
+    assert_eq!(summary["merkle_root"], with_file["merkle_root"]);
+
+    // A finished run resumes to the same log (resume reads the world from run.json).
+    let resumed = std::process::Command::new(env!("CARGO_BIN_EXE_fabric"))
+        .args(["resume", "--json", "--out", "resumed"])
+        .current_dir(dir.path())
+        .output()
+        .expect("the fabric binary runs");
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    let resumed: serde_json::Value = serde_json::from_slice(&resumed.stdout).expect("JSON");
+    assert_eq!(summary["merkle_root"], resumed["merkle_root"]);
+}

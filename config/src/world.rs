@@ -1,5 +1,10 @@
-//! The world a run simulates: shards, nodes, workload and failure schedule. Built from
-//! `config/fabric.toml` by the binary (which validates it); plain data here.
+//! The world a run simulates: shards, nodes, workload and failure schedule. Built by
+//! [`crate::parse`] (which validates it) from `config/fabric.toml`, embedded as
+//! [`crate::DEFAULT_WORLD_TOML`], or from another file; plain data here.
+//!
+//! The terms of a shard and of a node are the fields of the registration events
+//! ([`fabric_events::ShardRegistered`], [`fabric_events::NodeRegistered`]): both are declared
+//! by [`fabric_events::with_shard_terms!`] and [`fabric_events::with_node_terms!`].
 
 use serde::{Deserialize, Serialize};
 
@@ -8,7 +13,7 @@ use serde::{Deserialize, Serialize};
 pub struct World {
     /// The shards, in the order their actors are numbered.
     pub shards: Vec<ShardSpec>,
-    /// The configured nodes (generated nodes are added by [`World::scaled_to`]).
+    /// The configured nodes (a run adds its generated ones: `fabric_actors::workload::scale_nodes`).
     pub nodes: Vec<NodeSpec>,
     /// What clients submit.
     pub workload: WorkloadSpec,
@@ -51,50 +56,24 @@ impl Default for OwnersSpec {
     }
 }
 
-/// One shard and its treaty terms.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ShardSpec {
-    /// Name, e.g. `earth`; also the region of its nodes.
-    pub name: String,
-    /// Jobs it may hold queued before it spills.
-    pub queue_budget: u32,
-    /// Largest node latency it accepts.
-    pub latency_budget_ms: u32,
-    /// Shards it spills to, first preferred.
-    pub spillover: Vec<String>,
-    /// What it is known for.
-    pub specialties: Vec<String>,
-    /// Treaty: nodes under this reputation score zero.
-    pub reputation_floor_ppm: u32,
-    /// Treaty: origin regions whose jobs its nodes serve.
-    pub regions_served: Vec<String>,
-    /// Treaty: jobs one node may take per quota window.
-    pub node_quota_jobs: u32,
-    /// Treaty: length of a quota window.
-    pub quota_window_ticks: u32,
+fabric_events::with_shard_terms! {
+    /// One shard and its terms (budgets, spillover rules, treaty).
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ShardSpec {
+        /// Name, e.g. `earth`; also the region of its nodes.
+        pub name: String,
+    }
 }
 
-/// One node of the marketplace.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeSpec {
-    /// Name, e.g. `earth.core-alpha`.
-    pub name: String,
-    /// The shard it serves.
-    pub region: String,
-    /// Units of work it can hold.
-    pub capacity: u32,
-    /// Jobs it runs at once.
-    pub max_concurrency: u32,
-    /// Ticks between heartbeats (one tick is one simulated second).
-    pub heartbeat_interval_ticks: u32,
-    /// Skills it offers.
-    pub capabilities: Vec<String>,
-    /// Its round-trip latency.
-    pub latency_ms: u32,
-    /// Its price, in millionths of a credit per hour.
-    pub price_micros_per_hour: u64,
-    /// Its starting reputation.
-    pub reputation_ppm: u32,
+fabric_events::with_node_terms! {
+    /// One node of the marketplace and its terms.
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct NodeSpec {
+        /// Name, e.g. `earth.core-alpha`.
+        pub name: String,
+        /// The shard it serves.
+        pub region: String,
+    }
 }
 
 /// What clients submit, per tick.
