@@ -317,46 +317,33 @@ impl ShardCounters {
     }
 }
 
-/// One shard.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Shard {
-    /// Its name, also its region.
-    pub name: String,
-    /// The key that signs its routing decisions.
-    pub router_key: PublicKey,
-    /// Jobs it may hold queued before it spills.
-    pub queue_budget: u32,
-    /// Largest node latency it accepts.
-    pub latency_budget_ms: u32,
-    /// Where it spills, first preferred, by name (a name may be registered later).
-    pub spillover: Vec<String>,
-    /// What it is known for.
-    pub specialties: Vec<String>,
-    /// Treaty: nodes under this reputation score zero.
-    pub reputation_floor_ppm: u32,
-    /// Treaty: origin regions served, by name.
-    pub regions_served: Vec<String>,
-    /// Treaty: jobs one node may take per window.
-    pub node_quota_jobs: u32,
-    /// Treaty: window length.
-    pub quota_window_ticks: u32,
-    /// Whether the owners paused it.
-    pub paused: bool,
-    /// Whether the owners retired it: paused for good, no intake, no spill target.
-    pub retired: bool,
-    /// Its nodes, in registration order.
-    pub nodes: Vec<NodeIx>,
-    /// Jobs running on its nodes.
-    pub running: u64,
-    /// Counters.
-    pub counters: ShardCounters,
-    pub(super) queues: BTreeMap<ClassIx, ClassQueue>,
-    pub(super) queued: u64,
-    /// Per class: nodes that could ever take it (skills, latency, region served), sorted by
-    /// node name. Derived from the rest; rebuilt when the inputs change.
-    pub(super) capable: Vec<Vec<NodeIx>>,
-    pub(super) spillover_ix: Vec<ShardIx>,
-    pub(super) served_mask: u64,
+fabric_events::with_shard_terms! {
+    /// One shard: its name and key, its terms (as registered, changed by owner commands), and
+    /// what the fabric made of it.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct Shard {
+        /// Its name, also its region.
+        pub name: String,
+        /// The key that signs its routing decisions.
+        pub router_key: PublicKey,
+        /// Whether the owners paused it.
+        pub paused: bool,
+        /// Whether the owners retired it: paused for good, no intake, no spill target.
+        pub retired: bool,
+        /// Its nodes, in registration order.
+        pub nodes: Vec<NodeIx>,
+        /// Jobs running on its nodes.
+        pub running: u64,
+        /// Counters.
+        pub counters: ShardCounters,
+        pub(super) queues: BTreeMap<ClassIx, ClassQueue>,
+        pub(super) queued: u64,
+        /// Per class: nodes that could ever take it (skills, latency, region served), sorted by
+        /// node name. Derived from the rest; rebuilt when the inputs change.
+        pub(super) capable: Vec<Vec<NodeIx>>,
+        pub(super) spillover_ix: Vec<ShardIx>,
+        pub(super) served_mask: u64,
+    }
 }
 
 impl Shard {
