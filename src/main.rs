@@ -3,6 +3,7 @@
 mod audit;
 mod bench;
 mod client;
+mod datadir;
 mod export;
 mod owner;
 mod proof;

@@ -240,7 +240,7 @@ fn submit(args: &SubmitArgs) -> anyhow::Result<ExitCode> {
         "{} has no commands",
         args.file.display()
     );
-    let (run_file, mut ledger) = crate::run::open_run(&args.data)?;
+    let (run_file, mut ledger) = crate::datadir::open_run(&args.data)?;
     let ledger_key = sim_ledger_key(run_file.seed);
     let reader = ledger.reader();
     let restored = fabric_actors::restore(&reader, &ledger.ledger_key())
@@ -308,7 +308,7 @@ fn submit(args: &SubmitArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn owner_keys(args: &KeysArgs) -> anyhow::Result<()> {
-    let (run_file, _ledger) = crate::run::open_run(&args.data)?;
+    let (run_file, _ledger) = crate::datadir::open_run(&args.data)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("could not create {}", args.out.display()))?;
     for index in 0..run_file.world.owners.count {

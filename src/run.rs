@@ -1,26 +1,20 @@
 //! `fabric run`: the planetary simulation on the embedded store, with its reports.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, ensure, Context};
-use fabric_actors::world::World;
+use anyhow::{ensure, Context};
 use fabric_audit::export::write_lines;
 use fabric_audit::{Observer, Replay, Sample, Sampled, Step};
 use fabric_events::{OwnerAction, OwnerCommand};
-use fabric_ledger::Ledger;
 use fabric_projections::state::JobStatus;
 use fabric_sim::workload::scale_nodes;
-use fabric_sim::{sim_ledger_key, RunOutcome, RunSpec};
+use fabric_sim::RunOutcome;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-/// Version of `run.json`.
-const RUN_FILE_FORMAT: u32 = 1;
-const RUN_FILE: &str = "run.json";
-const LEDGER_DIR: &str = "ledger";
+use crate::datadir::{self, RunFile};
 
 /// Arguments of `fabric run`.
 #[derive(clap::Args, Debug)]
@@ -160,33 +154,6 @@ impl Publication {
     }
 }
 
-/// What `run.json` in a data folder records, so later commands need only `--data`.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RunFile {
-    /// Version of this file.
-    pub format: u32,
-    /// Name of the run (also the default report folder).
-    pub label: String,
-    /// Seed.
-    pub seed: u64,
-    /// Jobs.
-    pub jobs: u64,
-    /// Nodes in all.
-    pub nodes: usize,
-    /// The config file it was read from (`config/fabric.toml` for the embedded default
-    /// world, which is where it comes from; the world itself is in `world`).
-    pub config: PathBuf,
-    /// The world as configured (before generated nodes are added).
-    pub world: World,
-    /// Owner commands submitted during the run (`--owner-script`).
-    #[serde(default)]
-    pub owner_script: Vec<fabric_sim::ScriptedCommand>,
-    /// Nodes that corrupt GPU outputs (`--byzantine`).
-    #[serde(default)]
-    pub byzantine: Vec<fabric_sim::Byzantine>,
-}
-
 /// Most jobs one run takes: the state holds only the jobs in the fabric, but the reports write
 /// an export line per event (about 3 GB per million jobs).
 const JOBS_PER_RUN_MAX: u64 = 10_000_000;
@@ -235,9 +202,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         &args.byzantine,
         &scale_nodes(&world, args.seed, nodes_total),
     )?;
-    prepare_data_dir(&args.data, args.force)?;
+    datadir::prepare(&args.data, args.force)?;
     let run_file = RunFile {
-        format: RUN_FILE_FORMAT,
+        format: datadir::RUN_FILE_FORMAT,
         label: label.clone(),
         seed: args.seed,
         jobs: args.jobs,
@@ -247,15 +214,10 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         owner_script,
         byzantine,
     };
-    write_atomically(
-        &args.data.join(RUN_FILE),
-        serde_json::to_string_pretty(&run_file)?.as_bytes(),
-    )?;
+    datadir::write_run_file(&args.data, &run_file)?;
 
     let spec = run_file.spec();
-    let ledger_path = args.data.join(LEDGER_DIR);
-    let ledger = Ledger::open(&ledger_path, sim_ledger_key(args.seed))
-        .with_context(|| format!("could not open the ledger in {}", ledger_path.display()))?;
+    let ledger = datadir::open_ledger(&args.data, args.seed)?;
 
     let progress = progress_bar(args.jobs);
     let publication =
@@ -300,7 +262,7 @@ pub struct ResumeArgs {
 /// `fabric resume`: continues the run stored in `--data` from its newest valid checkpoint to
 /// its end, then writes its reports (from the log, so every event appears exactly once).
 pub fn resume(args: &ResumeArgs) -> anyhow::Result<()> {
-    let (run_file, ledger) = open_run_with(&args.data, true)?;
+    let (run_file, ledger) = datadir::open_run_with(&args.data, true)?;
     // A simulated run has jobs; a folder without is a served fabric, whose log goes on only
     // under `fabric serve` (a resume would append simulated ticks to it).
     ensure!(
@@ -352,101 +314,6 @@ pub fn resume(args: &ResumeArgs) -> anyhow::Result<()> {
         args.out.clone(),
         args.json,
     )
-}
-
-impl RunFile {
-    /// What to run: the configured world with its generated nodes.
-    pub(crate) fn spec(&self) -> RunSpec {
-        let mut world = self.world.clone();
-        world.nodes = scale_nodes(&world, self.seed, self.nodes);
-        RunSpec {
-            world,
-            seed: self.seed,
-            jobs: self.jobs,
-            append_events_max: fabric_ledger::BATCH_EVENTS_MAX,
-            owner_script: self.owner_script.clone(),
-            byzantine: self.byzantine.clone(),
-        }
-    }
-}
-
-/// The data folder of `fabric serve`: one it served before is resumed (its `run.json` says
-/// the world and the seed); an empty or missing one gets a new fabric of `config` and `seed`
-/// with no simulated workload (`jobs` = 0: jobs come from clients); without `config`, of the
-/// embedded default world.
-pub(crate) fn open_or_create_served(
-    data: &Path,
-    config: Option<&Path>,
-    seed: u64,
-) -> anyhow::Result<(RunFile, Ledger)> {
-    if data.join(RUN_FILE).exists() {
-        let (run_file, ledger) = open_run_with(data, true)?;
-        ensure!(
-            run_file.jobs == 0 && run_file.owner_script.is_empty(),
-            "--data {} holds the simulated run {}; `fabric serve` serves only folders it \
-             started (or an empty folder)",
-            data.display(),
-            run_file.label
-        );
-        return Ok((run_file, ledger));
-    }
-    prepare_data_dir(data, false)?;
-    let world = fabric_config::load(config)?;
-    let run_file = RunFile {
-        format: RUN_FILE_FORMAT,
-        label: format!("serve-seed{seed}"),
-        seed,
-        jobs: 0,
-        nodes: world.nodes.len(),
-        config: fabric_config::origin(config).to_path_buf(),
-        world,
-        owner_script: Vec::new(),
-        byzantine: Vec::new(),
-    };
-    write_atomically(
-        &data.join(RUN_FILE),
-        serde_json::to_string_pretty(&run_file)?.as_bytes(),
-    )?;
-    let ledger_path = data.join(LEDGER_DIR);
-    let ledger = Ledger::open(&ledger_path, sim_ledger_key(seed))
-        .with_context(|| format!("could not open the ledger in {}", ledger_path.display()))?;
-    Ok((run_file, ledger))
-}
-
-/// Reads a data folder's `run.json` and opens its ledger.
-pub(crate) fn open_run(data: &Path) -> anyhow::Result<(RunFile, Ledger)> {
-    open_run_with(data, false)
-}
-
-/// Reads a data folder's `run.json` and opens its ledger; with `create`, a run stopped
-/// before its ledger existed gets an empty one (and starts from genesis).
-fn open_run_with(data: &Path, create: bool) -> anyhow::Result<(RunFile, Ledger)> {
-    let run_path = data.join(RUN_FILE);
-    let text = fs::read_to_string(&run_path).with_context(|| {
-        format!(
-            "{} is not the data folder of a run: cannot read {}",
-            data.display(),
-            run_path.display()
-        )
-    })?;
-    let run_file: RunFile = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a valid run file", run_path.display()))?;
-    ensure!(
-        run_file.format == RUN_FILE_FORMAT,
-        "{}: run file format {} is not supported (this build reads format {RUN_FILE_FORMAT})",
-        run_path.display(),
-        run_file.format
-    );
-    let ledger_path = data.join(LEDGER_DIR);
-    ensure!(
-        create || ledger_path.is_dir(),
-        "{} holds no ledger (no folder {})",
-        data.display(),
-        ledger_path.display()
-    );
-    let ledger = Ledger::open(&ledger_path, sim_ledger_key(run_file.seed))
-        .with_context(|| format!("could not open the ledger in {}", ledger_path.display()))?;
-    Ok((run_file, ledger))
 }
 
 fn show_progress(progress: &ProgressBar, tick: &fabric_sim::TickProgress<'_>) {
@@ -519,70 +386,6 @@ fn progress_bar(jobs: u64) -> ProgressBar {
 }
 
 /// Refuses a folder holding anything, unless `force`; then removes only what a run wrote.
-fn prepare_data_dir(data: &Path, force: bool) -> anyhow::Result<()> {
-    if !data.exists() {
-        fs::create_dir_all(data)
-            .with_context(|| format!("could not create the data folder {}", data.display()))?;
-        return Ok(());
-    }
-    ensure!(data.is_dir(), "--data {} is not a folder", data.display());
-    let entries: Vec<String> = fs::read_dir(data)
-        .with_context(|| format!("could not read {}", data.display()))?
-        .map(|entry| entry.map(|e| e.file_name().to_string_lossy().into_owned()))
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("could not read {}", data.display()))?;
-    if entries.is_empty() {
-        return Ok(());
-    }
-    let describe = match fs::read_to_string(data.join(RUN_FILE))
-        .ok()
-        .and_then(|text| serde_json::from_str::<RunFile>(&text).ok())
-    {
-        Some(previous) => format!("the run {}", previous.label),
-        None => "files that are not a Fabric run".to_owned(),
-    };
-    if !force {
-        bail!(
-            "--data {} already holds {describe}; choose another folder, pass --force to replace it, \
-             or continue an interrupted run with `fabric resume --data {}`",
-            data.display(),
-            data.display()
-        );
-    }
-    let foreign: Vec<&String> = entries
-        .iter()
-        .filter(|name| *name != RUN_FILE && *name != LEDGER_DIR)
-        .collect();
-    ensure!(
-        foreign.is_empty(),
-        "--data {} holds files a run did not write ({}); --force only replaces a run, so remove them yourself",
-        data.display(),
-        foreign.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-    );
-    let ledger = data.join(LEDGER_DIR);
-    if ledger.exists() {
-        fs::remove_dir_all(&ledger)
-            .with_context(|| format!("could not remove {}", ledger.display()))?;
-    }
-    let run_file = data.join(RUN_FILE);
-    if run_file.exists() {
-        fs::remove_file(&run_file)
-            .with_context(|| format!("could not remove {}", run_file.display()))?;
-    }
-    Ok(())
-}
-
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut file =
-        File::create(&tmp).with_context(|| format!("could not write {}", tmp.display()))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("could not write {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("could not write {}", path.display()))?;
-    Ok(())
-}
-
 /// The value under which a `quantile` of the sorted samples fall (nearest rank); none without
 /// samples.
 pub(crate) fn nearest_rank<T: Copy>(sorted: &[T], quantile: f64) -> Option<T> {

@@ -44,7 +44,7 @@ pub struct ServeArgs {
 /// `fabric serve`.
 pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     let (run_file, ledger) =
-        crate::run::open_or_create_served(&args.data, args.config.as_deref(), args.seed)?;
+        crate::datadir::open_or_create_served(&args.data, args.config.as_deref(), args.seed)?;
     let size = ledger.len();
     let world = run_file.spec().world;
     // Until operators hold their own keys, a served fabric runs on the seed's simulated keys

@@ -184,7 +184,7 @@ pub fn run(args: &SloArgs) -> anyhow::Result<()> {
     if args.window_ticks == 0 {
         bail!("--window-ticks must be at least 1");
     }
-    let (run_file, ledger) = crate::run::open_run(&args.data)?;
+    let (run_file, ledger) = crate::datadir::open_run(&args.data)?;
     let reader = ledger.reader();
     let size = ledger.len();
     let replayed = replay(&reader, size, args.window_ticks)?;
@@ -264,7 +264,7 @@ pub fn run(args: &SloArgs) -> anyhow::Result<()> {
         "compliance_rate": compliant as f64 / targets.len() as f64,
     });
     let text = serde_json::to_string_pretty(&report)?;
-    crate::run::write_atomically(&args.out, text.as_bytes())?;
+    crate::datadir::write_atomically(&args.out, text.as_bytes())?;
     println!("{text}");
     Ok(())
 }
