@@ -2,7 +2,7 @@
 //! person or a program reads afterwards, linkable without the `fabric` binary.
 //!
 //! - [`run`]: the reports of a simulated run, from one replay of its log: `summary.json`
-//!   ([`summary`]), `events.ndjson`, `shards.json`, `owner-script.json`,
+//!   ([`mod@summary`]), `events.ndjson`, `shards.json`, `owner-script.json`,
 //!   `owner-commands-executed.json` ([`executed`]), `report.html` and `topology.mmd`
 //!   ([`page`]); and the table `fabric run` prints.
 //! - [`page`]: the mission report page (inline SVG charts, no fetch of any kind) and the
