@@ -2,8 +2,7 @@
 //! folder holds (a simulated run's parameters, or a served fabric's world and seed), and
 //! `ledger/`, the sled folder of its log. Every command that takes `--data` opens it here.
 
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context};
@@ -151,6 +150,8 @@ pub fn open_run_with(data: &Path, create: bool) -> anyhow::Result<(RunFile, Ledg
     Ok((run_file, ledger))
 }
 
+/// Makes `data` ready for a new run: created when missing; a folder holding anything is
+/// refused unless `force`, and then only what a run wrote is removed.
 pub fn prepare(data: &Path, force: bool) -> anyhow::Result<()> {
     if !data.exists() {
         fs::create_dir_all(data)
@@ -204,13 +205,7 @@ pub fn prepare(data: &Path, force: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes `bytes` to `path` atomically (the one atomic write, [`fabric_reports::fs`]).
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut file =
-        File::create(&tmp).with_context(|| format!("could not write {}", tmp.display()))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("could not write {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("could not write {}", path.display()))?;
-    Ok(())
+    Ok(fabric_reports::fs::write_atomically(path, bytes)?)
 }

@@ -1,11 +1,11 @@
 //! `fabric export`: fabric-audit's export lines (docs/FORMAT.md §5) of a run's ledger into a
-//! file, and the atomic file writing the reports share.
+//! file.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
-use anyhow::{ensure, Context};
+use anyhow::ensure;
 use fabric_audit::export::write_lines;
 
 /// Arguments of `fabric export`.
@@ -56,23 +56,10 @@ pub fn run(args: &ExportArgs) -> anyhow::Result<()> {
 }
 
 /// Writes `path` through a temporary file that is synced and renamed into place, so a reader
-/// (or a crash) never sees half of it.
+/// (or a crash) never sees half of it ([`fabric_reports::fs::write_with`]).
 pub fn write_file<T>(
     path: &Path,
     fill: impl FnOnce(&mut BufWriter<File>) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(".tmp");
-    let tmp = path.with_file_name(tmp_name);
-    let file = File::create(&tmp).with_context(|| format!("could not write {}", tmp.display()))?;
-    let mut writer = BufWriter::with_capacity(1 << 20, file);
-    let value = fill(&mut writer)?;
-    let file = writer
-        .into_inner()
-        .map_err(|err| err.into_error())
-        .with_context(|| format!("could not write {}", tmp.display()))?;
-    file.sync_all()
-        .with_context(|| format!("could not write {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("could not write {}", path.display()))?;
-    Ok(value)
+    fabric_reports::fs::write_with(path, fill)
 }

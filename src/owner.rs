@@ -16,9 +16,9 @@ use fabric_actors::gate::{self, Verdict};
 use fabric_actors::owner_command_attempt;
 pub use fabric_api::owner::{effect, CommandFile, FileCommand};
 use fabric_api::owner::{parse_action, COMMANDS_HELP};
-use fabric_events::{keys, Event, OwnerCommand, PublicKey};
+use fabric_events::{keys, OwnerCommand, PublicKey};
 use fabric_sim::{sim_ledger_key, sim_owner_key, ScriptedCommand};
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// What `fabric owner` does.
 #[derive(clap::Subcommand, Debug)]
@@ -197,40 +197,6 @@ fn sign(args: &SignArgs) -> anyhow::Result<()> {
         args.file.display()
     );
     Ok(())
-}
-
-/// The owner commands of a log, as `owner-commands-executed.json` lists them: every stored
-/// owner command was admitted, so executed.
-#[derive(Default)]
-pub struct ExecutedCommands {
-    commands: Vec<Value>,
-}
-
-impl ExecutedCommands {
-    /// Sees the stored event at `seq`.
-    pub fn see(&mut self, seq: u64, event: &Event) {
-        if let fabric_events::Body::OwnerCommand(command) = &event.body {
-            self.commands.push(json!({
-                "seq": seq,
-                "tick": event.header.tick,
-                "nonce": event.header.nonce,
-                "command": command.action,
-                "signers": command.approvals.iter().map(|a| a.owner.to_hex()).collect::<Vec<_>>(),
-                "effect": effect(&command.action),
-            }));
-        }
-    }
-
-    /// The report's JSON.
-    pub fn to_json(&self) -> Value {
-        json!({ "commands": self.commands })
-    }
-}
-
-impl fabric_audit::Observer for ExecutedCommands {
-    fn before(&mut self, step: &fabric_audit::Step<'_>, _: &fabric_projections::State) {
-        self.see(step.seq, step.event);
-    }
 }
 
 fn submit(args: &SubmitArgs) -> anyhow::Result<ExitCode> {

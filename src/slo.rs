@@ -1,28 +1,10 @@
-//! `fabric slo-report`: `canary_slo_report.json` from a stored log (run or served). One replay
-//! of the log gives each figure; a figure that cannot be computed (no job finished, no routing
-//! decision) is an error, never a null.
-//!
-//! - Fill rate p95: the log's submission ticks are cut into windows of `--window-ticks`; a
-//!   window's fill rate is the share of the jobs submitted in it that completed; the p95 over
-//!   the windows with submissions (nearest rank).
-//! - RTT p95: per finished job, the round-trip latency of the node that ran it (its registered
-//!   `latency_ms`, as `treaty_rtt_ms` in `summary.json`); the p95 over finished jobs.
-//! - Provenance coverage: completed jobs as a share of finished ones (each completion is a
-//!   signed receipt naming its output hash).
-//! - Policy decision latency p99: during the replay, at each tick, each shard's routing plan is
-//!   rebuilt from the state its router saw (the state after the previous tick) and each decision
-//!   is timed on this machine (the policy code the routers run, on the log's own states).
+//! `fabric slo-report`: `canary_slo_report.json` from a stored log (run or served), written
+//! by [`fabric_reports::slo`] (which says how each figure is computed) and printed.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::Instant;
 
-use anyhow::{bail, Context};
-use fabric_audit::{Observer, Replay, Step};
-use fabric_events::{Body, JobOutcome};
-use fabric_projections::state::ShardIx;
-use fabric_projections::{State, TickPlan};
-use serde_json::json;
+use anyhow::bail;
+use fabric_reports::slo::{self, SloError, SloTargets};
 
 /// Arguments of `fabric slo-report`.
 #[derive(clap::Args, Debug)]
@@ -50,234 +32,29 @@ pub struct SloArgs {
     policy_decision_latency_ms_p99_max: f64,
 }
 
-/// Nearest-rank quantile of a sorted, non-empty slice (the report checks each is non-empty
-/// first, with an error that says which figure cannot be computed).
-fn quantile(sorted: &[f64], q: f64) -> f64 {
-    crate::run::nearest_rank(sorted, q).unwrap_or(f64::NAN)
-}
-
-/// What the replay of the log gives the report.
-struct Replayed {
-    fill_windows: Vec<f64>,
-    rtt_ms: Vec<f64>,
-    completed: u64,
-    finished: u64,
-    decision_ms: Vec<f64>,
-    events: u64,
-}
-
-fn time_decisions(state: &State, tick: u64, out: &mut Vec<f64>) {
-    for shard in 0..state.shards().len() {
-        let mut plan = TickPlan::new(state, shard as ShardIx, tick);
-        let _ = plan.health();
-        loop {
-            let started = Instant::now();
-            let Some(_) = plan.next_decision() else {
-                break;
-            };
-            out.push(started.elapsed().as_secs_f64() * 1e3);
-        }
-    }
-}
-
-/// The figures' raw material, gathered around each event of the replay.
-struct Gather {
-    window_ticks: u64,
-    /// The tick of the events seen so far (routing plans are timed when it moves on).
-    tick: u64,
-    /// Per window: (submitted, completed) of the jobs submitted in it.
-    windows: HashMap<u64, (u64, u64)>,
-    window_of: HashMap<u64, u64>,
-    /// Jobs completed before the event being folded.
-    completed_before: u64,
-    rtt_ms: Vec<f64>,
-    decision_ms: Vec<f64>,
-    events: u64,
-}
-
-impl Observer for Gather {
-    fn before(&mut self, step: &Step<'_>, state: &State) {
-        let event = step.event;
-        if event.header.tick > self.tick {
-            self.tick = event.header.tick;
-            time_decisions(state, self.tick, &mut self.decision_ms);
-        }
-        match &event.body {
-            Body::JobSubmitted(job) => {
-                let window = event.header.tick / self.window_ticks;
-                self.windows.entry(window).or_default().0 += 1;
-                self.window_of.insert(job.job, window);
-            }
-            Body::JobReceipt(receipt) => {
-                // Only a receipt the state takes ends a job (a stale one is an anomaly).
-                let ran = state.job_ix(receipt.job).is_some_and(|ix| {
-                    state.jobs()[ix as usize].status
-                        == fabric_projections::state::JobStatus::Running
-                });
-                if ran {
-                    if let Some(node) = state.node_ix(&receipt.node) {
-                        self.rtt_ms
-                            .push(f64::from(state.nodes()[node as usize].latency_ms));
-                    }
-                }
-            }
-            _ => {}
-        }
-        self.completed_before = state.metrics().completed;
-    }
-
-    fn after(&mut self, step: &Step<'_>, state: &State) {
-        if let Body::JobReceipt(receipt) = &step.event.body {
-            if state.metrics().completed > self.completed_before
-                && receipt.outcome == JobOutcome::Completed
-            {
-                if let Some(window) = self.window_of.get(&receipt.job) {
-                    self.windows.entry(*window).or_default().1 += 1;
-                }
-            }
-        }
-        self.events += 1;
-    }
-}
-
-fn replay(
-    reader: &fabric_ledger::LedgerReader,
-    size: u64,
-    window_ticks: u64,
-) -> anyhow::Result<Replayed> {
-    let mut gather = Gather {
-        window_ticks,
-        tick: 0,
-        windows: HashMap::new(),
-        window_of: HashMap::new(),
-        completed_before: 0,
-        rtt_ms: Vec::new(),
-        decision_ms: Vec::new(),
-        events: 0,
-    };
-    let mut replay = Replay::genesis();
-    replay
-        .read(reader, size, &mut gather)
-        .context("could not replay the log")?;
-    let metrics = replay.state().metrics();
-    let mut keys: Vec<&u64> = gather.windows.keys().collect();
-    keys.sort();
-    let fill_windows = keys
-        .into_iter()
-        .filter_map(|key| {
-            let (submitted, completed) = gather.windows[key];
-            (submitted > 0).then(|| completed as f64 / submitted as f64)
-        })
-        .collect();
-    Ok(Replayed {
-        fill_windows,
-        rtt_ms: gather.rtt_ms,
-        completed: metrics.completed,
-        finished: metrics.finished(),
-        decision_ms: gather.decision_ms,
-        events: gather.events,
-    })
-}
-
 /// `fabric slo-report`.
 pub fn run(args: &SloArgs) -> anyhow::Result<()> {
     if args.window_ticks == 0 {
         bail!("--window-ticks must be at least 1");
     }
     let (run_file, ledger) = crate::datadir::open_run(&args.data)?;
-    let reader = ledger.reader();
-    let size = ledger.len();
-    let replayed = replay(&reader, size, args.window_ticks)?;
-    let mut fill = replayed.fill_windows.clone();
-    let mut rtt = replayed.rtt_ms.clone();
-    let mut decisions = replayed.decision_ms.clone();
-    if fill.is_empty() {
-        bail!(
-            "{}: no job was submitted, so there is no fill rate",
-            args.data.display()
-        );
-    }
-    if rtt.is_empty() || replayed.finished == 0 {
-        bail!(
-            "{}: no job finished on a node, so there is no RTT or provenance coverage",
-            args.data.display()
-        );
-    }
-    if decisions.is_empty() {
-        bail!(
-            "{}: the routers made no decision, so there is no decision latency",
-            args.data.display()
-        );
-    }
-    for values in [&mut fill, &mut rtt, &mut decisions] {
-        values.sort_by(f64::total_cmp);
-    }
-    let fill_rate_p95 = quantile(&fill, 0.95);
-    let rtt_ms_p95 = quantile(&rtt, 0.95);
-    let provenance_coverage = replayed.completed as f64 / replayed.finished as f64;
-    let decision_ms_p99 = quantile(&decisions, 0.99);
-    let targets = [
-        ("fill_rate_p95", fill_rate_p95, ">=", args.fill_rate_p95_min),
-        ("rtt_ms_p95", rtt_ms_p95, "<=", args.rtt_ms_p95_max),
-        (
-            "provenance_coverage",
-            provenance_coverage,
-            ">=",
-            args.provenance_coverage_min,
-        ),
-        (
-            "policy_decision_latency_ms_p99",
-            decision_ms_p99,
-            "<=",
-            args.policy_decision_latency_ms_p99_max,
-        ),
-    ];
-    let mut compliance = serde_json::Map::new();
-    let mut target_values = serde_json::Map::new();
-    let mut compliant = 0;
-    for (name, value, comparison, target) in targets {
-        let ok = match comparison {
-            ">=" => value >= target,
-            _ => value <= target,
-        };
-        compliant += usize::from(ok);
-        compliance.insert(name.to_owned(), json!(ok));
-        target_values.insert(
-            name.to_owned(),
-            json!({"comparison": comparison, "target": target}),
-        );
-    }
-    let report = json!({
-        "format": "fabric-canary-slo-report-v1",
-        "run": run_file.label,
-        "tree_size": size,
-        "events_replayed": replayed.events,
-        "fill_rate_p95": fill_rate_p95,
-        "fill_rate_windows": fill.len(),
-        "window_ticks": args.window_ticks,
-        "rtt_ms_p95": rtt_ms_p95,
-        "provenance_coverage": provenance_coverage,
-        "policy_decision_latency_ms_p99": decision_ms_p99,
-        "policy_decisions_timed": decisions.len(),
-        "targets": target_values,
-        "compliance": compliance,
-        "compliance_rate": compliant as f64 / targets.len() as f64,
-    });
+    let targets = SloTargets {
+        window_ticks: args.window_ticks,
+        fill_rate_p95_min: args.fill_rate_p95_min,
+        rtt_ms_p95_max: args.rtt_ms_p95_max,
+        provenance_coverage_min: args.provenance_coverage_min,
+        policy_decision_latency_ms_p99_max: args.policy_decision_latency_ms_p99_max,
+    };
+    let report = match slo::report(&run_file.label, &ledger.reader(), ledger.len(), &targets) {
+        Ok(report) => report,
+        // A figure that cannot be computed: say of which data folder.
+        Err(err @ (SloError::NoFillRate | SloError::NoRtt | SloError::NoDecisions)) => {
+            return Err(anyhow::Error::new(err).context(args.data.display().to_string()))
+        }
+        Err(err) => return Err(err.into()),
+    };
     let text = serde_json::to_string_pretty(&report)?;
     crate::datadir::write_atomically(&args.out, text.as_bytes())?;
     println!("{text}");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::quantile;
-
-    #[test]
-    fn nearest_rank_quantiles() {
-        let values: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(quantile(&values, 0.95), 95.0);
-        assert_eq!(quantile(&values, 0.99), 99.0);
-        assert_eq!(quantile(&[3.0], 0.95), 3.0);
-    }
 }
