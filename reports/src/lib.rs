@@ -9,6 +9,7 @@
 //!   Mermaid topology, from a run's outcome or from a stored log alone.
 //! - [`slo`]: `canary_slo_report.json` of a stored log (fill rate, RTT, provenance coverage,
 //!   policy decision latency, each against its target).
+//! - [`samples`]: the per-shard telemetry rows of `shards.json`.
 //! - [`stats`]: the one quantile rule (nearest rank) every report uses.
 //! - [`fs`]: the one atomic file write (temporary file in the same folder, synced, renamed).
 //!
@@ -20,6 +21,7 @@ pub mod executed;
 pub mod fs;
 pub mod page;
 pub mod run;
+pub mod samples;
 pub mod slo;
 pub mod stats;
 pub mod summary;

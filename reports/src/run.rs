@@ -10,7 +10,9 @@ use fabric_audit::{Observer, Replay, Sample, Sampled, Step};
 use fabric_events::{Body, Event, JobOutcome, OwnerAction, OwnerCommand};
 use fabric_projections::State;
 use fabric_sim::workload::Workload;
-use fabric_sim::{Byzantine, RunOutcome, ShardSample};
+use fabric_sim::{Byzantine, RunOutcome};
+
+use crate::samples::{shard_samples, ShardSample};
 use serde_json::{json, Value};
 
 use crate::executed::ExecutedCommands;
@@ -120,7 +122,7 @@ impl Observer for ShardSamples {}
 
 impl Sample for ShardSamples {
     fn sample(&mut self, tick: u64, state: &State) {
-        self.0.extend(fabric_sim::shard_samples(state, tick));
+        self.0.extend(shard_samples(state, tick));
     }
 }
 

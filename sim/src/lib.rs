@@ -9,7 +9,6 @@
 //! - [`verifier`]: the ledger's verifier, re-executing sampled GPU receipts.
 //! - [`driver`]: [`run`], the planetary run, and [`resume`], which continues an interrupted
 //!   one.
-//! - [`samples`]: the per-shard telemetry of `shards.json`.
 //!
 //! Architecture invariant: the service (`fabric-server`, `fabric_actors::serve`) never
 //! depends on this crate. A simulated key is derivable from public data (the seed is found
@@ -19,7 +18,6 @@
 pub mod driver;
 pub mod keys;
 pub mod nodes;
-pub mod samples;
 pub mod verifier;
 pub mod workload;
 
@@ -29,7 +27,6 @@ pub use driver::{
 };
 pub use keys::{genesis, sim_ledger_key, sim_owner_key, SimKeys};
 pub use nodes::Byzantine;
-pub use samples::{shard_samples, ShardSample};
 
 #[cfg(test)]
 mod tests;
