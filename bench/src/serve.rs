@@ -47,9 +47,23 @@ impl Drop for ServeChild {
     }
 }
 
+/// The `fabric` executable next to this one, which `fabric serve` is started from.
+fn fabric_exe() -> anyhow::Result<std::path::PathBuf> {
+    let bench = std::env::current_exe()
+        .context("cannot find this program, to start the `fabric` next to it")?;
+    let exe = bench.with_file_name(format!("fabric{}", std::env::consts::EXE_SUFFIX));
+    ensure!(
+        exe.is_file(),
+        "suite serve starts `fabric serve` from the `fabric` executable next to this one, and \
+         {} does not exist: build both (`cargo build --release -p fabric -p fabric-bench`) or \
+         install both (`cargo install --path . && cargo install --path bench`)",
+        exe.display()
+    );
+    Ok(exe)
+}
+
 fn start_server(args: &BenchArgs, data: &std::path::Path) -> anyhow::Result<ServeChild> {
-    let exe =
-        std::env::current_exe().context("cannot find this program to start `fabric serve`")?;
+    let exe = fabric_exe()?;
     let mut child = Command::new(exe)
         .args(["serve", "--data"])
         .arg(data)
@@ -154,14 +168,14 @@ fn register_clients(
 
 /// Nearest-rank quantile of sorted latencies, in milliseconds (0 without any).
 fn quantile_ms(sorted: &[Duration], quantile: f64) -> f64 {
-    crate::run::nearest_rank(sorted, quantile).map_or(0.0, |latency| latency.as_secs_f64() * 1e3)
+    crate::swap::nearest_rank(sorted, quantile).map_or(0.0, |latency| latency.as_secs_f64() * 1e3)
 }
 
 /// The `serve` suite.
 pub(super) fn suite(bench: &mut Bench<'_>) -> anyhow::Result<SuiteReport> {
     let args = bench.args;
     let scratch = scratch_dir(args)?;
-    let world = crate::config::load(&args.config)?;
+    let world = crate::swap::load_world(&args.config)?;
     let Some(shard) = world.shards.first().map(|shard| shard.name.clone()) else {
         bail!("{} has no shard", args.config.display());
     };

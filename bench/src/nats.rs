@@ -124,7 +124,7 @@ pub(super) fn suite(bench: &Bench<'_>) -> anyhow::Result<SuiteReport> {
     let published_eps = events_per_s(published.wall, events);
     let mut lag_us = report.lag_us;
     lag_us.sort_unstable();
-    let lag_ms = |quantile: f64| crate::run::quantile_ns(&lag_us, quantile) as f64 / 1e3;
+    let lag_ms = |quantile: f64| crate::swap::quantile_ns(&lag_us, quantile) as f64 / 1e3;
     let (p50, p99) = (lag_ms(0.5), lag_ms(0.99));
     let ratio = published_eps / plain_eps;
     let wall_ms = published.wall.as_secs_f64() * 1e3;

@@ -83,7 +83,7 @@ pub(super) fn audit_suite(bench: &mut Bench<'_>) -> anyhow::Result<SuiteReport> 
         .context("could not read the bench ledger")?;
     let (verify_time, ()) = timed(repetitions, || {
         let mut cache = KeyCache::new(1 << 16);
-        for chunk in entries.chunks(crate::audit::AUDIT_CHUNK_ENTRIES) {
+        for chunk in entries.chunks(crate::swap::AUDIT_CHUNK_ENTRIES) {
             ensure!(
                 verify_batch(chunk, &mut cache).is_empty(),
                 "a bench signature failed"
@@ -93,12 +93,7 @@ pub(super) fn audit_suite(bench: &mut Bench<'_>) -> anyhow::Result<SuiteReport> 
     })?;
     drop(entries);
     let bound = events_per_s(verify_time, events);
-    let (_, audit) = timed(repetitions, || {
-        let report = crate::audit::audit_ledger(long, "bench".to_owned(), 0)?;
-        ensure!(report.ok, "the bench audit failed: {:?}", report.failure);
-        Ok(report)
-    })?;
-    let audit_eps = audit.events_per_s;
+    let (_, audit_eps) = timed(repetitions, || crate::swap::audit_ledger(long))?;
     let figures = vec![Figure::new(
         "audit",
         audit_eps,
@@ -115,7 +110,7 @@ pub(super) fn audit_suite(bench: &mut Bench<'_>) -> anyhow::Result<SuiteReport> 
     Ok(SuiteReport {
         suite: "audit",
         events,
-        batch_events: crate::audit::AUDIT_CHUNK_ENTRIES,
+        batch_events: crate::swap::AUDIT_CHUNK_ENTRIES,
         repetitions,
         adapter: None,
         notes: vec![format!(
