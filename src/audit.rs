@@ -14,8 +14,6 @@ use fabric_gpu_kernels::jobs::{output_hash, JobInput};
 use fabric_gpu_kernels::Engine;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-pub use fabric_audit::audit::AUDIT_CHUNK_ENTRIES;
-
 /// Arguments of `fabric audit`.
 #[derive(clap::Args, Debug)]
 pub struct AuditArgs {

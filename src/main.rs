@@ -1,7 +1,6 @@
 //! `fabric`: the command line of the Fabric planetary compute orchestrator.
 
 mod audit;
-mod bench;
 mod client;
 mod datadir;
 mod export;
@@ -13,6 +12,8 @@ mod serve;
 mod slo;
 mod tail;
 
+use std::ffi::OsString;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -56,7 +57,15 @@ enum Command {
         force: bool,
     },
     /// Measure Fabric against the limits of this machine and against PostgreSQL and JetStream
-    Bench(bench::BenchArgs),
+    ///
+    /// Runs the `fabric-bench` executable next to this one with the same arguments; `fabric
+    /// bench --help` prints its options.
+    #[command(disable_help_flag = true)]
+    Bench {
+        /// The arguments of `fabric-bench`, passed on unchanged
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
     /// Print an inclusion or consistency proof of a run's log, with its signed tree heads (JSON)
     Proof(proof::ProofArgs),
     /// Check a proof written by `fabric proof` offline, against the ledger's key
@@ -96,7 +105,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         // A submission with a refused command says so in its exit status.
         Command::Owner { command } => return owner::run(&command),
         Command::Keygen { out, force } => keygen(&out, force),
-        Command::Bench(args) => bench::run(&args),
+        // The bench's exit status is this command's.
+        Command::Bench { args } => return bench(&args),
         Command::Proof(args) => proof::run(&args),
         Command::VerifyProof(args) => proof::verify(&args),
         Command::Serve(args) => serve::run(&args),
@@ -107,6 +117,44 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Result(args) => return client::result(&args),
     };
     done.map(|()| ExitCode::SUCCESS)
+}
+
+/// `fabric bench ARGS...`: runs the `fabric-bench` executable next to this one with `args` and
+/// returns its exit status. The bench is a program of its own so that this one carries none of
+/// its peers' clients (PostgreSQL, JetStream).
+fn bench(args: &[OsString]) -> anyhow::Result<ExitCode> {
+    let fabric = std::env::current_exe()
+        .context("cannot find this program, to run the `fabric-bench` next to it")?;
+    let bench = fabric.with_file_name(format!("fabric-bench{}", std::env::consts::EXE_SUFFIX));
+    anyhow::ensure!(
+        bench.is_file(),
+        "`fabric bench` runs the `fabric-bench` executable next to this one, and {} does not \
+         exist: build it with `cargo build --release -p fabric-bench` (next to \
+         target/release/fabric) or install it with `cargo install --path bench`",
+        bench.display()
+    );
+    // The bench's usage lines and errors name the command as typed: `fabric bench`.
+    let typed = std::env::args_os()
+        .next()
+        .map(PathBuf::from)
+        .and_then(|typed| Some(typed.file_name()?.to_os_string()))
+        .unwrap_or_else(|| "fabric".into());
+    let mut arg0 = typed;
+    arg0.push(" bench");
+    let status = std::process::Command::new(&bench)
+        .arg0(arg0)
+        .args(args)
+        .status()
+        .with_context(|| format!("could not run {}", bench.display()))?;
+    Ok(match status.code() {
+        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        // Killed by a signal: the shell's convention, 128 + the signal.
+        None => {
+            let signal = status.signal().unwrap_or(0);
+            eprintln!("error: {} was killed by signal {signal}", bench.display());
+            ExitCode::from(u8::try_from(128 + signal).unwrap_or(1))
+        }
+    })
 }
 
 fn keygen(out: &std::path::Path, force: bool) -> anyhow::Result<()> {

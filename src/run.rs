@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::{ensure, Context};
+use fabric_reports::stats::quantile_ns;
 use fabric_sim::workload::scale_nodes;
 use fabric_sim::RunOutcome;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -385,5 +386,3 @@ fn progress_bar(jobs: u64) -> ProgressBar {
     );
     bar
 }
-
-pub(crate) use fabric_reports::stats::{nearest_rank, quantile_ns};

@@ -2,7 +2,6 @@
 //! binary as a user runs it. One test binary for the whole suite, so one build serves all.
 
 mod audit;
-mod bench;
 mod cli;
 mod durability;
 mod gpu;

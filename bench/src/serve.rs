@@ -48,9 +48,23 @@ impl Drop for ServeChild {
     }
 }
 
+/// The `fabric` executable next to this one, which `fabric serve` is started from.
+fn fabric_exe() -> anyhow::Result<std::path::PathBuf> {
+    let bench = std::env::current_exe()
+        .context("cannot find this program, to start the `fabric` next to it")?;
+    let exe = bench.with_file_name(format!("fabric{}", std::env::consts::EXE_SUFFIX));
+    ensure!(
+        exe.is_file(),
+        "suite serve starts `fabric serve` from the `fabric` executable next to this one, and \
+         {} does not exist: build both (`cargo build --release -p fabric -p fabric-bench`) or \
+         install both (`cargo install --path . && cargo install --path bench`)",
+        exe.display()
+    );
+    Ok(exe)
+}
+
 fn start_server(args: &BenchArgs, data: &std::path::Path) -> anyhow::Result<ServeChild> {
-    let exe =
-        std::env::current_exe().context("cannot find this program to start `fabric serve`")?;
+    let exe = fabric_exe()?;
     let mut child = Command::new(exe)
         .args(["serve", "--data"])
         .arg(data)
@@ -158,7 +172,8 @@ fn register_clients(
 
 /// Nearest-rank quantile of sorted latencies, in milliseconds (0 without any).
 fn quantile_ms(sorted: &[Duration], quantile: f64) -> f64 {
-    crate::run::nearest_rank(sorted, quantile).map_or(0.0, |latency| latency.as_secs_f64() * 1e3)
+    fabric_reports::stats::nearest_rank(sorted, quantile)
+        .map_or(0.0, |latency| latency.as_secs_f64() * 1e3)
 }
 
 /// The `serve` suite.
@@ -191,65 +206,7 @@ pub(super) fn suite(bench: &mut Bench<'_>) -> anyhow::Result<SuiteReport> {
         .as_u64()
         .unwrap_or(0);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let workers: Vec<_> = keys
-        .into_iter()
-        .enumerate()
-        .map(|(connection, key)| {
-            let (target, stop, shard, skill) = (
-                server.target.clone(),
-                Arc::clone(&stop),
-                shard.clone(),
-                skill.clone(),
-            );
-            std::thread::spawn(move || -> anyhow::Result<(Vec<Duration>, u64)> {
-                let mut client = Client::new(target, Duration::from_secs(30));
-                let tick = health(&mut client)?["tick"].as_u64().unwrap_or(0);
-                let mut latencies = Vec::new();
-                let mut refused = 0;
-                for index in 0u64.. {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let request_id = format!("bench-{connection}-{index}");
-                    let job = JobSpec {
-                        request_id: request_id.clone(),
-                        shard: shard.clone(),
-                        model_id: "bench".to_owned(),
-                        model_version: "1".to_owned(),
-                        skills: vec![skill.clone()],
-                        duration_ticks: 2,
-                        deadline_ticks: 1_000,
-                        budget_micros: 1_000,
-                        input_hash: Hash32(*blake3::hash(request_id.as_bytes()).as_bytes()),
-                    };
-                    let body = job_request_body(&job, &key, tick, index + 1)?;
-                    let sent = Instant::now();
-                    let response =
-                        client.request("POST", "/v0/jobs", Some(("application/json", &body)))?;
-                    if response.status == 202 {
-                        latencies.push(sent.elapsed());
-                    } else {
-                        refused += 1;
-                    }
-                }
-                Ok((latencies, refused))
-            })
-        })
-        .collect();
-    std::thread::sleep(duration);
-    stop.store(true, Ordering::Relaxed);
-    let mut latencies = Vec::new();
-    let mut refused = 0;
-    for worker in workers {
-        let (mut worker_latencies, worker_refused) = worker
-            .join()
-            .map_err(|_| anyhow!("a bench connection panicked"))??;
-        latencies.append(&mut worker_latencies);
-        refused += worker_refused;
-    }
-    let elapsed = started.elapsed();
+    let (mut latencies, refused, elapsed) = load(&server.target, keys, &shard, &skill, duration)?;
     let size_after = health(&mut control)?["ledger"]["size"]
         .as_u64()
         .unwrap_or(0);
@@ -279,52 +236,151 @@ pub(super) fn suite(bench: &mut Bench<'_>) -> anyhow::Result<SuiteReport> {
             "{CONNECTIONS} connections for {} s, {TICK_MS} ms ticks; {accepted} jobs accepted",
             duration.as_secs()
         )],
-        figures: vec![
-            Figure::new(
-                "accepted jobs",
-                jobs_per_s,
-                "jobs/s",
-                (Against::Bound, crypto_bound),
-                format!(
-                    "POST /v0/jobs answered 202 (durable) per second vs. the signature work of \
-                     a served job on every core (client sign + verify alone + batch verify); \
-                     target >= {CRYPTO_RATIO_TARGET}: {}",
-                    verdict(jobs_per_s >= CRYPTO_RATIO_TARGET * crypto_bound)
-                ),
-            ),
-            Figure::new(
-                "accepted jobs vs ingest",
-                jobs_per_s,
-                "jobs/s",
-                (Against::Bound, ingest_bound),
-                "the same next to the ledger's ingest bound of pre-signed events (limits)",
-            ),
-            Figure::new(
-                "events appended by the server",
-                events_per_s,
-                "events/s",
-                (Against::Bound, ingest_bound),
-                "the served log's growth during the load (submissions, assignments, receipts, \
-                 heartbeats) vs. the ledger's ingest bound",
-            ),
-            Figure::new(
-                "submission latency p50",
-                p50,
-                "ms",
-                (Against::Target, LATENCY_MS_P99_TARGET),
-                "request sent to 202 read: the wait for the next tick and its group commit; \
-                 next to the p99 target",
-            ),
-            Figure::new(
-                "submission latency p99",
-                p99,
-                "ms",
-                (Against::Target, LATENCY_MS_P99_TARGET),
-                format!(
-                    "99th percentile; target <= {LATENCY_MS_P99_TARGET} ms (ten ticks): {}",
-                    verdict(p99 <= LATENCY_MS_P99_TARGET)
-                ),
-            ),
-        ],
+        figures: figures(
+            jobs_per_s,
+            events_per_s,
+            (p50, p99),
+            crypto_bound,
+            ingest_bound,
+        ),
     })
+}
+
+/// Every connection submits jobs as fast as its answers come, for `duration`: the latency of
+/// each accepted job, the refusals, and the time it took.
+fn load(
+    target: &Target,
+    keys: Vec<SigningKey>,
+    shard: &str,
+    skill: &str,
+    duration: Duration,
+) -> anyhow::Result<(Vec<Duration>, u64, Duration)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let workers: Vec<_> = keys
+        .into_iter()
+        .enumerate()
+        .map(|(connection, key)| {
+            let (target, stop, shard, skill) = (
+                target.clone(),
+                Arc::clone(&stop),
+                shard.to_owned(),
+                skill.to_owned(),
+            );
+            std::thread::spawn(move || {
+                connection_load(target, &stop, &shard, &skill, connection, &key)
+            })
+        })
+        .collect();
+    std::thread::sleep(duration);
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies = Vec::new();
+    let mut refused = 0;
+    for worker in workers {
+        let (mut worker_latencies, worker_refused) = worker
+            .join()
+            .map_err(|_| anyhow!("a bench connection panicked"))??;
+        latencies.append(&mut worker_latencies);
+        refused += worker_refused;
+    }
+    Ok((latencies, refused, started.elapsed()))
+}
+
+/// One connection's submissions until `stop`: the latency of each accepted job, and the
+/// refusals.
+fn connection_load(
+    target: Target,
+    stop: &AtomicBool,
+    shard: &str,
+    skill: &str,
+    connection: usize,
+    key: &SigningKey,
+) -> anyhow::Result<(Vec<Duration>, u64)> {
+    let mut client = Client::new(target, Duration::from_secs(30));
+    let tick = health(&mut client)?["tick"].as_u64().unwrap_or(0);
+    let mut latencies = Vec::new();
+    let mut refused = 0;
+    for index in 0u64.. {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let request_id = format!("bench-{connection}-{index}");
+        let job = JobSpec {
+            request_id: request_id.clone(),
+            shard: shard.to_owned(),
+            model_id: "bench".to_owned(),
+            model_version: "1".to_owned(),
+            skills: vec![skill.to_owned()],
+            duration_ticks: 2,
+            deadline_ticks: 1_000,
+            budget_micros: 1_000,
+            input_hash: Hash32(*blake3::hash(request_id.as_bytes()).as_bytes()),
+        };
+        let body = job_request_body(&job, key, tick, index + 1)?;
+        let sent = Instant::now();
+        let response = client.request("POST", "/v0/jobs", Some(("application/json", &body)))?;
+        if response.status == 202 {
+            latencies.push(sent.elapsed());
+        } else {
+            refused += 1;
+        }
+    }
+    Ok((latencies, refused))
+}
+
+/// The suite's figures, each against its bound or target.
+fn figures(
+    jobs_per_s: f64,
+    events_per_s: f64,
+    (p50, p99): (f64, f64),
+    crypto_bound: f64,
+    ingest_bound: f64,
+) -> Vec<Figure> {
+    vec![
+        Figure::new(
+            "accepted jobs",
+            jobs_per_s,
+            "jobs/s",
+            (Against::Bound, crypto_bound),
+            format!(
+                "POST /v0/jobs answered 202 (durable) per second vs. the signature work of \
+             a served job on every core (client sign + verify alone + batch verify); \
+             target >= {CRYPTO_RATIO_TARGET}: {}",
+                verdict(jobs_per_s >= CRYPTO_RATIO_TARGET * crypto_bound)
+            ),
+        ),
+        Figure::new(
+            "accepted jobs vs ingest",
+            jobs_per_s,
+            "jobs/s",
+            (Against::Bound, ingest_bound),
+            "the same next to the ledger's ingest bound of pre-signed events (limits)",
+        ),
+        Figure::new(
+            "events appended by the server",
+            events_per_s,
+            "events/s",
+            (Against::Bound, ingest_bound),
+            "the served log's growth during the load (submissions, assignments, receipts, \
+         heartbeats) vs. the ledger's ingest bound",
+        ),
+        Figure::new(
+            "submission latency p50",
+            p50,
+            "ms",
+            (Against::Target, LATENCY_MS_P99_TARGET),
+            "request sent to 202 read: the wait for the next tick and its group commit; \
+         next to the p99 target",
+        ),
+        Figure::new(
+            "submission latency p99",
+            p99,
+            "ms",
+            (Against::Target, LATENCY_MS_P99_TARGET),
+            format!(
+                "99th percentile; target <= {LATENCY_MS_P99_TARGET} ms (ten ticks): {}",
+                verdict(p99 <= LATENCY_MS_P99_TARGET)
+            ),
+        ),
+    ]
 }

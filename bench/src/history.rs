@@ -83,7 +83,7 @@ pub(super) fn audit_suite(bench: &mut Bench<'_>) -> anyhow::Result<SuiteReport> 
         .context("could not read the bench ledger")?;
     let (verify_time, ()) = timed(repetitions, || {
         let mut cache = KeyCache::new(1 << 16);
-        for chunk in entries.chunks(crate::audit::AUDIT_CHUNK_ENTRIES) {
+        for chunk in entries.chunks(fabric_audit::audit::AUDIT_CHUNK_ENTRIES) {
             ensure!(
                 verify_batch(chunk, &mut cache).is_empty(),
                 "a bench signature failed"
@@ -121,7 +121,7 @@ pub(super) fn audit_suite(bench: &mut Bench<'_>) -> anyhow::Result<SuiteReport> 
     Ok(SuiteReport {
         suite: "audit",
         events,
-        batch_events: crate::audit::AUDIT_CHUNK_ENTRIES,
+        batch_events: fabric_audit::audit::AUDIT_CHUNK_ENTRIES,
         repetitions,
         adapter: None,
         notes: vec![format!(

@@ -1,5 +1,6 @@
-//! `fabric bench --quick --json`: every suite's figures, each with its bound (or peer, or
-//! target) and its ratio, from one run that starts its own PostgreSQL and nats-server.
+//! `fabric bench --quick --json`, through the `fabric` next to `fabric-bench`: every suite's
+//! figures, each with its bound (or peer, or target) and its ratio, from one run that starts
+//! its own PostgreSQL and nats-server.
 
 use serde_json::Value;
 

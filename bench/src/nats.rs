@@ -124,11 +124,32 @@ pub(super) fn suite(bench: &Bench<'_>) -> anyhow::Result<SuiteReport> {
     let published_eps = events_per_s(published.wall, events);
     let mut lag_us = report.lag_us;
     lag_us.sort_unstable();
-    let lag_ms = |quantile: f64| crate::run::quantile_ns(&lag_us, quantile) as f64 / 1e3;
+    let lag_ms = |quantile: f64| fabric_reports::stats::quantile_ns(&lag_us, quantile) as f64 / 1e3;
     let (p50, p99) = (lag_ms(0.5), lag_ms(0.99));
-    let ratio = published_eps / plain_eps;
     let wall_ms = published.wall.as_secs_f64() * 1e3;
-    let figures = vec![
+    let drain_ms = drain.as_secs_f64() * 1e3;
+    let figures = figures((published_eps, plain_eps), (p50, p99), drain_ms, wall_ms);
+    Ok(SuiteReport {
+        suite: "nats",
+        events,
+        batch_events: events / published.last_tick.max(1) as usize,
+        repetitions: 1,
+        adapter: None,
+        notes: Vec::new(),
+        figures,
+    })
+}
+
+/// The suite's figures: the run with NATS against the run without, the lag against its
+/// target, the drain against the run's wall time.
+fn figures(
+    (published_eps, plain_eps): (f64, f64),
+    (p50, p99): (f64, f64),
+    drain_ms: f64,
+    wall_ms: f64,
+) -> Vec<Figure> {
+    let ratio = published_eps / plain_eps;
+    vec![
         Figure::new(
             "run with --nats",
             published_eps,
@@ -159,19 +180,10 @@ pub(super) fn suite(bench: &Bench<'_>) -> anyhow::Result<SuiteReport> {
         ),
         Figure::new(
             "drain after the run",
-            drain.as_secs_f64() * 1e3,
+            drain_ms,
             "ms",
             (Against::Baseline, wall_ms),
             "from the last append to the last acknowledgement vs. the run's wall time",
         ),
-    ];
-    Ok(SuiteReport {
-        suite: "nats",
-        events,
-        batch_events: events / published.last_tick.max(1) as usize,
-        repetitions: 1,
-        adapter: None,
-        notes: Vec::new(),
-        figures,
-    })
+    ]
 }

@@ -1,5 +1,5 @@
-//! `fabric bench`: Fabric measured against the physical limits of this machine and against the
-//! alternatives a user would pick, side by side in the same run.
+//! `fabric-bench` (also run as `fabric bench`): Fabric measured against the physical limits of
+//! this machine and against the alternatives a user would pick, side by side in the same run.
 //!
 //! Every figure is printed next to what it is compared with: a bound measured in the same run
 //! (`limits`: the costs of ed25519, BLAKE3 and sled here, now), a peer measured on the same
@@ -15,7 +15,11 @@
 //! - [`route`]: router decision latency at 100, 1k and 10k nodes; `scale`: 1M jobs on 10k nodes.
 //! - [`peers`]: the same signed-event append workload on PostgreSQL and JetStream.
 //! - [`gpu`], [`nats`]: kernels vs. their CPU references; `fabric run --nats` vs. without.
-//! - [`serve`]: `POST /v0/jobs` against a `fabric serve` child process on loopback.
+//! - [`serve`]: `POST /v0/jobs` against a `fabric serve` child process on loopback (the
+//!   `fabric` executable next to this one).
+//!
+//! A separate program so that the `fabric` binary carries none of the peers' clients: `fabric
+//! bench ARGS...` runs the `fabric-bench` next to it with the same arguments.
 
 mod gpu;
 mod history;
@@ -27,10 +31,11 @@ mod route;
 mod serve;
 
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
-use clap::ValueEnum;
+use clap::{Parser, ValueEnum};
 use fabric_events::{derive_signing_key, Event, JobSubmitted, Role, SignedEvent, SigningKey};
 use fabric_ledger::BATCH_EVENTS_MAX;
 use rayon::prelude::*;
@@ -44,9 +49,10 @@ const BENCH_AUTHORS: usize = 64;
 /// Ratio of measured throughput to its bound that the ledger aims for.
 const TARGET_RATIO: f64 = 0.8;
 
-/// Options of `fabric bench`.
-#[derive(clap::Args)]
-pub struct BenchArgs {
+/// Measure Fabric against the limits of this machine and against PostgreSQL and JetStream
+#[derive(Parser)]
+#[command(name = "fabric-bench")]
+struct BenchArgs {
     /// Suites to run; all when none is named (`scale` is left out by --quick unless named)
     #[arg(value_enum)]
     suites: Vec<Suite>,
@@ -278,8 +284,18 @@ impl Bench<'_> {
     }
 }
 
+fn main() -> ExitCode {
+    match run_suites(&BenchArgs::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Runs the asked suites and prints their tables (or JSON).
-pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+fn run_suites(args: &BenchArgs) -> anyhow::Result<()> {
     ensure!(args.batch >= 1, "--batch must be at least 1");
     ensure!(
         args.batch <= BATCH_EVENTS_MAX,

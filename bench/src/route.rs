@@ -25,7 +25,7 @@ impl Decisions {
     }
 
     fn us(&self, quantile: f64) -> f64 {
-        crate::run::quantile_ns(&self.0, quantile) as f64 / 1e3
+        fabric_reports::stats::quantile_ns(&self.0, quantile) as f64 / 1e3
     }
 
     /// Rows p50, p99 and max for `nodes` nodes, each against the p99 target.
