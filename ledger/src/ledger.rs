@@ -214,13 +214,7 @@ impl Ledger {
                         supported: STORAGE_FORMAT,
                     });
                 }
-                let stored = reader
-                    .db
-                    .get(KEY_LEDGER_KEY)
-                    .map_err(storage("reading the ledger key"))?
-                    .and_then(|bytes| <[u8; 32]>::try_from(bytes.as_ref()).ok())
-                    .map(PublicKey)
-                    .ok_or_else(|| LedgerError::CorruptHead("ledger key missing".to_owned()))?;
+                let stored = reader.ledger_key()?;
                 if stored != public {
                     return Err(LedgerError::KeyMismatch {
                         path,
@@ -797,13 +791,7 @@ impl LedgerReader {
         else {
             return Ok(None);
         };
-        let ledger_key = self
-            .db
-            .get(KEY_LEDGER_KEY)
-            .map_err(storage("reading the ledger key"))?
-            .and_then(|bytes| <[u8; 32]>::try_from(bytes.as_ref()).ok())
-            .map(PublicKey)
-            .ok_or_else(|| LedgerError::CorruptHead("ledger key missing".to_owned()))?;
+        let ledger_key = self.ledger_key()?;
         if value.len() != 96 {
             return Err(LedgerError::CorruptHead(format!(
                 "tree head at size {tree_size} has {} bytes, not 96",
