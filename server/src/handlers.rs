@@ -18,7 +18,8 @@ use fabric_api::wire::{
     ErrorBody, Health, LedgerInfo, OwnerAccepted, OwnerRequest, TreeHead, Versions, API_VERSION,
     EVENTS_PER_RESPONSE_MAX, JOB_SCHEMA_VERSION, REQUEST_BODY_BYTES_MAX,
 };
-use fabric_events::{Body, Hash32, JobId, PublicKey, RejectReason};
+use fabric_events::codec::encode_event;
+use fabric_events::{Body, Event, Hash32, JobId, PublicKey, RejectReason, Role};
 use fabric_ledger::{LedgerReader, SignedTreeHead};
 use futures_util::StreamExt;
 use serde::Deserialize;
@@ -533,6 +534,20 @@ async fn owner_command(
         Ok(parsed) => parsed,
         Err(response) => return response,
     };
+    // The ledger signs the command's envelope at its tick; an event over the size limit could
+    // not be signed there and would stop the driver. It is refused here, and nothing is
+    // stored: the tick an event carries is fixed-width, so its size is known now.
+    let event = Event::new(Role::Owner, 0, owner.nonce, owner.command.clone());
+    if let Err(oversize) = encode_event(&event) {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "oversize",
+            format!(
+                "the owner command encodes to {} bytes; an event may have at most {}",
+                oversize.len, oversize.max
+            ),
+        );
+    }
     let ack = match sequence(
         &shared,
         Request::Owner {

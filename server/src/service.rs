@@ -155,6 +155,7 @@ fn bind(
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(shared.clone())
+            .app_data(query_config())
             .configure(routes)
             .default_service(web::to(|| async {
                 error(
@@ -192,6 +193,19 @@ fn bind(
         addresses.push(format!("unix:{}", path.display()));
     }
     Ok((server.run(), addresses))
+}
+
+/// A query string that does not parse gets the API's JSON error (400 `bad_query`) naming what
+/// is wrong, like every other refusal, not actix's plain text.
+fn query_config() -> web::QueryConfig {
+    web::QueryConfig::default().error_handler(|err, _| {
+        let response = error(
+            StatusCode::BAD_REQUEST,
+            "bad_query",
+            format!("the query string does not parse: {err}"),
+        );
+        actix_web::error::InternalError::from_response(err, response).into()
+    })
 }
 
 /// A socket left by a server that is gone is replaced; anything else at the path is not.

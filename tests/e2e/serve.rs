@@ -444,6 +444,18 @@ fn signed_jobs_run_to_results_artifacts_and_verified_proofs_over_tcp_and_unix_so
         404
     );
     assert_eq!(get(&mut tcp, "/v0/artifacts/nothex").status, 400);
+    // A query string that does not parse is the documented JSON error, naming what is wrong.
+    for query in ["from=-1", "limit=many", "colour=blue"] {
+        let response = get(&mut tcp, &format!("/v0/events?{query}"));
+        assert_eq!(response.status, 400, "{query}: {}", response.text());
+        assert_eq!(
+            response.header("content-type"),
+            Some("application/json"),
+            "{query}"
+        );
+        let body: Value = serde_json::from_str(&response.text()).expect("a JSON error");
+        assert_eq!(body["error"]["code"], "bad_query", "{query}: {body}");
+    }
 }
 
 /// The `rejected` export lines of the log.
@@ -1251,4 +1263,43 @@ fn owner_commands_over_http_register_a_client_and_too_few_approvals_are_refused(
     // A body that is not a command: 400, nothing stored.
     let response = post(&mut client, "/v0/owner/commands", b"[1, 2, 3]");
     assert_eq!(response.status, 400);
+
+    // An attacker's command over the event size limit (no approvals at all): 413, nothing
+    // stored, and the fabric goes on ticking and taking jobs.
+    let size_of = |client: &mut Client| {
+        json_of(&get(client, "/v0/health"))["ledger"]["size"]
+            .as_u64()
+            .expect("a size")
+    };
+    let huge = OwnerCommand {
+        action: OwnerAction::Governance {
+            payload: vec![7; 17_000],
+        },
+        expiry_tick: tick + 10_000,
+        approvals: Vec::new(),
+    };
+    let before = size_of(&mut client);
+    let body = json!({"nonce": 502, "command": huge}).to_string();
+    let response = post(&mut client, "/v0/owner/commands", body.as_bytes());
+    assert_eq!(response.status, 413, "{}", response.text());
+    assert_eq!(json_of(&response)["error"]["code"], "oversize");
+    let tick = current_tick(&mut client);
+    let after = signed_job(&newcomer, "earth", "newcomer-after-huge", tick, 3);
+    let response = post(
+        &mut client,
+        "/v0/jobs",
+        envelope("newcomer-after-huge", &after)
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(response.status, 202, "{}", response.text());
+    wait_for_status(&mut client, job_id_of("newcomer-after-huge"), "completed");
+    let rejected_after = export_lines(&mut client)
+        .into_iter()
+        .filter(|(seq, line)| *seq >= before && line["kind"] == "rejected")
+        .count();
+    assert_eq!(
+        rejected_after, 0,
+        "the oversize command left a trace in the log"
+    );
 }
