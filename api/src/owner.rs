@@ -7,8 +7,6 @@
 //! [`effect`] says in plain words what an executed command did.
 
 use std::collections::BTreeSet;
-use std::fs::File;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use fabric_events::{
@@ -197,7 +195,12 @@ impl CommandFile {
     /// Writes the file atomically: to `<path>.tmp`, synced, then renamed over `path`.
     pub fn save(&self, path: &Path) -> Result<(), CommandFileError> {
         let text = serde_json::to_string_pretty(self)?;
-        write_atomically(path, text.as_bytes())
+        fabric_events::fs::write_atomically(path, text.as_bytes()).map_err(|error| {
+            CommandFileError::Write {
+                path: error.path,
+                source: error.source,
+            }
+        })
     }
 
     /// The commands as a run's script, `(tick, nonce, command)` in file order: each needs a
@@ -231,20 +234,6 @@ impl CommandFile {
         }
         Ok(script)
     }
-}
-
-/// Writes `bytes` to `path` through `<path>.tmp`, synced before the rename.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CommandFileError> {
-    let tmp = path.with_extension("tmp");
-    let write_error = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| CommandFileError::Write { path, source }
-    };
-    let mut file = File::create(&tmp).map_err(write_error(&tmp))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(write_error(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(write_error(path))
 }
 
 /// Why the words of `fabric owner propose` are not a command.

@@ -18,6 +18,7 @@
 //! - [`wire`]: `signed` = `FABRICv1` ‖ canonical event, [`Entry`] (what the ledger stores),
 //!   entry hashes and the JSON export line. `docs/FORMAT.md` describes every byte.
 //! - [`cpu_job`]: the one rule for a CPU job's artifact and the output hash its receipt names.
+//! - [`fs`]: the one atomic file write (reports, command files, `run.json`).
 //!
 //! Architecture invariant: the bytes of an existing event kind never change when a kind is
 //! added; new kinds are appended to [`Body`] and so get a new, higher tag.
@@ -27,6 +28,7 @@ pub mod codec;
 pub mod cpu_job;
 pub mod ed25519;
 pub mod event;
+pub mod fs;
 #[doc(hidden)]
 pub mod golden;
 pub mod hex_serde;

@@ -18,7 +18,9 @@
 #![deny(missing_docs)]
 
 pub mod executed;
-pub mod fs;
+/// The one atomic file write, from `fabric-events` (shared with the command files of
+/// `fabric-api`).
+pub use fabric_events::fs;
 pub mod page;
 pub mod run;
 pub mod samples;
