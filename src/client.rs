@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use fabric_api::client::{self, Answer, REQUEST_TIMEOUT};
-use fabric_api::http_client::{Client, Target};
+use fabric_api::http_client::{self, Client, Target};
 use fabric_api::JobSpec;
 use fabric_events::Hash32;
 use serde_json::Value;
@@ -16,16 +16,31 @@ use serde_json::Value;
 /// Where the server is.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServerArgs {
-    /// The server: http://HOST:PORT or unix:PATH
+    /// The server: http://HOST:PORT, https://HOST:PORT or unix:PATH
     #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8080")]
     server: String,
+    /// For an https:// server: the CA certificate(s) that its certificate must chain to (PEM);
+    /// no other certificate is trusted
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
 }
 
 impl ServerArgs {
     fn client(&self) -> anyhow::Result<Client> {
         let target =
             Target::parse(&self.server).map_err(|reason| anyhow::anyhow!("--server {reason}"))?;
-        Ok(Client::new(target, REQUEST_TIMEOUT))
+        let client = Client::new(target.clone(), REQUEST_TIMEOUT);
+        match (&target, &self.ca) {
+            (Target::Https(_), Some(ca)) => {
+                let tls = http_client::trusting(ca).context("--ca")?;
+                Ok(client.with_tls(tls))
+            }
+            (Target::Https(_), None) => {
+                bail!("--server {target} speaks TLS: give --ca FILE, the CA that signed its certificate")
+            }
+            (_, Some(_)) => bail!("--ca is for an https:// server, not {target}"),
+            (_, None) => Ok(client),
+        }
     }
 }
 

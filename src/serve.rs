@@ -39,6 +39,20 @@ pub struct ServeArgs {
     /// HTTP worker threads
     #[arg(long, value_name = "N", default_value_t = 2)]
     workers: usize,
+    /// Serve --listen over TLS with this certificate chain (PEM, the server's first)
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM, mode 0600)
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve plaintext HTTP on a --listen address that is not loopback (requests and answers
+    /// cross the network in the clear)
+    #[arg(long, conflicts_with = "tls_cert")]
+    insecure_plaintext: bool,
+    /// Most connections open at once [default: the file-descriptor limit less 512, at most
+    /// 16384]
+    #[arg(long, value_name = "N")]
+    connections_max: Option<usize>,
 }
 
 /// `fabric serve`.
@@ -68,6 +82,15 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         nats_drain: Duration::from_secs(args.nats_drain_s),
         tick_ms: args.tick_ms,
         workers: args.workers,
+        tls: match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(fabric_server::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        },
+        insecure_plaintext: args.insecure_plaintext,
+        connections_max: args.connections_max,
     };
     let served = fabric_server::serve(&config, ledger, spec, |addresses| {
         for address in addresses {

@@ -1,4 +1,5 @@
-//! A small blocking HTTP/1.1 client over a TCP or Unix socket, for `fabric submit | status |
+//! A small blocking HTTP/1.1 client over TCP, TLS over TCP (rustls, trusting the CA
+//! certificates it is given and no others) or a Unix socket, for `fabric submit | status |
 //! result`, the `serve` benchmark and the tests: one request at a time per connection, kept
 //! alive between requests, bodies by `Content-Length` or chunked transfer coding. Nothing more
 //! is needed to talk to `fabric serve`, and it keeps the build small. Transport and framing
@@ -7,8 +8,12 @@
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 
 /// Largest response body the client reads.
 const RESPONSE_BYTES_MAX: usize = 256 * 1024 * 1024;
@@ -20,6 +25,8 @@ const LINE_BYTES_MAX: usize = 16 * 1024;
 pub enum Target {
     /// `host:port` on TCP.
     Tcp(String),
+    /// `host:port` on TCP with TLS; `host` is the name the certificate must carry.
+    Https(String),
     /// A Unix socket.
     Unix(PathBuf),
 }
@@ -30,16 +37,18 @@ pub enum TargetError {
     /// `unix:` without a path.
     #[error("{0:?}: `unix:` needs a socket path")]
     NoSocketPath(String),
-    /// Neither `http://` nor `unix:`.
-    #[error("{0:?} is not a server address: give http://HOST:PORT or unix:PATH")]
+    /// Neither `http://`, `https://` nor `unix:`.
+    #[error(
+        "{0:?} is not a server address: give http://HOST:PORT, https://HOST:PORT or unix:PATH"
+    )]
     Scheme(String),
-    /// `http://` without a port, or with a path.
-    #[error("{0:?} is not a server address: give http://HOST:PORT (with a port, no path)")]
+    /// `http://` or `https://` without a port, or with a path.
+    #[error("{0:?} is not a server address: give http(s)://HOST:PORT (with a port, no path)")]
     HostPort(String),
 }
 
 impl Target {
-    /// Parses `http://HOST:PORT` (a trailing `/` allowed) or `unix:PATH`.
+    /// Parses `http://HOST:PORT`, `https://HOST:PORT` (a trailing `/` allowed) or `unix:PATH`.
     pub fn parse(text: &str) -> Result<Self, TargetError> {
         if let Some(path) = text.strip_prefix("unix:") {
             if path.is_empty() {
@@ -47,14 +56,29 @@ impl Target {
             }
             return Ok(Target::Unix(PathBuf::from(path)));
         }
-        let Some(rest) = text.strip_prefix("http://") else {
-            return Err(TargetError::Scheme(text.to_owned()));
+        let (rest, tls) = match (text.strip_prefix("http://"), text.strip_prefix("https://")) {
+            (Some(rest), _) => (rest, false),
+            (None, Some(rest)) => (rest, true),
+            (None, None) => return Err(TargetError::Scheme(text.to_owned())),
         };
         let host_port = rest.trim_end_matches('/');
         if host_port.is_empty() || host_port.contains('/') || !host_port.contains(':') {
             return Err(TargetError::HostPort(text.to_owned()));
         }
-        Ok(Target::Tcp(host_port.to_owned()))
+        Ok(if tls {
+            Target::Https(host_port.to_owned())
+        } else {
+            Target::Tcp(host_port.to_owned())
+        })
+    }
+
+    /// The host of a TCP target, without its port (and without the brackets of an IPv6
+    /// address).
+    fn host(host_port: &str) -> &str {
+        let host = host_port
+            .rsplit_once(':')
+            .map_or(host_port, |(host, _port)| host);
+        host.trim_start_matches('[').trim_end_matches(']')
     }
 }
 
@@ -62,6 +86,7 @@ impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Target::Tcp(host_port) => write!(f, "http://{host_port}"),
+            Target::Https(host_port) => write!(f, "https://{host_port}"),
             Target::Unix(path) => write!(f, "unix:{}", path.display()),
         }
     }
@@ -96,31 +121,93 @@ impl Response {
     }
 }
 
+/// The TLS settings of a client that trusts the CA certificates of the PEM file at `ca`
+/// (and no others).
+pub fn trusting(ca: &Path) -> io::Result<Arc<rustls::ClientConfig>> {
+    let named = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+    let certs = CertificateDer::pem_file_iter(ca)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|error| {
+            named(format!(
+                "{}: not a PEM certificate file: {error}",
+                ca.display()
+            ))
+        })?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certs {
+        roots.add(cert).map_err(|error| {
+            named(format!(
+                "{}: a certificate cannot be trusted: {error}",
+                ca.display()
+            ))
+        })?;
+    }
+    if roots.is_empty() {
+        return Err(named(format!("{}: holds no certificate", ca.display())));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| named(format!("TLS: {error}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 /// One connection to a server, opened on first use and reopened when the server closed it.
 pub struct Client {
     target: Target,
     timeout: Duration,
+    tls: Option<Arc<rustls::ClientConfig>>,
     stream: Option<BufReader<Box<dyn Stream>>>,
 }
 
 impl Client {
-    /// A client of `target`; every read and write waits at most `timeout`.
+    /// A client of `target`; every read and write waits at most `timeout`. An `https://`
+    /// target needs [`Client::with_tls`].
     pub fn new(target: Target, timeout: Duration) -> Self {
         Self {
             target,
             timeout,
+            tls: None,
             stream: None,
         }
     }
 
+    /// Speaks TLS with `config` (see [`trusting`]) to an `https://` target.
+    pub fn with_tls(mut self, config: Arc<rustls::ClientConfig>) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
+    fn tcp(&self, host_port: &str) -> io::Result<TcpStream> {
+        let stream = TcpStream::connect(host_port)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(self.timeout))?;
+        stream.set_write_timeout(Some(self.timeout))?;
+        Ok(stream)
+    }
+
     fn connect(&self) -> io::Result<BufReader<Box<dyn Stream>>> {
         let stream: Box<dyn Stream> = match &self.target {
-            Target::Tcp(host_port) => {
-                let stream = TcpStream::connect(host_port)?;
-                stream.set_nodelay(true)?;
-                stream.set_read_timeout(Some(self.timeout))?;
-                stream.set_write_timeout(Some(self.timeout))?;
-                Box::new(stream)
+            Target::Tcp(host_port) => Box::new(self.tcp(host_port)?),
+            Target::Https(host_port) => {
+                let Some(config) = &self.tls else {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("https://{host_port} needs the CA that signed its certificate (--ca FILE)"),
+                    ));
+                };
+                let name =
+                    ServerName::try_from(Target::host(host_port).to_owned()).map_err(|error| {
+                        io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            format!("https://{host_port}: not a server name: {error}"),
+                        )
+                    })?;
+                let connection = rustls::ClientConnection::new(Arc::clone(config), name)
+                    .map_err(io::Error::other)?;
+                Box::new(rustls::StreamOwned::new(connection, self.tcp(host_port)?))
             }
             Target::Unix(path) => {
                 let stream = UnixStream::connect(path)?;
@@ -164,7 +251,7 @@ impl Client {
             return Err(io::Error::other("no connection"));
         };
         let host = match &self.target {
-            Target::Tcp(host_port) => host_port.as_str(),
+            Target::Tcp(host_port) | Target::Https(host_port) => host_port.as_str(),
             Target::Unix(_) => "localhost",
         };
         let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n");
@@ -331,9 +418,14 @@ mod tests {
             Target::parse("unix:").unwrap_err(),
             TargetError::NoSocketPath("unix:".to_owned())
         );
+        let https = Target::parse("https://localhost:8443/").unwrap();
+        assert_eq!(https.to_string(), "https://localhost:8443");
+        assert_eq!(Target::host("localhost:8443"), "localhost");
+        assert_eq!(Target::host("[::1]:8443"), "::1");
         assert_eq!(
-            Target::parse("https://x:1").unwrap_err().to_string(),
-            "\"https://x:1\" is not a server address: give http://HOST:PORT or unix:PATH"
+            Target::parse("ftp://x:1").unwrap_err().to_string(),
+            "\"ftp://x:1\" is not a server address: give http://HOST:PORT, https://HOST:PORT \
+             or unix:PATH"
         );
         assert!(matches!(
             Target::parse("http://host/path"),

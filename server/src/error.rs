@@ -107,4 +107,50 @@ pub enum ServerError {
         /// Why.
         error: std::io::Error,
     },
+    /// The file-descriptor limit could not be read or raised.
+    #[error("could not raise the file-descriptor limit (RLIMIT_NOFILE): {error}")]
+    Rlimit {
+        /// Why.
+        error: std::io::Error,
+    },
+    /// The file-descriptor limit leaves too few descriptors for connections.
+    #[error(
+        "the file-descriptor limit is {limit}: serving needs at least {needed} (raise `ulimit -n`)"
+    )]
+    FdLimit {
+        /// The limit (its hard value).
+        limit: u64,
+        /// The least that serves.
+        needed: u64,
+    },
+    /// `--connections-max` is out of range.
+    #[error(
+        "--connections-max {cap}: give {least} to {most} (the file-descriptor limit less the \
+         connections kept for /v0/health)"
+    )]
+    ConnectionCap {
+        /// The cap asked for.
+        cap: usize,
+        /// The least.
+        least: usize,
+        /// The most.
+        most: usize,
+    },
+    /// A TLS file does not serve.
+    #[error("{}: {what}", path.display())]
+    Tls {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        what: String,
+    },
+    /// Plaintext on an address that is not loopback, without `--insecure-plaintext`.
+    #[error(
+        "--listen {address} is not a loopback address: serve it with TLS (--tls-cert and \
+         --tls-key), or say --insecure-plaintext to send requests and answers in the clear"
+    )]
+    Plaintext {
+        /// The address.
+        address: String,
+    },
 }

@@ -4,22 +4,30 @@
 //! `tick_ms`; this crate puts the v0 HTTP API in front of it (docs/FORMAT.md §14) on TCP
 //! and/or a Unix socket ([`service::serve`]), keeps the views the API reads up to date after
 //! each durable tick (the job index, [`index`]; the artifacts; the [`metrics`]), and shuts
-//! down gracefully on SIGINT/SIGTERM: the server stops accepting, the requests in flight get
-//! their answers, the driver appends one last tick.
+//! down gracefully on SIGINT/SIGTERM: the server stops accepting, follow streams and
+//! half-read bodies end, the requests in flight get their answers, the driver appends one last
+//! tick. Connections are capped (in all, with a reserve for `/v0/health`, and per source
+//! address) and request bodies have a deadline ([`limits`]); TCP off loopback speaks TLS
+//! ([`tls`]).
 //!
 //! Architecture invariant: this crate does not depend on the simulation (`fabric-sim`): the
 //! keys and genesis of a served fabric come in through [`fabric_actors::serve::ServeSpec`]
 //! (a test checks the crate graph).
 #![deny(missing_docs)]
 
+mod connections;
 pub mod error;
 mod handlers;
 pub mod index;
+pub mod limits;
 pub mod metrics;
+mod requests;
 pub mod service;
+pub mod tls;
 
 pub use error::ServerError;
 pub use service::{serve, Served, ServerConfig, INTAKE_CAPACITY};
+pub use tls::TlsFiles;
 
 /// The API's OpenAPI document (`GET /v0/openapi.json`).
 pub const OPENAPI_JSON: &str = include_str!("openapi.json");

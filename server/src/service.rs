@@ -1,7 +1,9 @@
 //! Starting and stopping the service: the HTTP server (TCP and/or a Unix socket) in front of
 //! the serve driver on one actix system, the NATS outbox told after each durable tick, and
-//! the graceful stop on SIGINT/SIGTERM (stop accepting, answer the requests in flight, let the
-//! driver append its last tick).
+//! the graceful stop on SIGINT/SIGTERM (stop accepting, end follow streams and half-read
+//! bodies at once, answer the requests in flight within [`SHUTDOWN_GRACE_S`], let the driver
+//! append its last tick). Connections are capped and timed ([`crate::limits`]); a TCP
+//! listener off loopback speaks TLS unless told otherwise.
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
@@ -18,17 +20,23 @@ use fabric_bus::{Outbox, OutboxReport};
 use fabric_ledger::Ledger;
 use tokio::sync::{mpsc, watch};
 
+use crate::connections::{connection_caps, peer_of, Connections};
 use crate::error::ServerError;
 use crate::handlers::{error, routes, Shared};
 use crate::index::{index_log, View};
+use crate::limits::{
+    HEAD_READ_TIMEOUT_MS, KEEP_ALIVE_MS, PEER_CONNECTIONS_MAX, SHUTDOWN_GRACE_S, TRIM_CHECK_MS,
+};
 use crate::metrics::ServeMetrics;
+use crate::requests::{guard, Stopping};
+use crate::tls::{check_plaintext, server_config, TlsFiles};
 
 /// Submissions waiting for a tick; more get 503 (the fabric is overloaded).
 pub const INTAKE_CAPACITY: usize = 65_536;
 /// Most HTTP worker threads.
 pub const WORKERS_MAX: usize = 64;
-/// How long a graceful stop waits for the requests in flight.
-const SHUTDOWN_TIMEOUT_S: u64 = 30;
+/// The listener's backlog: connections the kernel completes while every slot is taken.
+const BACKLOG: u32 = 2_048;
 
 /// How to serve.
 #[derive(Clone, Debug)]
@@ -45,6 +53,13 @@ pub struct ServerConfig {
     pub tick_ms: u64,
     /// HTTP worker threads.
     pub workers: usize,
+    /// Serve the TCP listener over TLS with this certificate.
+    pub tls: Option<TlsFiles>,
+    /// Allow plaintext on a TCP address that is not loopback.
+    pub insecure_plaintext: bool,
+    /// Most connections served at once (default: sized from the file-descriptor limit, less
+    /// the health reserve).
+    pub connections_max: Option<usize>,
 }
 
 /// How serving ended.
@@ -64,13 +79,33 @@ pub fn serve(
     listening: impl FnOnce(&[String]),
 ) -> Result<Served, ServerError> {
     check(config)?;
+    let tls = config.tls.as_ref().map(server_config).transpose()?;
+    let connections = Arc::new(Connections::new(
+        connection_caps(config.connections_max)?,
+        PEER_CONNECTIONS_MAX,
+    ));
+    let (stop_streams, stopping) = watch::channel(false);
     let (intake, intake_rx) = mpsc::channel(INTAKE_CAPACITY);
     let shared = web::Data::new(shared(config, &ledger, &spec, intake)?);
     let outbox = start_outbox(config, &ledger)?;
     let system = actix_rt::System::new();
     let result = system.block_on(async {
-        let (running, addresses) = bind(config, shared.clone())?;
+        give_back_memory(Arc::clone(&connections));
+        let listener = Listener {
+            tls,
+            connections,
+            stopping,
+        };
+        let (running, addresses) = bind(config, listener, shared.clone())?;
         listening(&addresses);
+        let stop = Stop {
+            streams: Rc::new(stop_streams),
+            server: running.handle(),
+        };
+        let running = Running {
+            server: running,
+            stop,
+        };
         run(config, running, shared, ledger, spec, intake_rx, outbox).await
     });
     if let Some(path) = &config.unix {
@@ -85,6 +120,11 @@ fn check(config: &ServerConfig) -> Result<(), ServerError> {
     }
     if config.workers == 0 || config.workers > WORKERS_MAX {
         return Err(ServerError::Setting("--workers must be between 1 and 64"));
+    }
+    if config.tls.is_none() {
+        if let Some(address) = &config.listen {
+            check_plaintext(address, config.insecure_plaintext)?;
+        }
     }
     Ok(())
 }
@@ -147,13 +187,35 @@ fn start_outbox(config: &ServerConfig, ledger: &Ledger) -> Result<Option<Outbox>
     Ok(Some(outbox))
 }
 
+/// What the listener needs besides the handlers' views.
+struct Listener {
+    /// The TCP listener's TLS.
+    tls: Option<rustls::ServerConfig>,
+    /// The connection counts.
+    connections: Arc<Connections>,
+    /// Becomes true when the server starts stopping.
+    stopping: Stopping,
+}
+
 /// The HTTP server, bound to its TCP address and/or Unix socket (not yet running).
 fn bind(
     config: &ServerConfig,
+    listener: Listener,
     shared: web::Data<Shared>,
 ) -> Result<(Server, Vec<String>), ServerError> {
+    let Listener {
+        tls,
+        connections,
+        stopping,
+    } = listener;
+    // At the ceiling, each worker stops accepting; the cap and the reserve under the ceiling
+    // are the slots' job.
+    let per_worker = connections.ceiling().div_ceil(config.workers);
+    let on_connect = Arc::clone(&connections);
     let mut server = HttpServer::new(move || {
+        let stopping = stopping.clone();
         App::new()
+            .wrap_fn(move |request, service| guard(request, service, &stopping))
             .app_data(shared.clone())
             .app_data(query_config())
             .configure(routes)
@@ -165,8 +227,15 @@ fn bind(
                 )
             }))
     })
+    .on_connect(move |io, extensions| {
+        extensions.insert(on_connect.open(peer_of(io)));
+    })
     .workers(config.workers)
-    .shutdown_timeout(SHUTDOWN_TIMEOUT_S)
+    .max_connections(per_worker)
+    .backlog(BACKLOG)
+    .client_request_timeout(Duration::from_millis(HEAD_READ_TIMEOUT_MS))
+    .keep_alive(Duration::from_millis(KEEP_ALIVE_MS))
+    .shutdown_timeout(SHUTDOWN_GRACE_S)
     // actix-server's own signal handling stops the whole actix system, actors included,
     // before the driver's last tick: the signals are handled in `run` instead.
     .disable_signals();
@@ -177,11 +246,28 @@ fn bind(
     };
     let mut addresses = Vec::new();
     if let Some(address) = tcp {
-        server = server.bind(&address).map_err(|error| ServerError::Listen {
+        let listen_error = |error| ServerError::Listen {
             address: address.clone(),
             error,
-        })?;
-        addresses.extend(server.addrs().iter().map(|addr| format!("http://{addr}")));
+        };
+        let scheme = match tls {
+            Some(tls) => {
+                server = server
+                    .bind_rustls_0_23(&address, tls)
+                    .map_err(listen_error)?;
+                "https"
+            }
+            None => {
+                server = server.bind(&address).map_err(listen_error)?;
+                "http"
+            }
+        };
+        addresses.extend(
+            server
+                .addrs()
+                .iter()
+                .map(|addr| format!("{scheme}://{addr}")),
+        );
     }
     if let Some(path) = &config.unix {
         remove_stale_socket(path)?;
@@ -230,9 +316,42 @@ fn remove_stale_socket(path: &Path) -> Result<(), ServerError> {
         .map_err(|error| socket_error("could not remove the old socket", error))
 }
 
-/// Stops accepting on SIGINT or SIGTERM; the requests in flight are answered (their tick still
-/// comes).
-fn stop_on_signals(handle: ServerHandle) -> Result<(), ServerError> {
+/// Every [`TRIM_CHECK_MS`], gives memory back to the system when many connections closed.
+fn give_back_memory(connections: Arc<Connections>) {
+    actix_rt::spawn(async move {
+        let mut every = actix_rt::time::interval(Duration::from_millis(TRIM_CHECK_MS));
+        loop {
+            every.tick().await;
+            connections.give_back_memory();
+        }
+    });
+}
+
+/// The HTTP server, running, and how to stop it.
+struct Running {
+    server: Server,
+    stop: Stop,
+}
+
+/// How the server is stopped.
+#[derive(Clone)]
+struct Stop {
+    /// Ends follow streams and half-read bodies.
+    streams: Rc<watch::Sender<bool>>,
+    /// Stops accepting and gives the requests in flight [`SHUTDOWN_GRACE_S`].
+    server: ServerHandle,
+}
+
+impl Stop {
+    async fn stop(&self) {
+        let _ = self.streams.send(true);
+        self.server.stop(true).await;
+    }
+}
+
+/// Stops on SIGINT or SIGTERM: no more connections, follow streams and half-read bodies end
+/// at once, the requests in flight are answered (their tick still comes) within the grace.
+fn stop_on_signals(stop: Stop) -> Result<(), ServerError> {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|error| ServerError::Signal { error })?;
     actix_rt::spawn(async move {
@@ -240,23 +359,26 @@ fn stop_on_signals(handle: ServerHandle) -> Result<(), ServerError> {
             _ = tokio::signal::ctrl_c() => {}
             _ = terminate.recv() => {}
         }
-        handle.stop(true).await;
+        stop.stop().await;
     });
     Ok(())
 }
 
 async fn run(
     config: &ServerConfig,
-    running: Server,
+    running: Running,
     shared: web::Data<Shared>,
     ledger: Ledger,
     spec: ServeSpec,
     intake: mpsc::Receiver<fabric_actors::serve::Submission>,
     outbox: Option<Outbox>,
 ) -> Result<Served, ServerError> {
-    stop_on_signals(running.handle())?;
+    let Running {
+        server: running,
+        stop: stop_server,
+    } = running;
+    stop_on_signals(stop_server.clone())?;
     let (stop, stop_rx) = watch::channel(false);
-    let handle = running.handle();
     // The driver's callback tells the outbox after each tick; it runs on this thread.
     let outbox = Rc::new(RefCell::new(outbox));
     let tick_outbox = Rc::clone(&outbox);
@@ -277,7 +399,7 @@ async fn run(
         if let Err(error) = &outcome {
             // The fabric cannot go on: neither can the server.
             eprintln!("error: the fabric stopped: {error}");
-            handle.stop(true).await;
+            stop_server.stop().await;
         }
         outcome
     });

@@ -5,6 +5,7 @@ mod audit;
 mod cli;
 mod durability;
 mod gpu;
+mod hardening;
 mod layout;
 mod ledger;
 mod nats;

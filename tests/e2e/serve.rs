@@ -77,7 +77,7 @@ impl Served {
             if let Some(address) = line.strip_prefix("listening on ") {
                 let target = Target::parse(address).expect("a printed address parses");
                 match target {
-                    Target::Tcp(_) => tcp = Some(target),
+                    Target::Tcp(_) | Target::Https(_) => tcp = Some(target),
                     Target::Unix(_) => unix_target = Some(target),
                 }
             }

@@ -91,3 +91,142 @@ pub fn heartbeats(first_nonce: u64, count: usize) -> Vec<SignedEvent> {
         })
         .collect()
 }
+
+/// A running `fabric serve`, killed when dropped (unless it already exited).
+pub struct Serving {
+    child: Option<std::process::Child>,
+    /// The addresses it printed (`http://…`, `https://…`, `unix:…`).
+    pub addresses: Vec<String>,
+    _stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+/// Starts `fabric serve` of the default world with `seed` on `data`, ticks of `tick_ms`, and
+/// `extra` arguments (the listen address among them), and waits until it says where it
+/// listens. Err(its stderr) when it exits first. Every test of the hardening module starts
+/// its servers here.
+pub fn start_serve(
+    data: &Path,
+    seed: u64,
+    tick_ms: u64,
+    extra: &[&str],
+) -> Result<Serving, String> {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::Stdio;
+    let (seed, tick_ms) = (seed.to_string(), tick_ms.to_string());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fabric"))
+        .args(["serve", "--data", path(data), "--config", DEFAULT_CONFIG])
+        .args(["--seed", &seed, "--tick-ms", &tick_ms])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("fabric serve starts");
+    let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut pipe = child.stderr.take().expect("piped stderr");
+    let sink = std::sync::Arc::clone(&stderr);
+    // Drained all along, so that the server never blocks on a full pipe.
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 4096];
+        while let Ok(read @ 1..) = pipe.read(&mut buffer) {
+            let text = String::from_utf8_lossy(&buffer[..read]);
+            eprint!("{text}");
+            sink.lock().expect("stderr lock").push_str(&text);
+        }
+    });
+    let mut reader = BufReader::new(child.stdout.take().expect("piped stdout"));
+    let mut addresses = Vec::new();
+    loop {
+        let mut line = String::new();
+        let read = reader.read_line(&mut line).expect("serve's stdout reads");
+        if read == 0 {
+            let _ = child.wait();
+            // The drain thread has the rest once the pipe closes.
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            return Err(stderr.lock().expect("stderr lock").clone());
+        }
+        let line = line.trim();
+        if let Some(address) = line.strip_prefix("listening on ") {
+            addresses.push(address.to_owned());
+        }
+        if line.starts_with("data ") {
+            break;
+        }
+    }
+    Ok(Serving {
+        child: Some(child),
+        addresses,
+        _stdout: reader,
+    })
+}
+
+impl Serving {
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// The first printed address starting with `scheme` (`http://`, `https://`, `unix:`).
+    pub fn address(&self, scheme: &str) -> String {
+        self.addresses
+            .iter()
+            .find(|address| address.starts_with(scheme))
+            .unwrap_or_else(|| panic!("no {scheme} address in {:?}", self.addresses))
+            .clone()
+    }
+
+    /// The `host:port` of its plain or TLS TCP listener.
+    pub fn host_port(&self) -> String {
+        let address = self
+            .addresses
+            .iter()
+            .find(|address| address.starts_with("http"))
+            .unwrap_or_else(|| panic!("no TCP address in {:?}", self.addresses));
+        address
+            .split_once("://")
+            .map(|(_, host_port)| host_port.to_owned())
+            .expect("scheme://host:port")
+    }
+
+    /// Sends SIGTERM and waits at most `within` for the exit; the exit status and how long it
+    /// took.
+    pub fn terminate(
+        &mut self,
+        within: std::time::Duration,
+    ) -> (std::process::ExitStatus, std::time::Duration) {
+        let pid = self.pid().to_string();
+        let started = std::time::Instant::now();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -TERM {pid}");
+        let mut child = self.child.take().expect("running");
+        loop {
+            if let Some(status) = child.try_wait().expect("the server's status") {
+                return (status, started.elapsed());
+            }
+            if started.elapsed() > within {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("fabric serve did not exit within {within:?} of SIGTERM");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// The rest of its stdout (after it exited).
+    pub fn rest_of_stdout(&mut self) -> String {
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut self._stdout, &mut rest).expect("stdout reads");
+        rest
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
