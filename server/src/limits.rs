@@ -4,6 +4,9 @@
 /// A request head (request line and headers) must have arrived this long after the
 /// connection opened or the previous response; else the connection is closed (408).
 pub const HEAD_READ_TIMEOUT_MS: u64 = 5_000;
+/// A TLS handshake must be complete this long after the connection opened; else the
+/// connection is closed (no HTTP answer is possible before it).
+pub const TLS_HANDSHAKE_TIMEOUT_MS: u64 = 3_000;
 /// An idle kept-alive connection is closed after this long.
 pub const KEEP_ALIVE_MS: u64 = 5_000;
 /// The longest wait for the next piece of a request body: a body that stalls this long is

@@ -25,7 +25,8 @@ use crate::error::ServerError;
 use crate::handlers::{error, routes, Shared};
 use crate::index::{index_log, View};
 use crate::limits::{
-    HEAD_READ_TIMEOUT_MS, KEEP_ALIVE_MS, PEER_CONNECTIONS_MAX, SHUTDOWN_GRACE_S, TRIM_CHECK_MS,
+    HEAD_READ_TIMEOUT_MS, KEEP_ALIVE_MS, PEER_CONNECTIONS_MAX, SHUTDOWN_GRACE_S,
+    TLS_HANDSHAKE_TIMEOUT_MS, TRIM_CHECK_MS,
 };
 use crate::metrics::ServeMetrics;
 use crate::requests::{guard, Stopping};
@@ -235,6 +236,7 @@ fn bind(
     .backlog(BACKLOG)
     .client_request_timeout(Duration::from_millis(HEAD_READ_TIMEOUT_MS))
     .keep_alive(Duration::from_millis(KEEP_ALIVE_MS))
+    .tls_handshake_timeout(Duration::from_millis(TLS_HANDSHAKE_TIMEOUT_MS))
     .shutdown_timeout(SHUTDOWN_GRACE_S)
     // actix-server's own signal handling stops the whole actix system, actors included,
     // before the driver's last tick: the signals are handled in `run` instead.
