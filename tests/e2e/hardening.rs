@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use fabric_api::http_client::{trusting, Client, Target};
-use fabric_server::limits::{PEER_CONNECTIONS_MAX, REQUEST_DEADLINE_MS};
+use fabric_server::limits::{BODY_READ_TIMEOUT_MS, PEER_CONNECTIONS_MAX, REQUEST_DEADLINE_MS};
 use serde_json::Value;
 
 use crate::support::{fabric, path, start_serve, stderr, stdout, Serving};
@@ -272,6 +272,53 @@ fn trickled_bodies_are_cut_off_while_health_answers_within_a_second_and_memory_c
     assert!(
         rss_after * 4 <= rss_before * 5,
         "VmRSS {rss_after} KiB after the connections closed, {rss_before} KiB before"
+    );
+}
+
+#[test]
+fn a_body_that_stalls_is_cut_off_with_its_reason_and_its_connection_closed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let served = start_serve(
+        &dir.path().join("data"),
+        SEED,
+        TICK_MS,
+        &["--listen", "127.0.0.1:0"],
+    )
+    .expect("fabric serve starts");
+    let mut stream = connect_from(Ipv4Addr::LOCALHOST, socket_address(&served));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("a read timeout");
+    let sent = Instant::now();
+    // A tenth of the body it announces, then nothing.
+    stream
+        .write_all(
+            b"POST /v0/owner/commands HTTP/1.1\r\nHost: fabric\r\n\
+              Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"nonce\": 1",
+        )
+        .expect("the head and a part of the body are sent");
+    let mut answer = Vec::new();
+    stream
+        .read_to_end(&mut answer)
+        .expect("answered, then closed");
+    let waited = sent.elapsed();
+    let (status, body) = answer_of(&answer);
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (408, &Value::from("body_timeout"))
+    );
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("no part of the request body"), "{body}");
+    // Timers do not fire early: the stall was waited out, not guessed.
+    assert!(
+        waited >= Duration::from_millis(BODY_READ_TIMEOUT_MS),
+        "{waited:?}"
+    );
+    let mut client = Client::new(Target::Tcp(served.host_port()), Duration::from_secs(30));
+    assert_eq!(
+        rejected_events(&mut client),
+        0,
+        "a cut-off body stores nothing"
     );
 }
 
