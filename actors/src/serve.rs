@@ -18,14 +18,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use fabric_events::{Body, Event, JobId, OwnerCommand, RejectReason, SignedEvent, SigningKey};
+use fabric_events::codec::encode_event;
+use fabric_events::{
+    verify_signature, Body, Event, Hash32, JobId, OwnerCommand, PublicKey, RejectReason, Role,
+    SignedEvent, SigningKey,
+};
 use fabric_ledger::{Ledger, SignedTreeHead};
 use fabric_projections::State;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::actors::{Append, Close, LedgerWriter};
 use crate::fleet::{ActorKeys, Actors, ACTOR_THREADS};
-use crate::gate::{self, Admitted, Attempt, Verdict};
+use crate::gate::{self, Admitted, Attempt, AttemptId, Verdict};
 use crate::restore::restore;
 use crate::work::{NodeWork, ServedJobs};
 use crate::world::World;
@@ -33,10 +37,11 @@ use crate::RunError;
 
 /// Most submissions one tick takes; the rest wait for the next tick (their order is kept).
 pub const SUBMISSIONS_PER_TICK_MAX: usize = 16_384;
-/// How far behind the current tick a submission's own tick may be. A client signs the tick it
-/// last saw (`GET /v0/health`); a tick from the future, or older than this, is refused so that
+/// How far behind the current tick a submission's own tick may be, unless the server is told
+/// otherwise (`fabric serve --submission-tick-window`). A client signs the tick it last saw
+/// (`GET /v0/health`); a tick from the future, or older than the window, is refused so that
 /// no client can move the fabric's clock or backdate a job.
-pub const SUBMISSION_TICK_LAG_MAX: u64 = 100_000;
+pub const SUBMISSION_TICK_WINDOW_DEFAULT: u64 = 8;
 
 /// What to serve.
 pub struct ServeSpec {
@@ -49,6 +54,9 @@ pub struct ServeSpec {
     pub genesis: Vec<Attempt>,
     /// Wall-clock time between ticks.
     pub tick_interval: Duration,
+    /// How many ticks old a submission's signed tick may be (see
+    /// [`SUBMISSION_TICK_WINDOW_DEFAULT`]).
+    pub submission_tick_window: u64,
 }
 
 /// One thing a client asks the fabric to append.
@@ -228,6 +236,7 @@ pub async fn serve(
             &mut intake,
             &mut on_tick,
             genesis.take(),
+            spec.submission_tick_window,
         )
         .await;
         if let Err(error) = outcome {
@@ -265,6 +274,7 @@ async fn serve_tick(
     intake: &mut mpsc::Receiver<Submission>,
     on_tick: &mut impl FnMut(&ServedTick<'_>),
     genesis: Option<Vec<Attempt>>,
+    submission_tick_window: u64,
 ) -> Result<(), RunError> {
     let tree = (tree_head.tree_size, tree_head.root);
     let genesis_tick = genesis.is_some();
@@ -284,24 +294,17 @@ async fn serve_tick(
         let state = Arc::get_mut(state).ok_or(RunError::StateShared)?;
         let mut batch = gate::admit(state, tick, attempts, ledger_key)?;
         // Genesis registers the clients: submissions wait for tick 1.
-        while !genesis_tick && replies.len() < SUBMISSIONS_PER_TICK_MAX {
-            let Ok(submission) = intake.try_recv() else {
-                break;
+        if !genesis_tick {
+            let submissions = take_submissions(intake);
+            let mut intake = TickIntake {
+                state,
+                tick,
+                ledger_key,
+                submission_tick_window,
+                batch: &mut batch,
+                replies: &mut replies,
             };
-            let position = batch.signed.len();
-            let one = sequence(state, tick, submission.request, ledger_key)?;
-            if let Some(Body::JobSubmitted(job)) = one
-                .events
-                .first()
-                .filter(|_| one.verdicts.first() == Some(&Verdict::Admitted))
-                .map(|event| &event.body)
-            {
-                served_jobs.admitted(job.job, job.input_hash);
-            }
-            let verdict = one.verdicts.into_iter().next().unwrap_or(Verdict::Admitted);
-            batch.signed.extend(one.signed);
-            batch.events.extend(one.events);
-            replies.push((position, verdict, submission.reply));
+            intake.sequence_all(submissions, served_jobs)?;
         }
         batch
     };
@@ -338,7 +341,12 @@ async fn serve_tick(
     });
     // Durable, and the server's views know of it: now the submitters may hear of it, and a
     // `GET` right after the answer finds the job. One who stopped waiting loses nothing.
-    for (position, verdict, reply) in replies {
+    for Reply {
+        position,
+        verdict,
+        reply,
+    } in replies
+    {
         let _ = reply.send(Ack {
             tick,
             seq: first_seq + position as u64,
@@ -349,8 +357,9 @@ async fn serve_tick(
 }
 
 /// The rules of a submitted job beyond the gate's: it is a `job_submitted` event, signed for
-/// a tick that is not ahead of the fabric's nor more than [`SUBMISSION_TICK_LAG_MAX`] behind.
-fn submission_fits(event: Event, tick: u64) -> Result<Event, (RejectReason, String)> {
+/// a tick that is not ahead of the fabric's nor more than `window` ticks behind (so no client
+/// moves the fabric's clock or backdates a job).
+fn submission_fits(event: Event, tick: u64, window: u64) -> Result<Event, (RejectReason, String)> {
     if !matches!(event.body, Body::JobSubmitted(_)) {
         return Err((
             RejectReason::Invalid,
@@ -361,33 +370,211 @@ fn submission_fits(event: Event, tick: u64) -> Result<Event, (RejectReason, Stri
         ));
     }
     let signed_tick = event.header.tick;
-    if signed_tick > tick || tick - signed_tick > SUBMISSION_TICK_LAG_MAX {
+    if signed_tick > tick || tick - signed_tick > window {
         return Err((
             RejectReason::Invalid,
             format!(
-                "the submission is signed for tick {signed_tick}, the fabric is at tick {tick} \
-                 (a submission may be at most {SUBMISSION_TICK_LAG_MAX} ticks old and never \
-                 from the future)"
+                "the submission is signed for tick {signed_tick}, the fabric is at tick {tick}: \
+                 a submission may be at most {window} ticks old (the submission tick window) \
+                 and never from the future"
             ),
         ));
     }
     Ok(event)
 }
 
+/// The refusals that carry no valid signature of a registered key: counted, not recorded.
+const UNSIGNED_REFUSALS: [RejectReason; 4] = [
+    RejectReason::BadSignature,
+    RejectReason::Malformed,
+    RejectReason::Oversize,
+    RejectReason::WeakKey,
+];
+
+/// Takes the submissions that arrived since the last tick, in arrival order, at most
+/// [`SUBMISSIONS_PER_TICK_MAX`].
+fn take_submissions(intake: &mut mpsc::Receiver<Submission>) -> Vec<Submission> {
+    let mut taken = Vec::new();
+    while taken.len() < SUBMISSIONS_PER_TICK_MAX {
+        let Ok(submission) = intake.try_recv() else {
+            break;
+        };
+        taken.push(submission);
+    }
+    taken
+}
+
+/// Where a submitter hears of its request: the position of its event (or of the `Rejected`
+/// or `refusals_counted` event standing for it) in the tick's batch.
+struct Reply {
+    position: usize,
+    verdict: Verdict,
+    reply: oneshot::Sender<Ack>,
+}
+
+/// The submissions of one tick being put into its batch.
+struct TickIntake<'a> {
+    state: &'a mut State,
+    tick: u64,
+    ledger_key: &'a SigningKey,
+    submission_tick_window: u64,
+    batch: &'a mut Admitted,
+    replies: &'a mut Vec<Reply>,
+}
+
+impl TickIntake<'_> {
+    /// Sequences the tick's submissions: first the attempts without a valid signature of a
+    /// registered key are counted (judged against the state before the tick's submissions),
+    /// then one `refusals_counted` event stands for all of them, then every other request
+    /// is admitted or recorded as refused, in arrival order. No request can stop the driver:
+    /// whatever fails on its behalf is its refusal.
+    fn sequence_all(
+        &mut self,
+        submissions: Vec<Submission>,
+        served_jobs: &ServedJobs,
+    ) -> Result<(), RunError> {
+        let ledger = PublicKey::from(&self.ledger_key.verifying_key());
+        let mut counts = [0u64; RejectReason::ALL.len()];
+        let judged: Vec<(Submission, Option<(RejectReason, String)>)> = submissions
+            .into_iter()
+            .map(|submission| {
+                let refusal = counted_refusal(self.state, self.tick, &ledger, &submission.request);
+                if let Some((reason, _)) = &refusal {
+                    counts[reason.tag()] += 1;
+                }
+                (submission, refusal)
+            })
+            .collect();
+        // A job signed for an earlier tick folds at the newest tick of the log: an event of
+        // this tick must come before it, so that its latency counts from now.
+        let backdated = judged.iter().any(|(submission, refusal)| {
+            refusal.is_none() && signed_tick(&submission.request).is_some_and(|t| t < self.tick)
+        });
+        let counted_at = if counts.iter().any(|count| *count > 0)
+            || (backdated && self.state.tick() < self.tick)
+        {
+            let position = self.batch.signed.len();
+            gate::count_refusals(self.state, self.tick, &counts, self.ledger_key, self.batch)?;
+            Some(position)
+        } else {
+            None
+        };
+        for (submission, refusal) in judged {
+            match (refusal, counted_at) {
+                (Some((reason, detail)), Some(position)) => self.replies.push(Reply {
+                    position,
+                    verdict: Verdict::Counted { reason, detail },
+                    reply: submission.reply,
+                }),
+                _ => self.sequence_one(submission, served_jobs)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Admits one request or records its refusal: exactly one event comes out, the request's
+    /// own or a `Rejected` in its place.
+    fn sequence_one(
+        &mut self,
+        submission: Submission,
+        served_jobs: &ServedJobs,
+    ) -> Result<(), RunError> {
+        let position = self.batch.signed.len();
+        let one = sequence(
+            self.state,
+            self.tick,
+            submission.request,
+            self.ledger_key,
+            self.submission_tick_window,
+        )?;
+        if let Some(Body::JobSubmitted(job)) = one
+            .events
+            .first()
+            .filter(|_| one.verdicts.first() == Some(&Verdict::Admitted))
+            .map(|event| &event.body)
+        {
+            served_jobs.admitted(job.job, job.input_hash);
+        }
+        let verdict = one.verdicts.into_iter().next().unwrap_or(Verdict::Admitted);
+        self.batch.signed.extend(one.signed);
+        self.batch.events.extend(one.events);
+        self.replies.push(Reply {
+            position,
+            verdict,
+            reply: submission.reply,
+        });
+        Ok(())
+    }
+}
+
+/// The tick a job request's client signed, when it is a well-signed event.
+fn signed_tick(request: &Request) -> Option<u64> {
+    match request {
+        Request::Job {
+            checked: Ok(event), ..
+        } => Some(event.header.tick),
+        _ => None,
+    }
+}
+
+/// Why a request is refused without being evidence against anyone, if it is: its attempt
+/// carries no valid signature (bad signature, malformed, oversize, weak key), its key is not
+/// registered, or an owner command has no valid approval of an owner. Judged against `state`.
+fn counted_refusal(
+    state: &State,
+    tick: u64,
+    ledger: &PublicKey,
+    request: &Request,
+) -> Option<(RejectReason, String)> {
+    match request {
+        Request::Job { signed, checked } => match checked {
+            Err((reason, detail)) if UNSIGNED_REFUSALS.contains(reason) => {
+                Some((*reason, detail.clone()))
+            }
+            _ if state.authority().key(&signed.author).is_none() => Some((
+                RejectReason::UnknownKey,
+                format!("key {} is not registered", signed.author),
+            )),
+            _ => None,
+        },
+        Request::Owner { nonce, command } => {
+            if gate::has_owner_approval(state, command, *nonce) {
+                return None;
+            }
+            let event = Event::new(Role::Owner, tick, *nonce, command.clone());
+            if let Err(oversize) = encode_event(&event) {
+                return Some((RejectReason::Oversize, oversize.to_string()));
+            }
+            match state.authorize(ledger, &event) {
+                Err(error) => Some((error.reject_reason(), error.to_string())),
+                // No approval of an owner, yet authorised: no threshold to meet.
+                Ok(()) => None,
+            }
+        }
+    }
+}
+
 /// Puts one request through the gate at `tick`: exactly one event comes out, the request's
-/// own or a `Rejected` in its place.
+/// own or a `Rejected` in its place. An owner command too large for the ledger to envelope is
+/// refused as oversize, recorded under the hash of the message its owners approved.
 fn sequence(
     state: &mut State,
     tick: u64,
     request: Request,
     ledger_key: &SigningKey,
+    window: u64,
 ) -> Result<Admitted, RunError> {
     match request {
         Request::Job { signed, checked } => {
-            match checked.and_then(|event| submission_fits(event, tick)) {
-                Err((reason, detail)) => {
-                    gate::refuse(state, tick, &signed, reason, &detail, ledger_key)
-                }
+            match checked.and_then(|event| submission_fits(event, tick, window)) {
+                Err((reason, detail)) => gate::refuse(
+                    state,
+                    tick,
+                    AttemptId::of(&signed),
+                    reason,
+                    &detail,
+                    ledger_key,
+                ),
                 Ok(event) => gate::admit(
                     state,
                     tick,
@@ -397,8 +584,43 @@ fn sequence(
             }
         }
         Request::Owner { nonce, command } => {
-            let attempt = gate::owner_command_attempt(tick, nonce, command, ledger_key)?;
-            gate::admit(state, tick, vec![attempt], ledger_key)
+            // Owner commands are few: a copy keeps the command at hand for a refusal.
+            let event = Event::new(Role::Owner, tick, nonce, command.clone());
+            match SignedEvent::sign(&event, ledger_key) {
+                Ok(signed) => gate::admit(
+                    state,
+                    tick,
+                    vec![Attempt::external(event, signed)],
+                    ledger_key,
+                ),
+                Err(oversize) => {
+                    let approved = AttemptId {
+                        hash: Hash32(*blake3::hash(&command.approval_message(nonce)).as_bytes()),
+                        claimed_author: approving_owner(state, &command, nonce),
+                    };
+                    gate::refuse(
+                        state,
+                        tick,
+                        approved,
+                        RejectReason::Oversize,
+                        &oversize.to_string(),
+                        ledger_key,
+                    )
+                }
+            }
         }
     }
+}
+
+/// The first owner whose approval of `command` verifies (the ledger key when none does).
+fn approving_owner(state: &State, command: &OwnerCommand, nonce: u64) -> PublicKey {
+    let message = command.approval_message(nonce);
+    command
+        .approvals
+        .iter()
+        .find(|approval| {
+            state.authority().owners().contains(&approval.owner)
+                && verify_signature(&approval.owner, &approval.signature, &message).is_ok()
+        })
+        .map_or_else(|| state.authority().ledger_key(), |approval| approval.owner)
 }

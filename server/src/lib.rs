@@ -16,6 +16,7 @@ pub mod error;
 mod handlers;
 pub mod index;
 pub mod metrics;
+pub mod refusals;
 pub mod service;
 
 pub use error::ServerError;
