@@ -466,7 +466,9 @@ fn unauthenticated_malformed_and_oversize_requests_are_counted_and_signed_refusa
     assert_eq!(too_large.status, 413, "{}", too_large.text());
     assert_eq!(json_of(&too_large)["error"]["code"], "payload_too_large");
 
-    // A good job is accepted; the same request again is a replay.
+    // A good job (signed at the tick the client sees now) is accepted; the same request again
+    // is a replay.
+    let good = signed_job(&earth, "earth", "good", current_tick(&mut client), 10);
     let good_body = envelope("good", &good).to_string();
     let accepted = post(&mut client, "/v0/jobs", good_body.as_bytes());
     assert_eq!(accepted.status, 202, "{}", accepted.text());
@@ -511,6 +513,8 @@ fn sigterm_under_load_loses_no_acknowledged_job_and_the_log_audits_after_a_resta
             std::thread::spawn(move || {
                 let key = client_key(shard);
                 let mut client = Client::new(target, Duration::from_secs(30));
+                // A client signs the newest tick it saw: each answer names one.
+                let mut tick = tick;
                 for index in 0u64.. {
                     if stop.load(Ordering::Relaxed) {
                         break;
@@ -527,7 +531,9 @@ fn sigterm_under_load_loses_no_acknowledged_job_and_the_log_audits_after_a_resta
                         break;
                     };
                     if response.status == 202 {
-                        let seq = json_of(&response)["seq"].as_u64().expect("a seq");
+                        let answer = json_of(&response);
+                        let seq = answer["seq"].as_u64().expect("a seq");
+                        tick = answer["tick"].as_u64().expect("a tick");
                         acknowledged
                             .lock()
                             .expect("lock")
@@ -586,11 +592,12 @@ fn sigterm_under_load_loses_no_acknowledged_job_and_the_log_audits_after_a_resta
 #[test]
 fn a_restart_restores_jobs_signed_at_a_tick_before_a_checkpoint() {
     // A client signs the tick it last saw; its job is sequenced later, here after the
-    // checkpoint of tick 50. The restart restores from that checkpoint a tail whose entries'
-    // ticks go back (the fabric's own events of the later tick, then the older job).
+    // checkpoint of tick 50 (the server allows submissions 100 ticks old). The restart
+    // restores from that checkpoint a tail whose entries' ticks go back (the fabric's own
+    // events of the later tick, then the older job).
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path().join("data");
-    let mut served = Served::start(&data, None);
+    let mut served = Served::start_with(&data, None, &["--submission-tick-window", "100"]);
     let mut client = served.client();
     let deadline = Instant::now() + Duration::from_secs(60);
     while current_tick(&mut client) <= 55 {

@@ -100,6 +100,10 @@ pub fn heartbeats(first_nonce: u64, count: usize) -> Vec<SignedEvent> {
 pub const SERVE_SEED: u64 = 7;
 /// Milliseconds between the ticks of a fabric [`Served`] starts.
 pub const SERVE_TICK_MS: &str = "10";
+/// How many ticks old a job's signed tick may be on a fabric [`Served`] starts (unless the
+/// test names its own): ticks of 10 ms pass quickly on a loaded machine between reading the
+/// tick and the job's sequencing, so one second of them rather than the default 8.
+pub const SERVE_SUBMISSION_TICK_WINDOW: &str = "100";
 
 /// A running `fabric serve`, killed when dropped (unless it already exited).
 pub struct Served {
@@ -136,6 +140,9 @@ impl Served {
         ]);
         if let Some(socket) = unix {
             command.args(["--unix", path(socket)]);
+        }
+        if !extra.contains(&"--submission-tick-window") {
+            command.args(["--submission-tick-window", SERVE_SUBMISSION_TICK_WINDOW]);
         }
         command.args(extra);
         let mut child = command
