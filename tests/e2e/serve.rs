@@ -652,7 +652,7 @@ fn a_restart_restores_jobs_signed_at_a_tick_before_a_checkpoint() {
 }
 
 /// The metric names the fabric must expose.
-const METRIC_NAMES: [&str; 16] = [
+const METRIC_NAMES: [&str; 19] = [
     "treaty_fill_rate",
     "treaty_rtt_ms",
     "treaty_provenance_coverage",
@@ -666,6 +666,9 @@ const METRIC_NAMES: [&str; 16] = [
     "fabric_requeues_total",
     "fabric_node_healthy",
     "fabric_rejections_total",
+    "fabric_refusals_counted_total",
+    "fabric_requests_unreadable_total",
+    "fabric_requests_rate_limited_total",
     "fabric_nats_outbox_lag_events",
     "fabric_policy_decision_latency_seconds",
     "fabric_tick",

@@ -458,6 +458,41 @@ fn ten_thousand_junk_requests_add_entries_per_tick_not_per_request() {
         line["body"]["data"]["claimed_author"],
         hex::encode(earth.verifying_key().as_bytes())
     );
+
+    // An owner command without one valid approval of an owner is counted; with one real
+    // approval (of the two needed) it is evidence, recorded.
+    let pause = |approvers: &[SigningKey], nonce: u64| {
+        let mut command = OwnerCommand {
+            action: OwnerAction::PauseAll,
+            expiry_tick: tick + 10_000,
+            approvals: Vec::new(),
+        };
+        for approver in approvers {
+            command.approve(nonce, approver);
+        }
+        json!({"nonce": nonce, "command": command}).to_string()
+    };
+    let strangers = [
+        derive_signing_key(1, "tests/stranger"),
+        derive_signing_key(2, "tests/stranger"),
+    ];
+    for (body, status, reason, recorded) in [
+        (pause(&strangers, 1), 401, "unknown_key", false),
+        (pause(&[], 2), 403, "too_few_owner_signatures", false),
+        (pause(&[owner(1)], 3), 403, "too_few_owner_signatures", true),
+    ] {
+        let response = post(&mut unix, "/v0/owner/commands", body.as_bytes());
+        assert_eq!(response.status, status, "{}", response.text());
+        let answer = json_of(&response);
+        assert_eq!(answer["error"]["code"], reason, "{answer}");
+        let (key, kind) = if recorded {
+            ("rejected_seq", "rejected")
+        } else {
+            ("counted_seq", "refusals_counted")
+        };
+        let seq = answer["error"][key].as_u64().expect("a seq");
+        assert_eq!(export_lines(&mut unix)[&seq]["kind"], kind, "{answer}");
+    }
 }
 
 #[test]
