@@ -624,3 +624,199 @@ fn approving_owner(state: &State, command: &OwnerCommand, nonce: u64) -> PublicK
         })
         .map_or_else(|| state.authority().ledger_key(), |approval| approval.owner)
 }
+
+#[cfg(test)]
+mod tests {
+    use fabric_events::{derive_signing_key, FabricGenesis, JobSubmitted, OwnerAction, Rejected};
+
+    use super::*;
+
+    const TICK: u64 = 200;
+
+    /// A state after a genesis of a ledger key and three owners (2 of 3), with their keys.
+    fn founded() -> (State, SigningKey, Vec<SigningKey>) {
+        let ledger = derive_signing_key(3, "tests/ledger");
+        let owners: Vec<SigningKey> = (0..3)
+            .map(|index| derive_signing_key(3, &format!("tests/owner/{index}")))
+            .collect();
+        let genesis = Event::new(
+            Role::Ledger,
+            0,
+            0,
+            FabricGenesis {
+                ledger_key: PublicKey::from(&ledger.verifying_key()),
+                owners: owners
+                    .iter()
+                    .map(|owner| PublicKey::from(&owner.verifying_key()))
+                    .collect(),
+                owner_threshold: 2,
+            },
+        );
+        let mut state = State::new();
+        state
+            .admit(&PublicKey::from(&ledger.verifying_key()), &genesis)
+            .expect("the genesis founds the fabric");
+        (state, ledger, owners)
+    }
+
+    fn command(action: OwnerAction, nonce: u64, approvers: &[&SigningKey]) -> Request {
+        let mut command = OwnerCommand {
+            action,
+            expiry_tick: TICK + 100,
+            approvals: Vec::new(),
+        };
+        for approver in approvers {
+            command.approve(nonce, approver);
+        }
+        Request::Owner { nonce, command }
+    }
+
+    fn job(key: &SigningKey, tick: u64, nonce: u64) -> Request {
+        let event = Event::new(
+            Role::Client,
+            tick,
+            nonce,
+            JobSubmitted {
+                job: nonce,
+                shard: "earth".to_owned(),
+                workload: "w@1".to_owned(),
+                skills: Vec::new(),
+                duration_ticks: 1,
+                deadline_tick: tick + 10,
+                budget_micros: 1,
+                input_hash: Hash32([9; 32]),
+            },
+        );
+        let signed = SignedEvent::sign(&event, key).expect("small");
+        Request::Job {
+            checked: gate::check_signed(&signed),
+            signed,
+        }
+    }
+
+    fn ledger_of(key: &SigningKey) -> PublicKey {
+        PublicKey::from(&key.verifying_key())
+    }
+
+    /// An owner command too large for the ledger to envelope is that command's refusal:
+    /// counted without an owner's approval, recorded (naming the approving owner) with one;
+    /// never an error that would stop the driver.
+    #[test]
+    fn an_owner_command_the_ledger_cannot_envelope_is_refused_not_a_stop() {
+        let (mut state, ledger, owners) = founded();
+        let huge = || OwnerAction::Governance {
+            payload: vec![7; 17_000],
+        };
+        let unapproved = command(huge(), 1, &[]);
+        let counted = counted_refusal(&state, TICK, &ledger_of(&ledger), &unapproved);
+        assert_eq!(
+            counted.map(|(reason, _)| reason),
+            Some(RejectReason::Oversize)
+        );
+
+        let approved = command(huge(), 2, &[&owners[0], &owners[1]]);
+        assert_eq!(
+            counted_refusal(&state, TICK, &ledger_of(&ledger), &approved),
+            None
+        );
+        let Request::Owner { command: sent, .. } = &approved else {
+            unreachable!("an owner request")
+        };
+        let message_hash = Hash32(*blake3::hash(&sent.approval_message(2)).as_bytes());
+        let out = sequence(&mut state, TICK, approved, &ledger, 8).expect("a refusal, no stop");
+        assert!(matches!(
+            out.verdicts.as_slice(),
+            [Verdict::Refused {
+                reason: RejectReason::Oversize,
+                ..
+            }]
+        ));
+        match &out.events[..] {
+            [Event {
+                body:
+                    Body::Rejected(Rejected {
+                        attempt_hash,
+                        claimed_author,
+                        reason: RejectReason::Oversize,
+                        ..
+                    }),
+                ..
+            }] => {
+                assert_eq!(*attempt_hash, message_hash);
+                assert_eq!(*claimed_author, ledger_of(&owners[0]));
+            }
+            other => panic!("one rejected event, not {other:?}"),
+        }
+    }
+
+    /// What carries no valid signature of a registered key is counted; what a registered key
+    /// signed (or one owner approved) is evidence and goes through the gate to be recorded.
+    #[test]
+    fn only_attempts_of_registered_keys_are_evidence() {
+        let (mut state, ledger, owners) = founded();
+        let ledger_key = ledger_of(&ledger);
+        let client = derive_signing_key(3, "tests/client");
+        let stranger = derive_signing_key(3, "tests/stranger");
+        let reason_of = |state: &State, request: &Request| {
+            counted_refusal(state, TICK, &ledger_key, request).map(|(reason, _)| reason)
+        };
+
+        let mut bad_signature = job(&client, TICK, 1);
+        if let Request::Job { signed, checked } = &mut bad_signature {
+            signed.signature.0[0] ^= 1;
+            *checked = gate::check_signed(signed);
+        }
+        assert_eq!(
+            reason_of(&state, &bad_signature),
+            Some(RejectReason::BadSignature)
+        );
+        assert_eq!(
+            reason_of(&state, &job(&stranger, TICK, 1)),
+            Some(RejectReason::UnknownKey)
+        );
+        let strangers_command = command(OwnerAction::PauseAll, 5, &[&stranger]);
+        assert_eq!(
+            reason_of(&state, &strangers_command),
+            Some(RejectReason::UnknownKey)
+        );
+
+        // Registered, the client's job is judged by the gate: one signed 100 ticks ago is
+        // recorded against it.
+        let register = command(
+            OwnerAction::RegisterClient {
+                client: "tests.client".to_owned(),
+                key: PublicKey::from(&client.verifying_key()),
+            },
+            6,
+            &[&owners[0], &owners[2]],
+        );
+        let out = sequence(&mut state, TICK, register, &ledger, 8).expect("sequenced");
+        assert_eq!(out.verdicts, [Verdict::Admitted]);
+        let backdated = job(&client, TICK - 100, 2);
+        assert_eq!(reason_of(&state, &backdated), None);
+        let out = sequence(&mut state, TICK, backdated, &ledger, 8).expect("sequenced");
+        assert!(matches!(
+            &out.verdicts[..],
+            [Verdict::Refused { reason: RejectReason::Invalid, detail }] if detail.contains("window")
+        ));
+        let at_the_edge = job(&client, TICK - 8, 3);
+        let out = sequence(&mut state, TICK, at_the_edge, &ledger, 8).expect("sequenced");
+        assert!(
+            matches!(&out.verdicts[..], [Verdict::Refused { reason: RejectReason::Invalid, detail }] if detail.contains("shard")),
+            "past the window check, the job is judged by the state (no shard earth here): {:?}",
+            out.verdicts
+        );
+
+        // One real approval of the two needed: evidence against its approver.
+        let one_approval = command(OwnerAction::PauseAll, 7, &[&owners[1]]);
+        assert_eq!(reason_of(&state, &one_approval), None);
+        let out = sequence(&mut state, TICK, one_approval, &ledger, 8).expect("sequenced");
+        assert!(matches!(
+            &out.verdicts[..],
+            [Verdict::Refused {
+                reason: RejectReason::TooFewOwnerSignatures,
+                ..
+            }]
+        ));
+    }
+}
