@@ -493,6 +493,9 @@ fn ten_thousand_junk_requests_add_entries_per_tick_not_per_request() {
         let seq = answer["error"][key].as_u64().expect("a seq");
         assert_eq!(export_lines(&mut unix)[&seq]["kind"], kind, "{answer}");
     }
+    // The counts are part of the audited log.
+    drop(served);
+    audit_passes(&dir.path().join("data"));
 }
 
 #[test]
