@@ -3,10 +3,13 @@
 //!
 //! At each tick the driver asks the checkpointer, the routers and the nodes for their events
 //! (as a simulation's driver does), then takes the submissions that arrived since the last tick, in
-//! arrival order, and puts each through the gate after the actors' events. The batch is
-//! appended as one group commit; only then is each submitter told the seq of its event (or of
-//! its `Rejected` event). Wall-clock time decides only at which tick a submission is sequenced,
-//! never a byte of an event.
+//! arrival order, and puts each through the gate after the actors' events. A submission without
+//! a valid signature of a registered key is only counted, in the tick's one `refusals_counted`
+//! event; every other refusal is recorded as its own `Rejected` event. The batch is appended as
+//! one group commit; only then is each submitter told the seq of its event (or of the
+//! `Rejected` or `refusals_counted` event standing for it). Wall-clock time decides only at
+//! which tick a submission is sequenced, never a byte of an event. Nothing a submission holds
+//! can stop the driver: what fails on its behalf is its refusal.
 //!
 //! Differences from a run, on purpose: there are no simulated arrivals and no simulated node
 //! outages, and a served job is a CPU job whose input hash its client named
@@ -94,7 +97,8 @@ pub struct Submission {
 pub struct Ack {
     /// The tick it was sequenced at.
     pub tick: u64,
-    /// Seq of its event, or of the `Rejected` event standing in its place.
+    /// Seq of its event, or of the `Rejected` event standing in its place, or of the tick's
+    /// `refusals_counted` event that counts it.
     pub seq: u64,
     /// Admitted or refused (with why).
     pub verdict: Verdict,
