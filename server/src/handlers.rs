@@ -336,7 +336,11 @@ async fn submit_job_heard(
     };
     let signed = match job_request.event.decode() {
         Ok(signed) => signed,
-        Err(wrong) => return error(StatusCode::BAD_REQUEST, "bad_body", wrong.to_string()),
+        Err(wrong) => {
+            // Not even an attempt to attribute (hex or base64 that does not parse).
+            shared.metrics.unreadable_request();
+            return error(StatusCode::BAD_REQUEST, "bad_body", wrong.to_string());
+        }
     };
     // Checks that need no state run here, on the HTTP worker's thread; the signature check is
     // the expensive one. What fails them is counted in the tick's `refusals_counted` event
