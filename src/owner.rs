@@ -238,7 +238,8 @@ fn submit(args: &SubmitArgs) -> anyhow::Result<ExitCode> {
         let seq = first_seq + index as u64;
         let (status, reason, detail) = match verdict {
             Verdict::Admitted => ("executed", None, effect(&command.command.action)),
-            Verdict::Refused { reason, detail } => {
+            // `gate::admit` records every refusal; it counts none.
+            Verdict::Refused { reason, detail } | Verdict::Counted { reason, detail } => {
                 refused += 1;
                 ("refused", Some(reason.as_str()), detail.clone())
             }

@@ -53,6 +53,10 @@ pub struct ServeArgs {
     /// 16384]
     #[arg(long, value_name = "N")]
     connections_max: Option<usize>,
+    /// How many ticks old the tick a job submission is signed for may be (older ones, and
+    /// ticks from the future, are refused)
+    #[arg(long, value_name = "TICKS", default_value_t = fabric_actors::serve::SUBMISSION_TICK_WINDOW_DEFAULT)]
+    submission_tick_window: u64,
 }
 
 /// `fabric serve`.
@@ -74,6 +78,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         genesis,
         world,
         tick_interval: Duration::from_millis(args.tick_ms),
+        submission_tick_window: args.submission_tick_window,
     };
     let config = ServerConfig {
         listen: args.listen.clone(),

@@ -11,7 +11,7 @@ use std::time::Instant;
 use actix::prelude::*;
 use fabric_events::{
     Body, Checkpoint, Event, Hash32, Heartbeat, JobAssigned, JobReceipt, JobRequeued, JobSpilled,
-    NodeHealthChanged, Role, SignedEvent, SigningKey,
+    NodeHealthChanged, PublicKey, Role, SignedEvent, SigningKey,
 };
 use fabric_ledger::{AppendReceipt, Ledger};
 use fabric_projections::state::{NodeIx, ShardIx};
@@ -146,11 +146,39 @@ impl Actor for RouterActor {
     type Context = Context<Self>;
 }
 
+impl RouterActor {
+    /// Whether the state still lets this router speak: its shard is not retired and its key
+    /// is the shard's router key, registered and not retired. The actor set follows the
+    /// state, so no owner command can leave an actor proposing what the gate refuses (a
+    /// refused internal event stops the fabric).
+    fn in_service(&self, state: &State) -> bool {
+        state
+            .shards()
+            .get(self.shard as usize)
+            .is_some_and(|shard| {
+                !shard.retired && key_in_service(state, &self.router_key, &shard.router_key)
+            })
+    }
+}
+
+/// Whether `key` is `registered` (the key the state names for its holder) and the authority
+/// table still accepts it (not retired).
+fn key_in_service(state: &State, key: &SigningKey, registered: &PublicKey) -> bool {
+    PublicKey::from(&key.verifying_key()) == *registered
+        && state
+            .authority()
+            .key(registered)
+            .is_some_and(|record| !record.retired)
+}
+
 impl Handler<Propose> for RouterActor {
     type Result = Result<Proposed, RunError>;
 
     fn handle(&mut self, msg: Propose, _: &mut Self::Context) -> Self::Result {
         let state = &*msg.state;
+        if !self.in_service(state) {
+            return Ok(Proposed::default());
+        }
         let mut signer = Signer::new(&self.router_key, Role::Router, msg.tick);
         let shard_name = &state.shards()[self.shard as usize].name;
         let node_name = |node: NodeIx| state.nodes()[node as usize].name.clone();
@@ -229,6 +257,16 @@ pub struct NodeActor {
 }
 
 impl NodeActor {
+    /// Whether the state still lets this node speak: not retired, and its key is the node's
+    /// registered key, not retired (see [`RouterActor::in_service`]). A drained node goes on:
+    /// it finishes what it runs and heartbeats, so that it can be resumed.
+    fn in_service(&self, state: &State) -> bool {
+        state
+            .nodes()
+            .get(self.node as usize)
+            .is_some_and(|node| !node.retired && key_in_service(state, &self.key, &node.key))
+    }
+
     fn up(&self, tick: u64) -> bool {
         !self
             .work
@@ -249,6 +287,9 @@ impl Handler<Propose> for NodeActor {
             return Ok(Proposed::default());
         }
         let state = &*msg.state;
+        if !self.in_service(state) {
+            return Ok(Proposed::default());
+        }
         let node = &state.nodes()[self.node as usize];
         let mut signer = Signer::new(&self.key, Role::Node, tick);
         let revived = tick > 0 && !self.up(tick - 1);

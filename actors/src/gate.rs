@@ -6,8 +6,9 @@
 //! state was folded from.
 
 use fabric_events::{
-    codec::encode_event, event_from_signed, Event, Hash32, OwnerCommand, PublicKey, RejectReason,
-    Rejected, Role, SignedEvent, SigningKey, VerifyError, MAX_SIGNED_BYTES,
+    codec::encode_event, event_from_signed, verify_signature, Event, Hash32, OwnerCommand,
+    PublicKey, RefusalCount, RefusalsCounted, RejectReason, Rejected, Role, SignedEvent,
+    SigningKey, VerifyError, MAX_SIGNED_BYTES,
 };
 use fabric_projections::{ApplyError, State};
 
@@ -59,6 +60,14 @@ pub enum Verdict {
         /// What exactly.
         detail: String,
     },
+    /// Refused without a valid signature of a registered key: not evidence against anyone,
+    /// so only counted, in the tick's `refusals_counted` event at this position.
+    Counted {
+        /// Why.
+        reason: RejectReason,
+        /// What exactly.
+        detail: String,
+    },
 }
 
 /// A batch as it will be appended, with the verdict on each attempt (same order).
@@ -103,7 +112,7 @@ pub fn admit(
                 record_rejection(
                     state,
                     tick,
-                    &attempt.signed,
+                    AttemptId::of(&attempt.signed),
                     reason,
                     &detail,
                     ledger_key,
@@ -140,7 +149,15 @@ pub fn admit_signed(
                 out.verdicts.extend(admitted.verdicts);
             }
             Err((reason, detail)) => {
-                record_rejection(state, tick, &signed, reason, &detail, ledger_key, &mut out)?;
+                record_rejection(
+                    state,
+                    tick,
+                    AttemptId::of(&signed),
+                    reason,
+                    &detail,
+                    ledger_key,
+                    &mut out,
+                )?;
                 out.verdicts.push(Verdict::Refused { reason, detail });
             }
         }
@@ -181,7 +198,7 @@ pub fn check_signed(signed: &SignedEvent) -> Result<Event, (RejectReason, String
 pub fn refuse(
     state: &mut State,
     tick: u64,
-    attempt: &SignedEvent,
+    attempt: AttemptId,
     reason: RejectReason,
     detail: &str,
     ledger_key: &SigningKey,
@@ -204,7 +221,7 @@ fn describe(error: &ApplyError) -> String {
 
 /// The next nonce of the ledger key at `tick`: above every nonce it used, and in the tick's
 /// range when that is higher (checkpoints take `tick << 24`).
-fn next_ledger_nonce(state: &State, ledger: &PublicKey, tick: u64) -> u64 {
+pub fn next_ledger_nonce(state: &State, ledger: &PublicKey, tick: u64) -> u64 {
     let last = state
         .authority()
         .key(ledger)
@@ -227,10 +244,30 @@ fn truncate(detail: &str) -> String {
     format!("{}…", &detail[..end])
 }
 
+/// What a `Rejected` event names of the attempt it stands for.
+#[derive(Clone, Copy, Debug)]
+pub struct AttemptId {
+    /// BLAKE3 of the attempt's `signed` bytes (of the approval message, for an owner command
+    /// that could not be enveloped).
+    pub hash: Hash32,
+    /// The key that claims to author it.
+    pub claimed_author: PublicKey,
+}
+
+impl AttemptId {
+    /// The identity of a signed attempt.
+    pub fn of(attempt: &SignedEvent) -> Self {
+        Self {
+            hash: Hash32(*blake3::hash(&attempt.signed).as_bytes()),
+            claimed_author: attempt.author,
+        }
+    }
+}
+
 fn record_rejection(
     state: &mut State,
     tick: u64,
-    attempt: &SignedEvent,
+    attempt: AttemptId,
     reason: RejectReason,
     detail: &str,
     ledger_key: &SigningKey,
@@ -242,8 +279,8 @@ fn record_rejection(
         tick,
         next_ledger_nonce(state, &ledger, tick),
         Rejected {
-            attempt_hash: Hash32(*blake3::hash(&attempt.signed).as_bytes()),
-            claimed_author: attempt.author,
+            attempt_hash: attempt.hash,
+            claimed_author: attempt.claimed_author,
             reason,
             detail: truncate(detail),
         },
@@ -274,4 +311,58 @@ pub fn owner_command_attempt(
     let event = Event::new(Role::Owner, tick, nonce, command);
     let signed = SignedEvent::sign(&event, ledger_key)?;
     Ok(Attempt::external(event, signed))
+}
+
+/// Whether at least one approval of `command` under `nonce` is by an owner of the state and
+/// verifies: only then is a refused owner command evidence against someone (its approvers),
+/// and recorded as its own `Rejected` event.
+pub fn has_owner_approval(state: &State, command: &OwnerCommand, nonce: u64) -> bool {
+    let owners = state.authority().owners();
+    let message = command.approval_message(nonce);
+    command.approvals.iter().any(|approval| {
+        owners.contains(&approval.owner)
+            && verify_signature(&approval.owner, &approval.signature, &message).is_ok()
+    })
+}
+
+/// Appends to `out` the ledger's `refusals_counted` event of `tick` with `counts` (by reason
+/// tag; zeros are left out), folded into `state`. Placed before the tick's submissions, it
+/// also makes them fold at `tick` when their clients signed an earlier one.
+pub fn count_refusals(
+    state: &mut State,
+    tick: u64,
+    counts: &[u64; RejectReason::ALL.len()],
+    ledger_key: &SigningKey,
+    out: &mut Admitted,
+) -> Result<(), RunError> {
+    let counts = RejectReason::ALL
+        .iter()
+        .zip(counts)
+        .filter(|(_, attempts)| **attempts > 0)
+        .map(|(reason, attempts)| RefusalCount {
+            reason: *reason,
+            attempts: *attempts,
+        })
+        .collect();
+    let ledger = PublicKey::from(&ledger_key.verifying_key());
+    let event = Event::new(
+        Role::Ledger,
+        tick,
+        next_ledger_nonce(state, &ledger, tick),
+        RefusalsCounted { counts },
+    );
+    // At most one count per reason: a few hundred bytes, always under the size limit.
+    let signed = SignedEvent::sign(&event, ledger_key)?;
+    state
+        .admit(&ledger, &event)
+        .map_err(|error| RunError::Apply {
+            tick,
+            index: out.events.len(),
+            kind: "refusals_counted",
+            error,
+        })?;
+    out.signed.push(signed);
+    out.events.push(event);
+    out.verdicts.push(Verdict::Admitted);
+    Ok(())
 }

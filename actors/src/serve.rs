@@ -3,10 +3,13 @@
 //!
 //! At each tick the driver asks the checkpointer, the routers and the nodes for their events
 //! (as a simulation's driver does), then takes the submissions that arrived since the last tick, in
-//! arrival order, and puts each through the gate after the actors' events. The batch is
-//! appended as one group commit; only then is each submitter told the seq of its event (or of
-//! its `Rejected` event). Wall-clock time decides only at which tick a submission is sequenced,
-//! never a byte of an event.
+//! arrival order, and puts each through the gate after the actors' events. A submission without
+//! a valid signature of a registered key is only counted, in the tick's one `refusals_counted`
+//! event; every other refusal is recorded as its own `Rejected` event. The batch is appended as
+//! one group commit; only then is each submitter told the seq of its event (or of the
+//! `Rejected` or `refusals_counted` event standing for it). Wall-clock time decides only at
+//! which tick a submission is sequenced, never a byte of an event. Nothing a submission holds
+//! can stop the driver: what fails on its behalf is its refusal.
 //!
 //! Differences from a run, on purpose: there are no simulated arrivals and no simulated node
 //! outages, and a served job is a CPU job whose input hash its client named
@@ -18,14 +21,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use fabric_events::{Body, Event, JobId, OwnerCommand, RejectReason, SignedEvent, SigningKey};
+use fabric_events::codec::encode_event;
+use fabric_events::{
+    verify_signature, Body, Event, Hash32, JobId, OwnerCommand, PublicKey, RejectReason, Role,
+    SignedEvent, SigningKey,
+};
 use fabric_ledger::{Ledger, SignedTreeHead};
 use fabric_projections::State;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::actors::{Append, Close, LedgerWriter};
 use crate::fleet::{ActorKeys, Actors, ACTOR_THREADS};
-use crate::gate::{self, Admitted, Attempt, Verdict};
+use crate::gate::{self, Admitted, Attempt, AttemptId, Verdict};
 use crate::restore::restore;
 use crate::work::{NodeWork, ServedJobs};
 use crate::world::World;
@@ -33,10 +40,11 @@ use crate::RunError;
 
 /// Most submissions one tick takes; the rest wait for the next tick (their order is kept).
 pub const SUBMISSIONS_PER_TICK_MAX: usize = 16_384;
-/// How far behind the current tick a submission's own tick may be. A client signs the tick it
-/// last saw (`GET /v0/health`); a tick from the future, or older than this, is refused so that
+/// How far behind the current tick a submission's own tick may be, unless the server is told
+/// otherwise (`fabric serve --submission-tick-window`). A client signs the tick it last saw
+/// (`GET /v0/health`); a tick from the future, or older than the window, is refused so that
 /// no client can move the fabric's clock or backdate a job.
-pub const SUBMISSION_TICK_LAG_MAX: u64 = 100_000;
+pub const SUBMISSION_TICK_WINDOW_DEFAULT: u64 = 8;
 
 /// What to serve.
 pub struct ServeSpec {
@@ -49,6 +57,9 @@ pub struct ServeSpec {
     pub genesis: Vec<Attempt>,
     /// Wall-clock time between ticks.
     pub tick_interval: Duration,
+    /// How many ticks old a submission's signed tick may be (see
+    /// [`SUBMISSION_TICK_WINDOW_DEFAULT`]).
+    pub submission_tick_window: u64,
 }
 
 /// One thing a client asks the fabric to append.
@@ -86,7 +97,8 @@ pub struct Submission {
 pub struct Ack {
     /// The tick it was sequenced at.
     pub tick: u64,
-    /// Seq of its event, or of the `Rejected` event standing in its place.
+    /// Seq of its event, or of the `Rejected` event standing in its place, or of the tick's
+    /// `refusals_counted` event that counts it.
     pub seq: u64,
     /// Admitted or refused (with why).
     pub verdict: Verdict,
@@ -228,6 +240,7 @@ pub async fn serve(
             &mut intake,
             &mut on_tick,
             genesis.take(),
+            spec.submission_tick_window,
         )
         .await;
         if let Err(error) = outcome {
@@ -265,6 +278,7 @@ async fn serve_tick(
     intake: &mut mpsc::Receiver<Submission>,
     on_tick: &mut impl FnMut(&ServedTick<'_>),
     genesis: Option<Vec<Attempt>>,
+    submission_tick_window: u64,
 ) -> Result<(), RunError> {
     let tree = (tree_head.tree_size, tree_head.root);
     let genesis_tick = genesis.is_some();
@@ -284,24 +298,17 @@ async fn serve_tick(
         let state = Arc::get_mut(state).ok_or(RunError::StateShared)?;
         let mut batch = gate::admit(state, tick, attempts, ledger_key)?;
         // Genesis registers the clients: submissions wait for tick 1.
-        while !genesis_tick && replies.len() < SUBMISSIONS_PER_TICK_MAX {
-            let Ok(submission) = intake.try_recv() else {
-                break;
+        if !genesis_tick {
+            let submissions = take_submissions(intake);
+            let mut intake = TickIntake {
+                state,
+                tick,
+                ledger_key,
+                submission_tick_window,
+                batch: &mut batch,
+                replies: &mut replies,
             };
-            let position = batch.signed.len();
-            let one = sequence(state, tick, submission.request, ledger_key)?;
-            if let Some(Body::JobSubmitted(job)) = one
-                .events
-                .first()
-                .filter(|_| one.verdicts.first() == Some(&Verdict::Admitted))
-                .map(|event| &event.body)
-            {
-                served_jobs.admitted(job.job, job.input_hash);
-            }
-            let verdict = one.verdicts.into_iter().next().unwrap_or(Verdict::Admitted);
-            batch.signed.extend(one.signed);
-            batch.events.extend(one.events);
-            replies.push((position, verdict, submission.reply));
+            intake.sequence_all(submissions, served_jobs)?;
         }
         batch
     };
@@ -338,7 +345,12 @@ async fn serve_tick(
     });
     // Durable, and the server's views know of it: now the submitters may hear of it, and a
     // `GET` right after the answer finds the job. One who stopped waiting loses nothing.
-    for (position, verdict, reply) in replies {
+    for Reply {
+        position,
+        verdict,
+        reply,
+    } in replies
+    {
         let _ = reply.send(Ack {
             tick,
             seq: first_seq + position as u64,
@@ -349,8 +361,9 @@ async fn serve_tick(
 }
 
 /// The rules of a submitted job beyond the gate's: it is a `job_submitted` event, signed for
-/// a tick that is not ahead of the fabric's nor more than [`SUBMISSION_TICK_LAG_MAX`] behind.
-fn submission_fits(event: Event, tick: u64) -> Result<Event, (RejectReason, String)> {
+/// a tick that is not ahead of the fabric's nor more than `window` ticks behind (so no client
+/// moves the fabric's clock or backdates a job).
+fn submission_fits(event: Event, tick: u64, window: u64) -> Result<Event, (RejectReason, String)> {
     if !matches!(event.body, Body::JobSubmitted(_)) {
         return Err((
             RejectReason::Invalid,
@@ -361,33 +374,211 @@ fn submission_fits(event: Event, tick: u64) -> Result<Event, (RejectReason, Stri
         ));
     }
     let signed_tick = event.header.tick;
-    if signed_tick > tick || tick - signed_tick > SUBMISSION_TICK_LAG_MAX {
+    if signed_tick > tick || tick - signed_tick > window {
         return Err((
             RejectReason::Invalid,
             format!(
-                "the submission is signed for tick {signed_tick}, the fabric is at tick {tick} \
-                 (a submission may be at most {SUBMISSION_TICK_LAG_MAX} ticks old and never \
-                 from the future)"
+                "the submission is signed for tick {signed_tick}, the fabric is at tick {tick}: \
+                 a submission may be at most {window} ticks old (the submission tick window) \
+                 and never from the future"
             ),
         ));
     }
     Ok(event)
 }
 
+/// The refusals that carry no valid signature of a registered key: counted, not recorded.
+const UNSIGNED_REFUSALS: [RejectReason; 4] = [
+    RejectReason::BadSignature,
+    RejectReason::Malformed,
+    RejectReason::Oversize,
+    RejectReason::WeakKey,
+];
+
+/// Takes the submissions that arrived since the last tick, in arrival order, at most
+/// [`SUBMISSIONS_PER_TICK_MAX`].
+fn take_submissions(intake: &mut mpsc::Receiver<Submission>) -> Vec<Submission> {
+    let mut taken = Vec::new();
+    while taken.len() < SUBMISSIONS_PER_TICK_MAX {
+        let Ok(submission) = intake.try_recv() else {
+            break;
+        };
+        taken.push(submission);
+    }
+    taken
+}
+
+/// Where a submitter hears of its request: the position of its event (or of the `Rejected`
+/// or `refusals_counted` event standing for it) in the tick's batch.
+struct Reply {
+    position: usize,
+    verdict: Verdict,
+    reply: oneshot::Sender<Ack>,
+}
+
+/// The submissions of one tick being put into its batch.
+struct TickIntake<'a> {
+    state: &'a mut State,
+    tick: u64,
+    ledger_key: &'a SigningKey,
+    submission_tick_window: u64,
+    batch: &'a mut Admitted,
+    replies: &'a mut Vec<Reply>,
+}
+
+impl TickIntake<'_> {
+    /// Sequences the tick's submissions: first the attempts without a valid signature of a
+    /// registered key are counted (judged against the state before the tick's submissions),
+    /// then one `refusals_counted` event stands for all of them, then every other request
+    /// is admitted or recorded as refused, in arrival order. No request can stop the driver:
+    /// whatever fails on its behalf is its refusal.
+    fn sequence_all(
+        &mut self,
+        submissions: Vec<Submission>,
+        served_jobs: &ServedJobs,
+    ) -> Result<(), RunError> {
+        let ledger = PublicKey::from(&self.ledger_key.verifying_key());
+        let mut counts = [0u64; RejectReason::ALL.len()];
+        let judged: Vec<(Submission, Option<(RejectReason, String)>)> = submissions
+            .into_iter()
+            .map(|submission| {
+                let refusal = counted_refusal(self.state, self.tick, &ledger, &submission.request);
+                if let Some((reason, _)) = &refusal {
+                    counts[reason.tag()] += 1;
+                }
+                (submission, refusal)
+            })
+            .collect();
+        // A job signed for an earlier tick folds at the newest tick of the log: an event of
+        // this tick must come before it, so that its latency counts from now.
+        let backdated = judged.iter().any(|(submission, refusal)| {
+            refusal.is_none() && signed_tick(&submission.request).is_some_and(|t| t < self.tick)
+        });
+        let counted_at = if counts.iter().any(|count| *count > 0)
+            || (backdated && self.state.tick() < self.tick)
+        {
+            let position = self.batch.signed.len();
+            gate::count_refusals(self.state, self.tick, &counts, self.ledger_key, self.batch)?;
+            Some(position)
+        } else {
+            None
+        };
+        for (submission, refusal) in judged {
+            match (refusal, counted_at) {
+                (Some((reason, detail)), Some(position)) => self.replies.push(Reply {
+                    position,
+                    verdict: Verdict::Counted { reason, detail },
+                    reply: submission.reply,
+                }),
+                _ => self.sequence_one(submission, served_jobs)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Admits one request or records its refusal: exactly one event comes out, the request's
+    /// own or a `Rejected` in its place.
+    fn sequence_one(
+        &mut self,
+        submission: Submission,
+        served_jobs: &ServedJobs,
+    ) -> Result<(), RunError> {
+        let position = self.batch.signed.len();
+        let one = sequence(
+            self.state,
+            self.tick,
+            submission.request,
+            self.ledger_key,
+            self.submission_tick_window,
+        )?;
+        if let Some(Body::JobSubmitted(job)) = one
+            .events
+            .first()
+            .filter(|_| one.verdicts.first() == Some(&Verdict::Admitted))
+            .map(|event| &event.body)
+        {
+            served_jobs.admitted(job.job, job.input_hash);
+        }
+        let verdict = one.verdicts.into_iter().next().unwrap_or(Verdict::Admitted);
+        self.batch.signed.extend(one.signed);
+        self.batch.events.extend(one.events);
+        self.replies.push(Reply {
+            position,
+            verdict,
+            reply: submission.reply,
+        });
+        Ok(())
+    }
+}
+
+/// The tick a job request's client signed, when it is a well-signed event.
+fn signed_tick(request: &Request) -> Option<u64> {
+    match request {
+        Request::Job {
+            checked: Ok(event), ..
+        } => Some(event.header.tick),
+        _ => None,
+    }
+}
+
+/// Why a request is refused without being evidence against anyone, if it is: its attempt
+/// carries no valid signature (bad signature, malformed, oversize, weak key), its key is not
+/// registered, or an owner command has no valid approval of an owner. Judged against `state`.
+fn counted_refusal(
+    state: &State,
+    tick: u64,
+    ledger: &PublicKey,
+    request: &Request,
+) -> Option<(RejectReason, String)> {
+    match request {
+        Request::Job { signed, checked } => match checked {
+            Err((reason, detail)) if UNSIGNED_REFUSALS.contains(reason) => {
+                Some((*reason, detail.clone()))
+            }
+            _ if state.authority().key(&signed.author).is_none() => Some((
+                RejectReason::UnknownKey,
+                format!("key {} is not registered", signed.author),
+            )),
+            _ => None,
+        },
+        Request::Owner { nonce, command } => {
+            if gate::has_owner_approval(state, command, *nonce) {
+                return None;
+            }
+            let event = Event::new(Role::Owner, tick, *nonce, command.clone());
+            if let Err(oversize) = encode_event(&event) {
+                return Some((RejectReason::Oversize, oversize.to_string()));
+            }
+            match state.authorize(ledger, &event) {
+                Err(error) => Some((error.reject_reason(), error.to_string())),
+                // No approval of an owner, yet authorised: no threshold to meet.
+                Ok(()) => None,
+            }
+        }
+    }
+}
+
 /// Puts one request through the gate at `tick`: exactly one event comes out, the request's
-/// own or a `Rejected` in its place.
+/// own or a `Rejected` in its place. An owner command too large for the ledger to envelope is
+/// refused as oversize, recorded under the hash of the message its owners approved.
 fn sequence(
     state: &mut State,
     tick: u64,
     request: Request,
     ledger_key: &SigningKey,
+    window: u64,
 ) -> Result<Admitted, RunError> {
     match request {
         Request::Job { signed, checked } => {
-            match checked.and_then(|event| submission_fits(event, tick)) {
-                Err((reason, detail)) => {
-                    gate::refuse(state, tick, &signed, reason, &detail, ledger_key)
-                }
+            match checked.and_then(|event| submission_fits(event, tick, window)) {
+                Err((reason, detail)) => gate::refuse(
+                    state,
+                    tick,
+                    AttemptId::of(&signed),
+                    reason,
+                    &detail,
+                    ledger_key,
+                ),
                 Ok(event) => gate::admit(
                     state,
                     tick,
@@ -397,8 +588,239 @@ fn sequence(
             }
         }
         Request::Owner { nonce, command } => {
-            let attempt = gate::owner_command_attempt(tick, nonce, command, ledger_key)?;
-            gate::admit(state, tick, vec![attempt], ledger_key)
+            // Owner commands are few: a copy keeps the command at hand for a refusal.
+            let event = Event::new(Role::Owner, tick, nonce, command.clone());
+            match SignedEvent::sign(&event, ledger_key) {
+                Ok(signed) => gate::admit(
+                    state,
+                    tick,
+                    vec![Attempt::external(event, signed)],
+                    ledger_key,
+                ),
+                Err(oversize) => {
+                    let approved = AttemptId {
+                        hash: Hash32(*blake3::hash(&command.approval_message(nonce)).as_bytes()),
+                        claimed_author: approving_owner(state, &command, nonce),
+                    };
+                    gate::refuse(
+                        state,
+                        tick,
+                        approved,
+                        RejectReason::Oversize,
+                        &oversize.to_string(),
+                        ledger_key,
+                    )
+                }
+            }
         }
+    }
+}
+
+/// The first owner whose approval of `command` verifies (the ledger key when none does).
+fn approving_owner(state: &State, command: &OwnerCommand, nonce: u64) -> PublicKey {
+    let message = command.approval_message(nonce);
+    command
+        .approvals
+        .iter()
+        .find(|approval| {
+            state.authority().owners().contains(&approval.owner)
+                && verify_signature(&approval.owner, &approval.signature, &message).is_ok()
+        })
+        .map_or_else(|| state.authority().ledger_key(), |approval| approval.owner)
+}
+
+#[cfg(test)]
+mod tests {
+    use fabric_events::{derive_signing_key, FabricGenesis, JobSubmitted, OwnerAction, Rejected};
+
+    use super::*;
+
+    const TICK: u64 = 200;
+
+    /// A state after a genesis of a ledger key and three owners (2 of 3), with their keys.
+    fn founded() -> (State, SigningKey, Vec<SigningKey>) {
+        let ledger = derive_signing_key(3, "tests/ledger");
+        let owners: Vec<SigningKey> = (0..3)
+            .map(|index| derive_signing_key(3, &format!("tests/owner/{index}")))
+            .collect();
+        let genesis = Event::new(
+            Role::Ledger,
+            0,
+            0,
+            FabricGenesis {
+                ledger_key: PublicKey::from(&ledger.verifying_key()),
+                owners: owners
+                    .iter()
+                    .map(|owner| PublicKey::from(&owner.verifying_key()))
+                    .collect(),
+                owner_threshold: 2,
+            },
+        );
+        let mut state = State::new();
+        state
+            .admit(&PublicKey::from(&ledger.verifying_key()), &genesis)
+            .expect("the genesis founds the fabric");
+        (state, ledger, owners)
+    }
+
+    fn command(action: OwnerAction, nonce: u64, approvers: &[&SigningKey]) -> Request {
+        let mut command = OwnerCommand {
+            action,
+            expiry_tick: TICK + 100,
+            approvals: Vec::new(),
+        };
+        for approver in approvers {
+            command.approve(nonce, approver);
+        }
+        Request::Owner { nonce, command }
+    }
+
+    fn job(key: &SigningKey, tick: u64, nonce: u64) -> Request {
+        let event = Event::new(
+            Role::Client,
+            tick,
+            nonce,
+            JobSubmitted {
+                job: nonce,
+                shard: "earth".to_owned(),
+                workload: "w@1".to_owned(),
+                skills: Vec::new(),
+                duration_ticks: 1,
+                deadline_tick: tick + 10,
+                budget_micros: 1,
+                input_hash: Hash32([9; 32]),
+            },
+        );
+        let signed = SignedEvent::sign(&event, key).expect("small");
+        Request::Job {
+            checked: gate::check_signed(&signed),
+            signed,
+        }
+    }
+
+    fn ledger_of(key: &SigningKey) -> PublicKey {
+        PublicKey::from(&key.verifying_key())
+    }
+
+    /// An owner command too large for the ledger to envelope is that command's refusal:
+    /// counted without an owner's approval, recorded (naming the approving owner) with one;
+    /// never an error that would stop the driver.
+    #[test]
+    fn an_owner_command_the_ledger_cannot_envelope_is_refused_not_a_stop() {
+        let (mut state, ledger, owners) = founded();
+        let huge = || OwnerAction::Governance {
+            payload: vec![7; 17_000],
+        };
+        let unapproved = command(huge(), 1, &[]);
+        let counted = counted_refusal(&state, TICK, &ledger_of(&ledger), &unapproved);
+        assert_eq!(
+            counted.map(|(reason, _)| reason),
+            Some(RejectReason::Oversize)
+        );
+
+        let approved = command(huge(), 2, &[&owners[0], &owners[1]]);
+        assert_eq!(
+            counted_refusal(&state, TICK, &ledger_of(&ledger), &approved),
+            None
+        );
+        let Request::Owner { command: sent, .. } = &approved else {
+            unreachable!("an owner request")
+        };
+        let message_hash = Hash32(*blake3::hash(&sent.approval_message(2)).as_bytes());
+        let out = sequence(&mut state, TICK, approved, &ledger, 8).expect("a refusal, no stop");
+        assert!(matches!(
+            out.verdicts.as_slice(),
+            [Verdict::Refused {
+                reason: RejectReason::Oversize,
+                ..
+            }]
+        ));
+        match &out.events[..] {
+            [Event {
+                body:
+                    Body::Rejected(Rejected {
+                        attempt_hash,
+                        claimed_author,
+                        reason: RejectReason::Oversize,
+                        ..
+                    }),
+                ..
+            }] => {
+                assert_eq!(*attempt_hash, message_hash);
+                assert_eq!(*claimed_author, ledger_of(&owners[0]));
+            }
+            other => panic!("one rejected event, not {other:?}"),
+        }
+    }
+
+    /// What carries no valid signature of a registered key is counted; what a registered key
+    /// signed (or one owner approved) is evidence and goes through the gate to be recorded.
+    #[test]
+    fn only_attempts_of_registered_keys_are_evidence() {
+        let (mut state, ledger, owners) = founded();
+        let ledger_key = ledger_of(&ledger);
+        let client = derive_signing_key(3, "tests/client");
+        let stranger = derive_signing_key(3, "tests/stranger");
+        let reason_of = |state: &State, request: &Request| {
+            counted_refusal(state, TICK, &ledger_key, request).map(|(reason, _)| reason)
+        };
+
+        let mut bad_signature = job(&client, TICK, 1);
+        if let Request::Job { signed, checked } = &mut bad_signature {
+            signed.signature.0[0] ^= 1;
+            *checked = gate::check_signed(signed);
+        }
+        assert_eq!(
+            reason_of(&state, &bad_signature),
+            Some(RejectReason::BadSignature)
+        );
+        assert_eq!(
+            reason_of(&state, &job(&stranger, TICK, 1)),
+            Some(RejectReason::UnknownKey)
+        );
+        let strangers_command = command(OwnerAction::PauseAll, 5, &[&stranger]);
+        assert_eq!(
+            reason_of(&state, &strangers_command),
+            Some(RejectReason::UnknownKey)
+        );
+
+        // Registered, the client's job is judged by the gate: one signed 100 ticks ago is
+        // recorded against it.
+        let register = command(
+            OwnerAction::RegisterClient {
+                client: "tests.client".to_owned(),
+                key: PublicKey::from(&client.verifying_key()),
+            },
+            6,
+            &[&owners[0], &owners[2]],
+        );
+        let out = sequence(&mut state, TICK, register, &ledger, 8).expect("sequenced");
+        assert_eq!(out.verdicts, [Verdict::Admitted]);
+        let backdated = job(&client, TICK - 100, 2);
+        assert_eq!(reason_of(&state, &backdated), None);
+        let out = sequence(&mut state, TICK, backdated, &ledger, 8).expect("sequenced");
+        assert!(matches!(
+            &out.verdicts[..],
+            [Verdict::Refused { reason: RejectReason::Invalid, detail }] if detail.contains("window")
+        ));
+        let at_the_edge = job(&client, TICK - 8, 3);
+        let out = sequence(&mut state, TICK, at_the_edge, &ledger, 8).expect("sequenced");
+        assert!(
+            matches!(&out.verdicts[..], [Verdict::Refused { reason: RejectReason::Invalid, detail }] if detail.contains("shard")),
+            "past the window check, the job is judged by the state (no shard earth here): {:?}",
+            out.verdicts
+        );
+
+        // One real approval of the two needed: evidence against its approver.
+        let one_approval = command(OwnerAction::PauseAll, 7, &[&owners[1]]);
+        assert_eq!(reason_of(&state, &one_approval), None);
+        let out = sequence(&mut state, TICK, one_approval, &ledger, 8).expect("sequenced");
+        assert!(matches!(
+            &out.verdicts[..],
+            [Verdict::Refused {
+                reason: RejectReason::TooFewOwnerSignatures,
+                ..
+            }]
+        ));
     }
 }

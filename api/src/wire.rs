@@ -121,6 +121,10 @@ pub struct ErrorDetail {
     /// The tick the refusal was recorded at.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tick: Option<u64>,
+    /// The seq of the `refusals_counted` event that counts a refusal without a valid
+    /// signature of a registered key (such a refusal has no event of its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counted_seq: Option<u64>,
 }
 
 impl ErrorBody {
@@ -132,8 +136,22 @@ impl ErrorBody {
                 message: message.into(),
                 rejected_seq: None,
                 tick: None,
+                counted_seq: None,
             },
         }
+    }
+
+    /// A refusal counted in the `refusals_counted` event at `counted_seq`, in tick `tick`.
+    pub fn counted(
+        code: impl Into<String>,
+        message: impl Into<String>,
+        counted_seq: u64,
+        tick: u64,
+    ) -> Self {
+        let mut body = Self::new(code, message);
+        body.error.counted_seq = Some(counted_seq);
+        body.error.tick = Some(tick);
+        body
     }
 
     /// A refusal recorded as the `rejected` event at `rejected_seq`, in tick `tick`.

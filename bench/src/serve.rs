@@ -297,7 +297,9 @@ fn connection_load(
     key: &SigningKey,
 ) -> anyhow::Result<(Vec<Duration>, u64)> {
     let mut client = Client::new(target, Duration::from_secs(30));
-    let tick = health(&mut client)?["tick"].as_u64().unwrap_or(0);
+    // A client signs the newest tick it saw (the server refuses one older than its window):
+    // each 202 names the tick its job was sequenced at.
+    let mut tick = health(&mut client)?["tick"].as_u64().unwrap_or(0);
     let mut latencies = Vec::new();
     let mut refused = 0;
     for index in 0u64.. {
@@ -321,8 +323,11 @@ fn connection_load(
         let response = client.request("POST", "/v0/jobs", Some(("application/json", &body)))?;
         if response.status == 202 {
             latencies.push(sent.elapsed());
+            let answer: Value = serde_json::from_slice(&response.body)?;
+            tick = answer["tick"].as_u64().unwrap_or(tick);
         } else {
             refused += 1;
+            tick = health(&mut client)?["tick"].as_u64().unwrap_or(tick);
         }
     }
     Ok((latencies, refused))

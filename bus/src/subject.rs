@@ -64,7 +64,10 @@ pub fn shard_of<'a>(event: &'a Event, regions: &'a Regions) -> Option<&'a str> {
             | OwnerAction::UpdateNode { node: name, .. } => node(name),
             _ => None,
         },
-        Body::Checkpoint(_) | Body::Rejected(_) | Body::FabricGenesis(_) => None,
+        Body::Checkpoint(_)
+        | Body::Rejected(_)
+        | Body::FabricGenesis(_)
+        | Body::RefusalsCounted(_) => None,
     }
 }
 

@@ -123,6 +123,10 @@ pub enum Body {
     /// The ledger's verifier re-executed a GPU job and got another output than its node
     /// reported: the job goes back to its queue, the node's treaty halts for a while.
     AttestationMismatch(AttestationMismatch),
+    /// The ledger counts, per reason, the refused attempts of one tick that carried no valid
+    /// signature of a registered key: they are not evidence against anyone, so they are not
+    /// each recorded.
+    RefusalsCounted(RefusalsCounted),
 }
 
 macro_rules! kinds {
@@ -188,6 +192,7 @@ kinds! {
     ShardRegistered => "shard_registered",
     FabricGenesis => "fabric_genesis",
     AttestationMismatch => "attestation_mismatch",
+    RefusalsCounted => "refusals_counted",
 }
 
 crate::with_node_terms! {
@@ -708,4 +713,27 @@ pub struct AttestationMismatch {
     /// The node's signed receipt: author (32) ‖ signature (64) ‖ `signed` (hex in JSON).
     #[serde(with = "crate::hex_serde")]
     pub evidence: Vec<u8>,
+}
+
+/// How many refused attempts of one tick had one reason.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefusalCount {
+    /// The reason.
+    pub reason: RejectReason,
+    /// Attempts refused for it (at least 1).
+    pub attempts: u64,
+}
+
+/// The refused attempts of one tick that carried no valid signature of a registered key
+/// (malformed, bad signature, weak or unknown key, oversize, an owner command without one
+/// valid approval of an owner), counted instead of each recorded. Signed by the ledger key
+/// at the tick it counts; it stands before the tick's admitted submissions.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefusalsCounted {
+    /// One count per reason that had any, in the reasons' tag order (each reason once). Empty
+    /// only when the event marks the tick its submissions are sequenced at (a submission
+    /// signed for an earlier tick, and no event of this tick before it).
+    pub counts: Vec<RefusalCount>,
 }

@@ -122,6 +122,7 @@ fn kind_tags_are_positional_and_named() {
             "shard_registered",
             "fabric_genesis",
             "attestation_mismatch",
+            "refusals_counted",
         ]
     );
     for (index, kind) in Kind::ALL.iter().enumerate() {
@@ -767,4 +768,46 @@ proptest! {
         let _ = decode_event(&bytes);
         let _ = Entry::decode(&bytes);
     }
+}
+
+/// The bytes of a `refusals_counted` event, written out field by field as FORMAT.md describes
+/// them: header, tag 14, the count of entries, then (reason tag u32, attempts u64) each.
+#[test]
+fn refusals_counted_encoding_is_pinned() {
+    let event = Event::new(
+        Role::Ledger,
+        7,
+        (7 << 24) | (1 << 23),
+        RefusalsCounted {
+            counts: vec![
+                RefusalCount {
+                    reason: RejectReason::BadSignature,
+                    attempts: 3,
+                },
+                RefusalCount {
+                    reason: RejectReason::UnknownKey,
+                    attempts: 1_000,
+                },
+            ],
+        },
+    );
+    let mut expected = Vec::new();
+    expected.extend_from_slice(&4u32.to_le_bytes()); // role: ledger
+    expected.extend_from_slice(&7u64.to_le_bytes()); // tick
+    expected.extend_from_slice(&((7u64 << 24) | (1 << 23)).to_le_bytes()); // nonce
+    expected.extend_from_slice(&14u32.to_le_bytes()); // kind tag: refusals_counted
+    expected.extend_from_slice(&2u64.to_le_bytes()); // two counts
+    expected.extend_from_slice(&0u32.to_le_bytes()); // bad_signature
+    expected.extend_from_slice(&3u64.to_le_bytes());
+    expected.extend_from_slice(&3u32.to_le_bytes()); // unknown_key
+    expected.extend_from_slice(&1_000u64.to_le_bytes());
+    let bytes = encode_event(&event).expect("small");
+    assert_eq!(bytes, expected);
+    assert_eq!(
+        hex::encode(&bytes),
+        "04000000070000000000000000008007000000000e000000020000000000000000000000\
+         030000000000000003000000e803000000000000"
+    );
+    assert_eq!(decode_event(&bytes).expect("decodes"), event);
+    assert_eq!(event.kind().as_str(), "refusals_counted");
 }

@@ -1005,3 +1005,74 @@ fn the_fold_and_the_snapshot_keep_the_state_consistent() {
         "{m:?}"
     );
 }
+
+/// A `refusals_counted` event adds its counts to the rejection counters; counts out of tag
+/// order, twice the same reason or zero attempts do not fit and change nothing.
+#[test]
+fn counted_refusals_add_to_the_rejection_counters_in_one_encoding_only() {
+    use fabric_events::{RefusalCount, RefusalsCounted, RejectReason};
+    let mut world = World::new();
+    let count = |reason, attempts| RefusalCount { reason, attempts };
+    world
+        .apply(
+            Role::Ledger,
+            4,
+            RefusalsCounted {
+                counts: vec![
+                    count(RejectReason::BadSignature, 7),
+                    count(RejectReason::UnknownKey, 2),
+                ],
+            },
+        )
+        .expect("counts in tag order fit");
+    let authority = world.state.authority();
+    assert_eq!(authority.rejections(RejectReason::BadSignature), 7);
+    assert_eq!(authority.rejections(RejectReason::UnknownKey), 2);
+    assert_eq!(world.state.metrics().rejections, 9);
+    for counts in [
+        vec![
+            count(RejectReason::UnknownKey, 1),
+            count(RejectReason::BadSignature, 1),
+        ],
+        vec![
+            count(RejectReason::Malformed, 1),
+            count(RejectReason::Malformed, 1),
+        ],
+        vec![count(RejectReason::Oversize, 0)],
+    ] {
+        let refused = world.apply(Role::Ledger, 5, RefusalsCounted { counts });
+        assert!(
+            matches!(refused, Err(ApplyError::Conflict(_))),
+            "{refused:?}"
+        );
+    }
+    assert_eq!(world.state.metrics().rejections, 9);
+    assert!(
+        matches!(
+            world.apply(Role::Client, 5, RefusalsCounted { counts: Vec::new() }),
+            Err(ApplyError::WrongRole { .. })
+        ),
+        "only the ledger counts refusals"
+    );
+}
+
+/// A job counts from the tick it was sequenced at: the newest tick of the log when it is
+/// folded, not the older tick its client signed.
+#[test]
+fn a_backdated_job_counts_from_the_tick_it_is_sequenced_at() {
+    let mut world = World::new();
+    world
+        .apply(
+            Role::Ledger,
+            20,
+            fabric_events::RefusalsCounted { counts: Vec::new() },
+        )
+        .expect("an empty count marks the tick");
+    world.submit(12, 1, "a", &["cpu"]);
+    let job = world.job(1);
+    assert_eq!(world.state.jobs()[job as usize].submitted_tick, 20);
+    // Without a newer event its own tick is the newest.
+    world.submit(25, 2, "a", &["cpu"]);
+    let job = world.job(2);
+    assert_eq!(world.state.jobs()[job as usize].submitted_tick, 25);
+}

@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::index::{index_event, settle, View};
 use crate::metrics::ServeMetrics;
+use crate::refusals::{PeerRefusals, PEER_REFUSALS_BURST_MAX, PEER_REFUSALS_PER_SECOND_MAX};
 use crate::INTAKE_CAPACITY;
 
 /// Everything the handlers share.
@@ -37,6 +38,8 @@ pub(crate) struct Shared {
     pub(crate) artifacts: sled::Tree,
     pub(crate) view: RwLock<View>,
     pub(crate) metrics: ServeMetrics,
+    /// Each peer's allowance of refused requests.
+    pub(crate) refusals: PeerRefusals,
     pub(crate) tick_ms: u64,
     pub(crate) started: Instant,
 }
@@ -65,9 +68,14 @@ impl Shared {
         view.tree_head = *tick.tree_head;
         for (index, (event, signed)) in tick.events.iter().zip(tick.signed).enumerate() {
             let seq = tick.first_seq + index as u64;
-            if let Err(error) =
-                index_event(&mut view.jobs, &self.artifacts, seq, event, &signed.author)
-            {
+            if let Err(error) = index_event(
+                &mut view.jobs,
+                &self.artifacts,
+                seq,
+                event,
+                &signed.author,
+                tick.tick,
+            ) {
                 eprintln!("warning: {error}");
             }
             if let Body::JobSubmitted(job) = &event.body {
@@ -139,18 +147,59 @@ fn tree_head(head: &SignedTreeHead) -> TreeHead {
 /// The request's body parsed as JSON of `T` (`what` names it in the error): 413 over the size
 /// limit, 400 when it cannot be read or is not `what`.
 async fn read_json<T: serde::de::DeserializeOwned>(
+    shared: &Shared,
     request: &HttpRequest,
     payload: web::Payload,
     what: &str,
 ) -> Result<T, HttpResponse> {
-    let body = read_body(request, payload).await?;
-    serde_json::from_slice(&body).map_err(|err| {
-        error(
-            StatusCode::BAD_REQUEST,
-            "bad_body",
-            format!("the body is not {what}: {err}"),
-        )
-    })
+    let parsed = match read_body(request, payload).await {
+        Ok(body) => serde_json::from_slice(&body).map_err(|err| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                format!("the body is not {what}: {err}"),
+            )
+        }),
+        Err(response) => Err(response),
+    };
+    // Nothing of it reaches the ledger (no attempt to attribute): counted in the metrics.
+    if parsed.is_err() {
+        shared.metrics.unreadable_request();
+    }
+    parsed
+}
+
+/// The peer's IP address (none on the Unix socket).
+fn peer_of(request: &HttpRequest) -> Option<std::net::IpAddr> {
+    request.peer_addr().map(|address| address.ip())
+}
+
+/// Runs a POST handler under the peer's refusal allowance: a peer whose allowance is spent is
+/// answered 429 before its request is read, and every refusal (a 4xx answer) takes from it.
+async fn within_allowance(
+    shared: &Shared,
+    request: &HttpRequest,
+    handler: impl std::future::Future<Output = HttpResponse>,
+) -> HttpResponse {
+    let peer = peer_of(request);
+    if !shared.refusals.allows(peer) {
+        shared.metrics.rate_limited_request();
+        return HttpResponse::build(StatusCode::TOO_MANY_REQUESTS)
+            .insert_header(("retry-after", "1"))
+            .json(ErrorBody::new(
+                "rate_limited",
+                format!(
+                    "this address made more than {PEER_REFUSALS_BURST_MAX} refused requests \
+                     lately (the allowance refills by {PEER_REFUSALS_PER_SECOND_MAX} a second); \
+                     try again later"
+                ),
+            ));
+    }
+    let response = handler.await;
+    if response.status().is_client_error() {
+        shared.refusals.refused(peer);
+    }
+    response
 }
 
 /// Reads a request body of at most [`REQUEST_BODY_BYTES_MAX`] bytes.
@@ -239,13 +288,21 @@ async fn sequence(shared: &Shared, request: Request) -> Result<Ack, HttpResponse
     })
 }
 
-fn refused(ack: &Ack, reason: RejectReason, detail: &str) -> HttpResponse {
-    HttpResponse::build(refusal_status(reason)).json(ErrorBody::refusal(
-        reason.as_str(),
-        detail,
-        ack.seq,
-        ack.tick,
-    ))
+/// The answer to a refused request: recorded as its own `rejected` event (evidence against
+/// its signer), or counted in the tick's `refusals_counted` event.
+fn refused(ack: &Ack) -> Option<HttpResponse> {
+    let body = match &ack.verdict {
+        Verdict::Admitted => return None,
+        Verdict::Refused { reason, detail } => (
+            *reason,
+            ErrorBody::refusal(reason.as_str(), detail, ack.seq, ack.tick),
+        ),
+        Verdict::Counted { reason, detail } => (
+            *reason,
+            ErrorBody::counted(reason.as_str(), detail, ack.seq, ack.tick),
+        ),
+    };
+    Some(HttpResponse::build(refusal_status(body.0)).json(body.1))
 }
 
 async fn submit_job(
@@ -253,17 +310,41 @@ async fn submit_job(
     request: HttpRequest,
     payload: web::Payload,
 ) -> HttpResponse {
-    let job_request: JobRequest =
-        match read_json(&request, payload, "a job request (docs/FORMAT.md §14.2)").await {
-            Ok(parsed) => parsed,
-            Err(response) => return response,
-        };
+    within_allowance(
+        &shared,
+        &request,
+        submit_job_heard(&shared, &request, payload),
+    )
+    .await
+}
+
+async fn submit_job_heard(
+    shared: &Shared,
+    request: &HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
+    let job_request: JobRequest = match read_json(
+        shared,
+        request,
+        payload,
+        "a job request (docs/FORMAT.md §14.2)",
+    )
+    .await
+    {
+        Ok(parsed) => parsed,
+        Err(response) => return response,
+    };
     let signed = match job_request.event.decode() {
         Ok(signed) => signed,
-        Err(wrong) => return error(StatusCode::BAD_REQUEST, "bad_body", wrong.to_string()),
+        Err(wrong) => {
+            // Not even an attempt to attribute (hex or base64 that does not parse).
+            shared.metrics.unreadable_request();
+            return error(StatusCode::BAD_REQUEST, "bad_body", wrong.to_string());
+        }
     };
     // Checks that need no state run here, on the HTTP worker's thread; the signature check is
-    // the expensive one. What fails them is still recorded (as a `Rejected` event).
+    // the expensive one. What fails them is counted in the tick's `refusals_counted` event
+    // (or recorded as a `Rejected` event when a registered key signed it).
     let checked = check_signed(&signed).and_then(|event| {
         check_envelope(&job_request, &event)
             .map_err(|wrong| (RejectReason::Invalid, wrong.to_string()))?;
@@ -276,21 +357,21 @@ async fn submit_job(
         },
         Err(_) => None,
     };
-    let ack = match sequence(&shared, Request::Job { signed, checked }).await {
+    let ack = match sequence(shared, Request::Job { signed, checked }).await {
         Ok(ack) => ack,
         Err(response) => return response,
     };
-    match &ack.verdict {
-        Verdict::Admitted => HttpResponse::Accepted().json(JobAccepted {
-            job,
-            links: JobLinks::new(job, ack.seq),
-            request_id: job_request.request_id,
-            seq: ack.seq,
-            status: "accepted".to_owned(),
-            tick: ack.tick,
-        }),
-        Verdict::Refused { reason, detail } => refused(&ack, *reason, detail),
+    if let Some(refusal) = refused(&ack) {
+        return refusal;
     }
+    HttpResponse::Accepted().json(JobAccepted {
+        job,
+        links: JobLinks::new(job, ack.seq),
+        request_id: job_request.request_id,
+        seq: ack.seq,
+        status: "accepted".to_owned(),
+        tick: ack.tick,
+    })
 }
 
 fn parse_job_id(text: &str) -> Option<JobId> {
@@ -524,8 +605,22 @@ async fn owner_command(
     request: HttpRequest,
     payload: web::Payload,
 ) -> HttpResponse {
-    let owner: OwnerRequest = match read_json(
+    within_allowance(
+        &shared,
         &request,
+        owner_command_heard(&shared, &request, payload),
+    )
+    .await
+}
+
+async fn owner_command_heard(
+    shared: &Shared,
+    request: &HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
+    let owner: OwnerRequest = match read_json(
+        shared,
+        request,
         payload,
         "an owner command with its nonce (docs/FORMAT.md §10.1)",
     )
@@ -549,7 +644,7 @@ async fn owner_command(
         );
     }
     let ack = match sequence(
-        &shared,
+        shared,
         Request::Owner {
             nonce: owner.nonce,
             command: owner.command,
@@ -560,15 +655,15 @@ async fn owner_command(
         Ok(ack) => ack,
         Err(response) => return response,
     };
-    match &ack.verdict {
-        Verdict::Admitted => HttpResponse::Accepted().json(OwnerAccepted {
-            nonce: owner.nonce,
-            seq: ack.seq,
-            status: "executed".to_owned(),
-            tick: ack.tick,
-        }),
-        Verdict::Refused { reason, detail } => refused(&ack, *reason, detail),
+    if let Some(refusal) = refused(&ack) {
+        return refusal;
     }
+    HttpResponse::Accepted().json(OwnerAccepted {
+        nonce: owner.nonce,
+        seq: ack.seq,
+        status: "executed".to_owned(),
+        tick: ack.tick,
+    })
 }
 
 async fn metrics(shared: web::Data<Shared>, request: HttpRequest) -> HttpResponse {

@@ -76,13 +76,15 @@ pub(crate) fn settle(view: &mut View, state: &State) {
 }
 
 /// Adds one event of the log to the job index (and a completed served job's artifact to the
-/// store).
+/// store). `sequenced_tick` is the tick the event was sequenced at: a job counts from it, not
+/// from the (up to a few ticks older) tick its client signed.
 pub(crate) fn index_event(
     jobs: &mut HashMap<JobId, JobRecord>,
     artifacts: &sled::Tree,
     seq: u64,
     event: &Event,
     author: &PublicKey,
+    sequenced_tick: u64,
 ) -> Result<(), ServerError> {
     let tick = event.header.tick;
     let kind = event.kind().as_str();
@@ -96,7 +98,7 @@ pub(crate) fn index_event(
                     workload: body.workload.clone(),
                     input_hash: body.input_hash,
                     client: *author,
-                    submitted_tick: tick,
+                    submitted_tick: sequenced_tick,
                     started_tick: None,
                     finished_tick: None,
                     attempts: 0,
@@ -205,16 +207,19 @@ struct Indexer<'a> {
 }
 
 impl Observer for Indexer<'_> {
-    fn after(&mut self, step: &Step<'_>, _: &State) {
+    fn after(&mut self, step: &Step<'_>, state: &State) {
         if self.failed.is_some() {
             return;
         }
+        // The state's tick is the newest of the log so far: the tick the event was
+        // sequenced at (the serve driver puts an event of the tick before a backdated job).
         let indexed = index_event(
             &mut self.jobs,
             self.artifacts,
             step.seq,
             step.event,
             step.author,
+            state.tick(),
         );
         self.failed = indexed.err();
     }

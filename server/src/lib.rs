@@ -22,6 +22,7 @@ pub mod index;
 pub mod limits;
 pub mod metrics;
 mod requests;
+pub mod refusals;
 pub mod service;
 pub mod tls;
 

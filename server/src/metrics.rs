@@ -61,6 +61,9 @@ pub struct ServeMetrics {
     requeues: Counter,
     node_healthy: Family<NodeLabels, Gauge>,
     rejections: Family<ReasonLabels, Counter>,
+    refusals_counted: Family<ReasonLabels, Counter>,
+    requests_unreadable: Counter,
+    requests_rate_limited: Counter,
     outbox_lag_events: Gauge,
     tick: Gauge,
     /// HTTP submissions turned away before reaching a tick (overload, shutdown).
@@ -90,6 +93,9 @@ impl ServeMetrics {
             requeues: Counter::default(),
             node_healthy: Family::default(),
             rejections: Family::default(),
+            refusals_counted: Family::default(),
+            requests_unreadable: Counter::default(),
+            requests_rate_limited: Counter::default(),
             outbox_lag_events: Gauge::default(),
             tick: Gauge::default(),
             requests_dropped: AtomicU64::new(0),
@@ -180,6 +186,21 @@ impl ServeMetrics {
             metrics.rejections.clone(),
         );
         registry.register(
+            "fabric_refusals_counted",
+            "Refused attempts without a valid signature of a registered key, by reason (counted in refusals_counted events, not each recorded)",
+            metrics.refusals_counted.clone(),
+        );
+        registry.register(
+            "fabric_requests_unreadable",
+            "Requests whose body could not be read or parsed (nothing stored)",
+            metrics.requests_unreadable.clone(),
+        );
+        registry.register(
+            "fabric_requests_rate_limited",
+            "Requests answered 429 because their peer's allowance of refusals was spent",
+            metrics.requests_rate_limited.clone(),
+        );
+        registry.register(
             "fabric_nats_outbox_lag_events",
             "Durable events not yet acknowledged by NATS (0 without --nats)",
             metrics.outbox_lag_events.clone(),
@@ -201,13 +222,22 @@ impl ServeMetrics {
                 .inc_by(0);
         }
         for reason in fabric_events::RejectReason::ALL {
-            metrics
-                .rejections
-                .get_or_create(&ReasonLabels {
-                    reason: reason.as_str().to_owned(),
-                })
-                .inc_by(0);
+            let labels = ReasonLabels {
+                reason: reason.as_str().to_owned(),
+            };
+            metrics.rejections.get_or_create(&labels).inc_by(0);
+            metrics.refusals_counted.get_or_create(&labels).inc_by(0);
         }
+    }
+
+    /// A request whose body could not be read or parsed.
+    pub fn unreadable_request(&self) {
+        self.requests_unreadable.inc();
+    }
+
+    /// A request answered 429 (its peer's allowance of refusals is spent).
+    pub fn rate_limited_request(&self) {
+        self.requests_rate_limited.inc();
     }
 
     /// A submission turned away before it reached a tick.
@@ -256,6 +286,15 @@ impl ServeMetrics {
                             reason: rejected.reason.as_str().to_owned(),
                         })
                         .inc();
+                }
+                Body::RefusalsCounted(counted) => {
+                    for count in &counted.counts {
+                        self.refusals_counted
+                            .get_or_create(&ReasonLabels {
+                                reason: count.reason.as_str().to_owned(),
+                            })
+                            .inc_by(count.attempts);
+                    }
                 }
                 Body::JobReceipt(receipt) => {
                     if let Some(node) = state.node_ix(&receipt.node) {

@@ -169,6 +169,7 @@ fn shared(
             jobs,
         }),
         metrics: ServeMetrics::new(&spill_routes),
+        refusals: Default::default(),
         tick_ms: config.tick_ms,
         started: Instant::now(),
         reader,

@@ -340,7 +340,7 @@ mod authority {
             .iter()
             .map(|verdict| match verdict {
                 Verdict::Admitted => None,
-                Verdict::Refused { reason, .. } => Some(*reason),
+                Verdict::Refused { reason, .. } | Verdict::Counted { reason, .. } => Some(*reason),
             })
             .collect()
     }

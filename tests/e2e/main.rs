@@ -15,4 +15,5 @@ mod report;
 mod restore;
 mod run;
 mod serve;
+mod serve_owner;
 mod support;

@@ -1,13 +1,12 @@
 //! `fabric serve` as clients meet it: the real binary on a free loopback port and on a Unix
 //! socket, real sled underneath. Signed jobs run to their results, artifacts and proofs;
-//! unauthenticated, malformed and oversize requests are refused with only their `Rejected`
-//! event stored; SIGTERM under load loses no acknowledged job; `/metrics` passes promtool;
+//! unauthenticated, malformed and oversize requests are refused and only counted, a refusal
+//! signed by a registered key is recorded as its `Rejected` event; SIGTERM under load loses no acknowledged job; `/metrics` passes promtool;
 //! the OpenAPI document describes what the server answers.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,140 +18,14 @@ use fabric_events::{
 };
 use serde_json::{json, Value};
 
-use crate::support::{fabric, path, stderr, stdout, DEFAULT_CONFIG};
-use fabric_api::http_client::{Client, Response, Target};
+use crate::support::{fabric, path, stderr, stdout, Served, SERVE_SEED};
+use fabric_api::http_client::{Client, Response};
 
-const SEED: u64 = 7;
-const TICK_MS: &str = "10";
+const SEED: u64 = SERVE_SEED;
 const REQUEST_ID_CONTEXT: &str = "fabric 2026-12 request id to job id";
 const CPU_OUTPUT_CONTEXT: &str = "fabric 2026-11 cpu job output v1";
 
-/// A running `fabric serve`, killed when dropped (unless it already exited).
-struct Served {
-    child: Option<Child>,
-    tcp: Option<Target>,
-    unix: Option<Target>,
-    _stdout: Option<BufReader<ChildStdout>>,
-}
-
-impl Served {
-    /// Starts `fabric serve` on `data` on a free loopback port (and `unix` when given) and
-    /// waits until it says where it listens.
-    fn start(data: &Path, unix: Option<&Path>) -> Self {
-        Self::start_with(data, unix, &[])
-    }
-
-    /// [`Served::start`] with more arguments.
-    fn start_with(data: &Path, unix: Option<&Path>, extra: &[&str]) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_fabric"));
-        command.args([
-            "serve",
-            "--data",
-            path(data),
-            "--config",
-            DEFAULT_CONFIG,
-            "--seed",
-            &SEED.to_string(),
-            "--listen",
-            "127.0.0.1:0",
-            "--tick-ms",
-            TICK_MS,
-        ]);
-        if let Some(socket) = unix {
-            command.args(["--unix", path(socket)]);
-        }
-        command.args(extra);
-        let mut child = command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("fabric serve starts");
-        let mut reader = BufReader::new(child.stdout.take().expect("piped stdout"));
-        let (mut tcp, mut unix_target) = (None, None);
-        loop {
-            let mut line = String::new();
-            let read = reader.read_line(&mut line).expect("serve's stdout reads");
-            assert!(read > 0, "fabric serve exited before it listened");
-            let line = line.trim();
-            if let Some(address) = line.strip_prefix("listening on ") {
-                let target = Target::parse(address).expect("a printed address parses");
-                match target {
-                    Target::Tcp(_) | Target::Https(_) => tcp = Some(target),
-                    Target::Unix(_) => unix_target = Some(target),
-                }
-            }
-            if line.starts_with("data ") {
-                break;
-            }
-        }
-        Self {
-            child: Some(child),
-            tcp,
-            unix: unix_target,
-            _stdout: Some(reader),
-        }
-    }
-
-    fn client(&self) -> Client {
-        Client::new(
-            self.tcp.clone().expect("a TCP address"),
-            Duration::from_secs(30),
-        )
-    }
-
-    fn unix_client(&self) -> Client {
-        Client::new(
-            self.unix.clone().expect("a Unix socket"),
-            Duration::from_secs(30),
-        )
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
-    /// The rest of its stdout (after it exited).
-    fn rest_of_stdout(&mut self) -> String {
-        let mut rest = String::new();
-        if let Some(reader) = &mut self._stdout {
-            std::io::Read::read_to_string(reader, &mut rest).expect("serve's stdout reads");
-        }
-        rest
-    }
-
-    /// Sends SIGTERM and waits for the exit; true when it exited with 0.
-    fn terminate(&mut self) -> bool {
-        let pid = self.pid().to_string();
-        let status = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill -TERM {pid}");
-        let mut child = self.child.take().expect("running");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = child.try_wait().expect("the server's status") {
-                return status.success();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "fabric serve did not exit within 60 s of SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn json_of(response: &Response) -> Value {
+pub(crate) fn json_of(response: &Response) -> Value {
     serde_json::from_slice(&response.body).unwrap_or_else(|err| {
         panic!(
             "{} is not JSON ({err}): {}",
@@ -162,28 +35,28 @@ fn json_of(response: &Response) -> Value {
     })
 }
 
-fn get(client: &mut Client, path: &str) -> Response {
+pub(crate) fn get(client: &mut Client, path: &str) -> Response {
     client
         .request("GET", path, None)
         .expect("the GET is answered")
 }
 
-fn post(client: &mut Client, path: &str, body: &[u8]) -> Response {
+pub(crate) fn post(client: &mut Client, path: &str, body: &[u8]) -> Response {
     client
         .request("POST", path, Some(("application/json", body)))
         .expect("the POST is answered")
 }
 
-fn client_key(shard: &str) -> SigningKey {
+pub(crate) fn client_key(shard: &str) -> SigningKey {
     derive_signing_key(SEED, &format!("sim/client/{shard}"))
 }
 
-fn job_id_of(request_id: &str) -> u64 {
+pub(crate) fn job_id_of(request_id: &str) -> u64 {
     let hash = blake3::derive_key(REQUEST_ID_CONTEXT, request_id.as_bytes());
     u64::from_le_bytes(hash[..8].try_into().expect("8 bytes")) >> 1
 }
 
-fn current_tick(client: &mut Client) -> u64 {
+pub(crate) fn current_tick(client: &mut Client) -> u64 {
     let health = json_of(&get(client, "/v0/health"));
     health["tick"].as_u64().expect("health has a tick")
 }
@@ -199,7 +72,7 @@ fn skill_of(shard: &str) -> &'static str {
     }
 }
 
-fn signed_job(
+pub(crate) fn signed_job(
     key: &SigningKey,
     shard: &str,
     request_id: &str,
@@ -224,11 +97,11 @@ fn signed_job(
     SignedEvent::sign(&event, key).expect("a job event is small")
 }
 
-fn input_hash(request_id: &str) -> Hash32 {
+pub(crate) fn input_hash(request_id: &str) -> Hash32 {
     Hash32(*blake3::hash(format!("input of {request_id}").as_bytes()).as_bytes())
 }
 
-fn envelope(request_id: &str, signed: &SignedEvent) -> Value {
+pub(crate) fn envelope(request_id: &str, signed: &SignedEvent) -> Value {
     json!({
         "request_id": request_id,
         "model_id": "vision",
@@ -244,7 +117,7 @@ fn envelope(request_id: &str, signed: &SignedEvent) -> Value {
 }
 
 /// Polls `GET /v0/jobs/{job}` until its status is `status`.
-fn wait_for_status(client: &mut Client, job: u64, status: &str) -> Value {
+pub(crate) fn wait_for_status(client: &mut Client, job: u64, status: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let response = get(client, &format!("/v0/jobs/{job}"));
@@ -262,7 +135,7 @@ fn wait_for_status(client: &mut Client, job: u64, status: &str) -> Value {
 }
 
 /// Every export line of the log, by seq.
-fn export_lines(client: &mut Client) -> BTreeMap<u64, Value> {
+pub(crate) fn export_lines(client: &mut Client) -> BTreeMap<u64, Value> {
     let response = get(client, "/v0/events?from=0");
     assert_eq!(response.status, 200, "{}", response.text());
     response
@@ -467,15 +340,14 @@ fn rejections(client: &mut Client) -> Vec<Value> {
 }
 
 #[test]
-fn unauthenticated_malformed_and_oversize_requests_are_refused_and_only_their_rejection_is_stored()
-{
+fn unauthenticated_malformed_and_oversize_requests_are_counted_and_signed_refusals_recorded() {
     let dir = tempfile::tempdir().expect("temp dir");
     let served = Served::start(&dir.path().join("data"), None);
     let mut client = served.client();
     let tick = current_tick(&mut client);
     let earth = client_key("earth");
 
-    // Refused with a Rejected event: (request id, body, status, reason).
+    // Refused: (request id, body, status, reason).
     let stranger = derive_signing_key(99, "not registered");
     let good = signed_job(&earth, "earth", "good", tick, 10);
     let mut unsigned = envelope(
@@ -518,15 +390,16 @@ fn unauthenticated_malformed_and_oversize_requests_are_refused_and_only_their_re
             },
         })
     };
-    let refused_with_record = [
+    // No valid signature of a registered key: counted in the tick's `refusals_counted`
+    // event, not each recorded.
+    let counted = [
         ("unsigned", unsigned, 401, "bad_signature"),
         ("badsig", bad_signature, 401, "bad_signature"),
         ("stranger", unknown_key, 401, "unknown_key"),
         ("garbage", malformed_event, 400, "malformed"),
-        ("liar", lying_envelope, 400, "invalid"),
         ("huge", oversize_event, 413, "oversize"),
     ];
-    for (request_id, body, status, reason) in &refused_with_record {
+    for (request_id, body, status, reason) in &counted {
         let response = post(&mut client, "/v0/jobs", body.to_string().as_bytes());
         assert_eq!(
             response.status,
@@ -539,6 +412,20 @@ fn unauthenticated_malformed_and_oversize_requests_are_refused_and_only_their_re
         assert!(answer["error"]["message"]
             .as_str()
             .is_some_and(|m| !m.is_empty()));
+        assert!(answer["error"]["rejected_seq"].is_null(), "{answer}");
+        let counted_seq = answer["error"]["counted_seq"]
+            .as_u64()
+            .expect("a counted refusal names the event that counts it");
+        let line = &export_lines(&mut client)[&counted_seq];
+        assert_eq!(line["kind"], "refusals_counted", "{line}");
+        assert_eq!(line["body"]["tick"], answer["error"]["tick"], "{line}");
+        let counts = line["body"]["data"]["counts"].as_array().expect("counts");
+        assert!(
+            counts
+                .iter()
+                .any(|count| count["reason"] == *reason && count["attempts"].as_u64() >= Some(1)),
+            "{line}"
+        );
         // Nothing of the job is stored.
         let job = job_id_of(request_id);
         assert_eq!(
@@ -547,14 +434,24 @@ fn unauthenticated_malformed_and_oversize_requests_are_refused_and_only_their_re
             "{request_id}"
         );
     }
+    assert!(rejections(&mut client).is_empty(), "counted, not recorded");
 
-    // Refused before any attempt could be attributed: no Rejected event at all.
-    let before = rejections(&mut client).len();
-    assert_eq!(
-        before,
-        refused_with_record.len(),
-        "one Rejected event per refused attempt"
+    // Signed by a registered key (the envelope lies about the input): evidence against its
+    // signer, recorded as its own Rejected event.
+    let response = post(
+        &mut client,
+        "/v0/jobs",
+        lying_envelope.to_string().as_bytes(),
     );
+    assert_eq!(response.status, 400, "{}", response.text());
+    let answer = json_of(&response);
+    assert_eq!(answer["error"]["code"], "invalid", "{answer}");
+    let rejected_seq = answer["error"]["rejected_seq"].as_u64().expect("a seq");
+    assert_eq!(export_lines(&mut client)[&rejected_seq]["kind"], "rejected");
+
+    // Refused before any attempt could be attributed: nothing in the log at all.
+    let before = rejections(&mut client).len();
+    assert_eq!(before, 1, "one Rejected event per refused signed attempt");
     let not_json = post(&mut client, "/v0/jobs", b"{ this is not json");
     assert_eq!(not_json.status, 400);
     assert_eq!(json_of(&not_json)["error"]["code"], "bad_body");
@@ -569,7 +466,9 @@ fn unauthenticated_malformed_and_oversize_requests_are_refused_and_only_their_re
     assert_eq!(too_large.status, 413, "{}", too_large.text());
     assert_eq!(json_of(&too_large)["error"]["code"], "payload_too_large");
 
-    // A good job is accepted; the same request again is a replay.
+    // A good job (signed at the tick the client sees now) is accepted; the same request again
+    // is a replay.
+    let good = signed_job(&earth, "earth", "good", current_tick(&mut client), 10);
     let good_body = envelope("good", &good).to_string();
     let accepted = post(&mut client, "/v0/jobs", good_body.as_bytes());
     assert_eq!(accepted.status, 202, "{}", accepted.text());
@@ -578,23 +477,11 @@ fn unauthenticated_malformed_and_oversize_requests_are_refused_and_only_their_re
     assert_eq!(json_of(&replayed)["error"]["code"], "replayed_nonce");
 
     let stored = rejections(&mut client);
-    assert_eq!(stored.len(), refused_with_record.len() + 1, "{stored:#?}");
     let reasons: Vec<&str> = stored
         .iter()
         .map(|line| line["body"]["data"]["reason"].as_str().expect("a reason"))
         .collect();
-    assert_eq!(
-        reasons,
-        [
-            "bad_signature",
-            "bad_signature",
-            "unknown_key",
-            "malformed",
-            "invalid",
-            "oversize",
-            "replayed_nonce"
-        ]
-    );
+    assert_eq!(reasons, ["invalid", "replayed_nonce"], "{stored:#?}");
     // The log holds exactly one job: the good one.
     let submitted: Vec<Value> = export_lines(&mut client)
         .into_values()
@@ -626,6 +513,8 @@ fn sigterm_under_load_loses_no_acknowledged_job_and_the_log_audits_after_a_resta
             std::thread::spawn(move || {
                 let key = client_key(shard);
                 let mut client = Client::new(target, Duration::from_secs(30));
+                // A client signs the newest tick it saw: each answer names one.
+                let mut tick = tick;
                 for index in 0u64.. {
                     if stop.load(Ordering::Relaxed) {
                         break;
@@ -642,7 +531,9 @@ fn sigterm_under_load_loses_no_acknowledged_job_and_the_log_audits_after_a_resta
                         break;
                     };
                     if response.status == 202 {
-                        let seq = json_of(&response)["seq"].as_u64().expect("a seq");
+                        let answer = json_of(&response);
+                        let seq = answer["seq"].as_u64().expect("a seq");
+                        tick = answer["tick"].as_u64().expect("a tick");
                         acknowledged
                             .lock()
                             .expect("lock")
@@ -701,11 +592,12 @@ fn sigterm_under_load_loses_no_acknowledged_job_and_the_log_audits_after_a_resta
 #[test]
 fn a_restart_restores_jobs_signed_at_a_tick_before_a_checkpoint() {
     // A client signs the tick it last saw; its job is sequenced later, here after the
-    // checkpoint of tick 50. The restart restores from that checkpoint a tail whose entries'
-    // ticks go back (the fabric's own events of the later tick, then the older job).
+    // checkpoint of tick 50 (the server allows submissions 100 ticks old). The restart
+    // restores from that checkpoint a tail whose entries' ticks go back (the fabric's own
+    // events of the later tick, then the older job).
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path().join("data");
-    let mut served = Served::start(&data, None);
+    let mut served = Served::start_with(&data, None, &["--submission-tick-window", "100"]);
     let mut client = served.client();
     let deadline = Instant::now() + Duration::from_secs(60);
     while current_tick(&mut client) <= 55 {
@@ -760,7 +652,7 @@ fn a_restart_restores_jobs_signed_at_a_tick_before_a_checkpoint() {
 }
 
 /// The metric names the fabric must expose.
-const METRIC_NAMES: [&str; 16] = [
+const METRIC_NAMES: [&str; 19] = [
     "treaty_fill_rate",
     "treaty_rtt_ms",
     "treaty_provenance_coverage",
@@ -774,6 +666,9 @@ const METRIC_NAMES: [&str; 16] = [
     "fabric_requeues_total",
     "fabric_node_healthy",
     "fabric_rejections_total",
+    "fabric_refusals_counted_total",
+    "fabric_requests_unreadable_total",
+    "fabric_requests_rate_limited_total",
     "fabric_nats_outbox_lag_events",
     "fabric_policy_decision_latency_seconds",
     "fabric_tick",

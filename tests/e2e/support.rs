@@ -1,7 +1,11 @@
 //! Keys, events and helpers shared by the tests.
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Child, ChildStdout, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use fabric_api::http_client::{Client, Target};
 
 use fabric_events::{derive_signing_key, Event, Heartbeat, Role, SignedEvent, SigningKey};
 
@@ -90,6 +94,145 @@ pub fn heartbeats(first_nonce: u64, count: usize) -> Vec<SignedEvent> {
             SignedEvent::sign(&event, key).expect("heartbeats are small")
         })
         .collect()
+}
+
+/// The seed of the keys of a fabric [`Served`] starts.
+pub const SERVE_SEED: u64 = 7;
+/// Milliseconds between the ticks of a fabric [`Served`] starts.
+pub const SERVE_TICK_MS: &str = "10";
+/// How many ticks old a job's signed tick may be on a fabric [`Served`] starts (unless the
+/// test names its own): ticks of 10 ms pass quickly on a loaded machine between reading the
+/// tick and the job's sequencing, so one second of them rather than the default 8.
+pub const SERVE_SUBMISSION_TICK_WINDOW: &str = "100";
+
+/// A running `fabric serve`, killed when dropped (unless it already exited).
+pub struct Served {
+    child: Option<Child>,
+    /// Its TCP address.
+    pub tcp: Option<Target>,
+    /// Its Unix socket.
+    pub unix: Option<Target>,
+    _stdout: Option<BufReader<ChildStdout>>,
+}
+
+impl Served {
+    /// Starts `fabric serve` on `data` on a free loopback port (and `unix` when given) and
+    /// waits until it says where it listens.
+    pub fn start(data: &Path, unix: Option<&Path>) -> Self {
+        Self::start_with(data, unix, &[])
+    }
+
+    /// [`Served::start`] with more arguments.
+    pub fn start_with(data: &Path, unix: Option<&Path>, extra: &[&str]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_fabric"));
+        command.args([
+            "serve",
+            "--data",
+            path(data),
+            "--config",
+            DEFAULT_CONFIG,
+            "--seed",
+            &SERVE_SEED.to_string(),
+            "--listen",
+            "127.0.0.1:0",
+            "--tick-ms",
+            SERVE_TICK_MS,
+        ]);
+        if let Some(socket) = unix {
+            command.args(["--unix", path(socket)]);
+        }
+        if !extra.contains(&"--submission-tick-window") {
+            command.args(["--submission-tick-window", SERVE_SUBMISSION_TICK_WINDOW]);
+        }
+        command.args(extra);
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("fabric serve starts");
+        let mut reader = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let (mut tcp, mut unix_target) = (None, None);
+        loop {
+            let mut line = String::new();
+            let read = reader.read_line(&mut line).expect("serve's stdout reads");
+            assert!(read > 0, "fabric serve exited before it listened");
+            let line = line.trim();
+            if let Some(address) = line.strip_prefix("listening on ") {
+                let target = Target::parse(address).expect("a printed address parses");
+                match target {
+                    Target::Tcp(_) | Target::Https(_) => tcp = Some(target),
+                    Target::Unix(_) => unix_target = Some(target),
+                }
+            }
+            if line.starts_with("data ") {
+                break;
+            }
+        }
+        Self {
+            child: Some(child),
+            tcp,
+            unix: unix_target,
+            _stdout: Some(reader),
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(
+            self.tcp.clone().expect("a TCP address"),
+            Duration::from_secs(30),
+        )
+    }
+
+    pub fn unix_client(&self) -> Client {
+        Client::new(
+            self.unix.clone().expect("a Unix socket"),
+            Duration::from_secs(30),
+        )
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// The rest of its stdout (after it exited).
+    pub fn rest_of_stdout(&mut self) -> String {
+        let mut rest = String::new();
+        if let Some(reader) = &mut self._stdout {
+            std::io::Read::read_to_string(reader, &mut rest).expect("serve's stdout reads");
+        }
+        rest
+    }
+
+    /// Sends SIGTERM and waits for the exit; true when it exited with 0.
+    pub fn terminate(&mut self) -> bool {
+        let pid = self.pid().to_string();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -TERM {pid}");
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().expect("the server's status") {
+                return status.success();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "fabric serve did not exit within 60 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// A running `fabric serve`, killed when dropped (unless it already exited).

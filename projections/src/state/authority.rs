@@ -161,10 +161,15 @@ impl Authority {
     }
 
     pub(super) fn count_rejection(&mut self, reason: RejectReason) {
+        self.count_rejections(reason, 1);
+    }
+
+    /// Adds `attempts` refusals for `reason` (a `refusals_counted` event's count).
+    pub(super) fn count_rejections(&mut self, reason: RejectReason, attempts: u64) {
         if self.rejections.len() <= reason.tag() {
             self.rejections.resize(RejectReason::ALL.len(), 0);
         }
-        self.rejections[reason.tag()] += 1;
+        self.rejections[reason.tag()] = self.rejections[reason.tag()].saturating_add(attempts);
     }
 
     /// Checks the indices a decoded snapshot's keys point at.
@@ -206,7 +211,8 @@ fn role_of(body: &Body) -> Option<Role> {
         Body::FabricGenesis(_)
         | Body::Checkpoint(_)
         | Body::Rejected(_)
-        | Body::AttestationMismatch(_) => Role::Ledger,
+        | Body::AttestationMismatch(_)
+        | Body::RefusalsCounted(_) => Role::Ledger,
         Body::JobSubmitted(_) => Role::Client,
         Body::JobAssigned(_)
         | Body::JobSpilled(_)
@@ -357,7 +363,10 @@ impl State {
         match (holder, &event.body) {
             (
                 Holder::Ledger,
-                Body::Checkpoint(_) | Body::Rejected(_) | Body::AttestationMismatch(_),
+                Body::Checkpoint(_)
+                | Body::Rejected(_)
+                | Body::AttestationMismatch(_)
+                | Body::RefusalsCounted(_),
             ) => Ok(()),
             (Holder::Client(_), Body::JobSubmitted(_)) => Ok(()),
             (Holder::Router(shard), Body::JobAssigned(body)) => {

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use fabric_events::{
     AttestationMismatch, Body, Event, FabricGenesis, JobAssigned, JobId, JobOutcome, JobReceipt,
-    JobRequeued, JobSpilled, JobSubmitted, NodeHealthChanged, NodeRegistered, RejectReason, Role,
-    ShardRegistered,
+    JobRequeued, JobSpilled, JobSubmitted, NodeHealthChanged, NodeRegistered, RefusalsCounted,
+    RejectReason, Role, ShardRegistered,
 };
 use thiserror::Error;
 
@@ -143,7 +143,9 @@ impl State {
             }
             Body::JobSubmitted(body) => {
                 expect(Role::Client)?;
-                self.submit(body, tick)
+                // A job counts from the tick it was sequenced at, not the tick its client
+                // signed (which may be a few ticks older): the newest tick of the log so far.
+                self.submit(body, self.tick)
             }
             Body::JobAssigned(body) => {
                 expect(Role::Router)?;
@@ -195,6 +197,10 @@ impl State {
                 self.metrics.rejections += 1;
                 self.authority.count_rejection(body.reason);
                 Ok(())
+            }
+            Body::RefusalsCounted(body) => {
+                expect(Role::Ledger)?;
+                self.refusals_counted(body)
             }
         }
     }
@@ -390,6 +396,27 @@ impl State {
     }
 
     /// A job enters the table (a free slot first) and its origin shard's queue.
+    /// Adds a tick's counted refusals to the rejection counters. The counts must name each
+    /// reason once, in tag order, each at least once: one encoding per count.
+    fn refusals_counted(&mut self, body: &RefusalsCounted) -> Result<(), ApplyError> {
+        let in_order = body
+            .counts
+            .windows(2)
+            .all(|pair| pair[0].reason.tag() < pair[1].reason.tag());
+        if !in_order || body.counts.iter().any(|count| count.attempts == 0) {
+            return Err(ApplyError::Conflict(
+                "refusals_counted must name each reason once, in tag order, with at least one attempt"
+                    .to_owned(),
+            ));
+        }
+        for count in &body.counts {
+            self.metrics.rejections = self.metrics.rejections.saturating_add(count.attempts);
+            self.authority
+                .count_rejections(count.reason, count.attempts);
+        }
+        Ok(())
+    }
+
     fn submit(&mut self, body: &JobSubmitted, tick: u64) -> Result<(), ApplyError> {
         let shard = self.lookup_shard(&body.shard)?;
         if self.shards[shard as usize].retired {
