@@ -11,7 +11,7 @@ use std::time::Instant;
 use actix::prelude::*;
 use fabric_events::{
     Body, Checkpoint, Event, Hash32, Heartbeat, JobAssigned, JobReceipt, JobRequeued, JobSpilled,
-    NodeHealthChanged, Role, SignedEvent, SigningKey,
+    NodeHealthChanged, PublicKey, Role, SignedEvent, SigningKey,
 };
 use fabric_ledger::{AppendReceipt, Ledger};
 use fabric_projections::state::{NodeIx, ShardIx};
@@ -22,6 +22,21 @@ use crate::RunError;
 
 /// Events one author may sign per tick: the nonce is `tick << 24 | index`.
 pub const EVENTS_PER_AUTHOR_TICK_MAX: u64 = 1 << 24;
+
+/// Follows a rotation of an actor's key: when the state names `wanted` as the actor's key and
+/// `key` is another, the staged secret of `wanted` signs from now on. (A rotation the server
+/// holds no secret for is refused by the gate before it applies, so one is always found.)
+fn follow_rotation(key: &mut SigningKey, staged: &[SigningKey], wanted: &PublicKey) {
+    if key.verifying_key().as_bytes() == wanted.as_bytes() {
+        return;
+    }
+    if let Some(secret) = staged
+        .iter()
+        .find(|secret| secret.verifying_key().as_bytes() == wanted.as_bytes())
+    {
+        *key = secret.clone();
+    }
+}
 
 /// One proposed event, with its signed form.
 #[derive(Clone, Debug)]
@@ -140,6 +155,8 @@ pub struct RouterActor {
     pub shard: ShardIx,
     /// The shard's router key.
     pub router_key: SigningKey,
+    /// The operator's staged secrets, for the key a rotation names.
+    pub staged: Arc<[SigningKey]>,
 }
 
 impl Actor for RouterActor {
@@ -151,6 +168,8 @@ impl Handler<Propose> for RouterActor {
 
     fn handle(&mut self, msg: Propose, _: &mut Self::Context) -> Self::Result {
         let state = &*msg.state;
+        let wanted = state.shards()[self.shard as usize].router_key;
+        follow_rotation(&mut self.router_key, &self.staged, &wanted);
         let mut signer = Signer::new(&self.router_key, Role::Router, msg.tick);
         let shard_name = &state.shards()[self.shard as usize].name;
         let node_name = |node: NodeIx| state.nodes()[node as usize].name.clone();
@@ -222,6 +241,8 @@ pub struct NodeActor {
     pub node: NodeIx,
     /// Its key.
     pub key: SigningKey,
+    /// The operator's staged secrets, for the key a rotation names.
+    pub staged: Arc<[SigningKey]>,
     /// Its heartbeat interval.
     pub heartbeat_interval_ticks: u32,
     /// What running a job means for it, and when it is silent.
@@ -250,6 +271,7 @@ impl Handler<Propose> for NodeActor {
         }
         let state = &*msg.state;
         let node = &state.nodes()[self.node as usize];
+        follow_rotation(&mut self.key, &self.staged, &node.key);
         let mut signer = Signer::new(&self.key, Role::Node, tick);
         let revived = tick > 0 && !self.up(tick - 1);
         // Receipts wait a tick after a revival: the router, reading the state before this
@@ -289,6 +311,8 @@ impl Handler<Propose> for NodeActor {
 pub struct CheckpointerActor {
     /// The ledger key.
     pub ledger_key: SigningKey,
+    /// The operator's staged secrets, for the key a rotation names.
+    pub staged: Arc<[SigningKey]>,
     /// Ticks between checkpoints, unless the owners set another interval.
     pub interval_ticks: u64,
 }
@@ -314,6 +338,8 @@ impl Handler<Propose> for CheckpointerActor {
         let state_hash = fabric_projections::state::state_hash_of(&snapshot);
         let snapshot_hash = Hash32(*blake3::hash(&snapshot).as_bytes());
         let (tree_size, merkle_root) = msg.tree;
+        let wanted = msg.state.authority().ledger_key();
+        follow_rotation(&mut self.ledger_key, &self.staged, &wanted);
         let mut signer = Signer::new(&self.ledger_key, Role::Ledger, msg.tick);
         signer.sign(Checkpoint {
             tree_size,

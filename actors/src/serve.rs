@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use fabric_events::{Body, Event, JobId, OwnerCommand, RejectReason, SignedEvent, SigningKey};
+use fabric_events::{Body, Event, JobId, OwnerCommand, RejectReason, SignedEvent};
 use fabric_ledger::{Ledger, SignedTreeHead};
 use fabric_projections::State;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -221,7 +221,7 @@ pub async fn serve(
             tick,
             &actors,
             &writer,
-            &keys.ledger,
+            keys,
             &mut state,
             &mut tree_head,
             &served_jobs,
@@ -258,7 +258,7 @@ async fn serve_tick(
     tick: u64,
     actors: &Actors,
     writer: &Addr<LedgerWriter>,
-    ledger_key: &SigningKey,
+    keys: &ActorKeys,
     state: &mut Arc<State>,
     tree_head: &mut SignedTreeHead,
     served_jobs: &ServedJobs,
@@ -282,14 +282,14 @@ async fn serve_tick(
     let mut replies = Vec::new();
     let admitted = {
         let state = Arc::get_mut(state).ok_or(RunError::StateShared)?;
-        let mut batch = gate::admit(state, tick, attempts, ledger_key)?;
+        let mut batch = gate::admit(state, tick, attempts, keys)?;
         // Genesis registers the clients: submissions wait for tick 1.
         while !genesis_tick && replies.len() < SUBMISSIONS_PER_TICK_MAX {
             let Ok(submission) = intake.try_recv() else {
                 break;
             };
             let position = batch.signed.len();
-            let one = sequence(state, tick, submission.request, ledger_key)?;
+            let one = sequence(state, tick, submission.request, keys)?;
             if let Some(Body::JobSubmitted(job)) = one
                 .events
                 .first()
@@ -380,25 +380,21 @@ fn sequence(
     state: &mut State,
     tick: u64,
     request: Request,
-    ledger_key: &SigningKey,
+    keys: &ActorKeys,
 ) -> Result<Admitted, RunError> {
     match request {
         Request::Job { signed, checked } => {
             match checked.and_then(|event| submission_fits(event, tick)) {
-                Err((reason, detail)) => {
-                    gate::refuse(state, tick, &signed, reason, &detail, ledger_key)
-                }
-                Ok(event) => gate::admit(
-                    state,
-                    tick,
-                    vec![Attempt::external(event, signed)],
-                    ledger_key,
-                ),
+                Err((reason, detail)) => gate::refuse(state, tick, &signed, reason, &detail, keys),
+                Ok(event) => gate::admit(state, tick, vec![Attempt::external(event, signed)], keys),
             }
         }
         Request::Owner { nonce, command } => {
+            // The envelope is the ledger key's in force now (a rotation before it in this
+            // tick has already moved it).
+            let ledger_key = keys.ledger_secret(state)?;
             let attempt = gate::owner_command_attempt(tick, nonce, command, ledger_key)?;
-            gate::admit(state, tick, vec![attempt], ledger_key)
+            gate::admit(state, tick, vec![attempt], keys)
         }
     }
 }

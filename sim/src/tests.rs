@@ -445,7 +445,8 @@ mod authority {
             .map(|a| Hash32(*blake3::hash(&a.signed).as_bytes()))
             .collect();
         let authors: Vec<PublicKey> = attempts.iter().map(|a| a.author).collect();
-        let admitted = admit_signed(&mut state, tick, attempts, &keys.ledger).expect("admitted");
+        let admitted =
+            admit_signed(&mut state, tick, attempts, &keys.actor_keys()).expect("admitted");
         use RejectReason::*;
         assert_eq!(
             reasons(&admitted),
@@ -522,7 +523,8 @@ mod authority {
                 },
             ),
         ];
-        let admitted = admit_signed(&mut state, tick, attempts, &keys.ledger).expect("admitted");
+        let admitted =
+            admit_signed(&mut state, tick, attempts, &keys.actor_keys()).expect("admitted");
         assert_eq!(
             reasons(&admitted),
             [None, None, Some(RejectReason::RetiredKey)]
@@ -546,8 +548,8 @@ mod authority {
                         node: other,
                     },
                 );
-                let admitted =
-                    admit_signed(&mut state, tick, vec![attempt], &keys.ledger).expect("admitted");
+                let admitted = admit_signed(&mut state, tick, vec![attempt], &keys.actor_keys())
+                    .expect("admitted");
                 assert_eq!(reasons(&admitted), [Some(RejectReason::ShardPaused)]);
             }
         }
@@ -639,7 +641,7 @@ mod authority {
                 }
             }
             let count = signed_attempts.len();
-            let admitted = admit_signed(&mut state, tick, signed_attempts, &keys.ledger).expect("admitted");
+            let admitted = admit_signed(&mut state, tick, signed_attempts, &keys.actor_keys()).expect("admitted");
             prop_assert!(reasons(&admitted).iter().all(Option::is_some), "{:?}", reasons(&admitted));
             prop_assert_eq!(admitted.events.len(), count);
             prop_assert_eq!(governed(&state), governed(&state0));
@@ -701,7 +703,7 @@ mod authority {
                 command(OwnerAction::CheckpointNow, nonce + 40),
             ];
             let admitted =
-                admit_signed(&mut state, tick, attempts, &keys.ledger).expect("admitted");
+                admit_signed(&mut state, tick, attempts, &keys.actor_keys()).expect("admitted");
             assert!(
                 reasons(&admitted).iter().all(Option::is_none),
                 "{:?}",
@@ -748,8 +750,8 @@ mod authority {
                 (tick << 24) + 5,
                 submission,
             );
-            let admitted =
-                admit_signed(&mut state, tick, vec![attempt], &keys.ledger).expect("admitted");
+            let admitted = admit_signed(&mut state, tick, vec![attempt], &keys.actor_keys())
+                .expect("admitted");
             assert_eq!(reasons(&admitted), [Some(RejectReason::Invalid)]);
         }
     }
@@ -774,7 +776,8 @@ mod authority {
         command.approve(3, &keys.owners[2]);
         let two =
             fabric_actors::owner_command_attempt(tick, 3, command, &keys.ledger).expect("signed");
-        let admitted = admit(&mut state, tick, vec![one, two], &keys.ledger).expect("admitted");
+        let admitted =
+            admit(&mut state, tick, vec![one, two], &keys.actor_keys()).expect("admitted");
         assert_eq!(
             reasons(&admitted),
             [Some(RejectReason::TooFewOwnerSignatures), None]

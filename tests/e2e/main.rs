@@ -12,6 +12,7 @@ mod owner;
 mod proof;
 mod report;
 mod restore;
+mod rotation;
 mod run;
 mod serve;
 mod support;

@@ -22,13 +22,13 @@ use serde_json::{json, Value};
 use crate::support::{fabric, path, stderr, stdout, DEFAULT_CONFIG};
 use fabric_api::http_client::{Client, Response, Target};
 
-const SEED: u64 = 7;
+pub(crate) const SEED: u64 = 7;
 const TICK_MS: &str = "10";
 const REQUEST_ID_CONTEXT: &str = "fabric 2026-12 request id to job id";
 const CPU_OUTPUT_CONTEXT: &str = "fabric 2026-11 cpu job output v1";
 
 /// A running `fabric serve`, killed when dropped (unless it already exited).
-struct Served {
+pub(crate) struct Served {
     child: Option<Child>,
     tcp: Option<Target>,
     unix: Option<Target>,
@@ -43,7 +43,7 @@ impl Served {
     }
 
     /// [`Served::start`] with more arguments.
-    fn start_with(data: &Path, unix: Option<&Path>, extra: &[&str]) -> Self {
+    pub(crate) fn start_with(data: &Path, unix: Option<&Path>, extra: &[&str]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_fabric"));
         command.args([
             "serve",
@@ -93,7 +93,7 @@ impl Served {
         }
     }
 
-    fn client(&self) -> Client {
+    pub(crate) fn client(&self) -> Client {
         Client::new(
             self.tcp.clone().expect("a TCP address"),
             Duration::from_secs(30),
@@ -121,7 +121,7 @@ impl Served {
     }
 
     /// Sends SIGTERM and waits for the exit; true when it exited with 0.
-    fn terminate(&mut self) -> bool {
+    pub(crate) fn terminate(&mut self) -> bool {
         let pid = self.pid().to_string();
         let status = Command::new("kill")
             .args(["-TERM", &pid])
@@ -152,7 +152,7 @@ impl Drop for Served {
     }
 }
 
-fn json_of(response: &Response) -> Value {
+pub(crate) fn json_of(response: &Response) -> Value {
     serde_json::from_slice(&response.body).unwrap_or_else(|err| {
         panic!(
             "{} is not JSON ({err}): {}",
@@ -162,28 +162,28 @@ fn json_of(response: &Response) -> Value {
     })
 }
 
-fn get(client: &mut Client, path: &str) -> Response {
+pub(crate) fn get(client: &mut Client, path: &str) -> Response {
     client
         .request("GET", path, None)
         .expect("the GET is answered")
 }
 
-fn post(client: &mut Client, path: &str, body: &[u8]) -> Response {
+pub(crate) fn post(client: &mut Client, path: &str, body: &[u8]) -> Response {
     client
         .request("POST", path, Some(("application/json", body)))
         .expect("the POST is answered")
 }
 
-fn client_key(shard: &str) -> SigningKey {
+pub(crate) fn client_key(shard: &str) -> SigningKey {
     derive_signing_key(SEED, &format!("sim/client/{shard}"))
 }
 
-fn job_id_of(request_id: &str) -> u64 {
+pub(crate) fn job_id_of(request_id: &str) -> u64 {
     let hash = blake3::derive_key(REQUEST_ID_CONTEXT, request_id.as_bytes());
     u64::from_le_bytes(hash[..8].try_into().expect("8 bytes")) >> 1
 }
 
-fn current_tick(client: &mut Client) -> u64 {
+pub(crate) fn current_tick(client: &mut Client) -> u64 {
     let health = json_of(&get(client, "/v0/health"));
     health["tick"].as_u64().expect("health has a tick")
 }
@@ -199,7 +199,7 @@ fn skill_of(shard: &str) -> &'static str {
     }
 }
 
-fn signed_job(
+pub(crate) fn signed_job(
     key: &SigningKey,
     shard: &str,
     request_id: &str,
@@ -228,7 +228,7 @@ fn input_hash(request_id: &str) -> Hash32 {
     Hash32(*blake3::hash(format!("input of {request_id}").as_bytes()).as_bytes())
 }
 
-fn envelope(request_id: &str, signed: &SignedEvent) -> Value {
+pub(crate) fn envelope(request_id: &str, signed: &SignedEvent) -> Value {
     json!({
         "request_id": request_id,
         "model_id": "vision",
@@ -244,7 +244,7 @@ fn envelope(request_id: &str, signed: &SignedEvent) -> Value {
 }
 
 /// Polls `GET /v0/jobs/{job}` until its status is `status`.
-fn wait_for_status(client: &mut Client, job: u64, status: &str) -> Value {
+pub(crate) fn wait_for_status(client: &mut Client, job: u64, status: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let response = get(client, &format!("/v0/jobs/{job}"));
@@ -262,7 +262,7 @@ fn wait_for_status(client: &mut Client, job: u64, status: &str) -> Value {
 }
 
 /// Every export line of the log, by seq.
-fn export_lines(client: &mut Client) -> BTreeMap<u64, Value> {
+pub(crate) fn export_lines(client: &mut Client) -> BTreeMap<u64, Value> {
     let response = get(client, "/v0/events?from=0");
     assert_eq!(response.status, 200, "{}", response.text());
     response
@@ -275,7 +275,7 @@ fn export_lines(client: &mut Client) -> BTreeMap<u64, Value> {
         .collect()
 }
 
-fn ledger_key_hex() -> String {
+pub(crate) fn ledger_key_hex() -> String {
     let key = derive_signing_key(SEED, "sim/ledger");
     hex::encode(key.verifying_key().as_bytes())
 }
