@@ -540,11 +540,22 @@ fn key_path(keys: &LedgerKeys) -> String {
     }
 }
 
-/// Checks a tree head's key against the trusted one and its signature; `which` names it.
-fn check_head(which: &str, head: &SignedTreeHead, key: &PublicKey) -> Result<(), VerifyProofError> {
+/// Checks a tree head's key against the one in force at its size and its signature; `which`
+/// names it.
+fn check_head(
+    which: &str,
+    head: &SignedTreeHead,
+    keys: &LedgerKeys,
+) -> Result<(), VerifyProofError> {
+    let key = &keys.at(head.tree_size);
     ensure(head.ledger_key == *key, || {
+        let expected = if *key == keys.genesis() {
+            "the --ledger-key"
+        } else {
+            "the ledger key in force at its size, rotated from the --ledger-key,"
+        };
         format!(
-            "{which} is signed by key {}, not by the ledger key in force at its size {key}",
+            "{which} is signed by key {}, not by {expected} {key}",
             head.ledger_key
         )
     })?;
@@ -566,7 +577,7 @@ pub fn verify_inclusion_doc(
     let start = start_key(trusted, &doc.ledger_rotations, &head, untrusted)?;
     let keys = follow_rotations(start, &doc.ledger_rotations, &head)?;
     let key = keys.at(head.tree_size);
-    check_head("the tree head", &head, &key)?;
+    check_head("the tree head", &head, &keys)?;
     check_rotations_in(&doc.ledger_rotations, &head)?;
     ensure(doc.tree_size == head.tree_size, || {
         format!(
@@ -660,8 +671,8 @@ pub fn verify_consistency_doc(
     };
     let keys = follow_rotations(start, &doc.ledger_rotations, &new)?;
     let key = keys.at(new.tree_size);
-    check_head("the old tree head", &old, &keys.at(old.tree_size))?;
-    check_head("the new tree head", &new, &key)?;
+    check_head("the old tree head", &old, &keys)?;
+    check_head("the new tree head", &new, &keys)?;
     check_rotations_in(&doc.ledger_rotations, &new)?;
     ensure(doc.old_size == old.tree_size, || {
         format!(
