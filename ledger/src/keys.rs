@@ -198,5 +198,22 @@ mod writer_tests {
         // The new key alone opens and writes.
         let mut ledger = Ledger::open(folder.path(), new.clone()).expect("open by new key");
         ledger.append(&[governance(5, &new)]).expect("append");
+        drop(ledger);
+
+        // A rotation record that its entry does not hold (here: at the governance entry 2)
+        // is damage, named at its seq, and nothing opens on it.
+        let db = crate::open_sled(folder.path()).expect("sled");
+        let record = crate::storage::numbered_key(crate::storage::PREFIX_ROTATION, 2);
+        db.insert(record, &[9u8; 32][..]).expect("insert");
+        db.flush().expect("flush");
+        drop(db);
+        assert!(matches!(
+            LedgerReader::open(folder.path()),
+            Err(LedgerError::CorruptRotation { seq: 2, .. })
+        ));
+        assert!(matches!(
+            Ledger::open(folder.path(), new),
+            Err(LedgerError::CorruptRotation { seq: 2, .. })
+        ));
     }
 }

@@ -129,6 +129,12 @@ fn submit(
     (response.status, json_of(&response))
 }
 
+/// The tree size of a proof document's tree head.
+fn head_size(document: &[u8]) -> u64 {
+    let doc: Value = serde_json::from_slice(document).expect("proof JSON");
+    doc["tree_head"]["tree_size"].as_u64().expect("a tree size")
+}
+
 #[test]
 fn a_rotated_ledger_key_signs_from_its_rotation_on_and_audit_restart_and_proofs_follow_it() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -144,6 +150,10 @@ fn a_rotated_ledger_key_signs_from_its_rotation_on_and_audit_restart_and_proofs_
     let (status, answer) = submit(&mut client, &client_key("earth"), "earth", "before", 1);
     assert_eq!(status, 202, "{answer}");
     let early_seq = answer["seq"].as_u64().expect("a seq");
+    // A size before the rotation with a signed tree head (the head after an append).
+    let size_before = json_of(&get(&mut client, "/v0/health"))["ledger"]["tree_head"]["tree_size"]
+        .as_u64()
+        .expect("a tree size");
 
     let rotation = OwnerAction::RotateKey {
         target: KeyTarget::Ledger,
@@ -254,6 +264,35 @@ fn a_rotated_ledger_key_signs_from_its_rotation_on_and_audit_restart_and_proofs_
         "{}",
         stdout(&verified)
     );
+    // A consistency proof from before the rotation to after it verifies from the genesis key.
+    let size_after = head_size(&proof.stdout);
+    let consistency = fabric(&[
+        "proof",
+        "--data",
+        path(&data),
+        "--consistency",
+        &size_before.to_string(),
+        &size_after.to_string(),
+    ]);
+    assert!(
+        consistency.status.success(),
+        "proof: {}",
+        stderr(&consistency)
+    );
+    let consistency_file = dir.path().join("consistency.json");
+    std::fs::write(&consistency_file, &consistency.stdout).expect("write the proof");
+    let verified = verify(&consistency_file);
+    assert!(
+        verified.status.success(),
+        "verify-proof: {}",
+        stderr(&verified)
+    );
+    assert!(
+        stdout(&verified).contains("rotated 1 time"),
+        "{}",
+        stdout(&verified)
+    );
+
     let mut forged: Value = serde_json::from_slice(&proof.stdout).expect("proof JSON");
     assert_eq!(forged["ledger_rotations"][0]["seq"], rotated_at);
     let size = forged["tree_head"]["tree_size"].as_u64().expect("a size");
