@@ -218,7 +218,8 @@ fn a_rotated_ledger_key_signs_from_its_rotation_on_and_audit_restart_and_proofs_
         "fabric serve did not exit 0 after SIGTERM"
     );
 
-    // The audit follows the rotation from the genesis key.
+    // The audit follows the rotation from the genesis key; from the checkpoint the new key
+    // signed, it starts there (the checkpoint verifies, nothing is skipped).
     let audit = fabric(&["audit", "--data", path(&data)]);
     assert!(
         audit.status.success(),
@@ -226,6 +227,26 @@ fn a_rotated_ledger_key_signs_from_its_rotation_on_and_audit_restart_and_proofs_
         stdout(&audit),
         stderr(&audit)
     );
+    let checkpoint_seq = checkpoint["seq"].as_u64().expect("a seq");
+    let audit = fabric(&[
+        "audit",
+        "--data",
+        path(&data),
+        "--from",
+        &checkpoint_seq.to_string(),
+    ]);
+    assert!(
+        audit.status.success(),
+        "audit: {}{}",
+        stdout(&audit),
+        stderr(&audit)
+    );
+    assert!(
+        stdout(&audit).contains(&format!("from seq {checkpoint_seq} ")),
+        "{}",
+        stdout(&audit)
+    );
+    assert!(!stdout(&audit).contains("note:"), "{}", stdout(&audit));
 
     // A proof of the early entry in the whole log (past the rotation) verifies from the genesis
     // key alone; the same document with its head signed by the old key does not.
