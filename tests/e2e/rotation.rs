@@ -485,15 +485,27 @@ fn rotated_client_router_and_node_keys_are_refused_retired_key_and_the_new_keys_
         })
         .map(|(seq, _)| *seq)
         .expect("the node's rotation");
-    let heartbeats: Vec<&Value> = lines
-        .range(rotated_at + 1..)
-        .filter(|(_, line)| {
-            line["kind"] == "heartbeat" && line["body"]["data"]["node"] == "earth.core-alpha"
-        })
-        .map(|(_, line)| &line["author"])
-        .collect();
-    assert!(!heartbeats.is_empty(), "earth.core-alpha went silent");
-    assert!(heartbeats.iter().all(|author| *author == node_hex.as_str()));
+    // The node heartbeats every 12 ticks: wait (bounded) for one after its rotation.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let authors = loop {
+        let authors: Vec<Value> = export_lines(&mut client)
+            .range(rotated_at + 1..)
+            .filter(|(_, line)| {
+                matches!(line["kind"].as_str(), Some("heartbeat" | "job_receipt"))
+                    && line["body"]["data"]["node"] == "earth.core-alpha"
+            })
+            .map(|(_, line)| line["author"].clone())
+            .collect();
+        if authors.len() > 1 || std::time::Instant::now() > deadline {
+            break authors;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(!authors.is_empty(), "earth.core-alpha went silent");
+    assert!(
+        authors.iter().all(|author| *author == node_hex.as_str()),
+        "{authors:?}"
+    );
     drop(served);
     let audit = fabric(&["audit", "--data", path(&data)]);
     assert!(
