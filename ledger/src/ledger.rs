@@ -171,14 +171,15 @@ fn storage(context: &'static str) -> impl FnOnce(sled::Error) -> LedgerError {
 
 #[cfg(feature = "writer")]
 impl Ledger {
-    /// Opens (or creates) the ledger in `path`, whose tree heads are signed by `ledger_key`.
+    /// Opens (or creates) the ledger in `path` with `ledger_key`, which names a new ledger and
+    /// signs its tree heads while it is the key in force.
     ///
     /// Opening checks the stored format, that the folder belongs to this ledger key (the key
     /// named at genesis or one it was rotated to: the writer signs only while it holds the
-    /// secret of the key in force, see [`Ledger::stage_keys`]), that the
-    /// head's Merkle frontier gives the root of the last signed tree head and that the head's
-    /// last hash is the hash of the last stored entry. Blocks past the head (a batch whose
-    /// commit never completed) are removed.
+    /// secret of the key in force, see [`Ledger::stage_keys`]), that the head's Merkle
+    /// frontier gives the root of the last signed tree head and that the head's last hash is
+    /// the hash of the last stored entry. Blocks past the head (a batch whose commit never
+    /// completed) are removed.
     pub fn open(path: impl AsRef<Path>, ledger_key: SigningKey) -> Result<Self, LedgerError> {
         let path = path.as_ref().to_path_buf();
         let db = open_sled(&path)?;
