@@ -50,6 +50,35 @@ impl ActorKeys {
             .ok_or(RunError::NoLedgerSecret(wanted))
     }
 
+    /// A key in force in `state` that this server signs with (the ledger's, an active router's
+    /// or node's) and holds no secret of, named: after rotations, every new secret must be
+    /// given again (staged) when the fabric restarts, or its actor could not sign.
+    pub fn missing_secret(&self, state: &State) -> Option<String> {
+        let holds = |own: Option<&SigningKey>, wanted: &PublicKey| {
+            own.into_iter()
+                .chain(&self.staged)
+                .any(|secret| is_secret_of(secret, wanted))
+        };
+        let authority = state.authority();
+        if authority.founded() && !holds(Some(&self.ledger), &authority.ledger_key()) {
+            return Some(format!("the ledger key {}", authority.ledger_key()));
+        }
+        for (index, shard) in state.shards().iter().enumerate() {
+            if !shard.retired && !holds(self.routers.get(index), &shard.router_key) {
+                return Some(format!(
+                    "the router key {} of shard `{}`",
+                    shard.router_key, shard.name
+                ));
+            }
+        }
+        for (index, node) in state.nodes().iter().enumerate() {
+            if !node.retired && !holds(self.nodes.get(index), &node.key) {
+                return Some(format!("the key {} of node `{}`", node.key, node.name));
+            }
+        }
+        None
+    }
+
     /// Why a rotation cannot be followed here, if it cannot: the ledger, router and node keys
     /// are the server's to sign with, so their new key must be one of the staged secrets. A
     /// client's key is its client's business.

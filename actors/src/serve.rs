@@ -187,6 +187,9 @@ pub async fn serve(
         return Err(RunError::NoGenesis);
     }
     let start = start_from(&ledger)?;
+    if let Some(key) = keys.missing_secret(&start.state) {
+        return Err(RunError::MissingSecret(key));
+    }
     let served_jobs = Arc::new(ServedJobs::new(start.inputs));
     let mut tree_head = ledger.tree_head();
     let mut genesis = ledger.is_empty().then(|| spec.genesis.clone());

@@ -514,4 +514,29 @@ fn rotated_client_router_and_node_keys_are_refused_retired_key_and_the_new_keys_
         stdout(&audit),
         stderr(&audit)
     );
+
+    // Restarted without the staged secrets, the fabric refuses to serve and names the key it
+    // could not sign with; with them, it serves the rotated keys again.
+    let refused = fabric(&[
+        "serve",
+        "--data",
+        path(&data),
+        "--config",
+        DEFAULT_CONFIG,
+        "--seed",
+        &SEED.to_string(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains(&router_hex),
+        "{}",
+        stderr(&refused)
+    );
+    let restarted = Served::start_with(&data, None, &serve_args(&staged));
+    let mut client = restarted.client();
+    let (status, answer) = submit(&mut client, &new_client, "earth", "restarted", 100);
+    assert_eq!(status, 202, "{answer}");
+    wait_for_status(&mut client, job_id_of("restarted"), "completed");
 }
