@@ -218,16 +218,26 @@ fn submit(args: &SubmitArgs) -> anyhow::Result<ExitCode> {
             .map_err(|err| anyhow::anyhow!("the stored log does not fit its state: {err}"))?;
     }
     let tick = state.tick();
+    // Offline, no actor signs: the ledger key alone, and no staged key (a rotation of the
+    // ledger, a router or a node key is submitted to `fabric serve`, which holds them).
+    let keys = fabric_actors::ActorKeys {
+        ledger: ledger_key,
+        routers: Vec::new(),
+        nodes: Vec::new(),
+        clients: Vec::new(),
+        staged: Vec::new(),
+    };
+    let envelope = keys.ledger_secret(&state)?;
     let mut attempts = Vec::with_capacity(file.commands.len());
     for command in &file.commands {
         attempts.push(owner_command_attempt(
             tick,
             command.nonce,
             command.command.clone(),
-            &ledger_key,
+            envelope,
         )?);
     }
-    let admitted = gate::admit(&mut state, tick, attempts, &ledger_key)?;
+    let admitted = gate::admit(&mut state, tick, attempts, &keys)?;
     let first_seq = ledger.len();
     ledger
         .append(&admitted.signed)

@@ -38,8 +38,9 @@ pub struct VerifyProofArgs {
     /// The proof document written by `fabric proof`
     #[arg(long, value_name = "FILE")]
     proof: PathBuf,
-    /// The ledger's public key (64 hex digits) that must have signed the tree heads; without
-    /// it the key written in the proof is trusted
+    /// The ledger's genesis public key (64 hex digits): the tree heads must be signed by it, or
+    /// by the key the proof's ledger rotations lead to from it; without it the key written in
+    /// the proof is trusted
     #[arg(long, value_name = "HEX")]
     ledger_key: Option<String>,
 }

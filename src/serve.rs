@@ -57,12 +57,31 @@ pub struct ServeArgs {
     /// ticks from the future, are refused)
     #[arg(long, value_name = "TICKS", default_value_t = fabric_actors::serve::SUBMISSION_TICK_WINDOW_DEFAULT)]
     submission_tick_window: u64,
+    /// A secret key file (mode 0600) of a key the owners may rotate the ledger, a router or a
+    /// node to; from the rotation on, it signs in the old key's place (repeatable)
+    #[arg(long = "staged-key", value_name = "FILE")]
+    staged_keys: Vec<PathBuf>,
+}
+
+/// The secrets of `--staged-key`, each file checked (mode, format, key pair).
+fn load_staged(paths: &[PathBuf]) -> anyhow::Result<Vec<fabric_events::SigningKey>> {
+    use anyhow::Context;
+    paths
+        .iter()
+        .map(|path| {
+            fabric_events::keys::load_secret(path)
+                .with_context(|| format!("--staged-key {}", path.display()))
+        })
+        .collect()
 }
 
 /// `fabric serve`.
 pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
-    let (run_file, ledger) =
+    let staged = load_staged(&args.staged_keys)?;
+    let (run_file, mut ledger) =
         crate::datadir::open_or_create_served(&args.data, args.config.as_deref(), args.seed)?;
+    // The ledger signs its tree heads with the key in force: after a rotation, a staged one.
+    ledger.stage_keys(staged.clone())?;
     let size = ledger.len();
     let world = run_file.spec().world;
     // Until operators hold their own keys, a served fabric runs on the seed's simulated keys
@@ -73,8 +92,10 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     } else {
         Vec::new()
     };
+    let mut keys = sim_keys.actor_keys();
+    keys.staged = staged;
     let spec = ServeSpec {
-        keys: sim_keys.actor_keys(),
+        keys,
         genesis,
         world,
         tick_interval: Duration::from_millis(args.tick_ms),

@@ -23,6 +23,21 @@ use crate::RunError;
 /// Events one author may sign per tick: the nonce is `tick << 24 | index`.
 pub const EVENTS_PER_AUTHOR_TICK_MAX: u64 = 1 << 24;
 
+/// Follows a rotation of an actor's key: when the state names `wanted` as the actor's key and
+/// `key` is another, the staged secret of `wanted` signs from now on. (A rotation the server
+/// holds no secret for is refused by the gate before it applies, so one is always found.)
+fn follow_rotation(key: &mut SigningKey, staged: &[SigningKey], wanted: &PublicKey) {
+    if key.verifying_key().as_bytes() == wanted.as_bytes() {
+        return;
+    }
+    if let Some(secret) = staged
+        .iter()
+        .find(|secret| secret.verifying_key().as_bytes() == wanted.as_bytes())
+    {
+        *key = secret.clone();
+    }
+}
+
 /// One proposed event, with its signed form.
 #[derive(Clone, Debug)]
 pub struct Proposal {
@@ -140,6 +155,8 @@ pub struct RouterActor {
     pub shard: ShardIx,
     /// The shard's router key.
     pub router_key: SigningKey,
+    /// The operator's staged secrets, for the key a rotation names.
+    pub staged: Arc<[SigningKey]>,
 }
 
 impl Actor for RouterActor {
@@ -176,6 +193,8 @@ impl Handler<Propose> for RouterActor {
 
     fn handle(&mut self, msg: Propose, _: &mut Self::Context) -> Self::Result {
         let state = &*msg.state;
+        let wanted = state.shards()[self.shard as usize].router_key;
+        follow_rotation(&mut self.router_key, &self.staged, &wanted);
         if !self.in_service(state) {
             return Ok(Proposed::default());
         }
@@ -250,6 +269,8 @@ pub struct NodeActor {
     pub node: NodeIx,
     /// Its key.
     pub key: SigningKey,
+    /// The operator's staged secrets, for the key a rotation names.
+    pub staged: Arc<[SigningKey]>,
     /// Its heartbeat interval.
     pub heartbeat_interval_ticks: u32,
     /// What running a job means for it, and when it is silent.
@@ -287,10 +308,11 @@ impl Handler<Propose> for NodeActor {
             return Ok(Proposed::default());
         }
         let state = &*msg.state;
+        let node = &state.nodes()[self.node as usize];
+        follow_rotation(&mut self.key, &self.staged, &node.key);
         if !self.in_service(state) {
             return Ok(Proposed::default());
         }
-        let node = &state.nodes()[self.node as usize];
         let mut signer = Signer::new(&self.key, Role::Node, tick);
         let revived = tick > 0 && !self.up(tick - 1);
         // Receipts wait a tick after a revival: the router, reading the state before this
@@ -330,6 +352,8 @@ impl Handler<Propose> for NodeActor {
 pub struct CheckpointerActor {
     /// The ledger key.
     pub ledger_key: SigningKey,
+    /// The operator's staged secrets, for the key a rotation names.
+    pub staged: Arc<[SigningKey]>,
     /// Ticks between checkpoints, unless the owners set another interval.
     pub interval_ticks: u64,
 }
@@ -355,6 +379,8 @@ impl Handler<Propose> for CheckpointerActor {
         let state_hash = fabric_projections::state::state_hash_of(&snapshot);
         let snapshot_hash = Hash32(*blake3::hash(&snapshot).as_bytes());
         let (tree_size, merkle_root) = msg.tree;
+        let wanted = msg.state.authority().ledger_key();
+        follow_rotation(&mut self.ledger_key, &self.staged, &wanted);
         let mut signer = Signer::new(&self.ledger_key, Role::Ledger, msg.tick);
         signer.sign(Checkpoint {
             tree_size,

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use actix::prelude::*;
-use fabric_events::SigningKey;
+use fabric_events::{KeyTarget, OwnerAction, PublicKey, SigningKey};
 use fabric_projections::state::{NodeIx, ShardIx};
 use fabric_projections::State;
 
@@ -29,6 +29,86 @@ pub struct ActorKeys {
     pub nodes: Vec<SigningKey>,
     /// Per shard: the key its intake signs submissions with (only used with intakes).
     pub clients: Vec<SigningKey>,
+    /// The operator's staged secrets: when an owner command rotates the ledger key, a router
+    /// key or a node key to one of their public keys, that secret signs for it from the next
+    /// event on. A rotation of those to a key not staged here is refused (`invalid`).
+    pub staged: Vec<SigningKey>,
+}
+
+impl ActorKeys {
+    /// The secret of the ledger key in force in `state` (the genesis key before genesis):
+    /// what signs rejections and owner-command envelopes now.
+    pub fn ledger_secret(&self, state: &State) -> Result<&SigningKey, RunError> {
+        let authority = state.authority();
+        if !authority.founded() {
+            return Ok(&self.ledger);
+        }
+        let wanted = authority.ledger_key();
+        std::iter::once(&self.ledger)
+            .chain(&self.staged)
+            .find(|secret| is_secret_of(secret, &wanted))
+            .ok_or(RunError::NoLedgerSecret(wanted))
+    }
+
+    /// A key in force in `state` that this server signs with (the ledger's, an active router's
+    /// or node's) and holds no secret of, named: after rotations, every new secret must be
+    /// given again (staged) when the fabric restarts, or its actor could not sign.
+    pub fn missing_secret(&self, state: &State) -> Option<String> {
+        let holds = |own: Option<&SigningKey>, wanted: &PublicKey| {
+            own.into_iter()
+                .chain(&self.staged)
+                .any(|secret| is_secret_of(secret, wanted))
+        };
+        let authority = state.authority();
+        if authority.founded() && !holds(Some(&self.ledger), &authority.ledger_key()) {
+            return Some(format!("the ledger key {}", authority.ledger_key()));
+        }
+        for (index, shard) in state.shards().iter().enumerate() {
+            if !shard.retired && !holds(self.routers.get(index), &shard.router_key) {
+                return Some(format!(
+                    "the router key {} of shard `{}`",
+                    shard.router_key, shard.name
+                ));
+            }
+        }
+        for (index, node) in state.nodes().iter().enumerate() {
+            if !node.retired && !holds(self.nodes.get(index), &node.key) {
+                return Some(format!("the key {} of node `{}`", node.key, node.name));
+            }
+        }
+        None
+    }
+
+    /// Why a rotation cannot be followed here, if it cannot: the ledger, router and node keys
+    /// are the server's to sign with, so their new key must be one of the staged secrets. A
+    /// client's key is its client's business.
+    pub fn unstaged_rotation(&self, action: &OwnerAction) -> Option<String> {
+        let OwnerAction::RotateKey { target, new_key } = action else {
+            return None;
+        };
+        if matches!(target, KeyTarget::Client { .. })
+            || self
+                .staged
+                .iter()
+                .any(|secret| is_secret_of(secret, new_key))
+        {
+            return None;
+        }
+        Some(format!(
+            "the server holds no staged secret of {new_key}, the new key of {}: it could not \
+             sign with it (start it with --staged-key)",
+            match target {
+                KeyTarget::Ledger => "the ledger".to_owned(),
+                KeyTarget::Router { shard } => format!("the router of shard `{shard}`"),
+                KeyTarget::Node { node } => format!("node `{node}`"),
+                KeyTarget::Client { client } => format!("client `{client}`"),
+            }
+        ))
+    }
+}
+
+fn is_secret_of(secret: &SigningKey, public: &PublicKey) -> bool {
+    secret.verifying_key().as_bytes() == public.as_bytes()
 }
 
 /// The actors of a run (or of `fabric serve`, which has no intakes: its jobs come from clients).
@@ -63,9 +143,11 @@ impl Actors {
         arbiters: &[Arbiter],
     ) -> Self {
         let on = |index: usize| arbiters[index % arbiters.len()].handle();
+        let staged: Arc<[SigningKey]> = keys.staged.clone().into();
         let checkpointer = {
             let actor = CheckpointerActor {
                 ledger_key: keys.ledger.clone(),
+                staged: Arc::clone(&staged),
                 interval_ticks: u64::from(world.checkpoint_interval_ticks),
             };
             CheckpointerActor::start_in_arbiter(&on(0), move |_| actor)
@@ -78,6 +160,7 @@ impl Actors {
                 let actor = RouterActor {
                     shard: index as ShardIx,
                     router_key: key.clone(),
+                    staged: Arc::clone(&staged),
                 };
                 RouterActor::start_in_arbiter(&on(index), move |_| actor)
             })
@@ -91,6 +174,7 @@ impl Actors {
                 let actor = NodeActor {
                     node: index as NodeIx,
                     key: key.clone(),
+                    staged: Arc::clone(&staged),
                     heartbeat_interval_ticks: node.heartbeat_interval_ticks,
                     work: Arc::clone(work),
                 };

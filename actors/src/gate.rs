@@ -6,12 +6,13 @@
 //! state was folded from.
 
 use fabric_events::{
-    codec::encode_event, event_from_signed, verify_signature, Event, Hash32, OwnerCommand,
+    codec::encode_event, event_from_signed, verify_signature, Body, Event, Hash32, OwnerCommand,
     PublicKey, RefusalCount, RefusalsCounted, RejectReason, Rejected, Role, SignedEvent,
     SigningKey, VerifyError, MAX_SIGNED_BYTES,
 };
 use fabric_projections::{ApplyError, State};
 
+use crate::fleet::ActorKeys;
 use crate::RunError;
 
 /// Longest `detail` a `Rejected` event carries.
@@ -82,17 +83,31 @@ pub struct Admitted {
 }
 
 /// Admits `attempts` in order into `state` (which moves with each admitted event), signing a
-/// `Rejected` event with `ledger_key` at `tick` for each refused external attempt. An internal
-/// attempt that is refused stops with [`RunError::Apply`].
+/// `Rejected` event with the ledger key in force ([`ActorKeys::ledger_secret`]) at `tick` for
+/// each refused external attempt. An internal attempt that is refused stops with
+/// [`RunError::Apply`]. A rotation this server could not follow
+/// ([`ActorKeys::unstaged_rotation`]) is refused as `invalid` before it applies.
 pub fn admit(
     state: &mut State,
     tick: u64,
     attempts: Vec<Attempt>,
-    ledger_key: &SigningKey,
+    keys: &ActorKeys,
 ) -> Result<Admitted, RunError> {
     let mut out = Admitted::default();
     for (index, attempt) in attempts.into_iter().enumerate() {
-        match state.admit(&attempt.signed.author, &attempt.event) {
+        let author = &attempt.signed.author;
+        let admitted = match unstaged_rotation(&attempt.event, keys) {
+            // The authority table's refusal comes first; an authorised rotation this server
+            // could not follow is refused before it applies.
+            Some(detail) => state
+                .authorize(author, &attempt.event)
+                .and(Err(ApplyError::Refused {
+                    reason: RejectReason::Invalid,
+                    detail,
+                })),
+            None => state.admit(author, &attempt.event),
+        };
+        match admitted {
             Ok(()) => {
                 out.signed.push(attempt.signed);
                 out.events.push(attempt.event);
@@ -115,7 +130,7 @@ pub fn admit(
                     AttemptId::of(&attempt.signed),
                     reason,
                     &detail,
-                    ledger_key,
+                    keys,
                     &mut out,
                 )?;
                 out.verdicts.push(Verdict::Refused { reason, detail });
@@ -132,18 +147,13 @@ pub fn admit_signed(
     state: &mut State,
     tick: u64,
     attempts: Vec<SignedEvent>,
-    ledger_key: &SigningKey,
+    keys: &ActorKeys,
 ) -> Result<Admitted, RunError> {
     let mut out = Admitted::default();
     for signed in attempts {
         match check_signed(&signed) {
             Ok(event) => {
-                let admitted = admit(
-                    state,
-                    tick,
-                    vec![Attempt::external(event, signed)],
-                    ledger_key,
-                )?;
+                let admitted = admit(state, tick, vec![Attempt::external(event, signed)], keys)?;
                 out.signed.extend(admitted.signed);
                 out.events.extend(admitted.events);
                 out.verdicts.extend(admitted.verdicts);
@@ -155,7 +165,7 @@ pub fn admit_signed(
                     AttemptId::of(&signed),
                     reason,
                     &detail,
-                    ledger_key,
+                    keys,
                     &mut out,
                 )?;
                 out.verdicts.push(Verdict::Refused { reason, detail });
@@ -163,6 +173,14 @@ pub fn admit_signed(
         }
     }
     Ok(out)
+}
+
+/// Why an owner command's rotation cannot be followed by this server, if it cannot.
+fn unstaged_rotation(event: &Event, keys: &ActorKeys) -> Option<String> {
+    match &event.body {
+        Body::OwnerCommand(command) => keys.unstaged_rotation(&command.action),
+        _ => None,
+    }
 }
 
 /// The checks of a raw attempt before the authority table looks at it: within the size limit,
@@ -193,18 +211,18 @@ pub fn check_signed(signed: &SignedEvent) -> Result<Event, (RejectReason, String
 }
 
 /// Records the refusal of an external attempt that never reached the authority table (see
-/// [`check_signed`], or a rule of the caller's): one `Rejected` event signed by `ledger_key`
-/// at `tick`, folded into `state`.
+/// [`check_signed`], or a rule of the caller's): one `Rejected` event signed by the ledger key
+/// in force at `tick`, folded into `state`.
 pub fn refuse(
     state: &mut State,
     tick: u64,
     attempt: AttemptId,
     reason: RejectReason,
     detail: &str,
-    ledger_key: &SigningKey,
+    keys: &ActorKeys,
 ) -> Result<Admitted, RunError> {
     let mut out = Admitted::default();
-    record_rejection(state, tick, attempt, reason, detail, ledger_key, &mut out)?;
+    record_rejection(state, tick, attempt, reason, detail, keys, &mut out)?;
     out.verdicts.push(Verdict::Refused {
         reason,
         detail: truncate(detail),
@@ -270,9 +288,10 @@ fn record_rejection(
     attempt: AttemptId,
     reason: RejectReason,
     detail: &str,
-    ledger_key: &SigningKey,
+    keys: &ActorKeys,
     out: &mut Admitted,
 ) -> Result<(), RunError> {
+    let ledger_key = keys.ledger_secret(state)?;
     let ledger = PublicKey::from(&ledger_key.verifying_key());
     let event = Event::new(
         Role::Ledger,
@@ -332,9 +351,10 @@ pub fn count_refusals(
     state: &mut State,
     tick: u64,
     counts: &[u64; RejectReason::ALL.len()],
-    ledger_key: &SigningKey,
+    keys: &ActorKeys,
     out: &mut Admitted,
 ) -> Result<(), RunError> {
+    let ledger_key = keys.ledger_secret(state)?;
     let counts = RejectReason::ALL
         .iter()
         .zip(counts)

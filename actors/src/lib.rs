@@ -81,6 +81,17 @@ pub enum RunError {
     /// The writer's ledger was already handed back.
     #[error("the ledger writer is closed")]
     LedgerClosed,
+    /// The ledger key in force has no secret among the ledger key and the staged keys.
+    #[error(
+        "the ledger key in force is {0}, and its secret is neither the ledger key nor a staged key"
+    )]
+    NoLedgerSecret(fabric_events::PublicKey),
+    /// A key in force that the server signs with has no secret here (see
+    /// [`ActorKeys::missing_secret`]).
+    #[error(
+        "{0} is in force and its secret is not among the keys given (give it with --staged-key)"
+    )]
+    MissingSecret(String),
     /// A reader kept the state past its tick.
     #[error("an actor kept its view of the state past its tick")]
     StateShared,

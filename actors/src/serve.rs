@@ -24,7 +24,7 @@ use actix::prelude::*;
 use fabric_events::codec::encode_event;
 use fabric_events::{
     verify_signature, Body, Event, Hash32, JobId, OwnerCommand, PublicKey, RejectReason, Role,
-    SignedEvent, SigningKey,
+    SignedEvent,
 };
 use fabric_ledger::{Ledger, SignedTreeHead};
 use fabric_projections::State;
@@ -199,6 +199,9 @@ pub async fn serve(
         return Err(RunError::NoGenesis);
     }
     let start = start_from(&ledger)?;
+    if let Some(key) = keys.missing_secret(&start.state) {
+        return Err(RunError::MissingSecret(key));
+    }
     let served_jobs = Arc::new(ServedJobs::new(start.inputs));
     let mut tree_head = ledger.tree_head();
     let mut genesis = ledger.is_empty().then(|| spec.genesis.clone());
@@ -233,7 +236,7 @@ pub async fn serve(
             tick,
             &actors,
             &writer,
-            &keys.ledger,
+            keys,
             &mut state,
             &mut tree_head,
             &served_jobs,
@@ -271,7 +274,7 @@ async fn serve_tick(
     tick: u64,
     actors: &Actors,
     writer: &Addr<LedgerWriter>,
-    ledger_key: &SigningKey,
+    keys: &ActorKeys,
     state: &mut Arc<State>,
     tree_head: &mut SignedTreeHead,
     served_jobs: &ServedJobs,
@@ -296,14 +299,14 @@ async fn serve_tick(
     let mut replies = Vec::new();
     let admitted = {
         let state = Arc::get_mut(state).ok_or(RunError::StateShared)?;
-        let mut batch = gate::admit(state, tick, attempts, ledger_key)?;
+        let mut batch = gate::admit(state, tick, attempts, keys)?;
         // Genesis registers the clients: submissions wait for tick 1.
         if !genesis_tick {
             let submissions = take_submissions(intake);
             let mut intake = TickIntake {
                 state,
                 tick,
-                ledger_key,
+                keys,
                 submission_tick_window,
                 batch: &mut batch,
                 replies: &mut replies,
@@ -420,7 +423,7 @@ struct Reply {
 struct TickIntake<'a> {
     state: &'a mut State,
     tick: u64,
-    ledger_key: &'a SigningKey,
+    keys: &'a ActorKeys,
     submission_tick_window: u64,
     batch: &'a mut Admitted,
     replies: &'a mut Vec<Reply>,
@@ -437,7 +440,7 @@ impl TickIntake<'_> {
         submissions: Vec<Submission>,
         served_jobs: &ServedJobs,
     ) -> Result<(), RunError> {
-        let ledger = PublicKey::from(&self.ledger_key.verifying_key());
+        let ledger = PublicKey::from(&self.keys.ledger_secret(self.state)?.verifying_key());
         let mut counts = [0u64; RejectReason::ALL.len()];
         let judged: Vec<(Submission, Option<(RejectReason, String)>)> = submissions
             .into_iter()
@@ -458,7 +461,7 @@ impl TickIntake<'_> {
             || (backdated && self.state.tick() < self.tick)
         {
             let position = self.batch.signed.len();
-            gate::count_refusals(self.state, self.tick, &counts, self.ledger_key, self.batch)?;
+            gate::count_refusals(self.state, self.tick, &counts, self.keys, self.batch)?;
             Some(position)
         } else {
             None
@@ -488,7 +491,7 @@ impl TickIntake<'_> {
             self.state,
             self.tick,
             submission.request,
-            self.ledger_key,
+            self.keys,
             self.submission_tick_window,
         )?;
         if let Some(Body::JobSubmitted(job)) = one
@@ -565,38 +568,28 @@ fn sequence(
     state: &mut State,
     tick: u64,
     request: Request,
-    ledger_key: &SigningKey,
+    keys: &ActorKeys,
     window: u64,
 ) -> Result<Admitted, RunError> {
     match request {
         Request::Job { signed, checked } => {
             match checked.and_then(|event| submission_fits(event, tick, window)) {
-                Err((reason, detail)) => gate::refuse(
-                    state,
-                    tick,
-                    AttemptId::of(&signed),
-                    reason,
-                    &detail,
-                    ledger_key,
-                ),
-                Ok(event) => gate::admit(
-                    state,
-                    tick,
-                    vec![Attempt::external(event, signed)],
-                    ledger_key,
-                ),
+                Err((reason, detail)) => {
+                    gate::refuse(state, tick, AttemptId::of(&signed), reason, &detail, keys)
+                }
+                Ok(event) => gate::admit(state, tick, vec![Attempt::external(event, signed)], keys),
             }
         }
         Request::Owner { nonce, command } => {
-            // Owner commands are few: a copy keeps the command at hand for a refusal.
+            // Owner commands are few: a copy keeps the command at hand for a refusal. The
+            // envelope is the ledger key's in force now (a rotation before it in this tick has
+            // already moved it).
+            let ledger_key = keys.ledger_secret(state)?;
             let event = Event::new(Role::Owner, tick, nonce, command.clone());
             match SignedEvent::sign(&event, ledger_key) {
-                Ok(signed) => gate::admit(
-                    state,
-                    tick,
-                    vec![Attempt::external(event, signed)],
-                    ledger_key,
-                ),
+                Ok(signed) => {
+                    gate::admit(state, tick, vec![Attempt::external(event, signed)], keys)
+                }
                 Err(oversize) => {
                     let approved = AttemptId {
                         hash: Hash32(*blake3::hash(&command.approval_message(nonce)).as_bytes()),
@@ -608,7 +601,7 @@ fn sequence(
                         approved,
                         RejectReason::Oversize,
                         &oversize.to_string(),
-                        ledger_key,
+                        keys,
                     )
                 }
             }
@@ -631,7 +624,9 @@ fn approving_owner(state: &State, command: &OwnerCommand, nonce: u64) -> PublicK
 
 #[cfg(test)]
 mod tests {
-    use fabric_events::{derive_signing_key, FabricGenesis, JobSubmitted, OwnerAction, Rejected};
+    use fabric_events::{
+        derive_signing_key, FabricGenesis, JobSubmitted, OwnerAction, Rejected, SigningKey,
+    };
 
     use super::*;
 
@@ -698,6 +693,17 @@ mod tests {
         }
     }
 
+    /// The keys of a server that holds only `ledger`.
+    fn keys_of(ledger: &SigningKey) -> ActorKeys {
+        ActorKeys {
+            ledger: ledger.clone(),
+            routers: Vec::new(),
+            nodes: Vec::new(),
+            clients: Vec::new(),
+            staged: Vec::new(),
+        }
+    }
+
     fn ledger_of(key: &SigningKey) -> PublicKey {
         PublicKey::from(&key.verifying_key())
     }
@@ -727,7 +733,8 @@ mod tests {
             unreachable!("an owner request")
         };
         let message_hash = Hash32(*blake3::hash(&sent.approval_message(2)).as_bytes());
-        let out = sequence(&mut state, TICK, approved, &ledger, 8).expect("a refusal, no stop");
+        let out =
+            sequence(&mut state, TICK, approved, &keys_of(&ledger), 8).expect("a refusal, no stop");
         assert!(matches!(
             out.verdicts.as_slice(),
             [Verdict::Refused {
@@ -794,17 +801,17 @@ mod tests {
             6,
             &[&owners[0], &owners[2]],
         );
-        let out = sequence(&mut state, TICK, register, &ledger, 8).expect("sequenced");
+        let out = sequence(&mut state, TICK, register, &keys_of(&ledger), 8).expect("sequenced");
         assert_eq!(out.verdicts, [Verdict::Admitted]);
         let backdated = job(&client, TICK - 100, 2);
         assert_eq!(reason_of(&state, &backdated), None);
-        let out = sequence(&mut state, TICK, backdated, &ledger, 8).expect("sequenced");
+        let out = sequence(&mut state, TICK, backdated, &keys_of(&ledger), 8).expect("sequenced");
         assert!(matches!(
             &out.verdicts[..],
             [Verdict::Refused { reason: RejectReason::Invalid, detail }] if detail.contains("window")
         ));
         let at_the_edge = job(&client, TICK - 8, 3);
-        let out = sequence(&mut state, TICK, at_the_edge, &ledger, 8).expect("sequenced");
+        let out = sequence(&mut state, TICK, at_the_edge, &keys_of(&ledger), 8).expect("sequenced");
         assert!(
             matches!(&out.verdicts[..], [Verdict::Refused { reason: RejectReason::Invalid, detail }] if detail.contains("shard")),
             "past the window check, the job is judged by the state (no shard earth here): {:?}",
@@ -814,7 +821,8 @@ mod tests {
         // One real approval of the two needed: evidence against its approver.
         let one_approval = command(OwnerAction::PauseAll, 7, &[&owners[1]]);
         assert_eq!(reason_of(&state, &one_approval), None);
-        let out = sequence(&mut state, TICK, one_approval, &ledger, 8).expect("sequenced");
+        let out =
+            sequence(&mut state, TICK, one_approval, &keys_of(&ledger), 8).expect("sequenced");
         assert!(matches!(
             &out.verdicts[..],
             [Verdict::Refused {

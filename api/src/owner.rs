@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use fabric_events::{
-    NodeRegistered, OwnerAction, OwnerCommand, PublicKey, RetiredQueue, ShardRegistered,
+    KeyTarget, NodeRegistered, OwnerAction, OwnerCommand, PublicKey, RetiredQueue, ShardRegistered,
 };
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +25,9 @@ pub const COMMANDS_HELP: &str = "The command and its arguments:
   register-node JSON (a node_registered body) | update-node NODE MAX_CONCURRENCY LATENCY_MS PRICE_MICROS_PER_HOUR
   drain-node NODE | resume-node NODE | retire-node NODE
   register-client NAME PUBLIC_KEY_HEX
+  rotate-key ledger NEW_KEY | rotate-key router SHARD NEW_KEY
+  rotate-key client NAME NEW_KEY | rotate-key node NODE NEW_KEY
+    (NEW_KEY: a .pub file of `fabric keygen`, or the public key in hex)
   cancel-job JOB | reroute-job JOB SHARD
   checkpoint-now | set-checkpoint-interval TICKS
   governance PAYLOAD_HEX";
@@ -270,6 +273,19 @@ pub enum ActionError {
     /// `register-client`'s key is not a public key in hex.
     #[error("register-client: PUBLIC_KEY_HEX: {0}")]
     PublicKey(fabric_events::hex_serde::HexError),
+    /// `rotate-key`'s new key is neither a public key in hex nor a readable `.pub` file.
+    #[error("rotate-key: NEW_KEY `{text}` is not a public key in hex ({hex}) nor a public key file ({file})")]
+    NewKey {
+        /// What was given.
+        text: String,
+        /// Why it is not hex.
+        hex: fabric_events::hex_serde::HexError,
+        /// Why it is not a key file.
+        file: fabric_events::KeyError,
+    },
+    /// `rotate-key`'s holder is not one of the four.
+    #[error("rotate-key: the holder is `ledger`, `router`, `client` or `node`, not `{0}`")]
+    KeyHolder(String),
     /// `governance`'s payload is not hex.
     #[error("governance: PAYLOAD_HEX: {0}")]
     Payload(hex::FromHexError),
@@ -301,8 +317,13 @@ fn number<T: std::str::FromStr>(text: &str, what: &'static str) -> Result<T, Act
 /// [`COMMANDS_HELP`]).
 pub fn parse_action(words_in: &[String]) -> Result<OwnerAction, ActionError> {
     let (name, rest) = words_in.split_first().ok_or(ActionError::NoCommand)?;
-    let groups: [fn(&str, &[String]) -> ActionParse; 4] =
-        [fabric_action, shard_action, node_action, client_job_action];
+    let groups: [fn(&str, &[String]) -> ActionParse; 5] = [
+        fabric_action,
+        shard_action,
+        node_action,
+        client_job_action,
+        rotate_key_action,
+    ];
     for group in groups {
         if let Some(action) = group(name, rest)? {
             return Ok(action);
@@ -491,6 +512,53 @@ fn client_job_action(name: &str, rest: &[String]) -> ActionParse {
     }))
 }
 
+/// `rotate-key ledger NEW_KEY | router SHARD NEW_KEY | client NAME NEW_KEY | node NODE NEW_KEY`.
+fn rotate_key_action(name: &str, rest: &[String]) -> ActionParse {
+    const USAGE: &str = "rotate-key ledger NEW_KEY | rotate-key router|client|node NAME NEW_KEY";
+    if name != "rotate-key" {
+        return Ok(None);
+    }
+    let (holder, rest) = rest.split_first().ok_or(ActionError::Usage(USAGE))?;
+    let (target, key) = match (holder.as_str(), rest) {
+        ("ledger", [key]) => (KeyTarget::Ledger, key),
+        ("router", [shard, key]) => (
+            KeyTarget::Router {
+                shard: shard.clone(),
+            },
+            key,
+        ),
+        ("client", [client, key]) => (
+            KeyTarget::Client {
+                client: client.clone(),
+            },
+            key,
+        ),
+        ("node", [node, key]) => (KeyTarget::Node { node: node.clone() }, key),
+        ("ledger" | "router" | "client" | "node", _) => return Err(ActionError::Usage(USAGE)),
+        (other, _) => return Err(ActionError::KeyHolder(other.to_owned())),
+    };
+    Ok(Some(OwnerAction::RotateKey {
+        target,
+        new_key: new_key(key)?,
+    }))
+}
+
+/// A public key given as hex, or as the path of a `.pub` file of `fabric keygen`.
+fn new_key(text: &str) -> Result<PublicKey, ActionError> {
+    let hex = match PublicKey::from_hex(text) {
+        Ok(key) => return Ok(key),
+        Err(hex) => hex,
+    };
+    match fabric_events::keys::load_public(Path::new(text)) {
+        Ok(key) => Ok(PublicKey::from(&key)),
+        Err(file) => Err(ActionError::NewKey {
+            text: text.to_owned(),
+            hex,
+            file,
+        }),
+    }
+}
+
 /// A plain description of what an executed command did.
 pub fn effect(action: &OwnerAction) -> String {
     match action {
@@ -542,6 +610,22 @@ pub fn effect(action: &OwnerAction) -> String {
         OwnerAction::UpdateNode { node, .. } => format!("node `{node}` has new terms"),
         OwnerAction::SetTreaty { shard, .. } => format!("shard `{shard}` has new treaty terms"),
         OwnerAction::RegisterClient { client, .. } => format!("client `{client}` registered"),
+        OwnerAction::RotateKey { target, new_key } => {
+            format!(
+                "the key of {} is now {new_key}; the old key authors nothing",
+                key_target(target)
+            )
+        }
+    }
+}
+
+/// Whose key a rotation replaces, in words.
+pub fn key_target(target: &KeyTarget) -> String {
+    match target {
+        KeyTarget::Ledger => "the ledger".to_owned(),
+        KeyTarget::Router { shard } => format!("the router of shard `{shard}`"),
+        KeyTarget::Client { client } => format!("client `{client}`"),
+        KeyTarget::Node { node } => format!("node `{node}`"),
     }
 }
 
@@ -600,6 +684,59 @@ mod tests {
                 payload: vec![10, 11]
             }
         );
+    }
+
+    #[test]
+    fn rotate_key_takes_each_holder_and_a_key_as_hex_or_pub_file() {
+        let key = fabric_events::derive_signing_key(5, "rotate-key parse test");
+        let public = PublicKey::from(&key.verifying_key());
+        let hex = public.to_hex();
+        assert_eq!(
+            parse(&format!("rotate-key ledger {hex}")).unwrap(),
+            OwnerAction::RotateKey {
+                target: KeyTarget::Ledger,
+                new_key: public
+            }
+        );
+        assert_eq!(
+            parse(&format!("rotate-key router mars {hex}")).unwrap(),
+            OwnerAction::RotateKey {
+                target: KeyTarget::Router {
+                    shard: "mars".to_owned()
+                },
+                new_key: public
+            }
+        );
+        assert_eq!(
+            parse(&format!("rotate-key client acme {hex}")).unwrap(),
+            OwnerAction::RotateKey {
+                target: KeyTarget::Client {
+                    client: "acme".to_owned()
+                },
+                new_key: public
+            }
+        );
+        let folder = tempfile::tempdir().unwrap();
+        let pub_file = folder.path().join("new.pub");
+        fabric_events::keys::save_public(&pub_file, &key.verifying_key()).unwrap();
+        assert_eq!(
+            parse(&format!("rotate-key node n1 {}", pub_file.display())).unwrap(),
+            OwnerAction::RotateKey {
+                target: KeyTarget::Node {
+                    node: "n1".to_owned()
+                },
+                new_key: public
+            }
+        );
+        let message = |line: &str| parse(line).unwrap_err().to_string();
+        assert!(message("rotate-key ledger").starts_with("usage: rotate-key ledger NEW_KEY"));
+        assert!(message("rotate-key router mars").starts_with("usage: rotate-key"));
+        assert_eq!(
+            message(&format!("rotate-key owner {hex}")),
+            "rotate-key: the holder is `ledger`, `router`, `client` or `node`, not `owner`"
+        );
+        assert!(message("rotate-key ledger /no/such.pub")
+            .starts_with("rotate-key: NEW_KEY `/no/such.pub` is not a public key in hex"));
     }
 
     #[test]

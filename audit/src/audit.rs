@@ -210,6 +210,29 @@ pub fn audit_ledger(
             })
         }
     };
+    let keys = match reader.ledger_keys() {
+        Ok(keys) => keys,
+        Err(err) => {
+            return Ok(AuditReport {
+                first_seq,
+                ..AuditReport::failed(source, Failure::from_ledger(&err))
+            })
+        }
+    };
+    if keys.genesis() != *ledger_key {
+        let failure = Failure {
+            seq: None,
+            what: "signature",
+            detail: format!(
+                "the log's genesis ledger key is {}, not the trusted {ledger_key}",
+                keys.genesis()
+            ),
+        };
+        return Ok(AuditReport {
+            first_seq,
+            ..AuditReport::failed(source, failure)
+        });
+    }
     let entries = read_ledger(reader.clone(), first_seq..size);
     let auditor = Auditor {
         next_seq: first_seq,
@@ -217,7 +240,13 @@ pub fn audit_ledger(
         prev: replay.last_hash(),
         replay: Some(replay),
         checks: Checks {
-            ledger_key: Some(*ledger_key),
+            ledger_key: Some(keys.at(first_seq)),
+            rotations: keys
+                .rotations()
+                .iter()
+                .filter(|(seq, _)| *seq >= first_seq)
+                .copied()
+                .collect(),
             heads,
             snapshots: Some(reader.clone()),
         },
@@ -318,6 +347,7 @@ pub fn audit_export(path: &Path, progress: Progress<'_>) -> Result<AuditReport, 
         replay: Some(Replay::genesis()),
         checks: Checks {
             ledger_key: None,
+            rotations: VecDeque::new(),
             heads: VecDeque::new(),
             snapshots: None,
         },
@@ -384,8 +414,12 @@ fn check_line(number: usize, line: std::io::Result<String>) -> Result<(Hash32, E
 
 /// What the audit checks beside the replay: checkpoints, snapshots and tree heads.
 struct Checks {
-    /// The ledger key checkpoints and tree heads must be signed by, when known.
+    /// The ledger key in force, which checkpoints and tree heads must be signed by, when
+    /// known: the trusted genesis key followed through each ledger rotation replayed.
     ledger_key: Option<PublicKey>,
+    /// The ledger-key rotations the ledger recorded (its index of them) still to reach: each
+    /// must be met by the rotation in the log at its seq, and none may be missing.
+    rotations: VecDeque<(u64, PublicKey)>,
     /// Signed tree heads still to reach, by size.
     heads: VecDeque<SignedTreeHead>,
     /// Where the checkpoints' snapshots are stored.
@@ -540,6 +574,9 @@ impl Auditor {
                 replay
                     .fold(*hash, entry, &event, ())
                     .map_err(|e| Failure::from_replay(&e))?;
+                if let Some(key) = event.ledger_rotation() {
+                    self.checks.rotated(seq, key)?;
+                }
                 self.report.tree_heads_verified += self.checks.heads(seq, replay.tree())?;
             }
             self.prev = Some(*hash);
@@ -575,6 +612,13 @@ impl Auditor {
                 ),
             ));
         }
+        if let Some((seq, key)) = self.checks.rotations.front() {
+            return Some(Failure::at(
+                *seq,
+                "storage",
+                format!("the ledger records a rotation to {key} at seq {seq} that the log does not hold"),
+            ));
+        }
         if let Some(head) = self.checks.heads.front() {
             let size = self
                 .replay
@@ -601,6 +645,27 @@ impl Auditor {
 }
 
 impl Checks {
+    /// A ledger rotation at `seq` was replayed: the key in force is `key` from the next seq
+    /// on, and the ledger's own record of the rotation must say the same.
+    fn rotated(&mut self, seq: u64, key: PublicKey) -> Result<(), Failure> {
+        if self.ledger_key.is_none() {
+            return Ok(());
+        }
+        self.ledger_key = Some(key);
+        match self.rotations.pop_front() {
+            Some(recorded) if recorded == (seq, key) => Ok(()),
+            recorded => Err(Failure::at(
+                seq,
+                "storage",
+                format!(
+                    "entry {seq} rotates the ledger key to {key}; the ledger's record of \
+                     rotations says {}",
+                    recorded.map_or("nothing".to_owned(), |(at, to)| format!("{to} at seq {at}"))
+                ),
+            )),
+        }
+    }
+
     /// Checks a checkpoint against the replay before it: signed by the ledger key, at its
     /// size, with the replay's root, state hash and snapshot hash. Returns the root and the
     /// snapshot hash.

@@ -1,7 +1,8 @@
 //! Loading a stored checkpoint, only when it verifies.
 //!
 //! A checkpoint at tree size `T` is used only when its `checkpoint` event (the entry at seq
-//! `T`, the first event of its tick) is signed by the ledger key and names that size, its
+//! `T`, the first event of its tick) is signed by the ledger key in force at `T` (the genesis
+//! key followed through the ledger rotations before `T`) and names that size, its
 //! snapshot's bytes hash to the event's `snapshot_hash`, the bytes decode to a state with the
 //! event's `state_hash`, and the snapshot's frontier gives the root of the signed tree head at
 //! `T` (which the event's `merkle_root` must also say). A [`Replay`](crate::Replay) resumed
@@ -29,10 +30,18 @@ pub enum CheckpointError {
     #[error(transparent)]
     Read(#[from] LedgerError),
     /// The entry at its size is not signed by the ledger key.
-    #[error("entry {tree_size} is not signed by the ledger key")]
+    #[error("entry {tree_size} is not signed by the ledger key in force there")]
     NotLedgerKey {
         /// The checkpoint's tree size.
         tree_size: u64,
+    },
+    /// The log's genesis ledger key is not the one trusted.
+    #[error("the log's genesis ledger key is {stored}, not the trusted {trusted}")]
+    GenesisKey {
+        /// The key the folder records.
+        stored: PublicKey,
+        /// The key trusted.
+        trusted: PublicKey,
     },
     /// The entry's signature does not verify.
     #[error("entry {tree_size}: {source}")]
@@ -125,7 +134,7 @@ pub fn load_checkpoint(
 ) -> Result<Loaded, CheckpointError> {
     let snapshot = reader.snapshot(tree_size)?;
     let entry = reader.get(tree_size)?;
-    if entry.author != *ledger_key {
+    if entry.author != ledger_key_at(reader, ledger_key, tree_size)? {
         return Err(CheckpointError::NotLedgerKey { tree_size });
     }
     entry
@@ -176,16 +185,36 @@ pub fn load_checkpoint(
     })
 }
 
-/// The signed tree head stored at exactly `tree_size`, verified with `ledger_key`.
+/// The ledger key in force at `tree_size` of the log whose genesis key is `genesis_key` (the
+/// trusted root): the genesis key followed through the log's ledger rotations before
+/// `tree_size`, each checked against its entry ([`LedgerReader::ledger_keys`]).
+pub fn ledger_key_at(
+    reader: &LedgerReader,
+    genesis_key: &PublicKey,
+    tree_size: u64,
+) -> Result<PublicKey, CheckpointError> {
+    let keys = reader.ledger_keys()?;
+    if keys.genesis() != *genesis_key {
+        return Err(CheckpointError::GenesisKey {
+            stored: keys.genesis(),
+            trusted: *genesis_key,
+        });
+    }
+    Ok(keys.at(tree_size))
+}
+
+/// The signed tree head stored at exactly `tree_size`, verified with the ledger key in force
+/// at that size ([`ledger_key_at`]; `ledger_key` is the genesis key).
 pub fn signed_head(
     reader: &LedgerReader,
     ledger_key: &PublicKey,
     tree_size: u64,
 ) -> Result<SignedTreeHead, CheckpointError> {
+    let key = ledger_key_at(reader, ledger_key, tree_size)?;
     let head = reader
         .tree_head_at(tree_size)?
         .ok_or(CheckpointError::NoTreeHead { tree_size })?;
-    head.verify(ledger_key)
+    head.verify(&key)
         .map_err(|source| CheckpointError::TreeHead { tree_size, source })?;
     Ok(head)
 }

@@ -5,12 +5,19 @@
 //! older tree) under a root, and the ledger key's signature on (tree size, root) is what makes
 //! that root the log's. So [`verify_text`] checks the heads first and takes every size and
 //! root from them, never from the proof's other fields alone.
+//!
+//! A log whose ledger key was rotated signs each tree head with the key in force at its size
+//! (`fabric_ledger::keys`). A document whose head lies after a rotation carries every ledger
+//! rotation before its head (`ledger_rotations`: the entry and its audit path under the
+//! head), so a verifier that trusts only the genesis ledger key follows each rotation: every
+//! rotation entry must be enveloped by the key in force before it and proved in the signed
+//! tree, and the head must be signed by the key in force at its size.
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use fabric_events::{entry_hash, Entry, EntryError, Hash32, PublicKey, VerifyError};
 use fabric_ledger::merkle::{self, ConsistencyProof, InclusionProof};
-use fabric_ledger::{LedgerError, LedgerReader, SignedTreeHead};
+use fabric_ledger::{LedgerError, LedgerKeys, LedgerReader, SignedTreeHead};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -39,6 +46,21 @@ pub struct InclusionDoc {
     pub root: Hash32,
     /// The signed tree head at `tree_size`.
     pub tree_head: SignedTreeHead,
+    /// Every ledger-key rotation before `tree_size`, oldest first (absent when none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ledger_rotations: Vec<RotationProof>,
+}
+
+/// A ledger-key rotation with its inclusion proof under a document's (newest) signed head.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotationProof {
+    /// The rotation's entry.
+    pub seq: u64,
+    /// The entry bytes, standard base64 with padding.
+    pub entry: String,
+    /// The RFC 9162 audit path of the entry in the tree of the head.
+    pub audit_path: Vec<Hash32>,
 }
 
 /// `fabric-consistency-proof-v1`; the field order is the document's key order.
@@ -57,6 +79,10 @@ pub struct ConsistencyDoc {
     pub old_tree_head: SignedTreeHead,
     /// The signed tree head at `new_size`.
     pub new_tree_head: SignedTreeHead,
+    /// Every ledger-key rotation before `new_size`, oldest first, proved under the new head
+    /// (absent when none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ledger_rotations: Vec<RotationProof>,
 }
 
 /// Only the `format` key, to pick the document's kind before parsing it strictly.
@@ -218,6 +244,7 @@ pub fn inclusion_doc(
         audit_path: proof.path,
         root,
         tree_head: head,
+        ledger_rotations: rotation_proofs(reader, tree_size)?,
     })
 }
 
@@ -262,7 +289,35 @@ pub fn consistency_doc(
         path: proof.path,
         old_tree_head: old_head,
         new_tree_head: new_head,
+        ledger_rotations: rotation_proofs(reader, new_size)?,
     })
+}
+
+/// The ledger rotations before `tree_size`, each with its audit path in that tree.
+fn rotation_proofs(
+    reader: &LedgerReader,
+    tree_size: u64,
+) -> Result<Vec<RotationProof>, BuildError> {
+    let keys = reader
+        .ledger_keys()
+        .map_err(read("could not read the ledger key rotations".to_owned()))?;
+    let mut proofs = Vec::new();
+    for (seq, _) in keys.rotations().iter().filter(|(seq, _)| *seq < tree_size) {
+        let (proof, _) = reader
+            .inclusion_proof(*seq, tree_size)
+            .map_err(read(format!(
+                "could not prove rotation {seq} in {tree_size}"
+            )))?;
+        let entry = reader
+            .get(*seq)
+            .map_err(read(format!("could not read entry {seq}")))?;
+        proofs.push(RotationProof {
+            seq: *seq,
+            entry: BASE64.encode(entry.encode()),
+            audit_path: proof.path,
+        });
+    }
+    Ok(proofs)
 }
 
 fn read(context: String) -> impl FnOnce(LedgerError) -> BuildError {
@@ -281,8 +336,9 @@ fn consistent(size: u64, computed: Hash32, head: &SignedTreeHead) -> Result<(), 
     }
 }
 
-/// The signed tree head stored at exactly `tree_size`, verified with the ledger's key; when
-/// none is stored there, an error naming the nearest sizes that have one.
+/// The signed tree head stored at exactly `tree_size`, verified with the ledger key in force
+/// at that size (the genesis `ledger_key` followed through the log's rotations); when none is
+/// stored there, an error naming the nearest sizes that have one.
 pub fn stored_head(
     reader: &LedgerReader,
     ledger_key: &PublicKey,
@@ -310,10 +366,19 @@ pub fn stored_head(
         };
         return Err(BuildError::NoTreeHead { tree_size, nearest });
     };
-    head.verify(ledger_key)
+    let keys = reader
+        .ledger_keys()
+        .map_err(read("could not read the ledger key rotations".to_owned()))?;
+    let key = if keys.genesis() == *ledger_key {
+        keys.at(tree_size)
+    } else {
+        // Not this log's genesis key: the head cannot verify, and the error says with what.
+        *ledger_key
+    };
+    head.verify(&key)
         .map_err(|source| BuildError::HeadSignature {
             tree_size,
-            key: *ledger_key,
+            key,
             source,
         })?;
     Ok(head)
@@ -357,11 +422,140 @@ fn ensure(ok: bool, message: impl FnOnce() -> String) -> Result<(), VerifyProofE
     }
 }
 
-/// Checks a tree head's key against the trusted one and its signature; `which` names it.
-fn check_head(which: &str, head: &SignedTreeHead, key: &PublicKey) -> Result<(), VerifyProofError> {
+/// Follows a document's ledger rotations from `start` (the trusted genesis key): each entry is
+/// a canonical, validly signed owner command rotating the ledger key, enveloped by the key in
+/// force before it, at a seq above the previous one and inside the tree of `head`. Their
+/// inclusion under `head` is checked by [`check_rotations_in`] once the head's signature is.
+fn follow_rotations(
+    start: PublicKey,
+    rotations: &[RotationProof],
+    head: &SignedTreeHead,
+) -> Result<LedgerKeys, VerifyProofError> {
+    let mut keys = LedgerKeys::new(start);
+    for rotation in rotations {
+        let (entry, _) = decode_entry(&rotation.entry, "rotation")?;
+        let seq = rotation.seq;
+        ensure(entry.seq == seq, || {
+            format!(
+                "rotation: the entry bytes hold seq {}, the rotation is for seq {seq}",
+                entry.seq
+            )
+        })?;
+        ensure(
+            keys.last_rotation().is_none_or(|last| last < seq) && seq < head.tree_size,
+            || {
+                format!(
+                    "rotation: seq {seq} is out of order or not in the tree of {} entries",
+                    head.tree_size
+                )
+            },
+        )?;
+        let new_key = fabric_ledger::keys::rotation_in(&entry.signed).ok_or_else(|| {
+            VerifyProofError::Refused(format!(
+                "rotation: entry {seq} is not an owner command rotating the ledger key"
+            ))
+        })?;
+        ensure(entry.author == keys.current(), || {
+            format!(
+                "rotation: entry {seq} is enveloped by {}, not by the ledger key in force {}",
+                entry.author,
+                keys.current()
+            )
+        })?;
+        keys.push(seq, new_key);
+    }
+    Ok(keys)
+}
+
+/// Each rotation's entry is in the tree of `head` (whose signature was checked).
+fn check_rotations_in(
+    rotations: &[RotationProof],
+    head: &SignedTreeHead,
+) -> Result<(), VerifyProofError> {
+    for rotation in rotations {
+        let (_, leaf) = decode_entry(&rotation.entry, "rotation")?;
+        let proof = InclusionProof {
+            index: rotation.seq,
+            tree_size: head.tree_size,
+            path: rotation.audit_path.clone(),
+        };
+        merkle::verify_inclusion(&leaf, &proof, &head.root).map_err(|err| {
+            VerifyProofError::Refused(format!(
+                "rotation: the audit path of entry {} does not prove it under the signed root: \
+                 {err}",
+                rotation.seq
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+/// Base64 entry bytes: the entry (its signature checked) and its leaf hash.
+fn decode_entry(base64: &str, what: &str) -> Result<(Entry, Hash32), VerifyProofError> {
+    let bytes = BASE64.decode(base64).map_err(|err| {
+        VerifyProofError::Refused(format!(
+            "{what}: `entry` is not standard padded base64: {err}"
+        ))
+    })?;
+    let entry = Entry::decode(&bytes).map_err(|err: EntryError| {
+        VerifyProofError::Refused(format!("{what}: the entry bytes are no entry: {err}"))
+    })?;
+    entry.verify_signature().map_err(|err| {
+        VerifyProofError::Refused(format!(
+            "{what}: the entry's event signature by {} does not verify: {err}",
+            entry.author
+        ))
+    })?;
+    Ok((entry, entry_hash(&bytes)))
+}
+
+/// The key a verification starts from: the trusted one, or (told to `untrusted`) the key that
+/// envelopes the first rotation, or else the one the head names.
+fn start_key(
+    trusted: Option<&PublicKey>,
+    rotations: &[RotationProof],
+    head: &SignedTreeHead,
+    untrusted: impl FnOnce(&PublicKey),
+) -> Result<PublicKey, VerifyProofError> {
+    if let Some(key) = trusted {
+        return Ok(*key);
+    }
+    let key = match rotations.first() {
+        Some(first) => decode_entry(&first.entry, "rotation")?.0.author,
+        None => head.ledger_key,
+    };
+    untrusted(&key);
+    Ok(key)
+}
+
+/// How the key that signed the newest head was reached, for the `ok:` line.
+fn key_path(keys: &LedgerKeys) -> String {
+    match keys.rotations().len() {
+        0 => String::new(),
+        n => format!(
+            " (the genesis ledger key {}, rotated {n} time{})",
+            keys.genesis(),
+            if n == 1 { "" } else { "s" }
+        ),
+    }
+}
+
+/// Checks a tree head's key against the one in force at its size and its signature; `which`
+/// names it.
+fn check_head(
+    which: &str,
+    head: &SignedTreeHead,
+    keys: &LedgerKeys,
+) -> Result<(), VerifyProofError> {
+    let key = &keys.at(head.tree_size);
     ensure(head.ledger_key == *key, || {
+        let expected = if *key == keys.genesis() {
+            "the --ledger-key"
+        } else {
+            "the ledger key in force at its size, rotated from the --ledger-key,"
+        };
         format!(
-            "{which} is signed by key {}, not by the --ledger-key {key}",
+            "{which} is signed by key {}, not by {expected} {key}",
             head.ledger_key
         )
     })?;
@@ -380,11 +574,11 @@ pub fn verify_inclusion_doc(
     untrusted: impl FnOnce(&PublicKey),
 ) -> Result<String, VerifyProofError> {
     let head = doc.tree_head;
-    let key = trusted.copied().unwrap_or_else(|| {
-        untrusted(&head.ledger_key);
-        head.ledger_key
-    });
-    check_head("the tree head", &head, &key)?;
+    let start = start_key(trusted, &doc.ledger_rotations, &head, untrusted)?;
+    let keys = follow_rotations(start, &doc.ledger_rotations, &head)?;
+    let key = keys.at(head.tree_size);
+    check_head("the tree head", &head, &keys)?;
+    check_rotations_in(&doc.ledger_rotations, &head)?;
     ensure(doc.tree_size == head.tree_size, || {
         format!(
             "size mismatch: the proof's tree_size is {}, its signed tree head is for {} entries",
@@ -412,8 +606,12 @@ pub fn verify_inclusion_doc(
     })?;
     debug_assert_eq!(entry.seq, doc.seq);
     Ok(format!(
-        "ok: entry {} is in the log of {} entries with root {}, signed by {}",
-        doc.seq, head.tree_size, head.root, key
+        "ok: entry {} is in the log of {} entries with root {}, signed by {}{}",
+        doc.seq,
+        head.tree_size,
+        head.root,
+        key,
+        key_path(&keys)
     ))
 }
 
@@ -457,9 +655,9 @@ pub fn verify_consistency_doc(
     untrusted: impl FnOnce(&PublicKey),
 ) -> Result<String, VerifyProofError> {
     let (old, new) = (doc.old_tree_head, doc.new_tree_head);
-    let key = match trusted {
+    let start = match trusted {
         Some(key) => *key,
-        None => {
+        None if doc.ledger_rotations.is_empty() => {
             ensure(old.ledger_key == new.ledger_key, || {
                 format!(
                     "signature: the old tree head names key {}, the new one {}: not one ledger",
@@ -469,9 +667,13 @@ pub fn verify_consistency_doc(
             untrusted(&old.ledger_key);
             old.ledger_key
         }
+        None => start_key(None, &doc.ledger_rotations, &new, untrusted)?,
     };
-    check_head("the old tree head", &old, &key)?;
-    check_head("the new tree head", &new, &key)?;
+    let keys = follow_rotations(start, &doc.ledger_rotations, &new)?;
+    let key = keys.at(new.tree_size);
+    check_head("the old tree head", &old, &keys)?;
+    check_head("the new tree head", &new, &keys)?;
+    check_rotations_in(&doc.ledger_rotations, &new)?;
     ensure(doc.old_size == old.tree_size, || {
         format!(
             "size mismatch: the proof's old_size is {}, its old signed tree head is for {} \
@@ -499,8 +701,13 @@ pub fn verify_consistency_doc(
     })?;
     Ok(format!(
         "ok: the log of {} entries with root {} is a prefix of the log of {} entries with root \
-         {}, signed by {}",
-        old.tree_size, old.root, new.tree_size, new.root, key
+         {}, signed by {}{}",
+        old.tree_size,
+        old.root,
+        new.tree_size,
+        new.root,
+        key,
+        key_path(&keys)
     ))
 }
 

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use fabric_events::{Body, Event, OwnerAction};
+use fabric_events::{Body, Event, KeyTarget, OwnerAction};
 
 /// The first tokens of every subject.
 pub const SUBJECT_PREFIX: &str = "fabric.events";
@@ -55,13 +55,21 @@ pub fn shard_of<'a>(event: &'a Event, regions: &'a Regions) -> Option<&'a str> {
             | OwnerAction::SetSpillover { shard, .. }
             | OwnerAction::RerouteJob { shard, .. }
             | OwnerAction::RetireShard { shard, .. }
-            | OwnerAction::SetTreaty { shard, .. } => Some(shard),
+            | OwnerAction::SetTreaty { shard, .. }
+            | OwnerAction::RotateKey {
+                target: KeyTarget::Router { shard },
+                ..
+            } => Some(shard),
             OwnerAction::RegisterShard { registration } => Some(&registration.shard),
             OwnerAction::RegisterNode { registration } => Some(&registration.region),
             OwnerAction::DrainNode { node: name }
             | OwnerAction::RetireNode { node: name }
             | OwnerAction::ResumeNode { node: name }
-            | OwnerAction::UpdateNode { node: name, .. } => node(name),
+            | OwnerAction::UpdateNode { node: name, .. }
+            | OwnerAction::RotateKey {
+                target: KeyTarget::Node { node: name },
+                ..
+            } => node(name),
             _ => None,
         },
         Body::Checkpoint(_)
@@ -124,6 +132,33 @@ mod tests {
             regions.insert(body.node.clone(), "mars".to_owned());
         }
         assert_eq!(subject(heartbeat, &regions), "fabric.events.mars.heartbeat");
+        let rotation = |target: KeyTarget| {
+            let command = fabric_events::OwnerCommand {
+                action: OwnerAction::RotateKey {
+                    target,
+                    new_key: fabric_events::PublicKey([5; 32]),
+                },
+                expiry_tick: 1,
+                approvals: Vec::new(),
+            };
+            let event = Event::new(fabric_events::Role::Owner, 1, 1, command);
+            subject(&event, &regions)
+        };
+        let node = KeyTarget::Node {
+            node: match &heartbeat.body {
+                Body::Heartbeat(body) => body.node.clone(),
+                _ => String::new(),
+            },
+        };
+        assert_eq!(rotation(node), "fabric.events.mars.owner_command");
+        let router = KeyTarget::Router {
+            shard: "luna".to_owned(),
+        };
+        assert_eq!(rotation(router), "fabric.events.luna.owner_command");
+        assert_eq!(
+            rotation(KeyTarget::Ledger),
+            "fabric.events.global.owner_command"
+        );
         assert_eq!(token("a.b*c>d e"), "a_b_c_d_e");
         assert_eq!(token(""), "_");
     }

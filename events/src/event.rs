@@ -84,6 +84,21 @@ impl Event {
     pub fn kind(&self) -> Kind {
         self.body.kind()
     }
+
+    /// The new ledger key, when this event is an owner command that rotates the ledger key.
+    pub fn ledger_rotation(&self) -> Option<PublicKey> {
+        match &self.body {
+            Body::OwnerCommand(OwnerCommand {
+                action:
+                    OwnerAction::RotateKey {
+                        target: KeyTarget::Ledger,
+                        new_key,
+                    },
+                ..
+            }) if self.header.role == Role::Owner => Some(*new_key),
+            _ => None,
+        }
+    }
 }
 
 /// The body of an event: exactly one kind. The variant's position is its tag on the wire
@@ -489,6 +504,38 @@ pub enum OwnerAction {
     },
     /// Give a drained node work again.
     ResumeNode {
+        /// The node.
+        node: String,
+    },
+    /// Replace a key the fabric knows by a new one: from the next seq on the old key's
+    /// signatures are refused (`retired_key`) and the new key's accepted. A ledger rotation's
+    /// own envelope is signed by the old ledger key.
+    RotateKey {
+        /// Whose key.
+        target: KeyTarget,
+        /// The key that replaces it (held by no one yet).
+        new_key: PublicKey,
+    },
+}
+
+/// Whose key a [`OwnerAction::RotateKey`] replaces. Variants are appended, never reordered.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
+#[serde(tag = "holder", rename_all = "snake_case", deny_unknown_fields)]
+pub enum KeyTarget {
+    /// The ledger key (checkpoints, rejections, owner-command envelopes, tree heads).
+    Ledger,
+    /// The router key of a shard.
+    Router {
+        /// The shard.
+        shard: String,
+    },
+    /// A registered client's key.
+    Client {
+        /// The client's name.
+        client: String,
+    },
+    /// A node's key.
+    Node {
         /// The node.
         node: String,
     },

@@ -77,6 +77,38 @@ pub enum LedgerError {
         /// Key given to open it.
         given: PublicKey,
     },
+    /// The ledger's current key (after its rotations) has no secret among the keys given: the
+    /// writer cannot sign its tree heads.
+    #[error(
+        "the ledger's key is now {current} (rotated at seq {rotated_at}), and its secret is not \
+         among the keys given (give it as a staged key)"
+    )]
+    NoCurrentSecret {
+        /// The key in force.
+        current: PublicKey,
+        /// Seq of the rotation that made it the ledger key.
+        rotated_at: u64,
+    },
+    /// A batch rotates the ledger key to a key whose secret the writer does not hold; nothing
+    /// of it was written.
+    #[error(
+        "entry {seq} rotates the ledger key to {key}, whose secret the writer does not hold: \
+         nothing was appended"
+    )]
+    RotationWithoutSecret {
+        /// Seq the rotation would have had.
+        seq: u64,
+        /// The new key.
+        key: PublicKey,
+    },
+    /// A stored ledger-key rotation does not match its entry.
+    #[error("ledger key rotation recorded at seq {seq}: {detail}")]
+    CorruptRotation {
+        /// The seq it is recorded at.
+        seq: u64,
+        /// What is wrong.
+        detail: String,
+    },
     /// The folder holds data this build cannot read.
     #[error(
         "{path}: storage format {found} is not supported (this build reads format {supported})"

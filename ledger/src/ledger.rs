@@ -12,12 +12,13 @@ use fabric_events::{SignedEvent, SigningKey};
 #[cfg(feature = "writer")]
 use crate::error::AppendError;
 use crate::error::LedgerError;
+use crate::keys::LedgerKeys;
 use crate::merkle::{self, ConsistencyProof, Frontier, InclusionProof};
 #[cfg(feature = "writer")]
 use crate::storage::BlockWriter;
 use crate::storage::{
     block_key, decode_block, key_number, numbered_key, Head, KEY_FORMAT, KEY_HEAD, KEY_LEDGER_KEY,
-    PREFIX_TREE_HEAD, STORAGE_FORMAT,
+    PREFIX_ROTATION, PREFIX_TREE_HEAD, STORAGE_FORMAT,
 };
 use crate::tree_head::SignedTreeHead;
 #[cfg(feature = "writer")]
@@ -141,7 +142,11 @@ pub struct OpenReport {
 pub struct Ledger {
     reader: LedgerReader,
     db_file: File,
-    ledger_key: SigningKey,
+    /// The genesis key and its rotations: which key signs the tree head of each size.
+    keys: LedgerKeys,
+    /// The secrets the writer holds: the key it was opened with and the staged ones. The one
+    /// of the key in force signs each tree head.
+    secrets: Vec<SigningKey>,
     head: Head,
     tree_head: SignedTreeHead,
     verifier: Verifier,
@@ -166,12 +171,15 @@ fn storage(context: &'static str) -> impl FnOnce(sled::Error) -> LedgerError {
 
 #[cfg(feature = "writer")]
 impl Ledger {
-    /// Opens (or creates) the ledger in `path`, whose tree heads are signed by `ledger_key`.
+    /// Opens (or creates) the ledger in `path` with `ledger_key`, which names a new ledger and
+    /// signs its tree heads while it is the key in force.
     ///
-    /// Opening checks the stored format, that the folder belongs to this ledger key, that the
-    /// head's Merkle frontier gives the root of the last signed tree head and that the head's
-    /// last hash is the hash of the last stored entry. Blocks past the head (a batch whose
-    /// commit never completed) are removed.
+    /// Opening checks the stored format, that the folder belongs to this ledger key (the key
+    /// named at genesis or one it was rotated to: the writer signs only while it holds the
+    /// secret of the key in force, see [`Ledger::stage_keys`]), that the head's Merkle
+    /// frontier gives the root of the last signed tree head and that the head's last hash is
+    /// the hash of the last stored entry. Blocks past the head (a batch whose commit never
+    /// completed) are removed.
     pub fn open(path: impl AsRef<Path>, ledger_key: SigningKey) -> Result<Self, LedgerError> {
         let path = path.as_ref().to_path_buf();
         let db = open_sled(&path)?;
@@ -188,7 +196,7 @@ impl Ledger {
         };
         let public = PublicKey::from(&ledger_key.verifying_key());
         let mut report = OpenReport::default();
-        let (head, tree_head) = match reader
+        let (head, tree_head, keys) = match reader
             .db
             .get(KEY_FORMAT)
             .map_err(storage("reading the format"))?
@@ -204,7 +212,7 @@ impl Ledger {
                 report.created = true;
                 let head = Head::empty();
                 let tree_head = SignedTreeHead::sign(0, head.frontier.root(), &ledger_key);
-                (head, tree_head)
+                (head, tree_head, LedgerKeys::new(public))
             }
             Some(format) => {
                 if format.as_ref() != STORAGE_FORMAT.to_le_bytes() {
@@ -214,24 +222,25 @@ impl Ledger {
                         supported: STORAGE_FORMAT,
                     });
                 }
-                let stored = reader.ledger_key()?;
-                if stored != public {
+                let keys = reader.ledger_keys()?;
+                if !keys.held(&public) {
                     return Err(LedgerError::KeyMismatch {
                         path,
-                        stored,
+                        stored: keys.genesis(),
                         given: public,
                     });
                 }
                 let head = reader.head()?;
-                let tree_head = reader.verified_tree_head(&head, &public)?;
-                (head, tree_head)
+                let tree_head = reader.verified_tree_head(&head, &keys)?;
+                (head, tree_head, keys)
             }
         };
         let mut ledger = Self {
             tree_head,
             reader,
             db_file,
-            ledger_key,
+            keys,
+            secrets: vec![ledger_key],
             head,
             verifier: Verifier::new(),
             poisoned: None,
@@ -250,7 +259,7 @@ impl Ledger {
     fn initialise(&mut self) -> Result<(), LedgerError> {
         let mut batch = sled::Batch::default();
         batch.insert(KEY_FORMAT, &STORAGE_FORMAT.to_le_bytes());
-        batch.insert(KEY_LEDGER_KEY, self.ledger_key.verifying_key().as_bytes());
+        batch.insert(KEY_LEDGER_KEY, self.keys.genesis().as_bytes());
         batch.insert(KEY_HEAD, self.head.encode());
         insert_tree_head(&mut batch, &self.tree_head);
         self.commit(batch)
@@ -290,6 +299,15 @@ impl Ledger {
             .keys()
         {
             batch.remove(key.map_err(storage("scanning for tree heads past the head"))?);
+            stale = true;
+        }
+        for key in self
+            .reader
+            .db
+            .range(numbered_key(PREFIX_ROTATION, size)..=numbered_key(PREFIX_ROTATION, u64::MAX))
+            .keys()
+        {
+            batch.remove(key.map_err(storage("scanning for rotations past the head"))?);
             stale = true;
         }
         if stale {
@@ -333,9 +351,47 @@ impl Ledger {
         self.tree_head
     }
 
-    /// The ledger's public key (verifies tree heads).
+    /// The ledger key named at genesis: the root of trust that restores, audits and proofs
+    /// follow every rotation from ([`LedgerReader::ledger_keys`]).
     pub fn ledger_key(&self) -> PublicKey {
-        PublicKey::from(&self.ledger_key.verifying_key())
+        self.keys.genesis()
+    }
+
+    /// The ledger key in force now (it signs the next tree head).
+    pub fn current_ledger_key(&self) -> PublicKey {
+        self.keys.current()
+    }
+
+    /// The genesis key and its rotations so far.
+    pub fn ledger_keys(&self) -> &LedgerKeys {
+        &self.keys
+    }
+
+    /// Gives the writer more secrets: the one whose public key a ledger rotation names signs
+    /// the tree heads from that rotation on. Fails when, after them, the writer still holds no
+    /// secret of the key in force.
+    pub fn stage_keys(
+        &mut self,
+        staged: impl IntoIterator<Item = SigningKey>,
+    ) -> Result<(), LedgerError> {
+        self.secrets.extend(staged);
+        self.signer(&self.keys.current()).map(|_| ())
+    }
+
+    /// The secret of `key`, among those held.
+    fn secret_of(&self, key: &PublicKey) -> Option<&SigningKey> {
+        self.secrets
+            .iter()
+            .find(|secret| secret.verifying_key().as_bytes() == key.as_bytes())
+    }
+
+    /// The secret of the key in force, `key`.
+    fn signer(&self, key: &PublicKey) -> Result<&SigningKey, LedgerError> {
+        self.secret_of(key)
+            .ok_or_else(|| LedgerError::NoCurrentSecret {
+                current: *key,
+                rotated_at: self.keys.last_rotation().unwrap_or(0),
+            })
     }
 
     /// Reads one entry.
@@ -383,8 +439,19 @@ impl Ledger {
         let mut frontier = self.head.frontier.clone();
         let mut prev = self.head.last_hash;
         let mut writer = BlockWriter::new();
+        let mut keys = self.keys.clone();
+        let mut sled_batch = sled::Batch::default();
         for (offset, event) in batch.iter().enumerate() {
             let seq = first_seq + offset as u64;
+            if let Some(key) = crate::keys::rotation_in(&event.signed) {
+                // Checked before anything is written: a rotation the writer cannot follow
+                // is refused whole, and the ledger stays writable.
+                if self.secret_of(&key).is_none() {
+                    return Err(LedgerError::RotationWithoutSecret { seq, key });
+                }
+                keys.push(seq, key);
+                sled_batch.insert(&numbered_key(PREFIX_ROTATION, seq), key.as_bytes());
+            }
             prev = writer.push(seq, &prev, event);
             frontier.push(prev);
         }
@@ -393,9 +460,9 @@ impl Ledger {
             last_hash: prev,
             frontier,
         };
-        let tree_head = SignedTreeHead::sign(head.size, head.frontier.root(), &self.ledger_key);
+        let signer = self.signer(&keys.at(head.size))?;
+        let tree_head = SignedTreeHead::sign(head.size, head.frontier.root(), signer);
 
-        let mut sled_batch = sled::Batch::default();
         for (block_first_seq, block) in writer.finish() {
             sled_batch.insert(&block_key(block_first_seq), block);
         }
@@ -405,6 +472,7 @@ impl Ledger {
 
         self.head = head;
         self.tree_head = tree_head;
+        self.keys = keys;
         debug_assert_eq!(self.head.frontier.size(), self.head.size);
         Ok(AppendReceipt {
             first_seq,
@@ -578,12 +646,13 @@ impl LedgerReader {
                 })
             }
         }
-        let key = reader.ledger_key()?;
-        reader.verified_tree_head(&reader.head()?, &key)?;
+        let keys = reader.ledger_keys()?;
+        reader.verified_tree_head(&reader.head()?, &keys)?;
         Ok(reader)
     }
 
-    /// The ledger key recorded in the folder (which signs its tree heads and checkpoints).
+    /// The ledger key named at genesis, recorded in the folder: it signs tree heads and
+    /// checkpoints until the first rotation ([`LedgerReader::ledger_keys`]).
     pub fn ledger_key(&self) -> Result<PublicKey, LedgerError> {
         self.db
             .get(KEY_LEDGER_KEY)
@@ -602,15 +671,52 @@ impl LedgerReader {
         Head::decode(&bytes)
     }
 
-    /// The tree head signed at the head's size, checked: signed by `ledger_key`, and its root
-    /// is the root of the head's Merkle frontier.
+    /// The genesis ledger key and the rotations recorded up to the head, each checked against
+    /// its entry: the entry at its seq is an owner command rotating the ledger key to the
+    /// recorded key, enveloped by the key in force before it.
+    pub fn ledger_keys(&self) -> Result<LedgerKeys, LedgerError> {
+        let mut keys = LedgerKeys::new(self.ledger_key()?);
+        let size = self.head()?.size;
+        for record in self
+            .db
+            .range(numbered_key(PREFIX_ROTATION, 0)..numbered_key(PREFIX_ROTATION, size))
+        {
+            let (key, value) = record.map_err(storage("reading the ledger key rotations"))?;
+            let seq = key_number(&key)
+                .ok_or_else(|| LedgerError::CorruptHead("malformed rotation key".to_owned()))?;
+            let corrupt = |detail: String| LedgerError::CorruptRotation { seq, detail };
+            let recorded = <[u8; 32]>::try_from(value.as_ref())
+                .map(PublicKey)
+                .map_err(|_| corrupt(format!("{} bytes, not a 32-byte key", value.len())))?;
+            let entry = self.get(seq)?;
+            let rotated = crate::keys::rotation_in(&entry.signed);
+            if rotated != Some(recorded) {
+                return Err(corrupt(format!(
+                    "the entry is no rotation of the ledger key to {recorded}"
+                )));
+            }
+            if entry.author != keys.at(seq) {
+                return Err(corrupt(format!(
+                    "its envelope is signed by {}, not by the ledger key in force {}",
+                    entry.author,
+                    keys.at(seq)
+                )));
+            }
+            keys.push(seq, recorded);
+        }
+        Ok(keys)
+    }
+
+    /// The tree head signed at the head's size, checked: signed by the ledger key in force at
+    /// that size, and its root is the root of the head's Merkle frontier.
     fn verified_tree_head(
         &self,
         head: &Head,
-        ledger_key: &PublicKey,
+        keys: &LedgerKeys,
     ) -> Result<SignedTreeHead, LedgerError> {
         let size = head.size;
-        let stored = self.tree_head_at(size)?.ok_or_else(|| {
+        let ledger_key = &keys.at(size);
+        let stored = self.tree_head_with(size, ledger_key)?.ok_or_else(|| {
             LedgerError::CorruptHead(format!("no signed tree head for the head's size {size}"))
         })?;
         stored
@@ -782,8 +888,20 @@ impl LedgerReader {
         Ok((proof, old_root, merkle::root(&leaves)))
     }
 
-    /// The signed tree head stored for `tree_size`, if a commit ended at that size.
+    /// The signed tree head stored for `tree_size`, if a commit ended at that size, naming the
+    /// ledger key in force at that size (signature not checked).
     pub fn tree_head_at(&self, tree_size: u64) -> Result<Option<SignedTreeHead>, LedgerError> {
+        let keys = self.ledger_keys()?;
+        self.tree_head_with(tree_size, &keys.at(tree_size))
+    }
+
+    /// The tree head stored for `tree_size`, naming `ledger_key` (signature not checked).
+    fn tree_head_with(
+        &self,
+        tree_size: u64,
+        ledger_key: &PublicKey,
+    ) -> Result<Option<SignedTreeHead>, LedgerError> {
+        let ledger_key = *ledger_key;
         let Some(value) = self
             .db
             .get(numbered_key(PREFIX_TREE_HEAD, tree_size))
@@ -791,7 +909,6 @@ impl LedgerReader {
         else {
             return Ok(None);
         };
-        let ledger_key = self.ledger_key()?;
         if value.len() != 96 {
             return Err(LedgerError::CorruptHead(format!(
                 "tree head at size {tree_size} has {} bytes, not 96",
@@ -940,6 +1057,7 @@ impl LedgerReader {
 
     /// Every stored signed tree head, by tree size.
     pub fn tree_heads(&self) -> Result<Vec<SignedTreeHead>, LedgerError> {
+        let keys = self.ledger_keys()?;
         let mut heads = Vec::new();
         for key in self
             .db
@@ -949,7 +1067,7 @@ impl LedgerReader {
             let key = key.map_err(storage("listing tree heads"))?;
             let size = key_number(&key)
                 .ok_or_else(|| LedgerError::CorruptHead("malformed tree head key".to_owned()))?;
-            if let Some(head) = self.tree_head_at(size)? {
+            if let Some(head) = self.tree_head_with(size, &keys.at(size))? {
                 heads.push(head);
             }
         }

@@ -22,6 +22,7 @@
 #![deny(missing_docs)]
 
 pub mod error;
+pub mod keys;
 mod ledger;
 pub mod merkle;
 pub mod storage;
@@ -29,6 +30,7 @@ pub mod tree_head;
 pub mod verify;
 
 pub use error::{AppendError, LedgerError};
+pub use keys::LedgerKeys;
 pub use ledger::{
     open_sled, sled_config, Entries, LedgerReader, StoredSnapshot, ARTIFACTS_TREE,
     BATCH_EVENTS_MAX, OUTBOX_TREE, SLED_SEGMENT_BYTES, SNAPSHOT_CHUNK_BYTES, SNAPSHOT_TREE,

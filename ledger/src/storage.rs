@@ -61,6 +61,8 @@ pub(crate) const KEY_LEDGER_KEY: &[u8] = b"k";
 pub(crate) const KEY_HEAD: &[u8] = b"h";
 pub(crate) const PREFIX_BLOCK: u8 = b'e';
 pub(crate) const PREFIX_TREE_HEAD: u8 = b't';
+/// Ledger-key rotations: `r` ‖ seq of the rotating entry (u64 BE) → the new key (32 bytes).
+pub(crate) const PREFIX_ROTATION: u8 = b'r';
 
 /// `prefix` ‖ n (u64 BE).
 pub(crate) fn numbered_key(prefix: u8, n: u64) -> [u8; 9] {

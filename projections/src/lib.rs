@@ -66,3 +66,6 @@ mod kind_count_tests {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod rotation_tests;

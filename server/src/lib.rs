@@ -21,8 +21,8 @@ mod handlers;
 pub mod index;
 pub mod limits;
 pub mod metrics;
-mod requests;
 pub mod refusals;
+mod requests;
 pub mod service;
 pub mod tls;
 

@@ -302,7 +302,7 @@ impl Fabric {
             attempts.push(scripted.attempt(&self.keys.ledger)?);
         }
         let state = Arc::get_mut(state).ok_or(RunError::StateShared)?;
-        let admitted = gate::admit(state, tick, attempts, &self.keys.ledger)?;
+        let admitted = gate::admit(state, tick, attempts, &self.keys.actor_keys())?;
         Ok((admitted.signed, snapshot))
     }
 

@@ -71,6 +71,7 @@ impl SimKeys {
             routers: self.routers.clone(),
             nodes: self.nodes.clone(),
             clients: self.clients.clone(),
+            staged: Vec::new(),
         }
     }
 }

@@ -445,7 +445,8 @@ mod authority {
             .map(|a| Hash32(*blake3::hash(&a.signed).as_bytes()))
             .collect();
         let authors: Vec<PublicKey> = attempts.iter().map(|a| a.author).collect();
-        let admitted = admit_signed(&mut state, tick, attempts, &keys.ledger).expect("admitted");
+        let admitted =
+            admit_signed(&mut state, tick, attempts, &keys.actor_keys()).expect("admitted");
         use RejectReason::*;
         assert_eq!(
             reasons(&admitted),
@@ -522,7 +523,8 @@ mod authority {
                 },
             ),
         ];
-        let admitted = admit_signed(&mut state, tick, attempts, &keys.ledger).expect("admitted");
+        let admitted =
+            admit_signed(&mut state, tick, attempts, &keys.actor_keys()).expect("admitted");
         assert_eq!(
             reasons(&admitted),
             [None, None, Some(RejectReason::RetiredKey)]
@@ -546,11 +548,138 @@ mod authority {
                         node: other,
                     },
                 );
-                let admitted =
-                    admit_signed(&mut state, tick, vec![attempt], &keys.ledger).expect("admitted");
+                let admitted = admit_signed(&mut state, tick, vec![attempt], &keys.actor_keys())
+                    .expect("admitted");
                 assert_eq!(reasons(&admitted), [Some(RejectReason::ShardPaused)]);
             }
         }
+    }
+
+    /// After rotations of the ledger, a router and a node key through the gate, the old keys'
+    /// events are refused `retired_key` and their `Rejected` events, signed by the new ledger
+    /// key, are stored; the new keys' events are admitted; a rotation to a key with no staged
+    /// secret is refused `invalid` and changes nothing.
+    #[test]
+    fn rotated_keys_are_refused_and_their_rejections_are_stored_under_the_new_ledger_key() {
+        use fabric_events::KeyTarget;
+        let (mut state, keys, mut ledger, _dir) = fabric(40);
+        let tick = state.tick() + 1;
+        let staged: Vec<SigningKey> = ["ledger", "router", "node"]
+            .iter()
+            .map(|name| fabric_events::derive_signing_key(SEED, &format!("tests/new {name}")))
+            .collect();
+        let mut actor_keys = keys.actor_keys();
+        actor_keys.staged = staged.clone();
+        ledger.stage_keys(staged.clone()).expect("staged");
+        let public = |key: &SigningKey| PublicKey::from(&key.verifying_key());
+        let node = state.nodes()[0].name.clone();
+        let shard_ix = state.nodes()[0].region;
+        let shard = state.shards()[shard_ix as usize].name.clone();
+        let rotate = |target: KeyTarget, new_key: PublicKey, nonce: u64, envelope: &SigningKey| {
+            let mut command = OwnerCommand {
+                action: OwnerAction::RotateKey { target, new_key },
+                expiry_tick: tick,
+                approvals: Vec::new(),
+            };
+            command.approve(nonce, &keys.owners[0]);
+            command.approve(nonce, &keys.owners[1]);
+            signed(envelope, Role::Owner, tick, nonce, command)
+        };
+        let heartbeat = |key: &SigningKey| {
+            let body = Heartbeat {
+                node: node.clone(),
+                running_jobs: 0,
+            };
+            signed(key, Role::Node, tick, (tick << 24) + 7, body)
+        };
+        let attempts = vec![
+            rotate(
+                KeyTarget::Router {
+                    shard: shard.clone(),
+                },
+                public(&staged[1]),
+                2_000,
+                &keys.ledger,
+            ),
+            rotate(
+                KeyTarget::Node { node: node.clone() },
+                public(&staged[2]),
+                2_001,
+                &keys.ledger,
+            ),
+            rotate(KeyTarget::Ledger, public(&staged[0]), 2_002, &keys.ledger),
+            // Not staged: refused `invalid` (signed by the new ledger key's envelope).
+            rotate(
+                KeyTarget::Ledger,
+                public(&fabric_events::derive_signing_key(SEED, "tests/unstaged")),
+                2_003,
+                &staged[0],
+            ),
+            heartbeat(&keys.nodes[0]),
+            heartbeat(&staged[2]),
+            // An owner command enveloped by the rotated-away ledger key.
+            signed(
+                &keys.ledger,
+                Role::Owner,
+                tick,
+                2_004,
+                OwnerCommand {
+                    action: OwnerAction::PauseAll,
+                    expiry_tick: tick,
+                    approvals: Vec::new(),
+                },
+            ),
+        ];
+        let first_seq = ledger.len();
+        let admitted = admit_signed(&mut state, tick, attempts, &actor_keys).expect("admitted");
+        use RejectReason::{Invalid, RetiredKey};
+        assert_eq!(
+            reasons(&admitted),
+            [
+                None,
+                None,
+                None,
+                Some(Invalid),
+                Some(RetiredKey),
+                None,
+                Some(RetiredKey)
+            ]
+        );
+        assert_eq!(state.authority().ledger_key(), public(&staged[0]));
+        let receipt = ledger.append(&admitted.signed).expect("appended");
+        assert_eq!(receipt.tree_head.ledger_key, public(&staged[0]));
+        // Read back: each refusal is a stored `rejected` event signed by the new ledger key.
+        let stored: Vec<(PublicKey, RejectReason)> = (first_seq..ledger.len())
+            .filter_map(|seq| {
+                let entry = ledger.get(seq).expect("entry");
+                match entry.event().expect("event").body {
+                    fabric_events::Body::Rejected(rejected) => {
+                        Some((entry.author, rejected.reason))
+                    }
+                    _ => None,
+                }
+            })
+            .collect();
+        let new_ledger = public(&staged[0]);
+        assert_eq!(
+            stored,
+            [
+                (new_ledger, Invalid),
+                (new_ledger, RetiredKey),
+                (new_ledger, RetiredKey)
+            ]
+        );
+        // The old router key's routing is refused too; the new one's is judged on its merits.
+        let node_key = state.nodes()[0].key;
+        assert_eq!(node_key, public(&staged[2]));
+        assert_eq!(
+            state.shards()[shard_ix as usize].router_key,
+            public(&staged[1])
+        );
+        let old_router = state
+            .authority()
+            .key(&public(&keys.routers[shard_ix as usize]));
+        assert!(old_router.is_some_and(|record| record.retired));
     }
 
     /// What the owners may change: budgets, pause and retirement of shards, the node registry.
@@ -639,7 +768,7 @@ mod authority {
                 }
             }
             let count = signed_attempts.len();
-            let admitted = admit_signed(&mut state, tick, signed_attempts, &keys.ledger).expect("admitted");
+            let admitted = admit_signed(&mut state, tick, signed_attempts, &keys.actor_keys()).expect("admitted");
             prop_assert!(reasons(&admitted).iter().all(Option::is_some), "{:?}", reasons(&admitted));
             prop_assert_eq!(admitted.events.len(), count);
             prop_assert_eq!(governed(&state), governed(&state0));
@@ -701,7 +830,7 @@ mod authority {
                 command(OwnerAction::CheckpointNow, nonce + 40),
             ];
             let admitted =
-                admit_signed(&mut state, tick, attempts, &keys.ledger).expect("admitted");
+                admit_signed(&mut state, tick, attempts, &keys.actor_keys()).expect("admitted");
             assert!(
                 reasons(&admitted).iter().all(Option::is_none),
                 "{:?}",
@@ -748,8 +877,8 @@ mod authority {
                 (tick << 24) + 5,
                 submission,
             );
-            let admitted =
-                admit_signed(&mut state, tick, vec![attempt], &keys.ledger).expect("admitted");
+            let admitted = admit_signed(&mut state, tick, vec![attempt], &keys.actor_keys())
+                .expect("admitted");
             assert_eq!(reasons(&admitted), [Some(RejectReason::Invalid)]);
         }
     }
@@ -774,7 +903,8 @@ mod authority {
         command.approve(3, &keys.owners[2]);
         let two =
             fabric_actors::owner_command_attempt(tick, 3, command, &keys.ledger).expect("signed");
-        let admitted = admit(&mut state, tick, vec![one, two], &keys.ledger).expect("admitted");
+        let admitted =
+            admit(&mut state, tick, vec![one, two], &keys.actor_keys()).expect("admitted");
         assert_eq!(
             reasons(&admitted),
             [Some(RejectReason::TooFewOwnerSignatures), None]

@@ -13,6 +13,7 @@ mod owner;
 mod proof;
 mod report;
 mod restore;
+mod rotation;
 mod run;
 mod serve;
 mod serve_owner;

@@ -16,6 +16,10 @@
 //! | `checkpoint`, `rejected`, `attestation_mismatch` | ledger | the ledger key |
 //! | `shard_registered`, `node_registered` | none | shards and nodes enter by owner command |
 //!
+//! Keys are the ones in force: an owner command `rotate_key` retires its target's key (it
+//! authors nothing from then on and is never registered again) and gives the holder the new
+//! one (docs/FORMAT.md §2.3).
+//!
 //! Nonces: an owner command's nonce must not be held by an unexpired command in the
 //! owner-command nonce cache (which keeps each nonce until its command's expiry tick has
 //! passed, so it stays bounded; a replay after that is refused as expired). Every other event's nonce must be above the last nonce
@@ -133,6 +137,38 @@ impl Authority {
                 last_nonce: None,
             },
         );
+    }
+
+    pub(super) fn set_ledger_key(&mut self, key: PublicKey) {
+        self.ledger_key = key;
+    }
+
+    /// The live key of a registered client.
+    pub(super) fn client_key(&self, client: &str) -> Result<PublicKey, ApplyError> {
+        let unknown = || ApplyError::Unknown {
+            what: "client",
+            name: client.to_owned(),
+        };
+        let ix = self
+            .clients
+            .iter()
+            .position(|name| name == client)
+            .ok_or_else(unknown)? as u32;
+        self.keys
+            .iter()
+            .find(|(_, record)| record.holder == Holder::Client(ix) && !record.retired)
+            .map(|(key, _)| *key)
+            .ok_or_else(unknown)
+    }
+
+    /// Retires `old` and gives its holder `new` (a key no one holds: checked when the command
+    /// is authorised).
+    pub(super) fn rotate_key(&mut self, old: &PublicKey, new: PublicKey) {
+        if let Some(record) = self.keys.get_mut(old) {
+            record.retired = true;
+            let holder = record.holder;
+            self.register_key(new, holder);
+        }
     }
 
     pub(super) fn retire_key(&mut self, key: &PublicKey) {
@@ -467,6 +503,18 @@ impl State {
         let authority = &self.authority;
         let (tick, nonce) = (event.header.tick, event.header.nonce);
         if *author != authority.ledger_key {
+            if authority
+                .keys
+                .get(author)
+                .is_some_and(|record| record.retired && record.holder == Holder::Ledger)
+            {
+                return refuse(
+                    RejectReason::RetiredKey,
+                    format!(
+                        "an owner command's envelope is signed by the retired ledger key {author}"
+                    ),
+                );
+            }
             return refuse(
                 RejectReason::UnknownKey,
                 format!("an owner command's envelope is signed by the ledger key, not by {author}"),
@@ -551,13 +599,15 @@ impl State {
         Ok(())
     }
 
-    /// A registration by owner command brings a key no one holds yet: one key, one holder.
+    /// A registration or a rotation by owner command brings a key no one holds yet, nor ever
+    /// held (a retired key stays in the table): one key, one holder.
     fn check_new_key(&self, action: &OwnerAction) -> Result<(), ApplyError> {
         let authority = &self.authority;
         let new_key = match action {
             OwnerAction::RegisterShard { registration } => Some(registration.router_key),
             OwnerAction::RegisterNode { registration } => Some(registration.node_key),
             OwnerAction::RegisterClient { key, .. } => Some(*key),
+            OwnerAction::RotateKey { new_key, .. } => Some(*new_key),
             _ => None,
         };
         if let Some(key) = new_key {

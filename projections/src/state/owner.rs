@@ -2,7 +2,7 @@
 //! retirements, cancellations and reroutes). Who may issue them is the authority table's
 //! business (`authority`); this module only applies an admitted command.
 
-use fabric_events::{JobId, OwnerAction, RetiredQueue};
+use fabric_events::{JobId, KeyTarget, OwnerAction, PublicKey, RetiredQueue};
 
 use super::{ApplyError, ClassIx, JobIx, JobStatus, ShardIx, State};
 
@@ -79,6 +79,7 @@ impl State {
             }
             OwnerAction::CancelJob { job } => self.cancel_job(*job)?,
             OwnerAction::RerouteJob { job, shard } => self.reroute_job(*job, shard, tick)?,
+            OwnerAction::RotateKey { target, new_key } => self.rotate_key(target, *new_key)?,
             // A governance payload is the owners' own record; the fabric does not change.
             OwnerAction::Governance { .. } => {}
         }
@@ -133,6 +134,42 @@ impl State {
         n.retired = true;
         let key = n.key;
         self.authority.retire_key(&key);
+        Ok(())
+    }
+
+    /// Replaces the key of `target` by `new_key`: the old key is retired (it authors nothing
+    /// from here on and can never be registered again), the new one gets its holder. A retired
+    /// node or shard keeps its retired key: rotating it would bring it back.
+    fn rotate_key(&mut self, target: &KeyTarget, new_key: PublicKey) -> Result<(), ApplyError> {
+        let old = match target {
+            KeyTarget::Ledger => {
+                let old = self.authority.ledger_key();
+                self.authority.set_ledger_key(new_key);
+                old
+            }
+            KeyTarget::Router { shard } => {
+                let ix = self.lookup_shard(shard)?;
+                let s = &mut self.shards[ix as usize];
+                if s.retired {
+                    return Err(ApplyError::Conflict(format!(
+                        "shard `{shard}` is retired: its router key is not rotated"
+                    )));
+                }
+                std::mem::replace(&mut s.router_key, new_key)
+            }
+            KeyTarget::Client { client } => self.authority.client_key(client)?,
+            KeyTarget::Node { node } => {
+                let ix = self.lookup_node(node)?;
+                let n = &mut self.nodes[ix as usize];
+                if n.retired {
+                    return Err(ApplyError::Conflict(format!(
+                        "node `{node}` is retired: its key is not rotated"
+                    )));
+                }
+                std::mem::replace(&mut n.key, new_key)
+            }
+        };
+        self.authority.rotate_key(&old, new_key);
         Ok(())
     }
 

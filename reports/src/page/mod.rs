@@ -498,6 +498,7 @@ fn owner_action_name(action: &OwnerAction) -> &'static str {
         OwnerAction::SetTreaty { .. } => "set treaty",
         OwnerAction::RegisterClient { .. } => "register client",
         OwnerAction::ResumeNode { .. } => "resume node",
+        OwnerAction::RotateKey { .. } => "rotate key",
     }
 }
 
