@@ -9,17 +9,20 @@ use fabric_server::ServerConfig;
 /// Arguments of `fabric serve`.
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
-    /// The data folder: created with a new fabric when empty or missing, resumed when it holds
-    /// one `fabric serve` started
+    /// The data folder: a fabric made by `fabric init` (and committed), or with --simulation
+    /// a simulated one (created when empty or missing)
     #[arg(long, value_name = "DIR", default_value = "data")]
     data: PathBuf,
-    /// The world of a new fabric (ignored when resuming: the folder's run.json has it)
-    /// [default: the built-in world, config/fabric.toml of the source]
-    #[arg(long, value_name = "FILE")]
+    /// With --simulation: the world of a new simulated fabric (ignored when resuming: the
+    /// folder's run.json has it) [default: the built-in world, config/fabric.toml of the source]
+    #[arg(long, value_name = "FILE", requires = "simulation")]
     config: Option<PathBuf>,
-    /// Seed of the keys of a new fabric (ignored when resuming)
-    #[arg(long, default_value_t = 1)]
+    /// With --simulation: the public seed of a new simulated fabric's keys (ignored when
+    /// resuming)
+    #[arg(long, default_value_t = 1, requires = "simulation")]
     seed: u64,
+    #[command(flatten)]
+    keys: crate::served::KeyArgs,
     /// TCP address to listen on (port 0: any free port; the address is printed). Default
     /// 127.0.0.1:8080 unless only --unix is given
     #[arg(long, value_name = "ADDR")]
@@ -43,22 +46,16 @@ pub struct ServeArgs {
 
 /// `fabric serve`.
 pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
-    let (run_file, ledger) =
-        crate::datadir::open_or_create_served(&args.data, args.config.as_deref(), args.seed)?;
+    // The keys come from the operator's files, or from the public seed of a simulation: the
+    // server and its driver never derive a key.
+    let served = crate::served::open(&args.data, args.config.as_deref(), args.seed, &args.keys)?;
+    let ledger = served.ledger;
     let size = ledger.len();
-    let world = run_file.spec().world;
-    // Until operators hold their own keys, a served fabric runs on the seed's simulated keys
-    // and genesis, plugged in here: the server and its driver never derive a key.
-    let sim_keys = fabric_sim::SimKeys::derive(&world, run_file.seed);
-    let genesis = if size == 0 {
-        fabric_sim::genesis(&world, &sim_keys)?
-    } else {
-        Vec::new()
-    };
+    let key_origin = served.key_origin;
     let spec = ServeSpec {
-        keys: sim_keys.actor_keys(),
-        genesis,
-        world,
+        keys: served.keys,
+        genesis: served.genesis,
+        world: served.world,
         tick_interval: Duration::from_millis(args.tick_ms),
     };
     let config = ServerConfig {
@@ -68,11 +65,14 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         nats_drain: Duration::from_secs(args.nats_drain_s),
         tick_ms: args.tick_ms,
         workers: args.workers,
+        key_origin,
     };
     let served = fabric_server::serve(&config, ledger, spec, |addresses| {
         for address in addresses {
             println!("listening on {address}");
         }
+        // A simulation's start log says "simulation: keys are public".
+        println!("keys: {key_origin}");
         println!("data {} (tree size {size})", args.data.display());
         use std::io::Write;
         let _ = std::io::stdout().flush();

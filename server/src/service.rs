@@ -45,6 +45,8 @@ pub struct ServerConfig {
     pub tick_ms: u64,
     /// HTTP worker threads.
     pub workers: usize,
+    /// Where the fabric's keys come from; a simulation says so in every answer.
+    pub key_origin: fabric_events::KeyOrigin,
 }
 
 /// How serving ended.
@@ -129,6 +131,7 @@ fn shared(
         }),
         metrics: ServeMetrics::new(&spill_routes),
         tick_ms: config.tick_ms,
+        key_origin: config.key_origin,
         started: Instant::now(),
         reader,
     })
@@ -152,8 +155,10 @@ fn bind(
     config: &ServerConfig,
     shared: web::Data<Shared>,
 ) -> Result<(Server, Vec<String>), ServerError> {
+    let simulation = config.key_origin.is_simulation();
     let mut server = HttpServer::new(move || {
         App::new()
+            .wrap(crate::handlers::simulation_banner(simulation))
             .app_data(shared.clone())
             .app_data(query_config())
             .configure(routes)

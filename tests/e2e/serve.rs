@@ -5,9 +5,8 @@
 //! the OpenAPI document describes what the server answers.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,136 +18,40 @@ use fabric_events::{
 };
 use serde_json::{json, Value};
 
-use crate::support::{fabric, path, stderr, stdout, DEFAULT_CONFIG};
-use fabric_api::http_client::{Client, Response, Target};
+use crate::support::{fabric, path, stderr, stdout, Served, DEFAULT_CONFIG};
+use fabric_api::http_client::{Client, Response};
 
 const SEED: u64 = 7;
 const TICK_MS: &str = "10";
 const REQUEST_ID_CONTEXT: &str = "fabric 2026-12 request id to job id";
 const CPU_OUTPUT_CONTEXT: &str = "fabric 2026-11 cpu job output v1";
 
-/// A running `fabric serve`, killed when dropped (unless it already exited).
-struct Served {
-    child: Option<Child>,
-    tcp: Option<Target>,
-    unix: Option<Target>,
-    _stdout: Option<BufReader<ChildStdout>>,
-}
-
 impl Served {
-    /// Starts `fabric serve` on `data` on a free loopback port (and `unix` when given) and
-    /// waits until it says where it listens.
+    /// Starts a simulated `fabric serve` of seed [`SEED`] on `data` on a free loopback port
+    /// (and `unix` when given) and waits until it says where it listens.
     fn start(data: &Path, unix: Option<&Path>) -> Self {
         Self::start_with(data, unix, &[])
     }
 
     /// [`Served::start`] with more arguments.
     fn start_with(data: &Path, unix: Option<&Path>, extra: &[&str]) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_fabric"));
-        command.args([
-            "serve",
+        let seed = SEED.to_string();
+        let mut args = vec![
             "--data",
             path(data),
+            "--simulation",
             "--config",
             DEFAULT_CONFIG,
             "--seed",
-            &SEED.to_string(),
-            "--listen",
-            "127.0.0.1:0",
+            &seed,
             "--tick-ms",
             TICK_MS,
-        ]);
+        ];
         if let Some(socket) = unix {
-            command.args(["--unix", path(socket)]);
+            args.extend(["--unix", path(socket)]);
         }
-        command.args(extra);
-        let mut child = command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("fabric serve starts");
-        let mut reader = BufReader::new(child.stdout.take().expect("piped stdout"));
-        let (mut tcp, mut unix_target) = (None, None);
-        loop {
-            let mut line = String::new();
-            let read = reader.read_line(&mut line).expect("serve's stdout reads");
-            assert!(read > 0, "fabric serve exited before it listened");
-            let line = line.trim();
-            if let Some(address) = line.strip_prefix("listening on ") {
-                let target = Target::parse(address).expect("a printed address parses");
-                match target {
-                    Target::Tcp(_) => tcp = Some(target),
-                    Target::Unix(_) => unix_target = Some(target),
-                }
-            }
-            if line.starts_with("data ") {
-                break;
-            }
-        }
-        Self {
-            child: Some(child),
-            tcp,
-            unix: unix_target,
-            _stdout: Some(reader),
-        }
-    }
-
-    fn client(&self) -> Client {
-        Client::new(
-            self.tcp.clone().expect("a TCP address"),
-            Duration::from_secs(30),
-        )
-    }
-
-    fn unix_client(&self) -> Client {
-        Client::new(
-            self.unix.clone().expect("a Unix socket"),
-            Duration::from_secs(30),
-        )
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
-    /// The rest of its stdout (after it exited).
-    fn rest_of_stdout(&mut self) -> String {
-        let mut rest = String::new();
-        if let Some(reader) = &mut self._stdout {
-            std::io::Read::read_to_string(reader, &mut rest).expect("serve's stdout reads");
-        }
-        rest
-    }
-
-    /// Sends SIGTERM and waits for the exit; true when it exited with 0.
-    fn terminate(&mut self) -> bool {
-        let pid = self.pid().to_string();
-        let status = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill -TERM {pid}");
-        let mut child = self.child.take().expect("running");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = child.try_wait().expect("the server's status") {
-                return status.success();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "fabric serve did not exit within 60 s of SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        args.extend_from_slice(extra);
+        Served::spawn(&args)
     }
 }
 

@@ -1,7 +1,11 @@
 //! Keys, events and helpers shared by the tests.
 
-use std::path::Path;
-use std::process::{Command, Output};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use fabric_api::http_client::{Client, Target};
 
 use fabric_events::{derive_signing_key, Event, Heartbeat, Role, SignedEvent, SigningKey};
 
@@ -90,4 +94,313 @@ pub fn heartbeats(first_nonce: u64, count: usize) -> Vec<SignedEvent> {
             SignedEvent::sign(&event, key).expect("heartbeats are small")
         })
         .collect()
+}
+
+/// A running `fabric serve`, killed when dropped (unless it already exited). Every test that
+/// serves starts it through [`Served::spawn`].
+pub struct Served {
+    child: Option<Child>,
+    /// Its TCP address, when it listens on one.
+    pub tcp: Option<Target>,
+    /// Its Unix socket, when it listens on one.
+    pub unix: Option<Target>,
+    /// What it said of its keys at start (`keys: …`).
+    pub keys_line: String,
+    stdout: Option<BufReader<ChildStdout>>,
+}
+
+impl Served {
+    /// Starts `fabric serve ARGS` (on a free loopback port unless `args` has `--listen` or
+    /// `--unix`) and waits until it says where it listens; panics, with its stderr, when it
+    /// exits before.
+    pub fn spawn(args: &[&str]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_fabric"));
+        command.arg("serve").args(args);
+        if !args.contains(&"--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("fabric serve starts");
+        let mut reader = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let (mut tcp, mut unix, mut keys_line) = (None, None, String::new());
+        loop {
+            let mut line = String::new();
+            let read = reader.read_line(&mut line).expect("serve's stdout reads");
+            assert!(read > 0, "fabric serve exited before it listened");
+            let line = line.trim();
+            if let Some(address) = line.strip_prefix("listening on ") {
+                let target = Target::parse(address).expect("a printed address parses");
+                match target {
+                    Target::Tcp(_) => tcp = Some(target),
+                    Target::Unix(_) => unix = Some(target),
+                }
+            }
+            if line.starts_with("keys: ") {
+                keys_line = line.to_owned();
+            }
+            if line.starts_with("data ") {
+                break;
+            }
+        }
+        Self {
+            child: Some(child),
+            tcp,
+            unix,
+            keys_line,
+            stdout: Some(reader),
+        }
+    }
+
+    /// A client of its TCP address.
+    pub fn client(&self) -> Client {
+        Client::new(
+            self.tcp.clone().expect("a TCP address"),
+            Duration::from_secs(30),
+        )
+    }
+
+    /// A client of its Unix socket.
+    pub fn unix_client(&self) -> Client {
+        Client::new(
+            self.unix.clone().expect("a Unix socket"),
+            Duration::from_secs(30),
+        )
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// The rest of its stdout (after it exited).
+    pub fn rest_of_stdout(&mut self) -> String {
+        let mut rest = String::new();
+        if let Some(reader) = &mut self.stdout {
+            std::io::Read::read_to_string(reader, &mut rest).expect("serve's stdout reads");
+        }
+        rest
+    }
+
+    /// Sends SIGTERM and waits for the exit; true when it exited with 0.
+    pub fn terminate(&mut self) -> bool {
+        let pid = self.pid().to_string();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -TERM {pid}");
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().expect("the server's status") {
+                return status.success();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "fabric serve did not exit within 60 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A fabric made by the genesis ceremony in a folder: three owners (threshold 2) with their
+/// own keys, the operator's world keys, one registered client `ops` (earth), committed.
+pub struct Ceremony {
+    /// The data folder.
+    pub data: PathBuf,
+    /// The operator's keys (`fabric keygen --world`): ledger.key, routers/, nodes/.
+    pub operator_keys: PathBuf,
+    /// The owners' secret key files.
+    pub owners: Vec<PathBuf>,
+    /// The registered client's secret key file.
+    pub client: PathBuf,
+}
+
+/// The owners of a [`Ceremony`], and how many approve a command.
+pub const CEREMONY_OWNERS: usize = 3;
+/// Approvals an owner command of a [`Ceremony`] fabric needs.
+pub const CEREMONY_THRESHOLD: usize = 2;
+/// The client a [`Ceremony`] registers.
+pub const CEREMONY_CLIENT: &str = "ops";
+
+impl Ceremony {
+    /// Runs the whole ceremony in `dir` with the commands an operator and the owners type,
+    /// each checked to succeed.
+    pub fn run(dir: &Path) -> Self {
+        let ceremony = Self::prepare(dir);
+        let commands = ceremony.commands_file();
+        for owner in &ceremony.owners[..CEREMONY_THRESHOLD] {
+            succeed(&["owner", "sign", path(&commands), "--key", path(owner)]);
+        }
+        succeed(&[
+            "init",
+            "--commit",
+            "--data",
+            path(&ceremony.data),
+            "--ledger-key",
+            path(&ceremony.ledger_key()),
+        ]);
+        ceremony
+    }
+
+    /// The ceremony up to the owners' approvals: keys made, `fabric init` run.
+    pub fn prepare(dir: &Path) -> Self {
+        let owners: Vec<PathBuf> = (0..CEREMONY_OWNERS)
+            .map(|index| dir.join(format!("owner-{index}.key")))
+            .collect();
+        for owner in &owners {
+            succeed(&["keygen", "--out", path(owner)]);
+        }
+        let client = dir.join("ops.key");
+        succeed(&["keygen", "--out", path(&client)]);
+        let operator_keys = dir.join("operator");
+        succeed(&[
+            "keygen",
+            "--world",
+            "--config",
+            DEFAULT_CONFIG,
+            "--out",
+            path(&operator_keys),
+        ]);
+        let ceremony = Self {
+            data: dir.join("data"),
+            operator_keys,
+            owners,
+            client,
+        };
+        let owner_pubs: Vec<PathBuf> = ceremony
+            .owners
+            .iter()
+            .map(|owner| fabric_events::keys::public_path(owner))
+            .collect();
+        let client_arg = format!(
+            "{CEREMONY_CLIENT}={}",
+            path(&fabric_events::keys::public_path(&ceremony.client))
+        );
+        let (ledger_key, routers, nodes) = (
+            ceremony.ledger_key(),
+            ceremony.router_keys(),
+            ceremony.node_keys(),
+        );
+        let threshold = CEREMONY_THRESHOLD.to_string();
+        let mut args = vec![
+            "init",
+            "--data",
+            path(&ceremony.data),
+            "--config",
+            DEFAULT_CONFIG,
+            "--threshold",
+            &threshold,
+            "--ledger-key",
+            path(&ledger_key),
+            "--router-keys",
+            path(&routers),
+            "--node-keys",
+            path(&nodes),
+            "--client",
+            &client_arg,
+        ];
+        for owner in &owner_pubs {
+            args.extend(["--owner", path(owner)]);
+        }
+        succeed(&args);
+        ceremony
+    }
+
+    /// The owner command file `fabric init` wrote.
+    pub fn commands_file(&self) -> PathBuf {
+        self.data.join("genesis-commands.json")
+    }
+
+    /// The ledger's secret key file.
+    pub fn ledger_key(&self) -> PathBuf {
+        self.operator_keys.join("ledger.key")
+    }
+
+    /// The routers' key folder.
+    pub fn router_keys(&self) -> PathBuf {
+        self.operator_keys.join("routers")
+    }
+
+    /// The nodes' key folder.
+    pub fn node_keys(&self) -> PathBuf {
+        self.operator_keys.join("nodes")
+    }
+
+    /// Serves the fabric with the operator's keys and `extra` arguments.
+    pub fn serve(&self, extra: &[&str]) -> Served {
+        let (ledger_key, routers, nodes) =
+            (self.ledger_key(), self.router_keys(), self.node_keys());
+        let mut args = vec![
+            "--data",
+            path(&self.data),
+            "--ledger-key",
+            path(&ledger_key),
+            "--router-keys",
+            path(&routers),
+            "--node-keys",
+            path(&nodes),
+            "--tick-ms",
+            "10",
+        ];
+        args.extend_from_slice(extra);
+        Served::spawn(&args)
+    }
+
+    /// `fabric serve` with the operator's keys and `extra` arguments, expected to refuse to
+    /// start: its output.
+    pub fn serve_refused(&self, extra: &[&str]) -> Output {
+        let (ledger_key, routers, nodes) =
+            (self.ledger_key(), self.router_keys(), self.node_keys());
+        let mut args = vec![
+            "serve",
+            "--data",
+            path(&self.data),
+            "--listen",
+            "127.0.0.1:0",
+        ];
+        let keys = [
+            ("--ledger-key", path(&ledger_key)),
+            ("--router-keys", path(&routers)),
+            ("--node-keys", path(&nodes)),
+        ];
+        for (flag, value) in keys {
+            if !extra.contains(&flag) {
+                args.extend([flag, value]);
+            }
+        }
+        args.extend_from_slice(extra);
+        let output = fabric(&args);
+        assert!(
+            !output.status.success(),
+            "fabric serve {args:?} started: {}",
+            stdout(&output)
+        );
+        output
+    }
+}
+
+/// Runs `fabric ARGS` and asserts it succeeded; its output.
+pub fn succeed(args: &[&str]) -> Output {
+    let output = fabric(args);
+    assert!(
+        output.status.success(),
+        "fabric {args:?} failed: {}{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    output
 }
