@@ -18,16 +18,13 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context};
-use fabric_actors::gate::{self, Attempt, Origin, Verdict};
-use fabric_actors::genesis::{founding, registrations, WorldKeys};
-use fabric_actors::owner_command_attempt;
+use fabric_actors::gate::{Attempt, Origin};
+use fabric_actors::genesis::{admit_genesis, founding, registrations, WorldKeys};
 use fabric_actors::world::World;
+use fabric_api::genesis::GenesisFile;
 use fabric_api::owner::{CommandFile, FileCommand};
-use fabric_api::wire::WireSignedEvent;
-use fabric_events::{keys, Body, KeyOrigin, OwnerCommand, PublicKey, SignedEvent, SigningKey};
+use fabric_events::{keys, KeyOrigin, OwnerCommand, PublicKey, SignedEvent, SigningKey};
 use fabric_ledger::Ledger;
-use fabric_projections::State;
-use serde::{Deserialize, Serialize};
 
 use crate::datadir::{self, KeySource, RunFile, LEDGER_DIR, RUN_FILE_FORMAT};
 
@@ -35,8 +32,6 @@ use crate::datadir::{self, KeySource, RunFile, LEDGER_DIR, RUN_FILE_FORMAT};
 pub const GENESIS_FILE: &str = "genesis.json";
 /// The owner command file with the world's registrations, for the owners to approve.
 pub const GENESIS_COMMANDS_FILE: &str = "genesis-commands.json";
-/// Version of `genesis.json`.
-pub const GENESIS_FILE_FORMAT: u32 = 1;
 /// The ledger key's file in the folder `fabric keygen --world` writes.
 pub const LEDGER_KEY_FILE: &str = "ledger.key";
 /// The folder of router keys (`<shard>.key`) in the folder `fabric keygen --world` writes.
@@ -112,18 +107,6 @@ pub fn run(args: &InitArgs) -> anyhow::Result<()> {
     }
 }
 
-/// The signed genesis event of a data folder, as `fabric init` wrote it.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct GenesisFile {
-    /// Version of this file.
-    format: u32,
-    /// What the file is.
-    description: String,
-    /// The `fabric_genesis` event signed by the ledger key.
-    event: WireSignedEvent,
-}
-
 fn init(args: &InitArgs) -> anyhow::Result<()> {
     let threshold = args.threshold.context("--threshold is needed")?;
     let owners = owner_keys(&args.owners, threshold)?;
@@ -149,7 +132,7 @@ fn init(args: &InitArgs) -> anyhow::Result<()> {
     datadir::prepare(&args.data, false)?;
     let genesis = founding(public(&ledger_key), owners, threshold, KeyOrigin::Operator);
     let signed = SignedEvent::sign(&genesis, &ledger_key)?;
-    write_genesis_file(&args.data.join(GENESIS_FILE), &signed)?;
+    GenesisFile::save(&args.data.join(GENESIS_FILE), &signed)?;
     let commands = registration_commands(&world, &world_keys);
     let command_path = args.data.join(GENESIS_COMMANDS_FILE);
     CommandFile::new(commands).save(&command_path)?;
@@ -290,60 +273,6 @@ fn public_keys_of<'a>(
         .collect()
 }
 
-fn write_genesis_file(path: &Path, signed: &SignedEvent) -> anyhow::Result<()> {
-    let file = GenesisFile {
-        format: GENESIS_FILE_FORMAT,
-        description: "Fabric genesis: the fabric_genesis event signed by the ledger key \
-                      (docs/FORMAT.md §10.3)"
-            .to_owned(),
-        event: WireSignedEvent::from_signed(signed),
-    };
-    datadir::write_atomically(path, serde_json::to_string_pretty(&file)?.as_bytes())
-}
-
-/// The signed genesis of `data` (written by `fabric init`), checked: signed by its ledger key,
-/// of key origin `operator`.
-fn read_genesis_file(data: &Path) -> anyhow::Result<Attempt> {
-    let path = data.join(GENESIS_FILE);
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "cannot read {}: `fabric init` writes it before --commit",
-            path.display()
-        )
-    })?;
-    let file: GenesisFile = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a genesis file", path.display()))?;
-    ensure!(
-        file.format == GENESIS_FILE_FORMAT,
-        "{}: format {} is not supported (this build reads format {GENESIS_FILE_FORMAT})",
-        path.display(),
-        file.format
-    );
-    let signed = file
-        .event
-        .decode()
-        .with_context(|| format!("{}: the event does not decode", path.display()))?;
-    signed
-        .verify()
-        .with_context(|| format!("{}: the signature does not verify", path.display()))?;
-    let event = signed
-        .event()
-        .with_context(|| format!("{}: the event does not decode", path.display()))?;
-    let Body::FabricGenesis(genesis) = &event.body else {
-        bail!("{}: the event is not a fabric_genesis", path.display());
-    };
-    ensure!(
-        genesis.key_origin == KeyOrigin::Operator && genesis.ledger_key == signed.author,
-        "{}: not an operator genesis signed by its own ledger key",
-        path.display()
-    );
-    Ok(Attempt {
-        event,
-        signed,
-        origin: Origin::Internal,
-    })
-}
-
 /// `fabric init --commit`: tick 0 (the genesis and every approved registration) into the
 /// ledger, or nothing when any command is refused.
 fn commit(data: &Path, ledger_key_path: &Path) -> anyhow::Result<()> {
@@ -354,29 +283,27 @@ fn commit(data: &Path, ledger_key_path: &Path) -> anyhow::Result<()> {
         data.display()
     );
     let ledger_key = load_secret(ledger_key_path, "--ledger-key")?;
-    let genesis = read_genesis_file(data)?;
+    let (signed, event) = GenesisFile::load(&data.join(GENESIS_FILE))?;
     ensure!(
-        genesis.signed.author == public(&ledger_key),
+        signed.author == public(&ledger_key),
         "--ledger-key {}: not the ledger key of the genesis in {} (which names {})",
         ledger_key_path.display(),
         data.display(),
-        genesis.signed.author
+        signed.author
     );
     let commands_path = data.join(GENESIS_COMMANDS_FILE);
-    let commands = CommandFile::load(&commands_path)?;
-    let mut attempts = vec![genesis];
-    for command in &commands.commands {
-        attempts.push(owner_command_attempt(
-            0,
-            command.nonce,
-            command.command.clone(),
-            &ledger_key,
-        )?);
-    }
-    let mut state = State::new();
-    let admitted = gate::admit(&mut state, 0, attempts, &ledger_key)?;
-    check_verdicts(&commands_path, &commands, &admitted.verdicts)?;
-    check_registered(&run_file.world, &state)?;
+    let commands: Vec<(u64, OwnerCommand)> = CommandFile::load(&commands_path)?
+        .commands
+        .into_iter()
+        .map(|command| (command.nonce, command.command))
+        .collect();
+    let genesis = Attempt {
+        event,
+        signed,
+        origin: Origin::Internal,
+    };
+    let admitted = admit_genesis(&run_file.world, genesis, &commands, &ledger_key)
+        .with_context(|| format!("{}", commands_path.display()))?;
     let ledger_path = data.join(LEDGER_DIR);
     ensure!(
         !ledger_path.exists(),
@@ -395,52 +322,6 @@ fn commit(data: &Path, ledger_key_path: &Path) -> anyhow::Result<()> {
         admitted.signed.len(),
         receipt.tree_head.root,
         data.display()
-    );
-    Ok(())
-}
-
-/// Every command must be admitted: one refusal refuses the whole genesis, naming each.
-fn check_verdicts(path: &Path, commands: &CommandFile, verdicts: &[Verdict]) -> anyhow::Result<()> {
-    // The first verdict is the genesis event's own.
-    let refusals: Vec<String> = commands
-        .commands
-        .iter()
-        .zip(verdicts.iter().skip(1))
-        .filter_map(|(command, verdict)| match verdict {
-            Verdict::Admitted => None,
-            Verdict::Refused { reason, detail } => Some(format!(
-                "command {} refused ({}): {detail}",
-                command.nonce,
-                reason.as_str()
-            )),
-        })
-        .collect();
-    ensure!(
-        refusals.is_empty(),
-        "{}: the genesis is not committed, {} of {} commands are refused:\n{}",
-        path.display(),
-        refusals.len(),
-        commands.commands.len(),
-        refusals.join("\n")
-    );
-    Ok(())
-}
-
-/// The log must register exactly the world's shards and nodes, which `fabric serve` runs.
-fn check_registered(world: &World, state: &State) -> anyhow::Result<()> {
-    let shards: Vec<&str> = state.shards().iter().map(|s| s.name.as_str()).collect();
-    let expected: Vec<&str> = world.shards.iter().map(|s| s.name.as_str()).collect();
-    ensure!(
-        shards == expected,
-        "the genesis registers the shards {shards:?}, the world has {expected:?}"
-    );
-    let nodes: Vec<&str> = state.nodes().iter().map(|n| n.name.as_str()).collect();
-    let expected: Vec<&str> = world.nodes.iter().map(|n| n.name.as_str()).collect();
-    ensure!(
-        nodes == expected,
-        "the genesis registers {} nodes, the world has {}",
-        nodes.len(),
-        expected.len()
     );
     Ok(())
 }

@@ -3,13 +3,18 @@
 //! node of the world ([`registrations`], each an owner command approved M of N). A simulation
 //! builds both from keys derived from its seed (`fabric-sim`); `fabric init` builds them from
 //! public keys its operator and owners made, and the owners approve the registrations on their
-//! own machines.
+//! own machines; [`admit_genesis`] judges their approvals before `fabric init --commit`
+//! writes tick 0.
 
 use fabric_events::{
-    Event, FabricGenesis, KeyOrigin, NodeRegistered, OwnerAction, PublicKey, Role, ShardRegistered,
+    Event, FabricGenesis, KeyOrigin, NodeRegistered, OwnerAction, OwnerCommand, PublicKey, Role,
+    ShardRegistered, SigningKey,
 };
+use fabric_projections::State;
 
+use crate::gate::{self, owner_command_attempt, Admitted, Attempt, Verdict};
 use crate::world::World;
+use crate::RunError;
 
 /// The public keys the registrations of a world name.
 pub struct WorldKeys {
@@ -86,4 +91,99 @@ pub fn registrations(world: &World, keys: &WorldKeys) -> Vec<OwnerAction> {
         });
     }
     actions
+}
+
+/// Why a fabric's genesis is not committed.
+#[derive(Debug, thiserror::Error)]
+pub enum GenesisError {
+    /// The gate failed (not a refusal: a refusal is [`GenesisError::Refused`]).
+    #[error(transparent)]
+    Run(#[from] RunError),
+    /// Commands were refused; nothing is written.
+    #[error("the genesis is not committed, {} of {commands} commands are refused:\n{}", refusals.len(), refusals.join("\n"))]
+    Refused {
+        /// Commands in all.
+        commands: usize,
+        /// Each refused command: its nonce, reason and detail.
+        refusals: Vec<String>,
+    },
+    /// The registrations are not the world's.
+    #[error("the genesis registers the {what} {registered:?}, the world has {expected:?}")]
+    OtherWorld {
+        /// `shards` or `nodes`.
+        what: &'static str,
+        /// What the genesis registers.
+        registered: Vec<String>,
+        /// What the world has.
+        expected: Vec<String>,
+    },
+}
+
+/// Tick 0 of a fabric with operator keys: `genesis` (signed by `ledger_key`), then each
+/// `(nonce, command)` through the gate at tick 0. Every command must be admitted (each refusal
+/// is named) and the registered shards and nodes must be `world`'s; the events to append.
+pub fn admit_genesis(
+    world: &World,
+    genesis: Attempt,
+    commands: &[(u64, OwnerCommand)],
+    ledger_key: &SigningKey,
+) -> Result<Admitted, GenesisError> {
+    let mut attempts = vec![genesis];
+    for (nonce, command) in commands {
+        attempts.push(owner_command_attempt(
+            0,
+            *nonce,
+            command.clone(),
+            ledger_key,
+        )?);
+    }
+    let mut state = State::new();
+    let admitted = gate::admit(&mut state, 0, attempts, ledger_key)?;
+    // The first verdict is the genesis event's own.
+    let refusals: Vec<String> = commands
+        .iter()
+        .zip(admitted.verdicts.iter().skip(1))
+        .filter_map(|((nonce, _), verdict)| match verdict {
+            Verdict::Admitted => None,
+            Verdict::Refused { reason, detail } => Some(format!(
+                "command {nonce} refused ({}): {detail}",
+                reason.as_str()
+            )),
+        })
+        .collect();
+    if !refusals.is_empty() {
+        return Err(GenesisError::Refused {
+            commands: commands.len(),
+            refusals,
+        });
+    }
+    same_names(
+        "shards",
+        state.shards().iter().map(|s| &s.name),
+        world.shards.iter().map(|s| &s.name),
+    )?;
+    same_names(
+        "nodes",
+        state.nodes().iter().map(|n| &n.name),
+        world.nodes.iter().map(|n| &n.name),
+    )?;
+    Ok(admitted)
+}
+
+fn same_names<'a>(
+    what: &'static str,
+    registered: impl Iterator<Item = &'a String>,
+    expected: impl Iterator<Item = &'a String>,
+) -> Result<(), GenesisError> {
+    let registered: Vec<String> = registered.cloned().collect();
+    let expected: Vec<String> = expected.cloned().collect();
+    if registered == expected {
+        Ok(())
+    } else {
+        Err(GenesisError::OtherWorld {
+            what,
+            registered,
+            expected,
+        })
+    }
 }
