@@ -336,6 +336,64 @@ fn the_genesis_is_committed_only_with_enough_real_owner_approvals() {
         "{}",
         stderr(&again)
     );
+
+    // The report reads the log without the ledger key and names the origin.
+    let page = dir.path().join("report.html");
+    succeed(&[
+        "report",
+        "--data",
+        path(&ceremony.data),
+        "--out",
+        path(&page),
+    ]);
+    let html = std::fs::read_to_string(&page).expect("the report reads");
+    assert!(
+        html.contains(r#"<td data-field="key_origin">operator keys</td>"#),
+        "the report does not name the key origin"
+    );
+
+    // An owner command submitted offline needs the operator's ledger key, and two owners.
+    let pause = dir.path().join("pause.json");
+    succeed(&[
+        "owner",
+        "propose",
+        "pause-shard",
+        "mars",
+        "--nonce",
+        "900",
+        "--out",
+        path(&pause),
+    ]);
+    for owner in &ceremony.owners[1..] {
+        succeed(&["owner", "sign", path(&pause), "--key", path(owner)]);
+    }
+    let keyless = fabric(&[
+        "owner",
+        "submit",
+        path(&pause),
+        "--data",
+        path(&ceremony.data),
+    ]);
+    assert!(!keyless.status.success());
+    assert!(
+        stderr(&keyless).contains("--ledger-key"),
+        "{}",
+        stderr(&keyless)
+    );
+    let submitted = succeed(&[
+        "owner",
+        "submit",
+        path(&pause),
+        "--data",
+        path(&ceremony.data),
+        "--ledger-key",
+        path(&ledger_key),
+        "--json",
+    ]);
+    let verdicts: Value = serde_json::from_str(&stdout(&submitted)).expect("JSON verdicts");
+    assert_eq!(verdicts["verdicts"][0]["status"], "executed", "{verdicts}");
+    let audit = fabric(&["audit", "--data", path(&ceremony.data)]);
+    assert!(audit.status.success(), "{}", stderr(&audit));
 }
 
 #[test]
