@@ -73,6 +73,9 @@ pub fn run(args: &AuditArgs) -> anyhow::Result<std::process::ExitCode> {
         report.state_hash
     );
     let mut text = summary;
+    if let Some(origin) = &report.key_origin {
+        text.push_str(&format!("\nkeys        {origin}"));
+    }
     if report.reexecuted > 0 {
         text.push_str(&format!(
             "\nre-executed {} GPU jobs on the CPU references",

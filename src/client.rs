@@ -57,13 +57,14 @@ pub struct SubmitArgs {
     /// The client's key file (written by `fabric keygen`, registered by the owners)
     #[arg(long, value_name = "FILE", conflicts_with = "sim_client")]
     key: Option<PathBuf>,
-    /// Sign as the simulated clients of this shard (the key `<shard>.clients` derived from
-    /// --seed, registered at genesis)
+    /// Sign as the simulated clients of this shard (the key `<shard>.clients` derived from the
+    /// simulation's public seed, registered at genesis); refused unless the server says its
+    /// fabric is a simulation
     #[arg(long, value_name = "SHARD")]
     sim_client: Option<String>,
-    /// The seed the served fabric was started with (for --sim-client)
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
+    /// With --sim-client: the seed the simulation must have [default: the server's]
+    #[arg(long, requires = "sim_client")]
+    seed: Option<u64>,
     /// The shard to submit to (default: the --sim-client shard)
     #[arg(long)]
     shard: Option<String>,
@@ -104,7 +105,18 @@ pub struct SubmitArgs {
 
 /// `fabric submit`.
 pub fn submit(args: &SubmitArgs) -> anyhow::Result<ExitCode> {
-    let key = client::client_key(args.key.as_deref(), args.sim_client.as_deref(), args.seed)?;
+    let mut client = args.server.client()?;
+    // Only a simulation's server hands out the seed a simulated client key derives from.
+    let server_origin = match &args.sim_client {
+        Some(_) => Some(client::key_origin(&mut client)?),
+        None => None,
+    };
+    let key = client::client_key(
+        args.key.as_deref(),
+        args.sim_client.as_deref(),
+        args.seed,
+        server_origin,
+    )?;
     let shard = match (&args.shard, &args.sim_client) {
         (Some(shard), _) => shard.clone(),
         (None, Some(shard)) => shard.clone(),
@@ -136,7 +148,6 @@ pub fn submit(args: &SubmitArgs) -> anyhow::Result<ExitCode> {
         budget_micros: args.budget_micros,
         input_hash,
     };
-    let mut client = args.server.client()?;
     let answer = client::submit(&mut client, &job, &key, client::clock_nonce())?;
     if answer.status != 202 {
         eprintln!("{}", pretty(&answer.body));

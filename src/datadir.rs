@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context};
 use fabric_actors::world::World;
-use fabric_ledger::Ledger;
+use fabric_events::SigningKey;
+use fabric_ledger::{Ledger, LedgerReader};
 use fabric_sim::workload::scale_nodes;
 use fabric_sim::{sim_ledger_key, RunSpec};
 use serde::{Deserialize, Serialize};
@@ -44,6 +45,29 @@ pub struct RunFile {
     /// Nodes that corrupt GPU outputs (`--byzantine`).
     #[serde(default)]
     pub byzantine: Vec<fabric_sim::Byzantine>,
+    /// Where the keys come from: derived from `seed` (a simulation, the default and absent
+    /// from the file) or held by the operator and the owners (`fabric init`).
+    #[serde(default, skip_serializing_if = "KeySource::is_simulation")]
+    pub keys: KeySource,
+}
+
+/// Where the keys of a data folder's fabric come from (`keys` in `run.json`; its genesis
+/// event says the same, and is what counts).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeySource {
+    /// Every key derives from the run's seed: anyone can compute them.
+    #[default]
+    Simulation,
+    /// The operator holds the ledger, router and node keys, the owners their own.
+    Operator,
+}
+
+impl KeySource {
+    /// Whether the keys derive from the seed.
+    pub fn is_simulation(&self) -> bool {
+        *self == KeySource::Simulation
+    }
 }
 
 impl RunFile {
@@ -75,6 +99,113 @@ pub fn open_ledger(data: &Path, seed: u64) -> anyhow::Result<Ledger> {
     let ledger_path = data.join(LEDGER_DIR);
     Ledger::open(&ledger_path, sim_ledger_key(seed))
         .with_context(|| format!("could not open the ledger in {}", ledger_path.display()))
+}
+
+/// Opens the ledger of an operator fabric's `data` with the ledger key in `key_path`
+/// (`--ledger-key`): it must be the key the ledger was created with.
+pub fn open_operator_ledger(data: &Path, key_path: &Path) -> anyhow::Result<Ledger> {
+    let ledger_path = data.join(LEDGER_DIR);
+    ensure!(
+        ledger_path.is_dir(),
+        "{} holds no ledger yet: the owners approve genesis-commands.json, then `fabric init \
+         --commit --data {} --ledger-key FILE` writes it",
+        data.display(),
+        data.display()
+    );
+    let key = fabric_events::keys::load_secret(key_path).with_context(|| {
+        format!(
+            "--ledger-key {}: cannot load the secret key",
+            key_path.display()
+        )
+    })?;
+    let given = fabric_events::PublicKey::from(&key.verifying_key());
+    let keys = LedgerReader::open(&ledger_path)
+        .and_then(|reader| reader.ledger_keys())
+        .with_context(|| format!("could not read the ledger in {}", ledger_path.display()))?;
+    // The genesis ledger key, or one the owners rotated it to.
+    ensure!(
+        keys.held(&given),
+        "--ledger-key {} holds the key {given}, not a ledger key of {} (its genesis key is {})",
+        key_path.display(),
+        data.display(),
+        keys.genesis()
+    );
+    Ledger::open(&ledger_path, key)
+        .with_context(|| format!("could not open the ledger in {}", ledger_path.display()))
+}
+
+/// A data folder's log opened for reading: a simulation's through its writer (which repairs
+/// an interrupted append first), an operator fabric's read-only, since its ledger key stays
+/// with the operator.
+pub enum Log {
+    /// Opened with the seed's ledger key.
+    Writer(Box<Ledger>),
+    /// Opened read-only.
+    Reader {
+        /// The log.
+        reader: LedgerReader,
+        /// Its key.
+        ledger_key: fabric_events::PublicKey,
+        /// Entries.
+        len: u64,
+        /// Merkle root of the entries.
+        root: fabric_events::Hash32,
+    },
+}
+
+impl Log {
+    /// A reader of the log.
+    pub fn reader(&self) -> LedgerReader {
+        match self {
+            Log::Writer(ledger) => ledger.reader(),
+            Log::Reader { reader, .. } => reader.clone(),
+        }
+    }
+
+    /// The ledger key the folder records.
+    pub fn ledger_key(&self) -> fabric_events::PublicKey {
+        match self {
+            Log::Writer(ledger) => ledger.ledger_key(),
+            Log::Reader { ledger_key, .. } => *ledger_key,
+        }
+    }
+
+    /// Entries.
+    pub fn len(&self) -> u64 {
+        match self {
+            Log::Writer(ledger) => ledger.len(),
+            Log::Reader { len, .. } => *len,
+        }
+    }
+
+    /// Merkle root.
+    pub fn root(&self) -> fabric_events::Hash32 {
+        match self {
+            Log::Writer(ledger) => ledger.root(),
+            Log::Reader { root, .. } => *root,
+        }
+    }
+}
+
+/// Opens an operator fabric's log read-only.
+fn open_log_read_only(data: &Path) -> anyhow::Result<Log> {
+    let ledger_path = data.join(LEDGER_DIR);
+    let read = || -> Result<Log, fabric_ledger::LedgerError> {
+        let reader = LedgerReader::open(&ledger_path)?;
+        let ledger_key = reader.ledger_key()?;
+        let len = reader.len()?;
+        let root = match reader.tree_head_at(len)? {
+            Some(head) => head.root,
+            None => fabric_ledger::merkle::root(&[]),
+        };
+        Ok(Log::Reader {
+            reader,
+            ledger_key,
+            len,
+            root,
+        })
+    };
+    read().with_context(|| format!("could not read the ledger in {}", ledger_path.display()))
 }
 
 /// The data folder of `fabric serve`: one it served before is resumed (its `run.json` says
@@ -109,20 +240,62 @@ pub fn open_or_create_served(
         world,
         owner_script: Vec::new(),
         byzantine: Vec::new(),
+        keys: KeySource::Simulation,
     };
     write_run_file(data, &run_file)?;
     let ledger = open_ledger(data, seed)?;
     Ok((run_file, ledger))
 }
 
-/// Reads a data folder's `run.json` and opens its ledger.
-pub fn open_run(data: &Path) -> anyhow::Result<(RunFile, Ledger)> {
-    open_run_with(data, false)
+/// Reads a data folder's `run.json` and opens its log for reading.
+pub fn open_run(data: &Path) -> anyhow::Result<(RunFile, Log)> {
+    let (run_file, ledger_path) = read_run_file(data)?;
+    ensure!(
+        ledger_path.is_dir(),
+        "{} holds no ledger (no folder {})",
+        data.display(),
+        ledger_path.display()
+    );
+    let log = match run_file.keys {
+        KeySource::Simulation => Log::Writer(Box::new(open_ledger(data, run_file.seed)?)),
+        KeySource::Operator => open_log_read_only(data)?,
+    };
+    Ok((run_file, log))
 }
 
-/// Reads a data folder's `run.json` and opens its ledger; with `create`, a run stopped
-/// before its ledger existed gets an empty one (and starts from genesis).
-pub fn open_run_with(data: &Path, create: bool) -> anyhow::Result<(RunFile, Ledger)> {
+/// Reads a data folder's `run.json` and opens its ledger to write: a simulation's with the
+/// seed's ledger key, an operator fabric's with the key in `ledger_key` (`--ledger-key`).
+pub fn open_run_writer(
+    data: &Path,
+    ledger_key: Option<&Path>,
+) -> anyhow::Result<(RunFile, Ledger, SigningKey)> {
+    let (run_file, _) = read_run_file(data)?;
+    match (run_file.keys, ledger_key) {
+        (KeySource::Simulation, None) => {
+            let (run_file, ledger) = open_run_with(data, false)?;
+            let key = sim_ledger_key(run_file.seed);
+            Ok((run_file, ledger, key))
+        }
+        (KeySource::Simulation, Some(_)) => bail!(
+            "--data {} holds a simulation, whose ledger key derives from its seed: leave out \
+             --ledger-key",
+            data.display()
+        ),
+        (KeySource::Operator, Some(path)) => {
+            let ledger = open_operator_ledger(data, path)?;
+            let key = fabric_events::keys::load_secret(path)
+                .with_context(|| format!("--ledger-key {}", path.display()))?;
+            Ok((run_file, ledger, key))
+        }
+        (KeySource::Operator, None) => bail!(
+            "--data {} holds a fabric with operator keys: give its --ledger-key FILE",
+            data.display()
+        ),
+    }
+}
+
+/// Reads and checks a data folder's `run.json`; also the path of its ledger folder.
+pub fn read_run_file(data: &Path) -> anyhow::Result<(RunFile, PathBuf)> {
     let run_path = data.join(RUN_FILE);
     let text = fs::read_to_string(&run_path).with_context(|| {
         format!(
@@ -139,7 +312,18 @@ pub fn open_run_with(data: &Path, create: bool) -> anyhow::Result<(RunFile, Ledg
         run_path.display(),
         run_file.format
     );
-    let ledger_path = data.join(LEDGER_DIR);
+    Ok((run_file, data.join(LEDGER_DIR)))
+}
+
+/// Reads a simulation's `run.json` and opens its ledger; with `create`, a run stopped before
+/// its ledger existed gets an empty one (and starts from genesis).
+pub fn open_run_with(data: &Path, create: bool) -> anyhow::Result<(RunFile, Ledger)> {
+    let (run_file, ledger_path) = read_run_file(data)?;
+    ensure!(
+        run_file.keys == KeySource::Simulation,
+        "--data {} holds a fabric with operator keys, not a simulated run",
+        data.display()
+    );
     ensure!(
         create || ledger_path.is_dir(),
         "{} holds no ledger (no folder {})",
@@ -208,4 +392,20 @@ pub fn prepare(data: &Path, force: bool) -> anyhow::Result<()> {
 /// Writes `bytes` to `path` atomically (the one atomic write, [`fabric_reports::fs`]).
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(fabric_reports::fs::write_atomically(path, bytes)?)
+}
+
+/// Where the keys of a stored log come from, as its genesis (seq 0) says.
+pub fn genesis_key_origin(reader: &LedgerReader) -> anyhow::Result<fabric_events::KeyOrigin> {
+    let entry = reader
+        .get(0)
+        .context("could not read the genesis (seq 0) of the log")?;
+    let event = fabric_audit::Replay::decode(&entry)
+        .context("the genesis (seq 0) of the log does not decode")?;
+    match event.body {
+        fabric_events::Body::FabricGenesis(genesis) => Ok(genesis.key_origin),
+        _ => bail!(
+            "seq 0 of the log is a {}, not its fabric_genesis",
+            event.kind().as_str()
+        ),
+    }
 }

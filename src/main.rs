@@ -4,11 +4,13 @@ mod audit;
 mod client;
 mod datadir;
 mod export;
+mod init;
 mod owner;
 mod proof;
 mod report;
 mod run;
 mod serve;
+mod served;
 mod slo;
 mod tail;
 
@@ -47,15 +49,28 @@ enum Command {
         #[command(subcommand)]
         command: owner::OwnerCmd,
     },
-    /// Create an ed25519 key pair: FILE (secret, mode 0600) and FILE.pub
+    /// Create an ed25519 key pair: FILE (secret, mode 0600) and FILE.pub; with --world, the
+    /// operator's keys of a world into the folder FILE
     Keygen {
-        /// Where to write the secret key; the public key goes to FILE.pub
+        /// Where to write the secret key; the public key goes to FILE.pub. With --world, the
+        /// folder: ledger.key, routers/<shard>.key, nodes/<node>.key
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
         /// Replace existing key files
         #[arg(long)]
         force: bool,
+        /// Write the operator's keys of a world: the ledger key, a router key per shard, a
+        /// node key per node
+        #[arg(long)]
+        world: bool,
+        /// With --world: the world [default: the built-in world, config/fabric.toml of the
+        /// source]
+        #[arg(long, value_name = "FILE", requires = "world")]
+        config: Option<PathBuf>,
     },
+    /// The genesis ceremony: write a fabric's genesis from the owners' and the operator's
+    /// public keys for the owners to approve, then (--commit) write its tick 0
+    Init(init::InitArgs),
     /// Measure Fabric against the limits of this machine and against PostgreSQL and JetStream
     ///
     /// Runs the `fabric-bench` executable next to this one with the same arguments; `fabric
@@ -104,7 +119,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Tail(args) => return tail::run(&args),
         // A submission with a refused command says so in its exit status.
         Command::Owner { command } => return owner::run(&command),
-        Command::Keygen { out, force } => keygen(&out, force),
+        Command::Keygen {
+            out,
+            force,
+            world: true,
+            config,
+        } => init::keygen_world(config.as_deref(), &out, force),
+        Command::Keygen { out, force, .. } => keygen(&out, force),
+        Command::Init(args) => init::run(&args),
         // The bench's exit status is this command's.
         Command::Bench { args } => return bench(&args),
         Command::Proof(args) => proof::run(&args),

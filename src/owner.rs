@@ -16,8 +16,8 @@ use fabric_actors::gate::{self, Verdict};
 use fabric_actors::owner_command_attempt;
 pub use fabric_api::owner::{effect, CommandFile, FileCommand};
 use fabric_api::owner::{parse_action, COMMANDS_HELP};
-use fabric_events::{keys, OwnerCommand, PublicKey};
-use fabric_sim::{sim_ledger_key, sim_owner_key, ScriptedCommand};
+use fabric_events::{keys, KeyOrigin, OwnerCommand, PublicKey};
+use fabric_sim::{sim_owner_key, ScriptedCommand};
 use serde_json::json;
 
 /// What `fabric owner` does.
@@ -29,7 +29,8 @@ pub enum OwnerCmd {
     Sign(SignArgs),
     /// Submit a command file's commands to a data folder's ledger
     Submit(SubmitArgs),
-    /// Write the owner keys of a simulated run (derived from its seed) to a folder
+    /// Write the owner keys of a simulated run (derived from its public seed) to a folder;
+    /// refused on a fabric with operator keys
     Keys(KeysArgs),
 }
 
@@ -81,6 +82,10 @@ pub struct SubmitArgs {
     /// The data folder of a run
     #[arg(long, value_name = "DIR", default_value = "data")]
     data: PathBuf,
+    /// The ledger's secret key file, for a fabric with operator keys (a simulation's derives
+    /// from its seed)
+    #[arg(long, value_name = "FILE")]
+    ledger_key: Option<PathBuf>,
     /// Print the verdicts as JSON
     #[arg(long)]
     json: bool,
@@ -206,8 +211,8 @@ fn submit(args: &SubmitArgs) -> anyhow::Result<ExitCode> {
         "{} has no commands",
         args.file.display()
     );
-    let (run_file, mut ledger) = crate::datadir::open_run(&args.data)?;
-    let ledger_key = sim_ledger_key(run_file.seed);
+    let (_, mut ledger, ledger_key) =
+        crate::datadir::open_run_writer(&args.data, args.ledger_key.as_deref())?;
     let reader = ledger.reader();
     let restored = fabric_actors::restore(&reader, &ledger.ledger_key())
         .context("could not restore the state of the log")?;
@@ -285,7 +290,27 @@ fn submit(args: &SubmitArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn owner_keys(args: &KeysArgs) -> anyhow::Result<()> {
-    let (run_file, _ledger) = crate::datadir::open_run(&args.data)?;
+    let (run_file, log) = crate::datadir::open_run(&args.data)?;
+    // The log's genesis decides, whatever run.json says: only a simulation's owner keys
+    // derive from its seed.
+    if log.len() > 0 {
+        let origin = crate::datadir::genesis_key_origin(&log.reader())?;
+        ensure!(
+            origin
+                == (KeyOrigin::Simulation {
+                    seed: run_file.seed
+                }),
+            "--data {}: the fabric's keys are {origin}; its owners' keys derive from no seed \
+             and are held by the owners alone",
+            args.data.display()
+        );
+    }
+    ensure!(
+        run_file.keys.is_simulation(),
+        "--data {}: a fabric with operator keys; its owners' keys derive from no seed and are \
+         held by the owners alone",
+        args.data.display()
+    );
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("could not create {}", args.out.display()))?;
     for index in 0..run_file.world.owners.count {

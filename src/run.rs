@@ -209,6 +209,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         world: world.clone(),
         owner_script,
         byzantine,
+        keys: datadir::KeySource::Simulation,
     };
     datadir::write_run_file(&args.data, &run_file)?;
 

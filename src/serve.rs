@@ -9,17 +9,20 @@ use fabric_server::ServerConfig;
 /// Arguments of `fabric serve`.
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
-    /// The data folder: created with a new fabric when empty or missing, resumed when it holds
-    /// one `fabric serve` started
+    /// The data folder: a fabric made by `fabric init` (and committed), or with --simulation
+    /// a simulated one (created when empty or missing)
     #[arg(long, value_name = "DIR", default_value = "data")]
     data: PathBuf,
-    /// The world of a new fabric (ignored when resuming: the folder's run.json has it)
-    /// [default: the built-in world, config/fabric.toml of the source]
-    #[arg(long, value_name = "FILE")]
+    /// With --simulation: the world of a new simulated fabric (ignored when resuming: the
+    /// folder's run.json has it) [default: the built-in world, config/fabric.toml of the source]
+    #[arg(long, value_name = "FILE", requires = "simulation")]
     config: Option<PathBuf>,
-    /// Seed of the keys of a new fabric (ignored when resuming)
-    #[arg(long, default_value_t = 1)]
+    /// With --simulation: the public seed of a new simulated fabric's keys (ignored when
+    /// resuming)
+    #[arg(long, default_value_t = 1, requires = "simulation")]
     seed: u64,
+    #[command(flatten)]
+    keys: crate::served::KeyArgs,
     /// TCP address to listen on (port 0: any free port; the address is printed). Default
     /// 127.0.0.1:8080 unless only --unix is given
     #[arg(long, value_name = "ADDR")]
@@ -78,26 +81,26 @@ fn load_staged(paths: &[PathBuf]) -> anyhow::Result<Vec<fabric_events::SigningKe
 /// `fabric serve`.
 pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     let staged = load_staged(&args.staged_keys)?;
-    let (run_file, mut ledger) =
-        crate::datadir::open_or_create_served(&args.data, args.config.as_deref(), args.seed)?;
+    // The keys come from the operator's files, or from the public seed of a simulation: the
+    // server and its driver never derive a key.
+    let served = crate::served::open(
+        &args.data,
+        args.config.as_deref(),
+        args.seed,
+        &args.keys,
+        &staged,
+    )?;
+    let mut ledger = served.ledger;
     // The ledger signs its tree heads with the key in force: after a rotation, a staged one.
     ledger.stage_keys(staged.clone())?;
     let size = ledger.len();
-    let world = run_file.spec().world;
-    // Until operators hold their own keys, a served fabric runs on the seed's simulated keys
-    // and genesis, plugged in here: the server and its driver never derive a key.
-    let sim_keys = fabric_sim::SimKeys::derive(&world, run_file.seed);
-    let genesis = if size == 0 {
-        fabric_sim::genesis(&world, &sim_keys)?
-    } else {
-        Vec::new()
-    };
-    let mut keys = sim_keys.actor_keys();
+    let key_origin = served.key_origin;
+    let mut keys = served.keys;
     keys.staged = staged;
     let spec = ServeSpec {
         keys,
-        genesis,
-        world,
+        genesis: served.genesis,
+        world: served.world,
         tick_interval: Duration::from_millis(args.tick_ms),
         submission_tick_window: args.submission_tick_window,
     };
@@ -117,11 +120,14 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         },
         insecure_plaintext: args.insecure_plaintext,
         connections_max: args.connections_max,
+        key_origin,
     };
     let served = fabric_server::serve(&config, ledger, spec, |addresses| {
         for address in addresses {
             println!("listening on {address}");
         }
+        // A simulation's start log says "simulation: keys are public".
+        println!("keys: {key_origin}");
         println!("data {} (tree size {size})", args.data.display());
         use std::io::Write;
         let _ = std::io::stdout().flush();

@@ -36,6 +36,18 @@ pub struct ActorKeys {
 }
 
 impl ActorKeys {
+    /// The keys of a signer that holds only the ledger key (no router, node or client): what
+    /// the gate needs to sequence a genesis or owner commands offline.
+    pub fn ledger_only(ledger: SigningKey) -> Self {
+        Self {
+            ledger,
+            routers: Vec::new(),
+            nodes: Vec::new(),
+            clients: Vec::new(),
+            staged: Vec::new(),
+        }
+    }
+
     /// The secret of the ledger key in force in `state` (the genesis key before genesis):
     /// what signs rejections and owner-command envelopes now.
     pub fn ledger_secret(&self, state: &State) -> Result<&SigningKey, RunError> {

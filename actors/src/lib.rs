@@ -8,6 +8,8 @@
 //!   [`work::Intake`]); the simulation (`fabric-sim`) and `fabric serve` implement them.
 //! - [`fleet`]: [`fleet::Actors`], the actor set of a fabric started with the keys its
 //!   caller hands in ([`fleet::ActorKeys`]), and the stable order of a tick's proposals.
+//! - [`genesis`]: tick 0 of every fabric: the `fabric_genesis` event and the owner
+//!   commands that register the world.
 //! - [`gate`]: the sequencer's gate: each attempt admitted by the authority table, or
 //!   replaced by a signed `Rejected` event.
 //! - [`restore`]: the state of a stored log from its newest valid checkpoint and its tail.
@@ -27,6 +29,7 @@
 pub mod actors;
 pub mod fleet;
 pub mod gate;
+pub mod genesis;
 pub mod restore;
 pub mod serve;
 pub mod work;

@@ -649,6 +649,7 @@ mod tests {
                     .map(|owner| PublicKey::from(&owner.verifying_key()))
                     .collect(),
                 owner_threshold: 2,
+                key_origin: fabric_events::KeyOrigin::Operator,
             },
         );
         let mut state = State::new();
@@ -693,17 +694,6 @@ mod tests {
         }
     }
 
-    /// The keys of a server that holds only `ledger`.
-    fn keys_of(ledger: &SigningKey) -> ActorKeys {
-        ActorKeys {
-            ledger: ledger.clone(),
-            routers: Vec::new(),
-            nodes: Vec::new(),
-            clients: Vec::new(),
-            staged: Vec::new(),
-        }
-    }
-
     fn ledger_of(key: &SigningKey) -> PublicKey {
         PublicKey::from(&key.verifying_key())
     }
@@ -733,8 +723,14 @@ mod tests {
             unreachable!("an owner request")
         };
         let message_hash = Hash32(*blake3::hash(&sent.approval_message(2)).as_bytes());
-        let out =
-            sequence(&mut state, TICK, approved, &keys_of(&ledger), 8).expect("a refusal, no stop");
+        let out = sequence(
+            &mut state,
+            TICK,
+            approved,
+            &ActorKeys::ledger_only(ledger.clone()),
+            8,
+        )
+        .expect("a refusal, no stop");
         assert!(matches!(
             out.verdicts.as_slice(),
             [Verdict::Refused {
@@ -801,17 +797,38 @@ mod tests {
             6,
             &[&owners[0], &owners[2]],
         );
-        let out = sequence(&mut state, TICK, register, &keys_of(&ledger), 8).expect("sequenced");
+        let out = sequence(
+            &mut state,
+            TICK,
+            register,
+            &ActorKeys::ledger_only(ledger.clone()),
+            8,
+        )
+        .expect("sequenced");
         assert_eq!(out.verdicts, [Verdict::Admitted]);
         let backdated = job(&client, TICK - 100, 2);
         assert_eq!(reason_of(&state, &backdated), None);
-        let out = sequence(&mut state, TICK, backdated, &keys_of(&ledger), 8).expect("sequenced");
+        let out = sequence(
+            &mut state,
+            TICK,
+            backdated,
+            &ActorKeys::ledger_only(ledger.clone()),
+            8,
+        )
+        .expect("sequenced");
         assert!(matches!(
             &out.verdicts[..],
             [Verdict::Refused { reason: RejectReason::Invalid, detail }] if detail.contains("window")
         ));
         let at_the_edge = job(&client, TICK - 8, 3);
-        let out = sequence(&mut state, TICK, at_the_edge, &keys_of(&ledger), 8).expect("sequenced");
+        let out = sequence(
+            &mut state,
+            TICK,
+            at_the_edge,
+            &ActorKeys::ledger_only(ledger.clone()),
+            8,
+        )
+        .expect("sequenced");
         assert!(
             matches!(&out.verdicts[..], [Verdict::Refused { reason: RejectReason::Invalid, detail }] if detail.contains("shard")),
             "past the window check, the job is judged by the state (no shard earth here): {:?}",
@@ -821,8 +838,14 @@ mod tests {
         // One real approval of the two needed: evidence against its approver.
         let one_approval = command(OwnerAction::PauseAll, 7, &[&owners[1]]);
         assert_eq!(reason_of(&state, &one_approval), None);
-        let out =
-            sequence(&mut state, TICK, one_approval, &keys_of(&ledger), 8).expect("sequenced");
+        let out = sequence(
+            &mut state,
+            TICK,
+            one_approval,
+            &ActorKeys::ledger_only(ledger.clone()),
+            8,
+        )
+        .expect("sequenced");
         assert!(matches!(
             &out.verdicts[..],
             [Verdict::Refused {

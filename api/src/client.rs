@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fabric_events::keys::KeyError;
-use fabric_events::{Hash32, JobId, SigningKey};
+use fabric_events::{Hash32, JobId, KeyOrigin, SigningKey};
 use serde_json::Value;
 
 use crate::http_client::{Client, Response};
@@ -116,14 +116,33 @@ pub enum ClientKeyError {
     /// Neither or both of a key file and a simulated shard were named.
     #[error("give either --key FILE or --sim-client SHARD")]
     Choice,
+    /// A simulated client key was asked of a fabric whose keys its operator holds.
+    #[error(
+        "--sim-client {shard}: the server's fabric has operator keys, so no client key derives \
+         from a seed; sign with --key FILE (a client key its owners registered)"
+    )]
+    NotSimulation {
+        /// The shard named.
+        shard: String,
+    },
+    /// `--seed` is not the seed of the server's simulation.
+    #[error("--seed {given}: the server's simulation derives its keys from seed {served}")]
+    OtherSeed {
+        /// The seed given.
+        given: u64,
+        /// The server's.
+        served: u64,
+    },
 }
 
-/// The client key of `fabric submit`: a key file, or the simulated client key of a shard of a
-/// fabric started with `seed` (`sim/client/<shard>`, registered at its genesis).
+/// The client key of `fabric submit`: a key file, or the simulated client key of a shard
+/// (`sim/client/<shard>`, registered at its genesis) of a server whose `/v0/health` says its
+/// keys are a simulation's (`server_origin`); `seed`, when given, must be that simulation's.
 pub fn client_key(
     key: Option<&Path>,
     sim_client: Option<&str>,
-    seed: u64,
+    seed: Option<u64>,
+    server_origin: Option<KeyOrigin>,
 ) -> Result<SigningKey, ClientKeyError> {
     match (key, sim_client) {
         (Some(path), None) => {
@@ -132,12 +151,33 @@ pub fn client_key(
                 source,
             })
         }
-        (None, Some(shard)) => Ok(fabric_events::derive_signing_key(
-            seed,
-            &format!("sim/client/{shard}"),
-        )),
+        (None, Some(shard)) => {
+            let Some(KeyOrigin::Simulation { seed: served }) = server_origin else {
+                return Err(ClientKeyError::NotSimulation {
+                    shard: shard.to_owned(),
+                });
+            };
+            if let Some(given) = seed.filter(|given| *given != served) {
+                return Err(ClientKeyError::OtherSeed { given, served });
+            }
+            Ok(fabric_events::derive_signing_key(
+                served,
+                &format!("sim/client/{shard}"),
+            ))
+        }
         _ => Err(ClientKeyError::Choice),
     }
+}
+
+/// Where the server's keys come from (`key_origin` of `GET /v0/health`).
+pub fn key_origin(client: &mut Client) -> Result<KeyOrigin, ClientError> {
+    let health = health(client)?;
+    serde_json::from_value(health["key_origin"].clone()).map_err(|source| ClientError::NotJson {
+        request: "GET /v0/health".to_owned(),
+        status: 200,
+        body: health.to_string(),
+        source,
+    })
 }
 
 /// A nonce above every earlier one of this client: microseconds since the Unix epoch.
@@ -175,6 +215,11 @@ pub fn json_of(response: &Response, request: &str) -> Result<Value, ClientError>
 
 /// The server's current tick (`GET /v0/health`).
 pub fn current_tick(client: &mut Client) -> Result<u64, ClientError> {
+    health(client)?["tick"].as_u64().ok_or(ClientError::NoTick)
+}
+
+/// The body of `GET /v0/health`.
+pub fn health(client: &mut Client) -> Result<Value, ClientError> {
     let response = client
         .request("GET", "/v0/health", None)
         .map_err(ClientError::Unreachable)?;
@@ -185,9 +230,7 @@ pub fn current_tick(client: &mut Client) -> Result<u64, ClientError> {
             body: response.text(),
         });
     }
-    json_of(&response, "GET /v0/health")?["tick"]
-        .as_u64()
-        .ok_or(ClientError::NoTick)
+    json_of(&response, "GET /v0/health")
 }
 
 /// Submits `job`, signed by `key` with `nonce` at the server's current tick: the answer of
@@ -305,20 +348,46 @@ mod tests {
 
     #[test]
     fn client_keys_come_from_one_source() {
-        let sim = client_key(None, Some("earth"), 7).unwrap();
+        let simulation = Some(KeyOrigin::Simulation { seed: 7 });
+        let sim = client_key(None, Some("earth"), None, simulation).unwrap();
         assert_eq!(
             sim.to_bytes(),
             fabric_events::derive_signing_key(7, "sim/client/earth").to_bytes()
         );
         assert!(matches!(
-            client_key(None, None, 7),
+            client_key(None, None, Some(7), simulation),
             Err(ClientKeyError::Choice)
         ));
-        let missing = client_key(Some(Path::new("/nonexistent/key")), None, 7).unwrap_err();
+        let missing =
+            client_key(Some(Path::new("/nonexistent/key")), None, None, None).unwrap_err();
         assert_eq!(
             missing.to_string(),
             "--key /nonexistent/key: cannot load the client key"
         );
+    }
+
+    #[test]
+    fn a_simulated_client_key_is_refused_unless_the_server_is_a_simulation() {
+        assert!(matches!(
+            client_key(None, Some("earth"), None, Some(KeyOrigin::Operator)),
+            Err(ClientKeyError::NotSimulation { shard }) if shard == "earth"
+        ));
+        assert!(matches!(
+            client_key(None, Some("earth"), None, None),
+            Err(ClientKeyError::NotSimulation { .. })
+        ));
+        assert!(matches!(
+            client_key(
+                None,
+                Some("earth"),
+                Some(1),
+                Some(KeyOrigin::Simulation { seed: 7 })
+            ),
+            Err(ClientKeyError::OtherSeed {
+                given: 1,
+                served: 7
+            })
+        ));
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //!   of the job routes.
 //! - [`http_client`]: a small blocking HTTP/1.1 client over TCP or a Unix socket.
 //! - [`client`]: the requests `fabric submit | status | result` make, with typed errors.
+//! - [`genesis`]: `genesis.json` of the genesis ceremony, the signed genesis the owners
+//!   approve the registrations after.
 //! - [`owner`]: owner command files: parse a command from words, load, check, save, and turn
 //!   a file into a run's script.
 //!
@@ -19,6 +21,7 @@
 #![deny(missing_docs)]
 
 pub mod client;
+pub mod genesis;
 pub mod http_client;
 pub mod job;
 pub mod owner;

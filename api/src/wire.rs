@@ -171,8 +171,14 @@ impl ErrorBody {
 /// The body of `GET /v0/health`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {
+    /// Where the fabric's keys come from, as its genesis says: `{"origin": "operator"}`, or
+    /// `{"origin": "simulation", "seed": N}`.
+    pub key_origin: fabric_events::KeyOrigin,
     /// The log.
     pub ledger: LedgerInfo,
+    /// On a simulation only: `simulation: keys are public`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub simulation: Option<String>,
     /// Always `ok`.
     pub status: String,
     /// The last durable tick (a job request's event carries a tick the client saw here).
@@ -277,6 +283,8 @@ mod tests {
             tree_size: 9,
         };
         let health = Health {
+            key_origin: fabric_events::KeyOrigin::Simulation { seed: 1 },
+            simulation: Some("simulation: keys are public".to_owned()),
             ledger: LedgerInfo {
                 ledger_key: head.ledger_key,
                 root: head.root,

@@ -159,6 +159,9 @@ pub struct AuditReport {
     /// The first failure, when not ok.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure: Option<Failure>,
+    /// Where the fabric's keys come from, as its genesis says (when the audit read it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_origin: Option<fabric_events::KeyOrigin>,
 }
 
 impl AuditReport {
@@ -576,6 +579,10 @@ impl Auditor {
                     .map_err(|e| Failure::from_replay(&e))?;
                 if let Some(key) = event.ledger_rotation() {
                     self.checks.rotated(seq, key)?;
+                }
+                // The genesis fold admitted says where the fabric's keys come from.
+                if let Body::FabricGenesis(genesis) = &event.body {
+                    self.report.key_origin = Some(genesis.key_origin);
                 }
                 self.report.tree_heads_verified += self.checks.heads(seq, replay.tree())?;
             }

@@ -4,12 +4,16 @@
 //! tick and its group commit), next to the bounds of suite `limits` measured in the same run:
 //! the ledger's ingest of pre-signed events, and the signature work every served job needs.
 //!
-//! Each connection signs with a client key of its own, registered beforehand through
-//! `POST /v0/owner/commands` (approved by the seed's owners): one key's nonces must rise in
-//! the order the ledger sees them, which one sequential connection per key guarantees.
+//! The served fabric is made by the genesis ceremony, as an operator makes one: `fabric keygen`
+//! for the owners and `--world` for the operator's keys, `fabric init`, `fabric owner sign` by
+//! M owners, `fabric init --commit`, then `fabric serve` with the operator's key files. Each
+//! connection signs with a fresh client key of its own, registered beforehand through
+//! `POST /v0/owner/commands` (approved by M owners): one key's nonces must rise in the order
+//! the ledger sees them, which one sequential connection per key guarantees.
 
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,13 +22,11 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, ensure, Context};
 use fabric_api::http_client::{Client, Target};
 use fabric_api::job::{job_request_body, JobSpec};
-use fabric_events::{derive_signing_key, Hash32, OwnerAction, OwnerCommand, PublicKey, SigningKey};
+use fabric_events::{keys, Hash32, OwnerAction, OwnerCommand, PublicKey, SigningKey};
 use serde_json::{json, Value};
 
 use super::{scratch_dir, verdict, Against, Bench, BenchArgs, Figure, SuiteReport};
 
-/// The seed of the served fabric (its owner and ledger keys).
-const SERVE_BENCH_SEED: u64 = 0x5E_2026;
 /// Tick interval of the served fabric.
 const TICK_MS: u64 = 10;
 /// Concurrent connections, each with a client key of its own.
@@ -63,22 +65,121 @@ fn fabric_exe() -> anyhow::Result<std::path::PathBuf> {
     Ok(exe)
 }
 
-fn start_server(args: &BenchArgs, data: &std::path::Path) -> anyhow::Result<ServeChild> {
+/// The keys and data folder of a fabric made by the ceremony.
+struct Ceremony {
+    data: PathBuf,
+    operator: PathBuf,
+    /// The owners that approve (the first M).
+    approvers: Vec<SigningKey>,
+}
+
+/// Runs `fabric ARGS` to its end; an error with its stderr when it fails.
+fn fabric(args: &[&OsStr]) -> anyhow::Result<()> {
+    let output = Command::new(fabric_exe()?)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("could not run `fabric`")?;
+    ensure!(
+        output.status.success(),
+        "`fabric {}` failed: {}",
+        args.iter()
+            .map(|arg| arg.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}
+
+/// The genesis ceremony in `scratch`, through the CLI: the owners' keys, the operator's keys
+/// of the world, `fabric init`, M approvals, `fabric init --commit`.
+fn ceremony(
+    args: &BenchArgs,
+    world: &fabric_actors::world::World,
+    scratch: &Path,
+) -> anyhow::Result<Ceremony> {
+    let operator = scratch.join("operator");
+    let data = scratch.join("served");
+    let config: Vec<&OsStr> = args
+        .config
+        .iter()
+        .flat_map(|config| [OsStr::new("--config"), config.as_os_str()])
+        .collect();
+    let mut keygen_world = vec![OsStr::new("keygen"), OsStr::new("--world")];
+    keygen_world.extend(&config);
+    keygen_world.extend([OsStr::new("--out"), operator.as_os_str()]);
+    fabric(&keygen_world)?;
+    let owners: Vec<PathBuf> = (0..world.owners.count)
+        .map(|index| scratch.join(format!("owner-{index}.key")))
+        .collect();
+    let owner_pubs: Vec<PathBuf> = owners
+        .iter()
+        .map(|owner| keys::public_path(owner))
+        .collect();
+    for owner in &owners {
+        fabric(&[OsStr::new("keygen"), OsStr::new("--out"), owner.as_os_str()])?;
+    }
+    let threshold = world.owners.threshold.to_string();
+    let (ledger_key, routers, nodes) = (
+        operator.join("ledger.key"),
+        operator.join("routers"),
+        operator.join("nodes"),
+    );
+    let mut init: Vec<&OsStr> = vec![OsStr::new("init"), OsStr::new("--data"), data.as_os_str()];
+    init.extend(&config);
+    init.extend([OsStr::new("--threshold"), OsStr::new(&threshold)]);
+    init.extend([OsStr::new("--ledger-key"), ledger_key.as_os_str()]);
+    init.extend([OsStr::new("--router-keys"), routers.as_os_str()]);
+    init.extend([OsStr::new("--node-keys"), nodes.as_os_str()]);
+    for owner in &owner_pubs {
+        init.extend([OsStr::new("--owner"), owner.as_os_str()]);
+    }
+    fabric(&init)?;
+    let commands = data.join("genesis-commands.json");
+    let approving = &owners[..world.owners.threshold as usize];
+    for owner in approving {
+        fabric(&[
+            OsStr::new("owner"),
+            OsStr::new("sign"),
+            commands.as_os_str(),
+            OsStr::new("--key"),
+            owner.as_os_str(),
+        ])?;
+    }
+    fabric(&[
+        OsStr::new("init"),
+        OsStr::new("--commit"),
+        OsStr::new("--data"),
+        data.as_os_str(),
+        OsStr::new("--ledger-key"),
+        ledger_key.as_os_str(),
+    ])?;
+    let approvers = approving
+        .iter()
+        .map(|owner| {
+            keys::load_secret(owner).with_context(|| format!("owner key {}", owner.display()))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok(Ceremony {
+        data,
+        operator,
+        approvers,
+    })
+}
+
+fn start_server(ceremony: &Ceremony) -> anyhow::Result<ServeChild> {
     let exe = fabric_exe()?;
     let mut child = Command::new(exe)
         .args(["serve", "--data"])
-        .arg(data)
-        .args(
-            args.config
-                .iter()
-                .flat_map(|config| [OsStr::new("--config"), config.as_os_str()]),
-        )
-        .args([
-            "--seed",
-            &SERVE_BENCH_SEED.to_string(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
+        .arg(&ceremony.data)
+        .arg("--ledger-key")
+        .arg(ceremony.operator.join("ledger.key"))
+        .arg("--router-keys")
+        .arg(ceremony.operator.join("routers"))
+        .arg("--node-keys")
+        .arg(ceremony.operator.join("nodes"))
+        .args(["--listen", "127.0.0.1:0"])
         .args(["--tick-ms", &TICK_MS.to_string()])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -130,16 +231,12 @@ fn wait_for_tick(client: &mut Client, tick: u64) -> anyhow::Result<u64> {
     }
 }
 
-/// Registers one client key per connection, each by an owner command approved by the first
-/// `threshold` owners of the seed.
+/// Registers one client key per connection, each by an owner command approved by M owners.
 fn register_clients(
     client: &mut Client,
-    world: &fabric_actors::world::World,
+    owners: &[SigningKey],
     keys: &[SigningKey],
 ) -> anyhow::Result<()> {
-    let owners: Vec<SigningKey> = (0..world.owners.threshold)
-        .map(|index| fabric_sim::sim_owner_key(SERVE_BENCH_SEED, index))
-        .collect();
     let tick = health(client)?["tick"].as_u64().unwrap_or(0);
     for (index, key) in keys.iter().enumerate() {
         let nonce = 1_000_000 + index as u64;
@@ -151,7 +248,7 @@ fn register_clients(
             expiry_tick: tick + 100_000,
             approvals: Vec::new(),
         };
-        for owner in &owners {
+        for owner in owners {
             command.approve(nonce, owner);
         }
         let body = serde_json::to_vec(&json!({"nonce": nonce, "command": command}))?;
@@ -195,13 +292,12 @@ pub(super) fn suite(bench: &mut Bench<'_>) -> anyhow::Result<SuiteReport> {
         .ok_or_else(|| anyhow!("shard {shard} has no node with a capability"))?;
     let duration = Duration::from_secs(if args.quick { 5 } else { 20 });
 
-    let server = start_server(args, &scratch.path().join("served"))?;
+    let ceremony = ceremony(args, &world, scratch.path())?;
+    let server = start_server(&ceremony)?;
     let mut control = Client::new(server.target.clone(), Duration::from_secs(30));
     wait_for_tick(&mut control, 1)?;
-    let keys: Vec<SigningKey> = (0..CONNECTIONS)
-        .map(|index| derive_signing_key(SERVE_BENCH_SEED, &format!("bench/client/{index}")))
-        .collect();
-    register_clients(&mut control, &world, &keys)?;
+    let keys: Vec<SigningKey> = (0..CONNECTIONS).map(|_| keys::generate()).collect();
+    register_clients(&mut control, &ceremony.approvers, &keys)?;
     let size_before = health(&mut control)?["ledger"]["size"]
         .as_u64()
         .unwrap_or(0);

@@ -740,6 +740,45 @@ pub struct FabricGenesis {
     pub owners: Vec<PublicKey>,
     /// Distinct owner approvals an owner command needs (1 ≤ M ≤ owners).
     pub owner_threshold: u32,
+    /// Where every key of the fabric comes from: held by its operator and owners, or derived
+    /// from a public seed (a simulation, whose keys anyone can compute).
+    pub key_origin: KeyOrigin,
+}
+
+/// Where the keys of a fabric come from, as its genesis says. Variants are appended, never
+/// reordered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
+#[serde(tag = "origin", rename_all = "snake_case", deny_unknown_fields)]
+pub enum KeyOrigin {
+    /// Made by the operator and the owners on their own machines (`fabric keygen`); only the
+    /// public keys are in the log.
+    Operator,
+    /// Derived from the public `seed`: anyone can sign as any actor. Only for simulations.
+    Simulation {
+        /// The seed every key derives from.
+        seed: u64,
+    },
+}
+
+impl KeyOrigin {
+    /// Whether the keys are public (derived from a seed).
+    pub fn is_simulation(self) -> bool {
+        matches!(self, KeyOrigin::Simulation { .. })
+    }
+}
+
+impl std::fmt::Display for KeyOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyOrigin::Operator => f.write_str("operator keys"),
+            KeyOrigin::Simulation { seed } => {
+                write!(
+                    f,
+                    "simulation keys of seed {seed} (simulation: keys are public)"
+                )
+            }
+        }
+    }
 }
 
 /// A node's receipt that re-execution contradicts, with the node's own signed words as

@@ -811,3 +811,57 @@ fn refusals_counted_encoding_is_pinned() {
     assert_eq!(decode_event(&bytes).expect("decodes"), event);
     assert_eq!(event.kind().as_str(), "refusals_counted");
 }
+
+/// The genesis's key origin is its last field: `u32` variant index, then a simulation's seed.
+#[test]
+fn genesis_key_origin_bytes_are_pinned() {
+    let genesis = |key_origin| {
+        Event::new(
+            Role::Ledger,
+            0,
+            0,
+            FabricGenesis {
+                ledger_key: PublicKey([0x66; 32]),
+                owners: vec![PublicKey([0x77; 32]), PublicKey([0x88; 32])],
+                owner_threshold: 2,
+                key_origin,
+            },
+        )
+    };
+    let fields = format!(
+        "04000000{}{}0c000000{}0200000000000000{}{}02000000",
+        "00".repeat(8),
+        "00".repeat(8),
+        "66".repeat(32),
+        "77".repeat(32),
+        "88".repeat(32)
+    );
+    for (origin, tail) in [
+        (KeyOrigin::Operator, "00000000"),
+        (
+            KeyOrigin::Simulation { seed: 7 },
+            "010000000700000000000000",
+        ),
+    ] {
+        let event = genesis(origin);
+        let bytes = encode_event(&event).expect("a genesis is small");
+        assert_eq!(hex::encode(&bytes), format!("{fields}{tail}"));
+        assert_eq!(decode_event(&bytes).expect("decodes"), event);
+    }
+    // An origin tag past the last variant is not an event.
+    let mut unknown = hex::decode(format!("{fields}02000000")).expect("hex");
+    assert!(decode_event(&unknown).is_err());
+    unknown.truncate(unknown.len() - 4);
+    assert!(
+        decode_event(&unknown).is_err(),
+        "a genesis without its origin"
+    );
+    assert_eq!(
+        serde_json::to_value(KeyOrigin::Simulation { seed: 7 }).expect("json"),
+        serde_json::json!({"origin": "simulation", "seed": 7})
+    );
+    assert_eq!(
+        serde_json::to_value(KeyOrigin::Operator).expect("json"),
+        serde_json::json!({"origin": "operator"})
+    );
+}

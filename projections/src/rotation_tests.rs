@@ -42,6 +42,7 @@ impl Fabric {
             ledger_key: public(&fabric.ledger),
             owners: fabric.owners.iter().map(public).collect(),
             owner_threshold: 2,
+            key_origin: fabric_events::KeyOrigin::Operator,
         };
         let author = public(&fabric.ledger);
         fabric

@@ -42,7 +42,8 @@ pub fn write_reports(
         outcome.tree_head.root,
         outcome.tree_head.tree_size,
         Some(summary),
-    );
+    )
+    .with_key_origin(replayed.chronicle.key_origin());
     crate::page::write(out, &replayed.chronicle, &headline, &replayed.state)?;
     summary["attestation"] = replayed.attestation.to_json(run);
     write_json(out, "summary.json", summary)

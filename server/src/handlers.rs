@@ -41,7 +41,25 @@ pub(crate) struct Shared {
     /// Each peer's allowance of refused requests.
     pub(crate) refusals: PeerRefusals,
     pub(crate) tick_ms: u64,
+    /// Where the fabric's keys come from (its genesis).
+    pub(crate) key_origin: fabric_events::KeyOrigin,
     pub(crate) started: Instant,
+}
+
+/// The header every answer of a simulated fabric carries, and its value.
+pub(crate) const SIMULATION_HEADER: (&str, &str) = ("fabric-simulation", "keys are public");
+/// What a simulated fabric says in `/v0/health`, every answer's header and its start log.
+pub(crate) const SIMULATION_NOTICE: &str = "simulation: keys are public";
+
+/// On a simulation, the `Fabric-Simulation: keys are public` header on every answer: anyone
+/// can compute its keys, so nothing it says is anyone's word.
+pub(crate) fn simulation_banner(
+    simulation: bool,
+) -> actix_web::middleware::Condition<actix_web::middleware::DefaultHeaders> {
+    actix_web::middleware::Condition::new(
+        simulation,
+        actix_web::middleware::DefaultHeaders::new().add(SIMULATION_HEADER),
+    )
 }
 
 /// `{"error": {"code", "message"}}` with `status`.
@@ -122,6 +140,11 @@ async fn health(shared: web::Data<Shared>) -> HttpResponse {
             tree_head: tree_head(&head),
         },
         status: "ok".to_owned(),
+        key_origin: shared.key_origin,
+        simulation: shared
+            .key_origin
+            .is_simulation()
+            .then(|| SIMULATION_NOTICE.to_owned()),
         tick: view.tick,
         tick_ms: shared.tick_ms,
         uptime_ms: shared.started.elapsed().as_millis() as u64,

@@ -61,6 +61,8 @@ pub struct ServerConfig {
     /// Most connections served at once (default: sized from the file-descriptor limit, less
     /// the health reserve).
     pub connections_max: Option<usize>,
+    /// Where the fabric's keys come from; a simulation says so in every answer.
+    pub key_origin: fabric_events::KeyOrigin,
 }
 
 /// How serving ended.
@@ -171,6 +173,7 @@ fn shared(
         metrics: ServeMetrics::new(&spill_routes),
         refusals: Default::default(),
         tick_ms: config.tick_ms,
+        key_origin: config.key_origin,
         started: Instant::now(),
         reader,
     })
@@ -214,10 +217,12 @@ fn bind(
     // are the slots' job.
     let per_worker = connections.ceiling().div_ceil(config.workers);
     let on_connect = Arc::clone(&connections);
+    let simulation = config.key_origin.is_simulation();
     let mut server = HttpServer::new(move || {
         let stopping = stopping.clone();
         App::new()
             .wrap_fn(move |request, service| guard(request, service, &stopping))
+            .wrap(crate::handlers::simulation_banner(simulation))
             .app_data(shared.clone())
             .app_data(query_config())
             .configure(routes)

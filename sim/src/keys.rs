@@ -4,16 +4,18 @@
 //! and node of the world.
 
 use fabric_actors::gate::{owner_command_attempt, Attempt, Origin};
+use fabric_actors::genesis::{founding, registrations, WorldKeys};
 use fabric_actors::world::World;
 use fabric_actors::{ActorKeys, RunError};
 use fabric_events::{
-    derive_signing_key, Event, FabricGenesis, NodeRegistered, OwnerAction, OwnerCommand, PublicKey,
-    Role, ShardRegistered, SignedEvent, SigningKey,
+    derive_signing_key, KeyOrigin, OwnerCommand, PublicKey, SignedEvent, SigningKey,
 };
 use rayon::prelude::*;
 
 /// The keys of a simulation, derived from its seed.
 pub struct SimKeys {
+    /// The seed they derive from.
+    pub seed: u64,
     /// The owners (`sim/owner/<i>`); the first `threshold` approve the genesis registrations.
     pub owners: Vec<SigningKey>,
     /// Signs checkpoints and tree heads.
@@ -40,6 +42,7 @@ impl SimKeys {
     /// Derives every key of `world` from `seed`.
     pub fn derive(world: &World, seed: u64) -> Self {
         Self {
+            seed,
             owners: (0..world.owners.count)
                 .map(|index| sim_owner_key(seed, index))
                 .collect(),
@@ -76,68 +79,33 @@ impl SimKeys {
     }
 }
 
-/// Tick 0: the ledger names itself and the owners, then the owners register every client,
-/// shard and node, each by a command approved by the first `threshold` owners.
+/// Tick 0: the ledger names itself, the owners and the key origin (a simulation of `seed`:
+/// its keys are public), then the owners register every client, shard and node, each by a
+/// command approved by the first `threshold` owners.
 pub fn genesis(world: &World, keys: &SimKeys) -> Result<Vec<Attempt>, RunError> {
-    let ledger = PublicKey::from(&keys.ledger.verifying_key());
-    let founding = Event::new(
-        Role::Ledger,
-        0,
-        0,
-        FabricGenesis {
-            ledger_key: ledger,
-            owners: keys
-                .owners
-                .iter()
-                .map(|owner| PublicKey::from(&owner.verifying_key()))
-                .collect(),
-            owner_threshold: world.owners.threshold,
-        },
+    let public = |key: &SigningKey| PublicKey::from(&key.verifying_key());
+    let founding = founding(
+        public(&keys.ledger),
+        keys.owners.iter().map(public).collect(),
+        world.owners.threshold,
+        KeyOrigin::Simulation { seed: keys.seed },
     );
     let mut attempts = vec![Attempt {
         signed: SignedEvent::sign(&founding, &keys.ledger)?,
         event: founding,
         origin: Origin::Internal,
     }];
-    let mut actions = Vec::new();
-    for (shard, client) in world.shards.iter().zip(&keys.clients) {
-        actions.push(OwnerAction::RegisterClient {
-            client: format!("{}.clients", shard.name),
-            key: PublicKey::from(&client.verifying_key()),
-        });
-    }
-    for (shard, router) in world.shards.iter().zip(&keys.routers) {
-        actions.push(OwnerAction::RegisterShard {
-            registration: ShardRegistered {
-                shard: shard.name.clone(),
-                router_key: PublicKey::from(&router.verifying_key()),
-                queue_budget: shard.queue_budget,
-                latency_budget_ms: shard.latency_budget_ms,
-                spillover: shard.spillover.clone(),
-                specialties: shard.specialties.clone(),
-                reputation_floor_ppm: shard.reputation_floor_ppm,
-                regions_served: shard.regions_served.clone(),
-                node_quota_jobs: shard.node_quota_jobs,
-                quota_window_ticks: shard.quota_window_ticks,
-            },
-        });
-    }
-    for (node, key) in world.nodes.iter().zip(&keys.nodes) {
-        actions.push(OwnerAction::RegisterNode {
-            registration: NodeRegistered {
-                node: node.name.clone(),
-                region: node.region.clone(),
-                node_key: PublicKey::from(&key.verifying_key()),
-                capacity: node.capacity,
-                max_concurrency: node.max_concurrency,
-                heartbeat_interval_ticks: node.heartbeat_interval_ticks,
-                capabilities: node.capabilities.clone(),
-                latency_ms: node.latency_ms,
-                price_micros_per_hour: node.price_micros_per_hour,
-                reputation_ppm: node.reputation_ppm,
-            },
-        });
-    }
+    let world_keys = WorldKeys {
+        clients: world
+            .shards
+            .iter()
+            .zip(&keys.clients)
+            .map(|(shard, client)| (format!("{}.clients", shard.name), public(client)))
+            .collect(),
+        routers: keys.routers.iter().map(public).collect(),
+        nodes: keys.nodes.iter().map(public).collect(),
+    };
+    let actions = registrations(world, &world_keys);
     let approvers = &keys.owners[..world.owners.threshold as usize];
     // Thousands of registrations, each signed M + 1 times: sign them on every core (ed25519
     // signatures are deterministic, so the order of work changes no byte).

@@ -1,7 +1,7 @@
 //! Keys, events and helpers shared by the tests.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -96,62 +96,75 @@ pub fn heartbeats(first_nonce: u64, count: usize) -> Vec<SignedEvent> {
         .collect()
 }
 
-/// The seed of the keys of a fabric [`Served`] starts.
+/// The seed of the keys of a simulated fabric [`Served::start`] starts.
 pub const SERVE_SEED: u64 = 7;
-/// Milliseconds between the ticks of a fabric [`Served`] starts.
+/// Milliseconds between the ticks of a fabric [`Served::start`] starts.
 pub const SERVE_TICK_MS: &str = "10";
-/// How many ticks old a job's signed tick may be on a fabric [`Served`] starts (unless the
-/// test names its own): ticks of 10 ms pass quickly on a loaded machine between reading the
+/// How many ticks old a job's signed tick may be on a fabric [`Served::spawn`] starts (unless
+/// the test names its own): ticks of 10 ms pass quickly on a loaded machine between reading the
 /// tick and the job's sequencing, so one second of them rather than the default 8.
 pub const SERVE_SUBMISSION_TICK_WINDOW: &str = "100";
 
-/// A running `fabric serve`, killed when dropped (unless it already exited).
+/// A running `fabric serve`, killed when dropped (unless it already exited). Every test that
+/// serves starts it through [`Served::spawn`].
 pub struct Served {
     child: Option<Child>,
-    /// Its TCP address.
+    /// Its TCP address, when it listens on one.
     pub tcp: Option<Target>,
-    /// Its Unix socket.
+    /// Its Unix socket, when it listens on one.
     pub unix: Option<Target>,
-    _stdout: Option<BufReader<ChildStdout>>,
+    /// What it said of its keys at start (`keys: …`).
+    pub keys_line: String,
+    stdout: Option<BufReader<ChildStdout>>,
 }
 
 impl Served {
-    /// Starts `fabric serve` on `data` on a free loopback port (and `unix` when given) and
-    /// waits until it says where it listens.
+    /// Starts a simulated `fabric serve` of seed [`SERVE_SEED`] on `data` on a free loopback
+    /// port (and `unix` when given) and waits until it says where it listens.
     pub fn start(data: &Path, unix: Option<&Path>) -> Self {
         Self::start_with(data, unix, &[])
     }
 
     /// [`Served::start`] with more arguments.
     pub fn start_with(data: &Path, unix: Option<&Path>, extra: &[&str]) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_fabric"));
-        command.args([
-            "serve",
+        let seed = SERVE_SEED.to_string();
+        let mut args = vec![
             "--data",
             path(data),
+            "--simulation",
             "--config",
             DEFAULT_CONFIG,
             "--seed",
-            &SERVE_SEED.to_string(),
-            "--listen",
-            "127.0.0.1:0",
+            &seed,
             "--tick-ms",
             SERVE_TICK_MS,
-        ]);
+        ];
         if let Some(socket) = unix {
-            command.args(["--unix", path(socket)]);
+            args.extend(["--unix", path(socket)]);
         }
-        if !extra.contains(&"--submission-tick-window") {
+        args.extend_from_slice(extra);
+        Served::spawn(&args)
+    }
+
+    /// Starts `fabric serve ARGS` (on a free loopback port unless `args` has `--listen` or
+    /// `--unix`) and waits until it says where it listens; panics, with its stderr, when it
+    /// exits before.
+    pub fn spawn(args: &[&str]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_fabric"));
+        command.arg("serve").args(args);
+        if !args.contains(&"--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
+        if !args.contains(&"--submission-tick-window") {
             command.args(["--submission-tick-window", SERVE_SUBMISSION_TICK_WINDOW]);
         }
-        command.args(extra);
         let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("fabric serve starts");
         let mut reader = BufReader::new(child.stdout.take().expect("piped stdout"));
-        let (mut tcp, mut unix_target) = (None, None);
+        let (mut tcp, mut unix, mut keys_line) = (None, None, String::new());
         loop {
             let mut line = String::new();
             let read = reader.read_line(&mut line).expect("serve's stdout reads");
@@ -161,8 +174,11 @@ impl Served {
                 let target = Target::parse(address).expect("a printed address parses");
                 match target {
                     Target::Tcp(_) | Target::Https(_) => tcp = Some(target),
-                    Target::Unix(_) => unix_target = Some(target),
+                    Target::Unix(_) => unix = Some(target),
                 }
+            }
+            if line.starts_with("keys: ") {
+                keys_line = line.to_owned();
             }
             if line.starts_with("data ") {
                 break;
@@ -171,11 +187,13 @@ impl Served {
         Self {
             child: Some(child),
             tcp,
-            unix: unix_target,
-            _stdout: Some(reader),
+            unix,
+            keys_line,
+            stdout: Some(reader),
         }
     }
 
+    /// A client of its TCP address.
     pub fn client(&self) -> Client {
         Client::new(
             self.tcp.clone().expect("a TCP address"),
@@ -183,6 +201,7 @@ impl Served {
         )
     }
 
+    /// A client of its Unix socket.
     pub fn unix_client(&self) -> Client {
         Client::new(
             self.unix.clone().expect("a Unix socket"),
@@ -190,6 +209,7 @@ impl Served {
         )
     }
 
+    /// Its process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }
@@ -197,7 +217,7 @@ impl Served {
     /// The rest of its stdout (after it exited).
     pub fn rest_of_stdout(&mut self) -> String {
         let mut rest = String::new();
-        if let Some(reader) = &mut self._stdout {
+        if let Some(reader) = &mut self.stdout {
             std::io::Read::read_to_string(reader, &mut rest).expect("serve's stdout reads");
         }
         rest
@@ -235,6 +255,195 @@ impl Drop for Served {
     }
 }
 
+/// A fabric made by the genesis ceremony in a folder: three owners (threshold 2) with their
+/// own keys, the operator's world keys, one registered client `ops` (earth), committed.
+pub struct Ceremony {
+    /// The data folder.
+    pub data: PathBuf,
+    /// The operator's keys (`fabric keygen --world`): ledger.key, routers/, nodes/.
+    pub operator_keys: PathBuf,
+    /// The owners' secret key files.
+    pub owners: Vec<PathBuf>,
+    /// The registered client's secret key file.
+    pub client: PathBuf,
+}
+
+/// The owners of a [`Ceremony`], and how many approve a command.
+pub const CEREMONY_OWNERS: usize = 3;
+/// Approvals an owner command of a [`Ceremony`] fabric needs.
+pub const CEREMONY_THRESHOLD: usize = 2;
+/// The client a [`Ceremony`] registers.
+pub const CEREMONY_CLIENT: &str = "ops";
+
+impl Ceremony {
+    /// Runs the whole ceremony in `dir` with the commands an operator and the owners type,
+    /// each checked to succeed.
+    pub fn run(dir: &Path) -> Self {
+        let ceremony = Self::prepare(dir);
+        let commands = ceremony.commands_file();
+        for owner in &ceremony.owners[..CEREMONY_THRESHOLD] {
+            succeed(&["owner", "sign", path(&commands), "--key", path(owner)]);
+        }
+        succeed(&[
+            "init",
+            "--commit",
+            "--data",
+            path(&ceremony.data),
+            "--ledger-key",
+            path(&ceremony.ledger_key()),
+        ]);
+        ceremony
+    }
+
+    /// The ceremony up to the owners' approvals: keys made, `fabric init` run.
+    pub fn prepare(dir: &Path) -> Self {
+        let owners: Vec<PathBuf> = (0..CEREMONY_OWNERS)
+            .map(|index| dir.join(format!("owner-{index}.key")))
+            .collect();
+        for owner in &owners {
+            succeed(&["keygen", "--out", path(owner)]);
+        }
+        let client = dir.join("ops.key");
+        succeed(&["keygen", "--out", path(&client)]);
+        let operator_keys = dir.join("operator");
+        succeed(&[
+            "keygen",
+            "--world",
+            "--config",
+            DEFAULT_CONFIG,
+            "--out",
+            path(&operator_keys),
+        ]);
+        let ceremony = Self {
+            data: dir.join("data"),
+            operator_keys,
+            owners,
+            client,
+        };
+        let owner_pubs: Vec<PathBuf> = ceremony
+            .owners
+            .iter()
+            .map(|owner| fabric_events::keys::public_path(owner))
+            .collect();
+        let client_arg = format!(
+            "{CEREMONY_CLIENT}={}",
+            path(&fabric_events::keys::public_path(&ceremony.client))
+        );
+        let (ledger_key, routers, nodes) = (
+            ceremony.ledger_key(),
+            ceremony.router_keys(),
+            ceremony.node_keys(),
+        );
+        let threshold = CEREMONY_THRESHOLD.to_string();
+        let mut args = vec![
+            "init",
+            "--data",
+            path(&ceremony.data),
+            "--config",
+            DEFAULT_CONFIG,
+            "--threshold",
+            &threshold,
+            "--ledger-key",
+            path(&ledger_key),
+            "--router-keys",
+            path(&routers),
+            "--node-keys",
+            path(&nodes),
+            "--client",
+            &client_arg,
+        ];
+        for owner in &owner_pubs {
+            args.extend(["--owner", path(owner)]);
+        }
+        succeed(&args);
+        ceremony
+    }
+
+    /// The owner command file `fabric init` wrote.
+    pub fn commands_file(&self) -> PathBuf {
+        self.data.join("genesis-commands.json")
+    }
+
+    /// The ledger's secret key file.
+    pub fn ledger_key(&self) -> PathBuf {
+        self.operator_keys.join("ledger.key")
+    }
+
+    /// The routers' key folder.
+    pub fn router_keys(&self) -> PathBuf {
+        self.operator_keys.join("routers")
+    }
+
+    /// The nodes' key folder.
+    pub fn node_keys(&self) -> PathBuf {
+        self.operator_keys.join("nodes")
+    }
+
+    /// Serves the fabric with the operator's keys and `extra` arguments.
+    pub fn serve(&self, extra: &[&str]) -> Served {
+        let (ledger_key, routers, nodes) =
+            (self.ledger_key(), self.router_keys(), self.node_keys());
+        let mut args = vec![
+            "--data",
+            path(&self.data),
+            "--ledger-key",
+            path(&ledger_key),
+            "--router-keys",
+            path(&routers),
+            "--node-keys",
+            path(&nodes),
+            "--tick-ms",
+            "10",
+        ];
+        args.extend_from_slice(extra);
+        Served::spawn(&args)
+    }
+
+    /// `fabric serve` with the operator's keys and `extra` arguments, expected to refuse to
+    /// start: its output.
+    pub fn serve_refused(&self, extra: &[&str]) -> Output {
+        let (ledger_key, routers, nodes) =
+            (self.ledger_key(), self.router_keys(), self.node_keys());
+        let mut args = vec![
+            "serve",
+            "--data",
+            path(&self.data),
+            "--listen",
+            "127.0.0.1:0",
+        ];
+        let keys = [
+            ("--ledger-key", path(&ledger_key)),
+            ("--router-keys", path(&routers)),
+            ("--node-keys", path(&nodes)),
+        ];
+        for (flag, value) in keys {
+            if !extra.contains(&flag) {
+                args.extend([flag, value]);
+            }
+        }
+        args.extend_from_slice(extra);
+        let output = fabric(&args);
+        assert!(
+            !output.status.success(),
+            "fabric serve {args:?} started: {}",
+            stdout(&output)
+        );
+        output
+    }
+}
+
+/// Runs `fabric ARGS` and asserts it succeeded; its output.
+pub fn succeed(args: &[&str]) -> Output {
+    let output = fabric(args);
+    assert!(
+        output.status.success(),
+        "fabric {args:?} failed: {}{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    output
+}
+
 /// A running `fabric serve`, killed when dropped (unless it already exited).
 pub struct Serving {
     child: Option<std::process::Child>,
@@ -257,8 +466,20 @@ pub fn start_serve(
     use std::process::Stdio;
     let (seed, tick_ms) = (seed.to_string(), tick_ms.to_string());
     let mut child = Command::new(env!("CARGO_BIN_EXE_fabric"))
-        .args(["serve", "--data", path(data), "--config", DEFAULT_CONFIG])
+        .args([
+            "serve",
+            "--data",
+            path(data),
+            "--simulation",
+            "--config",
+            DEFAULT_CONFIG,
+        ])
         .args(["--seed", &seed, "--tick-ms", &tick_ms])
+        .args(if extra.contains(&"--submission-tick-window") {
+            &[][..]
+        } else {
+            &["--submission-tick-window", SERVE_SUBMISSION_TICK_WINDOW][..]
+        })
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use fabric_audit::{Observer, Replay, Sample, Sampled, Step};
-use fabric_events::{Body, Event, Hash32, OwnerAction};
+use fabric_events::{Body, Event, Hash32, KeyOrigin, OwnerAction};
 use fabric_ledger::LedgerReader;
 use fabric_projections::state::{JobStatus, State};
 use serde_json::Value;
@@ -79,7 +79,8 @@ pub fn write_from_log(path: &Path, source: &PageSource<'_>) -> Result<PathBuf, R
     sampled.finish(last_tick, replay.state());
     let chronicle = sampled.into_inner();
     let state = replay.into_state();
-    let headline = Headline::new(source.run, &state, source.root, source.size, source.summary);
+    let headline = Headline::new(source.run, &state, source.root, source.size, source.summary)
+        .with_key_origin(chronicle.key_origin());
     Ok(write_page(path, &chronicle, &headline, &state)?)
 }
 
@@ -141,6 +142,14 @@ impl Headline {
         }
         Self { rows }
     }
+
+    /// Adds where the fabric's keys come from (a simulation's are public), when known.
+    pub fn with_key_origin(mut self, origin: Option<KeyOrigin>) -> Self {
+        if let Some(origin) = origin {
+            self.rows.push(("key_origin", "keys", origin.to_string()));
+        }
+        self
+    }
 }
 
 /// Each event before its fold: spills, latencies, marks.
@@ -175,6 +184,8 @@ pub struct Chronicle {
     marks: Vec<Mark>,
     /// Per shard: latency in ticks → jobs.
     latency: BTreeMap<String, BTreeMap<u64, u64>>,
+    /// Where the fabric's keys come from, as its genesis says.
+    key_origin: Option<KeyOrigin>,
 }
 
 impl Chronicle {
@@ -189,13 +200,20 @@ impl Chronicle {
             spills: BTreeMap::new(),
             marks: Vec::new(),
             latency: BTreeMap::new(),
+            key_origin: None,
         }
+    }
+
+    /// Where the fabric's keys come from, once its genesis was seen.
+    pub fn key_origin(&self) -> Option<KeyOrigin> {
+        self.key_origin
     }
 
     /// Sees an event before it is folded into `state`.
     fn see(&mut self, event: &Event, state: &State) {
         let tick = event.header.tick;
         match &event.body {
+            Body::FabricGenesis(genesis) => self.key_origin = Some(genesis.key_origin),
             Body::JobSpilled(body) => {
                 *self
                     .spills
