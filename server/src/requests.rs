@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_web::dev::{Payload, Service, ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderMap, HeaderValue};
 use actix_web::http::{ConnectionType, StatusCode};
 use actix_web::web::Bytes;
 use actix_web::{Error, HttpMessage, HttpResponse};
@@ -77,13 +78,14 @@ where
     S: Service<ServiceRequest, Response = ServiceResponse<BoxBody>, Error = Error>,
     S::Future: 'static,
 {
+    let mut request = request;
+    own_headers(&mut request);
     let refusal = request
         .conn_data::<Slot>()
         .and_then(|slot| slot.refusal(request.path()));
     if let Some(refusal) = refusal {
         return Box::pin(async move { Ok(request.into_response(closing(refusal))) });
     }
-    let mut request = request;
     let cut = Rc::new(Cell::new(None));
     match request.take_payload() {
         // Nothing to time (a request without a body).
@@ -100,6 +102,22 @@ where
         }
         Ok(response.map_body(|_, body| ends_on_stop(body, stopping)))
     })
+}
+
+/// Copies the request's headers out of the buffer its connection read them into, into a map
+/// of their own size. actix keeps finished requests and request heads for reuse (up to 128 of
+/// each per worker) with their headers, and a header value as parsed is a slice of its
+/// connection's 8 KiB read buffer: without the copy, each request kept would hold on to the
+/// buffer of a connection long closed, and to a map sized for 16 headers. After a burst of
+/// connections that is megabytes per worker, which no trim can give back.
+fn own_headers(request: &mut ServiceRequest) {
+    let headers = request.headers_mut();
+    let mut owned = HeaderMap::with_capacity(headers.len_keys());
+    for (name, value) in headers.iter() {
+        let copy = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+        owned.append(name.clone(), copy);
+    }
+    *headers = owned;
 }
 
 /// `response`, after which the connection is closed.
