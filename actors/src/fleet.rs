@@ -75,16 +75,18 @@ impl ActorKeys {
         if authority.founded() && !holds(Some(&self.ledger), &authority.ledger_key()) {
             return Some(format!("the ledger key {}", authority.ledger_key()));
         }
-        for (index, shard) in state.shards().iter().enumerate() {
-            if !shard.retired && !holds(self.routers.get(index), &shard.router_key) {
+        // Only the shards and nodes this server runs actors for (the world's, in its order):
+        // one registered later by owner command has no actor here, and no secret to hold.
+        for (shard, own) in state.shards().iter().zip(&self.routers) {
+            if !shard.retired && !holds(Some(own), &shard.router_key) {
                 return Some(format!(
                     "the router key {} of shard `{}`",
                     shard.router_key, shard.name
                 ));
             }
         }
-        for (index, node) in state.nodes().iter().enumerate() {
-            if !node.retired && !holds(self.nodes.get(index), &node.key) {
+        for (node, own) in state.nodes().iter().zip(&self.nodes) {
+            if !node.retired && !holds(Some(own), &node.key) {
                 return Some(format!("the key {} of node `{}`", node.key, node.name));
             }
         }

@@ -69,6 +69,43 @@ fn export_lines(client: &mut Client) -> BTreeMap<u64, Value> {
 }
 
 /// The stored event at `seq` must be a `rejected` with `reason`.
+/// How a refused attempt is on the record: as its own `rejected` event when a registered key
+/// signed it (evidence against its signer), else counted in the tick's `refusals_counted`.
+#[derive(Clone, Copy, Debug)]
+enum Record {
+    Rejected,
+    Counted,
+}
+
+/// Asserts that the refusal `answer` names is on the record as `record` says, for `reason`.
+fn assert_on_record(client: &mut Client, answer: &Value, reason: &str, record: Record) {
+    match record {
+        Record::Rejected => {
+            let seq = answer["error"]["rejected_seq"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("a rejected seq: {answer}"));
+            assert_rejected(client, seq, reason);
+        }
+        Record::Counted => {
+            assert!(answer["error"]["rejected_seq"].is_null(), "{answer}");
+            let seq = answer["error"]["counted_seq"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("a counted seq: {answer}"));
+            let line = export_lines(client)
+                .remove(&seq)
+                .unwrap_or_else(|| panic!("no event at seq {seq}"));
+            assert_eq!(line["kind"], "refusals_counted", "seq {seq}: {line}");
+            let counts = line["body"]["data"]["counts"].as_array().expect("counts");
+            assert!(
+                counts
+                    .iter()
+                    .any(|count| count["reason"] == reason && count["attempts"].as_u64() >= Some(1)),
+                "seq {seq}: {line}"
+            );
+        }
+    }
+}
+
 fn assert_rejected(client: &mut Client, seq: u64, reason: &str) {
     let line = export_lines(client)
         .remove(&seq)
@@ -108,15 +145,18 @@ fn stop(served: &mut Served) {
 
 /// POSTs an owner command that must be refused with HTTP `status` and `reason`, and checks
 /// the stored event.
-fn assert_command_refused(client: &mut Client, body: &str, status: u16, reason: &str) {
+fn assert_command_refused(
+    client: &mut Client,
+    body: &str,
+    status: u16,
+    reason: &str,
+    record: Record,
+) {
     let response = post(client, "/v0/owner/commands", body.as_bytes());
     assert_eq!(response.status, status, "{}", response.text());
     let answer = json_of(&response);
     assert_eq!(answer["error"]["code"], reason, "{answer}");
-    let seq = answer["error"]["rejected_seq"]
-        .as_u64()
-        .expect("a rejected seq");
-    assert_rejected(client, seq, reason);
+    assert_on_record(client, &answer, reason, record);
 }
 
 /// A job request for `shard`, signed by `key` at `tick`.
@@ -172,7 +212,8 @@ fn seed_keys_and_too_few_owners_steer_nothing_and_enough_real_owners_do() {
     for (index, seed) in SEEDS.into_iter().enumerate() {
         let approvers = [sim_owner_key(seed, 0), sim_owner_key(seed, 1)];
         let body = pause_command("mars", 100 + index as u64, tick, &approvers);
-        assert_command_refused(&mut client, &body, 401, "unknown_key");
+        // No approval of an owner: evidence against no one, so counted.
+        assert_command_refused(&mut client, &body, 401, "unknown_key", Record::Counted);
     }
     // One real owner of the two needed.
     let one = [load_owner(&ceremony, 0)];
@@ -181,6 +222,7 @@ fn seed_keys_and_too_few_owners_steer_nothing_and_enough_real_owners_do() {
         &pause_command("mars", 200, tick, &one),
         403,
         "too_few_owner_signatures",
+        Record::Rejected,
     );
     // A real owner and a seed-derived "owner".
     let mixed = [load_owner(&ceremony, 2), sim_owner_key(1, 1)];
@@ -189,6 +231,7 @@ fn seed_keys_and_too_few_owners_steer_nothing_and_enough_real_owners_do() {
         &pause_command("mars", 201, tick, &mixed),
         401,
         "unknown_key",
+        Record::Rejected,
     );
 
     // Two real owners: executed, and the log holds the command.
@@ -220,10 +263,8 @@ fn a_job_signed_by_a_seed_derived_client_key_is_refused_and_a_registered_client_
         assert_eq!(response.status, 401, "{}", response.text());
         let answer = json_of(&response);
         assert_eq!(answer["error"]["code"], "unknown_key", "{answer}");
-        let seq = answer["error"]["rejected_seq"]
-            .as_u64()
-            .expect("a rejected seq");
-        assert_rejected(&mut client, seq, "unknown_key");
+        // Signed by no registered key: counted in the tick's refusals_counted event.
+        assert_on_record(&mut client, &answer, "unknown_key", Record::Counted);
     }
     let registered = keys::load_secret(&ceremony.client).expect("the client key loads");
     let body = job_request(&registered, "earth", "registered", tick);
@@ -406,7 +447,7 @@ fn serve_refuses_wrong_keys_open_key_files_and_simulations_without_the_flag() {
     succeed(&["keygen", "--out", path(&other)]);
     let refused = ceremony.serve_refused(&["--ledger-key", path(&other)]);
     assert!(
-        stderr(&refused).contains("not the ledger key of"),
+        stderr(&refused).contains("not a ledger key of"),
         "{}",
         stderr(&refused)
     );
