@@ -120,7 +120,7 @@ fn audit_data(args: &AuditArgs) -> anyhow::Result<AuditReport> {
         "--sample {} is not a share between 0 and 1",
         args.sample
     );
-    let (run_file, ledger) = match crate::datadir::open_run(&args.data) {
+    let (run_file, ledger) = match fabric_sim::datadir::open_run(&args.data) {
         Ok(opened) => opened,
         Err(err) => {
             return Ok(AuditReport::failed(
@@ -160,7 +160,7 @@ fn audit_data(args: &AuditArgs) -> anyhow::Result<AuditReport> {
 fn gpu(
     reader: &fabric_ledger::LedgerReader,
     size: u64,
-    run_file: &crate::datadir::RunFile,
+    run_file: &fabric_sim::datadir::RunFile,
     args: &AuditArgs,
     report: &mut AuditReport,
 ) -> Result<(), Failure> {

@@ -26,7 +26,7 @@ pub struct ExportArgs {
 }
 
 pub fn run(args: &ExportArgs) -> anyhow::Result<()> {
-    let (_, ledger) = crate::datadir::open_run(&args.data)?;
+    let (_, ledger) = fabric_sim::datadir::open_run(&args.data)?;
     let size = ledger.len();
     let to = args.to.unwrap_or(size);
     ensure!(

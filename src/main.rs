@@ -2,7 +2,6 @@
 
 mod audit;
 mod client;
-mod datadir;
 mod export;
 mod init;
 mod owner;
@@ -10,7 +9,6 @@ mod proof;
 mod report;
 mod run;
 mod serve;
-mod served;
 mod slo;
 mod tail;
 

@@ -12,12 +12,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{ensure, Context};
-use fabric_actors::gate::{self, Verdict};
-use fabric_actors::owner_command_attempt;
+use fabric_actors::gate::Verdict;
 pub use fabric_api::owner::{effect, CommandFile, FileCommand};
 use fabric_api::owner::{parse_action, COMMANDS_HELP};
-use fabric_events::{keys, KeyOrigin, OwnerCommand, PublicKey};
-use fabric_sim::{sim_owner_key, ScriptedCommand};
+use fabric_events::{keys, OwnerCommand, PublicKey};
+use fabric_sim::ScriptedCommand;
 use serde_json::json;
 
 /// What `fabric owner` does.
@@ -212,44 +211,17 @@ fn submit(args: &SubmitArgs) -> anyhow::Result<ExitCode> {
         args.file.display()
     );
     let (_, mut ledger, ledger_key) =
-        crate::datadir::open_run_writer(&args.data, args.ledger_key.as_deref())?;
-    let reader = ledger.reader();
-    let restored = fabric_actors::restore(&reader, &ledger.ledger_key())
-        .context("could not restore the state of the log")?;
-    let mut state = restored.state;
-    for (event, signed) in &restored.stored {
-        state
-            .admit(&signed.author, event)
-            .map_err(|err| anyhow::anyhow!("the stored log does not fit its state: {err}"))?;
-    }
-    let tick = state.tick();
-    // Offline, no actor signs: the ledger key alone, and no staged key (a rotation of the
-    // ledger, a router or a node key is submitted to `fabric serve`, which holds them).
-    let keys = fabric_actors::ActorKeys {
-        ledger: ledger_key,
-        routers: Vec::new(),
-        nodes: Vec::new(),
-        clients: Vec::new(),
-        staged: Vec::new(),
-    };
-    let envelope = keys.ledger_secret(&state)?;
-    let mut attempts = Vec::with_capacity(file.commands.len());
-    for command in &file.commands {
-        attempts.push(owner_command_attempt(
-            tick,
-            command.nonce,
-            command.command.clone(),
-            envelope,
-        )?);
-    }
-    let admitted = gate::admit(&mut state, tick, attempts, &keys)?;
-    let first_seq = ledger.len();
-    ledger
-        .append(&admitted.signed)
-        .context("could not append the commands")?;
+        fabric_sim::datadir::open_run_writer(&args.data, args.ledger_key.as_deref())?;
+    let commands: Vec<_> = file
+        .commands
+        .iter()
+        .map(|command| (command.nonce, command.command.clone()))
+        .collect();
+    let submitted = fabric_actors::submit::submit(&mut ledger, ledger_key, &commands)?;
+    let (tick, first_seq) = (submitted.tick, submitted.first_seq);
     let mut verdicts = Vec::new();
     let mut refused = 0;
-    for (index, (command, verdict)) in file.commands.iter().zip(&admitted.verdicts).enumerate() {
+    for (index, (command, verdict)) in file.commands.iter().zip(&submitted.verdicts).enumerate() {
         let seq = first_seq + index as u64;
         let (status, reason, detail) = match verdict {
             Verdict::Admitted => ("executed", None, effect(&command.command.action)),
@@ -290,37 +262,7 @@ fn submit(args: &SubmitArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn owner_keys(args: &KeysArgs) -> anyhow::Result<()> {
-    let (run_file, log) = crate::datadir::open_run(&args.data)?;
-    // The log's genesis decides, whatever run.json says: only a simulation's owner keys
-    // derive from its seed.
-    if log.len() > 0 {
-        let origin = crate::datadir::genesis_key_origin(&log.reader())?;
-        ensure!(
-            origin
-                == (KeyOrigin::Simulation {
-                    seed: run_file.seed
-                }),
-            "--data {}: the fabric's keys are {origin}; its owners' keys derive from no seed \
-             and are held by the owners alone",
-            args.data.display()
-        );
-    }
-    ensure!(
-        run_file.keys.is_simulation(),
-        "--data {}: a fabric with operator keys; its owners' keys derive from no seed and are \
-         held by the owners alone",
-        args.data.display()
-    );
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("could not create {}", args.out.display()))?;
-    for index in 0..run_file.world.owners.count {
-        let key = sim_owner_key(run_file.seed, index);
-        let path = args.out.join(format!("owner-{index}.key"));
-        keys::save_secret(&path, &key, args.force)
-            .with_context(|| format!("could not write {}", path.display()))?;
-        keys::save_public(&keys::public_path(&path), &key.verifying_key())
-            .with_context(|| format!("could not write the public key of {}", path.display()))?;
-    }
+    let run_file = fabric_sim::datadir::write_sim_owner_keys(&args.data, &args.out, args.force)?;
     eprintln!(
         "wrote {} owner keys of the run (seed {}; {} of them approve a command) to {}",
         run_file.world.owners.count,

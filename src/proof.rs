@@ -47,7 +47,7 @@ pub struct VerifyProofArgs {
 
 /// `fabric proof`: prints an inclusion or a consistency proof as pretty JSON on stdout.
 pub fn run(args: &ProofArgs) -> anyhow::Result<()> {
-    let (_, ledger) = crate::datadir::open_run(&args.data)?;
+    let (_, ledger) = fabric_sim::datadir::open_run(&args.data)?;
     let reader = ledger.reader();
     let ledger_key = ledger.ledger_key();
     let log_size = ledger.len();

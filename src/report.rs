@@ -25,7 +25,7 @@ pub struct ReportArgs {
 
 /// `fabric report`: replays the log of `--data` and writes the page.
 pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
-    let (run_file, ledger) = crate::datadir::open_run(&args.data)?;
+    let (run_file, ledger) = fabric_sim::datadir::open_run(&args.data)?;
     let summary_path = args.summary.clone().unwrap_or_else(|| {
         PathBuf::from("reports")
             .join(&run_file.label)

@@ -10,7 +10,7 @@ use fabric_sim::RunOutcome;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Value};
 
-use crate::datadir::{self, RunFile};
+use fabric_sim::datadir::{self, RunFile};
 
 /// Arguments of `fabric run`.
 #[derive(clap::Args, Debug)]
@@ -55,44 +55,6 @@ pub struct RunArgs {
     verify_fraction: Option<f64>,
     #[command(flatten)]
     nats: NatsArgs,
-}
-
-/// A share from 0 to 1 in parts per million.
-fn fraction_ppm(text: &str, what: &str) -> anyhow::Result<u32> {
-    let value: f64 = text
-        .parse()
-        .map_err(|_| anyhow::anyhow!("{what}: `{text}` is not a number from 0 to 1"))?;
-    ensure!(
-        (0.0..=1.0).contains(&value),
-        "{what}: {value} is not between 0 and 1"
-    );
-    Ok((value * 1_000_000.0).round() as u32)
-}
-
-/// `--byzantine NODE:RATE` arguments, checked against the run's nodes.
-fn byzantine_nodes(
-    args: &[String],
-    nodes: &[fabric_actors::world::NodeSpec],
-) -> anyhow::Result<Vec<fabric_sim::Byzantine>> {
-    let mut out: Vec<fabric_sim::Byzantine> = Vec::new();
-    for arg in args {
-        let Some((node, rate)) = arg.rsplit_once(':') else {
-            anyhow::bail!("--byzantine {arg}: expected NODE:RATE, e.g. mars.gpu-helion:0.2");
-        };
-        ensure!(
-            nodes.iter().any(|n| n.name == node),
-            "--byzantine {arg}: the run has no node `{node}`"
-        );
-        ensure!(
-            out.iter().all(|b| b.node != node),
-            "--byzantine names node `{node}` twice"
-        );
-        out.push(fabric_sim::Byzantine {
-            node: node.to_owned(),
-            rate_ppm: fraction_ppm(rate, &format!("--byzantine {arg}"))?,
-        });
-    }
-    Ok(out)
 }
 
 /// Publication on NATS, shared by `fabric run` and `fabric resume`.
@@ -170,7 +132,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let mut world = fabric_config::load(args.config.as_deref())?;
     let config = fabric_config::origin(args.config.as_deref());
     if let Some(fraction) = args.verify_fraction {
-        world.verify_ppm = fraction_ppm(&fraction.to_string(), "--verify-fraction")?;
+        world.verify_ppm =
+            fabric_sim::nodes::fraction_ppm(&fraction.to_string(), "--verify-fraction")?;
     }
     let nodes_total = args.nodes.unwrap_or(world.nodes.len());
     ensure!(
@@ -194,7 +157,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         Some(path) => crate::owner::load_script(path)?,
         None => Vec::new(),
     };
-    let byzantine = byzantine_nodes(
+    let byzantine = fabric_sim::nodes::byzantine_nodes(
         &args.byzantine,
         &scale_nodes(&world, args.seed, nodes_total),
     )?;

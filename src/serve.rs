@@ -22,7 +22,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 1, requires = "simulation")]
     seed: u64,
     #[command(flatten)]
-    keys: crate::served::KeyArgs,
+    keys: KeyArgs,
     /// TCP address to listen on (port 0: any free port; the address is printed). Default
     /// 127.0.0.1:8080 unless only --unix is given
     #[arg(long, value_name = "ADDR")]
@@ -66,6 +66,37 @@ pub struct ServeArgs {
     staged_keys: Vec<PathBuf>,
 }
 
+/// The keys flags of `fabric serve`.
+#[derive(clap::Args, Debug)]
+pub struct KeyArgs {
+    /// Serve a simulation: keys derived from the public --seed (anyone can sign as any actor).
+    /// An empty --data gets a new simulated fabric; without this flag a simulated folder is
+    /// refused
+    #[arg(long, conflicts_with_all = ["ledger_key", "router_keys", "node_keys"])]
+    pub simulation: bool,
+    /// The ledger's secret key file (mode 0600; `fabric keygen --world` writes ledger.key)
+    #[arg(long, value_name = "FILE", required_unless_present = "simulation")]
+    pub ledger_key: Option<PathBuf>,
+    /// The folder of the routers' secret keys, `<shard>.key` (mode 0600)
+    #[arg(long, value_name = "DIR", required_unless_present = "simulation")]
+    pub router_keys: Option<PathBuf>,
+    /// The folder of the nodes' secret keys, `<node>.key` (mode 0600): the world's nodes run
+    /// in this process until node agents run elsewhere
+    #[arg(long, value_name = "DIR", required_unless_present = "simulation")]
+    pub node_keys: Option<PathBuf>,
+}
+
+impl KeyArgs {
+    fn files(&self) -> fabric_sim::served::KeyFiles {
+        fabric_sim::served::KeyFiles {
+            simulation: self.simulation,
+            ledger_key: self.ledger_key.clone(),
+            router_keys: self.router_keys.clone(),
+            node_keys: self.node_keys.clone(),
+        }
+    }
+}
+
 /// The secrets of `--staged-key`, each file checked (mode, format, key pair).
 fn load_staged(paths: &[PathBuf]) -> anyhow::Result<Vec<fabric_events::SigningKey>> {
     use anyhow::Context;
@@ -83,11 +114,11 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     let staged = load_staged(&args.staged_keys)?;
     // The keys come from the operator's files, or from the public seed of a simulation: the
     // server and its driver never derive a key.
-    let served = crate::served::open(
+    let served = fabric_sim::served::open(
         &args.data,
         args.config.as_deref(),
         args.seed,
-        &args.keys,
+        &args.keys.files(),
         &staged,
     )?;
     let mut ledger = served.ledger;

@@ -37,7 +37,7 @@ pub fn run(args: &SloArgs) -> anyhow::Result<()> {
     if args.window_ticks == 0 {
         bail!("--window-ticks must be at least 1");
     }
-    let (run_file, ledger) = crate::datadir::open_run(&args.data)?;
+    let (run_file, ledger) = fabric_sim::datadir::open_run(&args.data)?;
     let targets = SloTargets {
         window_ticks: args.window_ticks,
         fill_rate_p95_min: args.fill_rate_p95_min,
@@ -54,7 +54,7 @@ pub fn run(args: &SloArgs) -> anyhow::Result<()> {
         Err(err) => return Err(err.into()),
     };
     let text = serde_json::to_string_pretty(&report)?;
-    crate::datadir::write_atomically(&args.out, text.as_bytes())?;
+    fabric_reports::fs::write_atomically(&args.out, text.as_bytes())?;
     println!("{text}");
     Ok(())
 }

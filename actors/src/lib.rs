@@ -30,8 +30,10 @@ pub mod actors;
 pub mod fleet;
 pub mod gate;
 pub mod genesis;
+pub mod keyfiles;
 pub mod restore;
 pub mod serve;
+pub mod submit;
 pub mod work;
 pub use fabric_config::world;
 

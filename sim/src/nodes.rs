@@ -148,3 +148,51 @@ impl Intake for SimIntake {
             .collect()
     }
 }
+
+/// A flag of a run that is out of its range or names what the run does not have.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RunArgError(String);
+
+/// A share from 0 to 1 (`text`, given as `what`) in parts per million.
+pub fn fraction_ppm(text: &str, what: &str) -> Result<u32, RunArgError> {
+    let value: f64 = text
+        .parse()
+        .map_err(|_| RunArgError(format!("{what}: `{text}` is not a number from 0 to 1")))?;
+    if !(0.0..=1.0).contains(&value) {
+        return Err(RunArgError(format!(
+            "{what}: {value} is not between 0 and 1"
+        )));
+    }
+    Ok((value * 1_000_000.0).round() as u32)
+}
+
+/// `--byzantine NODE:RATE` arguments, checked against the run's nodes.
+pub fn byzantine_nodes(
+    args: &[String],
+    nodes: &[fabric_actors::world::NodeSpec],
+) -> Result<Vec<Byzantine>, RunArgError> {
+    let mut out: Vec<Byzantine> = Vec::new();
+    for arg in args {
+        let Some((node, rate)) = arg.rsplit_once(':') else {
+            return Err(RunArgError(format!(
+                "--byzantine {arg}: expected NODE:RATE, e.g. mars.gpu-helion:0.2"
+            )));
+        };
+        if !nodes.iter().any(|n| n.name == node) {
+            return Err(RunArgError(format!(
+                "--byzantine {arg}: the run has no node `{node}`"
+            )));
+        }
+        if !out.iter().all(|b| b.node != node) {
+            return Err(RunArgError(format!(
+                "--byzantine names node `{node}` twice"
+            )));
+        }
+        out.push(Byzantine {
+            node: node.to_owned(),
+            rate_ppm: fraction_ppm(rate, &format!("--byzantine {arg}"))?,
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,175 @@
+//! Which fabric `fabric serve` serves, and with which keys: a fabric made by the ceremony
+//! (`fabric init`), whose ledger, router and node secrets the operator hands in as files, or
+//! with `--simulation` a simulated fabric whose keys derive from a public seed. Every key
+//! given is checked against the key the log registered, and a simulation is never served
+//! without `--simulation`.
+
+use std::path::{Path, PathBuf};
+
+use fabric_actors::gate::Attempt;
+use fabric_actors::keyfiles;
+use fabric_actors::world::World;
+use fabric_actors::ActorKeys;
+use fabric_events::{KeyOrigin, SigningKey};
+use fabric_ledger::Ledger;
+
+use crate::datadir::{self, ensure, DataDirError, KeySource, RUN_FILE};
+
+/// The keys `fabric serve` is given.
+#[derive(Clone, Debug, Default)]
+pub struct KeyFiles {
+    /// Serve a simulation: keys derived from the public seed.
+    pub simulation: bool,
+    /// The ledger's secret key file (`--ledger-key`).
+    pub ledger_key: Option<PathBuf>,
+    /// The folder of the routers' secret keys, `<shard>.key` (`--router-keys`).
+    pub router_keys: Option<PathBuf>,
+    /// The folder of the nodes' secret keys, `<node>.key` (`--node-keys`).
+    pub node_keys: Option<PathBuf>,
+}
+
+/// What `fabric serve` serves.
+pub struct Served {
+    /// The world, as the data folder records it.
+    pub world: World,
+    /// The ledger, opened with its key.
+    pub ledger: Ledger,
+    /// The actors' keys.
+    pub keys: ActorKeys,
+    /// Tick 0 when the ledger is empty (a new simulation), else nothing.
+    pub genesis: Vec<Attempt>,
+    /// Where the keys come from.
+    pub key_origin: KeyOrigin,
+}
+
+/// Opens the fabric of `data` with the keys of `files`; a new simulation of `config` and
+/// `seed` when `data` is empty and `--simulation` is given.
+pub fn open(
+    data: &Path,
+    config: Option<&Path>,
+    seed: u64,
+    files: &KeyFiles,
+    staged: &[SigningKey],
+) -> Result<Served, DataDirError> {
+    let exists = data.join(RUN_FILE).exists();
+    if files.simulation {
+        return simulation(data, config, seed);
+    }
+    ensure(exists, || {
+        format!(
+            "--data {} holds no fabric: make one with the genesis ceremony (`fabric keygen`, \
+             `fabric init`, `fabric owner sign`, `fabric init --commit`; see the README), or \
+             serve a simulation with --simulation",
+            data.display()
+        )
+    })?;
+    let (run_file, _) = datadir::read_run_file(data)?;
+    ensure(run_file.keys == KeySource::Operator, || {
+        format!(
+            "--data {} holds a simulation (keys derived from the public seed {}): serve it only \
+             with --simulation",
+            data.display(),
+            run_file.seed
+        )
+    })?;
+    operator(data, run_file.world, files, staged)
+}
+
+fn simulation(data: &Path, config: Option<&Path>, seed: u64) -> Result<Served, DataDirError> {
+    if data.join(RUN_FILE).exists() {
+        let (run_file, _) = datadir::read_run_file(data)?;
+        ensure(run_file.keys == KeySource::Simulation, || {
+            format!(
+                "--data {} holds a fabric with operator keys: serve it with --ledger-key, \
+                 --router-keys and --node-keys, not --simulation",
+                data.display()
+            )
+        })?;
+    }
+    let (run_file, ledger) = datadir::open_or_create_served(data, config, seed)?;
+    let world = run_file.spec().world;
+    let sim_keys = crate::SimKeys::derive(&world, run_file.seed);
+    let genesis = if ledger.is_empty() {
+        crate::genesis(&world, &sim_keys)?
+    } else {
+        Vec::new()
+    };
+    let key_origin = KeyOrigin::Simulation {
+        seed: run_file.seed,
+    };
+    check_origin(data, &ledger, key_origin)?;
+    Ok(Served {
+        keys: sim_keys.actor_keys(),
+        world,
+        ledger,
+        genesis,
+        key_origin,
+    })
+}
+
+fn operator(
+    data: &Path,
+    world: World,
+    files: &KeyFiles,
+    staged: &[SigningKey],
+) -> Result<Served, DataDirError> {
+    let flag = |value: &Option<PathBuf>, name: &str| -> Result<PathBuf, DataDirError> {
+        value.clone().ok_or_else(|| {
+            DataDirError::Refused(format!(
+                "{name} is needed to serve a fabric with operator keys"
+            ))
+        })
+    };
+    let ledger_key_path = flag(&files.ledger_key, "--ledger-key")?;
+    let ledger = datadir::open_operator_ledger(data, &ledger_key_path)?;
+    ensure(!ledger.is_empty(), || {
+        format!(
+            "{} has no genesis yet: commit it with `fabric init --commit --data {} --ledger-key {}`",
+            data.display(),
+            data.display(),
+            ledger_key_path.display()
+        )
+    })?;
+    check_origin(data, &ledger, KeyOrigin::Operator)?;
+    let ledger_key = fabric_events::keys::load_secret(&ledger_key_path).map_err(|err| {
+        DataDirError::failed(format!("--ledger-key {}", ledger_key_path.display()), err)
+    })?;
+    let state = keyfiles::current_state(&ledger)?;
+    let (routers, nodes) = keyfiles::registered_world_keys(
+        &world,
+        &state,
+        &flag(&files.router_keys, "--router-keys")?,
+        &flag(&files.node_keys, "--node-keys")?,
+        staged,
+    )?;
+    Ok(Served {
+        keys: ActorKeys {
+            ledger: ledger_key,
+            routers,
+            nodes,
+            // Served jobs come from clients with their own keys: no intake signs for them.
+            clients: Vec::new(),
+            staged: staged.to_vec(),
+        },
+        world,
+        ledger,
+        genesis: Vec::new(),
+        key_origin: KeyOrigin::Operator,
+    })
+}
+
+/// The genesis of a non-empty log must say `expected`: a folder cannot claim to be what its
+/// log is not.
+fn check_origin(data: &Path, ledger: &Ledger, expected: KeyOrigin) -> Result<(), DataDirError> {
+    if ledger.is_empty() {
+        return Ok(());
+    }
+    let found = datadir::genesis_key_origin(&ledger.reader())?;
+    ensure(found == expected, || {
+        format!(
+            "--data {}: the log's genesis says its keys are {found}, its run.json says \
+             {expected}",
+            data.display()
+        )
+    })
+}
