@@ -291,19 +291,33 @@ fn record_rejection(
     keys: &ActorKeys,
     out: &mut Admitted,
 ) -> Result<(), RunError> {
+    let rejected = Rejected {
+        attempt_hash: attempt.hash,
+        claimed_author: attempt.claimed_author,
+        reason,
+        detail: truncate(detail),
+    };
+    append_ledger_event(state, tick, rejected, keys, out)
+}
+
+/// Appends to `out` an event of the ledger's own at `tick` (a `rejected` or a
+/// `refusals_counted`), signed by the ledger key in force and folded into `state`.
+fn append_ledger_event(
+    state: &mut State,
+    tick: u64,
+    body: impl Into<Body>,
+    keys: &ActorKeys,
+    out: &mut Admitted,
+) -> Result<(), RunError> {
     let ledger_key = keys.ledger_secret(state)?;
     let ledger = PublicKey::from(&ledger_key.verifying_key());
     let event = Event::new(
         Role::Ledger,
         tick,
         next_ledger_nonce(state, &ledger, tick),
-        Rejected {
-            attempt_hash: attempt.hash,
-            claimed_author: attempt.claimed_author,
-            reason,
-            detail: truncate(detail),
-        },
+        body,
     );
+    // A detail is truncated and counts are one per reason: always under the size limit.
     debug_assert!(encode_event(&event).is_ok());
     let signed = SignedEvent::sign(&event, ledger_key)?;
     state
@@ -311,7 +325,7 @@ fn record_rejection(
         .map_err(|error| RunError::Apply {
             tick,
             index: out.events.len(),
-            kind: "rejected",
+            kind: event.kind().as_str(),
             error,
         })?;
     out.signed.push(signed);
@@ -354,7 +368,6 @@ pub fn count_refusals(
     keys: &ActorKeys,
     out: &mut Admitted,
 ) -> Result<(), RunError> {
-    let ledger_key = keys.ledger_secret(state)?;
     let counts = RejectReason::ALL
         .iter()
         .zip(counts)
@@ -364,25 +377,7 @@ pub fn count_refusals(
             attempts: *attempts,
         })
         .collect();
-    let ledger = PublicKey::from(&ledger_key.verifying_key());
-    let event = Event::new(
-        Role::Ledger,
-        tick,
-        next_ledger_nonce(state, &ledger, tick),
-        RefusalsCounted { counts },
-    );
-    // At most one count per reason: a few hundred bytes, always under the size limit.
-    let signed = SignedEvent::sign(&event, ledger_key)?;
-    state
-        .admit(&ledger, &event)
-        .map_err(|error| RunError::Apply {
-            tick,
-            index: out.events.len(),
-            kind: "refusals_counted",
-            error,
-        })?;
-    out.signed.push(signed);
-    out.events.push(event);
+    append_ledger_event(state, tick, RefusalsCounted { counts }, keys, out)?;
     out.verdicts.push(Verdict::Admitted);
     Ok(())
 }
