@@ -5,13 +5,12 @@
 //! real owners steer nothing; a simulation is served only when asked for, and says so in
 //! every answer.
 
-use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use fabric_api::http_client::{Client, Response};
+use fabric_api::http_client::Client;
 use fabric_events::{
     derive_signing_key, keys, Event, Hash32, JobSubmitted, OwnerAction, OwnerCommand, Role,
     SignedEvent, SigningKey,
@@ -19,6 +18,7 @@ use fabric_events::{
 use fabric_sim::sim_owner_key;
 use serde_json::{json, Value};
 
+use crate::serve::{current_tick, export_lines, get, json_of, post};
 use crate::support::{
     fabric, path, stderr, stdout, succeed, Ceremony, Served, CEREMONY_CLIENT, DEFAULT_CONFIG,
 };
@@ -26,49 +26,6 @@ use crate::support::{
 /// The public seeds an outsider tries.
 const SEEDS: [u64; 3] = [1, 7, 11];
 
-fn json_of(response: &Response) -> Value {
-    serde_json::from_slice(&response.body).unwrap_or_else(|err| {
-        panic!(
-            "{} is not JSON ({err}): {}",
-            response.status,
-            response.text()
-        )
-    })
-}
-
-fn get(client: &mut Client, path: &str) -> Response {
-    client
-        .request("GET", path, None)
-        .expect("the GET is answered")
-}
-
-fn post(client: &mut Client, path: &str, body: &[u8]) -> Response {
-    client
-        .request("POST", path, Some(("application/json", body)))
-        .expect("the POST is answered")
-}
-
-fn current_tick(client: &mut Client) -> u64 {
-    json_of(&get(client, "/v0/health"))["tick"]
-        .as_u64()
-        .expect("health has a tick")
-}
-
-/// Every export line of the log, by seq.
-fn export_lines(client: &mut Client) -> BTreeMap<u64, Value> {
-    let response = get(client, "/v0/events?from=0");
-    assert_eq!(response.status, 200, "{}", response.text());
-    response
-        .text()
-        .lines()
-        .map(|line| {
-            let value: Value = serde_json::from_str(line).expect("an export line is JSON");
-            (value["seq"].as_u64().expect("a seq"), value)
-        })
-        .collect()
-}
-
-/// The stored event at `seq` must be a `rejected` with `reason`.
 /// How a refused attempt is on the record: as its own `rejected` event when a registered key
 /// signed it (evidence against its signer), else counted in the tick's `refusals_counted`.
 #[derive(Clone, Copy, Debug)]
@@ -106,6 +63,7 @@ fn assert_on_record(client: &mut Client, answer: &Value, reason: &str, record: R
     }
 }
 
+/// The stored event at `seq` must be a `rejected` with `reason`.
 fn assert_rejected(client: &mut Client, seq: u64, reason: &str) {
     let line = export_lines(client)
         .remove(&seq)
