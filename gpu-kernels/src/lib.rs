@@ -7,6 +7,8 @@
 //! - [`embed`]: int8 × int8 matrix product, i32 sums, tiled through workgroup memory.
 //! - [`jobs`]: the fabric's GPU jobs: inputs regenerated from a seed, executed on any engine,
 //!   output bytes and hashes that receipts carry.
+//! - [`models`]: the job types of registered models (`encode_state`, `score_sequence`,
+//!   `predict_next_state`) over those kernels.
 //! - [`rerank`]: int8 dot products of queries against a corpus, then top-k per query.
 //! - [`simulate`]: a fixed-point 2-D diffusion stencil.
 //!
@@ -20,6 +22,7 @@ pub mod blake3_batch;
 pub mod device;
 pub mod embed;
 pub mod jobs;
+pub mod models;
 pub mod rerank;
 pub mod simulate;
 
