@@ -333,6 +333,8 @@ impl Handler<Propose> for NodeActor {
                     kernel: result.kernel,
                     started_tick: job.started_tick,
                     finished_tick,
+                    // A simulated job takes logical time only.
+                    execution_us: None,
                 })?;
             }
         }

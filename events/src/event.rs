@@ -10,6 +10,7 @@
 use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
 
+use crate::model::ModelRegistered;
 use crate::types::{Hash32, PublicKey, SignatureBytes};
 
 /// A job's identifier, unique within one ledger.
@@ -377,6 +378,9 @@ pub struct JobReceipt {
     pub started_tick: u64,
     /// Tick it finished.
     pub finished_tick: u64,
+    /// The node's measured execution time of the job, in microseconds (None from a simulated
+    /// node, whose jobs take logical time only).
+    pub execution_us: Option<u64>,
 }
 
 /// What the owners ask for. Variants are appended, never reordered.
@@ -515,6 +519,11 @@ pub enum OwnerAction {
         target: KeyTarget,
         /// The key that replaces it (held by no one yet).
         new_key: PublicKey,
+    },
+    /// A model joins the fabric: jobs whose workload is `model_id@model_version` run it.
+    RegisterModel {
+        /// The model's id, version, job type and weights.
+        registration: ModelRegistered,
     },
 }
 

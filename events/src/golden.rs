@@ -1,6 +1,7 @@
 //! Fixed events whose bytes are pinned by the tests (and usable as vectors by verifiers).
 
 use crate::event::*;
+use crate::model::{JobType, ModelRegistered};
 use crate::types::{Hash32, PublicKey, SignatureBytes};
 
 /// A small set of events covering strings, vectors, options, nested enums and byte arrays.
@@ -47,6 +48,7 @@ pub fn golden_events() -> Vec<Event> {
                 }),
                 started_tick: 8,
                 finished_tick: 12,
+                execution_us: Some(1_234),
             },
         ),
         Event::new(
@@ -74,6 +76,27 @@ pub fn golden_events() -> Vec<Event> {
                 claimed_author: PublicKey([0x55; 32]),
                 reason: RejectReason::ReplayedNonce,
                 detail: "nonce 5 seen at seq 12".to_owned(),
+            },
+        ),
+        Event::new(
+            Role::Owner,
+            22,
+            7,
+            OwnerCommand {
+                action: OwnerAction::RegisterModel {
+                    registration: ModelRegistered {
+                        model_id: "heat".to_owned(),
+                        model_version: "1.0".to_owned(),
+                        job_type: JobType::PredictNextState,
+                        weights: [1i32.to_le_bytes(), 3u32.to_le_bytes(), 16u32.to_le_bytes()]
+                            .concat(),
+                    },
+                },
+                expiry_tick: 120,
+                approvals: vec![Approval {
+                    owner: PublicKey([0x22; 32]),
+                    signature: SignatureBytes([0x33; 64]),
+                }],
             },
         ),
     ]

@@ -17,6 +17,8 @@
 //!   registration events and the configured world.
 //! - [`wire`]: `signed` = `FABRICv1` ‖ canonical event, [`Entry`] (what the ledger stores),
 //!   entry hashes and the JSON export line. `docs/FORMAT.md` describes every byte.
+//! - [`model`]: the job types of models ([`JobType`]) and a model's registration
+//!   ([`ModelRegistered`]).
 //! - [`cpu_job`]: the one rule for a CPU job's artifact and the output hash its receipt names.
 //! - [`fs`]: the one atomic file write (reports, command files, `run.json`).
 //!
@@ -33,6 +35,7 @@ pub mod fs;
 pub mod golden;
 pub mod hex_serde;
 pub mod keys;
+pub mod model;
 pub mod terms;
 pub mod types;
 pub mod wire;
@@ -40,6 +43,7 @@ pub mod wire;
 pub use codec::{decode_event, encode_event, DecodeError, MAX_EVENT_BYTES};
 pub use event::*;
 pub use keys::{derive_signing_key, KeyError, SigningKey, VerifyingKey};
+pub use model::{JobType, ModelRegistered, MODEL_WEIGHTS_MAX_BYTES};
 pub use types::{Hash32, PublicKey, SignatureBytes};
 pub use wire::{
     entry_hash, event_from_signed, signed_bytes, verify_signature, Entry, EntryError, ExportError,

@@ -16,8 +16,8 @@ pub mod state;
 
 pub use routing::{treaty_score, Decision, HealthAction, TickPlan};
 pub use state::{
-    ApplyError, Authority, InvariantError, Job, JobStatus, Metrics, Node, Shard, SnapshotError,
-    State,
+    ApplyError, Authority, InvariantError, Job, JobStatus, Metrics, Model, Node, Shard,
+    SnapshotError, State,
 };
 
 use fabric_events::{Event, Kind, KIND_COUNT};
@@ -69,3 +69,6 @@ mod tests;
 
 #[cfg(test)]
 mod rotation_tests;
+
+#[cfg(test)]
+mod models_tests;

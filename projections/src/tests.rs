@@ -459,7 +459,8 @@ fn silence_requeues_running_jobs_and_a_heartbeat_heals() {
                 output_hash: Hash32::default(),
                 kernel: None,
                 started_tick: 2,
-                finished_tick: 5
+                finished_tick: 5,
+                execution_us: None,
             }
         )
         .is_err());
@@ -729,6 +730,7 @@ fn tick_events(state: &State, tick: u64) -> Vec<Event> {
                         kernel: None,
                         started_tick: job.started_tick,
                         finished_tick: tick,
+                        execution_us: None,
                     }
                     .into(),
                 ));
@@ -858,6 +860,7 @@ fn ended_jobs_leave_the_state_but_their_ids_stay_taken() {
             kernel: None,
             started_tick: 1,
             finished_tick: 41,
+            execution_us: None,
         },
     );
     assert_eq!(late, Err(ApplyError::UnknownJob(10)));

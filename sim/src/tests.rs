@@ -367,6 +367,7 @@ mod authority {
             kernel: None,
             started_tick: 1,
             finished_tick: 2,
+            execution_us: None,
         };
         let other_shard = (node_region as usize + 1) % state.shards().len();
         let assignment = JobAssigned {
@@ -828,6 +829,12 @@ mod authority {
                     nonce + 30,
                 ),
                 command(OwnerAction::CheckpointNow, nonce + 40),
+                command(
+                    OwnerAction::RegisterModel {
+                        registration: heat_model(),
+                    },
+                    nonce + 50,
+                ),
             ];
             let admitted =
                 admit_signed(&mut state, tick, attempts, &keys.actor_keys()).expect("admitted");
@@ -859,6 +866,10 @@ mod authority {
             );
             assert_eq!(state.checkpoint_interval_ticks(), Some(7));
             assert!(state.checkpoint_requested());
+            let model = state.model("heat@1").expect("the model is registered");
+            assert_eq!(model.job_type, fabric_events::JobType::PredictNextState);
+            assert_eq!(model.weights_hash, heat_model().weights_hash());
+            assert_eq!(model.registered_tick, tick);
             // Nothing is submitted to a retired shard any more: the intake's attempt does not fit.
             let submission = fabric_events::JobSubmitted {
                 job: 1_000_000,
@@ -880,6 +891,16 @@ mod authority {
             let admitted = admit_signed(&mut state, tick, vec![attempt], &keys.actor_keys())
                 .expect("admitted");
             assert_eq!(reasons(&admitted), [Some(RejectReason::Invalid)]);
+        }
+    }
+
+    /// A `predict_next_state` model `heat@1`.
+    fn heat_model() -> fabric_events::ModelRegistered {
+        fabric_events::ModelRegistered {
+            model_id: "heat".into(),
+            model_version: "1".into(),
+            job_type: fabric_events::JobType::PredictNextState,
+            weights: [1i32.to_le_bytes(), 3u32.to_le_bytes(), 16u32.to_le_bytes()].concat(),
         }
     }
 

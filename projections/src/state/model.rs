@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use bincode::{Decode, Encode};
-use fabric_events::{JobId, PublicKey};
+use fabric_events::{Hash32, JobId, JobType, PublicKey};
 
 use super::queues::ClassQueue;
 use super::{
@@ -499,6 +499,30 @@ impl Metrics {
     }
 }
 
+/// A registered model: jobs whose workload is `model_id@model_version` run its job type with
+/// its weights (content address `weights_hash`; the weights themselves are in its
+/// registration, in the log).
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct Model {
+    /// Its id.
+    pub model_id: String,
+    /// Its version.
+    pub model_version: String,
+    /// Its job type (kernel and sizes).
+    pub job_type: JobType,
+    /// BLAKE3 of its weights.
+    pub weights_hash: Hash32,
+    /// The tick of the command that registered it.
+    pub registered_tick: u64,
+}
+
+impl Model {
+    /// The workload string of its jobs: `model_id@model_version`.
+    pub fn workload(&self) -> String {
+        fabric_events::model::workload(&self.model_id, &self.model_version)
+    }
+}
+
 /// The projected state. Only [`State::apply`] changes it.
 #[derive(Clone, Debug, Default)]
 pub struct State {
@@ -528,6 +552,8 @@ pub struct State {
     pub(super) checkpoint_interval_ticks: u32,
     /// An owner asked for a checkpoint at the next tick.
     pub(super) checkpoint_requested: bool,
+    /// The registered models by workload (`model_id@model_version`), in byte order.
+    pub(super) models: BTreeMap<String, Model>,
 }
 
 impl State {
@@ -609,6 +635,16 @@ impl State {
     /// Whether an owner asked for a checkpoint that has not been taken yet.
     pub fn checkpoint_requested(&self) -> bool {
         self.checkpoint_requested
+    }
+
+    /// The model a workload names (`model_id@model_version`), if one is registered.
+    pub fn model(&self, workload: &str) -> Option<&Model> {
+        self.models.get(workload)
+    }
+
+    /// The registered models, by workload in byte order.
+    pub fn models(&self) -> impl Iterator<Item = &Model> + '_ {
+        self.models.values()
     }
 
     /// A shard's index by name.

@@ -2,9 +2,9 @@
 //! retirements, cancellations and reroutes). Who may issue them is the authority table's
 //! business (`authority`); this module only applies an admitted command.
 
-use fabric_events::{JobId, KeyTarget, OwnerAction, PublicKey, RetiredQueue};
+use fabric_events::{JobId, KeyTarget, ModelRegistered, OwnerAction, PublicKey, RetiredQueue};
 
-use super::{ApplyError, ClassIx, JobIx, JobStatus, ShardIx, State};
+use super::{ApplyError, ClassIx, JobIx, JobStatus, Model, ShardIx, State};
 
 impl State {
     /// Applies one admitted owner command. A command that does not fit (an unknown name, a
@@ -80,9 +80,39 @@ impl State {
             OwnerAction::CancelJob { job } => self.cancel_job(*job)?,
             OwnerAction::RerouteJob { job, shard } => self.reroute_job(*job, shard, tick)?,
             OwnerAction::RotateKey { target, new_key } => self.rotate_key(target, *new_key)?,
+            OwnerAction::RegisterModel { registration } => {
+                self.register_model(registration, tick)?;
+            }
             // A governance payload is the owners' own record; the fabric does not change.
             OwnerAction::Governance { .. } => {}
         }
+        Ok(())
+    }
+
+    /// A model joins: its id, version and weights must be good (`ModelRegistered::check`),
+    /// and `model_id@model_version` not registered yet, since a job's workload must name one
+    /// model for good.
+    fn register_model(
+        &mut self,
+        registration: &ModelRegistered,
+        tick: u64,
+    ) -> Result<(), ApplyError> {
+        registration.check().map_err(ApplyError::Conflict)?;
+        let workload = registration.workload();
+        if self.models.contains_key(&workload) {
+            return Err(ApplyError::Duplicate {
+                what: "model",
+                name: workload,
+            });
+        }
+        let model = Model {
+            model_id: registration.model_id.clone(),
+            model_version: registration.model_version.clone(),
+            job_type: registration.job_type,
+            weights_hash: registration.weights_hash(),
+            registered_tick: tick,
+        };
+        self.models.insert(workload, model);
         Ok(())
     }
 

@@ -13,12 +13,12 @@ use thiserror::Error;
 
 use super::queues::ClassQueue;
 use super::{
-    ClassIx, Job, JobIx, JobStatus, NodeIx, Shard, ShardIx, State, CLASSES_MAX, JOBS_MAX,
+    ClassIx, Job, JobIx, JobStatus, Model, NodeIx, Shard, ShardIx, State, CLASSES_MAX, JOBS_MAX,
     LATENCY_HISTOGRAM_TICKS, NO_NODE, SHARDS_MAX, SKILLS_MAX,
 };
 
 /// The magic the snapshot starts with (its version).
-const MAGIC: &[u8] = b"fabric-state-v2";
+const MAGIC: &[u8] = b"fabric-state-v3";
 /// Ends a shard's list of queued classes (no class has this index).
 const END_OF_QUEUES: ClassIx = u32::MAX;
 const _: () = assert!(CLASSES_MAX < END_OF_QUEUES as usize);
@@ -57,6 +57,10 @@ impl State {
         w.put(&self.authority);
         w.put(&self.checkpoint_interval_ticks);
         w.put(&self.checkpoint_requested);
+        w.put(&(self.models.len() as u64));
+        for model in self.models.values() {
+            w.put(model);
+        }
         w.out
     }
 
@@ -211,6 +215,7 @@ impl State {
         state.authority = r.take()?;
         state.checkpoint_interval_ticks = r.take()?;
         state.checkpoint_requested = r.take()?;
+        state.read_models(&mut r)?;
         if r.at != bytes.len() {
             return Err(SnapshotError::Malformed {
                 offset: r.at,
@@ -227,7 +232,7 @@ impl State {
         if magic != MAGIC {
             return Err(SnapshotError::Malformed {
                 offset: 0,
-                detail: "it does not start with \"fabric-state-v2\"".to_owned(),
+                detail: "it does not start with \"fabric-state-v3\"".to_owned(),
             });
         }
         let state = State {
@@ -380,6 +385,37 @@ impl State {
                 )));
             }
             self.submitted_ids.ranges.insert(start, end);
+        }
+        Ok(())
+    }
+
+    /// The registered models: each a model a registration could make, in ascending order of
+    /// workload, each workload once.
+    fn read_models(&mut self, r: &mut SnapshotReader) -> Result<(), SnapshotError> {
+        let count: u64 = r.take()?;
+        // A model costs at least 62 bytes: two non-empty strings (9 each), a job type (4), a
+        // hash (32) and a tick (8).
+        if count > r.remaining() as u64 / 62 {
+            return Err(inconsistent(format!("{count} models")));
+        }
+        for _ in 0..count {
+            let model: Model = r.take()?;
+            let workload = model.workload();
+            fabric_events::model::check_model_name("model id", &model.model_id)
+                .and_then(|()| {
+                    fabric_events::model::check_model_name("model version", &model.model_version)
+                })
+                .map_err(inconsistent)?;
+            if self
+                .models
+                .last_key_value()
+                .is_some_and(|(last, _)| *last >= workload)
+            {
+                return Err(inconsistent(format!(
+                    "model `{workload}` out of order or listed twice"
+                )));
+            }
+            self.models.insert(workload, model);
         }
         Ok(())
     }

@@ -517,6 +517,7 @@ fn owner_action_name(action: &OwnerAction) -> &'static str {
         OwnerAction::RegisterClient { .. } => "register client",
         OwnerAction::ResumeNode { .. } => "resume node",
         OwnerAction::RotateKey { .. } => "rotate key",
+        OwnerAction::RegisterModel { .. } => "register model",
     }
 }
 
