@@ -10,7 +10,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use fabric_events::{
-    KeyTarget, NodeRegistered, OwnerAction, OwnerCommand, PublicKey, RetiredQueue, ShardRegistered,
+    JobType, KeyTarget, ModelRegistered, NodeRegistered, OwnerAction, OwnerCommand, PublicKey,
+    RetiredQueue, ShardRegistered, MODEL_WEIGHTS_MAX_BYTES,
 };
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +26,9 @@ pub const COMMANDS_HELP: &str = "The command and its arguments:
   register-node JSON (a node_registered body) | update-node NODE MAX_CONCURRENCY LATENCY_MS PRICE_MICROS_PER_HOUR
   drain-node NODE | resume-node NODE | retire-node NODE
   register-client NAME PUBLIC_KEY_HEX
+  register-model MODEL_ID VERSION JOB_TYPE WEIGHTS_FILE
+    (JOB_TYPE: encode_state, score_sequence or predict_next_state; WEIGHTS_FILE: the raw
+    weights, exactly the job type's size)
   rotate-key ledger NEW_KEY | rotate-key router SHARD NEW_KEY
   rotate-key client NAME NEW_KEY | rotate-key node NODE NEW_KEY
     (NEW_KEY: a .pub file of `fabric keygen`, or the public key in hex)
@@ -289,6 +293,33 @@ pub enum ActionError {
     /// `governance`'s payload is not hex.
     #[error("governance: PAYLOAD_HEX: {0}")]
     Payload(hex::FromHexError),
+    /// `register-model`'s job type is not one of the three.
+    #[error(
+        "register-model: JOB_TYPE is `encode_state`, `score_sequence` or `predict_next_state`, \
+         not `{0}`"
+    )]
+    JobType(String),
+    /// `register-model`'s weights file cannot be read.
+    #[error("register-model: could not read the weights file {}", path.display())]
+    WeightsFile {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `register-model`'s weights file is larger than any model's weights.
+    #[error(
+        "register-model: the weights file {} has more than {MODEL_WEIGHTS_MAX_BYTES} bytes",
+        path.display()
+    )]
+    WeightsTooLarge {
+        /// The file.
+        path: PathBuf,
+    },
+    /// `register-model`'s id, version or weights cannot make a model.
+    #[error("register-model: {0}")]
+    Model(String),
     /// No such command.
     #[error("unknown owner command `{0}`\n{COMMANDS_HELP}")]
     Unknown(String),
@@ -317,12 +348,13 @@ fn number<T: std::str::FromStr>(text: &str, what: &'static str) -> Result<T, Act
 /// [`COMMANDS_HELP`]).
 pub fn parse_action(words_in: &[String]) -> Result<OwnerAction, ActionError> {
     let (name, rest) = words_in.split_first().ok_or(ActionError::NoCommand)?;
-    let groups: [fn(&str, &[String]) -> ActionParse; 5] = [
+    let groups: [fn(&str, &[String]) -> ActionParse; 6] = [
         fabric_action,
         shard_action,
         node_action,
         client_job_action,
         rotate_key_action,
+        register_model_action,
     ];
     for group in groups {
         if let Some(action) = group(name, rest)? {
@@ -543,6 +575,50 @@ fn rotate_key_action(name: &str, rest: &[String]) -> ActionParse {
     }))
 }
 
+/// `register-model MODEL_ID VERSION JOB_TYPE WEIGHTS_FILE`: the weights are read from the
+/// file and checked here, so a proposal that the fold would refuse is not written at all.
+fn register_model_action(name: &str, rest: &[String]) -> ActionParse {
+    if name != "register-model" {
+        return Ok(None);
+    }
+    words(
+        rest,
+        4,
+        "register-model MODEL_ID VERSION JOB_TYPE WEIGHTS_FILE",
+    )?;
+    let job_type =
+        JobType::from_name(&rest[2]).ok_or_else(|| ActionError::JobType(rest[2].clone()))?;
+    let registration = ModelRegistered {
+        model_id: rest[0].clone(),
+        model_version: rest[1].clone(),
+        job_type,
+        weights: read_weights(Path::new(&rest[3]))?,
+    };
+    registration.check().map_err(ActionError::Model)?;
+    Ok(Some(OwnerAction::RegisterModel { registration }))
+}
+
+/// The bytes of a weights file, refused past [`MODEL_WEIGHTS_MAX_BYTES`] without reading
+/// more than one byte over it.
+fn read_weights(path: &Path) -> Result<Vec<u8>, ActionError> {
+    use std::io::Read;
+    let read_error = |source| ActionError::WeightsFile {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(read_error)?;
+    let mut weights = Vec::new();
+    file.take(MODEL_WEIGHTS_MAX_BYTES as u64 + 1)
+        .read_to_end(&mut weights)
+        .map_err(read_error)?;
+    if weights.len() > MODEL_WEIGHTS_MAX_BYTES {
+        return Err(ActionError::WeightsTooLarge {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(weights)
+}
+
 /// A public key given as hex, or as the path of a `.pub` file of `fabric keygen`.
 fn new_key(text: &str) -> Result<PublicKey, ActionError> {
     let hex = match PublicKey::from_hex(text) {
@@ -616,6 +692,12 @@ pub fn effect(action: &OwnerAction) -> String {
                 key_target(target)
             )
         }
+        OwnerAction::RegisterModel { registration } => format!(
+            "model `{}` ({}, weights {}) registered",
+            registration.workload(),
+            registration.job_type,
+            registration.weights_hash()
+        ),
     }
 }
 
@@ -810,6 +892,53 @@ mod tests {
             CommandFile::load(&folder.path().join("none.json")),
             Err(CommandFileError::Read { .. })
         ));
+    }
+
+    #[test]
+    fn register_model_reads_and_checks_its_weights_file() {
+        let folder = tempfile::tempdir().unwrap();
+        let weights_file = folder.path().join("heat.bin");
+        let weights = [1i32.to_le_bytes(), 3u32.to_le_bytes(), 16u32.to_le_bytes()].concat();
+        std::fs::write(&weights_file, &weights).unwrap();
+        let line = |id: &str, job: &str, file: &Path| {
+            format!("register-model {id} 1.0 {job} {}", file.display())
+        };
+        let action = parse(&line("heat", "predict_next_state", &weights_file)).unwrap();
+        let expected = ModelRegistered {
+            model_id: "heat".to_owned(),
+            model_version: "1.0".to_owned(),
+            job_type: JobType::PredictNextState,
+            weights,
+        };
+        assert!(effect(&action).starts_with("model `heat@1.0` (predict_next_state, weights "));
+        assert_eq!(
+            action,
+            OwnerAction::RegisterModel {
+                registration: expected
+            }
+        );
+
+        let message = |line: &str| parse(line).unwrap_err().to_string();
+        assert_eq!(
+            message("register-model heat 1.0 predict_next_state"),
+            "usage: register-model MODEL_ID VERSION JOB_TYPE WEIGHTS_FILE"
+        );
+        assert!(message(&line("heat", "classify", &weights_file)).contains(
+            "JOB_TYPE is `encode_state`, `score_sequence` or `predict_next_state`, not `classify`"
+        ));
+        assert!(message(&line("heat", "encode_state", &weights_file))
+            .contains("weights of a encode_state model have 12 bytes, not 1024"));
+        assert!(message(&line("Heat", "predict_next_state", &weights_file))
+            .contains("the model id `Heat` has the character 'H'"));
+        assert!(message(&line(
+            "heat",
+            "predict_next_state",
+            &folder.path().join("none")
+        ))
+        .starts_with("register-model: could not read the weights file"));
+        let big = folder.path().join("big.bin");
+        std::fs::write(&big, vec![0u8; MODEL_WEIGHTS_MAX_BYTES + 1]).unwrap();
+        assert!(message(&line("heat", "score_sequence", &big)).contains("more than 8192 bytes"));
     }
 
     #[test]
