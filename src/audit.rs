@@ -1,16 +1,19 @@
 //! `fabric audit`: the arguments, the printing, and the wiring of fabric-audit's audit to a
 //! run's data folder (its ledger, and for `--reexecute` the workload that regenerates GPU
-//! inputs from the run's seed; for `--gpu` the BLAKE3 kernel on the GPU adapter).
+//! inputs from the run's seed and the model jobs on the CPU references; for `--gpu` the
+//! BLAKE3 kernel on the GPU adapter).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use fabric_audit::audit::{
-    audit_export, audit_ledger, gpu_checks, AuditReport, EntryHasher, Failure, GpuChecks, Inputs,
+    audit_export, audit_ledger, gpu_checks, AuditReport, CallerError, EntryHasher, Failure,
+    GpuChecks, Inputs, ModelRunner,
 };
-use fabric_events::Hash32;
+use fabric_events::{Hash32, JobType};
 use fabric_gpu_kernels::jobs::{output_hash, JobInput};
+use fabric_gpu_kernels::models::ModelJob;
 use fabric_gpu_kernels::Engine;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -30,7 +33,8 @@ pub struct AuditArgs {
     #[arg(long)]
     json: bool,
     /// Also re-run GPU receipts (and attestation mismatches) on the kernels' CPU references
-    /// and compare their output hashes (data folders only)
+    /// and compare their output hashes (data folders only; a registered model's job runs on
+    /// its input from the ledger folder's artifacts)
     #[arg(long)]
     reexecute: bool,
     /// With --reexecute: the share (0 to 1) of GPU jobs to re-run, chosen by job id
@@ -184,6 +188,7 @@ fn gpu(
         reexecute: args.reexecute.then_some(&workload),
         sample: args.sample,
         hasher: hasher.as_ref().map(|kernel| kernel as &dyn EntryHasher),
+        models: Some(&CpuModels),
     };
     gpu_checks(reader, size, &checks, report)
 }
@@ -204,6 +209,22 @@ impl Inputs for WorkloadInputs {
 
     fn output_hash(&self, input: &JobInput) -> Result<Hash32, fabric_audit::audit::CallerError> {
         Ok(Hash32(output_hash(&input.execute(Engine::Cpu)?)))
+    }
+}
+
+/// Model jobs on the kernels' CPU references.
+struct CpuModels;
+
+impl ModelRunner for CpuModels {
+    fn output(
+        &self,
+        job_type: JobType,
+        weights: &[u8],
+        input: &[u8],
+    ) -> Result<Vec<u8>, CallerError> {
+        let job = ModelJob::from_name(job_type.name())
+            .ok_or_else(|| format!("no kernel runs the job type `{job_type}`"))?;
+        Ok(job.execute(weights, input, Engine::Cpu)?)
     }
 }
 

@@ -11,9 +11,14 @@
 //! [`audit_ledger`] audits a stored log (from genesis, or from a checkpoint that verifies);
 //! [`audit_export`] audits export lines (`fabric export`, a run's `events.ndjson`). After an
 //! audit that passed, [`gpu_checks`] re-runs GPU receipts through inputs the caller
-//! regenerates ([`Inputs`]) and hashes every entry with a caller's [`EntryHasher`].
+//! regenerates ([`Inputs`]), re-runs the receipts of registered models' jobs on their inputs
+//! from the `artifacts` tree through a caller's [`ModelRunner`], and hashes every entry with a
+//! caller's [`EntryHasher`].
 
 mod gpu;
+mod models;
+#[cfg(test)]
+mod models_tests;
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
@@ -31,6 +36,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 pub use gpu::{gpu_checks, CallerError, EntryHasher, GpuChecks, Inputs};
+pub use models::ModelRunner;
 
 use crate::replay::{ledger_error_seq, Replay, ReplayError};
 

@@ -1,13 +1,16 @@
 //! The GPU checks of an audit that passed, through what the caller supplies: `--reexecute`
 //! re-runs sampled GPU receipts (and every attestation mismatch's job) on the kernels' CPU
 //! references, regenerating each input from the run's parameters ([`Inputs`]) and checking it
-//! against the receipt's `input_hash`; `--gpu` hashes every entry with a BLAKE3 kernel
-//! ([`EntryHasher`]) and compares with the chain's hashes.
+//! against the receipt's `input_hash`, or, for a job of a registered model, reading its input
+//! from the ledger folder's `artifacts` tree and running it through a [`ModelRunner`]
+//! (`super::models`); `--gpu` hashes every entry with a BLAKE3 kernel ([`EntryHasher`]) and
+//! compares with the chain's hashes.
 
 use fabric_events::{Body, Entry, Hash32, JobOutcome};
 use fabric_ledger::LedgerReader;
 use rayon::prelude::*;
 
+use super::models::{ModelJobs, ModelRerun, ModelRunner};
 use super::{AuditReport, Failure, AUDIT_CHUNK_ENTRIES};
 
 /// An error of the caller's GPU code, in words in the failure.
@@ -42,10 +45,19 @@ pub struct GpuChecks<'a, I> {
     pub sample: f64,
     /// Hash every entry with this kernel.
     pub hasher: Option<&'a dyn EntryHasher>,
+    /// With `reexecute`: re-run the jobs of registered models with this (a log with model
+    /// jobs fails the re-execution without it).
+    pub models: Option<&'a dyn ModelRunner>,
 }
 
-/// A job to re-run: (seq, job, claimed input hash, the output hash re-execution must give).
-type Rerun = (u64, u64, Hash32, Hash32);
+/// A job to re-run.
+enum Rerun {
+    /// A job whose input the caller regenerates: (seq, job, claimed input hash, the output
+    /// hash re-execution must give).
+    Seeded(u64, u64, Hash32, Hash32),
+    /// A job of a registered model.
+    Model(ModelRerun),
+}
 
 /// Runs the checks over the first `size` entries of `reader`, counting into `report`; the
 /// first failure.
@@ -57,6 +69,8 @@ pub fn gpu_checks<I: Inputs>(
 ) -> Result<(), Failure> {
     let sample_ppm = (checks.sample * 1e6).round() as u64;
     let mut hashed = 0u64;
+    let mut model_jobs = ModelJobs::default();
+    let mut artifacts = None;
     let mut start = 0;
     while start < size {
         let end = (start + AUDIT_CHUNK_ENTRIES as u64).min(size);
@@ -69,9 +83,27 @@ pub fn gpu_checks<I: Inputs>(
             hashed += entries.len() as u64;
         }
         if let Some(inputs) = checks.reexecute {
-            let jobs = reruns(&entries, sample_ppm)?;
-            let results: Vec<Result<(), Failure>> =
-                jobs.par_iter().map(|job| rerun(inputs, job)).collect();
+            let jobs = reruns(&entries, sample_ppm, &mut model_jobs)?;
+            let first_model = jobs.iter().find_map(|job| match job {
+                Rerun::Model(model_rerun) => Some(model_rerun),
+                Rerun::Seeded(..) => None,
+            });
+            let models = match first_model {
+                Some(first) => Some(model_context(reader, checks.models, first, &mut artifacts)?),
+                None => None,
+            };
+            let results: Vec<Result<(), Failure>> = jobs
+                .par_iter()
+                .map(|job| match job {
+                    Rerun::Seeded(seq, id, input_hash, expected) => {
+                        rerun(inputs, (*seq, *id, *input_hash, *expected))
+                    }
+                    Rerun::Model(model_rerun) => match models {
+                        Some((runner, artifacts)) => model_rerun.run(runner, artifacts),
+                        None => Ok(()),
+                    },
+                })
+                .collect();
             for result in results {
                 result?;
                 report.reexecuted += 1;
@@ -83,6 +115,36 @@ pub fn gpu_checks<I: Inputs>(
         report.gpu_hashed = Some((hashed, hasher.name()));
     }
     Ok(())
+}
+
+/// The model runner and the `artifacts` tree (opened at the first model job) for the model
+/// jobs of a chunk; `first`, the first of them, is named in the failure when there is no
+/// runner.
+fn model_context<'a>(
+    reader: &LedgerReader,
+    models: Option<&'a dyn ModelRunner>,
+    first: &ModelRerun,
+    artifacts: &'a mut Option<sled::Tree>,
+) -> Result<(&'a dyn ModelRunner, &'a sled::Tree), Failure> {
+    let Some(runner) = models else {
+        return Err(Failure::at(
+            first.seq,
+            "reexecute",
+            format!(
+                "job {} is a job of a registered model, and no model runner was given",
+                first.job
+            ),
+        ));
+    };
+    let tree = match artifacts {
+        Some(tree) => tree,
+        None => artifacts.insert(
+            reader
+                .artifacts_tree()
+                .map_err(|err| Failure::at(first.seq, "storage", err.to_string()))?,
+        ),
+    };
+    Ok((runner, tree))
 }
 
 /// Whether job `job` is in the re-executed share.
@@ -121,40 +183,73 @@ fn hash_entries(hasher: &dyn EntryHasher, start: u64, entries: &[Entry]) -> Resu
     Ok(())
 }
 
-/// The sampled completed GPU receipts and every attestation mismatch of a chunk.
-fn reruns(entries: &[Entry], sample_ppm: u64) -> Result<Vec<Rerun>, Failure> {
+/// The sampled completed GPU receipts and every attestation mismatch of a chunk; `model_jobs`
+/// follows the models and model jobs of the log from one chunk to the next.
+fn reruns(
+    entries: &[Entry],
+    sample_ppm: u64,
+    model_jobs: &mut ModelJobs,
+) -> Result<Vec<Rerun>, Failure> {
     let mut jobs = Vec::new();
     for entry in entries {
         let event = entry
             .event()
             .map_err(|err| Failure::at(entry.seq, "storage", err.to_string()))?;
         match &event.body {
-            Body::JobReceipt(receipt)
-                if receipt.outcome == JobOutcome::Completed && sampled(receipt.job, sample_ppm) =>
-            {
-                if let Some(kernel) = &receipt.kernel {
-                    jobs.push((
+            Body::JobReceipt(receipt) => {
+                // A receipt ends its job, so the job leaves the model jobs followed either way.
+                let model = model_jobs.receipt(receipt.job);
+                let (Some(kernel), JobOutcome::Completed) = (&receipt.kernel, receipt.outcome)
+                else {
+                    continue;
+                };
+                if !sampled(receipt.job, sample_ppm) {
+                    continue;
+                }
+                jobs.push(match model {
+                    Some(model) => Rerun::Model(ModelRerun::new(
+                        entry.seq,
+                        receipt.job,
+                        kernel,
+                        receipt.output_hash,
+                        model,
+                    )),
+                    None => Rerun::Seeded(
                         entry.seq,
                         receipt.job,
                         kernel.input_hash,
                         receipt.output_hash,
-                    ));
-                }
+                    ),
+                });
             }
-            Body::AttestationMismatch(mismatch) => jobs.push((
-                entry.seq,
-                mismatch.job,
-                mismatch.kernel.input_hash,
-                mismatch.expected_output_hash,
-            )),
-            _ => {}
+            Body::AttestationMismatch(mismatch) => {
+                jobs.push(match model_jobs.model_of(mismatch.job) {
+                    Some(model) => Rerun::Model(ModelRerun::new(
+                        entry.seq,
+                        mismatch.job,
+                        &mismatch.kernel,
+                        mismatch.expected_output_hash,
+                        model,
+                    )),
+                    None => Rerun::Seeded(
+                        entry.seq,
+                        mismatch.job,
+                        mismatch.kernel.input_hash,
+                        mismatch.expected_output_hash,
+                    ),
+                })
+            }
+            _ => model_jobs.observe(&event),
         }
     }
     Ok(jobs)
 }
 
 /// Regenerates one job's input, checks it, re-runs it and compares the output hash.
-fn rerun<I: Inputs>(inputs: &I, &(seq, job, input_hash, expected): &Rerun) -> Result<(), Failure> {
+fn rerun<I: Inputs>(
+    inputs: &I,
+    (seq, job, input_hash, expected): (u64, u64, Hash32, Hash32),
+) -> Result<(), Failure> {
     let input = inputs.input(job).ok_or_else(|| {
         Failure::at(
             seq,
