@@ -1,6 +1,8 @@
 //! Owners steer the fabric through `fabric owner` and `fabric run --owner-script`: a command
 //! with M distinct owner approvals takes effect at its seq; every other attempt is refused
 //! and recorded as a `rejected` event with its reason; `fabric audit` passes on the result.
+//! A model registered by command is in the log with its weights; registering its workload
+//! again is refused (`invalid`) and recorded.
 
 use std::path::{Path, PathBuf};
 
@@ -166,6 +168,86 @@ fn owner_commands_need_m_distinct_owner_approvals_and_refusals_are_recorded() {
     );
 
     // Rejections are history too: the audit checks them like everything else.
+    let audit = fabric(&["audit", "--data", path(&data), "--json"]);
+    assert!(audit.status.success(), "{}", stdout(&audit));
+}
+
+#[test]
+fn a_model_registered_by_m_approvals_is_in_the_log_and_a_second_one_is_refused_with_its_reason() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = small_run(dir.path(), 3, 600);
+    let keys_dir = owner_keys(&data, dir.path());
+    let key = |i: usize| keys_dir.join(format!("owner-{i}.key"));
+    // predict_next_state weights: alpha 1, shift 3, steps 16.
+    let weights = [1i32.to_le_bytes(), 3u32.to_le_bytes(), 16u32.to_le_bytes()].concat();
+    let weights_file = dir.path().join("heat.bin");
+    std::fs::write(&weights_file, &weights).expect("weights written");
+    let register = |name: &str, nonce: &str, job_type: &str| {
+        let words = [
+            "register-model",
+            "heat",
+            "1.0",
+            job_type,
+            path(&weights_file),
+            "--nonce",
+            nonce,
+        ];
+        command(dir.path(), name, &words, &[], &[key(0), key(1)])
+    };
+
+    // Weights that do not fit the job type are refused before anything is written.
+    let output = owner(&[
+        "propose",
+        "register-model",
+        "heat",
+        "1.0",
+        "encode_state",
+        path(&weights_file),
+        "--nonce",
+        "20",
+        "--out",
+        path(&dir.path().join("wrong.json")),
+    ]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("weights of a encode_state model have 12 bytes, not 1024"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!dir.path().join("wrong.json").exists());
+
+    let (success, verdict) = submit(&register("model", "21", "predict_next_state"), &data);
+    assert!(success, "{verdict}");
+    assert_eq!(verdict["status"], "executed");
+    let executed_seq = verdict["seq"].as_u64().expect("a seq");
+
+    // The same workload again (a good command on its own): the state refuses it.
+    let (success, verdict) = submit(&register("again", "22", "predict_next_state"), &data);
+    assert!(!success, "{verdict}");
+    assert_eq!(verdict["reason"], "invalid", "{verdict}");
+    let refused_seq = verdict["seq"].as_u64().expect("a seq");
+
+    let lines = export_lines(&data, dir.path());
+    let executed = &lines[executed_seq as usize];
+    assert_eq!(executed["kind"], "owner_command");
+    let action = &executed["body"]["data"]["action"];
+    assert_eq!(action["command"], "register_model", "{action}");
+    let registration = &action["registration"];
+    assert_eq!(registration["model_id"], "heat");
+    assert_eq!(registration["model_version"], "1.0");
+    assert_eq!(registration["job_type"], "predict_next_state");
+    assert_eq!(registration["weights"], hex::encode(&weights));
+    let refused = &lines[refused_seq as usize];
+    assert_eq!(refused["kind"], "rejected");
+    assert_eq!(refused["body"]["data"]["reason"], "invalid");
+    let detail = refused["body"]["data"]["detail"]
+        .as_str()
+        .expect("a detail");
+    assert!(
+        detail.contains("model `heat@1.0` is already registered"),
+        "{detail}"
+    );
+
     let audit = fabric(&["audit", "--data", path(&data), "--json"]);
     assert!(audit.status.success(), "{}", stdout(&audit));
 }

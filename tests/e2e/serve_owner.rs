@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use fabric_api::http_client::Client;
 use fabric_events::{
-    derive_signing_key, NodeRegistered, OwnerAction, OwnerCommand, PublicKey, RetiredQueue,
-    ShardRegistered, SigningKey,
+    derive_signing_key, JobType, ModelRegistered, NodeRegistered, OwnerAction, OwnerCommand,
+    PublicKey, RetiredQueue, ShardRegistered, SigningKey,
 };
 use serde_json::{json, Value};
 
@@ -169,6 +169,14 @@ fn every_action(queued: [u64; 2]) -> Vec<OwnerAction> {
         OwnerAction::RegisterClient {
             client: "tests.ceres-client".to_owned(),
             key: fresh_key("ceres-client"),
+        },
+        OwnerAction::RegisterModel {
+            registration: ModelRegistered {
+                model_id: "ceres-heat".to_owned(),
+                model_version: "1".to_owned(),
+                job_type: JobType::PredictNextState,
+                weights: [1i32.to_le_bytes(), 3u32.to_le_bytes(), 16u32.to_le_bytes()].concat(),
+            },
         },
         OwnerAction::CheckpointNow,
         OwnerAction::SetCheckpointInterval { interval_ticks: 7 },
