@@ -100,7 +100,8 @@ pub fn gpu_checks<I: Inputs>(
                     }
                     Rerun::Model(model_rerun) => match models {
                         Some((runner, artifacts)) => model_rerun.run(runner, artifacts),
-                        None => Ok(()),
+                        // Set whenever the chunk has a model job; refused all the same.
+                        None => Err(no_runner(model_rerun)),
                     },
                 })
                 .collect();
@@ -127,14 +128,7 @@ fn model_context<'a>(
     artifacts: &'a mut Option<sled::Tree>,
 ) -> Result<(&'a dyn ModelRunner, &'a sled::Tree), Failure> {
     let Some(runner) = models else {
-        return Err(Failure::at(
-            first.seq,
-            "reexecute",
-            format!(
-                "job {} is a job of a registered model, and no model runner was given",
-                first.job
-            ),
-        ));
+        return Err(no_runner(first));
     };
     let tree = match artifacts {
         Some(tree) => tree,
@@ -145,6 +139,18 @@ fn model_context<'a>(
         ),
     };
     Ok((runner, tree))
+}
+
+/// The failure of a model job re-run without a model runner.
+fn no_runner(model_rerun: &ModelRerun) -> Failure {
+    Failure::at(
+        model_rerun.seq,
+        "reexecute",
+        format!(
+            "job {} is a job of a registered model, and no model runner was given",
+            model_rerun.job
+        ),
+    )
 }
 
 /// Whether job `job` is in the re-executed share.
