@@ -4,6 +4,7 @@ mod audit;
 mod client;
 mod export;
 mod init;
+mod node;
 mod owner;
 mod proof;
 mod report;
@@ -42,6 +43,9 @@ enum Command {
     Tail(tail::TailArgs),
     /// Write a run's mission report: one HTML page with its charts, and topology.mmd
     Report(report::ReportArgs),
+    /// Run this machine's nodes of a served fabric: verified work over NATS, each job in a
+    /// sandbox, signed receipts
+    Node(node::NodeArgs),
     /// Steer the fabric: propose, approve (M of N owners) and submit owner commands
     Owner {
         #[command(subcommand)]
@@ -93,6 +97,14 @@ enum Command {
     Status(client::JobArgs),
     /// Print a job's result (and fetch its artifact) from a running `fabric serve`
     Result(client::JobArgs),
+    /// A node's job executor: runs the jobs framed on stdin in the sandbox (started by the
+    /// node itself; docs/FORMAT.md §15.6)
+    #[command(name = "node-executor", hide = true)]
+    NodeExecutor {
+        /// The empty directory to take as root once the engine is open
+        #[arg(long, value_name = "DIR")]
+        root: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -125,6 +137,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => init::keygen_world(config.as_deref(), &out, force),
         Command::Keygen { out, force, .. } => keygen(&out, force),
         Command::Init(args) => init::run(&args),
+        Command::Node(args) => node::run(&args),
         // The bench's exit status is this command's.
         Command::Bench { args } => return bench(&args),
         Command::Proof(args) => proof::run(&args),
@@ -135,6 +148,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Submit(args) => return client::submit(&args),
         Command::Status(args) => return client::status(&args),
         Command::Result(args) => return client::result(&args),
+        // The executor's exit status says why it stopped (docs/FORMAT.md §15.6).
+        Command::NodeExecutor { root } => {
+            return Ok(fabric_node::executor::executor_main(root.as_deref()))
+        }
     };
     done.map(|()| ExitCode::SUCCESS)
 }

@@ -89,7 +89,7 @@ impl Publication {
                 let log: fabric_bus::outbox::Log =
                     std::sync::Arc::new(move |line: &str| progress.suspend(|| eprintln!("{line}")));
                 Some(
-                    fabric_bus::Outbox::start(reader, url, log)
+                    fabric_bus::Outbox::start(reader, url, None, log)
                         .with_context(|| format!("--nats {url}: cannot publish there"))?,
                 )
             }

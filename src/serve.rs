@@ -30,9 +30,16 @@ pub struct ServeArgs {
     /// Also (or only) listen on this Unix socket
     #[arg(long, value_name = "PATH")]
     unix: Option<PathBuf>,
-    /// Publish every appended event on this NATS server's JetStream
+    /// Publish every appended event on this NATS server's JetStream; a fabric with operator
+    /// keys also serves its node agents there (`fabric node`)
     #[arg(long, value_name = "URL")]
     nats: Option<String>,
+    /// The server's NATS user (it publishes work to every node and answers them)
+    #[arg(long, value_name = "USER", requires_all = ["nats", "nats_password"])]
+    nats_user: Option<String>,
+    /// The NATS user's password
+    #[arg(long, value_name = "PASSWORD", requires = "nats_user")]
+    nats_password: Option<String>,
     /// On shutdown, wait this long for NATS to take the events not yet published
     #[arg(long, value_name = "SECS", default_value_t = 60, requires = "nats")]
     nats_drain_s: u64,
@@ -72,7 +79,7 @@ pub struct KeyArgs {
     /// Serve a simulation: keys derived from the public --seed (anyone can sign as any actor).
     /// An empty --data gets a new simulated fabric; without this flag a simulated folder is
     /// refused
-    #[arg(long, conflicts_with_all = ["ledger_key", "router_keys", "node_keys"])]
+    #[arg(long, conflicts_with_all = ["ledger_key", "router_keys"])]
     pub simulation: bool,
     /// The ledger's secret key file (mode 0600; `fabric keygen --world` writes ledger.key)
     #[arg(long, value_name = "FILE", required_unless_present = "simulation")]
@@ -80,10 +87,6 @@ pub struct KeyArgs {
     /// The folder of the routers' secret keys, `<shard>.key` (mode 0600)
     #[arg(long, value_name = "DIR", required_unless_present = "simulation")]
     pub router_keys: Option<PathBuf>,
-    /// The folder of the nodes' secret keys, `<node>.key` (mode 0600): the world's nodes run
-    /// in this process until node agents run elsewhere
-    #[arg(long, value_name = "DIR", required_unless_present = "simulation")]
-    pub node_keys: Option<PathBuf>,
 }
 
 impl KeyArgs {
@@ -92,7 +95,6 @@ impl KeyArgs {
             simulation: self.simulation,
             ledger_key: self.ledger_key.clone(),
             router_keys: self.router_keys.clone(),
-            node_keys: self.node_keys.clone(),
         }
     }
 }
@@ -139,6 +141,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         listen: args.listen.clone(),
         unix: args.unix.clone(),
         nats: args.nats.clone(),
+        nats_user: args.nats_user.clone().zip(args.nats_password.clone()),
         nats_drain: Duration::from_secs(args.nats_drain_s),
         tick_ms: args.tick_ms,
         workers: args.workers,

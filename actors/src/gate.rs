@@ -333,6 +333,27 @@ fn append_ledger_event(
     Ok(())
 }
 
+/// The ledger's `attestation_mismatch` at `tick`, standing in place of the receipt that
+/// re-execution contradicted: admitted (the job is requeued and its node halted), or, when it
+/// no longer fits the state (the job left the node meanwhile), its `Rejected` in its place.
+pub fn attest(
+    state: &mut State,
+    tick: u64,
+    mismatch: fabric_events::AttestationMismatch,
+    keys: &ActorKeys,
+) -> Result<Admitted, RunError> {
+    let ledger_key = keys.ledger_secret(state)?;
+    let ledger = PublicKey::from(&ledger_key.verifying_key());
+    let event = Event::new(
+        Role::Ledger,
+        tick,
+        next_ledger_nonce(state, &ledger, tick),
+        mismatch,
+    );
+    let signed = SignedEvent::sign(&event, ledger_key)?;
+    admit(state, tick, vec![Attempt::external(event, signed)], keys)
+}
+
 /// An owner command as an attempt to append at `tick`: the approvals are the owners', the
 /// envelope is signed by the ledger key that sequences it.
 pub fn owner_command_attempt(

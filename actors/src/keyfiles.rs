@@ -192,16 +192,14 @@ pub fn registered_keys<'a>(
         .collect()
 }
 
-/// The router keys (`--router-keys`) and node keys (`--node-keys`) of `world` from their
-/// folders, each checked against the key `state` registered (or a rotation to a `staged` key).
-pub fn registered_world_keys(
+/// The router keys (`--router-keys`) of `world` from their folder, each checked against the key `state` registered (or a rotation to a `staged` key).
+pub fn registered_router_keys(
     world: &World,
     state: &State,
     router_keys: &Path,
-    node_keys: &Path,
     staged: &[SigningKey],
-) -> Result<(Vec<SigningKey>, Vec<SigningKey>), KeyFileError> {
-    let routers = registered_keys(
+) -> Result<Vec<SigningKey>, KeyFileError> {
+    registered_keys(
         router_keys,
         "--router-keys",
         staged,
@@ -209,17 +207,7 @@ pub fn registered_world_keys(
             let registered = state.shards().iter().find(|s| s.name == shard.name);
             (shard.name.as_str(), registered.map(|s| s.router_key))
         }),
-    )?;
-    let nodes = registered_keys(
-        node_keys,
-        "--node-keys",
-        staged,
-        world.nodes.iter().map(|node| {
-            let registered = state.nodes().iter().find(|n| n.name == node.name);
-            (node.name.as_str(), registered.map(|n| n.key))
-        }),
-    )?;
-    Ok((routers, nodes))
+    )
 }
 
 /// Writes the operator's keys of `world` into `out` (`fabric keygen --world`):

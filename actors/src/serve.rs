@@ -73,6 +73,30 @@ pub enum Request {
         /// The decoded event, or the reason and detail of its refusal.
         checked: Result<Event, (RejectReason, String)>,
     },
+    /// A node's heartbeat or receipt as the node signed it (from `node`'s own subject), checked
+    /// by [`gate::check_signed`] off the driver's thread.
+    Node {
+        /// The node whose subject it came on: the event must name it.
+        node: String,
+        /// As received.
+        signed: SignedEvent,
+        /// The decoded event, or the reason and detail of its refusal.
+        checked: Result<Event, (RejectReason, String)>,
+    },
+    /// A node's completed receipt that the server's re-execution contradicted: the ledger's
+    /// `attestation_mismatch` stands in its place (the node's signed receipt is its evidence).
+    /// Only when the receipt's author is the node's registered key; otherwise the receipt
+    /// goes through the gate as it is (and is refused there).
+    Mismatch {
+        /// The node whose subject it came on.
+        node: String,
+        /// The receipt, as the node signed it.
+        signed: SignedEvent,
+        /// The receipt, decoded.
+        event: Box<Event>,
+        /// What the ledger says of it.
+        mismatch: Box<fabric_events::AttestationMismatch>,
+    },
     /// An owner command with its approvals; the ledger key signs its envelope at the tick it
     /// is sequenced at.
     Owner {
@@ -376,6 +400,40 @@ fn submission_fits(event: Event, tick: u64, window: u64) -> Result<Event, (Rejec
             ),
         ));
     }
+    within_window(event, tick, window)
+}
+
+/// The rules of a node's event beyond the gate's: a heartbeat or a receipt naming the node
+/// whose subject it came on, signed for a tick within the window (as [`submission_fits`]).
+fn node_event_fits(
+    event: Event,
+    node: &str,
+    tick: u64,
+    window: u64,
+) -> Result<Event, (RejectReason, String)> {
+    let named = match &event.body {
+        Body::Heartbeat(heartbeat) => &heartbeat.node,
+        Body::JobReceipt(receipt) => &receipt.node,
+        _ => {
+            return Err((
+                RejectReason::Invalid,
+                format!(
+                    "a node sends only heartbeats and job receipts, not {}",
+                    event.kind().as_str()
+                ),
+            ))
+        }
+    };
+    if named != node {
+        return Err((
+            RejectReason::Invalid,
+            format!("the event names node `{named}` but came on the subject of node `{node}`"),
+        ));
+    }
+    within_window(event, tick, window)
+}
+
+fn within_window(event: Event, tick: u64, window: u64) -> Result<Event, (RejectReason, String)> {
     let signed_tick = event.header.tick;
     if signed_tick > tick || tick - signed_tick > window {
         return Err((
@@ -519,7 +577,11 @@ fn signed_tick(request: &Request) -> Option<u64> {
     match request {
         Request::Job {
             checked: Ok(event), ..
+        }
+        | Request::Node {
+            checked: Ok(event), ..
         } => Some(event.header.tick),
+        Request::Mismatch { event, .. } => Some(event.header.tick),
         _ => None,
     }
 }
@@ -534,7 +596,18 @@ fn counted_refusal(
     request: &Request,
 ) -> Option<(RejectReason, String)> {
     match request {
-        Request::Job { signed, checked } => match checked {
+        Request::Mismatch { signed, .. } => {
+            state.authority().key(&signed.author).is_none().then(|| {
+                (
+                    RejectReason::UnknownKey,
+                    format!("key {} is not registered", signed.author),
+                )
+            })
+        }
+        Request::Job { signed, checked }
+        | Request::Node {
+            signed, checked, ..
+        } => match checked {
             Err((reason, detail)) if UNSIGNED_REFUSALS.contains(reason) => {
                 Some((*reason, detail.clone()))
             }
@@ -580,6 +653,34 @@ fn sequence(
                 Ok(event) => gate::admit(state, tick, vec![Attempt::external(event, signed)], keys),
             }
         }
+        Request::Mismatch {
+            node,
+            signed,
+            event,
+            mismatch,
+        } => {
+            let registered = state
+                .nodes()
+                .iter()
+                .any(|candidate| candidate.name == node && candidate.key == signed.author);
+            match node_event_fits(*event, &node, tick, window) {
+                Ok(_) if registered => gate::attest(state, tick, *mismatch, keys),
+                Ok(event) => gate::admit(state, tick, vec![Attempt::external(event, signed)], keys),
+                Err((reason, detail)) => {
+                    gate::refuse(state, tick, AttemptId::of(&signed), reason, &detail, keys)
+                }
+            }
+        }
+        Request::Node {
+            node,
+            signed,
+            checked,
+        } => match checked.and_then(|event| node_event_fits(event, &node, tick, window)) {
+            Err((reason, detail)) => {
+                gate::refuse(state, tick, AttemptId::of(&signed), reason, &detail, keys)
+            }
+            Ok(event) => gate::admit(state, tick, vec![Attempt::external(event, signed)], keys),
+        },
         Request::Owner { nonce, command } => {
             // Owner commands are few: a copy keeps the command at hand for a refusal. The
             // envelope is the ledger key's in force now (a rotation before it in this tick has

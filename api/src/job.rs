@@ -21,6 +21,10 @@ use crate::wire::{WireSignedEvent, JOB_SCHEMA_VERSION, REQUEST_ID_BYTES_MAX, REQ
 pub struct JobRequest {
     /// The signed `job_submitted` event.
     pub event: WireSignedEvent,
+    /// The job's input bytes, standard base64 (their BLAKE3 must be `input_hash`); absent when
+    /// the server already holds them (the input or output of an earlier job).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<String>,
     /// The job's input hash, 64 hex digits (must be the event's).
     pub input_hash: String,
     /// The model (the job's `workload` is `model_id@model_version`).
@@ -178,6 +182,7 @@ impl JobSpec {
         let signed = SignedEvent::sign(&self.event(tick, nonce), key)?;
         Ok(JobRequest {
             event: WireSignedEvent::from_signed(&signed),
+            input: None,
             input_hash: self.input_hash.to_string(),
             model_id: self.model_id.clone(),
             model_version: self.model_version.clone(),
@@ -298,6 +303,10 @@ pub struct JobStatus {
     pub input_hash: Hash32,
     /// The job id.
     pub job: JobId,
+    /// The model (`model_id@model_version`, split at its last `@`).
+    pub model_id: String,
+    /// Its version.
+    pub model_version: String,
     /// The node it was last assigned to.
     pub node: Option<String>,
     /// Where it is queued or ran last.
@@ -324,6 +333,9 @@ pub struct JobEvent {
 /// The timings of a [`JobStatus`], in ticks.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobTimings {
+    /// The node's measured execution time of its last run, in microseconds (from its
+    /// receipt; `null` before one, or from a simulated node).
+    pub execution_us: Option<u64>,
     /// The tick of its receipt.
     pub finished_tick: Option<u64>,
     /// Finished minus submitted.
@@ -347,6 +359,7 @@ impl JobTimings {
         finished_tick: Option<u64>,
     ) -> Self {
         Self {
+            execution_us: None,
             finished_tick,
             latency_ticks: finished_tick.map(|finished| finished.saturating_sub(submitted_tick)),
             queued_ticks: started_tick.map(|started| started.saturating_sub(submitted_tick)),
@@ -360,8 +373,12 @@ impl JobTimings {
 /// The body of `GET /v0/jobs/{id}/result`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobResult {
-    /// The stored artifact of a completed CPU job.
+    /// The stored output of a completed job (`GET /v0/artifacts/{hash}`).
     pub artifact: Option<ArtifactRef>,
+    /// The node's measured execution time, in microseconds (`null` from a simulated node).
+    pub execution_us: Option<u64>,
+    /// The job's input hash.
+    pub input_hash: Hash32,
     /// The job id.
     pub job: JobId,
     /// The node that ran it.
@@ -391,6 +408,12 @@ impl ArtifactRef {
             url: format!("/v0/artifacts/{hash}"),
         }
     }
+}
+
+/// The model id and version of a workload `model_id@model_version` (split at the last `@`; a
+/// workload without one is all id, with an empty version).
+pub fn model_of(workload: &str) -> (&str, &str) {
+    workload.rsplit_once('@').unwrap_or((workload, ""))
 }
 
 #[cfg(test)]
@@ -492,6 +515,8 @@ mod tests {
             }],
             input_hash: Hash32([2; 32]),
             job: 1,
+            model_id: "a".to_owned(),
+            model_version: "1".to_owned(),
             node: None,
             shard: "earth".to_owned(),
             status: JobState::Queued,
@@ -500,6 +525,8 @@ mod tests {
         });
         sorted(&JobResult {
             artifact: Some(ArtifactRef::new(Hash32([3; 32]))),
+            execution_us: Some(120),
+            input_hash: Hash32([2; 32]),
             job: 1,
             node: "n".to_owned(),
             outcome: JobOutcome::Completed,

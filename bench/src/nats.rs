@@ -108,7 +108,7 @@ pub(super) fn suite(bench: &Bench<'_>) -> anyhow::Result<SuiteReport> {
 
     let ledger = Ledger::open(scratch.path().join("published"), ledger_key())?;
     let log: fabric_bus::outbox::Log = std::sync::Arc::new(|line: &str| eprintln!("{line}"));
-    let outbox = fabric_bus::Outbox::start(ledger.reader(), &url, log)
+    let outbox = fabric_bus::Outbox::start(ledger.reader(), &url, None, log)
         .with_context(|| format!("cannot publish on {url}"))?;
     let published = fabric_sim::run(&spec, ledger, |tick| outbox.durable(tick.events_total))
         .context("the run with NATS failed")?;

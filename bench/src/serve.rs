@@ -177,8 +177,6 @@ fn start_server(ceremony: &Ceremony) -> anyhow::Result<ServeChild> {
         .arg(ceremony.operator.join("ledger.key"))
         .arg("--router-keys")
         .arg(ceremony.operator.join("routers"))
-        .arg("--node-keys")
-        .arg(ceremony.operator.join("nodes"))
         .args(["--listen", "127.0.0.1:0"])
         .args(["--tick-ms", &TICK_MS.to_string()])
         .stdout(Stdio::piped())

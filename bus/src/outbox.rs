@@ -66,8 +66,14 @@ pub type Log = Arc<dyn Fn(&str) + Send + Sync>;
 impl Outbox {
     /// Connects to `url`, creates or checks the stream, and starts publishing the log of
     /// `reader` from the stored cursor (0 the first time). Fails at once when the server
-    /// cannot be reached now; later outages only delay publication.
-    pub fn start(reader: LedgerReader, url: &str, log: Log) -> Result<Self, BusError> {
+    /// cannot be reached now; later outages only delay publication. `user` is a NATS user and
+    /// its password, when the server asks for one.
+    pub fn start(
+        reader: LedgerReader,
+        url: &str,
+        user: Option<(String, String)>,
+        log: Log,
+    ) -> Result<Self, BusError> {
         let (notes, receiver) = mpsc::unbounded_channel();
         let (ready_sender, ready) = std::sync::mpsc::channel();
         let url = url.to_owned();
@@ -79,7 +85,7 @@ impl Outbox {
                     .build()
                     .map_err(|err| BusError::Runtime(err.to_string()))?;
                 runtime.block_on(async move {
-                    let publisher = match Publisher::connect(reader, &url, log).await {
+                    let publisher = match Publisher::connect(reader, &url, user, log).await {
                         Ok(publisher) => {
                             let _ = ready_sender.send(Ok(()));
                             publisher
@@ -146,9 +152,18 @@ struct Publisher {
 }
 
 impl Publisher {
-    async fn connect(reader: LedgerReader, url: &str, log: Log) -> Result<Self, BusError> {
+    async fn connect(
+        reader: LedgerReader,
+        url: &str,
+        user: Option<(String, String)>,
+        log: Log,
+    ) -> Result<Self, BusError> {
         let events_log = Arc::clone(&log);
-        let client = async_nats::ConnectOptions::new()
+        let mut options = async_nats::ConnectOptions::new();
+        if let Some((user, password)) = user {
+            options = options.user_and_password(user, password);
+        }
+        let client = options
             .connection_timeout(CONNECT_TIMEOUT)
             .event_callback(move |event| {
                 let log = Arc::clone(&events_log);

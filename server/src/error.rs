@@ -76,6 +76,28 @@ pub enum ServerError {
         /// Why.
         error: std::io::Error,
     },
+    /// The node gateway could not start.
+    #[error("the node gateway: {detail}")]
+    NodeGateway {
+        /// What failed.
+        detail: String,
+    },
+    /// An entry the node feed proves could not be read.
+    #[error("the node feed could not read entry {seq}: {error}")]
+    NodeFeed {
+        /// The entry.
+        seq: u64,
+        /// Why.
+        error: fabric_ledger::LedgerError,
+    },
+    /// An entry the node feed proves is outside the tree.
+    #[error("the node feed cannot prove entry {seq} in a tree of {size}")]
+    NodeFeedRange {
+        /// The entry.
+        seq: u64,
+        /// The tree size.
+        size: u64,
+    },
     /// NATS publication could not start.
     #[error("--nats {url}: cannot publish there: {error}")]
     Nats {

@@ -44,6 +44,8 @@ pub(crate) struct Shared {
     /// Where the fabric's keys come from (its genesis).
     pub(crate) key_origin: fabric_events::KeyOrigin,
     pub(crate) started: Instant,
+    /// The fabric's nodes are node agents (`fabric node`): jobs must be of registered models.
+    pub(crate) node_agents: bool,
 }
 
 /// The header every answer of a simulated fabric carries, and its value.
@@ -75,6 +77,11 @@ fn read_view(shared: &Shared) -> std::sync::RwLockReadGuard<'_, View> {
 }
 
 impl Shared {
+    /// The job type of a registered model.
+    pub(crate) fn model(&self, workload: &str) -> Option<fabric_events::JobType> {
+        read_view(self).models.get(workload).copied()
+    }
+
     /// Folds one durable tick into the views: job index, artifacts, metrics.
     pub(crate) fn on_tick(&self, tick: &ServedTick<'_>) {
         let mut view = self
@@ -98,6 +105,9 @@ impl Shared {
             }
             if let Body::JobSubmitted(job) = &event.body {
                 view.active.insert(job.job);
+            }
+            if let Some((workload, job_type)) = crate::inputs::registered_model(event) {
+                view.models.insert(workload, job_type);
             }
         }
         // Only an owner command (cancel-job, retire-shard) ends a job without a receipt, so
@@ -375,7 +385,12 @@ async fn submit_job_heard(
     });
     let job = match &checked {
         Ok(event) => match &event.body {
-            Body::JobSubmitted(body) => Some(body.job),
+            Body::JobSubmitted(body) => {
+                if let Err(refused) = crate::inputs::admit_input(shared, &job_request, body) {
+                    return refused.response();
+                }
+                Some(body.job)
+            }
             _ => None,
         },
         Err(_) => None,
@@ -425,6 +440,17 @@ async fn job_status(shared: web::Data<Shared>, path: web::Path<String>) -> HttpR
     let Some(record) = view.jobs.get(&job) else {
         return unknown_job(job);
     };
+    let (model_id, model_version) = fabric_api::job::model_of(&record.workload);
+    let mut timings = JobTimings::new(
+        shared.tick_ms,
+        record.submitted_tick,
+        record.started_tick,
+        record.finished_tick,
+    );
+    timings.execution_us = record
+        .receipt
+        .as_ref()
+        .and_then(|receipt| receipt.execution_us);
     HttpResponse::Ok().json(JobStatus {
         attempts: record.attempts,
         client: record.client,
@@ -439,15 +465,12 @@ async fn job_status(shared: web::Data<Shared>, path: web::Path<String>) -> HttpR
             .collect(),
         input_hash: record.input_hash,
         job: record.job,
+        model_id: model_id.to_owned(),
+        model_version: model_version.to_owned(),
         node: record.node.clone(),
         shard: record.shard.clone(),
         status: record.status,
-        timings: JobTimings::new(
-            shared.tick_ms,
-            record.submitted_tick,
-            record.started_tick,
-            record.finished_tick,
-        ),
+        timings,
         workload: record.workload.clone(),
     })
 }
@@ -470,6 +493,8 @@ async fn job_result(shared: web::Data<Shared>, path: web::Path<String>) -> HttpR
     };
     HttpResponse::Ok().json(JobResult {
         artifact: receipt.artifact.map(ArtifactRef::new),
+        execution_us: receipt.execution_us,
+        input_hash: record.input_hash,
         job,
         node: receipt.node.clone(),
         outcome: receipt.outcome,

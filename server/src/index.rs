@@ -44,6 +44,7 @@ pub(crate) struct ReceiptRef {
     pub(crate) node: String,
     pub(crate) output_hash: Hash32,
     pub(crate) artifact: Option<Hash32>,
+    pub(crate) execution_us: Option<u64>,
 }
 
 /// What the API reads, updated after each durable tick.
@@ -53,6 +54,8 @@ pub(crate) struct View {
     pub(crate) jobs: HashMap<JobId, JobRecord>,
     /// Jobs without a receipt that were still in the fabric after the last tick.
     pub(crate) active: std::collections::HashSet<JobId>,
+    /// Registered models: workload → job type.
+    pub(crate) models: HashMap<String, fabric_events::JobType>,
 }
 
 /// Jobs that left the fabric without a receipt were cancelled by the owners (a command, or a
@@ -160,12 +163,22 @@ pub(crate) fn index_event(
                     })?;
                     artifact = Some(hash);
                 }
+                // A node agent's output is stored with its receipt (the node gateway).
+                if body.outcome == JobOutcome::Completed
+                    && body.kernel.is_some()
+                    && artifacts
+                        .contains_key(body.output_hash.as_bytes())
+                        .unwrap_or(false)
+                {
+                    artifact = Some(body.output_hash);
+                }
                 record.receipt = Some(ReceiptRef {
                     seq,
                     outcome: body.outcome,
                     node: body.node.clone(),
                     output_hash: body.output_hash,
                     artifact,
+                    execution_us: body.execution_us,
                 });
             }
             body.job
@@ -178,24 +191,37 @@ pub(crate) fn index_event(
     Ok(())
 }
 
+/// What the start's replay gives: the job index, the registered models, the state.
+pub(crate) type Indexed = (
+    HashMap<JobId, JobRecord>,
+    HashMap<String, fabric_events::JobType>,
+    State,
+);
+
 /// The job index and the artifacts of a log, read from its start (a restart of `fabric serve`)
 /// by the one replay of the log, which checks and folds every entry on the way.
+/// With it, what the node gateway's feed needs is gathered in the same replay; the state at
+/// the end comes back too.
 pub(crate) fn index_log(
     reader: &LedgerReader,
     artifacts: &sled::Tree,
     size: u64,
-) -> Result<HashMap<JobId, JobRecord>, ServerError> {
+    feed: &mut crate::nodes::FeedBuilder,
+) -> Result<Indexed, ServerError> {
     let mut indexer = Indexer {
         jobs: HashMap::new(),
         artifacts,
         failed: None,
+        feed,
+        models: HashMap::new(),
     };
-    Replay::genesis()
+    let mut replay = Replay::genesis();
+    replay
         .read(reader, size, &mut indexer)
         .map_err(|error| ServerError::Replay { error })?;
     match indexer.failed {
         Some(error) => Err(error),
-        None => Ok(indexer.jobs),
+        None => Ok((indexer.jobs, indexer.models, replay.into_state())),
     }
 }
 
@@ -204,12 +230,18 @@ struct Indexer<'a> {
     jobs: HashMap<JobId, JobRecord>,
     artifacts: &'a sled::Tree,
     failed: Option<ServerError>,
+    feed: &'a mut crate::nodes::FeedBuilder,
+    models: HashMap<String, fabric_events::JobType>,
 }
 
 impl Observer for Indexer<'_> {
     fn after(&mut self, step: &Step<'_>, state: &State) {
         if self.failed.is_some() {
             return;
+        }
+        self.feed.after(step, state);
+        if let Some((workload, job_type)) = crate::inputs::registered_model(step.event) {
+            self.models.insert(workload, job_type);
         }
         // The state's tick is the newest of the log so far: the tick the event was
         // sequenced at (the serve driver puts an event of the tick before a backdated job).

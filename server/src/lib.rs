@@ -8,7 +8,8 @@
 //! half-read bodies end, the requests in flight get their answers, the driver appends one last
 //! tick. Connections are capped (in all, with a reserve for `/v0/health`, and per source
 //! address) and request bodies have a deadline ([`limits`]); TCP off loopback speaks TLS
-//! ([`tls`]).
+//! ([`tls`]). With NATS, the [`nodes`] gateway serves the fabric's node agents: it hands their
+//! heartbeats and receipts to the driver and publishes each tick's head and assignments.
 //!
 //! Architecture invariant: this crate does not depend on the simulation (`fabric-sim`): the
 //! keys and genesis of a served fabric come in through [`fabric_actors::serve::ServeSpec`]
@@ -19,14 +20,17 @@ mod connections;
 pub mod error;
 mod handlers;
 pub mod index;
+mod inputs;
 pub mod limits;
 pub mod metrics;
+pub mod nodes;
 pub mod refusals;
 mod requests;
 pub mod service;
 pub mod tls;
 
 pub use error::ServerError;
+pub use nodes::NatsLogin;
 pub use service::{serve, Served, ServerConfig, INTAKE_CAPACITY};
 pub use tls::TlsFiles;
 

@@ -29,6 +29,7 @@ use crate::limits::{
     TLS_HANDSHAKE_TIMEOUT_MS, TRIM_CHECK_MS,
 };
 use crate::metrics::ServeMetrics;
+use crate::nodes::{Feed, FeedBuilder, NatsLogin, NodeGateway};
 use crate::requests::{guard, Stopping};
 use crate::tls::{check_plaintext, server_config, TlsFiles};
 
@@ -48,6 +49,8 @@ pub struct ServerConfig {
     pub unix: Option<PathBuf>,
     /// NATS server to publish every appended event on.
     pub nats: Option<String>,
+    /// The server's NATS user and password (for the node gateway, and for publication).
+    pub nats_user: Option<(String, String)>,
     /// On shutdown, how long to wait for NATS to take what is not yet published.
     pub nats_drain: Duration,
     /// Milliseconds between ticks.
@@ -89,7 +92,9 @@ pub fn serve(
     ));
     let (stop_streams, stopping) = watch::channel(false);
     let (intake, intake_rx) = mpsc::channel(INTAKE_CAPACITY);
-    let shared = web::Data::new(shared(config, &ledger, &spec, intake)?);
+    let (shared, feed) = shared(config, &ledger, &spec, intake.clone())?;
+    let shared = web::Data::new(shared);
+    let gateway = start_gateway(config, feed, intake, &shared, spec.world.verify_ppm)?;
     let outbox = start_outbox(config, &ledger)?;
     let system = actix_rt::System::new();
     let result = system.block_on(async {
@@ -109,7 +114,16 @@ pub fn serve(
             server: running,
             stop,
         };
-        run(config, running, shared, ledger, spec, intake_rx, outbox).await
+        run(
+            config,
+            running,
+            shared,
+            ledger,
+            spec,
+            intake_rx,
+            (outbox, gateway),
+        )
+        .await
     });
     if let Some(path) = &config.unix {
         let _ = std::fs::remove_file(path);
@@ -132,18 +146,21 @@ fn check(config: &ServerConfig) -> Result<(), ServerError> {
     Ok(())
 }
 
-/// The handlers' shared views, with the job index of the log so far.
+/// The handlers' shared views, with the job index of the log so far, and the node gateway's
+/// feed (both from one replay of the log).
 fn shared(
     config: &ServerConfig,
     ledger: &Ledger,
     spec: &ServeSpec,
     intake: mpsc::Sender<fabric_actors::serve::Submission>,
-) -> Result<Shared, ServerError> {
+) -> Result<(Shared, Feed), ServerError> {
     let reader = ledger.reader();
     let artifacts = reader
         .artifacts_tree()
         .map_err(|error| ServerError::ArtifactStore { error })?;
-    let jobs = index_log(&reader, &artifacts, ledger.len())?;
+    let mut feed = FeedBuilder::default();
+    let (jobs, models, state) = index_log(&reader, &artifacts, ledger.len(), &mut feed)?;
+    let feed = feed.build(&reader, &state, &ledger.tree_head())?;
     let spill_routes: Vec<(String, String)> = spec
         .world
         .shards
@@ -160,7 +177,7 @@ fn shared(
         .filter(|record| record.receipt.is_none() && record.status != JobState::Cancelled)
         .map(|record| record.job)
         .collect();
-    Ok(Shared {
+    let shared = Shared {
         intake,
         ledger_key: ledger.ledger_key(),
         artifacts,
@@ -169,6 +186,7 @@ fn shared(
             tree_head: ledger.tree_head(),
             active,
             jobs,
+            models,
         }),
         metrics: ServeMetrics::new(&spill_routes),
         refusals: Default::default(),
@@ -176,7 +194,31 @@ fn shared(
         key_origin: config.key_origin,
         started: Instant::now(),
         reader,
-    })
+        node_agents: !config.key_origin.is_simulation(),
+    };
+    Ok((shared, feed))
+}
+
+/// The node gateway, for a fabric with operator keys served with NATS (a simulation's nodes
+/// run in the server).
+fn start_gateway(
+    config: &ServerConfig,
+    feed: Feed,
+    intake: mpsc::Sender<fabric_actors::serve::Submission>,
+    shared: &Shared,
+    verify_ppm: u32,
+) -> Result<Option<NodeGateway>, ServerError> {
+    let Some(url) = &config.nats else {
+        return Ok(None);
+    };
+    if config.key_origin.is_simulation() {
+        return Ok(None);
+    }
+    let login = NatsLogin {
+        url: url.clone(),
+        user: config.nats_user.clone(),
+    };
+    NodeGateway::start(&login, feed, intake, shared.artifacts.clone(), verify_ppm).map(Some)
 }
 
 fn start_outbox(config: &ServerConfig, ledger: &Ledger) -> Result<Option<Outbox>, ServerError> {
@@ -184,10 +226,13 @@ fn start_outbox(config: &ServerConfig, ledger: &Ledger) -> Result<Option<Outbox>
         return Ok(None);
     };
     let log: fabric_bus::outbox::Log = Arc::new(|line: &str| eprintln!("{line}"));
-    let outbox = Outbox::start(ledger.reader(), url, log).map_err(|error| ServerError::Nats {
-        url: url.clone(),
-        error,
-    })?;
+    let outbox =
+        Outbox::start(ledger.reader(), url, config.nats_user.clone(), log).map_err(|error| {
+            ServerError::Nats {
+                url: url.clone(),
+                error,
+            }
+        })?;
     outbox.durable(ledger.len());
     Ok(Some(outbox))
 }
@@ -379,7 +424,7 @@ async fn run(
     ledger: Ledger,
     spec: ServeSpec,
     intake: mpsc::Receiver<fabric_actors::serve::Submission>,
-    outbox: Option<Outbox>,
+    (outbox, gateway): (Option<Outbox>, Option<NodeGateway>),
 ) -> Result<Served, ServerError> {
     let Running {
         server: running,
@@ -391,6 +436,8 @@ async fn run(
     let outbox = Rc::new(RefCell::new(outbox));
     let tick_outbox = Rc::clone(&outbox);
     let outbox_cursor = shared.reader.outbox_tree().ok();
+    let gateway = Rc::new(gateway);
+    let tick_gateway = Rc::clone(&gateway);
     let driver = actix_rt::spawn(async move {
         let outcome = fabric_actors::serve::serve(&spec, ledger, intake, stop_rx, move |tick| {
             if let Some(outbox) = &*tick_outbox.borrow() {
@@ -402,6 +449,9 @@ async fn run(
                     .observe_outbox(tree, tick.tree_head.tree_size);
             }
             shared.on_tick(tick);
+            if let Some(gateway) = &*tick_gateway {
+                gateway.tick(tick);
+            }
         })
         .await;
         if let Err(error) = &outcome {
@@ -419,6 +469,9 @@ async fn run(
         .map_err(|_| ServerError::DriverPanicked)?
         .map_err(|error| ServerError::Fabric { error })?;
     served.map_err(|error| ServerError::Http { error })?;
+    if let Some(gateway) = Rc::into_inner(gateway).flatten() {
+        gateway.finish();
+    }
     let publisher = outbox.borrow_mut().take();
     let published = match publisher {
         None => None,

@@ -1,5 +1,6 @@
 //! Which fabric `fabric serve` serves, and with which keys: a fabric made by the ceremony
-//! (`fabric init`), whose ledger, router and node secrets the operator hands in as files, or
+//! (`fabric init`), whose ledger and router secrets the operator hands in as files (its nodes
+//! are node agents with keys of their own), or
 //! with `--simulation` a simulated fabric whose keys derive from a public seed. Every key
 //! given is checked against the key the log registered, and a simulation is never served
 //! without `--simulation`.
@@ -24,8 +25,6 @@ pub struct KeyFiles {
     pub ledger_key: Option<PathBuf>,
     /// The folder of the routers' secret keys, `<shard>.key` (`--router-keys`).
     pub router_keys: Option<PathBuf>,
-    /// The folder of the nodes' secret keys, `<node>.key` (`--node-keys`).
-    pub node_keys: Option<PathBuf>,
 }
 
 /// What `fabric serve` serves.
@@ -80,8 +79,8 @@ fn simulation(data: &Path, config: Option<&Path>, seed: u64) -> Result<Served, D
         let (run_file, _) = datadir::read_run_file(data)?;
         ensure(run_file.keys == KeySource::Simulation, || {
             format!(
-                "--data {} holds a fabric with operator keys: serve it with --ledger-key, \
-                 --router-keys and --node-keys, not --simulation",
+                "--data {} holds a fabric with operator keys: serve it with --ledger-key \
+                 and --router-keys, not --simulation",
                 data.display()
             )
         })?;
@@ -135,18 +134,19 @@ fn operator(
         DataDirError::failed(format!("--ledger-key {}", ledger_key_path.display()), err)
     })?;
     let state = keyfiles::current_state(&ledger)?;
-    let (routers, nodes) = keyfiles::registered_world_keys(
+    let routers = keyfiles::registered_router_keys(
         &world,
         &state,
         &flag(&files.router_keys, "--router-keys")?,
-        &flag(&files.node_keys, "--node-keys")?,
         staged,
     )?;
     Ok(Served {
         keys: ActorKeys {
             ledger: ledger_key,
             routers,
-            nodes,
+            // The nodes are node agents on their own machines (`fabric node`), each with its
+            // own key: the server holds none of their secrets.
+            nodes: Vec::new(),
             // Served jobs come from clients with their own keys: no intake signs for them.
             clients: Vec::new(),
             staged: staged.to_vec(),

@@ -473,8 +473,6 @@ fn serve_refuses_wrong_keys_open_key_files_and_simulations_without_the_flag() {
         path(&ceremony.ledger_key()),
         "--router-keys",
         path(&ceremony.router_keys()),
-        "--node-keys",
-        path(&ceremony.node_keys()),
     ]);
     assert!(!refused.status.success());
     assert!(
@@ -503,8 +501,6 @@ fn serve_refuses_wrong_keys_open_key_files_and_simulations_without_the_flag() {
         path(&ceremony.ledger_key()),
         "--router-keys",
         path(&ceremony.router_keys()),
-        "--node-keys",
-        path(&ceremony.node_keys()),
     ]);
     assert!(!refused.status.success());
     assert!(

@@ -10,6 +10,7 @@ mod hardening;
 mod layout;
 mod ledger;
 mod nats;
+mod nodes;
 mod owner;
 mod proof;
 mod report;

@@ -266,6 +266,8 @@ pub struct Ceremony {
     pub owners: Vec<PathBuf>,
     /// The registered client's secret key file.
     pub client: PathBuf,
+    /// The world's config file.
+    pub config: PathBuf,
 }
 
 /// The owners of a [`Ceremony`], and how many approve a command.
@@ -279,7 +281,12 @@ impl Ceremony {
     /// Runs the whole ceremony in `dir` with the commands an operator and the owners type,
     /// each checked to succeed.
     pub fn run(dir: &Path) -> Self {
-        let ceremony = Self::prepare(dir);
+        Self::run_with(dir, Path::new(DEFAULT_CONFIG))
+    }
+
+    /// [`Ceremony::run`] of the world of `config`.
+    pub fn run_with(dir: &Path, config: &Path) -> Self {
+        let ceremony = Self::prepare_with(dir, config);
         let commands = ceremony.commands_file();
         for owner in &ceremony.owners[..CEREMONY_THRESHOLD] {
             succeed(&["owner", "sign", path(&commands), "--key", path(owner)]);
@@ -297,6 +304,11 @@ impl Ceremony {
 
     /// The ceremony up to the owners' approvals: keys made, `fabric init` run.
     pub fn prepare(dir: &Path) -> Self {
+        Self::prepare_with(dir, Path::new(DEFAULT_CONFIG))
+    }
+
+    /// [`Ceremony::prepare`] of the world of `config`.
+    pub fn prepare_with(dir: &Path, config: &Path) -> Self {
         let owners: Vec<PathBuf> = (0..CEREMONY_OWNERS)
             .map(|index| dir.join(format!("owner-{index}.key")))
             .collect();
@@ -310,7 +322,7 @@ impl Ceremony {
             "keygen",
             "--world",
             "--config",
-            DEFAULT_CONFIG,
+            path(config),
             "--out",
             path(&operator_keys),
         ]);
@@ -319,6 +331,7 @@ impl Ceremony {
             operator_keys,
             owners,
             client,
+            config: config.to_path_buf(),
         };
         let owner_pubs: Vec<PathBuf> = ceremony
             .owners
@@ -340,7 +353,7 @@ impl Ceremony {
             "--data",
             path(&ceremony.data),
             "--config",
-            DEFAULT_CONFIG,
+            path(&ceremony.config),
             "--threshold",
             &threshold,
             "--ledger-key",
@@ -381,8 +394,7 @@ impl Ceremony {
 
     /// Serves the fabric with the operator's keys and `extra` arguments.
     pub fn serve(&self, extra: &[&str]) -> Served {
-        let (ledger_key, routers, nodes) =
-            (self.ledger_key(), self.router_keys(), self.node_keys());
+        let (ledger_key, routers) = (self.ledger_key(), self.router_keys());
         let mut args = vec![
             "--data",
             path(&self.data),
@@ -390,11 +402,10 @@ impl Ceremony {
             path(&ledger_key),
             "--router-keys",
             path(&routers),
-            "--node-keys",
-            path(&nodes),
-            "--tick-ms",
-            "10",
         ];
+        if !extra.contains(&"--tick-ms") {
+            args.extend(["--tick-ms", "10"]);
+        }
         args.extend_from_slice(extra);
         Served::spawn(&args)
     }
@@ -402,8 +413,7 @@ impl Ceremony {
     /// `fabric serve` with the operator's keys and `extra` arguments, expected to refuse to
     /// start: its output.
     pub fn serve_refused(&self, extra: &[&str]) -> Output {
-        let (ledger_key, routers, nodes) =
-            (self.ledger_key(), self.router_keys(), self.node_keys());
+        let (ledger_key, routers) = (self.ledger_key(), self.router_keys());
         let mut args = vec![
             "serve",
             "--data",
@@ -414,7 +424,6 @@ impl Ceremony {
         let keys = [
             ("--ledger-key", path(&ledger_key)),
             ("--router-keys", path(&routers)),
-            ("--node-keys", path(&nodes)),
         ];
         for (flag, value) in keys {
             if !extra.contains(&flag) {

@@ -1,0 +1,788 @@
+//! The node agent: one or more nodes of a served fabric over one NATS connection.
+//!
+//! Each node says hello (its registration and the work the log says it runs), then, at each
+//! tick head the server publishes, sends its heartbeat when due and the receipts of the jobs
+//! it finished, as one signed batch in nonce order, at most one batch in flight per node. A
+//! receipt stays pending until the server answers it `admitted` or `duplicate` (re-signed with
+//! a fresh nonce at each retry; the server recognises the job's receipt it already holds). A
+//! work order is run only once [`verify_order`] accepts it; its input is fetched by content
+//! address and checked, then run by the executor pool (sandboxed child processes).
+//!
+//! Stopping: once `stop` resolves, the agent takes no new order, finishes the jobs it holds and
+//! sends their receipts (for at most [`DRAIN_MS_MAX`]), then closes. What it could not finish
+//! its routers requeue once its heartbeats stop.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use fabric_api::wire::WireSignedEvent;
+use fabric_events::{
+    Event, Hash32, Heartbeat, JobId, JobOutcome, JobReceipt, KernelRef, PublicKey, Role,
+    SignedEvent, SigningKey,
+};
+use fabric_gpu_kernels::models::ModelJob;
+use futures_util::StreamExt;
+use thiserror::Error;
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::executor::{Executor, ExecutorOutput, JobFailure};
+use crate::protocol::{
+    AttemptAck, AttemptBatch, Fetch, Fetched, Hello, NodeSubject, TickHead, Welcome, WorkOrder,
+    TICK_SUBJECT,
+};
+use crate::sandbox::{SandboxLimits, SandboxMode};
+use crate::verify::{verify_order, VerifiedJob};
+
+/// How long a request to the server may take before it counts as unanswered.
+const REQUEST_TIMEOUT_MS: u64 = 40_000;
+/// How long a stopping agent waits for its jobs and their receipts.
+pub const DRAIN_MS_MAX: u64 = 30_000;
+/// Most jobs one node keeps queued beyond its max concurrency.
+const QUEUED_JOBS_MAX: usize = 1_024;
+
+/// What the agent runs.
+pub struct AgentConfig {
+    /// The NATS server.
+    pub nats_url: String,
+    /// The NATS user of these nodes, with its password; replies come on `_INBOX.<user>.>`.
+    pub nats_user: Option<(String, String)>,
+    /// The fabric's ledger key (from its genesis): tree heads must be signed by it.
+    pub ledger_key: PublicKey,
+    /// The nodes: name and secret key.
+    pub nodes: Vec<(String, SigningKey)>,
+    /// Executor processes shared by the nodes.
+    pub executors: usize,
+    /// What one job may use.
+    pub limits: SandboxLimits,
+    /// Whether jobs run sandboxed.
+    pub sandbox: SandboxMode,
+    /// Run the kernels on the GPU.
+    pub gpu: bool,
+    /// For tests: the share of completed jobs whose output the nodes falsify, in parts per
+    /// million.
+    pub byzantine_ppm: u32,
+}
+
+/// Why the agent stopped or could not start.
+#[derive(Debug, Error)]
+pub enum AgentError {
+    /// NATS could not be reached.
+    #[error("could not connect to NATS at {url}: {detail}")]
+    Connect {
+        /// The server.
+        url: String,
+        /// Why.
+        detail: String,
+    },
+    /// The NATS server refused what the node did: its user's permissions.
+    #[error("the NATS server refused node traffic: {0} (check the node's NATS user and its permissions)")]
+    Refused(String),
+    /// The fabric's server did not welcome a node.
+    #[error("node `{node}`: {detail}")]
+    Hello {
+        /// The node.
+        node: String,
+        /// Why.
+        detail: String,
+    },
+    /// No executor could be started.
+    #[error("could not start the job executors: {0}")]
+    Executors(JobFailure),
+}
+
+/// What the agent did, when it stopped.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AgentReport {
+    /// Jobs run to a completed receipt.
+    pub completed: u64,
+    /// Jobs that failed on a node (a failed receipt).
+    pub failed: u64,
+    /// Work orders refused by verification.
+    pub refused_orders: u64,
+    /// Receipts the server acknowledged.
+    pub receipts_acknowledged: u64,
+    /// Jobs still held when the drain ended.
+    pub abandoned: u64,
+}
+
+/// One finished job, waiting for its receipt to be acknowledged.
+#[derive(Clone, Debug)]
+struct Finished {
+    job: VerifiedJob,
+    outcome: JobOutcome,
+    output: Vec<u8>,
+    output_hash: Hash32,
+    adapter: String,
+    execution_us: u64,
+}
+
+/// One node's side of the protocol.
+struct NodeState {
+    name: String,
+    key: SigningKey,
+    heartbeat_interval_ticks: u64,
+    max_concurrency: usize,
+    last_nonce: Option<u64>,
+    last_heartbeat_tick: Option<u64>,
+    in_flight: bool,
+    /// Jobs it holds (queued, running or finished and not acknowledged): assignment seq → job.
+    held: HashMap<u64, JobId>,
+    queued: VecDeque<VerifiedJob>,
+    running: usize,
+    finished: Vec<Finished>,
+    rehello: bool,
+}
+
+impl NodeState {
+    fn new(name: String, key: SigningKey, welcome: &Welcome) -> Self {
+        Self {
+            name,
+            key,
+            heartbeat_interval_ticks: u64::from(welcome.heartbeat_interval_ticks.max(1)),
+            max_concurrency: welcome.max_concurrency.max(1) as usize,
+            last_nonce: welcome.last_nonce,
+            last_heartbeat_tick: None,
+            in_flight: false,
+            held: HashMap::new(),
+            queued: VecDeque::new(),
+            running: 0,
+            finished: Vec::new(),
+            rehello: false,
+        }
+    }
+
+    /// The next nonce at `tick`: above every nonce the key used, and at least `tick << 24`
+    /// (a restarted node, which does not know its last batch's nonces, starts above them).
+    fn next_nonce(&mut self, tick: u64) -> u64 {
+        let floor = tick << 24;
+        let nonce = self.last_nonce.map_or(floor, |last| (last + 1).max(floor));
+        self.last_nonce = Some(nonce);
+        nonce
+    }
+
+    /// Heartbeats go out at half the interval (at least every tick): the router marks a node
+    /// unhealthy after twice the interval of silence, and a heartbeat may take a tick or two
+    /// to be sequenced.
+    fn heartbeat_due(&self, tick: u64) -> bool {
+        let every = (self.heartbeat_interval_ticks / 2).max(1);
+        self.last_heartbeat_tick
+            .is_none_or(|last| tick >= last + every)
+    }
+
+    fn idle(&self) -> bool {
+        self.held.is_empty()
+    }
+}
+
+/// What the tasks tell the main loop.
+enum Note {
+    Tick(TickHead),
+    Order(usize, Box<WorkOrder>),
+    Ran(usize, Finished),
+    Answered(usize, Vec<Finished>, Result<AttemptAck, String>),
+    Welcomed(usize, Result<Welcome, String>),
+}
+
+/// Runs the nodes of `config` until `stop` resolves; `ready` is called once every node has
+/// been welcomed and is subscribed.
+pub async fn run(
+    config: AgentConfig,
+    stop: impl Future<Output = ()>,
+    ready: impl FnOnce(usize),
+) -> Result<AgentReport, AgentError> {
+    let executors = start_executors(&config).await?;
+    let (notes, mut inbox) = mpsc::unbounded_channel();
+    let (refusals, mut refused) = mpsc::unbounded_channel();
+    let client = connect(&config, refusals).await?;
+    subscribe(&client, &config, &notes).await?;
+    let mut nodes = Vec::with_capacity(config.nodes.len());
+    for (name, key) in &config.nodes {
+        // A refusal of the NATS server (a permission) comes as an error event, not as the
+        // request's answer: whichever comes first decides.
+        let welcome = tokio::select! {
+            welcome = hello(&client, name) => welcome.map_err(|detail| AgentError::Hello {
+                node: name.clone(),
+                detail,
+            })?,
+            Some(detail) = refused.recv() => return Err(AgentError::Refused(detail)),
+        };
+        let mut node = NodeState::new(name.clone(), key.clone(), &welcome);
+        for order in &welcome.orders {
+            take_order(
+                &mut node,
+                order,
+                &config.ledger_key,
+                &mut AgentReport::default(),
+            );
+        }
+        nodes.push(node);
+    }
+    ready(nodes.len());
+    let mut agent = Agent {
+        client,
+        config,
+        executors,
+        notes,
+        nodes,
+        tick: 0,
+        report: AgentReport::default(),
+    };
+    agent.start_jobs();
+    tokio::pin!(stop);
+    let mut draining: Option<Instant> = None;
+    loop {
+        if let Some(since) = draining {
+            if agent.nodes.iter().all(NodeState::idle)
+                || since.elapsed() > Duration::from_millis(DRAIN_MS_MAX)
+            {
+                break;
+            }
+        }
+        let note = tokio::select! {
+            note = inbox.recv() => note,
+            Some(detail) = refused.recv() => return Err(AgentError::Refused(detail)),
+            () = &mut stop, if draining.is_none() => {
+                draining = Some(Instant::now());
+                continue;
+            }
+            () = tokio::time::sleep(Duration::from_millis(200)), if draining.is_some() => continue,
+        };
+        let Some(note) = note else { break };
+        agent.take(note, draining.is_some());
+    }
+    agent.report.abandoned = agent.nodes.iter().map(|node| node.held.len() as u64).sum();
+    let _ = agent.client.flush().await;
+    Ok(agent.report)
+}
+
+struct Agent {
+    client: async_nats::Client,
+    config: AgentConfig,
+    executors: Arc<Pool>,
+    notes: mpsc::UnboundedSender<Note>,
+    nodes: Vec<NodeState>,
+    tick: u64,
+    report: AgentReport,
+}
+
+impl Agent {
+    fn take(&mut self, note: Note, draining: bool) {
+        match note {
+            Note::Tick(head) => {
+                // A head the ledger key did not sign says nothing about the fabric's clock.
+                if head.tree_head.verify(&self.config.ledger_key).is_err() {
+                    return;
+                }
+                self.tick = self.tick.max(head.tick);
+                self.send_batches();
+            }
+            Note::Order(index, order) => {
+                if !draining {
+                    let node = &mut self.nodes[index];
+                    take_order(node, &order, &self.config.ledger_key, &mut self.report);
+                    self.start_jobs();
+                }
+            }
+            Note::Ran(index, finished) => {
+                let node = &mut self.nodes[index];
+                node.running -= 1;
+                match finished.outcome {
+                    JobOutcome::Completed => self.report.completed += 1,
+                    JobOutcome::Failed => self.report.failed += 1,
+                }
+                node.finished.push(finished);
+                self.start_jobs();
+            }
+            Note::Answered(index, sent, answer) => self.answered(index, sent, answer),
+            Note::Welcomed(index, welcome) => {
+                if let Ok(welcome) = welcome {
+                    let node = &mut self.nodes[index];
+                    for order in &welcome.orders {
+                        take_order(node, order, &self.config.ledger_key, &mut self.report);
+                    }
+                    self.start_jobs();
+                }
+            }
+        }
+    }
+
+    /// Starts every queued job a node has room for.
+    fn start_jobs(&mut self) {
+        for (index, node) in self.nodes.iter_mut().enumerate() {
+            while node.running < node.max_concurrency {
+                let Some(job) = node.queued.pop_front() else {
+                    break;
+                };
+                node.running += 1;
+                let run = JobRun {
+                    client: self.client.clone(),
+                    node: node.name.clone(),
+                    key: node.key.verifying_key().to_bytes(),
+                    job,
+                    executors: Arc::clone(&self.executors),
+                    byzantine_ppm: self.config.byzantine_ppm,
+                };
+                let notes = self.notes.clone();
+                tokio::spawn(async move {
+                    let finished = run.run().await;
+                    let _ = notes.send(Note::Ran(index, finished));
+                });
+            }
+        }
+    }
+
+    /// Sends each node's batch (heartbeat when due, pending receipts) where none is in flight.
+    fn send_batches(&mut self) {
+        let tick = self.tick;
+        for (index, node) in self.nodes.iter_mut().enumerate() {
+            if node.in_flight {
+                continue;
+            }
+            if node.rehello {
+                node.rehello = false;
+                let client = self.client.clone();
+                let name = node.name.clone();
+                let notes = self.notes.clone();
+                tokio::spawn(async move {
+                    let _ = notes.send(Note::Welcomed(index, hello(&client, &name).await));
+                });
+            }
+            let heartbeat = node.heartbeat_due(tick);
+            if !heartbeat && node.finished.is_empty() {
+                continue;
+            }
+            let sent = std::mem::take(&mut node.finished);
+            let Some(batch) = batch_of(node, tick, heartbeat, &sent) else {
+                node.finished = sent;
+                continue;
+            };
+            if heartbeat {
+                node.last_heartbeat_tick = Some(tick);
+            }
+            node.in_flight = true;
+            let client = self.client.clone();
+            let subject = NodeSubject::Attempts.of(&node.name);
+            let notes = self.notes.clone();
+            tokio::spawn(async move {
+                let answer = request::<AttemptAck, _>(&client, subject, &batch).await;
+                let _ = notes.send(Note::Answered(index, sent, answer));
+            });
+        }
+    }
+
+    fn answered(&mut self, index: usize, sent: Vec<Finished>, answer: Result<AttemptAck, String>) {
+        let node = &mut self.nodes[index];
+        node.in_flight = false;
+        let ack = match answer {
+            Ok(ack) if ack.error.is_none() => ack,
+            Ok(ack) => {
+                eprintln!(
+                    "node {}: the server refused a batch: {}",
+                    node.name,
+                    ack.error.unwrap_or_default()
+                );
+                node.finished.extend(sent);
+                return;
+            }
+            Err(detail) => {
+                eprintln!("node {}: batch unanswered ({detail}); retrying", node.name);
+                node.finished.extend(sent);
+                return;
+            }
+        };
+        // The heartbeat, when sent, is the first result; receipts follow in order.
+        let receipt_results = &ack.results[ack.results.len().saturating_sub(sent.len())..];
+        for (finished, result) in sent.into_iter().zip(receipt_results) {
+            match result.status.as_str() {
+                "admitted" | "duplicate" => {
+                    node.held.remove(&finished.job.assignment_seq);
+                    self.report.receipts_acknowledged += 1;
+                }
+                "refused" | "counted" => {
+                    // Judged and refused (the job was requeued elsewhere, or is no longer
+                    // this node's): nothing to retry.
+                    eprintln!(
+                        "node {}: the receipt of job {} was refused: {} {}",
+                        node.name,
+                        finished.job.job,
+                        result.reason.as_deref().unwrap_or(""),
+                        result.detail.as_deref().unwrap_or("")
+                    );
+                    node.held.remove(&finished.job.assignment_seq);
+                }
+                _ => node.finished.push(finished),
+            }
+        }
+        let known: HashSet<JobId> = node.held.values().copied().collect();
+        if ack.running.iter().any(|job| !known.contains(job)) {
+            // The log gives this node work it never received: ask for its orders again.
+            node.rehello = true;
+        }
+    }
+}
+
+/// Verifies an order and queues its job, once per assignment.
+fn take_order(
+    node: &mut NodeState,
+    order: &WorkOrder,
+    ledger_key: &PublicKey,
+    report: &mut AgentReport,
+) {
+    match verify_order(order, ledger_key, &node.name) {
+        Ok(job) => {
+            if node.held.len() < node.max_concurrency + QUEUED_JOBS_MAX
+                && !node.held.contains_key(&job.assignment_seq)
+            {
+                node.held.insert(job.assignment_seq, job.job);
+                node.queued.push_back(job);
+            }
+        }
+        Err(refused) => {
+            report.refused_orders += 1;
+            eprintln!("node {}: refused a work order: {refused}", node.name);
+        }
+    }
+}
+
+/// Signs a node's batch: its heartbeat (when due), then a receipt per finished job.
+fn batch_of(
+    node: &mut NodeState,
+    tick: u64,
+    heartbeat: bool,
+    finished: &[Finished],
+) -> Option<AttemptBatch> {
+    let newest_assignment = finished
+        .iter()
+        .map(|f| f.job.assigned_tick)
+        .max()
+        .unwrap_or(0);
+    let tick = tick.max(newest_assignment);
+    let mut batch = AttemptBatch::default();
+    let mut sign = |node: &mut NodeState, body: fabric_events::Body| -> Option<()> {
+        let nonce = node.next_nonce(tick);
+        let event = Event::new(Role::Node, tick, nonce, body);
+        let signed = SignedEvent::sign(&event, &node.key).ok()?;
+        batch.events.push(WireSignedEvent::from_signed(&signed));
+        Some(())
+    };
+    if heartbeat {
+        let running = node.held.len() as u32;
+        sign(
+            node,
+            Heartbeat {
+                node: node.name.clone(),
+                running_jobs: running,
+            }
+            .into(),
+        )?;
+    }
+    for done in finished {
+        sign(
+            node,
+            JobReceipt {
+                job: done.job.job,
+                node: node.name.clone(),
+                outcome: done.outcome,
+                output_hash: done.output_hash,
+                kernel: Some(kernel_ref(done)),
+                started_tick: done.job.assigned_tick,
+                finished_tick: tick,
+                execution_us: Some(done.execution_us),
+            }
+            .into(),
+        )?;
+    }
+    batch.outputs = finished
+        .iter()
+        .filter(|done| done.outcome == JobOutcome::Completed)
+        .map(|done| BASE64.encode(&done.output))
+        .collect();
+    Some(batch)
+}
+
+fn kernel_ref(done: &Finished) -> KernelRef {
+    KernelRef {
+        id: done.job.job_type.kernel_id().to_owned(),
+        version: done.job.job_type.kernel_version(),
+        adapter: done.adapter.clone(),
+        input_hash: done.job.input_hash,
+    }
+}
+
+/// The executor processes, shared by the nodes.
+struct Pool {
+    free: Mutex<Vec<Executor>>,
+    permits: Semaphore,
+}
+
+async fn start_executors(config: &AgentConfig) -> Result<Arc<Pool>, AgentError> {
+    let (limits, mode, gpu, count) = (
+        config.limits,
+        config.sandbox,
+        config.gpu,
+        config.executors.max(1),
+    );
+    let executors = tokio::task::spawn_blocking(move || {
+        (0..count)
+            .map(|_| Executor::start(limits, mode, gpu))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(|_| AgentError::Executors(JobFailure::Start("the start task panicked".to_owned())))?
+    .map_err(AgentError::Executors)?;
+    Ok(Arc::new(Pool {
+        permits: Semaphore::new(executors.len()),
+        free: Mutex::new(executors),
+    }))
+}
+
+impl Pool {
+    async fn run(
+        self: &Arc<Self>,
+        job: ModelJob,
+        weights: Vec<u8>,
+        input: Vec<u8>,
+    ) -> Result<ExecutorOutput, JobFailure> {
+        let closed = || JobFailure::Start("the executor pool is closed".to_owned());
+        let _permit = self.permits.acquire().await.map_err(|_| closed())?;
+        let taken = self
+            .free
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .pop();
+        let mut executor = taken.ok_or_else(closed)?;
+        let pool = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let result = executor.run(job, &weights, &input);
+            pool.free
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .push(executor);
+            result
+        })
+        .await
+        .map_err(|_| JobFailure::Start("the executor task panicked".to_owned()))?
+    }
+}
+
+/// One job on its way through fetch and execution.
+struct JobRun {
+    client: async_nats::Client,
+    node: String,
+    key: [u8; 32],
+    job: VerifiedJob,
+    executors: Arc<Pool>,
+    byzantine_ppm: u32,
+}
+
+impl JobRun {
+    async fn run(self) -> Finished {
+        let failed = |job: VerifiedJob, why: String, node: &str| {
+            eprintln!("node {node}: job {} failed: {why}", job.job);
+            Finished {
+                job,
+                outcome: JobOutcome::Failed,
+                output: Vec::new(),
+                output_hash: Hash32([0; 32]),
+                adapter: String::new(),
+                execution_us: 0,
+            }
+        };
+        let input = match self.fetch().await {
+            Ok(input) => input,
+            Err(why) => return failed(self.job, why, &self.node),
+        };
+        let Some(model_job) = ModelJob::from_name(self.job.job_type.name()) else {
+            let why = format!("no kernel runs job type {}", self.job.job_type.name());
+            return failed(self.job, why, &self.node);
+        };
+        match self
+            .executors
+            .run(model_job, self.job.weights.clone(), input)
+            .await
+        {
+            Ok(mut out) => {
+                if self.lies() {
+                    if let Some(first) = out.output.first_mut() {
+                        *first ^= 0x5a;
+                    }
+                }
+                Finished {
+                    output_hash: Hash32(*blake3::hash(&out.output).as_bytes()),
+                    output: out.output,
+                    outcome: JobOutcome::Completed,
+                    adapter: out.adapter,
+                    execution_us: out.execution_us,
+                    job: self.job,
+                }
+            }
+            Err(failure) => failed(self.job, failure.to_string(), &self.node),
+        }
+    }
+
+    /// The job's input, fetched by content address and checked against it.
+    async fn fetch(&self) -> Result<Vec<u8>, String> {
+        let subject = NodeSubject::Fetch.of(&self.node);
+        let fetched: Fetched = request(
+            &self.client,
+            subject,
+            &Fetch {
+                hash: self.job.input_hash,
+            },
+        )
+        .await?;
+        let Some(bytes) = fetched.bytes else {
+            return Err(format!(
+                "the server has no input {}: {}",
+                self.job.input_hash,
+                fetched.error.unwrap_or_default()
+            ));
+        };
+        let bytes = BASE64
+            .decode(bytes)
+            .map_err(|err| format!("the input is not base64: {err}"))?;
+        let hash = Hash32(*blake3::hash(&bytes).as_bytes());
+        if hash != self.job.input_hash {
+            return Err(format!(
+                "the input sent hashes to {hash}, not to the job's input hash {}",
+                self.job.input_hash
+            ));
+        }
+        Ok(bytes)
+    }
+
+    /// Whether this (byzantine, for tests) node falsifies this job's output: a keyed hash of
+    /// the assignment decides, so a rerun lies the same way.
+    fn lies(&self) -> bool {
+        if self.byzantine_ppm == 0 {
+            return false;
+        }
+        let draw = blake3::keyed_hash(&self.key, &self.job.assignment_seq.to_le_bytes());
+        let value = u32::from_le_bytes([
+            draw.as_bytes()[0],
+            draw.as_bytes()[1],
+            draw.as_bytes()[2],
+            draw.as_bytes()[3],
+        ]);
+        u64::from(value) * 1_000_000 < u64::from(self.byzantine_ppm) * (u64::from(u32::MAX) + 1)
+    }
+}
+
+async fn connect(
+    config: &AgentConfig,
+    refusals: mpsc::UnboundedSender<String>,
+) -> Result<async_nats::Client, AgentError> {
+    let mut options = async_nats::ConnectOptions::new()
+        .name("fabric-node")
+        .event_callback(move |event| {
+            let refusals = refusals.clone();
+            async move {
+                if let async_nats::Event::ServerError(error) = event {
+                    let _ = refusals.send(error.to_string());
+                }
+            }
+        });
+    if let Some((user, password)) = &config.nats_user {
+        options = options
+            .user_and_password(user.clone(), password.clone())
+            .custom_inbox_prefix(format!("_INBOX.{user}"));
+    }
+    let connecting = options.connect(config.nats_url.as_str());
+    match tokio::time::timeout(Duration::from_secs(10), connecting).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(error)) => Err(AgentError::Connect {
+            url: config.nats_url.clone(),
+            detail: error.to_string(),
+        }),
+        Err(_) => Err(AgentError::Connect {
+            url: config.nats_url.clone(),
+            detail: "no answer within 10 s".to_owned(),
+        }),
+    }
+}
+
+/// Subscribes to the tick heads and each node's work, forwarding them to the main loop.
+async fn subscribe(
+    client: &async_nats::Client,
+    config: &AgentConfig,
+    notes: &mpsc::UnboundedSender<Note>,
+) -> Result<(), AgentError> {
+    let subscribe_error = |subject: &str, error: async_nats::SubscribeError| {
+        AgentError::Refused(format!("could not subscribe to {subject}: {error}"))
+    };
+    let mut ticks = client
+        .subscribe(TICK_SUBJECT)
+        .await
+        .map_err(|error| subscribe_error(TICK_SUBJECT, error))?;
+    let tick_notes = notes.clone();
+    tokio::spawn(async move {
+        while let Some(message) = ticks.next().await {
+            if let Ok(head) = serde_json::from_slice::<TickHead>(&message.payload) {
+                let _ = tick_notes.send(Note::Tick(head));
+            }
+        }
+    });
+    for (index, (name, _)) in config.nodes.iter().enumerate() {
+        let subject = NodeSubject::Work.of(name);
+        let mut orders = client
+            .subscribe(subject.clone())
+            .await
+            .map_err(|error| subscribe_error(&subject, error))?;
+        let order_notes = notes.clone();
+        tokio::spawn(async move {
+            while let Some(message) = orders.next().await {
+                if let Ok(order) = serde_json::from_slice::<WorkOrder>(&message.payload) {
+                    let _ = order_notes.send(Note::Order(index, Box::new(order)));
+                }
+            }
+        });
+    }
+    client
+        .flush()
+        .await
+        .map_err(|error| AgentError::Refused(format!("could not reach NATS: {error}")))
+}
+
+/// Says hello for `node`: its registration and running work, or why not.
+async fn hello(client: &async_nats::Client, node: &str) -> Result<Welcome, String> {
+    request(client, NodeSubject::Hello.of(node), &Hello {}).await
+}
+
+/// A request on a node subject, with its answer parsed (or the server's `{"error": …}`).
+async fn request<T: serde::de::DeserializeOwned, B: serde::Serialize>(
+    client: &async_nats::Client,
+    subject: String,
+    body: &B,
+) -> Result<T, String> {
+    let payload = serde_json::to_vec(body).map_err(|err| err.to_string())?;
+    let asked = client.request(subject.clone(), payload.into());
+    let message = match tokio::time::timeout(Duration::from_millis(REQUEST_TIMEOUT_MS), asked).await
+    {
+        Ok(Ok(message)) => message,
+        Ok(Err(error)) => {
+            return Err(format!(
+            "no answer on {subject} ({error}): is `fabric serve --nats` running for this fabric?"
+        ))
+        }
+        Err(_) => {
+            return Err(format!(
+                "no answer on {subject} within {REQUEST_TIMEOUT_MS} ms"
+            ))
+        }
+    };
+    if let Ok(answer) = serde_json::from_slice::<T>(&message.payload) {
+        return Ok(answer);
+    }
+    #[derive(serde::Deserialize)]
+    struct ErrorReply {
+        error: String,
+    }
+    match serde_json::from_slice::<ErrorReply>(&message.payload) {
+        Ok(reply) => Err(reply.error),
+        Err(error) => Err(format!("the answer on {subject} does not parse: {error}")),
+    }
+}

@@ -1,0 +1,970 @@
+//! The node gateway: the server's side of the node protocol on NATS (docs/FORMAT.md §15;
+//! the bodies are `fabric_node::protocol`'s).
+//!
+//! It runs on a thread of its own (a small tokio runtime) so that nothing a node sends costs
+//! the driver's thread: it verifies signatures and decodes there, and hands each node event to
+//! the driver as a [`Request::Node`] through the same intake as the HTTP submissions; the
+//! driver puts it through the gate at its next tick and answers once the tick is durable.
+//!
+//! After each durable tick the driver tells it what was appended ([`NodeGateway::tick`]); it
+//! keeps the Merkle frontier of the log and proves each new entry it needs against the tick's
+//! signed tree head in O(batch) ([`fabric_ledger::merkle::batch_inclusion_proofs`]), then
+//! publishes the tick's head on `fabric.v1.tick` and each new assignment, as a [`WorkOrder`],
+//! on its node's `work` subject.
+//!
+//! Hostile input: a node subject is only reachable by the NATS user the operator gave that
+//! node (FORMAT §15.5), and even then every event must carry a valid signature of the node's
+//! registered key, name that node and pass the gate; a batch is bounded
+//! ([`ATTEMPTS_PER_BATCH_MAX`], [`OUTPUT_BYTES_MAX`]); an output is stored only when a
+//! receipt of a job that node runs names its hash; an input is served only to the node that
+//! runs its job.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use bytes::Bytes;
+use fabric_actors::gate::{self, Verdict};
+use fabric_actors::serve::{Ack, Request, ServedTick, Submission};
+use fabric_audit::proof::{InclusionDoc, INCLUSION_FORMAT};
+use fabric_audit::{Observer, Step};
+use fabric_events::{
+    AttestationMismatch, Body, Entry, Event, Hash32, JobId, JobOutcome, JobReceipt,
+    ModelRegistered, OwnerAction, SignedEvent,
+};
+use fabric_gpu_kernels::models::ModelJob;
+use fabric_gpu_kernels::Engine;
+use fabric_ledger::merkle::{self, Frontier, InclusionProof};
+use fabric_ledger::SignedTreeHead;
+use fabric_node::protocol::{
+    AttemptAck, AttemptBatch, AttemptResult, Fetch, Fetched, NodeSubject, TickHead, Welcome,
+    WorkOrder, ATTEMPTS_PER_BATCH_MAX, NODE_SUBJECT_PREFIX, OUTPUT_BYTES_MAX, TICK_SUBJECT,
+};
+use fabric_projections::State;
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::ServerError;
+
+/// How long a node's batch waits for its tick before it is answered `unanswered`.
+const ATTEMPTS_WAIT_MS: u64 = 30_000;
+/// Ticks a receipt is remembered after it was appended, to answer a node's retry of it as a
+/// `duplicate` instead of recording its refusal.
+const RECEIPT_MEMORY_TICKS: u64 = 1_024;
+
+/// How the gateway reaches NATS.
+#[derive(Clone, Debug)]
+pub struct NatsLogin {
+    /// The server's URL.
+    pub url: String,
+    /// The NATS user of the fabric's server, with its password.
+    pub user: Option<(String, String)>,
+}
+
+/// What the gateway knows of one registered node after a tick.
+#[derive(Clone, Debug)]
+pub(crate) struct NodeInfo {
+    heartbeat_interval_ticks: u32,
+    max_concurrency: u32,
+    last_nonce: Option<u64>,
+    running: Vec<JobId>,
+}
+
+/// Registered nodes (not retired) by name.
+type Directory = HashMap<String, NodeInfo>;
+
+fn directory_of(state: &State) -> Directory {
+    state
+        .nodes()
+        .iter()
+        .filter(|node| !node.retired)
+        .map(|node| {
+            let info = NodeInfo {
+                heartbeat_interval_ticks: node.heartbeat_interval_ticks,
+                max_concurrency: node.max_concurrency,
+                last_nonce: state
+                    .authority()
+                    .key(&node.key)
+                    .and_then(|record| record.last_nonce),
+                running: node
+                    .running
+                    .iter()
+                    .map(|job| state.jobs()[*job as usize].id)
+                    .collect(),
+            };
+            (node.name.clone(), info)
+        })
+        .collect()
+}
+
+/// One appended tick, as the gateway needs it.
+struct TickNews {
+    tick: u64,
+    first_seq: u64,
+    signed: Vec<SignedEvent>,
+    events: Vec<Event>,
+    tree_head: SignedTreeHead,
+    directory: Directory,
+}
+
+/// A job's submission as the feed keeps it while the job is in the fabric.
+struct Submitted {
+    doc: InclusionDoc,
+    workload: String,
+    input_hash: Hash32,
+}
+
+/// An assignment in force: the node that runs it and its order.
+struct Running {
+    node: String,
+    input_hash: Hash32,
+    workload: String,
+    order: WorkOrder,
+}
+
+/// What the gateway knows of the log: its frontier, the proofs it may have to send, who runs
+/// what. Updated after each tick, read by the request handlers.
+pub(crate) struct Feed {
+    frontier: Frontier,
+    last_hash: Hash32,
+    tick: u64,
+    tree_head: SignedTreeHead,
+    submissions: HashMap<JobId, Submitted>,
+    models: HashMap<String, Model>,
+    running: HashMap<JobId, Running>,
+    receipts: HashMap<(String, JobId), (u64, u64)>,
+    directory: Directory,
+    /// The proofs stop being right when the frontier does not give the signed root: then
+    /// nothing is published (nodes would refuse it anyway) and the log says why once.
+    broken: Option<String>,
+}
+
+/// The model an event registers.
+fn registered_model(event: &Event) -> Option<&ModelRegistered> {
+    match &event.body {
+        Body::OwnerCommand(command) => match &command.action {
+            OwnerAction::RegisterModel { registration } => Some(registration),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// A registered model: its entry, proved, and what re-executing its jobs needs.
+#[derive(Clone)]
+struct Model {
+    doc: InclusionDoc,
+    job_type: ModelJob,
+    weights: Vec<u8>,
+}
+
+impl Model {
+    fn of(registration: &ModelRegistered, doc: InclusionDoc) -> Option<Self> {
+        Some(Self {
+            doc,
+            job_type: ModelJob::from_name(registration.job_type.name())?,
+            weights: registration.weights.clone(),
+        })
+    }
+}
+
+fn doc_of(entry: &Entry, path: Vec<Hash32>, head: &SignedTreeHead) -> InclusionDoc {
+    let bytes = entry.encode();
+    InclusionDoc {
+        format: INCLUSION_FORMAT.to_owned(),
+        seq: entry.seq,
+        tree_size: head.tree_size,
+        leaf_hash: fabric_events::entry_hash(&bytes),
+        entry: BASE64.encode(&bytes),
+        audit_path: path,
+        root: head.root,
+        tree_head: *head,
+        ledger_rotations: Vec::new(),
+    }
+}
+
+impl Feed {
+    /// Takes in one appended tick; returns what to publish (subject, body).
+    fn apply(&mut self, news: TickNews) -> Vec<(String, Vec<u8>)> {
+        let before = self.frontier.clone();
+        let mut entries = Vec::with_capacity(news.signed.len());
+        for (offset, signed) in news.signed.iter().enumerate() {
+            let entry = Entry::new(
+                news.first_seq + offset as u64,
+                self.last_hash,
+                signed.clone(),
+            );
+            self.last_hash = entry.hash();
+            self.frontier.push(self.last_hash);
+            entries.push(entry);
+        }
+        self.tick = news.tick;
+        self.tree_head = news.tree_head;
+        self.directory = news.directory;
+        if (self.frontier.size() != news.tree_head.tree_size
+            || self.frontier.root() != news.tree_head.root)
+            && self.broken.is_none()
+        {
+            {
+                let why = format!(
+                    "the node feed's frontier ({} entries) does not give the signed root of {} \
+                     entries: no more work orders are published",
+                    self.frontier.size(),
+                    news.tree_head.tree_size
+                );
+                eprintln!("error: {why}");
+                self.broken = Some(why);
+            }
+        }
+        if self.broken.is_some() {
+            return Vec::new();
+        }
+        let leaves: Vec<Hash32> = entries.iter().map(Entry::hash).collect();
+        let proofs = merkle::batch_inclusion_proofs(&before, &leaves);
+        let mut out = Vec::new();
+        for ((entry, event), proof) in entries.iter().zip(&news.events).zip(proofs) {
+            let doc = || doc_of(entry, proof.path.clone(), &news.tree_head);
+            self.observe(entry.seq, event, news.tick, doc, &mut out);
+        }
+        self.forget_ended();
+        let head = TickHead {
+            tick: news.tick,
+            tree_head: news.tree_head,
+        };
+        if let Ok(body) = serde_json::to_vec(&head) {
+            out.push((TICK_SUBJECT.to_owned(), body));
+        }
+        out
+    }
+
+    /// One entry of the log: what it changes in the feed, and the order it makes.
+    fn observe(
+        &mut self,
+        seq: u64,
+        event: &Event,
+        tick: u64,
+        doc: impl FnOnce() -> InclusionDoc,
+        out: &mut Vec<(String, Vec<u8>)>,
+    ) {
+        match &event.body {
+            Body::JobSubmitted(job) => {
+                self.submissions.insert(
+                    job.job,
+                    Submitted {
+                        doc: doc(),
+                        workload: job.workload.clone(),
+                        input_hash: job.input_hash,
+                    },
+                );
+            }
+            Body::JobAssigned(assigned) => {
+                if let Some(running) = self.order(assigned.job, &assigned.node, doc()) {
+                    if let Ok(body) = serde_json::to_vec(&running.order) {
+                        out.push((NodeSubject::Work.of(&assigned.node), body));
+                    }
+                    self.running.insert(assigned.job, running);
+                }
+            }
+            Body::JobRequeued(requeued) => {
+                self.running.remove(&requeued.job);
+            }
+            Body::JobReceipt(receipt) => {
+                self.running.remove(&receipt.job);
+                self.receipts
+                    .insert((receipt.node.clone(), receipt.job), (seq, tick));
+            }
+            _ => {
+                if let Some(registration) = registered_model(event) {
+                    if let Some(model) = Model::of(registration, doc()) {
+                        self.models.insert(registration.workload(), model);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The order of an assignment, when the job is one of a registered model.
+    fn order(&self, job: JobId, node: &str, assignment: InclusionDoc) -> Option<Running> {
+        let submitted = self.submissions.get(&job)?;
+        let model = self.models.get(&submitted.workload)?;
+        Some(Running {
+            node: node.to_owned(),
+            input_hash: submitted.input_hash,
+            workload: submitted.workload.clone(),
+            order: WorkOrder {
+                assignment,
+                model: model.doc.clone(),
+                submission: submitted.doc.clone(),
+            },
+        })
+    }
+
+    /// Jobs that left the fabric leave the feed; receipts are remembered a while.
+    fn forget_ended(&mut self) {
+        let in_fabric: std::collections::HashSet<JobId> = self
+            .directory
+            .values()
+            .flat_map(|node| node.running.iter().copied())
+            .collect();
+        self.running.retain(|job, _| in_fabric.contains(job));
+        let tick = self.tick;
+        self.receipts
+            .retain(|_, (_, at)| tick.saturating_sub(*at) <= RECEIPT_MEMORY_TICKS);
+    }
+
+    fn welcome(&self, node: &str) -> Option<Welcome> {
+        let info = self.directory.get(node)?;
+        Some(Welcome {
+            heartbeat_interval_ticks: info.heartbeat_interval_ticks,
+            last_nonce: info.last_nonce,
+            max_concurrency: info.max_concurrency,
+            node: node.to_owned(),
+            orders: self
+                .running
+                .values()
+                .filter(|running| running.node == node)
+                .map(|running| running.order.clone())
+                .collect(),
+            tick: self.tick,
+            tree_head: self.tree_head,
+        })
+    }
+}
+
+/// Gathers, in the server's one replay of the log at start, what the feed needs: every leaf,
+/// the submissions, assignments and models, and the receipts of late.
+#[derive(Default)]
+pub(crate) struct FeedBuilder {
+    leaves: Vec<Hash32>,
+    submitted: HashMap<JobId, (u64, String, Hash32)>,
+    assigned: HashMap<JobId, (u64, String)>,
+    models: HashMap<String, (u64, ModelRegistered)>,
+    receipts: HashMap<(String, JobId), (u64, u64)>,
+    tick: u64,
+}
+
+impl Observer for FeedBuilder {
+    fn after(&mut self, step: &Step<'_>, state: &State) {
+        self.leaves.push(step.hash);
+        self.tick = state.tick();
+        match &step.event.body {
+            Body::JobSubmitted(job) => {
+                self.submitted
+                    .insert(job.job, (step.seq, job.workload.clone(), job.input_hash));
+            }
+            Body::JobAssigned(assigned) => {
+                self.assigned
+                    .insert(assigned.job, (step.seq, assigned.node.clone()));
+            }
+            Body::JobRequeued(requeued) => {
+                self.assigned.remove(&requeued.job);
+            }
+            Body::JobReceipt(JobReceipt { job, node, .. }) => {
+                self.assigned.remove(job);
+                self.submitted.remove(job);
+                self.receipts
+                    .insert((node.clone(), *job), (step.seq, state.tick()));
+            }
+            _ => {
+                if let Some(registration) = registered_model(step.event) {
+                    self.models
+                        .insert(registration.workload(), (step.seq, registration.clone()));
+                }
+            }
+        }
+    }
+}
+
+impl FeedBuilder {
+    /// The feed of a log whose replay this observed, its newest head `head`, its state `state`.
+    pub(crate) fn build(
+        self,
+        reader: &fabric_ledger::LedgerReader,
+        state: &State,
+        head: &SignedTreeHead,
+    ) -> Result<Feed, ServerError> {
+        let mut frontier = Frontier::new();
+        for leaf in &self.leaves {
+            frontier.push(*leaf);
+        }
+        let mut roots = SubtreeRoots {
+            leaves: &self.leaves,
+            memo: HashMap::new(),
+        };
+        let mut prove = |seq: u64| -> Result<InclusionDoc, ServerError> {
+            let entry = reader
+                .get(seq)
+                .map_err(|error| ServerError::NodeFeed { seq, error })?;
+            let proof = merkle::inclusion_proof_from(
+                |start, end| roots.root(start, end),
+                seq,
+                head.tree_size,
+            )
+            .map_err(|_| ServerError::NodeFeedRange {
+                seq,
+                size: head.tree_size,
+            })?;
+            let InclusionProof { path, .. } = proof;
+            Ok(doc_of(&entry, path, head))
+        };
+        let mut submissions = HashMap::new();
+        for (job, (seq, workload, input_hash)) in &self.submitted {
+            if state.job_ix(*job).is_some() {
+                submissions.insert(
+                    *job,
+                    Submitted {
+                        doc: prove(*seq)?,
+                        workload: workload.clone(),
+                        input_hash: *input_hash,
+                    },
+                );
+            }
+        }
+        let mut models = HashMap::new();
+        for (workload, (seq, registration)) in &self.models {
+            if let Some(model) = Model::of(registration, prove(*seq)?) {
+                models.insert(workload.clone(), model);
+            }
+        }
+        let mut feed = Feed {
+            last_hash: self.leaves.last().copied().unwrap_or(Hash32([0; 32])),
+            frontier,
+            tick: self.tick,
+            tree_head: *head,
+            submissions,
+            models,
+            running: HashMap::new(),
+            receipts: self.receipts,
+            directory: directory_of(state),
+            broken: None,
+        };
+        for (job, (seq, node)) in &self.assigned {
+            if state.job_ix(*job).is_none() {
+                continue;
+            }
+            let assignment = prove(*seq)?;
+            if let Some(running) = feed.order(*job, node, assignment) {
+                feed.running.insert(*job, running);
+            }
+        }
+        Ok(feed)
+    }
+}
+
+/// Subtree roots of a list of leaves, each computed once.
+struct SubtreeRoots<'a> {
+    leaves: &'a [Hash32],
+    memo: HashMap<(u64, u64), Hash32>,
+}
+
+impl SubtreeRoots<'_> {
+    fn root(&mut self, start: u64, end: u64) -> Hash32 {
+        if let Some(root) = self.memo.get(&(start, end)) {
+            return *root;
+        }
+        let root = merkle::root(&self.leaves[start as usize..end as usize]);
+        self.memo.insert((start, end), root);
+        root
+    }
+}
+
+/// What the request handlers share.
+struct Gateway {
+    client: async_nats::Client,
+    feed: Mutex<Feed>,
+    intake: mpsc::Sender<Submission>,
+    artifacts: sled::Tree,
+    /// Share of completed receipts re-executed on the CPU reference, in parts per million.
+    verify_ppm: u32,
+}
+
+impl Gateway {
+    fn feed(&self) -> MutexGuard<'_, Feed> {
+        self.feed
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+}
+
+/// The running gateway: its thread, and the way to tell it of each tick.
+pub(crate) struct NodeGateway {
+    news: mpsc::UnboundedSender<TickNews>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NodeGateway {
+    /// Connects to NATS, subscribes to the node subjects and starts serving them.
+    pub(crate) fn start(
+        login: &NatsLogin,
+        feed: Feed,
+        intake: mpsc::Sender<Submission>,
+        artifacts: sled::Tree,
+        verify_ppm: u32,
+    ) -> Result<Self, ServerError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .thread_name("node-gateway")
+            .build()
+            .map_err(|error| ServerError::NodeGateway {
+                detail: format!("could not start its runtime: {error}"),
+            })?;
+        let client = runtime
+            .block_on(connect(login))
+            .map_err(|detail| ServerError::NodeGateway { detail })?;
+        let subscriptions = runtime
+            .block_on(subscribe(&client))
+            .map_err(|detail| ServerError::NodeGateway { detail })?;
+        let (news, news_rx) = mpsc::unbounded_channel();
+        let gateway = Arc::new(Gateway {
+            client,
+            feed: Mutex::new(feed),
+            intake,
+            artifacts,
+            verify_ppm,
+        });
+        let thread = std::thread::Builder::new()
+            .name("node-gateway".to_owned())
+            .spawn(move || runtime.block_on(serve(gateway, subscriptions, news_rx)))
+            .map_err(|error| ServerError::NodeGateway {
+                detail: format!("could not start its thread: {error}"),
+            })?;
+        Ok(Self {
+            news,
+            thread: Some(thread),
+        })
+    }
+
+    /// Tells the gateway of a durable tick (called on the driver's thread).
+    pub(crate) fn tick(&self, tick: &ServedTick<'_>) {
+        let _ = self.news.send(TickNews {
+            tick: tick.tick,
+            first_seq: tick.first_seq,
+            signed: tick.signed.to_vec(),
+            events: tick.events.to_vec(),
+            tree_head: *tick.tree_head,
+            directory: directory_of(tick.state),
+        });
+    }
+
+    /// Stops serving once the last tick is published.
+    pub(crate) fn finish(mut self) {
+        let (news, _) = mpsc::unbounded_channel();
+        drop(std::mem::replace(&mut self.news, news));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+async fn connect(login: &NatsLogin) -> Result<async_nats::Client, String> {
+    let mut options = async_nats::ConnectOptions::new()
+        .name("fabric-serve")
+        .retry_on_initial_connect();
+    if let Some((user, password)) = &login.user {
+        options = options.user_and_password(user.clone(), password.clone());
+    }
+    let connecting = options.connect(login.url.as_str());
+    match tokio::time::timeout(Duration::from_secs(10), connecting).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(error)) => Err(format!(
+            "could not connect to NATS at {}: {error}",
+            login.url
+        )),
+        Err(_) => Err(format!(
+            "could not connect to NATS at {} within 10 s",
+            login.url
+        )),
+    }
+}
+
+async fn subscribe(client: &async_nats::Client) -> Result<Vec<async_nats::Subscriber>, String> {
+    let mut subscriptions = Vec::new();
+    for kind in [
+        NodeSubject::Hello,
+        NodeSubject::Attempts,
+        NodeSubject::Fetch,
+    ] {
+        let subject = format!("{NODE_SUBJECT_PREFIX}.*.{}", kind.as_str());
+        let subscriber = client
+            .subscribe(subject.clone())
+            .await
+            .map_err(|error| format!("could not subscribe to {subject}: {error}"))?;
+        subscriptions.push(subscriber);
+    }
+    // Subscriptions are in place at the server before the first tick is published.
+    client
+        .flush()
+        .await
+        .map_err(|error| format!("could not reach NATS: {error}"))?;
+    Ok(subscriptions)
+}
+
+async fn serve(
+    gateway: Arc<Gateway>,
+    subscriptions: Vec<async_nats::Subscriber>,
+    mut news: mpsc::UnboundedReceiver<TickNews>,
+) {
+    let mut messages = futures_util::stream::select_all(subscriptions);
+    loop {
+        tokio::select! {
+            next = news.recv() => {
+                let Some(news) = next else { break };
+                let out = gateway.feed().apply(news);
+                for (subject, body) in out {
+                    let _ = gateway.client.publish(subject, body.into()).await;
+                }
+            }
+            Some(message) = messages.next() => {
+                let gateway = Arc::clone(&gateway);
+                tokio::spawn(async move { answer(&gateway, message).await });
+            }
+        }
+    }
+    let _ = gateway.client.flush().await;
+}
+
+/// Answers one request on a node subject.
+async fn answer(gateway: &Gateway, message: async_nats::Message) {
+    let Some(reply) = message.reply.clone() else {
+        return;
+    };
+    let Some((node, kind)) = NodeSubject::parse(&message.subject) else {
+        return;
+    };
+    let body = match kind {
+        NodeSubject::Hello => hello(gateway, &node),
+        NodeSubject::Attempts => attempts(gateway, &node, &message.payload).await,
+        NodeSubject::Fetch => fetch(gateway, &node, &message.payload),
+        NodeSubject::Work => return,
+    };
+    let _ = gateway.client.publish(reply, body.into()).await;
+}
+
+fn error_body(detail: String) -> Vec<u8> {
+    serde_json::json!({ "error": detail })
+        .to_string()
+        .into_bytes()
+}
+
+fn hello(gateway: &Gateway, node: &str) -> Vec<u8> {
+    match gateway.feed().welcome(node) {
+        Some(welcome) => serde_json::to_vec(&welcome).unwrap_or_default(),
+        None => error_body(format!(
+            "node `{node}` is not registered in this fabric (or is retired)"
+        )),
+    }
+}
+
+fn fetch(gateway: &Gateway, node: &str, payload: &Bytes) -> Vec<u8> {
+    let fetched = |bytes: Option<String>, error: Option<String>| {
+        serde_json::to_vec(&Fetched { bytes, error }).unwrap_or_default()
+    };
+    let request: Fetch = match serde_json::from_slice(payload) {
+        Ok(request) => request,
+        Err(error) => return fetched(None, Some(format!("not a fetch request: {error}"))),
+    };
+    let allowed = gateway
+        .feed()
+        .running
+        .values()
+        .any(|running| running.node == node && running.input_hash == request.hash);
+    if !allowed {
+        return fetched(
+            None,
+            Some(format!(
+                "{} is not the input of a job node `{node}` runs",
+                request.hash
+            )),
+        );
+    }
+    match gateway.artifacts.get(request.hash.as_bytes()) {
+        Ok(Some(bytes)) if *blake3::hash(&bytes).as_bytes() == request.hash.0 => {
+            fetched(Some(BASE64.encode(&bytes)), None)
+        }
+        Ok(Some(_)) => fetched(
+            None,
+            Some(format!("the stored {} is damaged", request.hash)),
+        ),
+        Ok(None) => fetched(
+            None,
+            Some(format!("no artifact {} is stored", request.hash)),
+        ),
+        Err(error) => fetched(None, Some(format!("the artifact store failed: {error}"))),
+    }
+}
+
+/// One event of a batch on its way: answered at once, or waiting for its tick.
+enum Pending {
+    Now(AttemptResult),
+    Tick(oneshot::Receiver<Ack>),
+}
+
+fn result(status: &str, seq: Option<u64>, refusal: Option<(String, String)>) -> AttemptResult {
+    let (reason, detail) = refusal.unzip();
+    AttemptResult {
+        detail,
+        reason,
+        seq,
+        status: status.to_owned(),
+    }
+}
+
+async fn attempts(gateway: &Gateway, node: &str, payload: &Bytes) -> Vec<u8> {
+    let ack = |error: String| AttemptAck {
+        error: Some(error),
+        results: Vec::new(),
+        running: Vec::new(),
+        tick: 0,
+    };
+    let batch: AttemptBatch = match serde_json::from_slice(payload) {
+        Ok(batch) => batch,
+        Err(error) => return encode(&ack(format!("not an attempt batch: {error}"))),
+    };
+    if batch.events.len() > ATTEMPTS_PER_BATCH_MAX {
+        return encode(&ack(format!(
+            "{} events in one batch, over the limit of {ATTEMPTS_PER_BATCH_MAX}",
+            batch.events.len()
+        )));
+    }
+    let outputs = match decode_outputs(&batch.outputs) {
+        Ok(outputs) => outputs,
+        Err(error) => return encode(&ack(error)),
+    };
+    let pending: Vec<Pending> = batch
+        .events
+        .iter()
+        .map(|wire| submit(gateway, node, wire, &outputs))
+        .collect();
+    let mut results = Vec::with_capacity(pending.len());
+    let mut tick = 0;
+    for pending in pending {
+        results.push(match pending {
+            Pending::Now(result) => result,
+            Pending::Tick(reply) => {
+                match tokio::time::timeout(Duration::from_millis(ATTEMPTS_WAIT_MS), reply).await {
+                    Ok(Ok(ack)) => {
+                        tick = ack.tick;
+                        verdict_result(&ack)
+                    }
+                    _ => result("unanswered", None, None),
+                }
+            }
+        });
+    }
+    let running = gateway
+        .feed()
+        .directory
+        .get(node)
+        .map(|info| info.running.clone())
+        .unwrap_or_default();
+    encode(&AttemptAck {
+        error: None,
+        results,
+        running,
+        tick,
+    })
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn verdict_result(ack: &Ack) -> AttemptResult {
+    match &ack.verdict {
+        Verdict::Admitted => result("admitted", Some(ack.seq), None),
+        Verdict::Refused { reason, detail } => result(
+            "refused",
+            Some(ack.seq),
+            Some((reason.as_str().to_owned(), detail.clone())),
+        ),
+        Verdict::Counted { reason, detail } => result(
+            "counted",
+            Some(ack.seq),
+            Some((reason.as_str().to_owned(), detail.clone())),
+        ),
+    }
+}
+
+/// The outputs of a batch by their BLAKE3.
+fn decode_outputs(outputs: &[String]) -> Result<HashMap<Hash32, Vec<u8>>, String> {
+    if outputs.len() > ATTEMPTS_PER_BATCH_MAX {
+        return Err(format!(
+            "{} outputs in one batch, over the limit of {ATTEMPTS_PER_BATCH_MAX}",
+            outputs.len()
+        ));
+    }
+    let mut decoded = HashMap::new();
+    for (index, output) in outputs.iter().enumerate() {
+        if output.len() > OUTPUT_BYTES_MAX.div_ceil(3) * 4 {
+            return Err(format!(
+                "outputs[{index}] is over the limit of {OUTPUT_BYTES_MAX} bytes"
+            ));
+        }
+        let bytes = BASE64
+            .decode(output)
+            .map_err(|error| format!("outputs[{index}] is not standard base64: {error}"))?;
+        decoded.insert(Hash32(*blake3::hash(&bytes).as_bytes()), bytes);
+    }
+    Ok(decoded)
+}
+
+/// Checks one signed event of a batch and hands it to the driver.
+fn submit(
+    gateway: &Gateway,
+    node: &str,
+    wire: &fabric_api::wire::WireSignedEvent,
+    outputs: &HashMap<Hash32, Vec<u8>>,
+) -> Pending {
+    let refused = |reason: &str, detail: String| {
+        Pending::Now(result("refused", None, Some((reason.to_owned(), detail))))
+    };
+    let signed = match wire.decode() {
+        Ok(signed) => signed,
+        Err(error) => return refused("malformed", error.to_string()),
+    };
+    let checked = gate::check_signed(&signed);
+    if let Ok(Event {
+        body: Body::JobReceipt(receipt),
+        ..
+    }) = &checked
+    {
+        if receipt.node == node {
+            if let Some((seq, _)) = gateway.feed().receipts.get(&(node.to_owned(), receipt.job)) {
+                return Pending::Now(result("duplicate", Some(*seq), None));
+            }
+            if let Err(detail) = store_output(gateway, node, receipt, outputs) {
+                return refused("invalid", detail);
+            }
+        }
+    }
+    let request = match checked {
+        Ok(event) => match contradicted(gateway, node, &signed, &event, outputs) {
+            Some(mismatch) => Request::Mismatch {
+                node: node.to_owned(),
+                signed,
+                event: Box::new(event),
+                mismatch: Box::new(mismatch),
+            },
+            None => Request::Node {
+                node: node.to_owned(),
+                signed,
+                checked: Ok(event),
+            },
+        },
+        Err(refusal) => Request::Node {
+            node: node.to_owned(),
+            signed,
+            checked: Err(refusal),
+        },
+    };
+    let (reply, answer) = oneshot::channel();
+    let submission = Submission { request, reply };
+    match gateway.intake.try_send(submission) {
+        Ok(()) => Pending::Tick(answer),
+        Err(_) => refused(
+            "overloaded",
+            "the server's intake is full: send it again later".to_owned(),
+        ),
+    }
+}
+
+/// Stores the output a completed receipt names, before the receipt reaches the gate: the
+/// tick's group commit then makes both durable together. Only for a job the node runs.
+fn store_output(
+    gateway: &Gateway,
+    node: &str,
+    receipt: &JobReceipt,
+    outputs: &HashMap<Hash32, Vec<u8>>,
+) -> Result<(), String> {
+    if receipt.outcome != JobOutcome::Completed {
+        return Ok(());
+    }
+    let runs = gateway
+        .feed()
+        .running
+        .get(&receipt.job)
+        .is_some_and(|running| running.node == node);
+    if !runs {
+        // The gate refuses the receipt and records why; nothing is stored for it.
+        return Ok(());
+    }
+    let Some(bytes) = outputs.get(&receipt.output_hash) else {
+        return Err(format!(
+            "the receipt of job {} names output {}, which the batch does not carry",
+            receipt.job, receipt.output_hash
+        ));
+    };
+    gateway
+        .artifacts
+        .insert(receipt.output_hash.as_bytes(), bytes.as_slice())
+        .map(|_| ())
+        .map_err(|error| format!("the artifact store failed: {error}"))
+}
+
+/// The ledger's verifier: a sampled completed receipt of a job this node runs is re-executed
+/// on the CPU reference (the input from the artifact store, the weights from the model's
+/// registration); the mismatch, when the outputs differ. A receipt is sampled when the first
+/// 4 bytes (LE) of the BLAKE3 of its signature, scaled to a million, fall under the share.
+fn contradicted(
+    gateway: &Gateway,
+    node: &str,
+    signed: &SignedEvent,
+    event: &Event,
+    outputs: &HashMap<Hash32, Vec<u8>>,
+) -> Option<AttestationMismatch> {
+    let Body::JobReceipt(receipt) = &event.body else {
+        return None;
+    };
+    let kernel = receipt.kernel.as_ref()?;
+    if receipt.outcome != JobOutcome::Completed
+        || receipt.node != node
+        || !sampled(signed, gateway.verify_ppm)
+    {
+        return None;
+    }
+    let (model, input_hash) = {
+        let feed = gateway.feed();
+        let running = feed
+            .running
+            .get(&receipt.job)
+            .filter(|running| running.node == node)?;
+        (
+            feed.models.get(&running.workload)?.clone(),
+            running.input_hash,
+        )
+    };
+    let input = gateway.artifacts.get(input_hash.as_bytes()).ok()??;
+    let expected = model
+        .job_type
+        .execute(&model.weights, &input, Engine::Cpu)
+        .ok()?;
+    let expected_hash = Hash32(*blake3::hash(&expected).as_bytes());
+    let reported = outputs
+        .get(&receipt.output_hash)
+        .map(|bytes| bytes.as_slice());
+    if expected_hash == receipt.output_hash && reported == Some(expected.as_slice()) {
+        return None;
+    }
+    let mut evidence = Vec::with_capacity(96 + signed.signed.len());
+    evidence.extend_from_slice(signed.author.as_bytes());
+    evidence.extend_from_slice(signed.signature.as_bytes());
+    evidence.extend_from_slice(&signed.signed);
+    Some(AttestationMismatch {
+        job: receipt.job,
+        node: node.to_owned(),
+        kernel: kernel.clone(),
+        expected_output_hash: expected_hash,
+        reported_output_hash: receipt.output_hash,
+        evidence,
+    })
+}
+
+fn sampled(signed: &SignedEvent, ppm: u32) -> bool {
+    let draw = blake3::hash(signed.signature.as_bytes());
+    let bytes = draw.as_bytes();
+    let value = u64::from(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]));
+    value * 1_000_000 < u64::from(ppm) * (u64::from(u32::MAX) + 1)
+}

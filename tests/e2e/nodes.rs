@@ -1,0 +1,734 @@
+//! Node agents (`fabric node`, the real binary) on a fabric made by the ceremony and served by
+//! `fabric serve --nats` (the real binary), over a real `nats-server` whose users are the
+//! fabric's server and one user per node, each allowed only its own subjects. Jobs of three
+//! registered models run on real inputs; every output is downloaded and compared with the CPU
+//! reference; a node killed with SIGKILL has its jobs requeued and run elsewhere.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use fabric_api::http_client::Client;
+use fabric_api::job::{job_id_of, JobSpec};
+use fabric_events::{Hash32, JobType, ModelRegistered, OwnerAction, OwnerCommand, SigningKey};
+use fabric_gpu_kernels::models::ModelJob;
+use fabric_gpu_kernels::Engine;
+use serde_json::json;
+use tempfile::TempDir;
+
+use crate::serve::{current_tick, export_lines, get, json_of, post};
+use crate::support::{fabric, path, stderr, stdout, Ceremony, Served};
+
+/// A world of one shard and three nodes, for node agents.
+const WORLD: &str = r#"
+[shards.earth]
+queue_budget = 100000
+latency_budget_ms = 1000
+spillover = []
+specialties = ["models"]
+
+[shards.earth.treaty]
+reputation_floor_ppm = 0
+regions_served = ["earth"]
+node_quota_jobs = 1000000
+quota_window_ticks = 100
+
+[[nodes]]
+name = "earth.node-a"
+region = "earth"
+capacity = 8
+max_concurrency = 4
+heartbeat_interval_ticks = 6
+capabilities = ["models"]
+latency_ms = 10
+price_micros_per_hour = 1000000
+reputation_ppm = 990000
+
+[[nodes]]
+name = "earth.node-b"
+region = "earth"
+capacity = 8
+max_concurrency = 4
+heartbeat_interval_ticks = 6
+capabilities = ["models"]
+latency_ms = 10
+price_micros_per_hour = 1000000
+reputation_ppm = 990000
+
+[[nodes]]
+name = "earth.node-c"
+region = "earth"
+capacity = 8
+max_concurrency = 4
+heartbeat_interval_ticks = 6
+capabilities = ["models"]
+latency_ms = 10
+price_micros_per_hour = 1000000
+reputation_ppm = 990000
+
+[workload]
+load_percent = 10
+
+[[workload.kinds]]
+name = "models.run"
+shard = "earth"
+weight = 1
+skills = ["models"]
+duration_ticks_min = 1
+duration_ticks_max = 1
+deadline_slack_ticks = 1000
+budget_micros = 1000
+failure_ppm = 0
+
+[failures]
+epoch_ticks = 200
+outage_ppm = 0
+outage_heartbeats_min = 1
+outage_heartbeats_max = 1
+
+[checkpoints]
+interval_ticks = 50
+
+[owners]
+count = 3
+threshold = 2
+
+[verification]
+fraction_ppm = 100000
+"#;
+
+const NODES: [&str; 3] = ["earth.node-a", "earth.node-b", "earth.node-c"];
+const SERVER_USER: (&str, &str) = ("fabric", "fabric-password");
+
+/// A node's NATS user and password.
+fn nats_user(node: &str) -> (String, String) {
+    let user = node.replace('.', "-");
+    let password = format!("{user}-password");
+    (user, password)
+}
+
+/// A `nats-server -js` with a user for the fabric's server (every subject) and one per node
+/// (its own subjects, the tick heads and its own inbox). Killed when dropped.
+struct NatsWithUsers {
+    _dir: TempDir,
+    port: u16,
+    child: Child,
+}
+
+impl NatsWithUsers {
+    fn start(nodes: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let mut users = vec![format!(
+            r#"{{ user: "{}", password: "{}" }}"#,
+            SERVER_USER.0, SERVER_USER.1
+        )];
+        for node in nodes {
+            let (user, password) = nats_user(node);
+            let token = node.replace('.', ":");
+            users.push(format!(
+                r#"{{ user: "{user}", password: "{password}", permissions: {{
+                    publish: {{ allow: ["fabric.v1.node.{token}.hello", "fabric.v1.node.{token}.attempts", "fabric.v1.node.{token}.fetch"] }},
+                    subscribe: {{ allow: ["fabric.v1.node.{token}.work", "fabric.v1.tick", "_INBOX.{user}.>"] }}
+                }} }}"#
+            ));
+        }
+        let config = format!(
+            "listen: \"127.0.0.1:{port}\"\njetstream {{ store_dir: \"{}\" }}\nauthorization {{ users = [\n{}\n] }}\n",
+            dir.path().join("js").display(),
+            users.join(",\n")
+        );
+        let config_path = dir.path().join("nats.conf");
+        std::fs::write(&config_path, config).expect("nats config written");
+        let log = std::fs::File::create(dir.path().join("nats.log")).expect("log file");
+        let child = Command::new("nats-server")
+            .arg("-c")
+            .arg(&config_path)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("nats-server starts (the nats-server package provides it)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server does not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            _dir: dir,
+            port,
+            child,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for NatsWithUsers {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free port")
+}
+
+/// A running `fabric node`, killed (SIGKILL) when dropped.
+struct NodeProcess {
+    child: Option<Child>,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl NodeProcess {
+    /// Starts `fabric node ARGS` and waits for `node ready`; panics with its output when it
+    /// exits first.
+    fn start(args: &[&str]) -> Self {
+        let mut process = Self::spawn(args);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let read = process
+                .stdout
+                .read_line(&mut line)
+                .expect("node stdout reads");
+            if read == 0 {
+                let status = process.child.as_mut().map(|child| child.wait());
+                panic!("fabric node {args:?} exited before it was ready: {status:?}");
+            }
+            if line.starts_with("node ready:") {
+                return process;
+            }
+        }
+    }
+
+    fn spawn(args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fabric"))
+            .arg("node")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("fabric node starts");
+        let stdout = BufReader::new(child.stdout.take().expect("piped"));
+        Self {
+            child: Some(child),
+            stdout,
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then its exit status and the rest of its stdout.
+    fn terminate(&mut self) -> (bool, String) {
+        let mut child = self.child.take().expect("running");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let exit = loop {
+            if let Some(exit) = child.try_wait().expect("status") {
+                break exit;
+            }
+            assert!(Instant::now() < deadline, "fabric node ignores SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut self.stdout, &mut rest);
+        (exit.success(), rest)
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The arguments of `fabric node` for `node` of `ceremony` as its own NATS user.
+fn node_args(ceremony: &Ceremony, nats: &NatsWithUsers, node: &str, user: &str) -> Vec<String> {
+    let (user, password) = nats_user(user);
+    vec![
+        "--nats".to_owned(),
+        nats.url(),
+        "--nats-user".to_owned(),
+        user,
+        "--nats-password".to_owned(),
+        password,
+        "--genesis".to_owned(),
+        path(&ceremony.data.join("genesis.json")).to_owned(),
+        "--key".to_owned(),
+        path(&ceremony.node_keys().join(format!("{node}.key"))).to_owned(),
+        "--name".to_owned(),
+        node.to_owned(),
+        "--executors".to_owned(),
+        "1".to_owned(),
+    ]
+}
+
+fn start_node(ceremony: &Ceremony, nats: &NatsWithUsers, node: &str) -> NodeProcess {
+    let args = node_args(ceremony, nats, node, node);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    NodeProcess::start(&args)
+}
+
+fn world(dir: &Path) -> PathBuf {
+    let file = dir.join("world.toml");
+    std::fs::write(&file, WORLD).expect("world written");
+    file
+}
+
+fn serve(ceremony: &Ceremony, nats: &NatsWithUsers) -> Served {
+    let url = nats.url();
+    ceremony.serve(&[
+        "--nats",
+        &url,
+        "--nats-user",
+        SERVER_USER.0,
+        "--nats-password",
+        SERVER_USER.1,
+        "--tick-ms",
+        "50",
+        "--submission-tick-window",
+        "100",
+    ])
+}
+
+/// Bytes of a seed byte and a label: inputs and weights anyone can regenerate.
+fn bytes_of(label: &str, len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    blake3::Hasher::new()
+        .update(label.as_bytes())
+        .finalize_xof()
+        .fill(&mut out);
+    out
+}
+
+/// The weights of the test model of `job_type`.
+fn weights_of(job_type: JobType) -> Vec<u8> {
+    match job_type {
+        JobType::PredictNextState => {
+            [1i32.to_le_bytes(), 3u32.to_le_bytes(), 8u32.to_le_bytes()].concat()
+        }
+        other => bytes_of(other.name(), other.weights_bytes()),
+    }
+}
+
+/// Registers one model per job type (`<job type>@1`) by an owner command approved by two
+/// of the ceremony's owners.
+fn register_models(client: &mut Client, ceremony: &Ceremony) {
+    let owners: Vec<SigningKey> = ceremony
+        .owners
+        .iter()
+        .map(|owner| fabric_events::keys::load_secret(owner).expect("owner key"))
+        .collect();
+    let tick = current_tick(client);
+    for (index, job_type) in JobType::ALL.into_iter().enumerate() {
+        let nonce = 500 + index as u64;
+        let mut command = OwnerCommand {
+            action: OwnerAction::RegisterModel {
+                registration: ModelRegistered {
+                    model_id: job_type.name().replace('_', "-"),
+                    model_version: "1".to_owned(),
+                    job_type,
+                    weights: weights_of(job_type),
+                },
+            },
+            expiry_tick: tick + 10_000,
+            approvals: Vec::new(),
+        };
+        command.approve(nonce, &owners[0]);
+        command.approve(nonce, &owners[1]);
+        let body = json!({"nonce": nonce, "command": command}).to_string();
+        let response = post(client, "/v0/owner/commands", body.as_bytes());
+        assert_eq!(response.status, 202, "{}", response.text());
+    }
+}
+
+/// One submitted job: its id, type and input.
+struct Submitted {
+    job: u64,
+    job_type: JobType,
+    input: Vec<u8>,
+}
+
+/// Submits `count` jobs, the three job types in turn, each with its input inline.
+fn submit_jobs(client: &mut Client, key: &SigningKey, count: usize, label: &str) -> Vec<Submitted> {
+    let mut submitted = Vec::with_capacity(count);
+    for index in 0..count {
+        let job_type = JobType::ALL[index % 3];
+        let request_id = format!("{label}-{index}");
+        let input = bytes_of(&request_id, job_type.input_bytes());
+        let spec = JobSpec {
+            request_id: request_id.clone(),
+            shard: "earth".to_owned(),
+            model_id: job_type.name().replace('_', "-"),
+            model_version: "1".to_owned(),
+            skills: vec!["models".to_owned()],
+            duration_ticks: 1,
+            deadline_ticks: 100_000,
+            budget_micros: 1_000,
+            input_hash: Hash32(*blake3::hash(&input).as_bytes()),
+        };
+        let tick = current_tick(client);
+        let mut request = spec
+            .request(key, tick, 1_000 + index as u64)
+            .expect("a job request");
+        request.input = Some(BASE64.encode(&input));
+        let body = serde_json::to_vec(&request).expect("json");
+        let response = post(client, "/v0/jobs", &body);
+        assert_eq!(response.status, 202, "{request_id}: {}", response.text());
+        submitted.push(Submitted {
+            job: job_id_of(&request_id),
+            job_type,
+            input,
+        });
+    }
+    submitted
+}
+
+/// Polls until `done` jobs of `jobs` have a receipt (completed or failed), at most `limit`.
+fn wait_for_results(client: &mut Client, jobs: &[Submitted], done: usize, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let finished = jobs
+            .iter()
+            .filter(|job| {
+                let status = json_of(&get(client, &format!("/v0/jobs/{}", job.job)));
+                status["status"] == "completed" || status["status"] == "failed"
+            })
+            .count();
+        if finished >= done {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{finished} of {} jobs finished within {limit:?} (waited for {done})",
+            jobs.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The reference output of a job: the CPU reference of its job type with the model's weights.
+fn reference(job: &Submitted) -> Vec<u8> {
+    let model_job = ModelJob::from_name(job.job_type.name()).expect("a kernel per job type");
+    model_job
+        .execute(&weights_of(job.job_type), &job.input, Engine::Cpu)
+        .expect("the reference runs")
+}
+
+fn audit(data: &Path, extra: &[&str]) {
+    let mut args = vec!["audit", "--data", path(data)];
+    args.extend_from_slice(extra);
+    let output = fabric(&args);
+    assert!(
+        output.status.success(),
+        "fabric audit {extra:?}: {}{}",
+        stdout(&output),
+        stderr(&output)
+    );
+}
+
+#[test]
+fn three_node_agents_run_300_real_jobs_and_a_killed_nodes_jobs_run_elsewhere() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ceremony = Ceremony::run_with(dir.path(), &world(dir.path()));
+    let nats = NatsWithUsers::start(&NODES);
+    let mut served = serve(&ceremony, &nats);
+    let mut client = served.client();
+    register_models(&mut client, &ceremony);
+    let mut nodes: BTreeMap<&str, NodeProcess> = NODES
+        .iter()
+        .map(|node| (*node, start_node(&ceremony, &nats, node)))
+        .collect();
+    let key = fabric_events::keys::load_secret(&ceremony.client).expect("client key");
+    let jobs = submit_jobs(&mut client, &key, 300, "job");
+
+    // A third of the way, node b dies without a word.
+    wait_for_results(&mut client, &jobs, 100, Duration::from_secs(300));
+    let killed_at = current_tick(&mut client);
+    nodes.get_mut("earth.node-b").expect("node b").kill();
+    wait_for_results(&mut client, &jobs, jobs.len(), Duration::from_secs(300));
+
+    // Every job completed, and its output is the CPU reference's.
+    for job in &jobs {
+        let result = json_of(&get(&mut client, &format!("/v0/jobs/{}/result", job.job)));
+        assert_eq!(result["outcome"], "completed", "{result}");
+        let url = result["artifact"]["url"].as_str().expect("an artifact");
+        let output = get(&mut client, url);
+        assert_eq!(output.status, 200);
+        assert_eq!(
+            output.body,
+            reference(job),
+            "job {} ({:?})",
+            job.job,
+            job.job_type
+        );
+        assert!(result["execution_us"].as_u64().is_some(), "{result}");
+    }
+
+    // Node b's jobs were requeued when it went silent and completed on the others.
+    let lines = export_lines(&mut client);
+    let requeued: BTreeSet<u64> = lines
+        .values()
+        .filter(|line| {
+            line["kind"] == "job_requeued" && line["body"]["data"]["node"] == "earth.node-b"
+        })
+        .map(|line| line["body"]["data"]["job"].as_u64().expect("a job"))
+        .collect();
+    let unhealthy = lines.values().any(|line| {
+        line["kind"] == "node_health_changed"
+            && line["body"]["data"]["node"] == "earth.node-b"
+            && line["body"]["data"]["healthy"] == false
+            && line["body"]["tick"].as_u64() >= Some(killed_at)
+    });
+    assert!(
+        unhealthy,
+        "node b was never marked unhealthy after it was killed"
+    );
+    for job in &requeued {
+        let result = json_of(&get(&mut client, &format!("/v0/jobs/{job}/result")));
+        assert_ne!(result["node"], "earth.node-b", "{result}");
+        assert_eq!(result["outcome"], "completed", "{result}");
+    }
+
+    // Started again, node b is healthy again.
+    let restarted_at = current_tick(&mut client);
+    nodes.insert("earth.node-b", start_node(&ceremony, &nats, "earth.node-b"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let lines = export_lines(&mut client);
+        let healthy = lines.values().any(|line| {
+            line["kind"] == "node_health_changed"
+                && line["body"]["data"]["node"] == "earth.node-b"
+                && line["body"]["data"]["healthy"] == true
+                && line["body"]["tick"].as_u64() >= Some(restarted_at)
+        });
+        if healthy {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node b did not become healthy again"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    for (_, mut node) in nodes {
+        let (ok, said) = node.terminate();
+        assert!(ok, "fabric node exits 0 on SIGTERM: {said}");
+    }
+    assert!(served.terminate(), "fabric serve exits 0 on SIGTERM");
+    audit(&ceremony.data, &[]);
+    audit(&ceremony.data, &["--reexecute"]);
+}
+
+#[test]
+fn a_node_with_another_nodes_nats_user_is_refused_by_the_permissions() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ceremony = Ceremony::run_with(dir.path(), &world(dir.path()));
+    let nats = NatsWithUsers::start(&NODES);
+    let _served = serve(&ceremony, &nats);
+    // Node b's key, under node a's NATS user: it may not speak on node b's subjects.
+    let args = node_args(&ceremony, &nats, "earth.node-b", "earth.node-a");
+    let output = fabric(
+        &std::iter::once("node")
+            .chain(args.iter().map(String::as_str))
+            .collect::<Vec<_>>(),
+    );
+    assert!(!output.status.success(), "{}", stdout(&output));
+    let said = stderr(&output);
+    assert!(
+        said.to_lowercase().contains("permissions violation"),
+        "the refusal names the permissions: {said}"
+    );
+    // Its own user works.
+    let mut own = start_node(&ceremony, &nats, "earth.node-b");
+    let (ok, said) = own.terminate();
+    assert!(ok, "{said}");
+}
+
+/// A world of one shard and `count` nodes, named `earth.n0000`, `earth.n0001`, ….
+fn many_nodes_world(dir: &Path, count: usize) -> PathBuf {
+    let shard = WORLD
+        .split("[[nodes]]")
+        .next()
+        .expect("the shard comes first");
+    let rest = &WORLD[WORLD.find("[workload]").expect("a workload")..];
+    let mut text = shard.to_owned();
+    for index in 0..count {
+        text.push_str(&format!(
+            "[[nodes]]\nname = \"earth.n{index:04}\"\nregion = \"earth\"\ncapacity = 1\n\
+             max_concurrency = 1\nheartbeat_interval_ticks = 20\ncapabilities = [\"models\"]\n\
+             latency_ms = 10\nprice_micros_per_hour = 1000000\nreputation_ppm = 990000\n\n"
+        ));
+    }
+    text.push_str(rest);
+    let file = dir.join("many.toml");
+    std::fs::write(&file, text).expect("world written");
+    file
+}
+
+/// A `nats-server` whose one `pool` user may speak for every node (the nodes of one
+/// `fabric node --count` process share its connection).
+fn nats_with_pool_user() -> NatsWithUsers {
+    let mut nats = NatsWithUsers::start(&[]);
+    let dir = nats._dir.path().to_path_buf();
+    let _ = nats.child.kill();
+    let _ = nats.child.wait();
+    let config = format!(
+        "listen: \"127.0.0.1:{}\"\njetstream {{ store_dir: \"{}\" }}\nauthorization {{ users = [\n\
+         {{ user: \"{}\", password: \"{}\" }},\n\
+         {{ user: \"pool\", password: \"pool-password\", permissions: {{\n\
+           publish: {{ allow: [\"fabric.v1.node.*.hello\", \"fabric.v1.node.*.attempts\", \"fabric.v1.node.*.fetch\"] }},\n\
+           subscribe: {{ allow: [\"fabric.v1.node.*.work\", \"fabric.v1.tick\", \"_INBOX.pool.>\"] }} }} }}\n] }}\n",
+        nats.port,
+        dir.join("js").display(),
+        SERVER_USER.0,
+        SERVER_USER.1
+    );
+    let config_path = dir.join("nats.conf");
+    std::fs::write(&config_path, config).expect("nats config written");
+    nats.child = Command::new("nats-server")
+        .arg("-c")
+        .arg(&config_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nats-server starts");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", nats.port)).is_err() {
+        assert!(Instant::now() < deadline, "nats-server does not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    nats
+}
+
+#[test]
+fn one_node_process_keeps_1000_nodes_healthy_for_60_ticks() {
+    const COUNT: usize = 1_000;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ceremony = Ceremony::run_with(dir.path(), &many_nodes_world(dir.path(), COUNT));
+    let nats = nats_with_pool_user();
+    let url = nats.url();
+    let mut served = ceremony.serve(&[
+        "--nats",
+        &url,
+        "--nats-user",
+        SERVER_USER.0,
+        "--nats-password",
+        SERVER_USER.1,
+        "--tick-ms",
+        "100",
+    ]);
+    let mut client = served.client();
+    let count = COUNT.to_string();
+    let genesis = ceremony.data.join("genesis.json");
+    let keys = ceremony.node_keys();
+    let mut nodes = NodeProcess::start(&[
+        "--nats",
+        &url,
+        "--nats-user",
+        "pool",
+        "--nats-password",
+        "pool-password",
+        "--genesis",
+        path(&genesis),
+        "--key-dir",
+        path(&keys),
+        "--count",
+        &count,
+        "--executors",
+        "1",
+    ]);
+    // Nodes registered at tick 0 may have been marked unhealthy before the process was up:
+    // two heartbeat intervals later each is healthy again, or the test fails below.
+    let ready_at = current_tick(&mut client);
+    let window_start = wait_until_tick(&mut client, ready_at + 45);
+    let window_end = wait_until_tick(&mut client, window_start + 60);
+
+    let lines = export_lines(&mut client);
+    let mut healthy: BTreeMap<String, bool> = BTreeMap::new();
+    let mut heard: BTreeSet<String> = BTreeSet::new();
+    for line in lines.values() {
+        let tick = line["body"]["tick"].as_u64().expect("a tick");
+        let data = &line["body"]["data"];
+        if line["kind"] == "node_health_changed" {
+            let node = data["node"].as_str().expect("a node").to_owned();
+            let now = data["healthy"] == true;
+            assert!(
+                now || tick < window_start || tick > window_end,
+                "node {node} was marked unhealthy at tick {tick}, inside the window \
+                 {window_start}..={window_end}; its heartbeats: {:?}",
+                heartbeat_ticks(&lines, &node)
+            );
+            healthy.insert(node, now);
+        }
+        if line["kind"] == "heartbeat" && (window_start..=window_end).contains(&tick) {
+            heard.insert(data["node"].as_str().expect("a node").to_owned());
+        }
+    }
+    assert_eq!(
+        heard.len(),
+        COUNT,
+        "every node heartbeated within the window"
+    );
+    let unhealthy: Vec<&String> = healthy
+        .iter()
+        .filter(|(_, healthy)| !**healthy)
+        .map(|(node, _)| node)
+        .collect();
+    assert!(unhealthy.is_empty(), "unhealthy at the end: {unhealthy:?}");
+    let (ok, said) = nodes.terminate();
+    assert!(ok, "{said}");
+    assert!(said.contains("node stopped"), "{said}");
+    assert!(served.terminate());
+}
+
+/// Waits until the fabric's tick is at least `tick`; the tick reached.
+fn wait_until_tick(client: &mut Client, tick: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let now = current_tick(client);
+        if now >= tick {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fabric stopped at tick {now}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The ticks (signed, sequenced at) of a node's heartbeats in the log.
+fn heartbeat_ticks(lines: &BTreeMap<u64, serde_json::Value>, node: &str) -> Vec<(u64, u64)> {
+    let mut sequenced_at = 0;
+    let mut ticks = Vec::new();
+    for line in lines.values() {
+        let tick = line["body"]["tick"].as_u64().unwrap_or(0);
+        sequenced_at = sequenced_at.max(tick);
+        if line["kind"] == "heartbeat" && line["body"]["data"]["node"] == node {
+            ticks.push((tick, sequenced_at));
+        }
+    }
+    ticks
+}
