@@ -128,7 +128,8 @@ pub struct Ack {
     pub verdict: Verdict,
 }
 
-/// One appended tick, for the server's views (job index, metrics, artifacts).
+/// One tick, for the server's views (job index, metrics, artifacts): what it appended (nothing,
+/// when no event came), and the tree head after it.
 pub struct ServedTick<'a> {
     /// The tick.
     pub tick: u64,
@@ -339,10 +340,22 @@ async fn serve_tick(
         }
         batch
     };
+    let first_seq = tree_head.tree_size;
     if admitted.signed.is_empty() {
+        // Nothing to store, but the tick happened: the views (and the nodes, whose clock the
+        // server's tick heads are) hear of it with the unchanged tree head.
+        on_tick(&ServedTick {
+            tick,
+            state,
+            first_seq,
+            events: &[],
+            signed: &[],
+            tree_head,
+            append_ns: 0,
+            decision_ns: &decision_ns,
+        });
         return Ok(());
     }
-    let first_seq = tree_head.tree_size;
     let started = std::time::Instant::now();
     *tree_head = writer
         .send(Append {

@@ -395,7 +395,20 @@ impl Agent {
             }
         };
         // The heartbeat, when sent, is the first result; receipts follow in order.
-        let receipt_results = &ack.results[ack.results.len().saturating_sub(sent.len())..];
+        let split = ack.results.len().saturating_sub(sent.len());
+        for refused in ack.results[..split]
+            .iter()
+            .filter(|result| result.status != "admitted")
+        {
+            eprintln!(
+                "node {}: its heartbeat was {}: {} {}",
+                node.name,
+                refused.status,
+                refused.reason.as_deref().unwrap_or(""),
+                refused.detail.as_deref().unwrap_or("")
+            );
+        }
+        let receipt_results = &ack.results[split..];
         for (finished, result) in sent.into_iter().zip(receipt_results) {
             match result.status.as_str() {
                 "admitted" | "duplicate" => {

@@ -260,8 +260,11 @@ impl ServeMetrics {
     pub fn observe_tick(&self, tick: &ServedTick<'_>, state: &State, tick_ms: u64) {
         self.tick.set(i64::try_from(tick.tick).unwrap_or(i64::MAX));
         self.events_appended.inc_by(tick.events.len() as u64);
-        self.append_latency_seconds
-            .observe(tick.append_ns as f64 / 1e9);
+        // A tick that appended nothing wrote nothing: it has no append latency.
+        if !tick.events.is_empty() {
+            self.append_latency_seconds
+                .observe(tick.append_ns as f64 / 1e9);
+        }
         for ns in tick.decision_ns {
             self.decision_latency_seconds.observe(f64::from(*ns) / 1e9);
         }
