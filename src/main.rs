@@ -93,6 +93,14 @@ enum Command {
     Status(client::JobArgs),
     /// Print a job's result (and fetch its artifact) from a running `fabric serve`
     Result(client::JobArgs),
+    /// A node's job executor: runs the jobs framed on stdin in the sandbox (started by the
+    /// node itself; docs/FORMAT.md §15.6)
+    #[command(name = "node-executor", hide = true)]
+    NodeExecutor {
+        /// The empty directory to take as root once the engine is open
+        #[arg(long, value_name = "DIR")]
+        root: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -135,6 +143,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Submit(args) => return client::submit(&args),
         Command::Status(args) => return client::status(&args),
         Command::Result(args) => return client::result(&args),
+        // The executor's exit status says why it stopped (docs/FORMAT.md §15.6).
+        Command::NodeExecutor { root } => {
+            return Ok(fabric_node::executor::executor_main(root.as_deref()))
+        }
     };
     done.map(|()| ExitCode::SUCCESS)
 }

@@ -2,3 +2,6 @@
 //! fabric over NATS, runs only the work it has verified is in the log, each job in a sandboxed
 //! child process, and answers with signed receipts (docs/FORMAT.md §15).
 #![deny(missing_docs)]
+
+pub mod executor;
+pub mod sandbox;

@@ -16,6 +16,7 @@ mod report;
 mod restore;
 mod rotation;
 mod run;
+mod sandbox;
 mod serve;
 mod serve_owner;
 mod support;

@@ -1,0 +1,911 @@
+//! The executor: a long-lived child process (`fabric node-executor`) that runs a node's jobs
+//! in the sandbox, and the node's handle on it.
+//!
+//! The child opens its engine (per `FABRIC_GPU`), runs each job type once so that the driver
+//! has compiled its pipelines and opened every file it needs, enters its empty root
+//! ([`crate::sandbox::enter_empty_root`]) and says it is ready; from then on a job's data
+//! arrive on its stdin and its output leaves on its stdout (docs/FORMAT.md §15.6, "the
+//! executor pipe"). The node limits each job: its CPU time (`RLIMIT_CPU`, set with `prlimit`
+//! to the child's CPU time so far plus the job's budget), its memory (`RLIMIT_AS`, set once at
+//! ready to what the child then holds plus the job's headroom: a GPU driver maps far more
+//! address space than any job needs, so a limit from the start would refuse the GPU) and its
+//! wall-clock time (the node stops waiting and kills the child). A job that ends the child, or
+//! overruns, is a failed job: the child is killed and a new one started, and the node goes on.
+//!
+//! The child is spawned, fed and killed by one thread of its own: the child's death signal
+//! (`PR_SET_PDEATHSIG`) follows the thread that spawned it, so that thread lives as long as
+//! the [`Executor`].
+
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitCode, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use fabric_gpu_kernels::models::ModelJob;
+use fabric_gpu_kernels::Engine;
+use thiserror::Error;
+
+use crate::sandbox::{self, EmptyRoot, SandboxLimits, SandboxMode};
+
+/// The hidden subcommand that runs [`executor_main`].
+pub const EXECUTOR_SUBCOMMAND: &str = "node-executor";
+/// How long a new executor may take to open its engine and warm up, in milliseconds.
+pub const EXECUTOR_START_MS_MAX: u64 = 120_000;
+/// Longest error message an executor may send back, in bytes.
+pub const EXECUTOR_MESSAGE_BYTES_MAX: u32 = 4_096;
+/// Longest adapter name an executor may report, in bytes.
+pub const EXECUTOR_ADAPTER_BYTES_MAX: u32 = 256;
+
+/// Frame tags of the executor pipe (FORMAT §15.6).
+const READY_MAGIC: &[u8; 4] = b"FXR1";
+const JOB_MAGIC: &[u8; 4] = b"FXJ1";
+const REPLY_MAGIC: &[u8; 4] = b"FXO1";
+const REPLY_OUTPUT: u8 = 0;
+const REPLY_REFUSED: u8 = 1;
+
+/// Exit statuses of the executor child.
+const EXIT_PROTOCOL: u8 = 2;
+const EXIT_ENGINE: u8 = 3;
+const EXIT_SANDBOX: u8 = 4;
+
+/// A job's output from the executor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecutorOutput {
+    /// The output bytes (of the job type's size).
+    pub output: Vec<u8>,
+    /// The job's execution time, measured in the child around the kernel, in microseconds.
+    pub execution_us: u64,
+    /// The engine it ran on: the adapter's name, or `cpu-reference`.
+    pub adapter: String,
+}
+
+/// Why a job has no output.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum JobFailure {
+    /// The job's output was not back by its wall-clock deadline; the executor was killed.
+    #[error("the job ran past its wall-clock deadline of {wall_ms} ms; its executor was killed")]
+    Deadline {
+        /// The deadline.
+        wall_ms: u64,
+    },
+    /// The executor was killed by SIGXCPU: the job used up its CPU time.
+    #[error("the job ran past its CPU time of {cpu_ms} ms (its executor was killed by SIGXCPU)")]
+    CpuTime {
+        /// The job's CPU budget.
+        cpu_ms: u64,
+    },
+    /// The executor aborted, as the Rust runtime does on an allocation past `RLIMIT_AS`.
+    #[error(
+        "the job's executor aborted (SIGABRT): an allocation past its memory limit of \
+         {memory_bytes} bytes above the executor's own"
+    )]
+    Memory {
+        /// The job's memory headroom.
+        memory_bytes: u64,
+    },
+    /// The executor was killed by another signal (the kernel's OOM killer, an operator).
+    #[error("the job's executor was killed by signal {signal} ({name})")]
+    Killed {
+        /// The signal's number.
+        signal: i32,
+        /// The signal's name.
+        name: &'static str,
+    },
+    /// The executor exited on its own during the job.
+    #[error("the job's executor exited with status {code}")]
+    Exited {
+        /// Its exit status.
+        code: i32,
+    },
+    /// The executor sent output of the wrong size.
+    #[error("the executor sent {bytes} bytes of output for a {job} job, not {wanted}")]
+    BadOutput {
+        /// The job type.
+        job: &'static str,
+        /// Bytes it announced.
+        bytes: u32,
+        /// The job type's output size.
+        wanted: usize,
+    },
+    /// The executor sent something that is not a frame of the pipe.
+    #[error("the executor broke the pipe's framing: {0}")]
+    Protocol(String),
+    /// The job's kernel refused its weights or input (nothing was run).
+    #[error("the job was refused: {0}")]
+    Refused(String),
+    /// No executor could be started to run the job.
+    #[error("no executor could be started: {0}")]
+    Start(String),
+}
+
+/// The node's handle on its executor child. Jobs run one at a time.
+#[derive(Debug)]
+pub struct Executor {
+    requests: Option<mpsc::Sender<Request>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    child_id: Arc<AtomicU32>,
+    adapter: String,
+}
+
+enum Request {
+    Job {
+        job: ModelJob,
+        weights: Vec<u8>,
+        input: Vec<u8>,
+        reply: mpsc::Sender<Result<ExecutorOutput, JobFailure>>,
+    },
+    Limits(SandboxLimits),
+}
+
+impl Executor {
+    /// Starts an executor: this program's `node-executor` subcommand, sandboxed under `mode`,
+    /// on the GPU (`FABRIC_GPU=require` for the child) or on the CPU references.
+    pub fn start(limits: SandboxLimits, mode: SandboxMode, gpu: bool) -> Result<Self, JobFailure> {
+        let program = std::env::current_exe()
+            .map_err(|err| JobFailure::Start(format!("cannot find this program: {err}")))?;
+        Self::start_program(&program, limits, mode, gpu)
+    }
+
+    /// Starts an executor from `program` (a `fabric` executable) instead of this program.
+    pub fn start_program(
+        program: &Path,
+        limits: SandboxLimits,
+        mode: SandboxMode,
+        gpu: bool,
+    ) -> Result<Self, JobFailure> {
+        let mut supervisor = Supervisor {
+            program: program.to_path_buf(),
+            limits,
+            mode,
+            gpu,
+            running: None,
+            child_id: Arc::new(AtomicU32::new(0)),
+        };
+        let child_id = Arc::clone(&supervisor.child_id);
+        let (requests, received) = mpsc::channel::<Request>();
+        let (started, start) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("fabric-executor".to_owned())
+            .spawn(move || {
+                let adapter = supervisor.restart().map(|()| supervisor.adapter());
+                let ok = adapter.is_ok();
+                // The caller waits for this answer; it is gone only if start() returned.
+                let _ = started.send(adapter);
+                if ok {
+                    supervisor.serve(received);
+                }
+            })
+            .map_err(|err| JobFailure::Start(format!("cannot start the executor thread: {err}")))?;
+        let adapter = start
+            .recv()
+            .map_err(|_| JobFailure::Start("the executor thread ended".to_owned()))??;
+        Ok(Self {
+            requests: Some(requests),
+            thread: Some(thread),
+            child_id,
+            adapter,
+        })
+    }
+
+    /// Runs `job` with `weights` on `input` in the executor: its output, or why there is none.
+    /// After any failure but a refusal, the child has been replaced by a new one.
+    pub fn run(
+        &mut self,
+        job: ModelJob,
+        weights: &[u8],
+        input: &[u8],
+    ) -> Result<ExecutorOutput, JobFailure> {
+        let (reply, answer) = mpsc::channel();
+        let request = Request::Job {
+            job,
+            weights: weights.to_vec(),
+            input: input.to_vec(),
+            reply,
+        };
+        let gone = || JobFailure::Start("the executor thread has ended".to_owned());
+        self.requests
+            .as_ref()
+            .ok_or_else(gone)?
+            .send(request)
+            .map_err(|_| gone())?;
+        answer.recv().map_err(|_| gone())?
+    }
+
+    /// Sets the limits of the jobs after this call. The CPU and wall-clock limits apply from
+    /// the next job; the memory limit from the next executor started (after a failure).
+    pub fn set_limits(&mut self, limits: SandboxLimits) {
+        if let Some(requests) = &self.requests {
+            // A thread that has ended answers the next job with an error.
+            let _ = requests.send(Request::Limits(limits));
+        }
+    }
+
+    /// The process id of the current executor child (0 while none runs).
+    pub fn child_id(&self) -> u32 {
+        self.child_id.load(Ordering::SeqCst)
+    }
+
+    /// The engine the executor reported when it started.
+    pub fn adapter(&self) -> &str {
+        &self.adapter
+    }
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread, which kills the child.
+        self.requests.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The executor thread's state: the child it runs now.
+struct Supervisor {
+    program: PathBuf,
+    limits: SandboxLimits,
+    mode: SandboxMode,
+    gpu: bool,
+    running: Option<Running>,
+    child_id: Arc<AtomicU32>,
+}
+
+struct Running {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: ChildStdout,
+    adapter: String,
+    // Dropped after the child: removed once nothing has it as root.
+    _root: Option<EmptyRoot>,
+}
+
+/// Why reading from the child stopped.
+enum ReadStop {
+    Deadline,
+    Closed,
+    Io(io::Error),
+}
+
+impl Supervisor {
+    fn serve(&mut self, requests: mpsc::Receiver<Request>) {
+        for request in requests {
+            match request {
+                Request::Job {
+                    job,
+                    weights,
+                    input,
+                    reply,
+                } => {
+                    let result = self.run(job, &weights, &input);
+                    // The caller may have stopped waiting; the result is then nobody's.
+                    let _ = reply.send(result);
+                }
+                Request::Limits(limits) => self.limits = limits,
+            }
+        }
+        self.stop();
+    }
+
+    fn adapter(&self) -> String {
+        self.running
+            .as_ref()
+            .map(|running| running.adapter.clone())
+            .unwrap_or_default()
+    }
+
+    fn run(
+        &mut self,
+        job: ModelJob,
+        weights: &[u8],
+        input: &[u8],
+    ) -> Result<ExecutorOutput, JobFailure> {
+        job.check_weights(weights)
+            .map_err(|err| JobFailure::Refused(err.to_string()))?;
+        if input.len() != job.input_bytes() {
+            return Err(JobFailure::Refused(format!(
+                "the input of a {} job has {} bytes, not {}",
+                job.name(),
+                input.len(),
+                job.input_bytes()
+            )));
+        }
+        if self.running.is_none() {
+            self.restart()?;
+        }
+        let result = self.exchange(job, weights, input);
+        if let Err(failure) = &result {
+            if !matches!(failure, JobFailure::Refused(_)) {
+                self.stop();
+                // A new child for the next job; if it cannot start, the next job says so.
+                if let Err(err) = self.restart() {
+                    eprintln!("fabric node: the executor could not be restarted: {err}");
+                }
+            }
+        }
+        result
+    }
+
+    /// One job through the running child. On a failure the child may be dead or stuck: the
+    /// caller replaces it.
+    fn exchange(
+        &mut self,
+        job: ModelJob,
+        weights: &[u8],
+        input: &[u8],
+    ) -> Result<ExecutorOutput, JobFailure> {
+        let limits = self.limits;
+        let running = self
+            .running
+            .as_mut()
+            .ok_or_else(|| JobFailure::Start("no executor is running".to_owned()))?;
+        if let Err(err) = set_cpu_limit(&running.child, limits.cpu_ms_per_job) {
+            // A child that has died since its last job cannot be limited: say how it died.
+            if let Ok(Some(_)) = running.child.try_wait() {
+                return Err(died(&mut running.child, limits));
+            }
+            return Err(JobFailure::Start(format!(
+                "cannot set the job's CPU limit: {err}"
+            )));
+        }
+        let deadline = Instant::now() + Duration::from_millis(limits.wall_ms_per_job);
+        let frame = job_frame(job, weights, input);
+        if running
+            .stdin
+            .write_all(&frame)
+            .and_then(|()| running.stdin.flush())
+            .is_err()
+        {
+            return Err(died(&mut running.child, limits));
+        }
+        let reply = read_reply(&mut running.stdout, job, deadline);
+        match reply {
+            Ok(Reply::Output {
+                output,
+                execution_us,
+            }) => Ok(ExecutorOutput {
+                output,
+                execution_us,
+                adapter: running.adapter.clone(),
+            }),
+            Ok(Reply::Refused(message)) => Err(JobFailure::Refused(message)),
+            Err(ReplyError::Stop(ReadStop::Deadline)) => Err(JobFailure::Deadline {
+                wall_ms: limits.wall_ms_per_job,
+            }),
+            Err(ReplyError::Stop(ReadStop::Closed)) => Err(died(&mut running.child, limits)),
+            Err(ReplyError::Stop(ReadStop::Io(err))) => Err(JobFailure::Protocol(format!(
+                "reading the executor's reply: {err}"
+            ))),
+            Err(ReplyError::Failure(failure)) => Err(failure),
+        }
+    }
+
+    /// Starts a new child (the old one, if any, is stopped first) and waits for it to be ready.
+    fn restart(&mut self) -> Result<(), JobFailure> {
+        self.stop();
+        let root = match self.mode {
+            SandboxMode::Enforced => {
+                Some(EmptyRoot::create().map_err(|err| JobFailure::Start(err.to_string()))?)
+            }
+            SandboxMode::Disabled => None,
+        };
+        let mut command = Command::new(&self.program);
+        command.arg(EXECUTOR_SUBCOMMAND);
+        if let Some(root) = &root {
+            command.arg("--root").arg(root.path());
+        }
+        command
+            .env("FABRIC_GPU", if self.gpu { "require" } else { "off" })
+            // Few malloc arenas: each thread's arena reserves 64 MiB of address space.
+            .env("MALLOC_ARENA_MAX", "2")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        sandbox::confine(&mut command, self.mode, None);
+        let mut child = command.spawn().map_err(|err| {
+            JobFailure::Start(format!(
+                "cannot start {} {EXECUTOR_SUBCOMMAND} sandboxed: {err}",
+                self.program.display()
+            ))
+        })?;
+        let (stdin, mut stdout) = match (child.stdin.take(), child.stdout.take()) {
+            (Some(stdin), Some(stdout)) => (stdin, stdout),
+            _ => {
+                kill(&mut child);
+                return Err(JobFailure::Start("the executor has no pipes".to_owned()));
+            }
+        };
+        let ready = read_ready(&mut stdout).and_then(|adapter| {
+            set_memory_limit(&child, self.limits.memory_bytes)
+                .map_err(|err| format!("cannot set its memory limit: {err}"))?;
+            Ok(adapter)
+        });
+        let adapter = match ready {
+            Ok(adapter) => adapter,
+            Err(detail) => {
+                let status = kill(&mut child);
+                return Err(JobFailure::Start(format!(
+                    "the executor did not become ready ({detail}; {})",
+                    describe(status)
+                )));
+            }
+        };
+        self.child_id.store(child.id(), Ordering::SeqCst);
+        self.running = Some(Running {
+            child,
+            stdin,
+            stdout,
+            adapter,
+            _root: root,
+        });
+        Ok(())
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut running) = self.running.take() {
+            kill(&mut running.child);
+            self.child_id.store(0, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Kills `child` (if it still runs) and reaps it.
+fn kill(child: &mut Child) -> Option<ExitStatus> {
+    // An error here means it has already exited: wait reaps it either way.
+    let _ = child.kill();
+    child.wait().ok()
+}
+
+/// What became of a child that closed its pipe during a job.
+fn died(child: &mut Child, limits: SandboxLimits) -> JobFailure {
+    let Some(status) = kill(child) else {
+        return JobFailure::Protocol("the executor closed its pipe and cannot be reaped".into());
+    };
+    match (status.signal(), status.code()) {
+        (Some(libc::SIGXCPU), _) => JobFailure::CpuTime {
+            cpu_ms: limits.cpu_ms_per_job,
+        },
+        (Some(libc::SIGABRT), _) => JobFailure::Memory {
+            memory_bytes: limits.memory_bytes,
+        },
+        (Some(signal), _) => JobFailure::Killed {
+            signal,
+            name: signal_name(signal),
+        },
+        (None, Some(code)) => JobFailure::Exited { code },
+        (None, None) => JobFailure::Protocol(format!("the executor ended with {status}")),
+    }
+}
+
+fn describe(status: Option<ExitStatus>) -> String {
+    match status {
+        Some(status) => format!("it ended with {status}"),
+        None => "it could not be reaped".to_owned(),
+    }
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGILL => "SIGILL",
+        libc::SIGFPE => "SIGFPE",
+        _ => "another signal",
+    }
+}
+
+/// Sets the child's CPU limit to its CPU time so far plus `budget_ms` (whole seconds, rounded
+/// up). Only the soft limit moves (the hard one stays unlimited, which an unprivileged node
+/// could not raise again): at the soft limit the kernel sends SIGXCPU, which ends the child.
+fn set_cpu_limit(child: &Child, budget_ms: u64) -> io::Result<()> {
+    let used_ms = cpu_time_ms(child.id())?;
+    let seconds = (used_ms + budget_ms).div_ceil(1000);
+    prlimit(child.id(), libc::RLIMIT_CPU, seconds, libc::RLIM_INFINITY)
+}
+
+/// Sets the child's address-space limit to what it holds now plus `headroom_bytes`.
+fn set_memory_limit(child: &Child, headroom_bytes: u64) -> io::Result<()> {
+    let bytes = address_space_bytes(child.id())?.saturating_add(headroom_bytes);
+    prlimit(child.id(), libc::RLIMIT_AS, bytes, bytes)
+}
+
+fn prlimit(pid: u32, resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> io::Result<()> {
+    let limit = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    let pid = libc::pid_t::try_from(pid).map_err(io::Error::other)?;
+    // SAFETY: `limit` is valid for the call; the old limit is not asked for (null).
+    if unsafe { libc::prlimit(pid, resource, &limit, std::ptr::null_mut()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A process's user plus system CPU time, from /proc/PID/stat, in milliseconds.
+fn cpu_time_ms(pid: u32) -> io::Result<u64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path)?;
+    // The command name (field 2) may hold spaces: fields are counted after its ')'.
+    let after_name = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| io::Error::other(format!("{path} has no command name")))?;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // utime and stime are fields 14 and 15; field 3 is the first after the name.
+    let ticks = |index: usize| -> io::Result<u64> {
+        fields
+            .get(index)
+            .and_then(|field| field.parse::<u64>().ok())
+            .ok_or_else(|| io::Error::other(format!("{path} has no field {}", index + 3)))
+    };
+    let total_ticks = ticks(11)? + ticks(12)?;
+    // SAFETY: sysconf takes a constant and has no other preconditions.
+    let ticks_per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .ok()
+        .filter(|ticks| *ticks > 0)
+        .unwrap_or(100);
+    Ok(total_ticks * 1000 / ticks_per_second)
+}
+
+/// A process's address space (VmSize of /proc/PID/status), in bytes.
+fn address_space_bytes(pid: u32) -> io::Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path)?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmSize:"))
+        .and_then(|value| value.trim().strip_suffix("kB"))
+        .and_then(|kib| kib.trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .ok_or_else(|| io::Error::other(format!("{path} has no VmSize")))
+}
+
+fn job_code(job: ModelJob) -> u8 {
+    match job {
+        ModelJob::EncodeState => 0,
+        ModelJob::ScoreSequence => 1,
+        ModelJob::PredictNextState => 2,
+    }
+}
+
+fn job_of_code(code: u8) -> Option<ModelJob> {
+    ModelJob::ALL.into_iter().find(|job| job_code(*job) == code)
+}
+
+/// `FXJ1 ‖ job u8 ‖ weights_len u32 LE ‖ weights ‖ input_len u32 LE ‖ input`.
+fn job_frame(job: ModelJob, weights: &[u8], input: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(13 + weights.len() + input.len());
+    frame.extend_from_slice(JOB_MAGIC);
+    frame.push(job_code(job));
+    // Both fit: they have the job type's sizes, checked by the caller.
+    frame.extend_from_slice(&(weights.len() as u32).to_le_bytes());
+    frame.extend_from_slice(weights);
+    frame.extend_from_slice(&(input.len() as u32).to_le_bytes());
+    frame.extend_from_slice(input);
+    frame
+}
+
+enum Reply {
+    Output { output: Vec<u8>, execution_us: u64 },
+    Refused(String),
+}
+
+enum ReplyError {
+    Stop(ReadStop),
+    Failure(JobFailure),
+}
+
+impl From<ReadStop> for ReplyError {
+    fn from(stop: ReadStop) -> Self {
+        ReplyError::Stop(stop)
+    }
+}
+
+/// Reads one reply: `FXO1 ‖ 0 ‖ execution_us u64 LE ‖ output_len u32 LE ‖ output`, or
+/// `FXO1 ‖ 1 ‖ message_len u32 LE ‖ message (UTF-8)`.
+fn read_reply(
+    stdout: &mut ChildStdout,
+    job: ModelJob,
+    deadline: Instant,
+) -> Result<Reply, ReplyError> {
+    let protocol = |detail: String| ReplyError::Failure(JobFailure::Protocol(detail));
+    let mut head = [0u8; 5];
+    read_exact_by(stdout, &mut head, deadline)?;
+    if &head[..4] != REPLY_MAGIC {
+        return Err(protocol(format!("a reply starts {:02x?}", &head[..4])));
+    }
+    match head[4] {
+        REPLY_OUTPUT => {
+            let mut fixed = [0u8; 12];
+            read_exact_by(stdout, &mut fixed, deadline)?;
+            let execution_us = u64::from_le_bytes(word(&fixed[..8]));
+            let bytes = u32::from_le_bytes(word(&fixed[8..]));
+            if usize::try_from(bytes).ok() != Some(job.output_bytes()) {
+                return Err(ReplyError::Failure(JobFailure::BadOutput {
+                    job: job.name(),
+                    bytes,
+                    wanted: job.output_bytes(),
+                }));
+            }
+            let mut output = vec![0u8; job.output_bytes()];
+            read_exact_by(stdout, &mut output, deadline)?;
+            Ok(Reply::Output {
+                output,
+                execution_us,
+            })
+        }
+        REPLY_REFUSED => {
+            let message = read_text(stdout, EXECUTOR_MESSAGE_BYTES_MAX, deadline)?;
+            Ok(Reply::Refused(message))
+        }
+        other => Err(protocol(format!("a reply of unknown status {other}"))),
+    }
+}
+
+/// Reads the ready frame `FXR1 ‖ adapter_len u32 LE ‖ adapter (UTF-8)`.
+fn read_ready(stdout: &mut ChildStdout) -> Result<String, String> {
+    let deadline = Instant::now() + Duration::from_millis(EXECUTOR_START_MS_MAX);
+    let stop = |stop: ReadStop| match stop {
+        ReadStop::Deadline => format!("not ready within {EXECUTOR_START_MS_MAX} ms"),
+        ReadStop::Closed => "it closed its pipe".to_owned(),
+        ReadStop::Io(err) => format!("reading its pipe: {err}"),
+    };
+    let mut magic = [0u8; 4];
+    read_exact_by(stdout, &mut magic, deadline).map_err(stop)?;
+    if &magic != READY_MAGIC {
+        return Err(format!("its first frame starts {magic:02x?}, not FXR1"));
+    }
+    read_text(stdout, EXECUTOR_ADAPTER_BYTES_MAX, deadline).map_err(|err| match err {
+        ReplyError::Stop(reason) => stop(reason),
+        ReplyError::Failure(failure) => failure.to_string(),
+    })
+}
+
+/// Reads `len u32 LE ‖ UTF-8` of at most `max` bytes.
+fn read_text(stdout: &mut ChildStdout, max: u32, deadline: Instant) -> Result<String, ReplyError> {
+    let mut len = [0u8; 4];
+    read_exact_by(stdout, &mut len, deadline)?;
+    let len = u32::from_le_bytes(len);
+    if len > max {
+        return Err(ReplyError::Failure(JobFailure::Protocol(format!(
+            "a text of {len} bytes, over {max}"
+        ))));
+    }
+    let mut text = vec![0u8; len as usize];
+    read_exact_by(stdout, &mut text, deadline)?;
+    String::from_utf8(text)
+        .map_err(|_| ReplyError::Failure(JobFailure::Protocol("a text not UTF-8".to_owned())))
+}
+
+fn word<const N: usize>(bytes: &[u8]) -> [u8; N] {
+    let mut out = [0u8; N];
+    out.copy_from_slice(bytes);
+    out
+}
+
+/// Fills `buf` from `stdout`, or says why not by `deadline`.
+fn read_exact_by(
+    stdout: &mut ChildStdout,
+    buf: &mut [u8],
+    deadline: Instant,
+) -> Result<(), ReadStop> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(ReadStop::Deadline);
+        }
+        let mut poll = libc::pollfd {
+            fd: stdout.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let timeout_ms = libc::c_int::try_from(remaining.as_millis().max(1)).unwrap_or(i32::MAX);
+        // SAFETY: `poll` is one valid pollfd for the duration of the call.
+        let ready = unsafe { libc::poll(&mut poll, 1, timeout_ms) };
+        if ready < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(ReadStop::Io(err));
+        }
+        if ready == 0 {
+            continue;
+        }
+        // poll said readable (or hung up): this read does not block.
+        match stdout.read(&mut buf[filled..]) {
+            Ok(0) => return Err(ReadStop::Closed),
+            Ok(read) => filled += read,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(ReadStop::Io(err)),
+        }
+    }
+    Ok(())
+}
+
+/// The executor child (`fabric node-executor [--root DIR]`): opens the engine `FABRIC_GPU`
+/// asks for, warms it up, enters `root` (when given) as its empty root, says it is ready, then
+/// runs the jobs framed on its stdin until stdin closes. Its exit status says why it stopped:
+/// 0 stdin closed, 2 a malformed frame, 3 no engine, 4 the sandbox refused.
+pub fn executor_main(root: Option<&Path>) -> ExitCode {
+    let engine = match Engine::from_env() {
+        Ok(engine) => engine,
+        Err(err) => {
+            eprintln!("fabric node-executor: {err}");
+            return ExitCode::from(EXIT_ENGINE);
+        }
+    };
+    if let Err(err) = warm_up(engine) {
+        eprintln!(
+            "fabric node-executor: warming up on {}: {err}",
+            engine.name()
+        );
+        return ExitCode::from(EXIT_ENGINE);
+    }
+    if let Some(root) = root {
+        if let Err(err) = sandbox::enter_empty_root(root) {
+            eprintln!("fabric node-executor: {err}");
+            return ExitCode::from(EXIT_SANDBOX);
+        }
+    }
+    match serve_jobs(engine, &mut io::stdin().lock(), &mut io::stdout().lock()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("fabric node-executor: {err}");
+            ExitCode::from(EXIT_PROTOCOL)
+        }
+    }
+}
+
+/// Runs each job type once, so that the engine has compiled its pipelines and the driver has
+/// opened what it opens lazily while files can still be opened.
+fn warm_up(engine: Engine) -> Result<(), fabric_gpu_kernels::GpuError> {
+    for job in ModelJob::ALL {
+        let weights = match job {
+            // alpha 0, shift 0, one step: the smallest diffusion there is.
+            ModelJob::PredictNextState => {
+                [0u32, 0, 1].iter().flat_map(|w| w.to_le_bytes()).collect()
+            }
+            _ => vec![0u8; job.weights_bytes()],
+        };
+        let input = vec![0u8; job.input_bytes()];
+        job.execute(&weights, &input, engine)?;
+    }
+    Ok(())
+}
+
+/// The child's loop: the ready frame, then one reply per job frame until stdin ends.
+fn serve_jobs(engine: Engine, input: &mut impl Read, output: &mut impl Write) -> io::Result<()> {
+    let adapter = engine.name();
+    let mut ready = READY_MAGIC.to_vec();
+    ready.extend_from_slice(&(adapter.len() as u32).to_le_bytes());
+    ready.extend_from_slice(adapter.as_bytes());
+    output.write_all(&ready)?;
+    output.flush()?;
+    while let Some((job, weights, data)) = read_job(input)? {
+        let started = Instant::now();
+        let result = job.execute(&weights, &data, engine);
+        let execution_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let mut reply = REPLY_MAGIC.to_vec();
+        match result {
+            Ok(out) => {
+                reply.push(REPLY_OUTPUT);
+                reply.extend_from_slice(&execution_us.to_le_bytes());
+                reply.extend_from_slice(&(out.len() as u32).to_le_bytes());
+                reply.extend_from_slice(&out);
+            }
+            Err(err) => {
+                let mut message = err.to_string();
+                truncate_utf8(&mut message, EXECUTOR_MESSAGE_BYTES_MAX as usize);
+                reply.push(REPLY_REFUSED);
+                reply.extend_from_slice(&(message.len() as u32).to_le_bytes());
+                reply.extend_from_slice(message.as_bytes());
+            }
+        }
+        output.write_all(&reply)?;
+        output.flush()?;
+    }
+    Ok(())
+}
+
+fn truncate_utf8(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+}
+
+/// One job frame, or None where stdin ends between frames.
+/// A job as the executor reads it: its type, weights and input.
+type JobFrame = (ModelJob, Vec<u8>, Vec<u8>);
+
+fn read_job(input: &mut impl Read) -> io::Result<Option<JobFrame>> {
+    let mut head = [0u8; 5];
+    match input.read(&mut head[..1])? {
+        0 => return Ok(None),
+        _ => input.read_exact(&mut head[1..])?,
+    }
+    let bad = |detail: String| io::Error::new(io::ErrorKind::InvalidData, detail);
+    if &head[..4] != JOB_MAGIC {
+        return Err(bad(format!("a job frame starts {:02x?}", &head[..4])));
+    }
+    let job = job_of_code(head[4]).ok_or_else(|| bad(format!("unknown job type {}", head[4])))?;
+    let weights = read_sized(input, job.weights_bytes(), "weights")?;
+    let data = read_sized(input, job.input_bytes(), "input")?;
+    Ok(Some((job, weights, data)))
+}
+
+/// `len u32 LE ‖ bytes`, where `len` must be `wanted`.
+fn read_sized(input: &mut impl Read, wanted: usize, what: &str) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    input.read_exact(&mut len)?;
+    let len = u32::from_le_bytes(len);
+    if usize::try_from(len).ok() != Some(wanted) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{what} of {len} bytes, not {wanted}"),
+        ));
+    }
+    let mut bytes = vec![0u8; wanted];
+    input.read_exact(&mut bytes)?;
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The child's loop answers each frame in order and stops cleanly at the end of stdin.
+    #[test]
+    fn the_pipe_carries_jobs_and_their_outputs() {
+        let job = ModelJob::PredictNextState;
+        let weights: Vec<u8> = [1u32, 3, 8].iter().flat_map(|w| w.to_le_bytes()).collect();
+        let input: Vec<u8> = (0..job.input_bytes()).map(|i| (i * 7) as u8).collect();
+        let mut frames = job_frame(job, &weights, &input);
+        frames.extend(job_frame(job, &weights, &input));
+        let mut out = Vec::new();
+        serve_jobs(Engine::Cpu, &mut frames.as_slice(), &mut out).expect("serve");
+        let expected = job.execute(&weights, &input, Engine::Cpu).expect("cpu");
+        let adapter = b"cpu-reference";
+        assert_eq!(&out[..4], READY_MAGIC);
+        assert_eq!(&out[4..8], &(adapter.len() as u32).to_le_bytes());
+        let mut rest = &out[8 + adapter.len()..];
+        for _ in 0..2 {
+            assert_eq!(&rest[..5], b"FXO1\0");
+            assert_eq!(&rest[13..17], &(expected.len() as u32).to_le_bytes());
+            assert_eq!(&rest[17..17 + expected.len()], expected.as_slice());
+            rest = &rest[17 + expected.len()..];
+        }
+        assert!(rest.is_empty());
+    }
+
+    /// A frame of the wrong size or type is a protocol error, not a job.
+    #[test]
+    fn malformed_frames_are_refused() {
+        let job = ModelJob::EncodeState;
+        let mut frame = job_frame(job, &[0; 1024], &[0; 1024]);
+        frame[4] = 9;
+        assert!(read_job(&mut frame.as_slice()).is_err());
+        let short = job_frame(job, &[0; 1000], &[0; 1024]);
+        let error = read_job(&mut short.as_slice()).expect_err("short weights");
+        assert!(
+            error
+                .to_string()
+                .contains("weights of 1000 bytes, not 1024"),
+            "{error}"
+        );
+        assert!(read_job(&mut &b""[..]).expect("end").is_none());
+    }
+}
