@@ -828,8 +828,10 @@ fn truncate_utf8(text: &mut String, max: usize) {
 }
 
 /// One job frame, or None where stdin ends between frames.
-#[allow(clippy::type_complexity)]
-fn read_job(input: &mut impl Read) -> io::Result<Option<(ModelJob, Vec<u8>, Vec<u8>)>> {
+/// A job as the executor reads it: its type, weights and input.
+type JobFrame = (ModelJob, Vec<u8>, Vec<u8>);
+
+fn read_job(input: &mut impl Read) -> io::Result<Option<JobFrame>> {
     let mut head = [0u8; 5];
     match input.read(&mut head[..1])? {
         0 => return Ok(None),

@@ -17,6 +17,7 @@ mod report;
 mod restore;
 mod rotation;
 mod run;
+mod sandbox;
 mod serve;
 mod serve_owner;
 mod support;
