@@ -89,7 +89,7 @@ pub struct SubmitArgs {
     /// What the client pays, in millionths of a credit
     #[arg(long, default_value_t = 1_000_000)]
     budget_micros: u64,
-    /// The input's file (its BLAKE3 hash is the job's input hash)
+    /// The input's file: sent with the job (its BLAKE3 hash is the job's input hash)
     #[arg(long, value_name = "FILE", conflicts_with = "input_hash")]
     input: Option<PathBuf>,
     /// The input's BLAKE3 hash, 64 hex digits (default: the hash of the request id)
@@ -126,12 +126,15 @@ pub fn submit(args: &SubmitArgs) -> anyhow::Result<ExitCode> {
         .request_id
         .clone()
         .unwrap_or_else(client::random_request_id);
-    let input_hash = match (&args.input, &args.input_hash) {
-        (Some(path), _) => {
-            let bytes = std::fs::read(path)
-                .with_context(|| format!("--input {}: cannot read it", path.display()))?;
-            Hash32(*blake3::hash(&bytes).as_bytes())
-        }
+    let input = match &args.input {
+        Some(path) => Some(
+            std::fs::read(path)
+                .with_context(|| format!("--input {}: cannot read it", path.display()))?,
+        ),
+        None => None,
+    };
+    let input_hash = match (&input, &args.input_hash) {
+        (Some(bytes), _) => Hash32(*blake3::hash(bytes).as_bytes()),
         (None, Some(text)) => {
             Hash32::from_hex(text).map_err(|reason| anyhow::anyhow!("--input-hash: {reason}"))?
         }
@@ -148,7 +151,13 @@ pub fn submit(args: &SubmitArgs) -> anyhow::Result<ExitCode> {
         budget_micros: args.budget_micros,
         input_hash,
     };
-    let answer = client::submit(&mut client, &job, &key, client::clock_nonce())?;
+    let answer = client::submit(
+        &mut client,
+        &job,
+        &key,
+        client::clock_nonce(),
+        input.as_deref(),
+    )?;
     if answer.status != 202 {
         eprintln!("{}", pretty(&answer.body));
         return Ok(ExitCode::FAILURE);

@@ -136,6 +136,10 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         world: served.world,
         tick_interval: Duration::from_millis(args.tick_ms),
         submission_tick_window: args.submission_tick_window,
+        // The server sets its artifact store here.
+        inputs: None,
+        // A fabric of node agents runs only jobs of registered models.
+        models_required: !key_origin.is_simulation(),
     };
     let config = ServerConfig {
         listen: args.listen.clone(),

@@ -42,7 +42,7 @@ use thiserror::Error;
 pub use fleet::{ActorKeys, Actors, TickProposals, ACTOR_THREADS};
 pub use gate::owner_command_attempt;
 pub use restore::{restore, restore_to, RestoreReport, Restored};
-pub use work::{Intake, JobResult, NodeWork, ServedJobs};
+pub use work::{InputStore, Intake, JobResult, NodeWork, ServedJobs};
 
 /// Why a run stopped.
 #[derive(Debug, Error)]

@@ -60,6 +60,10 @@ pub struct ServeSpec {
     /// How many ticks old a submission's signed tick may be (see
     /// [`SUBMISSION_TICK_WINDOW_DEFAULT`]).
     pub submission_tick_window: u64,
+    /// Where jobs' inputs are kept (the server's artifact store; none: inputs are refused).
+    pub inputs: Option<Arc<dyn crate::work::InputStore>>,
+    /// Whether every job must be of a registered model (a fabric of node agents).
+    pub models_required: bool,
 }
 
 /// One thing a client asks the fabric to append.
@@ -72,6 +76,8 @@ pub enum Request {
         signed: SignedEvent,
         /// The decoded event, or the reason and detail of its refusal.
         checked: Result<Event, (RejectReason, String)>,
+        /// The job's input bytes, when the request carried them (their BLAKE3 checked).
+        input: Option<Vec<u8>>,
     },
     /// A node's heartbeat or receipt as the node signed it (from `node`'s own subject), checked
     /// by [`gate::check_signed`] off the driver's thread.
@@ -269,6 +275,10 @@ pub async fn serve(
             &mut on_tick,
             genesis.take(),
             spec.submission_tick_window,
+            InputRules {
+                store: spec.inputs.as_deref(),
+                models_required: spec.models_required,
+            },
         )
         .await;
         if let Err(error) = outcome {
@@ -307,6 +317,7 @@ async fn serve_tick(
     on_tick: &mut impl FnMut(&ServedTick<'_>),
     genesis: Option<Vec<Attempt>>,
     submission_tick_window: u64,
+    rules: InputRules<'_>,
 ) -> Result<(), RunError> {
     let tree = (tree_head.tree_size, tree_head.root);
     let genesis_tick = genesis.is_some();
@@ -333,6 +344,7 @@ async fn serve_tick(
                 tick,
                 keys,
                 submission_tick_window,
+                rules,
                 batch: &mut batch,
                 replies: &mut replies,
             };
@@ -416,6 +428,85 @@ fn submission_fits(event: Event, tick: u64, window: u64) -> Result<Event, (Rejec
     within_window(event, tick, window)
 }
 
+/// Where a served job's input must be, and whether every job must be of a registered model.
+#[derive(Clone, Copy)]
+pub struct InputRules<'a> {
+    /// The artifact store (none: no input can be kept).
+    pub store: Option<&'a dyn crate::work::InputStore>,
+    /// A fabric of node agents runs only jobs of registered models.
+    pub models_required: bool,
+}
+
+/// The rule of a job's model and input: a job of a registered model has input bytes of its
+/// job type's size (sent with it, or stored already); on a fabric of node agents, the
+/// workload must be a registered model.
+fn input_fits(
+    state: &State,
+    event: Event,
+    input: Option<&[u8]>,
+    rules: InputRules<'_>,
+) -> Result<Event, (RejectReason, String)> {
+    let Body::JobSubmitted(job) = &event.body else {
+        return Ok(event);
+    };
+    let invalid = |detail: String| Err((RejectReason::Invalid, detail));
+    let Some(model) = state.model(&job.workload) else {
+        if rules.models_required {
+            return invalid(format!(
+                "no model {} is registered in this fabric (the owners register one with \
+                 register-model)",
+                job.workload
+            ));
+        }
+        return Ok(event);
+    };
+    let len = match input {
+        Some(bytes) => bytes.len(),
+        None => match rules.store.and_then(|store| store.len_of(&job.input_hash)) {
+            Some(len) => len,
+            None => {
+                return invalid(format!(
+                    "the server holds no input {}: send its bytes in `input`",
+                    job.input_hash
+                ))
+            }
+        },
+    };
+    let wanted = model.job_type.input_bytes();
+    if len != wanted {
+        return invalid(format!(
+            "a {} job of model {} takes {wanted} input bytes, not {len}",
+            model.job_type.name(),
+            job.workload
+        ));
+    }
+    Ok(event)
+}
+
+/// Stores a job's input before the gate judges the job: only a registered key's request gets
+/// this far (the others are counted first), and the tick's append makes it durable.
+fn store_input(
+    event: &Event,
+    input: Option<&[u8]>,
+    rules: InputRules<'_>,
+) -> Result<(), (RejectReason, String)> {
+    let (Body::JobSubmitted(job), Some(bytes)) = (&event.body, input) else {
+        return Ok(());
+    };
+    let Some(store) = rules.store else {
+        return Err((
+            RejectReason::Invalid,
+            "this server keeps no job inputs".to_owned(),
+        ));
+    };
+    store.store(&job.input_hash, bytes).map_err(|detail| {
+        (
+            RejectReason::Invalid,
+            format!("the input was not stored: {detail}"),
+        )
+    })
+}
+
 /// The rules of a node's event beyond the gate's: a heartbeat or a receipt naming the node
 /// whose subject it came on, signed for a tick within the window (as [`submission_fits`]).
 fn node_event_fits(
@@ -496,6 +587,7 @@ struct TickIntake<'a> {
     tick: u64,
     keys: &'a ActorKeys,
     submission_tick_window: u64,
+    rules: InputRules<'a>,
     batch: &'a mut Admitted,
     replies: &'a mut Vec<Reply>,
 }
@@ -564,6 +656,7 @@ impl TickIntake<'_> {
             submission.request,
             self.keys,
             self.submission_tick_window,
+            self.rules,
         )?;
         if let Some(Body::JobSubmitted(job)) = one
             .events
@@ -617,7 +710,9 @@ fn counted_refusal(
                 )
             })
         }
-        Request::Job { signed, checked }
+        Request::Job {
+            signed, checked, ..
+        }
         | Request::Node {
             signed, checked, ..
         } => match checked {
@@ -656,10 +751,19 @@ fn sequence(
     request: Request,
     keys: &ActorKeys,
     window: u64,
+    rules: InputRules<'_>,
 ) -> Result<Admitted, RunError> {
     match request {
-        Request::Job { signed, checked } => {
-            match checked.and_then(|event| submission_fits(event, tick, window)) {
+        Request::Job {
+            signed,
+            checked,
+            input,
+        } => {
+            let fits = checked
+                .and_then(|event| submission_fits(event, tick, window))
+                .and_then(|event| input_fits(state, event, input.as_deref(), rules))
+                .and_then(|event| store_input(&event, input.as_deref(), rules).map(|()| event));
+            match fits {
                 Err((reason, detail)) => {
                     gate::refuse(state, tick, AttemptId::of(&signed), reason, &detail, keys)
                 }
@@ -745,6 +849,10 @@ mod tests {
     use super::*;
 
     const TICK: u64 = 200;
+    const NO_INPUTS: InputRules<'static> = InputRules {
+        store: None,
+        models_required: false,
+    };
 
     /// A state after a genesis of a ledger key and three owners (2 of 3), with their keys.
     fn founded() -> (State, SigningKey, Vec<SigningKey>) {
@@ -805,6 +913,7 @@ mod tests {
         Request::Job {
             checked: gate::check_signed(&signed),
             signed,
+            input: None,
         }
     }
 
@@ -843,6 +952,7 @@ mod tests {
             approved,
             &ActorKeys::ledger_only(ledger.clone()),
             8,
+            NO_INPUTS,
         )
         .expect("a refusal, no stop");
         assert!(matches!(
@@ -883,7 +993,10 @@ mod tests {
         };
 
         let mut bad_signature = job(&client, TICK, 1);
-        if let Request::Job { signed, checked } = &mut bad_signature {
+        if let Request::Job {
+            signed, checked, ..
+        } = &mut bad_signature
+        {
             signed.signature.0[0] ^= 1;
             *checked = gate::check_signed(signed);
         }
@@ -917,6 +1030,7 @@ mod tests {
             register,
             &ActorKeys::ledger_only(ledger.clone()),
             8,
+            NO_INPUTS,
         )
         .expect("sequenced");
         assert_eq!(out.verdicts, [Verdict::Admitted]);
@@ -928,6 +1042,7 @@ mod tests {
             backdated,
             &ActorKeys::ledger_only(ledger.clone()),
             8,
+            NO_INPUTS,
         )
         .expect("sequenced");
         assert!(matches!(
@@ -941,6 +1056,7 @@ mod tests {
             at_the_edge,
             &ActorKeys::ledger_only(ledger.clone()),
             8,
+            NO_INPUTS,
         )
         .expect("sequenced");
         assert!(
@@ -958,6 +1074,7 @@ mod tests {
             one_approval,
             &ActorKeys::ledger_only(ledger.clone()),
             8,
+            NO_INPUTS,
         )
         .expect("sequenced");
         assert!(matches!(

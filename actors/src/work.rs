@@ -35,6 +35,16 @@ pub trait NodeWork: Send + Sync {
     fn finish(&self, node: NodeIx, job: &Job) -> Result<JobResult, RunError>;
 }
 
+/// Where a served fabric keeps its jobs' inputs (the server's artifact store): the driver
+/// stores a job's input once the gate may admit it, before the append that makes both
+/// durable.
+pub trait InputStore: Send + Sync {
+    /// How many bytes are stored under `hash`, if any.
+    fn len_of(&self, hash: &Hash32) -> Option<usize>;
+    /// Stores `bytes` under `hash` (their BLAKE3).
+    fn store(&self, hash: &Hash32, bytes: &[u8]) -> Result<(), String>;
+}
+
 /// Where a shard's client submissions come from.
 pub trait Intake: Send + Sync {
     /// The jobs `shard`'s clients submit at `tick`, in order.

@@ -233,16 +233,18 @@ pub fn health(client: &mut Client) -> Result<Value, ClientError> {
     json_of(&response, "GET /v0/health")
 }
 
-/// Submits `job`, signed by `key` with `nonce` at the server's current tick: the answer of
-/// `POST /v0/jobs` (202 when accepted, an error body otherwise).
+/// Submits `job` (with its input bytes, when given), signed by `key` with `nonce` at the
+/// server's current tick: the answer of `POST /v0/jobs` (202 when accepted, an error body
+/// otherwise).
 pub fn submit(
     client: &mut Client,
     job: &JobSpec,
     key: &SigningKey,
     nonce: u64,
+    input: Option<&[u8]>,
 ) -> Result<Answer, ClientError> {
     let tick = current_tick(client)?;
-    let body = job_request_body(job, key, tick, nonce)?;
+    let body = job_request_body(job, key, tick, nonce, input)?;
     let response = client
         .request("POST", "/v0/jobs", Some(("application/json", &body)))
         .map_err(ClientError::Send)?;

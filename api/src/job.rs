@@ -203,16 +203,20 @@ pub enum JobRequestError {
     Json(#[from] serde_json::Error),
 }
 
-/// The JSON body of `POST /v0/jobs` for `job`, signed by `key` at `tick` with `nonce`.
+/// The JSON body of `POST /v0/jobs` for `job`, signed by `key` at `tick` with `nonce`, with
+/// its input bytes when given (their BLAKE3 should be the job's input hash).
 pub fn job_request_body(
     job: &JobSpec,
     key: &SigningKey,
     tick: u64,
     nonce: u64,
+    input: Option<&[u8]>,
 ) -> Result<Vec<u8>, JobRequestError> {
-    let request = job
+    use base64::Engine as _;
+    let mut request = job
         .request(key, tick, nonce)
         .map_err(JobRequestError::Oversize)?;
+    request.input = input.map(|bytes| base64::engine::general_purpose::STANDARD.encode(bytes));
     Ok(serde_json::to_vec(&request)?)
 }
 
@@ -463,7 +467,7 @@ mod tests {
         };
         assert_eq!(job.deadline_tick, 110);
         assert_eq!(job.workload, "vision@3");
-        let body = job_request_body(&spec(), &key, 10, 1).unwrap();
+        let body = job_request_body(&spec(), &key, 10, 1, None).unwrap();
         let parsed: JobRequest = serde_json::from_slice(&body).unwrap();
         assert_eq!(parsed, request);
     }

@@ -412,7 +412,7 @@ fn connection_load(
             budget_micros: 1_000,
             input_hash: Hash32(*blake3::hash(request_id.as_bytes()).as_bytes()),
         };
-        let body = job_request_body(&job, key, tick, index + 1)?;
+        let body = job_request_body(&job, key, tick, index + 1, None)?;
         let sent = Instant::now();
         let response = client.request("POST", "/v0/jobs", Some(("application/json", &body)))?;
         if response.status == 202 {

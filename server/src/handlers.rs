@@ -44,8 +44,6 @@ pub(crate) struct Shared {
     /// Where the fabric's keys come from (its genesis).
     pub(crate) key_origin: fabric_events::KeyOrigin,
     pub(crate) started: Instant,
-    /// The fabric's nodes are node agents (`fabric node`): jobs must be of registered models.
-    pub(crate) node_agents: bool,
 }
 
 /// The header every answer of a simulated fabric carries, and its value.
@@ -77,11 +75,6 @@ fn read_view(shared: &Shared) -> std::sync::RwLockReadGuard<'_, View> {
 }
 
 impl Shared {
-    /// The job type of a registered model.
-    pub(crate) fn model(&self, workload: &str) -> Option<fabric_events::JobType> {
-        read_view(self).models.get(workload).copied()
-    }
-
     /// Folds one durable tick into the views: job index, artifacts, metrics.
     pub(crate) fn on_tick(&self, tick: &ServedTick<'_>) {
         let mut view = self
@@ -105,9 +98,6 @@ impl Shared {
             }
             if let Body::JobSubmitted(job) = &event.body {
                 view.active.insert(job.job);
-            }
-            if let Some((workload, job_type)) = crate::inputs::registered_model(event) {
-                view.models.insert(workload, job_type);
             }
         }
         // Only an owner command (cancel-job, retire-shard) ends a job without a receipt, so
@@ -383,19 +373,22 @@ async fn submit_job_heard(
             .map_err(|wrong| (RejectReason::Invalid, wrong.to_string()))?;
         Ok(event)
     });
-    let job = match &checked {
-        Ok(event) => match &event.body {
-            Body::JobSubmitted(body) => {
-                if let Err(refused) = crate::inputs::admit_input(shared, &job_request, body) {
-                    return refused.response();
-                }
-                Some(body.job)
-            }
-            _ => None,
+    let (job, input) = match &checked {
+        Ok(Event {
+            body: Body::JobSubmitted(body),
+            ..
+        }) => match crate::inputs::input_of(&job_request, body) {
+            Ok(input) => (Some(body.job), input),
+            Err(refused) => return *refused,
         },
-        Err(_) => None,
+        _ => (None, None),
     };
-    let ack = match sequence(shared, Request::Job { signed, checked }).await {
+    let request = Request::Job {
+        signed,
+        checked,
+        input,
+    };
+    let ack = match sequence(shared, request).await {
         Ok(ack) => ack,
         Err(response) => return response,
     };

@@ -54,8 +54,6 @@ pub(crate) struct View {
     pub(crate) jobs: HashMap<JobId, JobRecord>,
     /// Jobs without a receipt that were still in the fabric after the last tick.
     pub(crate) active: std::collections::HashSet<JobId>,
-    /// Registered models: workload → job type.
-    pub(crate) models: HashMap<String, fabric_events::JobType>,
 }
 
 /// Jobs that left the fabric without a receipt were cancelled by the owners (a command, or a
@@ -191,12 +189,8 @@ pub(crate) fn index_event(
     Ok(())
 }
 
-/// What the start's replay gives: the job index, the registered models, the state.
-pub(crate) type Indexed = (
-    HashMap<JobId, JobRecord>,
-    HashMap<String, fabric_events::JobType>,
-    State,
-);
+/// What the start's replay gives: the job index and the state.
+pub(crate) type Indexed = (HashMap<JobId, JobRecord>, State);
 
 /// The job index and the artifacts of a log, read from its start (a restart of `fabric serve`)
 /// by the one replay of the log, which checks and folds every entry on the way.
@@ -213,7 +207,6 @@ pub(crate) fn index_log(
         artifacts,
         failed: None,
         feed,
-        models: HashMap::new(),
     };
     let mut replay = Replay::genesis();
     replay
@@ -221,7 +214,7 @@ pub(crate) fn index_log(
         .map_err(|error| ServerError::Replay { error })?;
     match indexer.failed {
         Some(error) => Err(error),
-        None => Ok((indexer.jobs, indexer.models, replay.into_state())),
+        None => Ok((indexer.jobs, replay.into_state())),
     }
 }
 
@@ -231,7 +224,6 @@ struct Indexer<'a> {
     artifacts: &'a sled::Tree,
     failed: Option<ServerError>,
     feed: &'a mut crate::nodes::FeedBuilder,
-    models: HashMap<String, fabric_events::JobType>,
 }
 
 impl Observer for Indexer<'_> {
@@ -240,9 +232,6 @@ impl Observer for Indexer<'_> {
             return;
         }
         self.feed.after(step, state);
-        if let Some((workload, job_type)) = crate::inputs::registered_model(step.event) {
-            self.models.insert(workload, job_type);
-        }
         // The state's tick is the newest of the log so far: the tick the event was
         // sequenced at (the serve driver puts an event of the tick before a backdated job).
         let indexed = index_event(

@@ -81,7 +81,7 @@ pub struct Served {
 pub fn serve(
     config: &ServerConfig,
     ledger: Ledger,
-    spec: ServeSpec,
+    mut spec: ServeSpec,
     listening: impl FnOnce(&[String]),
 ) -> Result<Served, ServerError> {
     check(config)?;
@@ -94,6 +94,9 @@ pub fn serve(
     let (intake, intake_rx) = mpsc::channel(INTAKE_CAPACITY);
     let (shared, feed) = shared(config, &ledger, &spec, intake.clone())?;
     let shared = web::Data::new(shared);
+    spec.inputs = Some(Arc::new(crate::inputs::ArtifactInputs(
+        shared.artifacts.clone(),
+    )));
     let gateway = start_gateway(config, feed, intake, &shared, spec.world.verify_ppm)?;
     let outbox = start_outbox(config, &ledger)?;
     let system = actix_rt::System::new();
@@ -159,7 +162,7 @@ fn shared(
         .artifacts_tree()
         .map_err(|error| ServerError::ArtifactStore { error })?;
     let mut feed = FeedBuilder::default();
-    let (jobs, models, state) = index_log(&reader, &artifacts, ledger.len(), &mut feed)?;
+    let (jobs, state) = index_log(&reader, &artifacts, ledger.len(), &mut feed)?;
     let feed = feed.build(&reader, &state, &ledger.tree_head())?;
     let spill_routes: Vec<(String, String)> = spec
         .world
@@ -186,7 +189,6 @@ fn shared(
             tree_head: ledger.tree_head(),
             active,
             jobs,
-            models,
         }),
         metrics: ServeMetrics::new(&spill_routes),
         refusals: Default::default(),
@@ -194,7 +196,6 @@ fn shared(
         key_origin: config.key_origin,
         started: Instant::now(),
         reader,
-        node_agents: !config.key_origin.is_simulation(),
     };
     Ok((shared, feed))
 }

@@ -224,10 +224,22 @@ fn a_job_signed_by_a_seed_derived_client_key_is_refused_and_a_registered_client_
         // Signed by no registered key: counted in the tick's refusals_counted event.
         assert_on_record(&mut client, &answer, "unknown_key", Record::Counted);
     }
+    // A registered client's job is judged on its merits: a workload that is no registered
+    // model is refused and recorded; a job of a registered model with its input is taken.
     let registered = keys::load_secret(&ceremony.client).expect("the client key loads");
     let body = job_request(&registered, "earth", "registered", tick);
     let response = post(&mut client, "/v0/jobs", body.as_bytes());
-    assert_eq!(response.status, 202, "{}", response.text());
+    assert_eq!(response.status, 400, "{}", response.text());
+    let answer = json_of(&response);
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("no model")),
+        "{answer}"
+    );
+    assert_on_record(&mut client, &answer, "invalid", Record::Rejected);
+    crate::nodes::register_models(&mut client, &ceremony);
+    crate::nodes::submit_jobs(&mut client, &registered, 1, "registered", 10_000);
 
     // `fabric submit --sim-client` asks the server first: no simulated key here.
     let server = served.tcp.as_ref().expect("a TCP address").to_string();
@@ -238,7 +250,9 @@ fn a_job_signed_by_a_seed_derived_client_key_is_refused_and_a_registered_client_
         "{}",
         stderr(&submitted)
     );
-    // ... and a registered key file is signed with as it is.
+    // ... and a registered key file is signed with as it is, the input sent with the job.
+    let input = dir.path().join("state.bin");
+    std::fs::write(&input, [7u8; 1024]).expect("input written");
     let submitted = fabric(&[
         "submit",
         "--server",
@@ -247,6 +261,10 @@ fn a_job_signed_by_a_seed_derived_client_key_is_refused_and_a_registered_client_
         path(&ceremony.client),
         "--shard",
         "earth",
+        "--model-id",
+        "encode-state",
+        "--input",
+        path(&input),
     ]);
     assert!(submitted.status.success(), "{}", stderr(&submitted));
     let _ = CEREMONY_CLIENT;
