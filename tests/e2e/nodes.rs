@@ -808,3 +808,55 @@ fn a_job_that_fails_in_the_sandbox_is_a_failed_receipt_and_its_node_goes_on() {
         "each failure is a recorded failed receipt"
     );
 }
+
+#[test]
+fn a_lying_node_is_caught_by_re_execution_and_halted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Every completed receipt is re-executed in this world.
+    let world_file = dir.path().join("checked.toml");
+    std::fs::write(
+        &world_file,
+        WORLD.replace("fraction_ppm = 100000", "fraction_ppm = 1000000"),
+    )
+    .expect("world written");
+    let ceremony = Ceremony::run_with(dir.path(), &world_file);
+    let nats = NatsWithUsers::start(&NODES);
+    let served = serve(&ceremony, &nats);
+    let mut client = served.client();
+    register_models(&mut client, &ceremony);
+    let start = current_tick(&mut client);
+    wait_until_tick(&mut client, start + 30);
+    let mut args = node_args(&ceremony, &nats, "earth.node-a", "earth.node-a");
+    args.extend(["--byzantine".to_owned(), "1".to_owned()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut liar = NodeProcess::start(&args);
+    let key = fabric_events::keys::load_secret(&ceremony.client).expect("client key");
+    let jobs = submit_jobs(&mut client, &key, 3, "lie", 1_000);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mismatches = loop {
+        let lines = export_lines(&mut client);
+        let mismatches: Vec<serde_json::Value> = lines
+            .values()
+            .filter(|line| line["kind"] == "attestation_mismatch")
+            .cloned()
+            .collect();
+        if !mismatches.is_empty() {
+            break mismatches;
+        }
+        assert!(Instant::now() < deadline, "no lie was caught");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let caught = &mismatches[0]["body"]["data"];
+    assert_eq!(caught["node"], "earth.node-a", "{caught}");
+    assert_ne!(
+        caught["expected_output_hash"],
+        caught["reported_output_hash"]
+    );
+    // The lie stands in no result: the job went back to its queue.
+    let job = caught["job"].as_u64().expect("a job");
+    assert!(jobs.iter().any(|submitted| submitted.job == job));
+    let status = json_of(&get(&mut client, &format!("/v0/jobs/{job}")));
+    assert_ne!(status["status"], "completed", "{status}");
+    let (ok, said) = liar.terminate();
+    assert!(ok, "{said}");
+}
