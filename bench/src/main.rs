@@ -17,14 +17,18 @@
 //! - [`gpu`], [`nats`]: kernels vs. their CPU references; `fabric run --nats` vs. without.
 //! - [`serve`]: `POST /v0/jobs` against a `fabric serve` child process on loopback (the
 //!   `fabric` executable next to this one).
+//! - [`celery`]: the model jobs (`encode_state`, `score_sequence`, `predict_next_state`) on
+//!   Celery 5 with Redis, started here on loopback, vs. the same jobs on the CPU reference.
 //!
 //! A separate program so that the `fabric` binary carries none of the peers' clients: `fabric
 //! bench ARGS...` runs the `fabric-bench` next to it with the same arguments.
 
+mod celery;
 mod gpu;
 mod history;
 mod ingest;
 mod limits;
+mod model_jobs;
 mod nats;
 mod peers;
 mod route;
@@ -90,6 +94,16 @@ struct BenchArgs {
     /// as `fabric run` does; route always measures 100, 1000 and 10000]
     #[arg(long, value_name = "N")]
     nodes: Option<usize>,
+    /// Model jobs of suite celery [default: 3000, 600 with --quick]
+    #[arg(long, value_name = "N")]
+    model_jobs: Option<usize>,
+    /// Worker processes of suite celery (Celery's prefork processes)
+    #[arg(long, value_name = "K", default_value_t = 2)]
+    workers: usize,
+    /// A Python with celery, redis and numpy for suite celery [default: a virtual environment
+    /// the bench makes with pip in the user's cache folder, once]
+    #[arg(long, value_name = "PATH")]
+    python: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -117,6 +131,8 @@ enum Suite {
     Nats,
     /// `fabric serve`: POST /v0/jobs from many connections, accepted jobs/s and p99 latency
     Serve,
+    /// The model jobs on Celery 5 with Redis (started here on loopback) vs. the CPU reference
+    Celery,
 }
 
 impl Suite {
@@ -132,6 +148,7 @@ impl Suite {
             Suite::Gpu => "gpu",
             Suite::Nats => "nats",
             Suite::Serve => "serve",
+            Suite::Celery => "celery",
         }
     }
 }
@@ -244,6 +261,7 @@ struct Bench<'a> {
     args: &'a BenchArgs,
     limits: Option<limits::Limits>,
     histories: Option<history::Histories>,
+    celery: Option<celery::PeerMeasure>,
 }
 
 impl Bench<'_> {
@@ -271,6 +289,29 @@ impl Bench<'_> {
         self.limits
             .as_ref()
             .context("the limits were just measured")
+    }
+
+    /// Model jobs of suite celery.
+    fn model_jobs(&self) -> usize {
+        self.args
+            .model_jobs
+            .unwrap_or(if self.args.quick { 600 } else { 3000 })
+            .max(1)
+    }
+
+    /// Worker processes of suite celery.
+    fn workers(&self) -> usize {
+        self.args.workers.max(1)
+    }
+
+    /// The Celery peer on the model jobs, measured on first use.
+    fn celery(&mut self) -> anyhow::Result<&celery::PeerMeasure> {
+        if self.celery.is_none() {
+            self.celery = Some(celery::PeerMeasure::measure(self, self.model_jobs())?);
+        }
+        self.celery
+            .as_ref()
+            .context("the Celery peer was just measured")
     }
 
     /// The long and short histories of audit and restore, run on first use.
@@ -326,6 +367,7 @@ fn run_suites(args: &BenchArgs) -> anyhow::Result<()> {
         args,
         limits: None,
         histories: None,
+        celery: None,
     };
     let mut report = Report {
         nproc: rayon::current_num_threads(),
@@ -345,6 +387,7 @@ fn run_suites(args: &BenchArgs) -> anyhow::Result<()> {
             Suite::Gpu => gpu::suite(&bench),
             Suite::Nats => nats::suite(&bench),
             Suite::Serve => serve::suite(&mut bench),
+            Suite::Celery => celery::suite(&mut bench),
         }
         .with_context(|| format!("bench suite {} failed", suite.name()))?;
         if !args.json {

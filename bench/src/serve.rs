@@ -316,7 +316,7 @@ fn bench_input(request_id: &str) -> Vec<u8> {
 }
 
 /// Nearest-rank quantile of sorted latencies, in milliseconds (0 without any).
-fn quantile_ms(sorted: &[Duration], quantile: f64) -> f64 {
+pub(super) fn quantile_ms(sorted: &[Duration], quantile: f64) -> f64 {
     fabric_reports::stats::nearest_rank(sorted, quantile)
         .map_or(0.0, |latency| latency.as_secs_f64() * 1e3)
 }

@@ -1,6 +1,6 @@
 //! `fabric bench --quick --json`, through the `fabric` next to `fabric-bench`: every suite's
 //! figures, each with its bound (or peer, or target) and its ratio, from one run that starts
-//! its own PostgreSQL and nats-server.
+//! its own PostgreSQL, nats-server, Redis and Celery workers.
 
 use serde_json::Value;
 
@@ -85,6 +85,14 @@ fn expected_figures() -> Vec<(&'static str, Vec<String>)> {
                 "submission latency p99",
             ]),
         ),
+        (
+            "celery",
+            owned(&[
+                "Celery+Redis jobs",
+                "Celery+Redis latency p50",
+                "Celery+Redis latency p99",
+            ]),
+        ),
     ]
 }
 
@@ -101,6 +109,8 @@ fn bench_quick_json_prints_every_figure_with_its_ratio() {
         "6000",
         "--jobs",
         "10000",
+        "--model-jobs",
+        "300",
         "--config",
         DEFAULT_CONFIG,
         "--dir",
@@ -177,6 +187,21 @@ fn bench_quick_json_prints_every_figure_with_its_ratio() {
     assert!(
         notes.contains("synchronous_commit=on") && notes.contains("fsync=on"),
         "the PostgreSQL peer runs with the ledger's durability: {notes}"
+    );
+    let celery = suites
+        .iter()
+        .find(|printed| printed["suite"] == "celery")
+        .expect("celery");
+    let notes = celery["notes"].to_string();
+    assert!(
+        notes.contains(
+            "2 prefork worker processes, acks late, prefetch multiplier 16, results stored"
+        ),
+        "the Celery peer runs as the comparison fixes it: {notes}"
+    );
+    assert_eq!(
+        celery["events"], 300,
+        "the Celery peer ran the jobs asked for"
     );
     // The bench cleans up after itself, the servers' folders included.
     assert_eq!(
