@@ -30,6 +30,7 @@ mod ingest;
 mod limits;
 mod model_jobs;
 mod nats;
+mod nodes;
 mod peers;
 mod route;
 mod serve;
@@ -97,7 +98,8 @@ struct BenchArgs {
     /// Model jobs of suite celery [default: 3000, 600 with --quick]
     #[arg(long, value_name = "N")]
     model_jobs: Option<usize>,
-    /// Worker processes of suite celery (Celery's prefork processes)
+    /// Worker processes of suites celery (Celery's prefork processes) and nodes (`fabric node`
+    /// processes)
     #[arg(long, value_name = "K", default_value_t = 2)]
     workers: usize,
     /// A Python with celery, redis and numpy for suite celery [default: a virtual environment
@@ -133,6 +135,9 @@ enum Suite {
     Serve,
     /// The model jobs on Celery 5 with Redis (started here on loopback) vs. the CPU reference
     Celery,
+    /// The model jobs end to end through `fabric node` processes over NATS vs. Celery+Redis
+    /// and the signature bound
+    Nodes,
 }
 
 impl Suite {
@@ -149,6 +154,7 @@ impl Suite {
             Suite::Nats => "nats",
             Suite::Serve => "serve",
             Suite::Celery => "celery",
+            Suite::Nodes => "nodes",
         }
     }
 }
@@ -388,6 +394,7 @@ fn run_suites(args: &BenchArgs) -> anyhow::Result<()> {
             Suite::Nats => nats::suite(&bench),
             Suite::Serve => serve::suite(&mut bench),
             Suite::Celery => celery::suite(&mut bench),
+            Suite::Nodes => nodes::suite(&mut bench),
         }
         .with_context(|| format!("bench suite {} failed", suite.name()))?;
         if !args.json {

@@ -73,6 +73,22 @@ impl ModelJobs {
         })
     }
 
+    /// How many jobs.
+    pub(super) fn len(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// Job `index`: its type and input.
+    pub(super) fn job(&self, index: usize) -> (ModelJob, &[u8]) {
+        let (job, input) = &self.jobs[index];
+        (*job, input)
+    }
+
+    /// Job `index`'s output on the CPU reference.
+    pub(super) fn expected(&self, index: usize) -> &[u8] {
+        &self.expected[index]
+    }
+
     /// The weights of the model of `job`.
     pub(super) fn weights(&self, job: ModelJob) -> &[u8] {
         &self.weights[type_index(job)]

@@ -25,7 +25,7 @@ use fabric_api::job::{job_request_body, JobSpec};
 use fabric_events::{keys, Hash32, OwnerAction, OwnerCommand, PublicKey, SigningKey};
 use serde_json::{json, Value};
 
-use super::{scratch_dir, verdict, Against, Bench, BenchArgs, Figure, SuiteReport};
+use super::{scratch_dir, verdict, Against, Bench, Figure, SuiteReport};
 
 /// Tick interval of the served fabric.
 const TICK_MS: u64 = 10;
@@ -38,9 +38,9 @@ const CRYPTO_RATIO_TARGET: f64 = 0.5;
 const LATENCY_MS_P99_TARGET: f64 = 10.0 * TICK_MS as f64;
 
 /// A `fabric serve` child, killed when dropped if it is still running.
-struct ServeChild {
+pub(super) struct ServeChild {
     child: Child,
-    target: Target,
+    pub(super) target: Target,
 }
 
 impl Drop for ServeChild {
@@ -51,7 +51,7 @@ impl Drop for ServeChild {
 }
 
 /// The `fabric` executable next to this one, which `fabric serve` is started from.
-fn fabric_exe() -> anyhow::Result<std::path::PathBuf> {
+pub(super) fn fabric_exe() -> anyhow::Result<std::path::PathBuf> {
     let bench = std::env::current_exe()
         .context("cannot find this program, to start the `fabric` next to it")?;
     let exe = bench.with_file_name(format!("fabric{}", std::env::consts::EXE_SUFFIX));
@@ -66,11 +66,11 @@ fn fabric_exe() -> anyhow::Result<std::path::PathBuf> {
 }
 
 /// The keys and data folder of a fabric made by the ceremony.
-struct Ceremony {
-    data: PathBuf,
-    operator: PathBuf,
+pub(super) struct Ceremony {
+    pub(super) data: PathBuf,
+    pub(super) operator: PathBuf,
     /// The owners that approve (the first M).
-    approvers: Vec<SigningKey>,
+    pub(super) approvers: Vec<SigningKey>,
 }
 
 /// Runs `fabric ARGS` to its end; an error with its stderr when it fails.
@@ -94,15 +94,14 @@ fn fabric(args: &[&OsStr]) -> anyhow::Result<()> {
 
 /// The genesis ceremony in `scratch`, through the CLI: the owners' keys, the operator's keys
 /// of the world, `fabric init`, M approvals, `fabric init --commit`.
-fn ceremony(
-    args: &BenchArgs,
+pub(super) fn ceremony(
+    config: Option<&Path>,
     world: &fabric_actors::world::World,
     scratch: &Path,
 ) -> anyhow::Result<Ceremony> {
     let operator = scratch.join("operator");
     let data = scratch.join("served");
-    let config: Vec<&OsStr> = args
-        .config
+    let config: Vec<&OsStr> = config
         .iter()
         .flat_map(|config| [OsStr::new("--config"), config.as_os_str()])
         .collect();
@@ -168,7 +167,7 @@ fn ceremony(
     })
 }
 
-fn start_server(ceremony: &Ceremony) -> anyhow::Result<ServeChild> {
+pub(super) fn start_server(ceremony: &Ceremony, extra: &[&str]) -> anyhow::Result<ServeChild> {
     let exe = fabric_exe()?;
     let mut child = Command::new(exe)
         .args(["serve", "--data"])
@@ -179,6 +178,7 @@ fn start_server(ceremony: &Ceremony) -> anyhow::Result<ServeChild> {
         .arg(ceremony.operator.join("routers"))
         .args(["--listen", "127.0.0.1:0"])
         .args(["--tick-ms", &TICK_MS.to_string()])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -204,7 +204,7 @@ fn start_server(ceremony: &Ceremony) -> anyhow::Result<ServeChild> {
     Ok(ServeChild { child, target })
 }
 
-fn health(client: &mut Client) -> anyhow::Result<Value> {
+pub(super) fn health(client: &mut Client) -> anyhow::Result<Value> {
     let response = client.request("GET", "/v0/health", None)?;
     ensure!(
         response.status == 200,
@@ -214,7 +214,7 @@ fn health(client: &mut Client) -> anyhow::Result<Value> {
     Ok(serde_json::from_slice(&response.body)?)
 }
 
-fn wait_for_tick(client: &mut Client, tick: u64) -> anyhow::Result<u64> {
+pub(super) fn wait_for_tick(client: &mut Client, tick: u64) -> anyhow::Result<u64> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let now = health(client)?["tick"].as_u64().unwrap_or(0);
@@ -230,7 +230,7 @@ fn wait_for_tick(client: &mut Client, tick: u64) -> anyhow::Result<u64> {
 }
 
 /// Registers one client key per connection, each by an owner command approved by M owners.
-fn register_clients(
+pub(super) fn register_clients(
     client: &mut Client,
     owners: &[SigningKey],
     keys: &[SigningKey],
@@ -340,8 +340,8 @@ pub(super) fn suite(bench: &mut Bench<'_>) -> anyhow::Result<SuiteReport> {
         .ok_or_else(|| anyhow!("shard {shard} has no node with a capability"))?;
     let duration = Duration::from_secs(if args.quick { 5 } else { 20 });
 
-    let ceremony = ceremony(args, &world, scratch.path())?;
-    let server = start_server(&ceremony)?;
+    let ceremony = ceremony(args.config.as_deref(), &world, scratch.path())?;
+    let server = start_server(&ceremony, &[])?;
     let mut control = Client::new(server.target.clone(), Duration::from_secs(30));
     wait_for_tick(&mut control, 1)?;
     let keys: Vec<SigningKey> = (0..CONNECTIONS).map(|_| keys::generate()).collect();

@@ -93,6 +93,15 @@ fn expected_figures() -> Vec<(&'static str, Vec<String>)> {
                 "Celery+Redis latency p99",
             ]),
         ),
+        (
+            "nodes",
+            owned(&[
+                "node jobs vs Celery+Redis",
+                "node jobs vs signatures",
+                "node job latency p50",
+                "node job latency p99",
+            ]),
+        ),
     ]
 }
 

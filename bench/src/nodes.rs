@@ -1,0 +1,421 @@
+//! `fabric bench nodes`: model jobs end to end through node agents over NATS on loopback —
+//! submitted over HTTP with their inputs, assigned, verified by K `fabric node` processes, run
+//! in their sandboxed executors, and their receipts durable in the log — against Celery 5 with
+//! Redis running the same jobs on the same number of worker processes (suite `celery`'s
+//! measurement), and against the signature work of a job, measured in the same run.
+//!
+//! The fabric is made by the ceremony (one shard, K nodes), served with `--nats`; one model per
+//! job type is registered by owner command. Jobs/s runs from the first submission to the last
+//! receipt in the log; a job's latency from its submission to its receipt being seen in the
+//! log (read every few milliseconds). Every output is downloaded and checked against the CPU
+//! reference.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, ensure, Context};
+use fabric_api::http_client::{Client, Target};
+use fabric_api::job::{job_id_of, job_request_body, JobSpec};
+use fabric_events::{
+    keys, Hash32, JobType, ModelRegistered, OwnerAction, OwnerCommand, SigningKey,
+};
+use fabric_gpu_kernels::models::ModelJob;
+use serde_json::{json, Value};
+
+use super::model_jobs::ModelJobs;
+use super::nats::BenchNatsServer;
+use super::serve::{
+    ceremony, fabric_exe, health, quantile_ms, register_clients, start_server, wait_for_tick,
+};
+use super::{scratch_dir, verdict, Against, Bench, Figure, SuiteReport};
+
+/// Client connections submitting at once, each with a key of its own.
+const CLIENTS: usize = 8;
+/// What Fabric aims for against the peer: ten times its jobs per second.
+const PEER_RATIO_TARGET: f64 = 10.0;
+/// Share of the signature-work bound Fabric aims for.
+const CRYPTO_RATIO_TARGET: f64 = 0.5;
+/// Signatures made, and verified, per job end to end: the client's submission, the router's
+/// assignment, the node's receipt (each verified by the server, or by the node).
+const SIGNATURES_PER_JOB: f64 = 3.0;
+/// How long the run may take before it counts as stuck.
+const RUN_DEADLINE_S: u64 = 600;
+
+/// A world of one shard and `nodes` nodes for the bench.
+fn world_toml(nodes: usize) -> String {
+    let mut text = String::from(
+        "[shards.bench]\nqueue_budget = 1000000\nlatency_budget_ms = 1000\nspillover = []\n\
+         specialties = [\"models\"]\n\n[shards.bench.treaty]\nreputation_floor_ppm = 0\n\
+         regions_served = [\"bench\"]\nnode_quota_jobs = 100000000\nquota_window_ticks = 100\n\n",
+    );
+    for index in 0..nodes {
+        text.push_str(&format!(
+            "[[nodes]]\nname = \"bench.node-{index}\"\nregion = \"bench\"\ncapacity = 64\n\
+             max_concurrency = 64\nheartbeat_interval_ticks = 100\ncapabilities = [\"models\"]\n\
+             latency_ms = 1\nprice_micros_per_hour = 1000000\nreputation_ppm = 990000\n\n"
+        ));
+    }
+    text.push_str(
+        "[workload]\nload_percent = 10\n\n[[workload.kinds]]\nname = \"models.run\"\n\
+         shard = \"bench\"\nweight = 1\nskills = [\"models\"]\nduration_ticks_min = 1\n\
+         duration_ticks_max = 1\ndeadline_slack_ticks = 100000\nbudget_micros = 1000\n\
+         failure_ppm = 0\n\n[failures]\nepoch_ticks = 200\noutage_ppm = 0\n\
+         outage_heartbeats_min = 1\noutage_heartbeats_max = 1\n\n[checkpoints]\n\
+         interval_ticks = 1000\n\n[owners]\ncount = 3\nthreshold = 2\n\n[verification]\n\
+         fraction_ppm = 0\n",
+    );
+    text
+}
+
+/// The `fabric node` processes, killed when dropped.
+struct NodeChildren(Vec<Child>);
+
+impl Drop for NodeChildren {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Starts one `fabric node` per node key of `operator/nodes`, each in a key folder of its own.
+fn start_nodes(
+    operator: &Path,
+    scratch: &Path,
+    nats: &str,
+    genesis: &Path,
+    count: usize,
+) -> anyhow::Result<NodeChildren> {
+    let mut children = NodeChildren(Vec::new());
+    for index in 0..count {
+        let name = format!("bench.node-{index}");
+        let dir = scratch.join(format!("node-{index}"));
+        std::fs::create_dir_all(&dir)?;
+        let key = dir.join(format!("{name}.key"));
+        // A copy keeps the key file's mode (0600).
+        std::fs::copy(operator.join("nodes").join(format!("{name}.key")), &key)?;
+        let mut child = Command::new(fabric_exe()?)
+            .args(["node", "--nats", nats, "--genesis"])
+            .arg(genesis)
+            .arg("--key-dir")
+            .arg(&dir)
+            .args(["--executors", "1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("could not start `fabric node`")?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow!("no stdout of `fabric node`"))?;
+        children.0.push(child);
+        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+        let ready = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|line| line.starts_with("node ready"));
+        ensure!(ready, "`fabric node` for {name} exited before it was ready");
+        std::thread::spawn(move || for _ in lines {});
+    }
+    Ok(children)
+}
+
+/// Registers the bench's model of each job type, `<job type>@1`, approved by the owners.
+fn register_models(
+    client: &mut Client,
+    owners: &[SigningKey],
+    jobs: &ModelJobs,
+) -> anyhow::Result<()> {
+    let tick = health(client)?["tick"].as_u64().unwrap_or(0);
+    for (index, job) in ModelJob::ALL.into_iter().enumerate() {
+        let job_type =
+            JobType::from_name(job.name()).ok_or_else(|| anyhow!("no job type {}", job.name()))?;
+        let nonce = 3_000_000 + index as u64;
+        let mut command = OwnerCommand {
+            action: OwnerAction::RegisterModel {
+                registration: ModelRegistered {
+                    model_id: model_id(job),
+                    model_version: "1".to_owned(),
+                    job_type,
+                    weights: jobs.weights(job).to_vec(),
+                },
+            },
+            expiry_tick: tick + 100_000,
+            approvals: Vec::new(),
+        };
+        for owner in owners {
+            command.approve(nonce, owner);
+        }
+        let body = serde_json::to_vec(&json!({"nonce": nonce, "command": command}))?;
+        let response = client.request(
+            "POST",
+            "/v0/owner/commands",
+            Some(("application/json", &body)),
+        )?;
+        ensure!(
+            response.status == 202,
+            "registering the model of {}: {} {}",
+            job.name(),
+            response.status,
+            response.text()
+        );
+    }
+    Ok(())
+}
+
+fn model_id(job: ModelJob) -> String {
+    job.name().replace('_', "-")
+}
+
+/// What the run measured.
+struct NodesRun {
+    jobs_per_s: f64,
+    latencies: Vec<Duration>,
+}
+
+/// Submits every job (client `c` takes jobs `c`, `c + CLIENTS`, …), then watches the log until
+/// each has its receipt.
+fn run(target: &Target, keys: &[SigningKey], jobs: &ModelJobs) -> anyhow::Result<NodesRun> {
+    let mut control = Client::new(target.clone(), Duration::from_secs(30));
+    let from = health(&mut control)?["ledger"]["size"]
+        .as_u64()
+        .unwrap_or(0);
+    let started = Instant::now();
+    let submitted: Vec<(u64, Instant)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = keys
+            .iter()
+            .enumerate()
+            .map(|(client, key)| scope.spawn(move || submit_share(target, key, jobs, client)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| {
+                handle
+                    .join()
+                    .map_err(|_| anyhow!("a client thread panicked"))?
+            })
+            .collect::<anyhow::Result<Vec<Vec<_>>>>()
+            .map(|shares| shares.into_iter().flatten().collect())
+    })?;
+    let submitted_at: HashMap<u64, Instant> = submitted.into_iter().collect();
+    let finished = watch_receipts(&mut control, from, &submitted_at)?;
+    let last = finished.values().max().copied().unwrap_or(started);
+    let mut latencies: Vec<Duration> = finished
+        .iter()
+        .map(|(job, at)| at.saturating_duration_since(submitted_at[job]))
+        .collect();
+    latencies.sort_unstable();
+    check_outputs(&mut control, jobs)?;
+    Ok(NodesRun {
+        jobs_per_s: jobs.len() as f64 / last.duration_since(started).as_secs_f64(),
+        latencies,
+    })
+}
+
+/// One client's share of the jobs, each signed at the tick last seen: job id and submission
+/// instant of each.
+fn submit_share(
+    target: &Target,
+    key: &SigningKey,
+    jobs: &ModelJobs,
+    client: usize,
+) -> anyhow::Result<Vec<(u64, Instant)>> {
+    let mut http = Client::new(target.clone(), Duration::from_secs(60));
+    let mut tick = health(&mut http)?["tick"].as_u64().unwrap_or(0);
+    let mut out = Vec::new();
+    for (nonce, index) in (client..jobs.len()).step_by(CLIENTS).enumerate() {
+        let (job, input) = jobs.job(index);
+        let request_id = format!("nodes-{index}");
+        let spec = JobSpec {
+            request_id: request_id.clone(),
+            shard: "bench".to_owned(),
+            model_id: model_id(job),
+            model_version: "1".to_owned(),
+            skills: vec!["models".to_owned()],
+            duration_ticks: 1,
+            deadline_ticks: 100_000,
+            budget_micros: 1_000,
+            input_hash: Hash32(*blake3::hash(input).as_bytes()),
+        };
+        let body = job_request_body(&spec, key, tick, nonce as u64 + 1, Some(input))?;
+        let sent = Instant::now();
+        let response = http.request("POST", "/v0/jobs", Some(("application/json", &body)))?;
+        ensure!(
+            response.status == 202,
+            "job {index} was refused: {} {}",
+            response.status,
+            response.text()
+        );
+        let answer: Value = serde_json::from_slice(&response.body)?;
+        tick = answer["tick"].as_u64().unwrap_or(tick);
+        out.push((job_id_of(&request_id), sent));
+    }
+    Ok(out)
+}
+
+/// Reads the log from `from` on until every job of `submitted` has a completed receipt: when
+/// each was seen.
+fn watch_receipts(
+    client: &mut Client,
+    mut from: u64,
+    submitted: &HashMap<u64, Instant>,
+) -> anyhow::Result<HashMap<u64, Instant>> {
+    let deadline = Instant::now() + Duration::from_secs(RUN_DEADLINE_S);
+    let mut finished = HashMap::new();
+    while finished.len() < submitted.len() {
+        ensure!(
+            Instant::now() < deadline,
+            "{} of {} jobs had their receipt within {RUN_DEADLINE_S} s",
+            finished.len(),
+            submitted.len()
+        );
+        let response = client.request("GET", &format!("/v0/events?from={from}"), None)?;
+        if response.status == 404 {
+            // Nothing past `from` yet.
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        }
+        ensure!(
+            response.status == 200,
+            "GET /v0/events: {}",
+            response.status
+        );
+        let now = Instant::now();
+        for line in response.text().lines() {
+            let line: Value = serde_json::from_str(line)?;
+            from = from.max(line["seq"].as_u64().unwrap_or(from) + 1);
+            if line["kind"] != "job_receipt" {
+                continue;
+            }
+            let data = &line["body"]["data"];
+            let Some(job) = data["job"]
+                .as_u64()
+                .filter(|job| submitted.contains_key(job))
+            else {
+                continue;
+            };
+            ensure!(
+                data["outcome"] == "completed",
+                "job {job} failed on {}",
+                data["node"]
+            );
+            finished.insert(job, now);
+        }
+    }
+    Ok(finished)
+}
+
+/// Every output, downloaded, is the CPU reference's.
+fn check_outputs(client: &mut Client, jobs: &ModelJobs) -> anyhow::Result<()> {
+    for index in 0..jobs.len() {
+        let job = job_id_of(&format!("nodes-{index}"));
+        let response = client.request("GET", &format!("/v0/jobs/{job}/result"), None)?;
+        let result: Value = serde_json::from_slice(&response.body)?;
+        let url = result["artifact"]["url"]
+            .as_str()
+            .ok_or_else(|| anyhow!("job {index} has no output: {result}"))?;
+        let output = client.request("GET", url, None)?;
+        ensure!(
+            output.status == 200 && output.body == jobs.expected(index),
+            "job {index}'s output is not the CPU reference's"
+        );
+    }
+    Ok(())
+}
+
+/// The `nodes` suite.
+pub(super) fn suite(bench: &mut Bench<'_>) -> anyhow::Result<SuiteReport> {
+    let workers = bench.workers();
+    let count = bench.model_jobs();
+    let scratch = scratch_dir(bench.args)?;
+    let config = scratch.path().join("nodes.toml");
+    std::fs::write(&config, world_toml(workers))?;
+    let world = fabric_config::load(Some(&config))?;
+    let ceremony = ceremony(Some(&config), &world, scratch.path())?;
+    let nats = BenchNatsServer::start(&scratch.path().join("nats"))?;
+    let server = start_server(&ceremony, &["--nats", &nats.url])?;
+    let mut control = Client::new(server.target.clone(), Duration::from_secs(30));
+    wait_for_tick(&mut control, 1)?;
+    let keys: Vec<SigningKey> = (0..CLIENTS).map(|_| keys::generate()).collect();
+    register_clients(&mut control, &ceremony.approvers, &keys)?;
+    let jobs = ModelJobs::new(count)?;
+    register_models(&mut control, &ceremony.approvers, &jobs)?;
+    let nodes = start_nodes(
+        &ceremony.operator,
+        scratch.path(),
+        &nats.url,
+        &ceremony.data.join("genesis.json"),
+        workers,
+    )?;
+    let measured = run(&server.target, &keys, &jobs)?;
+    drop(nodes);
+    drop(server);
+    let limits = bench.limits()?;
+    let signature_bound = limits.cores as f64 * 1e6
+        / (SIGNATURES_PER_JOB * (limits.sign.one_core_us + limits.verify.one_core_us));
+    let peer = bench.celery()?;
+    let peer_jobs_per_s = peer.run.jobs_per_s;
+    let (p50, p99) = (
+        quantile_ms(&measured.latencies, 0.5),
+        quantile_ms(&measured.latencies, 0.99),
+    );
+    let peer_ratio = measured.jobs_per_s / peer_jobs_per_s;
+    let bound_ratio = measured.jobs_per_s / signature_bound;
+    Ok(SuiteReport {
+        suite: "nodes",
+        events: count,
+        batch_events: 0,
+        repetitions: 1,
+        adapter: None,
+        notes: vec![format!(
+            "{count} jobs (a third of each model job type) through {workers} `fabric node` \
+             processes (one executor each) over NATS on loopback, {CLIENTS} HTTP clients; \
+             every output checked against the CPU reference; vs. Celery+Redis on {workers} \
+             prefork workers: target >= {PEER_RATIO_TARGET}x {} ({peer_ratio:.2}x), and >= \
+             {CRYPTO_RATIO_TARGET} of the signature bound {} ({bound_ratio:.2})",
+            verdict(peer_ratio >= PEER_RATIO_TARGET),
+            verdict(bound_ratio >= CRYPTO_RATIO_TARGET),
+        )],
+        figures: vec![
+            Figure::new(
+                "node jobs vs Celery+Redis",
+                measured.jobs_per_s,
+                "jobs/s",
+                (Against::Peer, peer_jobs_per_s),
+                format!(
+                    "first submission to last receipt in the log, through {workers} node \
+                     processes, vs. Celery 5 + Redis on {workers} prefork workers (acks late, \
+                     results stored); target >= {PEER_RATIO_TARGET}x"
+                ),
+            ),
+            Figure::new(
+                "node jobs vs signatures",
+                measured.jobs_per_s,
+                "jobs/s",
+                (Against::Bound, signature_bound),
+                format!(
+                    "the same, vs. {SIGNATURES_PER_JOB} signatures and {SIGNATURES_PER_JOB} \
+                     verifications per job (submission, assignment, receipt) on every core; \
+                     target >= {CRYPTO_RATIO_TARGET}"
+                ),
+            ),
+            Figure::new(
+                "node job latency p50",
+                p50,
+                "ms",
+                (Against::Peer, quantile_ms(&peer.run.latencies, 0.5)),
+                "submission sent to its receipt seen in the log, vs. Celery+Redis's p50",
+            ),
+            Figure::new(
+                "node job latency p99",
+                p99,
+                "ms",
+                (Against::Peer, quantile_ms(&peer.run.latencies, 0.99)),
+                "99th percentile, vs. Celery+Redis's p99",
+            ),
+        ],
+    })
+}
