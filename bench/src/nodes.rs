@@ -18,16 +18,15 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, ensure, Context};
 use fabric_api::http_client::{Client, Target};
 use fabric_api::job::{job_id_of, job_request_body, JobSpec};
-use fabric_events::{
-    keys, Hash32, JobType, ModelRegistered, OwnerAction, OwnerCommand, SigningKey,
-};
+use fabric_events::{keys, Hash32, JobType, ModelRegistered, OwnerAction, SigningKey};
 use fabric_gpu_kernels::models::ModelJob;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::model_jobs::ModelJobs;
 use super::nats::BenchNatsServer;
 use super::serve::{
-    ceremony, fabric_exe, health, quantile_ms, register_clients, start_server, wait_for_tick,
+    ceremony, fabric_exe, health, owner_command, quantile_ms, register_clients, start_server,
+    wait_for_tick, SUBMISSION_TICK_WINDOW,
 };
 use super::{scratch_dir, verdict, Against, Bench, Figure, SuiteReport};
 
@@ -133,35 +132,22 @@ fn register_models(
     for (index, job) in ModelJob::ALL.into_iter().enumerate() {
         let job_type =
             JobType::from_name(job.name()).ok_or_else(|| anyhow!("no job type {}", job.name()))?;
-        let nonce = 3_000_000 + index as u64;
-        let mut command = OwnerCommand {
-            action: OwnerAction::RegisterModel {
-                registration: ModelRegistered {
-                    model_id: model_id(job),
-                    model_version: "1".to_owned(),
-                    job_type,
-                    weights: jobs.weights(job).to_vec(),
-                },
+        let action = OwnerAction::RegisterModel {
+            registration: ModelRegistered {
+                model_id: model_id(job),
+                model_version: "1".to_owned(),
+                job_type,
+                weights: jobs.weights(job).to_vec(),
             },
-            expiry_tick: tick + 100_000,
-            approvals: Vec::new(),
         };
-        for owner in owners {
-            command.approve(nonce, owner);
-        }
-        let body = serde_json::to_vec(&json!({"nonce": nonce, "command": command}))?;
-        let response = client.request(
-            "POST",
-            "/v0/owner/commands",
-            Some(("application/json", &body)),
+        let what = format!("registering the model of {}", job.name());
+        owner_command(
+            client,
+            owners,
+            (3_000_000 + index as u64, tick),
+            action,
+            &what,
         )?;
-        ensure!(
-            response.status == 202,
-            "registering the model of {}: {} {}",
-            job.name(),
-            response.status,
-            response.text()
-        );
     }
     Ok(())
 }
@@ -336,7 +322,15 @@ pub(super) fn suite(bench: &mut Bench<'_>) -> anyhow::Result<SuiteReport> {
     let world = fabric_config::load(Some(&config))?;
     let ceremony = ceremony(Some(&config), &world, scratch.path())?;
     let nats = BenchNatsServer::start(&scratch.path().join("nats"))?;
-    let server = start_server(&ceremony, &["--nats", &nats.url])?;
+    let server = start_server(
+        &ceremony,
+        &[
+            "--nats",
+            &nats.url,
+            "--submission-tick-window",
+            SUBMISSION_TICK_WINDOW,
+        ],
+    )?;
     let mut control = Client::new(server.target.clone(), Duration::from_secs(30));
     wait_for_tick(&mut control, 1)?;
     let keys: Vec<SigningKey> = (0..CLIENTS).map(|_| keys::generate()).collect();
