@@ -180,10 +180,12 @@ pub fn inclusion_proof_from(
 }
 
 /// The audit paths of a batch of new leaves, each in the tree that ends with the batch:
-/// `before` is the tree's frontier before the batch, `leaves` the batch. Costs O(batch +
-/// log n) per proof, without the older leaves: every sibling of a new leaf that lies wholly
-/// before the batch is one of `before`'s perfect subtrees (the set bits of the new leaf's
-/// index above the highest bit it differs from `before.size()` in are the same in both).
+/// `before` is the tree's frontier before the batch, `leaves` the batch. Costs O(batch ·
+/// log batch + batch · log n) in all, without the older leaves: every sibling of a new leaf
+/// that lies wholly before the batch is one of `before`'s perfect subtrees (the set bits of
+/// the new leaf's index above the highest bit it differs from `before.size()` in are the same
+/// in both), and each sibling subtree among the new leaves is hashed once for all the paths
+/// it is on.
 pub fn batch_inclusion_proofs(before: &Frontier, leaves: &[Hash32]) -> Vec<InclusionProof> {
     let first = before.size();
     let tree_size = first + leaves.len() as u64;
@@ -198,8 +200,12 @@ pub fn batch_inclusion_proofs(before: &Frontier, leaves: &[Hash32]) -> Vec<Inclu
         old.push((start, start + (1 << bit), *hash));
         start += 1 << bit;
     }
-    let mut subtree_root =
-        |start: u64, end: u64| batch_subtree_root(&old, first, leaves, start, end);
+    let mut memo: std::collections::HashMap<(u64, u64), Hash32> = std::collections::HashMap::new();
+    let mut subtree_root = |start: u64, end: u64| {
+        *memo
+            .entry((start, end))
+            .or_insert_with(|| batch_subtree_root(&old, first, leaves, start, end))
+    };
     (first..tree_size)
         .map(|index| {
             let mut path = Vec::new();
