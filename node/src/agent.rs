@@ -5,8 +5,9 @@
 //! it finished, as one signed batch in nonce order, at most one batch in flight per node. A
 //! receipt stays pending until the server answers it `admitted` or `duplicate` (re-signed with
 //! a fresh nonce at each retry; the server recognises the job's receipt it already holds). A
-//! work order is run only once [`verify_order`] accepts it; its input is fetched by content
-//! address and checked, then run by the executor pool (sandboxed child processes).
+//! work order is run only once the [`OrderVerifier`] accepts it; its input (carried by the
+//! order, or fetched by content address) is checked against the job's input hash, then run by
+//! the executor pool (sandboxed child processes).
 //!
 //! Stopping: once `stop` resolves, the agent takes no new order, finishes the jobs it holds and
 //! sends their receipts (for at most [`DRAIN_MS_MAX`]), then closes. What it could not finish
@@ -31,11 +32,11 @@ use tokio::sync::{mpsc, Semaphore};
 
 use crate::executor::{Executor, ExecutorOutput, JobFailure};
 use crate::protocol::{
-    AttemptAck, AttemptBatch, Fetch, Fetched, Hello, NodeSubject, TickHead, Welcome, WorkOrder,
-    TICK_SUBJECT,
+    AttemptAck, AttemptBatch, Fetch, Fetched, Hello, NodeSubject, TickHead, Welcome, WorkBatch,
+    ATTEMPTS_PER_BATCH_MAX, MESSAGE_BYTES_MAX, TICK_SUBJECT,
 };
 use crate::sandbox::{SandboxLimits, SandboxMode};
-use crate::verify::{verify_order, VerifiedJob};
+use crate::verify::{OrderVerifier, VerifiedJob};
 
 /// How long a request to the server may take before it counts as unanswered.
 const REQUEST_TIMEOUT_MS: u64 = 40_000;
@@ -43,6 +44,8 @@ const REQUEST_TIMEOUT_MS: u64 = 40_000;
 pub const DRAIN_MS_MAX: u64 = 30_000;
 /// Most jobs one node keeps queued beyond its max concurrency.
 const QUEUED_JOBS_MAX: usize = 1_024;
+/// Finished assignments a node remembers, so that a late copy of an order is not run again.
+const DONE_REMEMBERED_MAX: usize = 8_192;
 
 /// What the agent runs.
 pub struct AgentConfig {
@@ -131,9 +134,17 @@ struct NodeState {
     in_flight: bool,
     /// Jobs it holds (queued, running or finished and not acknowledged): assignment seq → job.
     held: HashMap<u64, JobId>,
-    queued: VecDeque<VerifiedJob>,
+    queued: VecDeque<Queued>,
     running: usize,
     finished: Vec<Finished>,
+    /// Assignments it finished with, newest last (at most [`DONE_REMEMBERED_MAX`]): an order
+    /// of one of them that comes late (a welcome read before the receipt's tick) is not run
+    /// again.
+    done: VecDeque<(u64, JobId)>,
+    done_seqs: HashSet<u64>,
+    done_jobs: HashSet<JobId>,
+    /// Jobs the log said it runs that it had not received, at the last acknowledgement.
+    missing: HashSet<JobId>,
     rehello: bool,
 }
 
@@ -151,8 +162,27 @@ impl NodeState {
             queued: VecDeque::new(),
             running: 0,
             finished: Vec::new(),
+            done: VecDeque::new(),
+            done_seqs: HashSet::new(),
+            done_jobs: HashSet::new(),
+            missing: HashSet::new(),
             rehello: false,
         }
+    }
+
+    /// The assignment `seq` of `job` is over for this node: its receipt was acknowledged or
+    /// refused.
+    fn finish(&mut self, seq: u64, job: JobId) {
+        self.held.remove(&seq);
+        if self.done.len() >= DONE_REMEMBERED_MAX {
+            if let Some((old_seq, old_job)) = self.done.pop_front() {
+                self.done_seqs.remove(&old_seq);
+                self.done_jobs.remove(&old_job);
+            }
+        }
+        self.done.push_back((seq, job));
+        self.done_seqs.insert(seq);
+        self.done_jobs.insert(job);
     }
 
     /// The next nonce at `tick`: above every nonce the key used, and at least `tick << 24`
@@ -181,7 +211,7 @@ impl NodeState {
 /// What the tasks tell the main loop.
 enum Note {
     Tick(TickHead),
-    Order(usize, Box<WorkOrder>),
+    Orders(usize, Box<WorkBatch>),
     Ran(usize, Finished),
     Answered(usize, Vec<Finished>, Result<AttemptAck, String>),
     Welcomed(usize, Result<Welcome, String>),
@@ -200,6 +230,7 @@ pub async fn run(
     let client = connect(&config, refusals).await?;
     subscribe(&client, &config, &notes).await?;
     let mut nodes = Vec::with_capacity(config.nodes.len());
+    let mut verifier = OrderVerifier::new(config.ledger_key);
     for (name, key) in &config.nodes {
         // A refusal of the NATS server (a permission) comes as an error event, not as the
         // request's answer: whichever comes first decides.
@@ -211,14 +242,12 @@ pub async fn run(
             Some(detail) = refused.recv() => return Err(AgentError::Refused(detail)),
         };
         let mut node = NodeState::new(name.clone(), key.clone(), &welcome);
-        for order in &welcome.orders {
-            take_order(
-                &mut node,
-                order,
-                &config.ledger_key,
-                &mut AgentReport::default(),
-            );
-        }
+        take_orders(
+            &mut node,
+            &welcome.work,
+            &mut verifier,
+            &mut AgentReport::default(),
+        );
         nodes.push(node);
     }
     ready(nodes.len());
@@ -228,6 +257,7 @@ pub async fn run(
         executors,
         notes,
         nodes,
+        verifier,
         tick: 0,
         report: AgentReport::default(),
     };
@@ -265,6 +295,7 @@ struct Agent {
     executors: Arc<Pool>,
     notes: mpsc::UnboundedSender<Note>,
     nodes: Vec<NodeState>,
+    verifier: OrderVerifier,
     tick: u64,
     report: AgentReport,
 }
@@ -280,10 +311,10 @@ impl Agent {
                 self.tick = self.tick.max(head.tick);
                 self.send_batches();
             }
-            Note::Order(index, order) => {
+            Note::Orders(index, batch) => {
                 if !draining {
                     let node = &mut self.nodes[index];
-                    take_order(node, &order, &self.config.ledger_key, &mut self.report);
+                    take_orders(node, &batch, &mut self.verifier, &mut self.report);
                     self.start_jobs();
                 }
             }
@@ -301,9 +332,7 @@ impl Agent {
             Note::Welcomed(index, welcome) => {
                 if let Ok(welcome) = welcome {
                     let node = &mut self.nodes[index];
-                    for order in &welcome.orders {
-                        take_order(node, order, &self.config.ledger_key, &mut self.report);
-                    }
+                    take_orders(node, &welcome.work, &mut self.verifier, &mut self.report);
                     self.start_jobs();
                 }
             }
@@ -314,7 +343,7 @@ impl Agent {
     fn start_jobs(&mut self) {
         for (index, node) in self.nodes.iter_mut().enumerate() {
             while node.running < node.max_concurrency {
-                let Some(job) = node.queued.pop_front() else {
+                let Some(Queued { job, input }) = node.queued.pop_front() else {
                     break;
                 };
                 node.running += 1;
@@ -323,6 +352,7 @@ impl Agent {
                     node: node.name.clone(),
                     key: node.key.verifying_key().to_bytes(),
                     job,
+                    input,
                     executors: Arc::clone(&self.executors),
                     byzantine_ppm: self.config.byzantine_ppm,
                 };
@@ -355,9 +385,10 @@ impl Agent {
             if !heartbeat && node.finished.is_empty() {
                 continue;
             }
-            let sent = std::mem::take(&mut node.finished);
+            let fitting = receipts_fitting(&node.finished, heartbeat);
+            let sent: Vec<Finished> = node.finished.drain(..fitting).collect();
             let Some(batch) = batch_of(node, tick, heartbeat, &sent) else {
-                node.finished = sent;
+                node.finished.splice(0..0, sent);
                 continue;
             };
             if heartbeat {
@@ -412,7 +443,7 @@ impl Agent {
         for (finished, result) in sent.into_iter().zip(receipt_results) {
             match result.status.as_str() {
                 "admitted" | "duplicate" => {
-                    node.held.remove(&finished.job.assignment_seq);
+                    node.finish(finished.job.assignment_seq, finished.job.job);
                     self.report.receipts_acknowledged += 1;
                 }
                 "refused" | "counted" => {
@@ -425,40 +456,87 @@ impl Agent {
                         result.reason.as_deref().unwrap_or(""),
                         result.detail.as_deref().unwrap_or("")
                     );
-                    node.held.remove(&finished.job.assignment_seq);
+                    node.finish(finished.job.assignment_seq, finished.job.job);
                 }
                 _ => node.finished.push(finished),
             }
         }
+        // The log gives this node work it never received: its order may still be on its way
+        // (the acknowledgement can overtake it), so only work missing at two acknowledgements
+        // in a row makes the node ask for its orders again.
         let known: HashSet<JobId> = node.held.values().copied().collect();
-        if ack.running.iter().any(|job| !known.contains(job)) {
-            // The log gives this node work it never received: ask for its orders again.
+        let missing: HashSet<JobId> = ack
+            .running
+            .iter()
+            .filter(|job| !known.contains(job) && !node.done_jobs.contains(job))
+            .copied()
+            .collect();
+        if missing.iter().any(|job| node.missing.contains(job)) {
             node.rehello = true;
+        }
+        node.missing = missing;
+    }
+}
+
+/// A verified job waiting for an executor, with its input when its order carried it.
+struct Queued {
+    job: VerifiedJob,
+    input: Option<Vec<u8>>,
+}
+
+/// Verifies a batch of orders and queues their jobs, once per assignment.
+fn take_orders(
+    node: &mut NodeState,
+    batch: &WorkBatch,
+    verifier: &mut OrderVerifier,
+    report: &mut AgentReport,
+) {
+    let verified = verifier.verify(batch, &node.name);
+    for (order, verified) in batch.orders.iter().zip(verified) {
+        match verified {
+            Ok(job) => {
+                if node.held.len() < node.max_concurrency + QUEUED_JOBS_MAX
+                    && !node.held.contains_key(&job.assignment_seq)
+                    && !node.done_seqs.contains(&job.assignment_seq)
+                {
+                    node.held.insert(job.assignment_seq, job.job);
+                    // An input that is not the job's (never sent by a sound server) is
+                    // dropped: the job's own is fetched by its hash instead.
+                    let input = order
+                        .input
+                        .as_ref()
+                        .and_then(|text| BASE64.decode(text).ok())
+                        .filter(|bytes| Hash32(*blake3::hash(bytes).as_bytes()) == job.input_hash);
+                    node.queued.push_back(Queued { job, input });
+                }
+            }
+            Err(refused) => {
+                report.refused_orders += 1;
+                eprintln!("node {}: refused a work order: {refused}", node.name);
+            }
         }
     }
 }
 
-/// Verifies an order and queues its job, once per assignment.
-fn take_order(
-    node: &mut NodeState,
-    order: &WorkOrder,
-    ledger_key: &PublicKey,
-    report: &mut AgentReport,
-) {
-    match verify_order(order, ledger_key, &node.name) {
-        Ok(job) => {
-            if node.held.len() < node.max_concurrency + QUEUED_JOBS_MAX
-                && !node.held.contains_key(&job.assignment_seq)
-            {
-                node.held.insert(job.assignment_seq, job.job);
-                node.queued.push_back(job);
-            }
+/// Bytes an [`AttemptBatch`] may hold beside its outputs: its signed events (a few hundred
+/// bytes each as JSON) and the keys around them.
+const BATCH_EVENT_BYTES_MAX: usize = 1_024;
+
+/// How many of the finished jobs (from the first) the next batch carries: at most
+/// [`ATTEMPTS_PER_BATCH_MAX`] events with the heartbeat, and a body under
+/// [`MESSAGE_BYTES_MAX`]; the rest wait for the next batch.
+fn receipts_fitting(finished: &[Finished], heartbeat: bool) -> usize {
+    let events_max = ATTEMPTS_PER_BATCH_MAX - usize::from(heartbeat);
+    let mut bytes = BATCH_EVENT_BYTES_MAX * usize::from(heartbeat);
+    let mut count = 0;
+    for done in finished.iter().take(events_max) {
+        bytes += BATCH_EVENT_BYTES_MAX + done.output.len().div_ceil(3) * 4;
+        if count > 0 && bytes > MESSAGE_BYTES_MAX {
+            break;
         }
-        Err(refused) => {
-            report.refused_orders += 1;
-            eprintln!("node {}: refused a work order: {refused}", node.name);
-        }
+        count += 1;
     }
+    count
 }
 
 /// Signs a node's batch: its heartbeat (when due), then a receipt per finished job.
@@ -588,12 +666,13 @@ struct JobRun {
     node: String,
     key: [u8; 32],
     job: VerifiedJob,
+    input: Option<Vec<u8>>,
     executors: Arc<Pool>,
     byzantine_ppm: u32,
 }
 
 impl JobRun {
-    async fn run(self) -> Finished {
+    async fn run(mut self) -> Finished {
         let failed = |job: VerifiedJob, why: String, node: &str| {
             eprintln!("node {node}: job {} failed: {why}", job.job);
             Finished {
@@ -605,9 +684,12 @@ impl JobRun {
                 execution_us: 0,
             }
         };
-        let input = match self.fetch().await {
-            Ok(input) => input,
-            Err(why) => return failed(self.job, why, &self.node),
+        let input = match self.input.take() {
+            Some(input) => input,
+            None => match self.fetch().await {
+                Ok(input) => input,
+                Err(why) => return failed(self.job, why, &self.node),
+            },
         };
         let Some(model_job) = ModelJob::from_name(self.job.job_type.name()) else {
             let why = format!("no kernel runs job type {}", self.job.job_type.name());
@@ -748,8 +830,8 @@ async fn subscribe(
         let order_notes = notes.clone();
         tokio::spawn(async move {
             while let Some(message) = orders.next().await {
-                if let Ok(order) = serde_json::from_slice::<WorkOrder>(&message.payload) {
-                    let _ = order_notes.send(Note::Order(index, Box::new(order)));
+                if let Ok(batch) = serde_json::from_slice::<WorkBatch>(&message.payload) {
+                    let _ = order_notes.send(Note::Orders(index, Box::new(batch)));
                 }
             }
         });

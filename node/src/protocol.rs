@@ -10,7 +10,7 @@
 //! | subject | from → to | body | answer |
 //! | --- | --- | --- | --- |
 //! | `fabric.v1.tick` | server → every node | [`TickHead`] | none |
-//! | `fabric.v1.node.<token>.work` | server → the node | [`WorkOrder`] | none |
+//! | `fabric.v1.node.<token>.work` | server → the node | [`WorkBatch`] | none |
 //! | `fabric.v1.node.<token>.hello` | node → server (request) | [`Hello`] | [`Welcome`] |
 //! | `fabric.v1.node.<token>.attempts` | node → server (request) | [`AttemptBatch`] | [`AttemptAck`] |
 //! | `fabric.v1.node.<token>.fetch` | node → server (request) | [`Fetch`] | [`Fetched`] |
@@ -104,15 +104,31 @@ pub struct TickHead {
     pub tree_head: SignedTreeHead,
 }
 
-/// One assignment, on the node's `work` subject: three entries of the log, each with its
-/// inclusion proof against a signed tree head.
+/// The assignments of one tick to one node, on the node's `work` subject (several messages
+/// when one would pass [`MESSAGE_BYTES_MAX`]): each order's entries with their inclusion
+/// proofs, and the registration of every model the orders name, once.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkBatch {
+    /// The `owner_command` entries that registered the orders' models (weights inline), each
+    /// proved in the log.
+    pub models: Vec<InclusionDoc>,
+    /// The assignments.
+    pub orders: Vec<WorkOrder>,
+}
+
+/// One assignment: two entries of the log, each with its inclusion proof against a signed
+/// tree head, the seq of its model's registration, and (usually) the job's input.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkOrder {
     /// The `job_assigned` entry naming the node, signed by the shard's router.
     pub assignment: InclusionDoc,
-    /// The `owner_command` entry that registered the job's model (its weights inline).
-    pub model: InclusionDoc,
+    /// The job's input bytes, standard base64; `null` when the node fetches them.
+    pub input: Option<String>,
+    /// The seq of the `owner_command` entry that registered the job's model: one of the
+    /// batch's `models` (or one the node verified before).
+    pub model_seq: u64,
     /// The job's `job_submitted` entry (its input hash and workload).
     pub submission: InclusionDoc,
 }
@@ -134,12 +150,13 @@ pub struct Welcome {
     pub max_concurrency: u32,
     /// The node.
     pub node: String,
-    /// The work the log says it runs now (after a restart: to finish or to hand back).
-    pub orders: Vec<WorkOrder>,
     /// The fabric's tick.
     pub tick: u64,
     /// The newest signed tree head.
     pub tree_head: SignedTreeHead,
+    /// The work the log says it runs now (after a restart: to finish or to hand back), without
+    /// inputs, as much as fits in one message; the node says hello again for the rest.
+    pub work: WorkBatch,
 }
 
 /// Heartbeats and receipts, each signed by the node's key, in nonce order; and the output of

@@ -1,15 +1,35 @@
-//! What a node checks before it runs anything: a [`WorkOrder`]'s three entries are in the log
-//! (each entry's hash, its event's signature, its audit path, and the tree head signed by the
-//! ledger key), the assignment is a router's `job_assigned` naming this node, the submission
-//! is that job's, and the model entry registers the job's model. Only a [`VerifiedJob`] runs.
+//! What a node checks before it runs anything: each order of a [`WorkBatch`] has its two
+//! entries in the log (each entry's hash, its event's signature, its audit path, and the tree
+//! head signed by the ledger key), the assignment is a router's `job_assigned` naming this
+//! node, the submission is that job's, and the model entry (proved the same way) registers the
+//! job's model. Only a [`VerifiedJob`] runs.
+//!
+//! The [`OrderVerifier`] remembers what it verified that cannot change in an append-only log:
+//! the signed tree heads (one per tick, shared by every order of the tick), the model
+//! registrations (by seq and entry hash) and the authors' decompressed keys. The signatures of
+//! a batch's entries are checked together with ed25519 batch verification.
+
+use std::collections::HashMap;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use fabric_audit::proof::{verify_inclusion_doc, InclusionDoc};
-use fabric_events::{Body, Entry, Event, Hash32, JobId, JobType, OwnerAction, PublicKey, Role};
+use fabric_events::{
+    entry_hash, Body, Entry, Event, Hash32, JobId, JobType, ModelRegistered, OwnerAction,
+    PublicKey, Role,
+};
+use fabric_ledger::merkle::{self, InclusionProof};
+use fabric_ledger::{KeyCache, SignedTreeHead};
 use thiserror::Error;
 
-use crate::protocol::WorkOrder;
+use crate::protocol::{WorkBatch, WorkOrder};
+
+/// Signed tree heads remembered as verified (a tick's head serves all its orders).
+const HEADS_REMEMBERED_MAX: usize = 256;
+/// Model registrations remembered as verified.
+const MODELS_REMEMBERED_MAX: usize = 1_024;
+/// Authors whose decompressed keys are remembered (routers and clients).
+const KEYS_REMEMBERED_MAX: usize = 4_096;
 
 /// A job whose every part the node has verified in the log.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,28 +71,276 @@ pub enum OrderRefused {
     },
 }
 
-/// Verifies `order` for node `node` against the ledger key `ledger_key`.
-pub fn verify_order(
+fn not_in_log(which: &'static str, detail: impl Into<String>) -> OrderRefused {
+    OrderRefused::NotInLog {
+        which,
+        detail: detail.into(),
+    }
+}
+
+fn contents(which: &'static str, detail: String) -> OrderRefused {
+    OrderRefused::Contents { which, detail }
+}
+
+/// Verifies work orders against the ledger key of a fabric's genesis.
+pub struct OrderVerifier {
+    ledger_key: PublicKey,
+    heads: HashMap<u64, SignedTreeHead>,
+    models: HashMap<u64, (Hash32, ModelRegistered)>,
+    keys: KeyCache,
+}
+
+/// An entry whose place in the log is proved; its signature is still to be checked.
+struct Placed {
+    which: &'static str,
+    entry: Entry,
+}
+
+impl OrderVerifier {
+    /// A verifier trusting tree heads signed by `ledger_key`.
+    pub fn new(ledger_key: PublicKey) -> Self {
+        Self {
+            ledger_key,
+            heads: HashMap::new(),
+            models: HashMap::new(),
+            keys: KeyCache::new(KEYS_REMEMBERED_MAX),
+        }
+    }
+
+    /// Verifies every order of `batch` for node `node`: one result per order, in order.
+    pub fn verify(
+        &mut self,
+        batch: &WorkBatch,
+        node: &str,
+    ) -> Vec<Result<VerifiedJob, OrderRefused>> {
+        let models: HashMap<u64, Result<ModelRegistered, OrderRefused>> = batch
+            .models
+            .iter()
+            .map(|doc| (doc.seq, self.model(doc)))
+            .collect();
+        let placed: Vec<Result<[Placed; 2], OrderRefused>> = batch
+            .orders
+            .iter()
+            .map(|order| {
+                Ok([
+                    self.place("assignment", &order.assignment)?,
+                    self.place("submission", &order.submission)?,
+                ])
+            })
+            .collect();
+        // The placed entries' signatures, checked in one batch: order i's pair is at
+        // first[i], first[i] + 1.
+        let mut entries: Vec<Entry> = Vec::with_capacity(2 * placed.len());
+        let first: Vec<usize> = placed
+            .iter()
+            .map(|pair| {
+                let at = entries.len();
+                if let Ok(pair) = pair {
+                    entries.extend(pair.iter().map(|placed| placed.entry.clone()));
+                }
+                at
+            })
+            .collect();
+        let refused: HashMap<usize, String> = fabric_ledger::verify_batch(&entries, &mut self.keys)
+            .into_iter()
+            .map(|refusal| (refusal.index, refusal.reason.to_string()))
+            .collect();
+        batch
+            .orders
+            .iter()
+            .zip(placed)
+            .zip(first)
+            .map(|((order, placed), at)| {
+                let [assignment, submission] = placed?;
+                for (offset, placed) in [&assignment, &submission].into_iter().enumerate() {
+                    if let Some(why) = refused.get(&(at + offset)) {
+                        return Err(not_in_log(placed.which, why.clone()));
+                    }
+                }
+                let model = match models.get(&order.model_seq) {
+                    Some(model) => model.clone()?,
+                    None => self.remembered_model(order.model_seq)?,
+                };
+                judge(order, &assignment.entry, &submission.entry, &model, node)
+            })
+            .collect()
+    }
+
+    /// The registration of a model the node verified before (a batch names it without
+    /// carrying it).
+    fn remembered_model(&self, seq: u64) -> Result<ModelRegistered, OrderRefused> {
+        self.models
+            .get(&seq)
+            .map(|(_, registration)| registration.clone())
+            .ok_or_else(|| {
+                not_in_log(
+                    "model",
+                    format!("entry {seq} is neither in the batch nor verified before"),
+                )
+            })
+    }
+
+    /// A model's registration, proved in the log (or remembered: the same entry at the same
+    /// seq, which an append-only log cannot change).
+    fn model(&mut self, doc: &InclusionDoc) -> Result<ModelRegistered, OrderRefused> {
+        let bytes = BASE64
+            .decode(&doc.entry)
+            .map_err(|err| not_in_log("model", format!("entry is not base64: {err}")))?;
+        let leaf = entry_hash(&bytes);
+        if let Some((known, registration)) = self.models.get(&doc.seq) {
+            if *known == leaf {
+                return Ok(registration.clone());
+            }
+        }
+        let placed = self.place("model", doc)?;
+        if let Some(refusal) =
+            fabric_ledger::verify_batch(std::slice::from_ref(&placed.entry), &mut self.keys).first()
+        {
+            return Err(not_in_log("model", refusal.reason.to_string()));
+        }
+        let event = event_of("model", &placed.entry)?;
+        let registration = match event.body {
+            Body::OwnerCommand(command) => match command.action {
+                OwnerAction::RegisterModel { registration } => registration,
+                other => {
+                    return Err(contents(
+                        "model",
+                        format!("is an owner command of another action ({other:?})"),
+                    ))
+                }
+            },
+            other => {
+                return Err(contents(
+                    "model",
+                    format!("is a {}, not an owner command", other.kind().as_str()),
+                ))
+            }
+        };
+        if self.models.len() >= MODELS_REMEMBERED_MAX {
+            self.models.clear();
+        }
+        self.models.insert(doc.seq, (leaf, registration.clone()));
+        Ok(registration)
+    }
+
+    /// Proves an entry's place in the log: its tree head is signed by the ledger key, its
+    /// bytes hash to the leaf, and the audit path leads from the leaf to the head's root.
+    fn place(&mut self, which: &'static str, doc: &InclusionDoc) -> Result<Placed, OrderRefused> {
+        let head = doc.tree_head;
+        if doc.ledger_rotations.is_empty() {
+            self.check_head(which, &head)?;
+        } else {
+            // A rotated ledger key: follow the rotations as `fabric verify-proof` does.
+            verify_inclusion_doc(doc, Some(&self.ledger_key), |_| {})
+                .map_err(|err| not_in_log(which, err.to_string()))?;
+        }
+        if doc.tree_size != head.tree_size || doc.root != head.root {
+            return Err(not_in_log(
+                which,
+                format!(
+                    "the proof is for {} entries with root {}, its signed tree head for {} \
+                     entries with root {}",
+                    doc.tree_size, doc.root, head.tree_size, head.root
+                ),
+            ));
+        }
+        let bytes = BASE64
+            .decode(&doc.entry)
+            .map_err(|err| not_in_log(which, format!("entry is not base64: {err}")))?;
+        let leaf = entry_hash(&bytes);
+        if leaf != doc.leaf_hash {
+            return Err(not_in_log(
+                which,
+                format!(
+                    "the entry bytes hash to {leaf}, the proof's leaf_hash is {}",
+                    doc.leaf_hash
+                ),
+            ));
+        }
+        let entry = Entry::decode(&bytes).map_err(|err| not_in_log(which, err.to_string()))?;
+        if entry.seq != doc.seq {
+            return Err(not_in_log(
+                which,
+                format!("the entry is seq {}, the proof says {}", entry.seq, doc.seq),
+            ));
+        }
+        let proof = InclusionProof {
+            index: doc.seq,
+            tree_size: head.tree_size,
+            path: doc.audit_path.clone(),
+        };
+        merkle::verify_inclusion(&leaf, &proof, &head.root).map_err(|err| {
+            not_in_log(
+                which,
+                format!(
+                    "audit path of {} hashes does not prove entry {} under the signed root: {err}",
+                    doc.audit_path.len(),
+                    doc.seq
+                ),
+            )
+        })?;
+        Ok(Placed { which, entry })
+    }
+
+    /// A tree head signed by the ledger key (each one verified once).
+    fn check_head(
+        &mut self,
+        which: &'static str,
+        head: &SignedTreeHead,
+    ) -> Result<(), OrderRefused> {
+        if self.heads.get(&head.tree_size) == Some(head) {
+            return Ok(());
+        }
+        head.verify(&self.ledger_key).map_err(|err| {
+            not_in_log(
+                which,
+                format!(
+                    "its tree head of {} entries is not signed by the fabric's ledger key {} \
+                     ({err})",
+                    head.tree_size, self.ledger_key
+                ),
+            )
+        })?;
+        if self.heads.len() >= HEADS_REMEMBERED_MAX {
+            self.heads.clear();
+        }
+        self.heads.insert(head.tree_size, *head);
+        Ok(())
+    }
+}
+
+fn event_of(which: &'static str, entry: &Entry) -> Result<Event, OrderRefused> {
+    entry
+        .event()
+        .map_err(|err| not_in_log(which, format!("the entry's event does not decode: {err}")))
+}
+
+/// What the proved entries of an order must say: a router's assignment of the submitted job
+/// to this node, of a job of the model.
+fn judge(
     order: &WorkOrder,
-    ledger_key: &PublicKey,
+    assignment: &Entry,
+    submission: &Entry,
+    registration: &ModelRegistered,
     node: &str,
 ) -> Result<VerifiedJob, OrderRefused> {
-    let (assignment_seq, assignment) = proved("assignment", &order.assignment, ledger_key)?;
-    let (_, submission) = proved("submission", &order.submission, ledger_key)?;
-    let (_, model) = proved("model", &order.model, ledger_key)?;
-    let contents = |which, detail: String| OrderRefused::Contents { which, detail };
-    let Body::JobAssigned(assigned) = &assignment.body else {
+    let assignment_event = event_of("assignment", assignment)?;
+    let submission_event = event_of("submission", submission)?;
+    let Body::JobAssigned(assigned) = &assignment_event.body else {
         return Err(contents(
             "assignment",
-            format!("is a {}, not a job_assigned", assignment.kind().as_str()),
+            format!(
+                "is a {}, not a job_assigned",
+                assignment_event.kind().as_str()
+            ),
         ));
     };
-    if assignment.header.role != Role::Router {
+    if assignment_event.header.role != Role::Router {
         return Err(contents(
             "assignment",
             format!(
                 "is authored as a {}, not a router",
-                assignment.header.role.as_str()
+                assignment_event.header.role.as_str()
             ),
         ));
     }
@@ -85,10 +353,13 @@ pub fn verify_order(
             ),
         ));
     }
-    let Body::JobSubmitted(submitted) = &submission.body else {
+    let Body::JobSubmitted(submitted) = &submission_event.body else {
         return Err(contents(
             "submission",
-            format!("is a {}, not a job_submitted", submission.kind().as_str()),
+            format!(
+                "is a {}, not a job_submitted",
+                submission_event.kind().as_str()
+            ),
         ));
     };
     if submitted.job != assigned.job {
@@ -100,28 +371,12 @@ pub fn verify_order(
             ),
         ));
     }
-    let registration = match &model.body {
-        Body::OwnerCommand(command) => match &command.action {
-            OwnerAction::RegisterModel { registration } => registration,
-            other => {
-                return Err(contents(
-                    "model",
-                    format!("is an owner command of another action ({other:?})"),
-                ))
-            }
-        },
-        _ => {
-            return Err(contents(
-                "model",
-                format!("is a {}, not an owner command", model.kind().as_str()),
-            ))
-        }
-    };
     if registration.workload() != submitted.workload {
         return Err(contents(
             "model",
             format!(
-                "registers {}, the job's workload is {}",
+                "entry {} registers {}, the job's workload is {}",
+                order.model_seq,
                 registration.workload(),
                 submitted.workload
             ),
@@ -129,33 +384,13 @@ pub fn verify_order(
     }
     Ok(VerifiedJob {
         job: assigned.job,
-        assignment_seq,
-        assigned_tick: assignment.header.tick,
+        assignment_seq: assignment.seq,
+        assigned_tick: assignment_event.header.tick,
         input_hash: submitted.input_hash,
         workload: submitted.workload.clone(),
         job_type: registration.job_type,
         weights: registration.weights.clone(),
     })
-}
-
-/// The seq and event of an entry proved under a tree head signed by `ledger_key`.
-fn proved(
-    which: &'static str,
-    doc: &InclusionDoc,
-    ledger_key: &PublicKey,
-) -> Result<(u64, Event), OrderRefused> {
-    let not_in_log = |detail: String| OrderRefused::NotInLog { which, detail };
-    verify_inclusion_doc(doc, Some(ledger_key), |_| {})
-        .map_err(|err| not_in_log(err.to_string()))?;
-    // Verified above: the bytes decode, hash to the proved leaf and carry a valid signature.
-    let bytes = BASE64
-        .decode(&doc.entry)
-        .map_err(|err| not_in_log(format!("entry is not base64: {err}")))?;
-    let entry = Entry::decode(&bytes).map_err(|err| not_in_log(err.to_string()))?;
-    let event = entry
-        .event()
-        .map_err(|err| not_in_log(format!("the entry's event does not decode: {err}")))?;
-    Ok((entry.seq, event))
 }
 
 #[cfg(test)]
@@ -177,8 +412,9 @@ mod tests {
         SignedEvent::sign(&Event::new(role, 3, nonce, body), key).expect("small")
     }
 
-    /// A real ledger holding a model, a job and its assignment to `node-a`, and the order of it.
-    fn order() -> (WorkOrder, SigningKey, tempfile::TempDir) {
+    /// A real ledger holding a model, a job and its assignment to `node-a`, and the batch of
+    /// its order.
+    fn order() -> (WorkBatch, SigningKey, tempfile::TempDir) {
         let dir = tempfile::tempdir().expect("temp dir");
         let ledger_key = derive_signing_key(5, "tests/ledger");
         let router = derive_signing_key(5, "tests/router");
@@ -226,45 +462,97 @@ mod tests {
         ledger.append(&events).expect("appended");
         let reader = ledger.reader();
         let doc = |seq| inclusion_doc(&reader, &public(&ledger_key), 3, seq, 3).expect("proof");
-        let order = WorkOrder {
-            model: doc(0),
-            submission: doc(1),
-            assignment: doc(2),
+        let batch = WorkBatch {
+            models: vec![doc(0)],
+            orders: vec![WorkOrder {
+                assignment: doc(2),
+                input: None,
+                model_seq: 0,
+                submission: doc(1),
+            }],
         };
-        (order, ledger_key, dir)
+        (batch, ledger_key, dir)
     }
 
     #[test]
     fn an_order_proved_in_the_log_is_run() {
-        let (order, ledger_key, _dir) = order();
-        let job = verify_order(&order, &public(&ledger_key), "earth.node-a").expect("verified");
+        let (batch, ledger_key, _dir) = order();
+        let mut verifier = OrderVerifier::new(public(&ledger_key));
+        let job = verifier
+            .verify(&batch, "earth.node-a")
+            .remove(0)
+            .expect("verified");
         assert_eq!(job.job, 7);
         assert_eq!(job.assignment_seq, 2);
         assert_eq!(job.input_hash, Hash32([9; 32]));
         assert_eq!(job.job_type, JobType::EncodeState);
         assert_eq!(job.workload, "vision@1");
+        // The model verified once is remembered: a later batch may name it without it.
+        let mut later = batch.clone();
+        later.models.clear();
+        let again = verifier.verify(&later, "earth.node-a").remove(0);
+        assert_eq!(again.expect("verified"), job);
+        // A model the node never verified is not taken on trust.
+        let mut fresh = OrderVerifier::new(public(&ledger_key));
+        let unknown = fresh.verify(&later, "earth.node-a").remove(0);
+        let unknown = unknown.expect_err("refused").to_string();
+        assert!(
+            unknown.contains("neither in the batch nor verified"),
+            "{unknown}"
+        );
+    }
+
+    #[test]
+    fn a_remembered_tree_head_does_not_vouch_for_a_forged_one_of_the_same_size() {
+        let (batch, ledger_key, _dir) = order();
+        let mut verifier = OrderVerifier::new(public(&ledger_key));
+        verifier
+            .verify(&batch, "earth.node-a")
+            .remove(0)
+            .expect("verified");
+        let stranger = derive_signing_key(5, "tests/stranger");
+        let mut forged = batch.clone();
+        let head = forged.orders[0].assignment.tree_head;
+        forged.orders[0].assignment.tree_head =
+            SignedTreeHead::sign(head.tree_size, head.root, &stranger);
+        let refused = verifier.verify(&forged, "earth.node-a").remove(0);
+        let refused = refused.expect_err("refused").to_string();
+        assert!(
+            refused.contains("assignment entry is not proved"),
+            "{refused}"
+        );
+        // A model entry at a remembered seq with other bytes is proved afresh, and fails.
+        let mut other = batch.clone();
+        let mut bytes = BASE64.decode(&other.models[0].entry).expect("base64");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        other.models[0].entry = BASE64.encode(&bytes);
+        let refused = verifier.verify(&other, "earth.node-a").remove(0);
+        assert!(refused.is_err(), "a changed model entry is refused");
     }
 
     #[test]
     fn an_order_with_a_wrong_proof_signature_or_tree_head_is_refused() {
-        let (order, ledger_key, _dir) = order();
+        let (batch, ledger_key, _dir) = order();
         let key = public(&ledger_key);
-        let refused = |change: &dyn Fn(&mut WorkOrder)| {
-            let mut changed = order.clone();
-            change(&mut changed);
-            verify_order(&changed, &key, "earth.node-a")
+        let verify =
+            |batch: &WorkBatch, node: &str| OrderVerifier::new(key).verify(batch, node).remove(0);
+        let refused = |change: &dyn Fn(&mut WorkOrder, &mut Vec<InclusionDoc>)| {
+            let mut changed = batch.clone();
+            change(&mut changed.orders[0], &mut changed.models);
+            verify(&changed, "earth.node-a")
                 .expect_err("refused")
                 .to_string()
         };
         // A sibling of the audit path changed: the path leads to another root.
-        let wrong_proof = refused(&|o| o.assignment.audit_path[0].0[0] ^= 1);
+        let wrong_proof = refused(&|o, _| o.assignment.audit_path[0].0[0] ^= 1);
         assert!(
             wrong_proof.contains("assignment entry is not proved"),
             "{wrong_proof}"
         );
         // The router's signature changed in the entry bytes (and its leaf hash updated to
         // match, as a forger would): the signature no longer verifies.
-        let wrong_signature = refused(&|o| {
+        let wrong_signature = refused(&|o, _| {
             let mut bytes = BASE64.decode(&o.assignment.entry).expect("base64");
             bytes[8 + 32 + 32] ^= 1;
             o.assignment.leaf_hash = fabric_events::entry_hash(&bytes);
@@ -276,7 +564,7 @@ mod tests {
         );
         // A tree head signed by another key over the same root.
         let stranger = derive_signing_key(5, "tests/stranger");
-        let wrong_head = refused(&|o| {
+        let wrong_head = refused(&|o, _| {
             let head = o.submission.tree_head;
             o.submission.tree_head = SignedTreeHead::sign(head.tree_size, head.root, &stranger);
         });
@@ -285,16 +573,16 @@ mod tests {
             "{wrong_head}"
         );
         // A head whose signature was tampered with.
-        let tampered = refused(&|o| o.model.tree_head.signature.0[0] ^= 1);
+        let tampered = refused(&|_, models| models[0].tree_head.signature.0[0] ^= 1);
         assert!(tampered.contains("model entry is not proved"), "{tampered}");
         // Proved, but for another node.
-        let other = verify_order(&order, &key, "earth.node-b").expect_err("not ours");
+        let other = verify(&batch, "earth.node-b").expect_err("not ours");
         assert!(
             other.to_string().contains("not to `earth.node-b`"),
             "{other}"
         );
         // Proved parts put in the wrong places.
-        let swapped = refused(&|o| std::mem::swap(&mut o.assignment, &mut o.submission));
+        let swapped = refused(&|o, _| std::mem::swap(&mut o.assignment, &mut o.submission));
         assert!(swapped.contains("not a job_assigned"), "{swapped}");
     }
 }

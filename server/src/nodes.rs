@@ -9,8 +9,8 @@
 //! After each durable tick the driver tells it what was appended ([`NodeGateway::tick`]); it
 //! keeps the Merkle frontier of the log and proves each new entry it needs against the tick's
 //! signed tree head in O(batch) ([`fabric_ledger::merkle::batch_inclusion_proofs`]), then
-//! publishes the tick's head on `fabric.v1.tick` and each new assignment, as a [`WorkOrder`],
-//! on its node's `work` subject.
+//! publishes each node's new assignments of the tick, as a [`WorkBatch`](fabric_node::protocol::WorkBatch) of orders carrying
+//! their inputs, on the node's `work` subject, and the tick's head on `fabric.v1.tick`.
 //!
 //! Hostile input: a node subject is only reachable by the NATS user the operator gave that
 //! node (FORMAT §15.5), and even then every event must carry a valid signature of the node's
@@ -19,7 +19,7 @@
 //! receipt of a job that node runs names its hash; an input is served only to the node that
 //! runs its job.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -40,7 +40,8 @@ use fabric_ledger::merkle::{self, Frontier, InclusionProof};
 use fabric_ledger::SignedTreeHead;
 use fabric_node::protocol::{
     AttemptAck, AttemptBatch, AttemptResult, Fetch, Fetched, NodeSubject, TickHead, Welcome,
-    WorkOrder, ATTEMPTS_PER_BATCH_MAX, NODE_SUBJECT_PREFIX, OUTPUT_BYTES_MAX, TICK_SUBJECT,
+    WorkOrder, ATTEMPTS_PER_BATCH_MAX, MESSAGE_BYTES_MAX, NODE_SUBJECT_PREFIX, OUTPUT_BYTES_MAX,
+    TICK_SUBJECT,
 };
 use fabric_projections::State;
 use futures_util::StreamExt;
@@ -53,6 +54,9 @@ const ATTEMPTS_WAIT_MS: u64 = 30_000;
 /// Ticks a receipt is remembered after it was appended, to answer a node's retry of it as a
 /// `duplicate` instead of recording its refusal.
 const RECEIPT_MEMORY_TICKS: u64 = 1_024;
+/// Most bytes of one [`WorkBatch`](fabric_node::protocol::WorkBatch) body: under NATS's payload limit, with room for the other
+/// fields of a [`Welcome`] around it.
+const WORK_BATCH_BYTES_MAX: usize = MESSAGE_BYTES_MAX - 16 * 1024;
 
 /// How the gateway reaches NATS.
 #[derive(Clone, Debug)]
@@ -186,8 +190,9 @@ fn doc_of(entry: &Entry, path: Vec<Hash32>, head: &SignedTreeHead) -> InclusionD
 }
 
 impl Feed {
-    /// Takes in one appended tick; returns what to publish (subject, body).
-    fn apply(&mut self, news: TickNews) -> Vec<(String, Vec<u8>)> {
+    /// Takes in one appended tick; returns what to publish (subject, body). The orders carry
+    /// their inputs, read from `artifacts`.
+    fn apply(&mut self, news: TickNews, artifacts: &sled::Tree) -> Vec<(String, Vec<u8>)> {
         let before = self.frontier.clone();
         let mut entries = Vec::with_capacity(news.signed.len());
         for (offset, signed) in news.signed.iter().enumerate() {
@@ -223,10 +228,30 @@ impl Feed {
         }
         let leaves: Vec<Hash32> = entries.iter().map(Entry::hash).collect();
         let proofs = merkle::batch_inclusion_proofs(&before, &leaves);
-        let mut out = Vec::new();
+        let mut assigned: BTreeMap<String, Vec<JobId>> = BTreeMap::new();
         for ((entry, event), proof) in entries.iter().zip(&news.events).zip(proofs) {
             let doc = || doc_of(entry, proof.path.clone(), &news.tree_head);
-            self.observe(entry.seq, event, news.tick, doc, &mut out);
+            self.observe(entry.seq, event, news.tick, doc, &mut assigned);
+        }
+        let mut out = Vec::new();
+        for (node, jobs) in assigned {
+            let subject = NodeSubject::Work.of(&node);
+            let orders: Vec<WorkOrder> = jobs
+                .iter()
+                .filter_map(|job| self.running.get(job))
+                .map(|running| {
+                    let mut order = running.order.clone();
+                    order.input = artifacts
+                        .get(running.input_hash.as_bytes())
+                        .ok()
+                        .flatten()
+                        .map(|bytes| BASE64.encode(&bytes));
+                    order
+                })
+                .collect();
+            for body in self.work_bodies(&orders) {
+                out.push((subject.clone(), body));
+            }
         }
         self.forget_ended();
         let head = TickHead {
@@ -239,14 +264,14 @@ impl Feed {
         out
     }
 
-    /// One entry of the log: what it changes in the feed, and the order it makes.
+    /// One entry of the log: what it changes in the feed, and the job it assigns (by node).
     fn observe(
         &mut self,
         seq: u64,
         event: &Event,
         tick: u64,
         doc: impl FnOnce() -> InclusionDoc,
-        out: &mut Vec<(String, Vec<u8>)>,
+        assigned_jobs: &mut BTreeMap<String, Vec<JobId>>,
     ) {
         match &event.body {
             Body::JobSubmitted(job) => {
@@ -261,10 +286,11 @@ impl Feed {
             }
             Body::JobAssigned(assigned) => {
                 if let Some(running) = self.order(assigned.job, &assigned.node, doc()) {
-                    if let Ok(body) = serde_json::to_vec(&running.order) {
-                        out.push((NodeSubject::Work.of(&assigned.node), body));
-                    }
                     self.running.insert(assigned.job, running);
+                    assigned_jobs
+                        .entry(assigned.node.clone())
+                        .or_default()
+                        .push(assigned.job);
                 }
             }
             Body::JobRequeued(requeued) => {
@@ -295,7 +321,8 @@ impl Feed {
             workload: submitted.workload.clone(),
             order: WorkOrder {
                 assignment,
-                model: model.doc.clone(),
+                input: None,
+                model_seq: model.doc.seq,
                 submission: submitted.doc.clone(),
             },
         })
@@ -314,22 +341,120 @@ impl Feed {
             .retain(|_, (_, at)| tick.saturating_sub(*at) <= RECEIPT_MEMORY_TICKS);
     }
 
+    /// The welcome of `node`: its registration and as many of its orders (without inputs) as
+    /// fit in one message.
     fn welcome(&self, node: &str) -> Option<Welcome> {
         let info = self.directory.get(node)?;
+        let orders: Vec<WorkOrder> = self
+            .running
+            .values()
+            .filter(|running| running.node == node)
+            .map(|running| running.order.clone())
+            .collect();
+        let work = self
+            .work_bodies(&orders)
+            .first()
+            .and_then(|body| serde_json::from_slice(body).ok())
+            .unwrap_or_default();
         Some(Welcome {
             heartbeat_interval_ticks: info.heartbeat_interval_ticks,
             last_nonce: info.last_nonce,
             max_concurrency: info.max_concurrency,
             node: node.to_owned(),
-            orders: self
-                .running
-                .values()
-                .filter(|running| running.node == node)
-                .map(|running| running.order.clone())
-                .collect(),
             tick: self.tick,
             tree_head: self.tree_head,
+            work,
         })
+    }
+
+    /// `orders` as [`WorkBatch`](fabric_node::protocol::WorkBatch) bodies of at most [`WORK_BATCH_BYTES_MAX`] bytes, each with
+    /// the registrations of the models its orders name, once. Every part is serialized once
+    /// and the bodies joined from the parts.
+    fn work_bodies(&self, orders: &[WorkOrder]) -> Vec<Vec<u8>> {
+        let mut model_parts: HashMap<u64, Vec<u8>> = HashMap::new();
+        for order in orders {
+            if let std::collections::hash_map::Entry::Vacant(vacant) =
+                model_parts.entry(order.model_seq)
+            {
+                let doc = self
+                    .models
+                    .values()
+                    .find(|model| model.doc.seq == order.model_seq);
+                if let Some(Ok(part)) = doc.map(|model| serde_json::to_vec(&model.doc)) {
+                    vacant.insert(part);
+                }
+            }
+        }
+        let mut bodies = Vec::new();
+        let mut batch = BatchParts::default();
+        for order in orders {
+            let Ok(part) = serde_json::to_vec(order) else {
+                continue;
+            };
+            let model = model_parts.get(&order.model_seq);
+            if !batch.orders.is_empty()
+                && batch.size_with(order.model_seq, model, &part) > WORK_BATCH_BYTES_MAX
+            {
+                bodies.push(std::mem::take(&mut batch).body(&model_parts));
+            }
+            batch.add(order.model_seq, model, part);
+        }
+        if !batch.orders.is_empty() {
+            bodies.push(batch.body(&model_parts));
+        }
+        bodies
+    }
+}
+
+/// One [`WorkBatch`](fabric_node::protocol::WorkBatch) body on its way: the seqs of its models and its orders, serialized.
+#[derive(Default)]
+struct BatchParts {
+    models: Vec<u64>,
+    orders: Vec<Vec<u8>>,
+    size: usize,
+}
+
+impl BatchParts {
+    /// `{"models":[],"orders":[]}`
+    const EMPTY_BYTES: usize = 25;
+
+    /// The body's size with one more order (and its model, when new to the batch).
+    fn size_with(&self, model_seq: u64, model: Option<&Vec<u8>>, order: &[u8]) -> usize {
+        let model_bytes = match model {
+            Some(part) if !self.models.contains(&model_seq) => part.len() + 1,
+            _ => 0,
+        };
+        Self::EMPTY_BYTES + self.size + model_bytes + order.len() + 1
+    }
+
+    fn add(&mut self, model_seq: u64, model: Option<&Vec<u8>>, order: Vec<u8>) {
+        self.size = self.size_with(model_seq, model, &order) - Self::EMPTY_BYTES;
+        if model.is_some() && !self.models.contains(&model_seq) {
+            self.models.push(model_seq);
+        }
+        self.orders.push(order);
+    }
+
+    fn body(self, model_parts: &HashMap<u64, Vec<u8>>) -> Vec<u8> {
+        let mut body = Vec::with_capacity(Self::EMPTY_BYTES + self.size);
+        body.extend_from_slice(b"{\"models\":[");
+        let models = self.models.iter().filter_map(|seq| model_parts.get(seq));
+        for (index, part) in models.enumerate() {
+            if index > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(part);
+        }
+        body.extend_from_slice(b"],\"orders\":[");
+        for (index, part) in self.orders.iter().enumerate() {
+            if index > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(part);
+        }
+        body.extend_from_slice(b"]}");
+        debug_assert!(body.len() <= Self::EMPTY_BYTES + self.size);
+        body
     }
 }
 
@@ -612,7 +737,7 @@ async fn serve(
         tokio::select! {
             next = news.recv() => {
                 let Some(news) = next else { break };
-                let out = gateway.feed().apply(news);
+                let out = gateway.feed().apply(news, &gateway.artifacts);
                 for (subject, body) in out {
                     let _ = gateway.client.publish(subject, body.into()).await;
                 }

@@ -434,6 +434,38 @@ fn wait_for_results(client: &mut Client, jobs: &[Submitted], done: usize, limit:
     }
 }
 
+/// Polls the log until at least `receipts` receipts are in it and `node` holds an assignment
+/// without a receipt, at most `limit`.
+fn wait_until_holding(client: &mut Client, node: &str, receipts: usize, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let lines = export_lines(client);
+        let of_kind = |kind: &str| {
+            lines
+                .values()
+                .filter(move |line| line["kind"] == kind && line["body"]["data"]["node"] == node)
+                .map(|line| line["body"]["data"]["job"].as_u64())
+                .collect::<Vec<_>>()
+        };
+        let receipted: BTreeSet<Option<u64>> = of_kind("job_receipt").into_iter().collect();
+        let holding = of_kind("job_assigned")
+            .into_iter()
+            .any(|job| !receipted.contains(&job));
+        let all_receipts = lines
+            .values()
+            .filter(|line| line["kind"] == "job_receipt")
+            .count();
+        if all_receipts >= receipts && holding {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{node} held no work with {all_receipts} receipts in the log within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The reference output of a job: the CPU reference of its job type with the model's weights.
 fn reference(job: &Submitted) -> Vec<u8> {
     let model_job = ModelJob::from_name(job.job_type.name()).expect("a kernel per job type");
@@ -467,12 +499,14 @@ fn three_node_agents_run_300_real_jobs_and_a_killed_nodes_jobs_run_elsewhere() {
         .map(|node| (*node, start_node(&ceremony, &nats, node)))
         .collect();
     let key = fabric_events::keys::load_secret(&ceremony.client).expect("client key");
-    let jobs = submit_jobs(&mut client, &key, 300, "job", 1_000);
+    let mut jobs = submit_jobs(&mut client, &key, 150, "job", 1_000);
 
-    // A third of the way, node b dies without a word.
-    wait_for_results(&mut client, &jobs, 100, Duration::from_secs(300));
+    // Mid-run, while it holds work, node b dies without a word; half the jobs are still to
+    // come, and its router gives it some until it marks it unhealthy.
+    wait_until_holding(&mut client, "earth.node-b", 30, Duration::from_secs(300));
     let killed_at = current_tick(&mut client);
     nodes.get_mut("earth.node-b").expect("node b").kill();
+    jobs.extend(submit_jobs(&mut client, &key, 150, "late", 2_000));
     wait_for_results(&mut client, &jobs, jobs.len(), Duration::from_secs(300));
 
     // Every job completed, and its output is the CPU reference's.
@@ -519,6 +553,10 @@ fn three_node_agents_run_300_real_jobs_and_a_killed_nodes_jobs_run_elsewhere() {
         b_health.last().map(|(_, healthy)| *healthy),
         Some(false),
         "node b is unhealthy after it was killed at tick {killed_at}: {b_health:?}"
+    );
+    assert!(
+        !requeued.is_empty(),
+        "node b held work when it was killed at tick {killed_at}: some of it was requeued"
     );
     for job in &requeued {
         let result = json_of(&get(&mut client, &format!("/v0/jobs/{job}/result")));
