@@ -30,8 +30,9 @@ use super::serve::{
 };
 use super::{scratch_dir, verdict, Against, Bench, Figure, SuiteReport};
 
-/// Client connections submitting at once, each with a key of its own.
-const CLIENTS: usize = 8;
+/// Client connections submitting at once, each with a key of its own: each waits for its
+/// job's tick, so they are enough to keep the nodes busy at 10-ms ticks.
+const CLIENTS: usize = 64;
 /// What Fabric aims for against the peer: ten times its jobs per second.
 const PEER_RATIO_TARGET: f64 = 10.0;
 /// Share of the signature-work bound Fabric aims for.
@@ -51,8 +52,8 @@ fn world_toml(nodes: usize) -> String {
     );
     for index in 0..nodes {
         text.push_str(&format!(
-            "[[nodes]]\nname = \"bench.node-{index}\"\nregion = \"bench\"\ncapacity = 64\n\
-             max_concurrency = 64\nheartbeat_interval_ticks = 100\ncapabilities = [\"models\"]\n\
+            "[[nodes]]\nname = \"bench.node-{index}\"\nregion = \"bench\"\ncapacity = 512\n\
+             max_concurrency = 512\nheartbeat_interval_ticks = 100\ncapabilities = [\"models\"]\n\
              latency_ms = 1\nprice_micros_per_hour = 1000000\nreputation_ppm = 990000\n\n"
         ));
     }
