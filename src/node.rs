@@ -106,7 +106,13 @@ pub fn run(args: &NodeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("could not start the node's runtime")?;
-    let report = runtime.block_on(agent::run(config, stopped(), |count| {
+    // The handlers are in place before the node says it is ready: a SIGTERM right after the
+    // word is a clean stop, not the default death.
+    let stopped = {
+        let _entered = runtime.enter();
+        stop_signals()?
+    };
+    let report = runtime.block_on(agent::run(config, stopped, |count| {
         println!("node ready: {count} nodes");
         use std::io::Write;
         let _ = std::io::stdout().flush();
@@ -123,18 +129,17 @@ pub fn run(args: &NodeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn stopped() {
-    let Ok(mut terminate) =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-    }
+/// Registers SIGTERM and SIGINT handlers now (inside a runtime): the future resolves on either.
+fn stop_signals() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).context("could not handle SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("could not handle SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    })
 }
 
 /// The ledger key the genesis names (its signature by that key checked).

@@ -434,9 +434,50 @@ fn wait_for_results(client: &mut Client, jobs: &[Submitted], done: usize, limit:
     }
 }
 
+/// Polls the log until each of `nodes` has a heartbeat in it and its router's last word on its
+/// health (if any) is healthy, at most `limit`.
+fn wait_until_healthy(client: &mut Client, nodes: &[&str], limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let lines = export_lines(client);
+        let healthy = |node: &str| {
+            let of_node = |kind: &'static str| {
+                lines.values().filter(move |line| {
+                    line["kind"] == kind && line["body"]["data"]["node"] == node
+                })
+            };
+            of_node("heartbeat").next().is_some()
+                && of_node("node_health_changed")
+                    .next_back()
+                    .is_none_or(|line| line["body"]["data"]["healthy"] == true)
+        };
+        let unhealthy: Vec<&str> = nodes
+            .iter()
+            .copied()
+            .filter(|node| !healthy(node))
+            .collect();
+        if unhealthy.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{unhealthy:?} not healthy within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Polls the log until at least `receipts` receipts are in it and `node` holds an assignment
-/// without a receipt, at most `limit`.
-fn wait_until_holding(client: &mut Client, node: &str, receipts: usize, limit: Duration) {
+/// without a receipt (true), or until the `submitted` jobs all have their receipts and `node`
+/// holds nothing (false: the work ran out before a poll caught it holding some), at most
+/// `limit`.
+fn holding_work(
+    client: &mut Client,
+    node: &str,
+    receipts: usize,
+    submitted: usize,
+    limit: Duration,
+) -> bool {
     let deadline = Instant::now() + limit;
     loop {
         let lines = export_lines(client);
@@ -456,11 +497,15 @@ fn wait_until_holding(client: &mut Client, node: &str, receipts: usize, limit: D
             .filter(|line| line["kind"] == "job_receipt")
             .count();
         if all_receipts >= receipts && holding {
-            return;
+            return true;
+        }
+        if all_receipts >= submitted && !holding {
+            return false;
         }
         assert!(
             Instant::now() < deadline,
-            "{node} held no work with {all_receipts} receipts in the log within {limit:?}"
+            "{node} held no work with {all_receipts} of {submitted} receipts in the log within \
+             {limit:?}"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -498,14 +543,39 @@ fn three_node_agents_run_300_real_jobs_and_a_killed_nodes_jobs_run_elsewhere() {
         .iter()
         .map(|node| (*node, start_node(&ceremony, &nats, node)))
         .collect();
+    // A node process slow to start (a loaded machine) may have been marked unhealthy before
+    // its first heartbeat: the jobs go out once the routers count on all three.
+    wait_until_healthy(&mut client, &NODES, Duration::from_secs(120));
     let key = fabric_events::keys::load_secret(&ceremony.client).expect("client key");
-    let mut jobs = submit_jobs(&mut client, &key, 150, "job", 1_000);
 
     // Mid-run, while it holds work, node b dies without a word; half the jobs are still to
-    // come, and its router gives it some until it marks it unhealthy.
-    wait_until_holding(&mut client, "earth.node-b", 30, Duration::from_secs(300));
-    let killed_at = current_tick(&mut client);
-    nodes.get_mut("earth.node-b").expect("node b").kill();
+    // come, and its router gives it some until it marks it unhealthy. Jobs run fast and a poll
+    // of the log is slow on a loaded machine: the log is polled while the jobs are submitted,
+    // and if they all ran before a poll caught node b holding some, 30 more go out.
+    let mut jobs = Vec::new();
+    let mut killed_at = None;
+    for round in 0..10u64 {
+        let (label, count, first_nonce) = match round {
+            0 => ("job".to_owned(), 150, 1_000),
+            more => (format!("more-{more}"), 30, 1_150 + 30 * (more - 1)),
+        };
+        let submitted = jobs.len() + count;
+        let batch = std::thread::scope(|scope| {
+            let submitter =
+                scope.spawn(|| submit_jobs(&mut served.client(), &key, count, &label, first_nonce));
+            let timeout = Duration::from_secs(300);
+            if holding_work(&mut client, "earth.node-b", 30, submitted, timeout) {
+                killed_at = Some(current_tick(&mut client));
+                nodes.get_mut("earth.node-b").expect("node b").kill();
+            }
+            submitter.join().expect("the submitter thread")
+        });
+        jobs.extend(batch);
+        if killed_at.is_some() {
+            break;
+        }
+    }
+    let killed_at = killed_at.expect("node b was caught holding work in one of ten rounds");
     jobs.extend(submit_jobs(&mut client, &key, 150, "late", 2_000));
     wait_for_results(&mut client, &jobs, jobs.len(), Duration::from_secs(300));
 
