@@ -10,6 +10,7 @@ use fabric_events::{
     PublicKey, RefusalCount, RefusalsCounted, RejectReason, Rejected, Role, SignedEvent,
     SigningKey, VerifyError, MAX_SIGNED_BYTES,
 };
+use fabric_ledger::RefusalReason;
 use fabric_projections::{ApplyError, State};
 
 use crate::fleet::ActorKeys;
@@ -195,8 +196,36 @@ fn unstaged_rotation(event: &Event, keys: &ActorKeys) -> Option<String> {
 /// The checks of a raw attempt before the authority table looks at it: within the size limit,
 /// a canonical event, a valid signature by a key that is not a small-order point. Pure (no
 /// state), so callers may run it on any thread; the refusal's reason and detail go into the
-/// `Rejected` event that [`refuse`] records.
+/// `Rejected` event that [`refuse`] records. What verifies is remembered
+/// ([`fabric_ledger::SignatureMemo`]): the ledger does not verify it again.
 pub fn check_signed(signed: &SignedEvent) -> Result<Event, (RejectReason, String)> {
+    let event = check_decoded(signed)?;
+    match check_signatures(std::slice::from_ref(&signed)).pop() {
+        Some(Some(refusal)) => Err(refusal),
+        _ => Ok(event),
+    }
+}
+
+/// [`check_signed`] for a batch, its signatures verified together: one verdict per attempt,
+/// in order.
+pub fn check_signed_batch(batch: &[SignedEvent]) -> Vec<Result<Event, (RejectReason, String)>> {
+    let mut checked: Vec<_> = batch.iter().map(check_decoded).collect();
+    let decoded: Vec<usize> = (0..batch.len())
+        .filter(|index| checked[*index].is_ok())
+        .collect();
+    let attempts: Vec<&SignedEvent> = decoded.iter().map(|index| &batch[*index]).collect();
+    for (index, refusal) in decoded.into_iter().zip(check_signatures(&attempts)) {
+        if let Some(refusal) = refusal {
+            checked[index] = Err(refusal);
+        }
+    }
+    checked
+}
+
+/// The checks of [`check_signed`] but the signature's: within the size limit and a canonical
+/// event. For a caller that verifies the signatures of many attempts together later, with
+/// [`check_signatures`].
+pub fn check_decoded(signed: &SignedEvent) -> Result<Event, (RejectReason, String)> {
     if signed.signed.len() > MAX_SIGNED_BYTES {
         return Err((
             RejectReason::Oversize,
@@ -206,32 +235,28 @@ pub fn check_signed(signed: &SignedEvent) -> Result<Event, (RejectReason, String
             ),
         ));
     }
-    match event_from_signed(&signed.signed) {
-        Err(error) => Err((RejectReason::Malformed, error.to_string())),
-        Ok(event) => match verify_cached(signed) {
-            Err(VerifyError::WeakKey(_)) => Err((
-                RejectReason::WeakKey,
-                format!("key {} is a small-order point", signed.author),
-            )),
-            Err(error) => Err((RejectReason::BadSignature, error.to_string())),
-            Ok(()) => Ok(event),
-        },
-    }
+    event_from_signed(&signed.signed).map_err(|error| (RejectReason::Malformed, error.to_string()))
 }
 
-/// [`SignedEvent::verify`], with the author's key from this thread's cache.
-fn verify_cached(signed: &SignedEvent) -> Result<(), VerifyError> {
-    let key = CHECK_KEYS.with(|keys| keys.borrow_mut().resolve(&signed.author))?;
-    let item = fabric_events::ed25519::Item {
-        key: &key,
-        message: &signed.signed,
-        signature: signed.signature.as_bytes(),
-    };
-    if fabric_events::ed25519::verify(&item) {
-        Ok(())
-    } else {
-        Err(VerifyError::BadSignature(signed.author))
+/// Verifies the signatures of attempts that passed [`check_decoded`], together (ed25519 batch
+/// verification; what this process verified before is not verified again): `None` for each
+/// good one (now remembered, see [`fabric_ledger::SignatureMemo`]), else why it is refused.
+pub fn check_signatures(attempts: &[&SignedEvent]) -> Vec<Option<(RejectReason, String)>> {
+    let refusals = CHECK_KEYS
+        .with(|keys| fabric_ledger::verify_and_remember(attempts, &mut keys.borrow_mut()));
+    let mut verdicts = vec![None; attempts.len()];
+    for refusal in refusals {
+        let author = attempts[refusal.index].author;
+        verdicts[refusal.index] = Some(match refusal.reason {
+            RefusalReason::Malformed(error) => (RejectReason::Malformed, error.to_string()),
+            RefusalReason::Signature(VerifyError::WeakKey(_)) => (
+                RejectReason::WeakKey,
+                format!("key {author} is a small-order point"),
+            ),
+            RefusalReason::Signature(error) => (RejectReason::BadSignature, error.to_string()),
+        });
     }
+    verdicts
 }
 
 /// Records the refusal of an external attempt that never reached the authority table (see
@@ -425,4 +450,69 @@ pub fn count_refusals(
     append_ledger_event(state, tick, RefusalsCounted { counts }, keys, out)?;
     out.verdicts.push(Verdict::Admitted);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use fabric_events::{derive_signing_key, Heartbeat, PublicKey, Role};
+
+    use super::*;
+
+    fn heartbeat(nonce: u64) -> SignedEvent {
+        let key = derive_signing_key(7, "gate tests");
+        let event = Event::new(
+            Role::Node,
+            1,
+            nonce,
+            Heartbeat {
+                node: "earth.node-0".to_owned(),
+                running_jobs: 0,
+            },
+        );
+        SignedEvent::sign(&event, &key).expect("small")
+    }
+
+    #[test]
+    fn a_batch_gets_the_verdicts_its_attempts_get_one_by_one() {
+        let mut bad_signature = heartbeat(2);
+        bad_signature.signature.0[5] ^= 1;
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let weak = SignedEvent {
+            author: PublicKey(identity),
+            ..heartbeat(3)
+        };
+        let oversize = SignedEvent {
+            signed: vec![b'F'; MAX_SIGNED_BYTES + 1],
+            ..heartbeat(4)
+        };
+        let mut malformed = heartbeat(5);
+        malformed.signed.push(0);
+        let batch = vec![
+            heartbeat(1),
+            bad_signature,
+            weak,
+            oversize,
+            malformed,
+            heartbeat(6),
+        ];
+        let reasons: Vec<Option<RejectReason>> = check_signed_batch(&batch)
+            .into_iter()
+            .map(|checked| checked.err().map(|(reason, _)| reason))
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                None,
+                Some(RejectReason::BadSignature),
+                Some(RejectReason::WeakKey),
+                Some(RejectReason::Oversize),
+                Some(RejectReason::Malformed),
+                None
+            ]
+        );
+        for (attempt, batched) in batch.iter().zip(check_signed_batch(&batch)) {
+            assert_eq!(check_signed(attempt), batched);
+        }
+    }
 }

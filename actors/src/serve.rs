@@ -69,8 +69,9 @@ pub struct ServeSpec {
 /// One thing a client asks the fabric to append.
 #[derive(Debug)]
 pub enum Request {
-    /// A job submission as its client signed it, checked by [`gate::check_signed`] (off the
-    /// driver's thread): the event, or why it is refused.
+    /// A job submission as its client signed it, decoded by [`gate::check_decoded`] (off the
+    /// driver's thread): the event, or why it is refused. Its signature is verified by the
+    /// tick that sequences it, together with the tick's other attempts.
     Job {
         /// As received.
         signed: SignedEvent,
@@ -604,6 +605,8 @@ impl TickIntake<'_> {
         served_jobs: &ServedJobs,
     ) -> Result<(), RunError> {
         let ledger = PublicKey::from(&self.keys.ledger_secret(self.state)?.verifying_key());
+        let mut submissions = submissions;
+        verify_signatures(&mut submissions);
         let mut counts = [0u64; RejectReason::ALL.len()];
         let judged: Vec<(Submission, Option<(RejectReason, String)>)> = submissions
             .into_iter()
@@ -675,6 +678,40 @@ impl TickIntake<'_> {
             reply: submission.reply,
         });
         Ok(())
+    }
+}
+
+/// Verifies the signatures of the tick's decoded job and node attempts together (one ed25519
+/// batch verification; a node's attempts were verified by the node gateway, and are known):
+/// a bad one's `checked` becomes its refusal. What verifies is remembered, so the ledger does
+/// not verify it again ([`fabric_ledger::SignatureMemo`]).
+fn verify_signatures(submissions: &mut [Submission]) {
+    let unchecked: Vec<usize> = (0..submissions.len())
+        .filter(|index| {
+            matches!(
+                &submissions[*index].request,
+                Request::Job { checked: Ok(_), .. } | Request::Node { checked: Ok(_), .. }
+            )
+        })
+        .collect();
+    let attempts: Vec<&SignedEvent> = unchecked
+        .iter()
+        .filter_map(|index| match &submissions[*index].request {
+            Request::Job { signed, .. } | Request::Node { signed, .. } => Some(signed),
+            _ => None,
+        })
+        .collect();
+    debug_assert_eq!(attempts.len(), unchecked.len());
+    let verdicts = gate::check_signatures(&attempts);
+    for (index, refusal) in unchecked.into_iter().zip(verdicts) {
+        let Some(refusal) = refusal else {
+            continue;
+        };
+        if let Request::Job { checked, .. } | Request::Node { checked, .. } =
+            &mut submissions[index].request
+        {
+            *checked = Err(refusal);
+        }
     }
 }
 

@@ -40,5 +40,6 @@ pub use ledger::{AppendReceipt, Ledger, OpenReport};
 pub use merkle::{Frontier, InclusionProof};
 pub use tree_head::SignedTreeHead;
 pub use verify::{
-    verify_batch, KeyCache, Refusal, RefusalReason, SignedItem, VerifiedBatch, Verifier,
+    verify_and_remember, verify_batch, KeyCache, Refusal, RefusalReason, SignatureMemo, SignedItem,
+    VerifiedBatch, Verifier,
 };

@@ -102,6 +102,18 @@ impl SignedItem for SignedEvent {
     }
 }
 
+impl<T: SignedItem + ?Sized> SignedItem for &T {
+    fn author(&self) -> &PublicKey {
+        (**self).author()
+    }
+    fn signature(&self) -> &SignatureBytes {
+        (**self).signature()
+    }
+    fn signed(&self) -> &[u8] {
+        (**self).signed()
+    }
+}
+
 impl SignedItem for Entry {
     fn author(&self) -> &PublicKey {
         &self.author
@@ -116,13 +128,60 @@ impl SignedItem for Entry {
 
 /// Verifies every event of a batch: each must decode as a canonical event within the size
 /// limit and carry a valid signature by a valid key. Returns the refusals, in batch order;
-/// an empty list means the whole batch is good. Used by the ledger on the way in and by
-/// audits of what was stored.
+/// an empty list means the whole batch is good. Used by audits of what was stored, and by
+/// nodes: it neither consults nor fills the [`SignatureMemo`].
 pub fn verify_batch<T: SignedItem>(events: &[T], cache: &mut KeyCache) -> Vec<Refusal> {
+    verify_with(events, cache, Memo::Ignore)
+}
+
+/// [`verify_batch`] for a gate in front of the ledger: what verifies is remembered in the
+/// process's [`SignatureMemo`], so the ledger does not verify it again on the way in. What the
+/// memo already holds is not verified twice.
+pub fn verify_and_remember<T: SignedItem>(events: &[T], cache: &mut KeyCache) -> Vec<Refusal> {
+    verify_with(events, cache, Memo::Fill)
+}
+
+/// Whether a verification reads or writes the [`SignatureMemo`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Memo {
+    /// Verify everything, remember nothing (audits).
+    Ignore,
+    /// Skip what the memo holds, remember what verifies (gates).
+    Fill,
+    /// Skip what the memo holds, remember nothing (the ledger on the way in).
+    Consult,
+}
+
+fn verify_with<T: SignedItem>(events: &[T], cache: &mut KeyCache, memo: Memo) -> Vec<Refusal> {
+    let known: Vec<bool> = match memo {
+        Memo::Ignore => vec![false; events.len()],
+        Memo::Fill | Memo::Consult => events.iter().map(SignatureMemo::holds).collect(),
+    };
+    let refusals = verify_unknown(events, &known, cache);
+    if memo == Memo::Fill {
+        let mut refused = refusals.iter().map(|refusal| refusal.index).peekable();
+        for (index, event) in events.iter().enumerate() {
+            if refused.next_if_eq(&index).is_none() && !known[index] {
+                SignatureMemo::remember(event);
+            }
+        }
+    }
+    refusals
+}
+
+/// Verifies the events not `known` (decoding is checked for all of them).
+fn verify_unknown<T: SignedItem>(
+    events: &[T],
+    known: &[bool],
+    cache: &mut KeyCache,
+) -> Vec<Refusal> {
+    debug_assert_eq!(events.len(), known.len());
     // Keys are resolved serially (the cache is mutable), then shared read-only by the workers.
-    let keys: Vec<Result<VerifyingKey, VerifyError>> = events
+    // A known event's key verified with it: `None` marks it, and it is only decoded.
+    let keys: Vec<Option<Result<VerifyingKey, VerifyError>>> = events
         .iter()
-        .map(|event| cache.resolve(event.author()))
+        .zip(known)
+        .map(|(event, known)| (!known).then(|| cache.resolve(event.author())))
         .collect();
     let mut refusals: Vec<Refusal> = events
         .par_chunks(VERIFY_CHUNK_EVENTS)
@@ -139,7 +198,7 @@ pub fn verify_batch<T: SignedItem>(events: &[T], cache: &mut KeyCache) -> Vec<Re
 fn verify_chunk<T: SignedItem>(
     offset: usize,
     events: &[T],
-    keys: &[Result<VerifyingKey, VerifyError>],
+    keys: &[Option<Result<VerifyingKey, VerifyError>>],
 ) -> Vec<Refusal> {
     let mut refusals = Vec::new();
     let mut candidates = Vec::with_capacity(events.len());
@@ -152,6 +211,9 @@ fn verify_chunk<T: SignedItem>(
             });
             continue;
         }
+        let Some(key) = key else {
+            continue;
+        };
         match key {
             Ok(key) => candidates.push((index, event, key)),
             Err(err) => refusals.push(Refusal {
@@ -245,7 +307,7 @@ impl Verifier {
                 max: crate::BATCH_EVENTS_MAX,
             });
         }
-        let refusals = verify_batch(batch, &mut self.cache);
+        let refusals = verify_with(batch, &mut self.cache, Memo::Consult);
         if refusals.is_empty() {
             Ok(())
         } else {
@@ -260,5 +322,60 @@ impl Verifier {
     pub fn verify(&mut self, batch: Vec<SignedEvent>) -> Result<VerifiedBatch, crate::AppendError> {
         self.check(&batch)?;
         Ok(VerifiedBatch { events: batch })
+    }
+}
+
+/// Signatures this process has verified (by a gate in front of the ledger, see
+/// [`verify_and_remember`]), so that the ledger, which verifies every event on its way in,
+/// need not verify them a second time. Each is remembered by the BLAKE3 of author ‖ signature ‖
+/// signed bytes: only a successful verification puts a digest in, and whoever wants a digest
+/// of bytes of their choosing to be in it must find a BLAKE3 collision. Bounded: two
+/// generations of [`MEMO_GENERATION_ENTRIES`] digests; when the newer one is full the older one
+/// is dropped. A signature forgotten before its event reaches the ledger is verified again,
+/// nothing worse.
+pub struct SignatureMemo {
+    generations: std::sync::Mutex<[std::collections::HashSet<[u8; 32]>; 2]>,
+}
+
+/// Digests in one generation of the [`SignatureMemo`]: many ticks' worth of served attempts.
+pub const MEMO_GENERATION_ENTRIES: usize = 1 << 16;
+
+static MEMO: std::sync::LazyLock<SignatureMemo> = std::sync::LazyLock::new(|| SignatureMemo {
+    generations: std::sync::Mutex::new(Default::default()),
+});
+
+impl SignatureMemo {
+    fn digest<T: SignedItem>(event: &T) -> [u8; 32] {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(event.author().as_bytes());
+        hasher.update(event.signature().as_bytes());
+        hasher.update(event.signed());
+        *hasher.finalize().as_bytes()
+    }
+
+    fn remember<T: SignedItem>(event: &T) {
+        let digest = Self::digest(event);
+        // A poisoned lock only means another thread panicked mid-insert: the sets are whole.
+        let mut generations = MEMO
+            .generations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if generations[0].len() >= MEMO_GENERATION_ENTRIES {
+            generations[1] = std::mem::take(&mut generations[0]);
+        }
+        generations[0].insert(digest);
+    }
+
+    /// Whether this process verified `event` (its author, signature and signed bytes, all
+    /// three) and still remembers it.
+    pub fn holds<T: SignedItem>(event: &T) -> bool {
+        let digest = Self::digest(event);
+        let generations = MEMO
+            .generations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        generations
+            .iter()
+            .any(|generation| generation.contains(&digest))
     }
 }

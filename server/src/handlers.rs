@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use fabric_actors::gate::{check_signed, Verdict};
+use fabric_actors::gate::{check_decoded, Verdict};
 use fabric_actors::serve::{Ack, Request, ServedTick, Submission};
 use fabric_api::job::{
     check_envelope, ArtifactRef, JobAccepted, JobEvent, JobLinks, JobRequest, JobResult, JobStatus,
@@ -365,10 +365,11 @@ async fn submit_job_heard(
             return error(StatusCode::BAD_REQUEST, "bad_body", wrong.to_string());
         }
     };
-    // Checks that need no state run here, on the HTTP worker's thread; the signature check is
-    // the expensive one. What fails them is counted in the tick's `refusals_counted` event
-    // (or recorded as a `Rejected` event when a registered key signed it).
-    let checked = check_signed(&signed).and_then(|event| {
+    // Checks that need no state run here, on the HTTP worker's thread; the signature is
+    // verified by the tick, in one batch with the tick's other attempts. What fails them is
+    // counted in the tick's `refusals_counted` event (or recorded as a `Rejected` event when a
+    // registered key signed it).
+    let checked = check_decoded(&signed).and_then(|event| {
         check_envelope(&job_request, &event)
             .map_err(|wrong| (RejectReason::Invalid, wrong.to_string()))?;
         Ok(event)

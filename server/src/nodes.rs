@@ -32,7 +32,7 @@ use fabric_audit::proof::{InclusionDoc, INCLUSION_FORMAT};
 use fabric_audit::{Observer, Step};
 use fabric_events::{
     AttestationMismatch, Body, Entry, Event, Hash32, JobId, JobOutcome, JobReceipt,
-    ModelRegistered, OwnerAction, SignedEvent,
+    ModelRegistered, OwnerAction, RejectReason, SignedEvent,
 };
 use fabric_gpu_kernels::models::ModelJob;
 use fabric_gpu_kernels::Engine;
@@ -858,10 +858,30 @@ async fn attempts(gateway: &Gateway, node: &str, payload: &Bytes) -> Vec<u8> {
         Ok(outputs) => outputs,
         Err(error) => return encode(&ack(error)),
     };
-    let pending: Vec<Pending> = batch
+    // Decoded, then verified together: one ed25519 batch verification for the node's batch.
+    let decoded: Vec<Result<SignedEvent, String>> = batch
         .events
         .iter()
-        .map(|wire| submit(gateway, node, wire, &outputs))
+        .map(|wire| wire.decode().map_err(|error| error.to_string()))
+        .collect();
+    let signed: Vec<SignedEvent> = decoded.iter().flatten().cloned().collect();
+    let mut checked = gate::check_signed_batch(&signed).into_iter();
+    let pending: Vec<Pending> = decoded
+        .into_iter()
+        .map(|decoded| match decoded {
+            Ok(signed) => {
+                // One verdict per decoded event; checking it alone gives the same verdict.
+                let checked = checked
+                    .next()
+                    .unwrap_or_else(|| gate::check_signed(&signed));
+                submit(gateway, node, signed, checked, &outputs)
+            }
+            Err(error) => Pending::Now(result(
+                "refused",
+                None,
+                Some(("malformed".to_owned(), error)),
+            )),
+        })
         .collect();
     let mut results = Vec::with_capacity(pending.len());
     let mut tick = 0;
@@ -936,21 +956,17 @@ fn decode_outputs(outputs: &[String]) -> Result<HashMap<Hash32, Vec<u8>>, String
     Ok(decoded)
 }
 
-/// Checks one signed event of a batch and hands it to the driver.
+/// Hands one signed event of a batch, checked ([`gate::check_signed_batch`]), to the driver.
 fn submit(
     gateway: &Gateway,
     node: &str,
-    wire: &fabric_api::wire::WireSignedEvent,
+    signed: SignedEvent,
+    checked: Result<Event, (RejectReason, String)>,
     outputs: &HashMap<Hash32, Vec<u8>>,
 ) -> Pending {
     let refused = |reason: &str, detail: String| {
         Pending::Now(result("refused", None, Some((reason.to_owned(), detail))))
     };
-    let signed = match wire.decode() {
-        Ok(signed) => signed,
-        Err(error) => return refused("malformed", error.to_string()),
-    };
-    let checked = gate::check_signed(&signed);
     if let Ok(Event {
         body: Body::JobReceipt(receipt),
         ..

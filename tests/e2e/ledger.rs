@@ -6,7 +6,10 @@ use fabric_events::{
 };
 use fabric_ledger::merkle::{self, verify_inclusion};
 use fabric_ledger::storage::{block_key, BlockWriter};
-use fabric_ledger::{AppendError, Ledger, LedgerError, RefusalReason, Verifier, BATCH_EVENTS_MAX};
+use fabric_ledger::{
+    verify_and_remember, AppendError, KeyCache, Ledger, LedgerError, RefusalReason, SignatureMemo,
+    Verifier, BATCH_EVENTS_MAX,
+};
 use proptest::prelude::*;
 
 use crate::support::{heartbeats, ledger_key, node_key};
@@ -251,6 +254,55 @@ fn malformed_oversize_and_weak_key_events_are_refused_with_their_reason() {
         ledger.append(&too_many),
         Err(AppendError::BatchTooLarge { .. })
     ));
+}
+
+#[test]
+fn a_gate_remembers_only_what_verified_and_the_ledger_still_refuses_forgeries() {
+    // Nonces of their own: no other test of this process verifies these heartbeats.
+    let mut events = heartbeats(70_000, 40);
+    events[7].signature.0[3] ^= 1;
+    let refusals = verify_and_remember(&events, &mut KeyCache::new(16));
+    let refused: Vec<usize> = refusals.iter().map(|refusal| refusal.index).collect();
+    assert_eq!(refused, [7]);
+    for (index, event) in events.iter().enumerate() {
+        assert_eq!(SignatureMemo::holds(event), index != 7, "event {index}");
+    }
+    // The memo names author, signature and signed bytes together: change any one and the
+    // event is a stranger that the ledger verifies, and refuses.
+    let genuine = events[8].clone();
+    let mut other_author = genuine.clone();
+    other_author.author = PublicKey::from(&node_key(9).verifying_key());
+    let mut other_bytes = genuine.clone();
+    let last = other_bytes.signed.len() - 1;
+    other_bytes.signed[last] ^= 1;
+    let mut other_signature = genuine.clone();
+    other_signature.signature.0[40] ^= 1;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut ledger = open(dir.path());
+    for (what, forged) in [
+        ("author", other_author),
+        ("signed bytes", other_bytes),
+        ("signature", other_signature),
+        ("refused event", events[7].clone()),
+    ] {
+        assert!(!SignatureMemo::holds(&forged), "{what}");
+        let batch = [events[0].clone(), forged];
+        let Err(AppendError::Refused { refusals, .. }) = ledger.append(&batch) else {
+            panic!("a forged {what} is appended");
+        };
+        assert_eq!(refusals.len(), 1, "{what}");
+        assert_eq!(refusals[0].index, 1, "{what}");
+    }
+    assert!(ledger.is_empty());
+    // What the gate verified appends as it would have anyway.
+    let good: Vec<SignedEvent> = events
+        .into_iter()
+        .enumerate()
+        .filter(|(index, _)| *index != 7)
+        .map(|(_, event)| event)
+        .collect();
+    ledger.append(&good).expect("appends");
+    assert_log_matches(&ledger, &good);
 }
 
 #[test]
