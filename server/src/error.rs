@@ -70,8 +70,8 @@ pub enum ServerError {
         /// Why.
         error: std::io::Error,
     },
-    /// SIGTERM cannot be listened for.
-    #[error("could not listen for SIGTERM: {error}")]
+    /// SIGTERM or SIGINT cannot be listened for.
+    #[error("could not listen for SIGTERM and SIGINT: {error}")]
     Signal {
         /// Why.
         error: std::io::Error,

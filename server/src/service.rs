@@ -108,11 +108,12 @@ pub fn serve(
             stopping,
         };
         let (running, addresses) = bind(config, listener, shared.clone())?;
-        listening(&addresses);
         let stop = Stop {
             streams: Rc::new(stop_streams),
             server: running.handle(),
         };
+        stop_on_signals(stop.clone())?;
+        listening(&addresses);
         let running = Running {
             server: running,
             stop,
@@ -405,12 +406,17 @@ impl Stop {
 
 /// Stops on SIGINT or SIGTERM: no more connections, follow streams and half-read bodies end
 /// at once, the requests in flight are answered (their tick still comes) within the grace.
+/// Both handlers are installed before this returns (before the server says it listens): a
+/// signal right after the word is a clean stop, not the default death.
 fn stop_on_signals(stop: Stop) -> Result<(), ServerError> {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|error| ServerError::Signal { error })?;
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate =
+        signal(SignalKind::terminate()).map_err(|error| ServerError::Signal { error })?;
+    let mut interrupt =
+        signal(SignalKind::interrupt()).map_err(|error| ServerError::Signal { error })?;
     actix_rt::spawn(async move {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
+            _ = interrupt.recv() => {}
             _ = terminate.recv() => {}
         }
         stop.stop().await;
@@ -431,7 +437,6 @@ async fn run(
         server: running,
         stop: stop_server,
     } = running;
-    stop_on_signals(stop_server.clone())?;
     let (stop, stop_rx) = watch::channel(false);
     // The driver's callback tells the outbox after each tick; it runs on this thread.
     let outbox = Rc::new(RefCell::new(outbox));
