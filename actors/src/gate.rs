@@ -206,25 +206,30 @@ pub fn check_signed(signed: &SignedEvent) -> Result<Event, (RejectReason, String
     }
 }
 
-/// [`check_signed`] for a batch, its signatures verified together: one verdict per attempt,
-/// in order.
-pub fn check_signed_batch(batch: &[SignedEvent]) -> Vec<Result<Event, (RejectReason, String)>> {
-    let mut checked: Vec<_> = batch.iter().map(check_decoded).collect();
-    let decoded: Vec<usize> = (0..batch.len())
-        .filter(|index| checked[*index].is_ok())
-        .collect();
-    let attempts: Vec<&SignedEvent> = decoded.iter().map(|index| &batch[*index]).collect();
-    for (index, refusal) in decoded.into_iter().zip(check_signatures(&attempts)) {
-        if let Some(refusal) = refusal {
-            checked[index] = Err(refusal);
+/// The second half of [`check_signed`] for the items of a batch that hold a decoded attempt
+/// (`attempt` says which, and which attempt): their signatures verified together, and `refuse`
+/// told of each that fails, with its reason and detail.
+pub fn check_signatures_of<T>(
+    items: &mut [T],
+    attempt: impl Fn(&T) -> Option<&SignedEvent>,
+    mut refuse: impl FnMut(&mut T, (RejectReason, String)),
+) {
+    let (indices, attempts): (Vec<usize>, Vec<&SignedEvent>) = items
+        .iter()
+        .enumerate()
+        .filter_map(|(index, item)| attempt(item).map(|signed| (index, signed)))
+        .unzip();
+    let verdicts = check_signatures(&attempts);
+    for (index, verdict) in indices.into_iter().zip(verdicts) {
+        if let Some(refusal) = verdict {
+            refuse(&mut items[index], refusal);
         }
     }
-    checked
 }
 
 /// The checks of [`check_signed`] but the signature's: within the size limit and a canonical
 /// event. For a caller that verifies the signatures of many attempts together later, with
-/// [`check_signatures`].
+/// [`check_signatures_of`].
 pub fn check_decoded(signed: &SignedEvent) -> Result<Event, (RejectReason, String)> {
     if signed.signed.len() > MAX_SIGNED_BYTES {
         return Err((
@@ -241,7 +246,7 @@ pub fn check_decoded(signed: &SignedEvent) -> Result<Event, (RejectReason, Strin
 /// Verifies the signatures of attempts that passed [`check_decoded`], together (ed25519 batch
 /// verification; what this process verified before is not verified again): `None` for each
 /// good one (now remembered, see [`fabric_ledger::SignatureMemo`]), else why it is refused.
-pub fn check_signatures(attempts: &[&SignedEvent]) -> Vec<Option<(RejectReason, String)>> {
+fn check_signatures(attempts: &[&SignedEvent]) -> Vec<Option<(RejectReason, String)>> {
     let refusals = CHECK_KEYS
         .with(|keys| fabric_ledger::verify_and_remember(attempts, &mut keys.borrow_mut()));
     let mut verdicts = vec![None; attempts.len()];
@@ -470,6 +475,22 @@ mod tests {
             },
         );
         SignedEvent::sign(&event, &key).expect("small")
+    }
+
+    /// [`check_signed`] for a batch, as a gateway does it ([`check_decoded`], then
+    /// [`check_signatures_of`]), its signatures verified together: one verdict per attempt,
+    /// in order.
+    fn check_signed_batch(batch: &[SignedEvent]) -> Vec<Result<Event, (RejectReason, String)>> {
+        let mut checked: Vec<_> = batch
+            .iter()
+            .map(|signed| (signed, check_decoded(signed)))
+            .collect();
+        check_signatures_of(
+            &mut checked,
+            |(signed, decoded)| decoded.is_ok().then_some(*signed),
+            |(_, decoded), refusal| *decoded = Err(refusal),
+        );
+        checked.into_iter().map(|(_, checked)| checked).collect()
     }
 
     #[test]

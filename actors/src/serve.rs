@@ -601,11 +601,10 @@ impl TickIntake<'_> {
     /// whatever fails on its behalf is its refusal.
     fn sequence_all(
         &mut self,
-        submissions: Vec<Submission>,
+        mut submissions: Vec<Submission>,
         served_jobs: &ServedJobs,
     ) -> Result<(), RunError> {
         let ledger = PublicKey::from(&self.keys.ledger_secret(self.state)?.verifying_key());
-        let mut submissions = submissions;
         verify_signatures(&mut submissions);
         let mut counts = [0u64; RejectReason::ALL.len()];
         let judged: Vec<(Submission, Option<(RejectReason, String)>)> = submissions
@@ -686,33 +685,29 @@ impl TickIntake<'_> {
 /// a bad one's `checked` becomes its refusal. What verifies is remembered, so the ledger does
 /// not verify it again ([`fabric_ledger::SignatureMemo`]).
 fn verify_signatures(submissions: &mut [Submission]) {
-    let unchecked: Vec<usize> = (0..submissions.len())
-        .filter(|index| {
-            matches!(
-                &submissions[*index].request,
-                Request::Job { checked: Ok(_), .. } | Request::Node { checked: Ok(_), .. }
-            )
-        })
-        .collect();
-    let attempts: Vec<&SignedEvent> = unchecked
-        .iter()
-        .filter_map(|index| match &submissions[*index].request {
-            Request::Job { signed, .. } | Request::Node { signed, .. } => Some(signed),
+    gate::check_signatures_of(
+        submissions,
+        |submission| match &submission.request {
+            Request::Job {
+                signed,
+                checked: Ok(_),
+                ..
+            }
+            | Request::Node {
+                signed,
+                checked: Ok(_),
+                ..
+            } => Some(signed),
             _ => None,
-        })
-        .collect();
-    debug_assert_eq!(attempts.len(), unchecked.len());
-    let verdicts = gate::check_signatures(&attempts);
-    for (index, refusal) in unchecked.into_iter().zip(verdicts) {
-        let Some(refusal) = refusal else {
-            continue;
-        };
-        if let Request::Job { checked, .. } | Request::Node { checked, .. } =
-            &mut submissions[index].request
-        {
-            *checked = Err(refusal);
-        }
-    }
+        },
+        |submission, refusal| {
+            if let Request::Job { checked, .. } | Request::Node { checked, .. } =
+                &mut submission.request
+            {
+                *checked = Err(refusal);
+            }
+        },
+    );
 }
 
 /// The tick a job request's client signed, when it is a well-signed event.

@@ -153,18 +153,18 @@ enum Memo {
 }
 
 fn verify_with<T: SignedItem>(events: &[T], cache: &mut KeyCache, memo: Memo) -> Vec<Refusal> {
-    let known: Vec<bool> = match memo {
-        Memo::Ignore => vec![false; events.len()],
-        Memo::Fill | Memo::Consult => events.iter().map(SignatureMemo::holds).collect(),
-    };
+    if memo == Memo::Ignore {
+        return verify_unknown(events, &vec![false; events.len()], cache);
+    }
+    let digests: Vec<[u8; 32]> = events.iter().map(SignatureMemo::digest).collect();
+    let known = SignatureMemo::hold_digests(&digests);
     let refusals = verify_unknown(events, &known, cache);
     if memo == Memo::Fill {
         let mut refused = refusals.iter().map(|refusal| refusal.index).peekable();
-        for (index, event) in events.iter().enumerate() {
-            if refused.next_if_eq(&index).is_none() && !known[index] {
-                SignatureMemo::remember(event);
-            }
-        }
+        let verified = (0..events.len())
+            .filter(|index| refused.next_if_eq(index).is_none() && !known[*index])
+            .map(|index| digests[index]);
+        SignatureMemo::remember(verified);
     }
     refusals
 }
@@ -353,29 +353,38 @@ impl SignatureMemo {
         *hasher.finalize().as_bytes()
     }
 
-    fn remember<T: SignedItem>(event: &T) {
-        let digest = Self::digest(event);
+    fn generations() -> std::sync::MutexGuard<'static, [std::collections::HashSet<[u8; 32]>; 2]> {
         // A poisoned lock only means another thread panicked mid-insert: the sets are whole.
-        let mut generations = MEMO
-            .generations
+        MEMO.generations
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if generations[0].len() >= MEMO_GENERATION_ENTRIES {
-            generations[1] = std::mem::take(&mut generations[0]);
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn remember(digests: impl Iterator<Item = [u8; 32]>) {
+        let mut generations = Self::generations();
+        for digest in digests {
+            if generations[0].len() >= MEMO_GENERATION_ENTRIES {
+                generations[1] = std::mem::take(&mut generations[0]);
+            }
+            generations[0].insert(digest);
         }
-        generations[0].insert(digest);
+    }
+
+    fn hold_digests(digests: &[[u8; 32]]) -> Vec<bool> {
+        let generations = Self::generations();
+        digests
+            .iter()
+            .map(|digest| {
+                generations
+                    .iter()
+                    .any(|generation| generation.contains(digest))
+            })
+            .collect()
     }
 
     /// Whether this process verified `event` (its author, signature and signed bytes, all
     /// three) and still remembers it.
     pub fn holds<T: SignedItem>(event: &T) -> bool {
-        let digest = Self::digest(event);
-        let generations = MEMO
-            .generations
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        generations
-            .iter()
-            .any(|generation| generation.contains(&digest))
+        Self::hold_digests(&[Self::digest(event)]) == [true]
     }
 }

@@ -859,23 +859,32 @@ async fn attempts(gateway: &Gateway, node: &str, payload: &Bytes) -> Vec<u8> {
         Err(error) => return encode(&ack(error)),
     };
     // Decoded, then verified together: one ed25519 batch verification for the node's batch.
-    let decoded: Vec<Result<SignedEvent, String>> = batch
+    type Checked = Result<Event, (RejectReason, String)>;
+    let mut decoded: Vec<Result<(SignedEvent, Checked), String>> = batch
         .events
         .iter()
-        .map(|wire| wire.decode().map_err(|error| error.to_string()))
+        .map(|wire| {
+            let signed = wire.decode().map_err(|error| error.to_string())?;
+            let checked = gate::check_decoded(&signed);
+            Ok((signed, checked))
+        })
         .collect();
-    let signed: Vec<SignedEvent> = decoded.iter().flatten().cloned().collect();
-    let mut checked = gate::check_signed_batch(&signed).into_iter();
+    gate::check_signatures_of(
+        &mut decoded,
+        |item| match item {
+            Ok((signed, Ok(_))) => Some(signed),
+            _ => None,
+        },
+        |item, refusal| {
+            if let Ok((_, checked)) = item {
+                *checked = Err(refusal);
+            }
+        },
+    );
     let pending: Vec<Pending> = decoded
         .into_iter()
         .map(|decoded| match decoded {
-            Ok(signed) => {
-                // One verdict per decoded event; checking it alone gives the same verdict.
-                let checked = checked
-                    .next()
-                    .unwrap_or_else(|| gate::check_signed(&signed));
-                submit(gateway, node, signed, checked, &outputs)
-            }
+            Ok((signed, checked)) => submit(gateway, node, signed, checked, &outputs),
             Err(error) => Pending::Now(result(
                 "refused",
                 None,
@@ -956,7 +965,8 @@ fn decode_outputs(outputs: &[String]) -> Result<HashMap<Hash32, Vec<u8>>, String
     Ok(decoded)
 }
 
-/// Hands one signed event of a batch, checked ([`gate::check_signed_batch`]), to the driver.
+/// Hands one signed event of a batch, checked ([`gate::check_decoded`],
+/// [`gate::check_signatures_of`]), to the driver.
 fn submit(
     gateway: &Gateway,
     node: &str,
