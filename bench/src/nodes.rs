@@ -10,9 +10,10 @@
 //! log (read every few milliseconds). Every output is downloaded and checked against the CPU
 //! reference.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, ensure, Context};
@@ -32,7 +33,7 @@ use super::{scratch_dir, verdict, Against, Bench, Figure, SuiteReport};
 
 /// Client connections submitting at once, each with a key of its own: each waits for its
 /// job's tick, so they are enough to keep the nodes busy at 10-ms ticks.
-const CLIENTS: usize = 64;
+const CLIENTS: usize = 256;
 /// What Fabric aims for against the peer: ten times its jobs per second.
 const PEER_RATIO_TARGET: f64 = 10.0;
 /// Share of the signature-work bound Fabric aims for.
@@ -163,21 +164,27 @@ struct NodesRun {
     latencies: Vec<Duration>,
 }
 
-/// Submits every job (client `c` takes jobs `c`, `c + CLIENTS`, …), then watches the log until
-/// each has its receipt.
+/// Submits every job (client `c` takes jobs `c`, `c + CLIENTS`, …) while a watcher reads the
+/// log until each has its receipt.
 fn run(target: &Target, keys: &[SigningKey], jobs: &ModelJobs) -> anyhow::Result<NodesRun> {
     let mut control = Client::new(target.clone(), Duration::from_secs(30));
     let from = health(&mut control)?["ledger"]["size"]
         .as_u64()
         .unwrap_or(0);
+    let expected: HashSet<u64> = (0..jobs.len())
+        .map(|index| job_id_of(&format!("nodes-{index}")))
+        .collect();
+    let gave_up = AtomicBool::new(false);
     let started = Instant::now();
-    let submitted: Vec<(u64, Instant)> = std::thread::scope(|scope| {
+    // The log is watched while the clients submit, so that each receipt is seen when it lands.
+    let (submitted, finished) = std::thread::scope(|scope| {
+        let watcher = scope.spawn(|| watch_receipts(&mut control, from, &expected, &gave_up));
         let handles: Vec<_> = keys
             .iter()
             .enumerate()
             .map(|(client, key)| scope.spawn(move || submit_share(target, key, jobs, client)))
             .collect();
-        handles
+        let submitted = handles
             .into_iter()
             .map(|handle| {
                 handle
@@ -185,10 +192,17 @@ fn run(target: &Target, keys: &[SigningKey], jobs: &ModelJobs) -> anyhow::Result
                     .map_err(|_| anyhow!("a client thread panicked"))?
             })
             .collect::<anyhow::Result<Vec<Vec<_>>>>()
-            .map(|shares| shares.into_iter().flatten().collect())
+            .map(|shares| shares.into_iter().flatten().collect::<Vec<_>>());
+        if submitted.is_err() {
+            gave_up.store(true, Ordering::Relaxed);
+        }
+        let finished = watcher
+            .join()
+            .map_err(|_| anyhow!("the log watcher panicked"))
+            .and_then(|finished| finished);
+        anyhow::Ok((submitted?, finished?))
     })?;
     let submitted_at: HashMap<u64, Instant> = submitted.into_iter().collect();
-    let finished = watch_receipts(&mut control, from, &submitted_at)?;
     let last = finished.values().max().copied().unwrap_or(started);
     let mut latencies: Vec<Duration> = finished
         .iter()
@@ -248,7 +262,8 @@ fn submit_share(
 fn watch_receipts(
     client: &mut Client,
     mut from: u64,
-    submitted: &HashMap<u64, Instant>,
+    submitted: &HashSet<u64>,
+    gave_up: &AtomicBool,
 ) -> anyhow::Result<HashMap<u64, Instant>> {
     let deadline = Instant::now() + Duration::from_secs(RUN_DEADLINE_S);
     let mut finished = HashMap::new();
@@ -258,6 +273,10 @@ fn watch_receipts(
             "{} of {} jobs had their receipt within {RUN_DEADLINE_S} s",
             finished.len(),
             submitted.len()
+        );
+        ensure!(
+            !gave_up.load(Ordering::Relaxed),
+            "the clients stopped submitting"
         );
         let response = client.request("GET", &format!("/v0/events?from={from}"), None)?;
         if response.status == 404 {
@@ -278,10 +297,7 @@ fn watch_receipts(
                 continue;
             }
             let data = &line["body"]["data"];
-            let Some(job) = data["job"]
-                .as_u64()
-                .filter(|job| submitted.contains_key(job))
-            else {
+            let Some(job) = data["job"].as_u64().filter(|job| submitted.contains(job)) else {
                 continue;
             };
             ensure!(

@@ -2,7 +2,8 @@
 //!
 //! Each node says hello (its registration and the work the log says it runs), then, at each
 //! tick head the server publishes, sends its heartbeat when due and the receipts of the jobs
-//! it finished, as one signed batch in nonce order, at most one batch in flight per node. A
+//! it finished, as one signed batch in nonce order, at most one batch in flight per node (the
+//! receipts finished while a batch was in flight leave when it is acknowledged). A
 //! receipt stays pending until the server answers it `admitted` or `duplicate` (re-signed with
 //! a fresh nonce at each retry; the server recognises the job's receipt it already holds). A
 //! work order is run only once the [`OrderVerifier`] accepts it; its input (carried by the
@@ -15,7 +16,6 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -28,9 +28,9 @@ use fabric_events::{
 use fabric_gpu_kernels::models::ModelJob;
 use futures_util::StreamExt;
 use thiserror::Error;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 
-use crate::executor::{Executor, ExecutorOutput, JobFailure};
+use crate::executor::{Executor, ExecutorJob, JobFailure, JobResult, EXECUTOR_BATCH_JOBS_MAX};
 use crate::protocol::{
     AttemptAck, AttemptBatch, Fetch, Fetched, Hello, NodeSubject, TickHead, Welcome, WorkBatch,
     ATTEMPTS_PER_BATCH_MAX, MESSAGE_BYTES_MAX, TICK_SUBJECT,
@@ -212,7 +212,8 @@ impl NodeState {
 enum Note {
     Tick(TickHead),
     Orders(usize, Box<WorkBatch>),
-    Ran(usize, Finished),
+    Fetched(usize, VerifiedJob, Result<Vec<u8>, String>),
+    Ran(usize, Vec<Ran>),
     Answered(usize, Vec<Finished>, Result<AttemptAck, String>),
     Welcomed(usize, Result<Welcome, String>),
 }
@@ -254,7 +255,9 @@ pub async fn run(
     let mut agent = Agent {
         client,
         config,
+        busy: vec![false; executors.len()],
         executors,
+        ready: VecDeque::new(),
         notes,
         nodes,
         verifier,
@@ -292,7 +295,11 @@ pub async fn run(
 struct Agent {
     client: async_nats::Client,
     config: AgentConfig,
-    executors: Arc<Pool>,
+    executors: Vec<Executor>,
+    /// Whether each executor has a batch.
+    busy: Vec<bool>,
+    /// Jobs with their inputs, waiting for an idle executor.
+    ready: VecDeque<Ready>,
     notes: mpsc::UnboundedSender<Note>,
     nodes: Vec<NodeState>,
     verifier: OrderVerifier,
@@ -318,14 +325,31 @@ impl Agent {
                     self.start_jobs();
                 }
             }
-            Note::Ran(index, finished) => {
-                let node = &mut self.nodes[index];
-                node.running -= 1;
-                match finished.outcome {
-                    JobOutcome::Completed => self.report.completed += 1,
-                    JobOutcome::Failed => self.report.failed += 1,
+            Note::Fetched(index, job, fetched) => match fetched {
+                Ok(input) => {
+                    self.ready.push_back(Ready {
+                        node: index,
+                        job,
+                        input,
+                    });
+                    self.dispatch();
                 }
-                node.finished.push(finished);
+                Err(why) => {
+                    let node = &self.nodes[index];
+                    let finished = failed(job, &why, &node.name);
+                    self.finish_run(index, finished);
+                    self.start_jobs();
+                }
+            },
+            Note::Ran(slot, ran) => {
+                self.busy[slot] = false;
+                for ran in ran {
+                    let index = ran.node;
+                    let node = &self.nodes[index];
+                    let key = node.key.verifying_key().to_bytes();
+                    let finished = finished_of(ran, &key, self.config.byzantine_ppm, &node.name);
+                    self.finish_run(index, finished);
+                }
                 self.start_jobs();
             }
             Note::Answered(index, sent, answer) => self.answered(index, sent, answer),
@@ -339,7 +363,19 @@ impl Agent {
         }
     }
 
-    /// Starts every queued job a node has room for.
+    /// A job of node `index` has run (or failed before it could).
+    fn finish_run(&mut self, index: usize, finished: Finished) {
+        let node = &mut self.nodes[index];
+        node.running -= 1;
+        match finished.outcome {
+            JobOutcome::Completed => self.report.completed += 1,
+            JobOutcome::Failed => self.report.failed += 1,
+        }
+        node.finished.push(finished);
+    }
+
+    /// Starts every queued job a node has room for: one whose input came with its order is
+    /// ready for an executor, the others fetch theirs first.
     fn start_jobs(&mut self) {
         for (index, node) in self.nodes.iter_mut().enumerate() {
             while node.running < node.max_concurrency {
@@ -347,62 +383,127 @@ impl Agent {
                     break;
                 };
                 node.running += 1;
-                let run = JobRun {
-                    client: self.client.clone(),
-                    node: node.name.clone(),
-                    key: node.key.verifying_key().to_bytes(),
-                    job,
-                    input,
-                    executors: Arc::clone(&self.executors),
-                    byzantine_ppm: self.config.byzantine_ppm,
-                };
-                let notes = self.notes.clone();
-                tokio::spawn(async move {
-                    let finished = run.run().await;
-                    let _ = notes.send(Note::Ran(index, finished));
-                });
+                match input {
+                    Some(input) => self.ready.push_back(Ready {
+                        node: index,
+                        job,
+                        input,
+                    }),
+                    None => {
+                        let client = self.client.clone();
+                        let name = node.name.clone();
+                        let notes = self.notes.clone();
+                        tokio::spawn(async move {
+                            let fetched = fetch(&client, &name, job.input_hash).await;
+                            let _ = notes.send(Note::Fetched(index, job, fetched));
+                        });
+                    }
+                }
             }
+        }
+        self.dispatch();
+    }
+
+    /// Hands the ready jobs to the idle executors, shared out evenly, at most
+    /// [`EXECUTOR_BATCH_JOBS_MAX`] to each.
+    fn dispatch(&mut self) {
+        let idle: Vec<usize> = (0..self.busy.len()).filter(|&at| !self.busy[at]).collect();
+        if idle.is_empty() || self.ready.is_empty() {
+            return;
+        }
+        let share = self
+            .ready
+            .len()
+            .div_ceil(idle.len())
+            .min(EXECUTOR_BATCH_JOBS_MAX);
+        for slot in idle {
+            let take = share.min(self.ready.len());
+            if take == 0 {
+                break;
+            }
+            let mut jobs = Vec::with_capacity(take);
+            let mut held = Vec::with_capacity(take);
+            for ready in self.ready.drain(..take) {
+                let Some(model_job) = ModelJob::from_name(ready.job.job_type.name()) else {
+                    let why = format!("no kernel runs job type {}", ready.job.job_type.name());
+                    let finished = failed(ready.job, &why, &self.nodes[ready.node].name);
+                    let node = &mut self.nodes[ready.node];
+                    node.running -= 1;
+                    self.report.failed += 1;
+                    node.finished.push(finished);
+                    continue;
+                };
+                jobs.push(ExecutorJob {
+                    job: model_job,
+                    weights: ready.job.weights.clone(),
+                    input: ready.input,
+                });
+                held.push((ready.node, ready.job));
+            }
+            if jobs.is_empty() {
+                continue;
+            }
+            self.busy[slot] = true;
+            let notes = self.notes.clone();
+            self.executors[slot].submit(
+                jobs,
+                Box::new(move |results| {
+                    let ran = held
+                        .into_iter()
+                        .zip(results)
+                        .map(|((node, job), result)| Ran { node, job, result })
+                        .collect();
+                    let _ = notes.send(Note::Ran(slot, ran));
+                }),
+            );
         }
     }
 
     /// Sends each node's batch (heartbeat when due, pending receipts) where none is in flight.
     fn send_batches(&mut self) {
+        for index in 0..self.nodes.len() {
+            self.send_batch(index);
+        }
+    }
+
+    /// Sends node `index`'s batch (heartbeat when due, pending receipts), unless one is in
+    /// flight or there is nothing to send.
+    fn send_batch(&mut self, index: usize) {
         let tick = self.tick;
-        for (index, node) in self.nodes.iter_mut().enumerate() {
-            if node.in_flight {
-                continue;
-            }
-            if node.rehello {
-                node.rehello = false;
-                let client = self.client.clone();
-                let name = node.name.clone();
-                let notes = self.notes.clone();
-                tokio::spawn(async move {
-                    let _ = notes.send(Note::Welcomed(index, hello(&client, &name).await));
-                });
-            }
-            let heartbeat = node.heartbeat_due(tick);
-            if !heartbeat && node.finished.is_empty() {
-                continue;
-            }
-            let fitting = receipts_fitting(&node.finished, heartbeat);
-            let sent: Vec<Finished> = node.finished.drain(..fitting).collect();
-            let Some(batch) = batch_of(node, tick, heartbeat, &sent) else {
-                node.finished.splice(0..0, sent);
-                continue;
-            };
-            if heartbeat {
-                node.last_heartbeat_tick = Some(tick);
-            }
-            node.in_flight = true;
+        let node = &mut self.nodes[index];
+        if node.in_flight {
+            return;
+        }
+        if node.rehello {
+            node.rehello = false;
             let client = self.client.clone();
-            let subject = NodeSubject::Attempts.of(&node.name);
+            let name = node.name.clone();
             let notes = self.notes.clone();
             tokio::spawn(async move {
-                let answer = request::<AttemptAck, _>(&client, subject, &batch).await;
-                let _ = notes.send(Note::Answered(index, sent, answer));
+                let _ = notes.send(Note::Welcomed(index, hello(&client, &name).await));
             });
         }
+        let heartbeat = node.heartbeat_due(tick);
+        if !heartbeat && node.finished.is_empty() {
+            return;
+        }
+        let fitting = receipts_fitting(&node.finished, heartbeat);
+        let sent: Vec<Finished> = node.finished.drain(..fitting).collect();
+        let Some(batch) = batch_of(node, tick, heartbeat, &sent) else {
+            node.finished.splice(0..0, sent);
+            return;
+        };
+        if heartbeat {
+            node.last_heartbeat_tick = Some(tick);
+        }
+        node.in_flight = true;
+        let client = self.client.clone();
+        let subject = NodeSubject::Attempts.of(&node.name);
+        let notes = self.notes.clone();
+        tokio::spawn(async move {
+            let answer = request::<AttemptAck, _>(&client, subject, &batch).await;
+            let _ = notes.send(Note::Answered(index, sent, answer));
+        });
     }
 
     fn answered(&mut self, index: usize, sent: Vec<Finished>, answer: Result<AttemptAck, String>) {
@@ -475,6 +576,11 @@ impl Agent {
             node.rehello = true;
         }
         node.missing = missing;
+        // The receipts finished meanwhile go now, not at the next tick head: a node's
+        // receipts then wait for one batch's round trip at most.
+        if !node.finished.is_empty() {
+            self.send_batch(index);
+        }
     }
 }
 
@@ -604,167 +710,113 @@ fn kernel_ref(done: &Finished) -> KernelRef {
     }
 }
 
-/// The executor processes, shared by the nodes.
-struct Pool {
-    free: Mutex<Vec<Executor>>,
-    permits: Semaphore,
-}
-
-async fn start_executors(config: &AgentConfig) -> Result<Arc<Pool>, AgentError> {
+async fn start_executors(config: &AgentConfig) -> Result<Vec<Executor>, AgentError> {
     let (limits, mode, gpu, count) = (
         config.limits,
         config.sandbox,
         config.gpu,
         config.executors.max(1),
     );
-    let executors = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         (0..count)
             .map(|_| Executor::start(limits, mode, gpu))
             .collect::<Result<Vec<_>, _>>()
     })
     .await
     .map_err(|_| AgentError::Executors(JobFailure::Start("the start task panicked".to_owned())))?
-    .map_err(AgentError::Executors)?;
-    Ok(Arc::new(Pool {
-        permits: Semaphore::new(executors.len()),
-        free: Mutex::new(executors),
-    }))
+    .map_err(AgentError::Executors)
 }
 
-impl Pool {
-    async fn run(
-        self: &Arc<Self>,
-        job: ModelJob,
-        weights: Vec<u8>,
-        input: Vec<u8>,
-    ) -> Result<ExecutorOutput, JobFailure> {
-        let closed = || JobFailure::Start("the executor pool is closed".to_owned());
-        let _permit = self.permits.acquire().await.map_err(|_| closed())?;
-        let taken = self
-            .free
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .pop();
-        let mut executor = taken.ok_or_else(closed)?;
-        let pool = Arc::clone(self);
-        tokio::task::spawn_blocking(move || {
-            let result = executor.run(job, &weights, &input);
-            pool.free
-                .lock()
-                .unwrap_or_else(|poison| poison.into_inner())
-                .push(executor);
-            result
-        })
-        .await
-        .map_err(|_| JobFailure::Start("the executor task panicked".to_owned()))?
-    }
-}
-
-/// One job on its way through fetch and execution.
-struct JobRun {
-    client: async_nats::Client,
-    node: String,
-    key: [u8; 32],
+/// A job whose input is at hand, waiting for an executor.
+struct Ready {
+    node: usize,
     job: VerifiedJob,
-    input: Option<Vec<u8>>,
-    executors: Arc<Pool>,
-    byzantine_ppm: u32,
+    input: Vec<u8>,
 }
 
-impl JobRun {
-    async fn run(mut self) -> Finished {
-        let failed = |job: VerifiedJob, why: String, node: &str| {
-            eprintln!("node {node}: job {} failed: {why}", job.job);
+/// A job back from an executor: its node, its assignment and what became of it.
+struct Ran {
+    node: usize,
+    job: VerifiedJob,
+    result: JobResult,
+}
+
+/// A finished job's record: its output (falsified when this byzantine node lies about it) and
+/// the output's hash, or its failure.
+fn finished_of(ran: Ran, key: &[u8; 32], byzantine_ppm: u32, node: &str) -> Finished {
+    match ran.result {
+        Ok(mut out) => {
+            if lies(key, ran.job.assignment_seq, byzantine_ppm) {
+                if let Some(first) = out.output.first_mut() {
+                    *first ^= 0x5a;
+                }
+            }
             Finished {
-                job,
-                outcome: JobOutcome::Failed,
-                output: Vec::new(),
-                output_hash: Hash32([0; 32]),
-                adapter: String::new(),
-                execution_us: 0,
+                output_hash: Hash32(*blake3::hash(&out.output).as_bytes()),
+                output: out.output,
+                outcome: JobOutcome::Completed,
+                adapter: out.adapter,
+                execution_us: out.execution_us,
+                job: ran.job,
             }
-        };
-        let input = match self.input.take() {
-            Some(input) => input,
-            None => match self.fetch().await {
-                Ok(input) => input,
-                Err(why) => return failed(self.job, why, &self.node),
-            },
-        };
-        let Some(model_job) = ModelJob::from_name(self.job.job_type.name()) else {
-            let why = format!("no kernel runs job type {}", self.job.job_type.name());
-            return failed(self.job, why, &self.node);
-        };
-        match self
-            .executors
-            .run(model_job, self.job.weights.clone(), input)
-            .await
-        {
-            Ok(mut out) => {
-                if self.lies() {
-                    if let Some(first) = out.output.first_mut() {
-                        *first ^= 0x5a;
-                    }
-                }
-                Finished {
-                    output_hash: Hash32(*blake3::hash(&out.output).as_bytes()),
-                    output: out.output,
-                    outcome: JobOutcome::Completed,
-                    adapter: out.adapter,
-                    execution_us: out.execution_us,
-                    job: self.job,
-                }
-            }
-            Err(failure) => failed(self.job, failure.to_string(), &self.node),
         }
+        Err(failure) => failed(ran.job, &failure.to_string(), node),
     }
+}
 
-    /// The job's input, fetched by content address and checked against it.
-    async fn fetch(&self) -> Result<Vec<u8>, String> {
-        let subject = NodeSubject::Fetch.of(&self.node);
-        let fetched: Fetched = request(
-            &self.client,
-            subject,
-            &Fetch {
-                hash: self.job.input_hash,
-            },
-        )
-        .await?;
-        let Some(bytes) = fetched.bytes else {
-            return Err(format!(
-                "the server has no input {}: {}",
-                self.job.input_hash,
-                fetched.error.unwrap_or_default()
-            ));
-        };
-        let bytes = BASE64
-            .decode(bytes)
-            .map_err(|err| format!("the input is not base64: {err}"))?;
-        let hash = Hash32(*blake3::hash(&bytes).as_bytes());
-        if hash != self.job.input_hash {
-            return Err(format!(
-                "the input sent hashes to {hash}, not to the job's input hash {}",
-                self.job.input_hash
-            ));
-        }
-        Ok(bytes)
+fn failed(job: VerifiedJob, why: &str, node: &str) -> Finished {
+    eprintln!("node {node}: job {} failed: {why}", job.job);
+    Finished {
+        job,
+        outcome: JobOutcome::Failed,
+        output: Vec::new(),
+        output_hash: Hash32([0; 32]),
+        adapter: String::new(),
+        execution_us: 0,
     }
+}
 
-    /// Whether this (byzantine, for tests) node falsifies this job's output: a keyed hash of
-    /// the assignment decides, so a rerun lies the same way.
-    fn lies(&self) -> bool {
-        if self.byzantine_ppm == 0 {
-            return false;
-        }
-        let draw = blake3::keyed_hash(&self.key, &self.job.assignment_seq.to_le_bytes());
-        let value = u32::from_le_bytes([
-            draw.as_bytes()[0],
-            draw.as_bytes()[1],
-            draw.as_bytes()[2],
-            draw.as_bytes()[3],
-        ]);
-        u64::from(value) * 1_000_000 < u64::from(self.byzantine_ppm) * (u64::from(u32::MAX) + 1)
+/// The input `input_hash` of a job of `node`, fetched by content address and checked
+/// against it.
+async fn fetch(
+    client: &async_nats::Client,
+    node: &str,
+    input_hash: Hash32,
+) -> Result<Vec<u8>, String> {
+    let subject = NodeSubject::Fetch.of(node);
+    let fetched: Fetched = request(client, subject, &Fetch { hash: input_hash }).await?;
+    let Some(bytes) = fetched.bytes else {
+        return Err(format!(
+            "the server has no input {input_hash}: {}",
+            fetched.error.unwrap_or_default()
+        ));
+    };
+    let bytes = BASE64
+        .decode(bytes)
+        .map_err(|err| format!("the input is not base64: {err}"))?;
+    let hash = Hash32(*blake3::hash(&bytes).as_bytes());
+    if hash != input_hash {
+        return Err(format!(
+            "the input sent hashes to {hash}, not to the job's input hash {input_hash}"
+        ));
     }
+    Ok(bytes)
+}
+
+/// Whether a (byzantine, for tests) node of `key` falsifies the output of assignment `seq`:
+/// a keyed hash of the assignment decides, so a rerun lies the same way.
+fn lies(key: &[u8; 32], seq: u64, byzantine_ppm: u32) -> bool {
+    if byzantine_ppm == 0 {
+        return false;
+    }
+    let draw = blake3::keyed_hash(key, &seq.to_le_bytes());
+    let value = u32::from_le_bytes([
+        draw.as_bytes()[0],
+        draw.as_bytes()[1],
+        draw.as_bytes()[2],
+        draw.as_bytes()[3],
+    ]);
+    u64::from(value) * 1_000_000 < u64::from(byzantine_ppm) * (u64::from(u32::MAX) + 1)
 }
 
 async fn connect(

@@ -5,8 +5,9 @@
 //! has compiled its pipelines and opened every file it needs, enters its empty root
 //! ([`crate::sandbox::enter_empty_root`]) and says it is ready; from then on a job's data
 //! arrive on its stdin and its output leaves on its stdout (docs/FORMAT.md §15.6, "the
-//! executor pipe"). The node limits each job: its CPU time (`RLIMIT_CPU`, set with `prlimit`
-//! to the child's CPU time so far plus the job's budget), its memory (`RLIMIT_AS`, set once at
+//! executor pipe"). Each job is limited: its CPU time (`RLIMIT_CPU`, which the child sets
+//! itself before the job to its CPU time so far plus the budget the job's frame names: no
+//! read of `/proc` and no system call of the node's per job), its memory (`RLIMIT_AS`, set once at
 //! ready to what the child then holds plus the job's headroom: a GPU driver maps far more
 //! address space than any job needs, so a limit from the start would refuse the GPU) and its
 //! wall-clock time (the node stops waiting and kills the child). A job that ends the child, or
@@ -16,8 +17,9 @@
 //! (`PR_SET_PDEATHSIG`) follows the thread that spawned it, so that thread lives as long as
 //! the [`Executor`].
 
-use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitCode, ExitStatus, Stdio};
@@ -40,9 +42,17 @@ pub const EXECUTOR_MESSAGE_BYTES_MAX: u32 = 4_096;
 /// Longest adapter name an executor may report, in bytes.
 pub const EXECUTOR_ADAPTER_BYTES_MAX: u32 = 256;
 
+/// Most jobs written down the pipe together.
+pub const EXECUTOR_BATCH_JOBS_MAX: usize = 64;
+/// How long the child may hold a finished job's reply while it runs the next frames already
+/// read, so that a batch's replies leave in few writes, in microseconds.
+const REPLY_HOLD_US_MAX: u64 = 1_000;
+/// The child's buffers on its pipes, in bytes: a whole batch of frames in one read.
+const PIPE_BUFFER_BYTES: usize = 1 << 16;
+
 /// Frame tags of the executor pipe (FORMAT §15.6).
 const READY_MAGIC: &[u8; 4] = b"FXR1";
-const JOB_MAGIC: &[u8; 4] = b"FXJ1";
+const JOB_MAGIC: &[u8; 4] = b"FXJ2";
 const REPLY_MAGIC: &[u8; 4] = b"FXO1";
 const REPLY_OUTPUT: u8 = 0;
 const REPLY_REFUSED: u8 = 1;
@@ -122,7 +132,25 @@ pub enum JobFailure {
     Start(String),
 }
 
-/// The node's handle on its executor child. Jobs run one at a time.
+/// A job for the executor: its type, its model's weights and its input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecutorJob {
+    /// The job type.
+    pub job: ModelJob,
+    /// The model's weights (of the job type's size).
+    pub weights: Vec<u8>,
+    /// The job's input (of the job type's size).
+    pub input: Vec<u8>,
+}
+
+/// What became of one job.
+pub type JobResult = Result<ExecutorOutput, JobFailure>;
+
+/// Called on the executor's thread with a batch's results, in the batch's order.
+pub type BatchDone = Box<dyn FnOnce(Vec<JobResult>) + Send>;
+
+/// The node's handle on its executor child. Jobs run one at a time, in batches: a batch's
+/// frames go down the pipe together and their replies come back as they are ready.
 #[derive(Debug)]
 pub struct Executor {
     requests: Option<mpsc::Sender<Request>>,
@@ -132,11 +160,9 @@ pub struct Executor {
 }
 
 enum Request {
-    Job {
-        job: ModelJob,
-        weights: Vec<u8>,
-        input: Vec<u8>,
-        reply: mpsc::Sender<Result<ExecutorOutput, JobFailure>>,
+    Jobs {
+        jobs: Vec<ExecutorJob>,
+        done: BatchDone,
     },
     Limits(SandboxLimits),
 }
@@ -193,26 +219,50 @@ impl Executor {
 
     /// Runs `job` with `weights` on `input` in the executor: its output, or why there is none.
     /// After any failure but a refusal, the child has been replaced by a new one.
-    pub fn run(
-        &mut self,
-        job: ModelJob,
-        weights: &[u8],
-        input: &[u8],
-    ) -> Result<ExecutorOutput, JobFailure> {
-        let (reply, answer) = mpsc::channel();
-        let request = Request::Job {
+    pub fn run(&mut self, job: ModelJob, weights: &[u8], input: &[u8]) -> JobResult {
+        let one = ExecutorJob {
             job,
             weights: weights.to_vec(),
             input: input.to_vec(),
-            reply,
         };
-        let gone = || JobFailure::Start("the executor thread has ended".to_owned());
-        self.requests
-            .as_ref()
-            .ok_or_else(gone)?
-            .send(request)
-            .map_err(|_| gone())?;
-        answer.recv().map_err(|_| gone())?
+        self.run_batch(vec![one]).pop().unwrap_or_else(|| {
+            Err(JobFailure::Start(
+                "the executor thread has ended".to_owned(),
+            ))
+        })
+    }
+
+    /// Runs `jobs` in the executor, in order, and waits for their results.
+    pub fn run_batch(&mut self, jobs: Vec<ExecutorJob>) -> Vec<JobResult> {
+        let count = jobs.len();
+        let (reply, answer) = mpsc::channel();
+        self.submit(
+            jobs,
+            Box::new(move |results| {
+                // The caller may have stopped waiting; the results are then nobody's.
+                let _ = reply.send(results);
+            }),
+        );
+        answer.recv().unwrap_or_else(|_| {
+            let gone = JobFailure::Start("the executor thread has ended".to_owned());
+            vec![Err(gone); count]
+        })
+    }
+
+    /// Hands `jobs` to the executor's thread and returns at once; `done` is called on that
+    /// thread with their results, in order (at once, with errors, if the thread has ended).
+    pub fn submit(&self, jobs: Vec<ExecutorJob>, done: BatchDone) {
+        let Some(requests) = &self.requests else {
+            let gone = JobFailure::Start("the executor thread has ended".to_owned());
+            done(vec![Err(gone); jobs.len()]);
+            return;
+        };
+        if let Err(mpsc::SendError(request)) = requests.send(Request::Jobs { jobs, done }) {
+            if let Request::Jobs { jobs, done } = request {
+                let gone = JobFailure::Start("the executor thread has ended".to_owned());
+                done(vec![Err(gone); jobs.len()]);
+            }
+        }
     }
 
     /// Sets the limits of the jobs after this call. The CPU and wall-clock limits apply from
@@ -275,16 +325,7 @@ impl Supervisor {
     fn serve(&mut self, requests: mpsc::Receiver<Request>) {
         for request in requests {
             match request {
-                Request::Job {
-                    job,
-                    weights,
-                    input,
-                    reply,
-                } => {
-                    let result = self.run(job, &weights, &input);
-                    // The caller may have stopped waiting; the result is then nobody's.
-                    let _ = reply.send(result);
-                }
+                Request::Jobs { jobs, done } => done(self.run(&jobs)),
                 Request::Limits(limits) => self.limits = limits,
             }
         }
@@ -298,28 +339,34 @@ impl Supervisor {
             .unwrap_or_default()
     }
 
-    fn run(
-        &mut self,
-        job: ModelJob,
-        weights: &[u8],
-        input: &[u8],
-    ) -> Result<ExecutorOutput, JobFailure> {
-        job.check_weights(weights)
-            .map_err(|err| JobFailure::Refused(err.to_string()))?;
-        if input.len() != job.input_bytes() {
-            return Err(JobFailure::Refused(format!(
-                "the input of a {} job has {} bytes, not {}",
-                job.name(),
-                input.len(),
-                job.input_bytes()
-            )));
-        }
-        if self.running.is_none() {
-            self.restart()?;
-        }
-        let result = self.exchange(job, weights, input);
-        if let Err(failure) = &result {
-            if !matches!(failure, JobFailure::Refused(_)) {
+    /// Runs `jobs` in order: a job whose weights or input are not its type's is refused here;
+    /// the others go to the child, batch by batch. A job that costs the child its life fails,
+    /// the child is replaced, and the jobs after it go to the new one.
+    fn run(&mut self, jobs: &[ExecutorJob]) -> Vec<JobResult> {
+        let mut results: Vec<Option<JobResult>> =
+            jobs.iter().map(|job| refusal(job).map(Err)).collect();
+        let mut pending: Vec<usize> = (0..jobs.len())
+            .filter(|&at| results[at].is_none())
+            .collect();
+        while !pending.is_empty() {
+            if self.running.is_none() {
+                if let Err(failure) = self.restart() {
+                    for at in pending.drain(..) {
+                        results[at] = Some(Err(failure.clone()));
+                    }
+                    break;
+                }
+            }
+            let batch: Vec<usize> = pending
+                .iter()
+                .copied()
+                .take(EXECUTOR_BATCH_JOBS_MAX)
+                .collect();
+            let (answered, lost) = self.exchange(jobs, &batch);
+            for (at, result) in pending.drain(..answered.len()).zip(answered) {
+                results[at] = Some(result);
+            }
+            if lost {
                 self.stop();
                 // A new child for the next job; if it cannot start, the next job says so.
                 if let Err(err) = self.restart() {
@@ -327,61 +374,74 @@ impl Supervisor {
                 }
             }
         }
-        result
+        results
+            .into_iter()
+            .map(|result| {
+                result.unwrap_or_else(|| Err(JobFailure::Start("the job was not run".to_owned())))
+            })
+            .collect()
     }
 
-    /// One job through the running child. On a failure the child may be dead or stuck: the
-    /// caller replaces it.
-    fn exchange(
-        &mut self,
-        job: ModelJob,
-        weights: &[u8],
-        input: &[u8],
-    ) -> Result<ExecutorOutput, JobFailure> {
+    /// The jobs `batch` (indices into `jobs`) through the running child: their frames are
+    /// written while the replies are read, each reply due `wall_ms_per_job` after the one
+    /// before. Returns the results of the jobs answered, in order, and whether the child was
+    /// lost (the last result is then its failure, and the jobs after it were not run).
+    fn exchange(&mut self, jobs: &[ExecutorJob], batch: &[usize]) -> (Vec<JobResult>, bool) {
         let limits = self.limits;
-        let running = self
-            .running
-            .as_mut()
-            .ok_or_else(|| JobFailure::Start("no executor is running".to_owned()))?;
-        if let Err(err) = set_cpu_limit(&running.child, limits.cpu_ms_per_job) {
-            // A child that has died since its last job cannot be limited: say how it died.
-            if let Ok(Some(_)) = running.child.try_wait() {
-                return Err(died(&mut running.child, limits));
+        let Some(running) = self.running.as_mut() else {
+            let failure = JobFailure::Start("no executor is running".to_owned());
+            return (vec![Err(failure)], true);
+        };
+        let mut frames = Vec::new();
+        for &at in batch {
+            let job = &jobs[at];
+            push_job_frame(&mut frames, job, limits.cpu_ms_per_job);
+        }
+        let mut answered = Vec::with_capacity(batch.len());
+        let mut replies = Vec::new();
+        let mut parsed = 0;
+        let mut written = 0;
+        let mut deadline = Instant::now() + Duration::from_millis(limits.wall_ms_per_job);
+        while answered.len() < batch.len() {
+            let job = jobs[batch[answered.len()]].job;
+            match parse_reply(&replies[parsed..], job) {
+                Ok(Some((reply, used))) => {
+                    parsed += used;
+                    answered.push(match reply {
+                        Reply::Output {
+                            output,
+                            execution_us,
+                        } => Ok(ExecutorOutput {
+                            output,
+                            execution_us,
+                            adapter: running.adapter.clone(),
+                        }),
+                        Reply::Refused(message) => Err(JobFailure::Refused(message)),
+                    });
+                    deadline = Instant::now() + Duration::from_millis(limits.wall_ms_per_job);
+                    continue;
+                }
+                Ok(None) => {}
+                Err(failure) => {
+                    answered.push(Err(failure));
+                    return (answered, true);
+                }
             }
-            return Err(JobFailure::Start(format!(
-                "cannot set the job's CPU limit: {err}"
-            )));
+            let pipe = pump(running, &frames, &mut written, &mut replies, deadline);
+            let failure = match pipe {
+                Ok(()) => continue,
+                Err(ReadStop::Deadline) => JobFailure::Deadline {
+                    wall_ms: limits.wall_ms_per_job,
+                },
+                Err(ReadStop::Closed) => died(&mut running.child, limits),
+                Err(ReadStop::Io(err)) => {
+                    JobFailure::Protocol(format!("the executor's pipe: {err}"))
+                }
+            };
+            answered.push(Err(failure));
+            return (answered, true);
         }
-        let deadline = Instant::now() + Duration::from_millis(limits.wall_ms_per_job);
-        let frame = job_frame(job, weights, input);
-        if running
-            .stdin
-            .write_all(&frame)
-            .and_then(|()| running.stdin.flush())
-            .is_err()
-        {
-            return Err(died(&mut running.child, limits));
-        }
-        let reply = read_reply(&mut running.stdout, job, deadline);
-        match reply {
-            Ok(Reply::Output {
-                output,
-                execution_us,
-            }) => Ok(ExecutorOutput {
-                output,
-                execution_us,
-                adapter: running.adapter.clone(),
-            }),
-            Ok(Reply::Refused(message)) => Err(JobFailure::Refused(message)),
-            Err(ReplyError::Stop(ReadStop::Deadline)) => Err(JobFailure::Deadline {
-                wall_ms: limits.wall_ms_per_job,
-            }),
-            Err(ReplyError::Stop(ReadStop::Closed)) => Err(died(&mut running.child, limits)),
-            Err(ReplyError::Stop(ReadStop::Io(err))) => Err(JobFailure::Protocol(format!(
-                "reading the executor's reply: {err}"
-            ))),
-            Err(ReplyError::Failure(failure)) => Err(failure),
-        }
+        (answered, false)
     }
 
     /// Starts a new child (the old one, if any, is stopped first) and waits for it to be ready.
@@ -422,6 +482,7 @@ impl Supervisor {
         let ready = read_ready(&mut stdout).and_then(|adapter| {
             set_memory_limit(&child, self.limits.memory_bytes)
                 .map_err(|err| format!("cannot set its memory limit: {err}"))?;
+            set_nonblocking(&stdin).map_err(|err| format!("cannot set up its stdin: {err}"))?;
             Ok(adapter)
         });
         let adapter = match ready {
@@ -501,13 +562,16 @@ fn signal_name(signal: i32) -> &'static str {
     }
 }
 
-/// Sets the child's CPU limit to its CPU time so far plus `budget_ms` (whole seconds, rounded
-/// up). Only the soft limit moves (the hard one stays unlimited, which an unprivileged node
-/// could not raise again): at the soft limit the kernel sends SIGXCPU, which ends the child.
-fn set_cpu_limit(child: &Child, budget_ms: u64) -> io::Result<()> {
-    let used_ms = cpu_time_ms(child.id())?;
-    let seconds = (used_ms + budget_ms).div_ceil(1000);
-    prlimit(child.id(), libc::RLIMIT_CPU, seconds, libc::RLIM_INFINITY)
+/// Makes writes to `stdin` return what the pipe takes instead of waiting for room.
+fn set_nonblocking(stdin: &ChildStdin) -> io::Result<()> {
+    let fd = stdin.as_raw_fd();
+    // SAFETY: fcntl on a descriptor this process owns, with integer arguments only.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Sets the child's address-space limit to what it holds now plus `headroom_bytes`.
@@ -527,32 +591,6 @@ fn prlimit(pid: u32, resource: libc::__rlimit_resource_t, soft: u64, hard: u64) 
         return Err(io::Error::last_os_error());
     }
     Ok(())
-}
-
-/// A process's user plus system CPU time, from /proc/PID/stat, in milliseconds.
-fn cpu_time_ms(pid: u32) -> io::Result<u64> {
-    let path = format!("/proc/{pid}/stat");
-    let stat = std::fs::read_to_string(&path)?;
-    // The command name (field 2) may hold spaces: fields are counted after its ')'.
-    let after_name = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .ok_or_else(|| io::Error::other(format!("{path} has no command name")))?;
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    // utime and stime are fields 14 and 15; field 3 is the first after the name.
-    let ticks = |index: usize| -> io::Result<u64> {
-        fields
-            .get(index)
-            .and_then(|field| field.parse::<u64>().ok())
-            .ok_or_else(|| io::Error::other(format!("{path} has no field {}", index + 3)))
-    };
-    let total_ticks = ticks(11)? + ticks(12)?;
-    // SAFETY: sysconf takes a constant and has no other preconditions.
-    let ticks_per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
-        .ok()
-        .filter(|ticks| *ticks > 0)
-        .unwrap_or(100);
-    Ok(total_ticks * 1000 / ticks_per_second)
 }
 
 /// A process's address space (VmSize of /proc/PID/status), in bytes.
@@ -580,17 +618,33 @@ fn job_of_code(code: u8) -> Option<ModelJob> {
     ModelJob::ALL.into_iter().find(|job| job_code(*job) == code)
 }
 
-/// `FXJ1 ‖ job u8 ‖ weights_len u32 LE ‖ weights ‖ input_len u32 LE ‖ input`.
-fn job_frame(job: ModelJob, weights: &[u8], input: &[u8]) -> Vec<u8> {
-    let mut frame = Vec::with_capacity(13 + weights.len() + input.len());
-    frame.extend_from_slice(JOB_MAGIC);
-    frame.push(job_code(job));
-    // Both fit: they have the job type's sizes, checked by the caller.
-    frame.extend_from_slice(&(weights.len() as u32).to_le_bytes());
-    frame.extend_from_slice(weights);
-    frame.extend_from_slice(&(input.len() as u32).to_le_bytes());
-    frame.extend_from_slice(input);
-    frame
+/// Why `job` cannot go to the child: weights or an input not of its type.
+fn refusal(job: &ExecutorJob) -> Option<JobFailure> {
+    if let Err(err) = job.job.check_weights(&job.weights) {
+        return Some(JobFailure::Refused(err.to_string()));
+    }
+    if job.input.len() != job.job.input_bytes() {
+        return Some(JobFailure::Refused(format!(
+            "the input of a {} job has {} bytes, not {}",
+            job.job.name(),
+            job.input.len(),
+            job.job.input_bytes()
+        )));
+    }
+    None
+}
+
+/// Appends `FXJ2 ‖ job u8 ‖ cpu_ms u32 LE ‖ weights_len u32 LE ‖ weights ‖ input_len u32 LE ‖
+/// input` to `frames`.
+fn push_job_frame(frames: &mut Vec<u8>, job: &ExecutorJob, cpu_ms: u64) {
+    frames.extend_from_slice(JOB_MAGIC);
+    frames.push(job_code(job.job));
+    frames.extend_from_slice(&u32::try_from(cpu_ms).unwrap_or(u32::MAX).to_le_bytes());
+    // Both fit: they have the job type's sizes, checked by `refusal`.
+    frames.extend_from_slice(&(job.weights.len() as u32).to_le_bytes());
+    frames.extend_from_slice(&job.weights);
+    frames.extend_from_slice(&(job.input.len() as u32).to_le_bytes());
+    frames.extend_from_slice(&job.input);
 }
 
 enum Reply {
@@ -609,45 +663,126 @@ impl From<ReadStop> for ReplyError {
     }
 }
 
-/// Reads one reply: `FXO1 ‖ 0 ‖ execution_us u64 LE ‖ output_len u32 LE ‖ output`, or
+/// Parses one reply of a `job` from the front of `bytes`: the reply and the bytes it took,
+/// None while it is not all there, or why it is not a reply. A reply is
+/// `FXO1 ‖ 0 ‖ execution_us u64 LE ‖ output_len u32 LE ‖ output`, or
 /// `FXO1 ‖ 1 ‖ message_len u32 LE ‖ message (UTF-8)`.
-fn read_reply(
-    stdout: &mut ChildStdout,
-    job: ModelJob,
-    deadline: Instant,
-) -> Result<Reply, ReplyError> {
-    let protocol = |detail: String| ReplyError::Failure(JobFailure::Protocol(detail));
-    let mut head = [0u8; 5];
-    read_exact_by(stdout, &mut head, deadline)?;
-    if &head[..4] != REPLY_MAGIC {
-        return Err(protocol(format!("a reply starts {:02x?}", &head[..4])));
+fn parse_reply(bytes: &[u8], job: ModelJob) -> Result<Option<(Reply, usize)>, JobFailure> {
+    let protocol = JobFailure::Protocol;
+    if bytes.len() < 5 {
+        return Ok(None);
     }
-    match head[4] {
+    if &bytes[..4] != REPLY_MAGIC {
+        return Err(protocol(format!("a reply starts {:02x?}", &bytes[..4])));
+    }
+    match bytes[4] {
         REPLY_OUTPUT => {
-            let mut fixed = [0u8; 12];
-            read_exact_by(stdout, &mut fixed, deadline)?;
+            let Some(fixed) = bytes.get(5..17) else {
+                return Ok(None);
+            };
             let execution_us = u64::from_le_bytes(word(&fixed[..8]));
-            let bytes = u32::from_le_bytes(word(&fixed[8..]));
-            if usize::try_from(bytes).ok() != Some(job.output_bytes()) {
-                return Err(ReplyError::Failure(JobFailure::BadOutput {
+            let len = u32::from_le_bytes(word(&fixed[8..]));
+            if usize::try_from(len).ok() != Some(job.output_bytes()) {
+                return Err(JobFailure::BadOutput {
                     job: job.name(),
-                    bytes,
+                    bytes: len,
                     wanted: job.output_bytes(),
-                }));
+                });
             }
-            let mut output = vec![0u8; job.output_bytes()];
-            read_exact_by(stdout, &mut output, deadline)?;
-            Ok(Reply::Output {
-                output,
+            let end = 17 + job.output_bytes();
+            let Some(output) = bytes.get(17..end) else {
+                return Ok(None);
+            };
+            let reply = Reply::Output {
+                output: output.to_vec(),
                 execution_us,
-            })
+            };
+            Ok(Some((reply, end)))
         }
         REPLY_REFUSED => {
-            let message = read_text(stdout, EXECUTOR_MESSAGE_BYTES_MAX, deadline)?;
-            Ok(Reply::Refused(message))
+            let Some(len) = bytes.get(5..9) else {
+                return Ok(None);
+            };
+            let len = u32::from_le_bytes(word(len));
+            if len > EXECUTOR_MESSAGE_BYTES_MAX {
+                return Err(protocol(format!(
+                    "a text of {len} bytes, over {EXECUTOR_MESSAGE_BYTES_MAX}"
+                )));
+            }
+            let end = 9 + len as usize;
+            let Some(text) = bytes.get(9..end) else {
+                return Ok(None);
+            };
+            let message = String::from_utf8(text.to_vec())
+                .map_err(|_| protocol("a text not UTF-8".to_owned()))?;
+            Ok(Some((Reply::Refused(message), end)))
         }
         other => Err(protocol(format!("a reply of unknown status {other}"))),
     }
+}
+
+/// One round on the child's pipes: waits (until `deadline`) for its stdout to be readable or,
+/// while some of `frames` is unwritten, its stdin writable; then writes what the pipe takes
+/// and reads what it holds into `replies`.
+fn pump(
+    running: &mut Running,
+    frames: &[u8],
+    written: &mut usize,
+    replies: &mut Vec<u8>,
+    deadline: Instant,
+) -> Result<(), ReadStop> {
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    if remaining.is_zero() {
+        return Err(ReadStop::Deadline);
+    }
+    let writing = *written < frames.len();
+    let mut polls = [
+        libc::pollfd {
+            fd: running.stdout.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: running.stdin.as_raw_fd(),
+            events: libc::POLLOUT,
+            revents: 0,
+        },
+    ];
+    let count = if writing { 2 } else { 1 };
+    let timeout_ms = libc::c_int::try_from(remaining.as_millis().max(1)).unwrap_or(i32::MAX);
+    // SAFETY: `polls` holds `count` valid pollfds for the duration of the call.
+    let ready = unsafe { libc::poll(polls.as_mut_ptr(), count, timeout_ms) };
+    if ready < 0 {
+        let err = io::Error::last_os_error();
+        return match err.kind() {
+            io::ErrorKind::Interrupted => Ok(()),
+            _ => Err(ReadStop::Io(err)),
+        };
+    }
+    if writing && polls[1].revents != 0 {
+        // The child's stdin is non-blocking: this writes what the pipe has room for.
+        match running.stdin.write(&frames[*written..]) {
+            Ok(count) => *written += count,
+            Err(err) if err.kind() == io::ErrorKind::BrokenPipe => return Err(ReadStop::Closed),
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
+            Err(err) => return Err(ReadStop::Io(err)),
+        }
+    }
+    if polls[0].revents != 0 {
+        let mut chunk = [0u8; 65_536];
+        // poll said readable (or hung up): this read does not block.
+        match running.stdout.read(&mut chunk) {
+            Ok(0) => return Err(ReadStop::Closed),
+            Ok(read) => replies.extend_from_slice(&chunk[..read]),
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(ReadStop::Io(err)),
+        }
+    }
+    Ok(())
 }
 
 /// Reads the ready frame `FXR1 ‖ adapter_len u32 LE ‖ adapter (UTF-8)`.
@@ -757,7 +892,20 @@ pub fn executor_main(root: Option<&Path>) -> ExitCode {
             return ExitCode::from(EXIT_SANDBOX);
         }
     }
-    match serve_jobs(engine, &mut io::stdin().lock(), &mut io::stdout().lock()) {
+    let pipes = io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .and_then(|stdin| Ok((stdin, io::stdout().as_fd().try_clone_to_owned()?)));
+    let (stdin, stdout) = match pipes {
+        Ok(pipes) => pipes,
+        Err(err) => {
+            eprintln!("fabric node-executor: cannot take its pipes: {err}");
+            return ExitCode::from(EXIT_PROTOCOL);
+        }
+    };
+    let mut input = BufReader::with_capacity(PIPE_BUFFER_BYTES, File::from(stdin));
+    let mut output = BufWriter::with_capacity(PIPE_BUFFER_BYTES, File::from(stdout));
+    match serve_jobs(engine, &mut input, &mut output) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("fabric node-executor: {err}");
@@ -783,36 +931,96 @@ fn warm_up(engine: Engine) -> Result<(), fabric_gpu_kernels::GpuError> {
     Ok(())
 }
 
-/// The child's loop: the ready frame, then one reply per job frame until stdin ends.
-fn serve_jobs(engine: Engine, input: &mut impl Read, output: &mut impl Write) -> io::Result<()> {
+/// The child's loop: the ready frame, then one reply per job frame until stdin ends. A reply
+/// waits (at most [`REPLY_HOLD_US_MAX`]) while the frames read so far hold more jobs.
+fn serve_jobs<R: Read>(
+    engine: Engine,
+    input: &mut BufReader<R>,
+    output: &mut impl Write,
+) -> io::Result<()> {
     let adapter = engine.name();
     let mut ready = READY_MAGIC.to_vec();
     ready.extend_from_slice(&(adapter.len() as u32).to_le_bytes());
     ready.extend_from_slice(adapter.as_bytes());
     output.write_all(&ready)?;
     output.flush()?;
-    while let Some((job, weights, data)) = read_job(input)? {
-        let started = Instant::now();
-        let result = job.execute(&weights, &data, engine);
-        let execution_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        let mut reply = REPLY_MAGIC.to_vec();
-        match result {
-            Ok(out) => {
-                reply.push(REPLY_OUTPUT);
-                reply.extend_from_slice(&execution_us.to_le_bytes());
-                reply.extend_from_slice(&(out.len() as u32).to_le_bytes());
-                reply.extend_from_slice(&out);
-            }
-            Err(err) => {
-                let mut message = err.to_string();
-                truncate_utf8(&mut message, EXECUTOR_MESSAGE_BYTES_MAX as usize);
-                reply.push(REPLY_REFUSED);
-                reply.extend_from_slice(&(message.len() as u32).to_le_bytes());
-                reply.extend_from_slice(message.as_bytes());
-            }
+    let mut replies = Vec::new();
+    let mut held_since: Option<Instant> = None;
+    while let Some(frame) = read_job(input)? {
+        let reply = run_job(engine, &frame);
+        replies.extend_from_slice(&reply);
+        let held = *held_since.get_or_insert_with(Instant::now);
+        if input.buffer().is_empty() || held.elapsed() >= Duration::from_micros(REPLY_HOLD_US_MAX) {
+            output.write_all(&replies)?;
+            output.flush()?;
+            replies.clear();
+            held_since = None;
         }
-        output.write_all(&reply)?;
-        output.flush()?;
+    }
+    output.write_all(&replies)?;
+    output.flush()
+}
+
+/// Runs one job frame under its CPU limit: its reply frame.
+fn run_job(engine: Engine, frame: &JobFrame) -> Vec<u8> {
+    let mut reply = REPLY_MAGIC.to_vec();
+    let result = limit_cpu_time(frame.cpu_ms)
+        .map_err(|err| format!("cannot set the job's CPU limit: {err}"))
+        .and_then(|()| {
+            let started = Instant::now();
+            let out = frame
+                .job
+                .execute(&frame.weights, &frame.input, engine)
+                .map_err(|err| err.to_string())?;
+            Ok((out, started.elapsed()))
+        });
+    match result {
+        Ok((out, elapsed)) => {
+            let execution_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+            reply.push(REPLY_OUTPUT);
+            reply.extend_from_slice(&execution_us.to_le_bytes());
+            reply.extend_from_slice(&(out.len() as u32).to_le_bytes());
+            reply.extend_from_slice(&out);
+        }
+        Err(mut message) => {
+            truncate_utf8(&mut message, EXECUTOR_MESSAGE_BYTES_MAX as usize);
+            reply.push(REPLY_REFUSED);
+            reply.extend_from_slice(&(message.len() as u32).to_le_bytes());
+            reply.extend_from_slice(message.as_bytes());
+        }
+    }
+    reply
+}
+
+/// Sets this process's soft `RLIMIT_CPU` to its CPU time so far plus `budget_ms`, rounded up
+/// to a whole second (at most the hard limit): past it the kernel sends SIGXCPU, which ends
+/// the process.
+fn limit_cpu_time(budget_ms: u32) -> io::Result<()> {
+    // SAFETY: rusage is plain data, filled by the call.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is valid for the call.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let ms = |time: libc::timeval| {
+        u64::try_from(time.tv_sec).unwrap_or(0) * 1_000
+            + u64::try_from(time.tv_usec).unwrap_or(0) / 1_000
+    };
+    let used_ms = ms(usage.ru_utime) + ms(usage.ru_stime);
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is valid for the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_CPU, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    limit.rlim_cur = (used_ms + u64::from(budget_ms))
+        .div_ceil(1_000)
+        .min(limit.rlim_max);
+    // SAFETY: `limit` is valid for the call.
+    if unsafe { libc::setrlimit(libc::RLIMIT_CPU, &limit) } != 0 {
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }
@@ -827,24 +1035,37 @@ fn truncate_utf8(text: &mut String, max: usize) {
     }
 }
 
-/// One job frame, or None where stdin ends between frames.
-/// A job as the executor reads it: its type, weights and input.
-type JobFrame = (ModelJob, Vec<u8>, Vec<u8>);
+/// A job as the executor reads it: its type, CPU budget, weights and input.
+#[derive(Debug)]
+struct JobFrame {
+    job: ModelJob,
+    cpu_ms: u32,
+    weights: Vec<u8>,
+    input: Vec<u8>,
+}
 
+/// One job frame, or None where stdin ends between frames.
 fn read_job(input: &mut impl Read) -> io::Result<Option<JobFrame>> {
-    let mut head = [0u8; 5];
+    let mut head = [0u8; 9];
     match input.read(&mut head[..1])? {
         0 => return Ok(None),
-        _ => input.read_exact(&mut head[1..])?,
+        _ => input.read_exact(&mut head[1..5])?,
     }
     let bad = |detail: String| io::Error::new(io::ErrorKind::InvalidData, detail);
     if &head[..4] != JOB_MAGIC {
         return Err(bad(format!("a job frame starts {:02x?}", &head[..4])));
     }
     let job = job_of_code(head[4]).ok_or_else(|| bad(format!("unknown job type {}", head[4])))?;
+    input.read_exact(&mut head[5..9])?;
+    let cpu_ms = u32::from_le_bytes(word(&head[5..9]));
     let weights = read_sized(input, job.weights_bytes(), "weights")?;
     let data = read_sized(input, job.input_bytes(), "input")?;
-    Ok(Some((job, weights, data)))
+    Ok(Some(JobFrame {
+        job,
+        cpu_ms,
+        weights,
+        input: data,
+    }))
 }
 
 /// `len u32 LE ‖ bytes`, where `len` must be `wanted`.
@@ -873,10 +1094,21 @@ mod tests {
         let job = ModelJob::PredictNextState;
         let weights: Vec<u8> = [1u32, 3, 8].iter().flat_map(|w| w.to_le_bytes()).collect();
         let input: Vec<u8> = (0..job.input_bytes()).map(|i| (i * 7) as u8).collect();
-        let mut frames = job_frame(job, &weights, &input);
-        frames.extend(job_frame(job, &weights, &input));
+        let one = ExecutorJob {
+            job,
+            weights: weights.clone(),
+            input: input.clone(),
+        };
+        let mut frames = Vec::new();
+        push_job_frame(&mut frames, &one, 1_000);
+        push_job_frame(&mut frames, &one, 1_000);
         let mut out = Vec::new();
-        serve_jobs(Engine::Cpu, &mut frames.as_slice(), &mut out).expect("serve");
+        serve_jobs(
+            Engine::Cpu,
+            &mut BufReader::new(frames.as_slice()),
+            &mut out,
+        )
+        .expect("serve");
         let expected = job.execute(&weights, &input, Engine::Cpu).expect("cpu");
         let adapter = b"cpu-reference";
         assert_eq!(&out[..4], READY_MAGIC);
@@ -891,14 +1123,72 @@ mod tests {
         assert!(rest.is_empty());
     }
 
+    /// A reply is parsed whole or not at all, however the pipe cuts it; a reply that is not
+    /// one is a failure.
+    #[test]
+    fn replies_are_parsed_across_reads() {
+        let job = ModelJob::ScoreSequence;
+        let mut stream = REPLY_MAGIC.to_vec();
+        stream.push(REPLY_OUTPUT);
+        stream.extend_from_slice(&42u64.to_le_bytes());
+        stream.extend_from_slice(&(job.output_bytes() as u32).to_le_bytes());
+        stream.extend((0..job.output_bytes()).map(|i| i as u8));
+        let output_end = stream.len();
+        stream.extend_from_slice(REPLY_MAGIC);
+        stream.push(REPLY_REFUSED);
+        stream.extend_from_slice(&2u32.to_le_bytes());
+        stream.extend_from_slice(b"no");
+        for cut in 0..output_end {
+            assert!(parse_reply(&stream[..cut], job).is_ok_and(|reply| reply.is_none()));
+        }
+        let Ok(Some((
+            Reply::Output {
+                output,
+                execution_us,
+            },
+            used,
+        ))) = parse_reply(&stream, job)
+        else {
+            panic!("an output reply");
+        };
+        assert_eq!(
+            (used, execution_us, output.len()),
+            (output_end, 42, job.output_bytes())
+        );
+        let Ok(Some((Reply::Refused(message), _))) = parse_reply(&stream[used..], job) else {
+            panic!("a refused reply");
+        };
+        assert_eq!(message, "no");
+        let mut wrong = stream.clone();
+        wrong[13] ^= 1;
+        assert!(matches!(
+            parse_reply(&wrong, job),
+            Err(JobFailure::BadOutput { .. })
+        ));
+        assert!(matches!(
+            parse_reply(b"FXO9\0", job),
+            Err(JobFailure::Protocol(_))
+        ));
+    }
+
     /// A frame of the wrong size or type is a protocol error, not a job.
     #[test]
     fn malformed_frames_are_refused() {
         let job = ModelJob::EncodeState;
-        let mut frame = job_frame(job, &[0; 1024], &[0; 1024]);
+        let frame_of = |weights: usize| {
+            let mut frame = Vec::new();
+            let job = ExecutorJob {
+                job,
+                weights: vec![0; weights],
+                input: vec![0; 1024],
+            };
+            push_job_frame(&mut frame, &job, 1_000);
+            frame
+        };
+        let mut frame = frame_of(1024);
         frame[4] = 9;
         assert!(read_job(&mut frame.as_slice()).is_err());
-        let short = job_frame(job, &[0; 1000], &[0; 1024]);
+        let short = frame_of(1000);
         let error = read_job(&mut short.as_slice()).expect_err("short weights");
         assert!(
             error

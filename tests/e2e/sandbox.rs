@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 
 use fabric_gpu_kernels::models::ModelJob;
 use fabric_gpu_kernels::Engine;
-use fabric_node::executor::{Executor, JobFailure};
+use fabric_node::executor::{Executor, ExecutorJob, JobFailure};
 use fabric_node::sandbox::{confine, SandboxLimits, SandboxMode};
 
 /// SIGKILL's number on Linux.
@@ -137,6 +137,53 @@ fn the_executor_runs_real_jobs_to_the_reference_bytes() {
     assert_eq!(
         short,
         JobFailure::Refused("the input of a encode_state job has 1000 bytes, not 1024".into())
+    );
+}
+
+/// A batch goes down the pipe together and comes back in order, each job to the reference's
+/// bytes; a job the executor refuses is refused alone, and the jobs after it still run.
+#[test]
+fn a_batch_runs_in_order_and_a_refusal_stays_its_own() {
+    let mut executor = Executor::start_program(
+        &fabric_program(),
+        SandboxLimits::default(),
+        SandboxMode::Enforced,
+        gpu(),
+    )
+    .expect("the executor starts");
+    let mut jobs = Vec::new();
+    for seed in 1..=30u8 {
+        let job = ModelJob::ALL[usize::from(seed) % ModelJob::ALL.len()];
+        jobs.push(ExecutorJob {
+            job,
+            weights: weights(job, seed),
+            input: bytes(job.input_bytes(), seed ^ 0x5a),
+        });
+    }
+    jobs[7].input.truncate(10);
+    let first_child = executor.child_id();
+    let results = executor.run_batch(jobs.clone());
+    assert_eq!(results.len(), jobs.len());
+    for (at, (job, result)) in jobs.iter().zip(results).enumerate() {
+        if at == 7 {
+            let refused = result.expect_err("a short input");
+            assert!(
+                matches!(&refused, JobFailure::Refused(why) if why.contains("has 10 bytes")),
+                "{refused}"
+            );
+            continue;
+        }
+        let reference = job
+            .job
+            .execute(&job.weights, &job.input, Engine::Cpu)
+            .expect("the CPU reference runs");
+        let ran = result.unwrap_or_else(|failure| panic!("job {at} failed: {failure}"));
+        assert_eq!(ran.output, reference, "job {at} ({:?})", job.job);
+    }
+    assert_eq!(
+        executor.child_id(),
+        first_child,
+        "no job cost the child its life"
     );
 }
 
