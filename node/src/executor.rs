@@ -257,11 +257,11 @@ impl Executor {
             done(vec![Err(gone); jobs.len()]);
             return;
         };
-        if let Err(mpsc::SendError(request)) = requests.send(Request::Jobs { jobs, done }) {
-            if let Request::Jobs { jobs, done } = request {
-                let gone = JobFailure::Start("the executor thread has ended".to_owned());
-                done(vec![Err(gone); jobs.len()]);
-            }
+        if let Err(mpsc::SendError(Request::Jobs { jobs, done })) =
+            requests.send(Request::Jobs { jobs, done })
+        {
+            let gone = JobFailure::Start("the executor thread has ended".to_owned());
+            done(vec![Err(gone); jobs.len()]);
         }
     }
 
