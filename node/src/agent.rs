@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 use crate::executor::{Executor, ExecutorJob, JobFailure, JobResult, EXECUTOR_BATCH_JOBS_MAX};
 use crate::protocol::{
     AttemptAck, AttemptBatch, Fetch, Fetched, Hello, NodeSubject, TickHead, Welcome, WorkBatch,
-    ATTEMPTS_PER_BATCH_MAX, MESSAGE_BYTES_MAX, TICK_SUBJECT,
+    ATTEMPTS_PER_BATCH_MAX, MESSAGE_BYTES_MAX, NODE_REQUESTS_IN_FLIGHT_MAX, TICK_SUBJECT,
 };
 use crate::sandbox::{SandboxLimits, SandboxMode};
 use crate::verify::{OrderVerifier, VerifiedJob};
@@ -44,6 +44,9 @@ const REQUEST_TIMEOUT_MS: u64 = 40_000;
 pub const DRAIN_MS_MAX: u64 = 30_000;
 /// Most jobs one node keeps queued beyond its max concurrency.
 const QUEUED_JOBS_MAX: usize = 1_024;
+/// Inputs one node fetches at once: under the server's [`NODE_REQUESTS_IN_FLIGHT_MAX`], which
+/// leaves room for the node's batch and hello.
+const FETCHES_IN_FLIGHT_MAX: usize = NODE_REQUESTS_IN_FLIGHT_MAX / 2;
 /// Finished assignments a node remembers, so that a late copy of an order is not run again.
 const DONE_REMEMBERED_MAX: usize = 8_192;
 
@@ -136,6 +139,8 @@ struct NodeState {
     held: HashMap<u64, JobId>,
     queued: VecDeque<Queued>,
     running: usize,
+    /// Jobs whose input is being fetched (at most [`FETCHES_IN_FLIGHT_MAX`]).
+    fetching: usize,
     finished: Vec<Finished>,
     /// Assignments it finished with, newest last (at most [`DONE_REMEMBERED_MAX`]): an order
     /// of one of them that comes late (a welcome read before the receipt's tick) is not run
@@ -161,6 +166,7 @@ impl NodeState {
             held: HashMap::new(),
             queued: VecDeque::new(),
             running: 0,
+            fetching: 0,
             finished: Vec::new(),
             done: VecDeque::new(),
             done_seqs: HashSet::new(),
@@ -327,14 +333,16 @@ impl Agent {
             }
             Note::Fetched(index, job, fetched) => match fetched {
                 Ok(input) => {
+                    self.nodes[index].fetching -= 1;
                     self.ready.push_back(Ready {
                         node: index,
                         job,
                         input,
                     });
-                    self.dispatch();
+                    self.start_jobs();
                 }
                 Err(why) => {
+                    self.nodes[index].fetching -= 1;
                     let node = &self.nodes[index];
                     let finished = failed(job, &why, &node.name);
                     self.finish_run(index, finished);
@@ -375,10 +383,15 @@ impl Agent {
     }
 
     /// Starts every queued job a node has room for: one whose input came with its order is
-    /// ready for an executor, the others fetch theirs first.
+    /// ready for an executor, the others fetch theirs first (at most
+    /// [`FETCHES_IN_FLIGHT_MAX`] at once; the queue waits behind the next one).
     fn start_jobs(&mut self) {
         for (index, node) in self.nodes.iter_mut().enumerate() {
             while node.running < node.max_concurrency {
+                let fetch_next = node.queued.front().is_some_and(|next| next.input.is_none());
+                if fetch_next && node.fetching >= FETCHES_IN_FLIGHT_MAX {
+                    break;
+                }
                 let Some(Queued { job, input }) = node.queued.pop_front() else {
                     break;
                 };
@@ -390,6 +403,7 @@ impl Agent {
                         input,
                     }),
                     None => {
+                        node.fetching += 1;
                         let client = self.client.clone();
                         let name = node.name.clone();
                         let notes = self.notes.clone();

@@ -34,6 +34,9 @@ pub const ATTEMPTS_PER_BATCH_MAX: usize = 256;
 pub const OUTPUT_BYTES_MAX: usize = 64 * 1024;
 /// Most bytes of one message body on these subjects (NATS's default payload limit is 1 MiB).
 pub const MESSAGE_BYTES_MAX: usize = 1024 * 1024;
+/// Most requests of one node (`hello`, `attempts`, `fetch`) the server works on at once;
+/// the next ones are answered `{"error": …}` at once, unread, until one is answered.
+pub const NODE_REQUESTS_IN_FLIGHT_MAX: usize = 32;
 
 /// The subject token of a node name: `.` written as `:`.
 pub fn node_token(node: &str) -> String {

@@ -17,7 +17,9 @@
 //! registered key, name that node and pass the gate; a batch is bounded
 //! ([`ATTEMPTS_PER_BATCH_MAX`], [`OUTPUT_BYTES_MAX`]); an output is stored only when a
 //! receipt of a job that node runs names its hash; an input is served only to the node that
-//! runs its job.
+//! runs its job; the requests worked on at once are bounded, per node
+//! ([`NODE_REQUESTS_IN_FLIGHT_MAX`]) and in all ([`GATEWAY_REQUESTS_IN_FLIGHT_MAX`]), so a
+//! node that floods its subjects is answered `busy` and holds no more of the server's memory.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -40,8 +42,8 @@ use fabric_ledger::merkle::{self, Frontier, InclusionProof};
 use fabric_ledger::SignedTreeHead;
 use fabric_node::protocol::{
     AttemptAck, AttemptBatch, AttemptResult, Fetch, Fetched, NodeSubject, TickHead, Welcome,
-    WorkOrder, ATTEMPTS_PER_BATCH_MAX, MESSAGE_BYTES_MAX, NODE_SUBJECT_PREFIX, OUTPUT_BYTES_MAX,
-    TICK_SUBJECT,
+    WorkOrder, ATTEMPTS_PER_BATCH_MAX, MESSAGE_BYTES_MAX, NODE_REQUESTS_IN_FLIGHT_MAX,
+    NODE_SUBJECT_PREFIX, OUTPUT_BYTES_MAX, TICK_SUBJECT,
 };
 use fabric_projections::State;
 use futures_util::StreamExt;
@@ -49,6 +51,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::ServerError;
 
+/// Requests of all nodes the gateway works on at once (each holds its body, at most
+/// [`MESSAGE_BYTES_MAX`]); the next ones are answered busy at once.
+pub const GATEWAY_REQUESTS_IN_FLIGHT_MAX: usize = 2_048;
 /// How long a node's batch waits for its tick before it is answered `unanswered`.
 const ATTEMPTS_WAIT_MS: u64 = 30_000;
 /// Ticks a receipt is remembered after it was appended, to answer a node's retry of it as a
@@ -595,6 +600,32 @@ impl SubtreeRoots<'_> {
     }
 }
 
+/// The requests being worked on: in all, and per node.
+#[derive(Default)]
+struct InFlight {
+    total: usize,
+    per_node: HashMap<String, usize>,
+}
+
+/// One request's place among those in flight, given back when dropped.
+struct InFlightPermit {
+    gateway: Arc<Gateway>,
+    node: String,
+}
+
+impl Drop for InFlightPermit {
+    fn drop(&mut self) {
+        let mut in_flight = self.gateway.in_flight();
+        in_flight.total = in_flight.total.saturating_sub(1);
+        if let Some(count) = in_flight.per_node.get_mut(&self.node) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                in_flight.per_node.remove(&self.node);
+            }
+        }
+    }
+}
+
 /// What the request handlers share.
 struct Gateway {
     client: async_nats::Client,
@@ -603,6 +634,7 @@ struct Gateway {
     artifacts: sled::Tree,
     /// Share of completed receipts re-executed on the CPU reference, in parts per million.
     verify_ppm: u32,
+    in_flight: Mutex<InFlight>,
 }
 
 impl Gateway {
@@ -610,6 +642,37 @@ impl Gateway {
         self.feed
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn in_flight(&self) -> MutexGuard<'_, InFlight> {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// A place for one more request of `node`, or why there is none.
+    fn admit(self: &Arc<Self>, node: &str) -> Result<InFlightPermit, String> {
+        let mut in_flight = self.in_flight();
+        let of_node = in_flight.per_node.get(node).copied().unwrap_or(0);
+        if of_node >= NODE_REQUESTS_IN_FLIGHT_MAX {
+            return Err(format!(
+                "busy: node `{node}` has {of_node} requests in flight, the limit \
+                 (NODE_REQUESTS_IN_FLIGHT_MAX {NODE_REQUESTS_IN_FLIGHT_MAX}); retry once one is answered"
+            ));
+        }
+        if in_flight.total >= GATEWAY_REQUESTS_IN_FLIGHT_MAX {
+            return Err(format!(
+                "busy: the server has {} node requests in flight, the limit \
+                 (GATEWAY_REQUESTS_IN_FLIGHT_MAX {GATEWAY_REQUESTS_IN_FLIGHT_MAX}); retry later",
+                in_flight.total
+            ));
+        }
+        in_flight.total += 1;
+        *in_flight.per_node.entry(node.to_owned()).or_insert(0) += 1;
+        Ok(InFlightPermit {
+            gateway: Arc::clone(self),
+            node: node.to_owned(),
+        })
     }
 }
 
@@ -649,6 +712,7 @@ impl NodeGateway {
             intake,
             artifacts,
             verify_ppm,
+            in_flight: Mutex::new(InFlight::default()),
         });
         let thread = std::thread::Builder::new()
             .name("node-gateway".to_owned())
@@ -743,8 +807,23 @@ async fn serve(
                 }
             }
             Some(message) = messages.next() => {
-                let gateway = Arc::clone(&gateway);
-                tokio::spawn(async move { answer(&gateway, message).await });
+                let (Some(reply), Some((node, _))) =
+                    (message.reply.clone(), NodeSubject::parse(&message.subject))
+                else {
+                    continue;
+                };
+                match gateway.admit(&node) {
+                    Ok(permit) => {
+                        let gateway = Arc::clone(&gateway);
+                        tokio::spawn(async move {
+                            answer(&gateway, message).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(busy) => {
+                        let _ = gateway.client.publish(reply, error_body(busy).into()).await;
+                    }
+                }
             }
         }
     }

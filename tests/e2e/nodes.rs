@@ -968,3 +968,112 @@ fn a_lying_node_is_caught_by_re_execution_and_halted() {
     let (ok, said) = liar.terminate();
     assert!(ok, "{said}");
 }
+
+/// A node that floods its own `attempts` subject (with its own NATS user and its own key, as
+/// a compromised node could) gets at most `NODE_REQUESTS_IN_FLIGHT_MAX` requests worked on at
+/// once: the others are answered busy at once, every request is answered, and the fabric
+/// goes on serving the other nodes and its clients.
+#[test]
+fn a_node_flooding_its_subjects_is_answered_busy_and_the_fabric_goes_on() {
+    use fabric_api::wire::WireSignedEvent;
+    use fabric_events::{Body, Event, Heartbeat, Role, SignedEvent};
+    use fabric_node::protocol::{AttemptBatch, NodeSubject};
+
+    const FLOOD: usize = 400;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ceremony = Ceremony::run_with(dir.path(), &world(dir.path()));
+    let nats = NatsWithUsers::start(&NODES);
+    let served = serve(&ceremony, &nats);
+    let mut client = served.client();
+    let tick = current_tick(&mut client);
+    let node = "earth.node-a";
+    let key = fabric_events::keys::load_secret(&ceremony.node_keys().join(format!("{node}.key")))
+        .expect("node a's key");
+    // Each batch a heartbeat of node a's own key, nonces rising: each waits for a tick.
+    let batches: Vec<Vec<u8>> = (0..FLOOD as u64)
+        .map(|index| {
+            let event = Event::new(
+                Role::Node,
+                tick,
+                (tick << 24) + index,
+                Body::from(Heartbeat {
+                    node: node.to_owned(),
+                    running_jobs: 0,
+                }),
+            );
+            let signed = SignedEvent::sign(&event, &key).expect("signed");
+            let batch = AttemptBatch {
+                events: vec![WireSignedEvent::from_signed(&signed)],
+                outputs: Vec::new(),
+            };
+            serde_json::to_vec(&batch).expect("a batch")
+        })
+        .collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let answers: Vec<String> = runtime.block_on(async {
+        let connect = |node: &str| {
+            let (user, password) = nats_user(node);
+            async_nats::ConnectOptions::new()
+                .user_and_password(user.clone(), password)
+                .custom_inbox_prefix(format!("_INBOX.{user}"))
+                .connect(nats.url())
+        };
+        let flooder = connect(node).await.expect("node a's user connects");
+        let subject = NodeSubject::Attempts.of(node);
+        let asked: Vec<_> = batches
+            .into_iter()
+            .map(|body| {
+                let (flooder, subject) = (flooder.clone(), subject.clone());
+                tokio::spawn(async move {
+                    let answer = tokio::time::timeout(
+                        Duration::from_secs(60),
+                        flooder.request(subject, body.into()),
+                    )
+                    .await;
+                    match answer {
+                        Ok(Ok(message)) => String::from_utf8_lossy(&message.payload).into_owned(),
+                        other => format!("no answer: {other:?}"),
+                    }
+                })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for task in asked {
+            answers.push(task.await.expect("the request task"));
+        }
+        // Another node is still welcomed.
+        let other = connect("earth.node-b")
+            .await
+            .expect("node b's user connects");
+        let welcome = other
+            .request(NodeSubject::Hello.of("earth.node-b"), "{}".into())
+            .await
+            .expect("node b's hello is answered");
+        let welcome: serde_json::Value =
+            serde_json::from_slice(&welcome.payload).expect("a JSON welcome");
+        assert!(welcome.get("error").is_none(), "{welcome}");
+        answers
+    });
+    assert_eq!(answers.len(), FLOOD);
+    let unanswered: Vec<&String> = answers
+        .iter()
+        .filter(|a| a.starts_with("no answer"))
+        .collect();
+    assert!(unanswered.is_empty(), "{unanswered:?}");
+    let busy = answers
+        .iter()
+        .filter(|answer| answer.contains("NODE_REQUESTS_IN_FLIGHT_MAX"))
+        .count();
+    assert!(
+        busy > 0,
+        "a flood of {FLOOD} gets busy answers: {answers:?}"
+    );
+    assert!(busy < FLOOD, "some of the flood is worked on: {answers:?}");
+    // The server still answers its clients.
+    let health = get(&mut client, "/v0/health");
+    assert_eq!(health.status, 200);
+    assert!(current_tick(&mut client) > tick);
+}
