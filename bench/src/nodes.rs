@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, ensure, Context};
+use anyhow::{anyhow, bail, ensure, Context};
 use fabric_api::http_client::{Client, Target};
 use fabric_api::job::{job_id_of, job_request_body, JobSpec};
 use fabric_events::{keys, Hash32, JobType, ModelRegistered, OwnerAction, SigningKey};
@@ -70,6 +70,9 @@ fn world_toml(nodes: usize) -> String {
     text
 }
 
+/// How much of a failed node's stderr an error quotes (its end), in characters.
+const NODE_WORDS_CHARS_MAX: usize = 2_000;
+
 /// The `fabric node` processes, killed when dropped.
 struct NodeChildren(Vec<Child>);
 
@@ -98,6 +101,8 @@ fn start_nodes(
         let key = dir.join(format!("{name}.key"));
         // A copy keeps the key file's mode (0600).
         std::fs::copy(operator.join("nodes").join(format!("{name}.key")), &key)?;
+        // What the node says goes to a file of its own: its last words name why it stopped.
+        let said = scratch.join(format!("node-{index}.stderr"));
         let mut child = Command::new(fabric_exe()?)
             .args(["node", "--nats", nats, "--genesis"])
             .arg(genesis)
@@ -105,7 +110,7 @@ fn start_nodes(
             .arg(&dir)
             .args(["--executors", "1"])
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&said)?)
             .spawn()
             .context("could not start `fabric node`")?;
         let stdout = child
@@ -118,7 +123,21 @@ fn start_nodes(
             .by_ref()
             .map_while(Result::ok)
             .any(|line| line.starts_with("node ready"));
-        ensure!(ready, "`fabric node` for {name} exited before it was ready");
+        if !ready {
+            let words = std::fs::read_to_string(&said).unwrap_or_default();
+            let tail: String = words
+                .chars()
+                .rev()
+                .take(NODE_WORDS_CHARS_MAX)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            bail!(
+                "`fabric node` for {name} exited before it was ready: {}",
+                tail.trim()
+            );
+        }
         std::thread::spawn(move || for _ in lines {});
     }
     Ok(children)
