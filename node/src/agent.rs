@@ -331,24 +331,21 @@ impl Agent {
                     self.start_jobs();
                 }
             }
-            Note::Fetched(index, job, fetched) => match fetched {
-                Ok(input) => {
-                    self.nodes[index].fetching -= 1;
-                    self.ready.push_back(Ready {
+            Note::Fetched(index, job, fetched) => {
+                self.nodes[index].fetching -= 1;
+                match fetched {
+                    Ok(input) => self.ready.push_back(Ready {
                         node: index,
                         job,
                         input,
-                    });
-                    self.start_jobs();
+                    }),
+                    Err(why) => {
+                        let finished = failed(job, &why, &self.nodes[index].name);
+                        self.finish_run(index, finished);
+                    }
                 }
-                Err(why) => {
-                    self.nodes[index].fetching -= 1;
-                    let node = &self.nodes[index];
-                    let finished = failed(job, &why, &node.name);
-                    self.finish_run(index, finished);
-                    self.start_jobs();
-                }
-            },
+                self.start_jobs();
+            }
             Note::Ran(slot, ran) => {
                 self.busy[slot] = false;
                 for ran in ran {
@@ -437,14 +434,12 @@ impl Agent {
             }
             let mut jobs = Vec::with_capacity(take);
             let mut held = Vec::with_capacity(take);
-            for ready in self.ready.drain(..take) {
+            let taken: Vec<Ready> = self.ready.drain(..take).collect();
+            for ready in taken {
                 let Some(model_job) = ModelJob::from_name(ready.job.job_type.name()) else {
                     let why = format!("no kernel runs job type {}", ready.job.job_type.name());
                     let finished = failed(ready.job, &why, &self.nodes[ready.node].name);
-                    let node = &mut self.nodes[ready.node];
-                    node.running -= 1;
-                    self.report.failed += 1;
-                    node.finished.push(finished);
+                    self.finish_run(ready.node, finished);
                     continue;
                 };
                 jobs.push(ExecutorJob {

@@ -225,11 +225,9 @@ impl Executor {
             weights: weights.to_vec(),
             input: input.to_vec(),
         };
-        self.run_batch(vec![one]).pop().unwrap_or_else(|| {
-            Err(JobFailure::Start(
-                "the executor thread has ended".to_owned(),
-            ))
-        })
+        self.run_batch(vec![one])
+            .pop()
+            .unwrap_or_else(|| Err(thread_ended()))
     }
 
     /// Runs `jobs` in the executor, in order, and waits for their results.
@@ -243,25 +241,22 @@ impl Executor {
                 let _ = reply.send(results);
             }),
         );
-        answer.recv().unwrap_or_else(|_| {
-            let gone = JobFailure::Start("the executor thread has ended".to_owned());
-            vec![Err(gone); count]
-        })
+        answer
+            .recv()
+            .unwrap_or_else(|_| vec![Err(thread_ended()); count])
     }
 
     /// Hands `jobs` to the executor's thread and returns at once; `done` is called on that
     /// thread with their results, in order (at once, with errors, if the thread has ended).
     pub fn submit(&self, jobs: Vec<ExecutorJob>, done: BatchDone) {
         let Some(requests) = &self.requests else {
-            let gone = JobFailure::Start("the executor thread has ended".to_owned());
-            done(vec![Err(gone); jobs.len()]);
+            done(vec![Err(thread_ended()); jobs.len()]);
             return;
         };
         if let Err(mpsc::SendError(Request::Jobs { jobs, done })) =
             requests.send(Request::Jobs { jobs, done })
         {
-            let gone = JobFailure::Start("the executor thread has ended".to_owned());
-            done(vec![Err(gone); jobs.len()]);
+            done(vec![Err(thread_ended()); jobs.len()]);
         }
     }
 
@@ -283,6 +278,11 @@ impl Executor {
     pub fn adapter(&self) -> &str {
         &self.adapter
     }
+}
+
+/// The failure of a job handed to an executor whose thread has ended.
+fn thread_ended() -> JobFailure {
+    JobFailure::Start("the executor thread has ended".to_owned())
 }
 
 impl Drop for Executor {

@@ -50,6 +50,17 @@ fn weights(job: ModelJob, seed: u8) -> Vec<u8> {
     }
 }
 
+/// An executor of this build, sandboxed, with the default limits.
+fn enforced_executor() -> Executor {
+    Executor::start_program(
+        &fabric_program(),
+        SandboxLimits::default(),
+        SandboxMode::Enforced,
+        gpu(),
+    )
+    .expect("the executor starts")
+}
+
 /// Runs `job` in `executor` and checks its output against the CPU reference.
 fn assert_runs_like_the_reference(executor: &mut Executor, job: ModelJob, seed: u8) {
     let (weights, input) = (weights(job, seed), bytes(job.input_bytes(), seed ^ 0x5a));
@@ -116,13 +127,7 @@ fn a_sandboxed_process_cannot_allocate_past_its_limit() {
 /// Every job type runs in the executor to the CPU reference's bytes.
 #[test]
 fn the_executor_runs_real_jobs_to_the_reference_bytes() {
-    let mut executor = Executor::start_program(
-        &fabric_program(),
-        SandboxLimits::default(),
-        SandboxMode::Enforced,
-        gpu(),
-    )
-    .expect("the executor starts");
+    let mut executor = enforced_executor();
     if gpu() {
         assert_ne!(executor.adapter(), "cpu-reference");
     }
@@ -144,13 +149,7 @@ fn the_executor_runs_real_jobs_to_the_reference_bytes() {
 /// bytes; a job the executor refuses is refused alone, and the jobs after it still run.
 #[test]
 fn a_batch_runs_in_order_and_a_refusal_stays_its_own() {
-    let mut executor = Executor::start_program(
-        &fabric_program(),
-        SandboxLimits::default(),
-        SandboxMode::Enforced,
-        gpu(),
-    )
-    .expect("the executor starts");
+    let mut executor = enforced_executor();
     let mut jobs = Vec::new();
     for seed in 1..=30u8 {
         let job = ModelJob::ALL[usize::from(seed) % ModelJob::ALL.len()];
@@ -237,13 +236,7 @@ fn the_executor_survives_its_failures() {
 /// included), no capabilities, no_new_privs, a network namespace of its own and its limits.
 #[test]
 fn the_executor_can_open_no_file_and_reach_no_network() {
-    let executor = Executor::start_program(
-        &fabric_program(),
-        SandboxLimits::default(),
-        SandboxMode::Enforced,
-        gpu(),
-    )
-    .expect("the executor starts");
+    let executor = enforced_executor();
     let proc_dir = PathBuf::from(format!("/proc/{}", executor.child_id()));
     let root = std::fs::read_link(proc_dir.join("root")).expect("its root");
     assert!(
