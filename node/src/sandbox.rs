@@ -386,6 +386,13 @@ fn c_path(path: &Path) -> Result<CString, SandboxError> {
     })
 }
 
+/// How many names [`EmptyRoot::create`] tries before it gives up on a temporary directory
+/// full of names it cannot use.
+const EMPTY_ROOT_NAME_TRIES_MAX: u32 = 1_024;
+
+/// The `<n>` of the next executor root name this process tries.
+static EMPTY_ROOTS_NAMED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// A private empty directory for one executor's root, removed when dropped.
 #[derive(Debug)]
 pub struct EmptyRoot {
@@ -394,25 +401,31 @@ pub struct EmptyRoot {
 
 impl EmptyRoot {
     /// Makes `TMPDIR/fabric-executor-<pid>-<n>`, readable and searchable by its owner only,
-    /// writable by nobody.
+    /// writable by nobody. A name that exists already is skipped, not reused: a node killed
+    /// with SIGKILL leaves its roots behind, and a later process may get its PID.
     pub fn create() -> Result<Self, SandboxError> {
         use std::os::unix::fs::DirBuilderExt;
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static MADE: AtomicU64 = AtomicU64::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "fabric-executor-{}-{}",
-            std::process::id(),
-            MADE.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::DirBuilder::new()
-            .mode(0o500)
-            .create(&path)
-            .map_err(|source| SandboxError::Io {
-                what: "cannot create the executor's root",
-                path: path.clone(),
-                source,
-            })?;
-        Ok(Self { path })
+        use std::sync::atomic::Ordering;
+        let mut tries_left = EMPTY_ROOT_NAME_TRIES_MAX;
+        loop {
+            let path = std::env::temp_dir().join(format!(
+                "fabric-executor-{}-{}",
+                std::process::id(),
+                EMPTY_ROOTS_NAMED.fetch_add(1, Ordering::Relaxed)
+            ));
+            tries_left -= 1;
+            match std::fs::DirBuilder::new().mode(0o500).create(&path) {
+                Ok(()) => return Ok(Self { path }),
+                Err(source) if source.kind() == io::ErrorKind::AlreadyExists && tries_left > 0 => {}
+                Err(source) => {
+                    return Err(SandboxError::Io {
+                        what: "cannot create the executor's root",
+                        path,
+                        source,
+                    })
+                }
+            }
+        }
     }
 
     /// Its path.
@@ -526,6 +539,26 @@ mod tests {
     #[test]
     fn the_host_allows_the_sandbox() {
         probe().expect("sandbox probe");
+    }
+
+    /// Roots left behind by a killed process whose PID this one got are skipped.
+    #[test]
+    fn an_executor_root_left_behind_under_our_pid_is_skipped() {
+        use std::os::unix::fs::DirBuilderExt;
+        use std::sync::atomic::Ordering;
+        let next = EMPTY_ROOTS_NAMED.load(Ordering::Relaxed);
+        let left_behind: Vec<PathBuf> = (next..next + 16)
+            .map(|n| {
+                std::env::temp_dir().join(format!("fabric-executor-{}-{n}", std::process::id()))
+            })
+            .filter(|path| std::fs::DirBuilder::new().mode(0o500).create(path).is_ok())
+            .collect();
+        assert!(!left_behind.is_empty());
+        let root = EmptyRoot::create().expect("a root beside the ones left behind");
+        assert!(!left_behind.iter().any(|path| path == root.path()));
+        for path in &left_behind {
+            std::fs::remove_dir(path).expect("remove what the test left");
+        }
     }
 
     /// A refused step names itself and what the host must allow.
