@@ -74,7 +74,7 @@ impl WireSignedEvent {
     pub fn from_signed(signed: &SignedEvent) -> Self {
         Self {
             author: signed.author.to_string(),
-            signature: Some(hex::encode(signed.signature.0)),
+            signature: Some(signed.signature.to_hex()),
             signed: BASE64.encode(&signed.signed),
         }
     }

@@ -25,7 +25,13 @@ macro_rules! fixed_bytes {
 
             /// Lowercase hex.
             pub fn to_hex(&self) -> String {
-                hex::encode(self.0)
+                self.hex_digits().as_str().to_owned()
+            }
+
+            /// Lowercase hex in a buffer on the stack (no allocation: every JSON line of the
+            /// log writes several of these).
+            pub fn hex_digits(&self) -> crate::hex_serde::HexDigits<{ 2 * $len }> {
+                crate::hex_serde::HexDigits::of(&self.0)
             }
 
             /// Parses hex of exactly the right length.
@@ -42,26 +48,25 @@ macro_rules! fixed_bytes {
 
         impl fmt::Debug for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "{}({})", stringify!($name), self.to_hex())
+                write!(f, "{}({})", stringify!($name), self.hex_digits().as_str())
             }
         }
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.to_hex())
+                f.write_str(self.hex_digits().as_str())
             }
         }
 
         impl Serialize for $name {
             fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                serializer.serialize_str(&self.to_hex())
+                serializer.serialize_str(self.hex_digits().as_str())
             }
         }
 
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                let text = String::deserialize(deserializer)?;
-                Self::from_hex(&text).map_err(serde::de::Error::custom)
+                crate::hex_serde::deserialize_fixed::<D, $len>(deserializer).map(Self)
             }
         }
     };
