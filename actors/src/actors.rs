@@ -81,8 +81,12 @@ impl<'a> Signer<'a> {
         Ok(())
     }
 
-    /// The signed events, in signing order.
+    /// The signed events, in signing order. Their signatures are remembered as the process's
+    /// own, so the ledger does not verify them again.
     pub fn finish(self) -> Vec<Proposal> {
+        fabric_ledger::SignatureMemo::remember_own(
+            self.out.iter().map(|proposal| &proposal.signed),
+        );
         self.out
     }
 }

@@ -309,12 +309,17 @@ fn watch_receipts(
             response.status
         );
         let now = Instant::now();
-        for line in response.text().lines() {
-            let line: Value = serde_json::from_str(line)?;
-            from = from.max(line["seq"].as_u64().unwrap_or(from) + 1);
-            if line["kind"] != "job_receipt" {
+        for line in response.body.split(|byte| *byte == b'\n') {
+            if line.is_empty() {
                 continue;
             }
+            // Only a receipt is read whole: the watcher shares the machine with the fabric.
+            let head: LineHead = serde_json::from_slice(line)?;
+            from = from.max(head.seq + 1);
+            if head.kind != "job_receipt" {
+                continue;
+            }
+            let line: Value = serde_json::from_slice(line)?;
             let data = &line["body"]["data"];
             let Some(job) = data["job"].as_u64().filter(|job| submitted.contains(job)) else {
                 continue;
@@ -328,6 +333,14 @@ fn watch_receipts(
         }
     }
     Ok(finished)
+}
+
+/// What the watcher reads of every line of `/v0/events`.
+#[derive(serde::Deserialize)]
+struct LineHead<'a> {
+    seq: u64,
+    #[serde(borrow)]
+    kind: std::borrow::Cow<'a, str>,
 }
 
 /// Every output, downloaded, is the CPU reference's.

@@ -326,7 +326,7 @@ impl Verifier {
 }
 
 /// Signatures this process has verified (by a gate in front of the ledger, see
-/// [`verify_and_remember`]), so that the ledger, which verifies every event on its way in,
+/// [`verify_and_remember`]) or made itself ([`SignatureMemo::remember_own`]), so that the ledger, which verifies every event on its way in,
 /// need not verify them a second time. Each is remembered by the BLAKE3 of author ‖ signature ‖
 /// signed bytes: only a successful verification puts a digest in, and whoever wants a digest
 /// of bytes of their choosing to be in it must find a BLAKE3 collision. Bounded: two
@@ -380,6 +380,14 @@ impl SignatureMemo {
                     .any(|generation| generation.contains(digest))
             })
             .collect()
+    }
+
+    /// Remembers signatures this process made itself with [`SignedEvent::sign`], whose author
+    /// is the public key of the very key that signed: such a signature verifies by
+    /// construction, so the ledger need not check it on the way in (an audit still does).
+    /// Bytes changed after signing have another digest and are verified as usual.
+    pub fn remember_own<'a>(events: impl IntoIterator<Item = &'a SignedEvent>) {
+        Self::remember(events.into_iter().map(Self::digest));
     }
 
     /// Whether this process verified `event` (its author, signature and signed bytes, all

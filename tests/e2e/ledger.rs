@@ -651,3 +651,41 @@ fn a_ledger_opens_read_only_with_its_stored_key_and_an_empty_folder_is_refused_u
     assert_eq!(reader.len().expect("size"), size);
     assert_eq!(reader.entries(0..size).count() as u64, size);
 }
+
+#[test]
+fn the_ledger_skips_only_the_signatures_the_process_made() {
+    use fabric_actors::actors::Signer;
+    use fabric_events::Heartbeat;
+    // Tick 80,000: no other test of this process signs these.
+    let key = node_key(2);
+    let mut signer = Signer::new(&key, Role::Node, 80_000);
+    for running_jobs in 0..5 {
+        signer
+            .sign(Heartbeat {
+                node: "earth.node-2".to_owned(),
+                running_jobs,
+            })
+            .expect("signs");
+    }
+    let made: Vec<SignedEvent> = signer
+        .finish()
+        .into_iter()
+        .map(|proposal| proposal.signed)
+        .collect();
+    assert!(made.iter().all(SignatureMemo::holds));
+    // A copy changed after signing is a stranger: verified, and refused.
+    let mut changed = made[4].clone();
+    let last = changed.signed.len() - 1;
+    changed.signed[last] ^= 1;
+    assert!(!SignatureMemo::holds(&changed));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut ledger = open(dir.path());
+    let batch = [made[0].clone(), changed];
+    let Err(AppendError::Refused { refusals, .. }) = ledger.append(&batch) else {
+        panic!("a signature changed after signing is appended");
+    };
+    assert_eq!(refusals.len(), 1);
+    assert_eq!(refusals[0].index, 1);
+    ledger.append(&made).expect("appends");
+    assert_log_matches(&ledger, &made);
+}
