@@ -807,7 +807,7 @@ async fn serve(
                 }
             }
             Some(message) = messages.next() => {
-                let (Some(reply), Some((node, _))) =
+                let (Some(reply), Some((node, kind))) =
                     (message.reply.clone(), NodeSubject::parse(&message.subject))
                 else {
                     continue;
@@ -816,7 +816,7 @@ async fn serve(
                     Ok(permit) => {
                         let gateway = Arc::clone(&gateway);
                         tokio::spawn(async move {
-                            answer(&gateway, message).await;
+                            answer(&gateway, &node, kind, reply, &message.payload).await;
                             drop(permit);
                         });
                     }
@@ -831,17 +831,17 @@ async fn serve(
 }
 
 /// Answers one request on a node subject.
-async fn answer(gateway: &Gateway, message: async_nats::Message) {
-    let Some(reply) = message.reply.clone() else {
-        return;
-    };
-    let Some((node, kind)) = NodeSubject::parse(&message.subject) else {
-        return;
-    };
+async fn answer(
+    gateway: &Gateway,
+    node: &str,
+    kind: NodeSubject,
+    reply: async_nats::Subject,
+    payload: &Bytes,
+) {
     let body = match kind {
-        NodeSubject::Hello => hello(gateway, &node),
-        NodeSubject::Attempts => attempts(gateway, &node, &message.payload).await,
-        NodeSubject::Fetch => fetch(gateway, &node, &message.payload),
+        NodeSubject::Hello => hello(gateway, node),
+        NodeSubject::Attempts => attempts(gateway, node, payload).await,
+        NodeSubject::Fetch => fetch(gateway, node, payload),
         NodeSubject::Work => return,
     };
     let _ = gateway.client.publish(reply, body.into()).await;
