@@ -10,11 +10,18 @@ pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S:
 /// Lowercase hex of `bytes` (a table per byte; `hex::encode` goes through `char`s).
 pub fn encode(bytes: &[u8]) -> String {
     let mut digits = vec![0u8; 2 * bytes.len()];
-    // The buffer is exactly twice the input: encode_to_slice cannot fail.
-    if hex::encode_to_slice(bytes, &mut digits).is_err() {
-        return hex::encode(bytes);
+    write_digits(bytes, &mut digits);
+    // Every byte is one of HEX_DIGITS: ASCII, so valid UTF-8.
+    String::from_utf8(digits).unwrap_or_default()
+}
+
+/// Writes the lowercase hex of `bytes` into `digits`, two per byte.
+fn write_digits(bytes: &[u8], digits: &mut [u8]) {
+    debug_assert_eq!(digits.len(), 2 * bytes.len());
+    for (pair, byte) in digits.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX_DIGITS[usize::from(byte >> 4)];
+        pair[1] = HEX_DIGITS[usize::from(byte & 0x0f)];
     }
-    String::from_utf8(digits).unwrap_or_else(|_| hex::encode(bytes))
 }
 
 /// Deserialises a lowercase or uppercase hex string into bytes.
@@ -51,16 +58,13 @@ impl<const D: usize> HexDigits<D> {
     pub fn of(bytes: &[u8]) -> Self {
         assert_eq!(2 * bytes.len(), D, "{D} hex digits hold {} bytes", D / 2);
         let mut digits = [0u8; D];
-        for (pair, byte) in digits.chunks_exact_mut(2).zip(bytes) {
-            pair[0] = HEX_DIGITS[usize::from(byte >> 4)];
-            pair[1] = HEX_DIGITS[usize::from(byte & 0x0f)];
-        }
+        write_digits(bytes, &mut digits);
         Self(digits)
     }
 
     /// The digits as text.
     pub fn as_str(&self) -> &str {
-        // Every byte is one of DIGITS: ASCII, so valid UTF-8.
+        // Every byte is one of HEX_DIGITS: ASCII, so valid UTF-8.
         std::str::from_utf8(&self.0).unwrap_or_default()
     }
 }
