@@ -125,14 +125,11 @@ fn start_nodes(
             .any(|line| line.starts_with("node ready"));
         if !ready {
             let words = std::fs::read_to_string(&said).unwrap_or_default();
-            let tail: String = words
-                .chars()
+            let tail = words
+                .char_indices()
                 .rev()
-                .take(NODE_WORDS_CHARS_MAX)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
+                .nth(NODE_WORDS_CHARS_MAX - 1)
+                .map_or(words.as_str(), |(at, _)| &words[at..]);
             bail!(
                 "`fabric node` for {name} exited before it was ready: {}",
                 tail.trim()
