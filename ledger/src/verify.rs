@@ -326,10 +326,11 @@ impl Verifier {
 }
 
 /// Signatures this process has verified (by a gate in front of the ledger, see
-/// [`verify_and_remember`]) or made itself ([`SignatureMemo::remember_own`]), so that the ledger, which verifies every event on its way in,
-/// need not verify them a second time. Each is remembered by the BLAKE3 of author ‖ signature ‖
-/// signed bytes: only a successful verification puts a digest in, and whoever wants a digest
-/// of bytes of their choosing to be in it must find a BLAKE3 collision. Bounded: two
+/// [`verify_and_remember`]) or made itself ([`SignatureMemo::remember_own`]), so that the
+/// ledger, which verifies every event on its way in, need not verify them a second time. Each
+/// is remembered by the BLAKE3 of author ‖ signature ‖ signed bytes: only a successful
+/// verification or the process's own signing puts a digest in, and whoever wants a digest of
+/// bytes of their choosing to be in it must find a BLAKE3 collision. Bounded: two
 /// generations of [`MEMO_GENERATION_ENTRIES`] digests; when the newer one is full the older one
 /// is dropped. A signature forgotten before its event reaches the ledger is verified again,
 /// nothing worse.
