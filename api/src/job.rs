@@ -220,6 +220,46 @@ pub fn job_request_body(
     Ok(serde_json::to_vec(&request)?)
 }
 
+/// The JSON body of `POST /v0/jobs/batch` holding `requests`, each a body made by
+/// [`job_request_body`], in the order they are to be sequenced.
+pub fn job_batch_body(requests: &[Vec<u8>]) -> Vec<u8> {
+    let mut body = b"{\"jobs\":[".to_vec();
+    for (index, request) in requests.iter().enumerate() {
+        if index > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(request);
+    }
+    body.extend_from_slice(b"]}");
+    body
+}
+
+/// The body of a `200` answer to `POST /v0/jobs/batch`: one item per job request, in the
+/// order they came.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobBatchAnswer {
+    /// How many items are accepted.
+    pub accepted: usize,
+    /// How many items are refused.
+    pub refused: usize,
+    /// Each request's answer.
+    pub results: Vec<JobBatchItem>,
+}
+
+/// One request's answer in a [`JobBatchAnswer`]: the status and body `POST /v0/jobs` would
+/// have given it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobBatchItem {
+    /// The `202` body, when accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted: Option<JobAccepted>,
+    /// The error, when refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<crate::wire::ErrorDetail>,
+    /// The HTTP status `POST /v0/jobs` would have answered.
+    pub status: u16,
+}
+
 /// Where a job is, as `GET /v0/jobs/{id}` says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -16,6 +16,11 @@ pub const API_VERSION: &str = "v0";
 pub const JOB_SCHEMA_VERSION: &str = "fabric.job.v0";
 /// Largest request body the server reads; a longer one gets 413 without being read.
 pub const REQUEST_BODY_BYTES_MAX: usize = 64 * 1024;
+/// Largest body of `POST /v0/jobs/batch`; a longer one gets 413 without being read. Each job
+/// request in it is still held to [`REQUEST_BODY_BYTES_MAX`].
+pub const BATCH_BODY_BYTES_MAX: usize = 1024 * 1024;
+/// Most job requests one `POST /v0/jobs/batch` carries.
+pub const JOBS_PER_BATCH_MAX: usize = 256;
 /// Export lines one `GET /v0/events` answer carries at most (`limit` may ask for fewer).
 pub const EVENTS_PER_RESPONSE_MAX: u64 = 100_000;
 /// The BLAKE3 key-derivation context of a job id derived from a request id

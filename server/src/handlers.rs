@@ -11,12 +11,13 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use fabric_actors::gate::{check_decoded, Verdict};
 use fabric_actors::serve::{Ack, Request, ServedTick, Submission};
 use fabric_api::job::{
-    check_envelope, ArtifactRef, JobAccepted, JobEvent, JobLinks, JobRequest, JobResult, JobStatus,
-    JobTimings,
+    check_envelope, ArtifactRef, JobAccepted, JobBatchAnswer, JobBatchItem, JobEvent, JobLinks,
+    JobRequest, JobResult, JobStatus, JobTimings,
 };
 use fabric_api::wire::{
     ErrorBody, Health, LedgerInfo, OwnerAccepted, OwnerRequest, TreeHead, Versions, API_VERSION,
-    EVENTS_PER_RESPONSE_MAX, JOB_SCHEMA_VERSION, REQUEST_BODY_BYTES_MAX,
+    BATCH_BODY_BYTES_MAX, EVENTS_PER_RESPONSE_MAX, JOBS_PER_BATCH_MAX, JOB_SCHEMA_VERSION,
+    REQUEST_BODY_BYTES_MAX,
 };
 use fabric_events::codec::encode_event;
 use fabric_events::{Body, Event, Hash32, JobId, PublicKey, RejectReason, Role};
@@ -26,6 +27,7 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::index::{index_event, settle, View};
+use crate::limits::BATCHES_READING_MAX;
 use crate::metrics::ServeMetrics;
 use crate::refusals::{PeerRefusals, PEER_REFUSALS_BURST_MAX, PEER_REFUSALS_PER_SECOND_MAX};
 use crate::INTAKE_CAPACITY;
@@ -40,6 +42,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: ServeMetrics,
     /// Each peer's allowance of refused requests.
     pub(crate) refusals: PeerRefusals,
+    /// Permits for batch bodies being read at once ([`BATCHES_READING_MAX`]).
+    pub(crate) batches_reading: tokio::sync::Semaphore,
     pub(crate) tick_ms: u64,
     /// Where the fabric's keys come from (its genesis).
     pub(crate) key_origin: fabric_events::KeyOrigin,
@@ -64,7 +68,28 @@ pub(crate) fn simulation_banner(
 
 /// `{"error": {"code", "message"}}` with `status`.
 pub(crate) fn error(status: StatusCode, code: &str, message: impl Into<String>) -> HttpResponse {
-    HttpResponse::build(status).json(ErrorBody::new(code, message))
+    Refusal::new(status, code, message).response()
+}
+
+/// A request's refusal before it is an HTTP answer: its status and error body. A batch's
+/// items are refusals too, answered inside the batch's answer.
+pub(crate) struct Refusal {
+    status: StatusCode,
+    body: ErrorBody,
+}
+
+impl Refusal {
+    /// A refusal that stored nothing.
+    pub(crate) fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            body: ErrorBody::new(code, message),
+        }
+    }
+
+    pub(crate) fn response(self) -> HttpResponse {
+        HttpResponse::build(self.status).json(self.body)
+    }
 }
 
 fn read_view(shared: &Shared) -> std::sync::RwLockReadGuard<'_, View> {
@@ -118,6 +143,7 @@ pub(crate) fn routes(config: &mut web::ServiceConfig) {
     config
         .route("/v0/health", web::get().to(health))
         .route("/v0/jobs", web::post().to(submit_job))
+        .route("/v0/jobs/batch", web::post().to(submit_jobs))
         .route("/v0/jobs/{id}", web::get().to(job_status))
         .route("/v0/jobs/{id}/result", web::get().to(job_result))
         .route("/v0/artifacts/{hash}", web::get().to(artifact))
@@ -175,7 +201,7 @@ async fn read_json<T: serde::de::DeserializeOwned>(
     payload: web::Payload,
     what: &str,
 ) -> Result<T, HttpResponse> {
-    let parsed = match read_body(request, payload).await {
+    let parsed = match read_body(request, payload, REQUEST_BODY_BYTES_MAX).await {
         Ok(body) => serde_json::from_slice(&body).map_err(|err| {
             error(
                 StatusCode::BAD_REQUEST,
@@ -225,16 +251,17 @@ async fn within_allowance(
     response
 }
 
-/// Reads a request body of at most [`REQUEST_BODY_BYTES_MAX`] bytes.
+/// Reads a request body of at most `bytes_max` bytes.
 async fn read_body(
     request: &HttpRequest,
     mut payload: web::Payload,
+    bytes_max: usize,
 ) -> Result<Vec<u8>, HttpResponse> {
     let too_large = || {
         error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
-            format!("the request body is over the limit of {REQUEST_BODY_BYTES_MAX} bytes"),
+            format!("the request body is over the limit of {bytes_max} bytes"),
         )
     };
     let declared = request
@@ -242,7 +269,7 @@ async fn read_body(
         .get("content-length")
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > REQUEST_BODY_BYTES_MAX as u64) {
+    if declared.is_some_and(|length| length > bytes_max as u64) {
         return Err(too_large());
     }
     let mut body = Vec::new();
@@ -254,7 +281,7 @@ async fn read_body(
                 format!("could not read the request body: {err}"),
             )
         })?;
-        if body.len() + chunk.len() > REQUEST_BODY_BYTES_MAX {
+        if body.len() + chunk.len() > bytes_max {
             return Err(too_large());
         }
         body.extend_from_slice(&chunk);
@@ -280,30 +307,40 @@ fn refusal_status(reason: RejectReason) -> StatusCode {
 }
 
 /// Hands a request to the driver and waits until its tick is durable.
-async fn sequence(shared: &Shared, request: Request) -> Result<Ack, HttpResponse> {
+async fn sequence(shared: &Shared, request: Request) -> Result<Ack, Refusal> {
+    durable(shared, queue(shared, request)?).await
+}
+
+/// Hands a request to the driver: what will carry its answer once its tick is durable, or 503
+/// when the driver's queue is full or closed.
+fn queue(shared: &Shared, request: Request) -> Result<oneshot::Receiver<Ack>, Refusal> {
     let (reply, answer) = oneshot::channel();
     match shared.intake.try_send(Submission { request, reply }) {
-        Ok(()) => {}
+        Ok(()) => Ok(answer),
         Err(mpsc::error::TrySendError::Full(_)) => {
             shared.metrics.dropped_request();
-            return Err(error(
+            Err(Refusal::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "overloaded",
                 format!("{INTAKE_CAPACITY} submissions are waiting for a tick; try again"),
-            ));
+            ))
         }
         Err(mpsc::error::TrySendError::Closed(_)) => {
             shared.metrics.dropped_request();
-            return Err(error(
+            Err(Refusal::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "shutting_down",
                 "the fabric is stopping and takes no more submissions",
-            ));
+            ))
         }
     }
+}
+
+/// The answer to a queued request, once its tick is durable.
+async fn durable(shared: &Shared, answer: oneshot::Receiver<Ack>) -> Result<Ack, Refusal> {
     answer.await.map_err(|_| {
         shared.metrics.dropped_request();
-        error(
+        Refusal::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_sequenced",
             "the fabric stopped before this request's tick was durable: it was not stored",
@@ -313,8 +350,8 @@ async fn sequence(shared: &Shared, request: Request) -> Result<Ack, HttpResponse
 
 /// The answer to a refused request: recorded as its own `rejected` event (evidence against
 /// its signer), or counted in the tick's `refusals_counted` event.
-fn refused(ack: &Ack) -> Option<HttpResponse> {
-    let body = match &ack.verdict {
+fn refused(ack: &Ack) -> Option<Refusal> {
+    let (reason, body) = match &ack.verdict {
         Verdict::Admitted => return None,
         Verdict::Refused { reason, detail } => (
             *reason,
@@ -325,7 +362,10 @@ fn refused(ack: &Ack) -> Option<HttpResponse> {
             ErrorBody::counted(reason.as_str(), detail, ack.seq, ack.tick),
         ),
     };
-    Some(HttpResponse::build(refusal_status(body.0)).json(body.1))
+    Some(Refusal {
+        status: refusal_status(reason),
+        body,
+    })
 }
 
 async fn submit_job(
@@ -357,18 +397,52 @@ async fn submit_job_heard(
         Ok(parsed) => parsed,
         Err(response) => return response,
     };
-    let signed = match job_request.event.decode() {
-        Ok(signed) => signed,
-        Err(wrong) => {
-            // Not even an attempt to attribute (hex or base64 that does not parse).
-            shared.metrics.unreadable_request();
-            return error(StatusCode::BAD_REQUEST, "bad_body", wrong.to_string());
-        }
+    let answer = match queue_job(shared, job_request) {
+        Ok(queued) => queued.answer(shared).await,
+        Err(refusal) => Err(refusal),
     };
-    // Checks that need no state run here, on the HTTP worker's thread; the signature is
-    // verified by the tick, in one batch with the tick's other attempts. What fails them is
-    // counted in the tick's `refusals_counted` event (or recorded as a `Rejected` event when a
-    // registered key signed it).
+    match answer {
+        Ok(accepted) => HttpResponse::Accepted().json(accepted),
+        Err(refusal) => refusal.response(),
+    }
+}
+
+/// A job request handed to the driver, waiting for its tick.
+struct QueuedJob {
+    job: Option<JobId>,
+    request_id: String,
+    answer: oneshot::Receiver<Ack>,
+}
+
+impl QueuedJob {
+    /// The request's answer once its tick is durable: accepted, or why not.
+    async fn answer(self, shared: &Shared) -> Result<JobAccepted, Refusal> {
+        let ack = durable(shared, self.answer).await?;
+        if let Some(refusal) = refused(&ack) {
+            return Err(refusal);
+        }
+        Ok(JobAccepted {
+            job: self.job,
+            links: JobLinks::new(self.job, ack.seq),
+            request_id: self.request_id,
+            seq: ack.seq,
+            status: "accepted".to_owned(),
+            tick: ack.tick,
+        })
+    }
+}
+
+/// Checks what a job request's bytes alone can tell and hands it to the driver (the single
+/// and the batch route share this). Checks that need no state run here, on the HTTP worker's
+/// thread; the signature is verified by the tick, in one batch with the tick's other attempts.
+/// What fails them is counted in the tick's `refusals_counted` event (or recorded as a
+/// `Rejected` event when a registered key signed it).
+fn queue_job(shared: &Shared, job_request: JobRequest) -> Result<QueuedJob, Refusal> {
+    let signed = job_request.event.decode().map_err(|wrong| {
+        // Not even an attempt to attribute (hex or base64 that does not parse).
+        shared.metrics.unreadable_request();
+        Refusal::new(StatusCode::BAD_REQUEST, "bad_body", wrong.to_string())
+    })?;
     let checked = check_decoded(&signed).and_then(|event| {
         check_envelope(&job_request, &event)
             .map_err(|wrong| (RejectReason::Invalid, wrong.to_string()))?;
@@ -378,10 +452,7 @@ async fn submit_job_heard(
         Ok(Event {
             body: Body::JobSubmitted(body),
             ..
-        }) => match crate::inputs::input_of(&job_request, body) {
-            Ok(input) => (Some(body.job), input),
-            Err(refused) => return *refused,
-        },
+        }) => (Some(body.job), crate::inputs::input_of(&job_request, body)?),
         _ => (None, None),
     };
     let request = Request::Job {
@@ -389,20 +460,153 @@ async fn submit_job_heard(
         checked,
         input,
     };
-    let ack = match sequence(shared, request).await {
-        Ok(ack) => ack,
-        Err(response) => return response,
-    };
-    if let Some(refusal) = refused(&ack) {
-        return refusal;
-    }
-    HttpResponse::Accepted().json(JobAccepted {
+    Ok(QueuedJob {
         job,
-        links: JobLinks::new(job, ack.seq),
         request_id: job_request.request_id,
-        seq: ack.seq,
-        status: "accepted".to_owned(),
-        tick: ack.tick,
+        answer: queue(shared, request)?,
+    })
+}
+
+async fn submit_jobs(
+    shared: web::Data<Shared>,
+    request: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
+    within_allowance(
+        &shared,
+        &request,
+        submit_jobs_heard(&shared, &request, payload),
+    )
+    .await
+}
+
+/// The body of `POST /v0/jobs/batch`, each job request still unparsed so that each is judged
+/// (and refused) on its own.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchBody<'a> {
+    #[serde(borrow)]
+    jobs: Vec<&'a serde_json::value::RawValue>,
+}
+
+/// `POST /v0/jobs/batch` (docs/FORMAT.md §14.2): every job request of the batch queued in
+/// order for the same tick, then each answered as `POST /v0/jobs` would answer it. Each
+/// refused item takes one from the peer's allowance.
+async fn submit_jobs_heard(
+    shared: &Shared,
+    request: &HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
+    // Bodies this large are read a few at a time, so that connections cannot hold much
+    // memory each: the rest wait for a later try.
+    let Ok(_reading) = shared.batches_reading.try_acquire() else {
+        shared.metrics.dropped_request();
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            format!("{BATCHES_READING_MAX} batches are being read already; try again"),
+        );
+    };
+    let body = match read_body(request, payload, BATCH_BODY_BYTES_MAX).await {
+        Ok(body) => body,
+        Err(response) => {
+            shared.metrics.unreadable_request();
+            return response;
+        }
+    };
+    let batch: BatchBody<'_> = match serde_json::from_slice(&body) {
+        Ok(batch) => batch,
+        Err(err) => {
+            shared.metrics.unreadable_request();
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                format!("the body is not a batch of job requests (docs/FORMAT.md §14.2): {err}"),
+            );
+        }
+    };
+    if batch.jobs.is_empty() || batch.jobs.len() > JOBS_PER_BATCH_MAX {
+        shared.metrics.unreadable_request();
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_batch",
+            format!(
+                "a batch holds 1 to {JOBS_PER_BATCH_MAX} job requests, not {}",
+                batch.jobs.len()
+            ),
+        );
+    }
+    // All are queued before any answer is awaited: in order, and for the same tick.
+    let queued: Vec<Result<QueuedJob, Refusal>> = batch
+        .jobs
+        .iter()
+        .enumerate()
+        .map(|(index, raw)| queue_job(shared, batch_item(shared, index, raw)?))
+        .collect();
+    drop(body);
+    let mut answer = JobBatchAnswer {
+        accepted: 0,
+        refused: 0,
+        results: Vec::with_capacity(queued.len()),
+    };
+    for item in queued {
+        let item = match item {
+            Ok(queued) => queued.answer(shared).await,
+            Err(refusal) => Err(refusal),
+        };
+        answer.results.push(match item {
+            Ok(accepted) => {
+                answer.accepted += 1;
+                JobBatchItem {
+                    accepted: Some(accepted),
+                    error: None,
+                    status: StatusCode::ACCEPTED.as_u16(),
+                }
+            }
+            Err(refusal) => {
+                answer.refused += 1;
+                if refusal.status.is_client_error() {
+                    shared.refusals.refused(peer_of(request));
+                }
+                JobBatchItem {
+                    accepted: None,
+                    error: Some(refusal.body.error),
+                    status: refusal.status.as_u16(),
+                }
+            }
+        });
+    }
+    HttpResponse::Ok().json(answer)
+}
+
+/// Item `index` of a batch as a job request: 413 over a single request's size limit, 400
+/// when it is not a job request.
+fn batch_item(
+    shared: &Shared,
+    index: usize,
+    raw: &serde_json::value::RawValue,
+) -> Result<JobRequest, Refusal> {
+    let text = raw.get();
+    let refused = |status, code, message: String| {
+        shared.metrics.unreadable_request();
+        Refusal::new(status, code, format!("jobs[{index}]: {message}"))
+    };
+    if text.len() > REQUEST_BODY_BYTES_MAX {
+        return Err(refused(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "{} bytes, over the limit of {REQUEST_BODY_BYTES_MAX} bytes of a job request",
+                text.len()
+            ),
+        ));
+    }
+    serde_json::from_str(text).map_err(|err| {
+        refused(
+            StatusCode::BAD_REQUEST,
+            "bad_body",
+            format!("not a job request (docs/FORMAT.md §14.2): {err}"),
+        )
     })
 }
 
@@ -695,10 +899,10 @@ async fn owner_command_heard(
     .await
     {
         Ok(ack) => ack,
-        Err(response) => return response,
+        Err(refusal) => return refusal.response(),
     };
     if let Some(refusal) = refused(&ack) {
-        return refusal;
+        return refusal.response();
     }
     HttpResponse::Accepted().json(OwnerAccepted {
         nonce: owner.nonce,

@@ -5,22 +5,21 @@
 //! makes the job durable.
 
 use actix_web::http::StatusCode;
-use actix_web::HttpResponse;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use fabric_actors::InputStore;
 use fabric_api::job::JobRequest;
 use fabric_events::{Hash32, JobSubmitted};
 
-use crate::handlers::error;
+use crate::handlers::Refusal;
 
-/// The input bytes a request carries, checked against its job's input hash; or the answer
-/// that refuses the request (nothing is stored: the request's signer is not judged yet).
+/// The input bytes a request carries, checked against its job's input hash; or the refusal
+/// of the request (nothing is stored: the request's signer is not judged yet).
 pub(crate) fn input_of(
     request: &JobRequest,
     job: &JobSubmitted,
-) -> Result<Option<Vec<u8>>, Box<HttpResponse>> {
-    let bad = |message: String| Box::new(error(StatusCode::BAD_REQUEST, "bad_input", message));
+) -> Result<Option<Vec<u8>>, Refusal> {
+    let bad = |message: String| Refusal::new(StatusCode::BAD_REQUEST, "bad_input", message);
     let Some(text) = &request.input else {
         return Ok(None);
     };

@@ -16,6 +16,10 @@ pub const BODY_READ_TIMEOUT_MS: u64 = 5_000;
 /// (408 `body_timeout`, connection closed). Bodies are at most 1 MiB: a client that cannot
 /// send one in this time is not one the service waits for.
 pub const REQUEST_DEADLINE_MS: u64 = 10_000;
+/// Most `POST /v0/jobs/batch` bodies (up to `BATCH_BODY_BYTES_MAX`, 1 MiB, each) read and
+/// held at once; a batch that finds none free is answered 503 `overloaded` before its body is
+/// read. Bounds what batches can make the service hold to this many MiB.
+pub const BATCHES_READING_MAX: usize = 64;
 /// Most connections open at once (the ceiling: the listener stops accepting there), whatever
 /// the file-descriptor limit allows.
 pub const CONNECTIONS_MAX: usize = 16_384;

@@ -14,6 +14,10 @@ use std::time::Instant;
 pub const PEER_REFUSALS_BURST_MAX: u32 = 64;
 /// Refusals per second a peer's allowance refills by.
 pub const PEER_REFUSALS_PER_SECOND_MAX: u32 = 16;
+/// How far below zero a peer's allowance may go: a batch (`POST /v0/jobs/batch`) is heard
+/// while the allowance is not spent, and each of its refused items takes one, so a batch of
+/// refusals is paid for in full (a peer in debt waits until it refills above zero).
+pub const PEER_REFUSALS_DEBT_MAX: u32 = fabric_api::wire::JOBS_PER_BATCH_MAX as u32;
 /// Peers tracked at once; when full, peers whose allowance has refilled are forgotten, and a
 /// new peer that still finds no room is not limited (rather than lock out strangers).
 pub const PEERS_TRACKED_MAX: usize = 65_536;
@@ -95,7 +99,7 @@ impl PeerRefusals {
         }
         let allowance = peers.entry(peer).or_insert_with(|| Allowance::full(now));
         allowance.refill(now);
-        allowance.left = (allowance.left - 1.0).max(0.0);
+        allowance.left = (allowance.left - 1.0).max(-f64::from(PEER_REFUSALS_DEBT_MAX));
     }
 }
 
@@ -116,6 +120,23 @@ mod tests {
         assert!(!limits.allows(peer), "the burst is spent");
         assert!(limits.allows(other), "another peer is not limited");
         assert!(limits.allows(None), "the Unix socket is not limited");
+    }
+
+    #[test]
+    fn refusals_past_the_burst_are_a_debt_down_to_its_limit() {
+        let limits = PeerRefusals::default();
+        let address = IpAddr::from([192, 0, 2, 3]);
+        for _ in 0..PEER_REFUSALS_BURST_MAX + 2 * PEER_REFUSALS_DEBT_MAX {
+            limits.refused(Some(address));
+        }
+        let left = limits.peers.lock().expect("not poisoned")[&address].left;
+        // The loop's few microseconds refill far below one refusal.
+        assert!(
+            (-f64::from(PEER_REFUSALS_DEBT_MAX)..-f64::from(PEER_REFUSALS_DEBT_MAX) + 1.0)
+                .contains(&left),
+            "{left}"
+        );
+        assert!(!limits.allows(Some(address)));
     }
 
     #[test]

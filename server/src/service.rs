@@ -193,6 +193,7 @@ fn shared(
         }),
         metrics: ServeMetrics::new(&spill_routes),
         refusals: Default::default(),
+        batches_reading: tokio::sync::Semaphore::new(crate::limits::BATCHES_READING_MAX),
         tick_ms: config.tick_ms,
         key_origin: config.key_origin,
         started: Instant::now(),

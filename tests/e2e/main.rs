@@ -2,6 +2,7 @@
 //! binary as a user runs it. One test binary for the whole suite, so one build serves all.
 
 mod audit;
+mod batch;
 mod ceremony;
 mod cli;
 mod durability;

@@ -854,6 +854,7 @@ fn the_openapi_document_describes_every_answer_of_the_server() {
     let routes = [
         ("get", "/v0/health"),
         ("post", "/v0/jobs"),
+        ("post", "/v0/jobs/batch"),
         ("get", "/v0/jobs/{id}"),
         ("get", "/v0/jobs/{id}/result"),
         ("get", "/v0/artifacts/{hash}"),
