@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context};
 use fabric_api::http_client::{Client, Target};
-use fabric_api::job::{job_id_of, job_request_body, JobSpec};
+use fabric_api::job::{job_batch_body, job_id_of, job_request_body, JobBatchAnswer, JobSpec};
 use fabric_events::{keys, Hash32, JobType, ModelRegistered, OwnerAction, SigningKey};
 use fabric_gpu_kernels::models::ModelJob;
 use serde_json::Value;
@@ -32,8 +32,10 @@ use super::serve::{
 use super::{scratch_dir, verdict, Against, Bench, Figure, SuiteReport};
 
 /// Client connections submitting at once, each with a key of its own: each waits for its
-/// job's tick, so they are enough to keep the nodes busy at 10-ms ticks.
-const CLIENTS: usize = 256;
+/// batch's tick, so they are enough to keep the nodes busy at 10-ms ticks.
+const CLIENTS: usize = 16;
+/// Jobs per `POST /v0/jobs/batch`, as a client with much to submit would send them.
+const JOBS_PER_BATCH: usize = 64;
 /// What Fabric aims for against the peer: ten times its jobs per second.
 const PEER_RATIO_TARGET: f64 = 10.0;
 /// Share of the signature-work bound Fabric aims for.
@@ -180,21 +182,24 @@ struct NodesRun {
     latencies: Vec<Duration>,
 }
 
-/// Submits every job (client `c` takes jobs `c`, `c + CLIENTS`, …) while a watcher reads the
-/// log until each has its receipt.
-fn run(target: &Target, keys: &[SigningKey], jobs: &ModelJobs) -> anyhow::Result<NodesRun> {
+/// Submits every job (client `c` takes jobs `c`, `c + CLIENTS`, …) while a watcher follows
+/// the receipts the fabric publishes on NATS until each job has its receipt.
+fn run(
+    target: &Target,
+    nats_url: &str,
+    keys: &[SigningKey],
+    jobs: &ModelJobs,
+) -> anyhow::Result<NodesRun> {
     let mut control = Client::new(target.clone(), Duration::from_secs(30));
-    let from = health(&mut control)?["ledger"]["size"]
-        .as_u64()
-        .unwrap_or(0);
     let expected: HashSet<u64> = (0..jobs.len())
         .map(|index| job_id_of(&format!("nodes-{index}")))
         .collect();
+    // Subscribed before the first submission, so that no receipt is published unseen.
+    let watch = ReceiptWatch::subscribe(nats_url)?;
     let gave_up = AtomicBool::new(false);
     let started = Instant::now();
-    // The log is watched while the clients submit, so that each receipt is seen when it lands.
     let (submitted, finished) = std::thread::scope(|scope| {
-        let watcher = scope.spawn(|| watch_receipts(&mut control, from, &expected, &gave_up));
+        let watcher = scope.spawn(|| watch.until_all(&expected, &gave_up));
         let handles: Vec<_> = keys
             .iter()
             .enumerate()
@@ -214,7 +219,7 @@ fn run(target: &Target, keys: &[SigningKey], jobs: &ModelJobs) -> anyhow::Result
         }
         let finished = watcher
             .join()
-            .map_err(|_| anyhow!("the log watcher panicked"))
+            .map_err(|_| anyhow!("the receipt watcher panicked"))
             .and_then(|finished| finished);
         anyhow::Ok((submitted?, finished?))
     })?;
@@ -232,8 +237,8 @@ fn run(target: &Target, keys: &[SigningKey], jobs: &ModelJobs) -> anyhow::Result
     })
 }
 
-/// One client's share of the jobs, each signed at the tick last seen: job id and submission
-/// instant of each.
+/// One client's share of the jobs, in batches of [`JOBS_PER_BATCH`], each job signed at the
+/// tick last seen: job id and submission instant of each.
 fn submit_share(
     target: &Target,
     key: &SigningKey,
@@ -243,101 +248,136 @@ fn submit_share(
     let mut http = Client::new(target.clone(), Duration::from_secs(60));
     let mut tick = health(&mut http)?["tick"].as_u64().unwrap_or(0);
     let mut out = Vec::new();
-    for (nonce, index) in (client..jobs.len()).step_by(CLIENTS).enumerate() {
-        let (job, input) = jobs.job(index);
-        let request_id = format!("nodes-{index}");
-        let spec = JobSpec {
-            request_id: request_id.clone(),
-            shard: "bench".to_owned(),
-            model_id: model_id(job),
-            model_version: "1".to_owned(),
-            skills: vec!["models".to_owned()],
-            duration_ticks: 1,
-            deadline_ticks: 100_000,
-            budget_micros: 1_000,
-            input_hash: Hash32(*blake3::hash(input).as_bytes()),
-        };
-        let body = job_request_body(&spec, key, tick, nonce as u64 + 1, Some(input))?;
+    let share: Vec<usize> = (client..jobs.len()).step_by(CLIENTS).collect();
+    for batch in share.chunks(JOBS_PER_BATCH) {
+        let mut bodies = Vec::with_capacity(batch.len());
+        for &index in batch {
+            let (job, input) = jobs.job(index);
+            let spec = JobSpec {
+                request_id: format!("nodes-{index}"),
+                shard: "bench".to_owned(),
+                model_id: model_id(job),
+                model_version: "1".to_owned(),
+                skills: vec!["models".to_owned()],
+                duration_ticks: 1,
+                deadline_ticks: 100_000,
+                budget_micros: 1_000,
+                input_hash: Hash32(*blake3::hash(input).as_bytes()),
+            };
+            let nonce = out.len() + bodies.len() + 1;
+            bodies.push(job_request_body(
+                &spec,
+                key,
+                tick,
+                nonce as u64,
+                Some(input),
+            )?);
+        }
+        let body = job_batch_body(&bodies);
         let sent = Instant::now();
-        let response = http.request("POST", "/v0/jobs", Some(("application/json", &body)))?;
+        let response = http.request("POST", "/v0/jobs/batch", Some(("application/json", &body)))?;
         ensure!(
-            response.status == 202,
-            "job {index} was refused: {} {}",
+            response.status == 200,
+            "a batch was refused: {} {}",
             response.status,
             response.text()
         );
-        let answer: Value = serde_json::from_slice(&response.body)?;
-        tick = answer["tick"].as_u64().unwrap_or(tick);
-        out.push((job_id_of(&request_id), sent));
+        let answer: JobBatchAnswer = serde_json::from_slice(&response.body)?;
+        for (item, &index) in answer.results.iter().zip(batch) {
+            let accepted = item.accepted.as_ref().ok_or_else(|| {
+                anyhow!("job {index} was refused: {} {:?}", item.status, item.error)
+            })?;
+            tick = tick.max(accepted.tick);
+            out.push((job_id_of(&format!("nodes-{index}")), sent));
+        }
     }
     Ok(out)
 }
 
-/// Reads the log from `from` on until every job of `submitted` has a completed receipt: when
-/// each was seen.
-fn watch_receipts(
-    client: &mut Client,
-    mut from: u64,
-    submitted: &HashSet<u64>,
-    gave_up: &AtomicBool,
-) -> anyhow::Result<HashMap<u64, Instant>> {
-    let deadline = Instant::now() + Duration::from_secs(RUN_DEADLINE_S);
-    let mut finished = HashMap::new();
-    while finished.len() < submitted.len() {
-        ensure!(
-            Instant::now() < deadline,
-            "{} of {} jobs had their receipt within {RUN_DEADLINE_S} s",
-            finished.len(),
-            submitted.len()
-        );
-        ensure!(
-            !gave_up.load(Ordering::Relaxed),
-            "the clients stopped submitting"
-        );
-        let response = client.request("GET", &format!("/v0/events?from={from}"), None)?;
-        if response.status == 404 {
-            // Nothing past `from` yet.
-            std::thread::sleep(Duration::from_millis(5));
-            continue;
-        }
-        ensure!(
-            response.status == 200,
-            "GET /v0/events: {}",
-            response.status
-        );
-        let now = Instant::now();
-        for line in response.body.split(|byte| *byte == b'\n') {
-            if line.is_empty() {
-                continue;
-            }
-            // Only a receipt is read whole: the watcher shares the machine with the fabric.
-            let head: LineHead = serde_json::from_slice(line)?;
-            from = from.max(head.seq + 1);
-            if head.kind != "job_receipt" {
-                continue;
-            }
-            let line: Value = serde_json::from_slice(line)?;
-            let data = &line["body"]["data"];
-            let Some(job) = data["job"].as_u64().filter(|job| submitted.contains(job)) else {
-                continue;
-            };
-            ensure!(
-                data["outcome"] == "completed",
-                "job {job} failed on {}",
-                data["node"]
-            );
-            finished.insert(job, now);
-        }
-    }
-    Ok(finished)
+/// The receipts the fabric publishes on NATS once they are durable (docs/FORMAT.md §12:
+/// `fabric.events.<region>.job_receipt`, each an export line), followed on a runtime of its
+/// own. A client waiting for results follows them so; polling `GET /v0/events` would cost the
+/// server an export line per event of the log besides the outbox's.
+struct ReceiptWatch {
+    runtime: tokio::runtime::Runtime,
+    receipts: async_nats::Subscriber,
 }
 
-/// What the watcher reads of every line of `/v0/events`.
+impl ReceiptWatch {
+    fn subscribe(url: &str) -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let receipts = runtime.block_on(async {
+            let client = async_nats::connect(url).await?;
+            let receipts = client.subscribe("fabric.events.*.job_receipt").await?;
+            // The subscription is in force at the server once the flush returns.
+            client.flush().await?;
+            anyhow::Ok(receipts)
+        })?;
+        Ok(Self { runtime, receipts })
+    }
+
+    /// When each job of `submitted` was seen with its completed receipt.
+    fn until_all(
+        mut self,
+        submitted: &HashSet<u64>,
+        gave_up: &AtomicBool,
+    ) -> anyhow::Result<HashMap<u64, Instant>> {
+        use futures_util::StreamExt as _;
+        let deadline = Instant::now() + Duration::from_secs(RUN_DEADLINE_S);
+        let mut finished = HashMap::new();
+        while finished.len() < submitted.len() {
+            ensure!(
+                Instant::now() < deadline,
+                "{} of {} jobs had their receipt within {RUN_DEADLINE_S} s",
+                finished.len(),
+                submitted.len()
+            );
+            ensure!(
+                !gave_up.load(Ordering::Relaxed),
+                "the clients stopped submitting"
+            );
+            let receipts = &mut self.receipts;
+            let next = self.runtime.block_on(async {
+                tokio::time::timeout(Duration::from_millis(100), receipts.next()).await
+            });
+            let message = match next {
+                Err(_) => continue,
+                Ok(None) => bail!("the NATS connection closed"),
+                Ok(Some(message)) => message,
+            };
+            let now = Instant::now();
+            let line: ReceiptLine = serde_json::from_slice(&message.payload)?;
+            let data = line.body.data;
+            if !submitted.contains(&data.job) {
+                continue;
+            }
+            ensure!(data.outcome == "completed", "job {} failed", data.job);
+            finished.entry(data.job).or_insert(now);
+        }
+        Ok(finished)
+    }
+}
+
+/// What the watcher reads of a receipt's export line.
 #[derive(serde::Deserialize)]
-struct LineHead<'a> {
-    seq: u64,
+struct ReceiptLine<'a> {
     #[serde(borrow)]
-    kind: std::borrow::Cow<'a, str>,
+    body: ReceiptBody<'a>,
+}
+
+#[derive(serde::Deserialize)]
+struct ReceiptBody<'a> {
+    #[serde(borrow)]
+    data: ReceiptData<'a>,
+}
+
+#[derive(serde::Deserialize)]
+struct ReceiptData<'a> {
+    job: u64,
+    #[serde(borrow)]
+    outcome: std::borrow::Cow<'a, str>,
 }
 
 /// Every output, downloaded, is the CPU reference's.
@@ -390,7 +430,7 @@ pub(super) fn suite(bench: &mut Bench<'_>) -> anyhow::Result<SuiteReport> {
         &ceremony.data.join("genesis.json"),
         workers,
     )?;
-    let measured = run(&server.target, &keys, &jobs)?;
+    let measured = run(&server.target, &nats.url, &keys, &jobs)?;
     drop(nodes);
     drop(server);
     let limits = bench.limits()?;
@@ -412,7 +452,8 @@ pub(super) fn suite(bench: &mut Bench<'_>) -> anyhow::Result<SuiteReport> {
         adapter: None,
         notes: vec![format!(
             "{count} jobs (a third of each model job type) through {workers} `fabric node` \
-             processes (one executor each) over NATS on loopback, {CLIENTS} HTTP clients; \
+             processes (one executor each) over NATS on loopback, {CLIENTS} HTTP clients \
+             sending batches of {JOBS_PER_BATCH}; \
              every output checked against the CPU reference; vs. Celery+Redis on {workers} \
              prefork workers: target >= {PEER_RATIO_TARGET}x {} ({peer_ratio:.2}x), and >= \
              {CRYPTO_RATIO_TARGET} of the signature bound {} ({bound_ratio:.2})",
