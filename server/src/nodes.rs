@@ -54,6 +54,11 @@ use crate::error::ServerError;
 /// Requests of all nodes the gateway works on at once (each holds its body, at most
 /// [`MESSAGE_BYTES_MAX`]); the next ones are answered busy at once.
 pub const GATEWAY_REQUESTS_IN_FLIGHT_MAX: usize = 2_048;
+/// Attempts of one node per tick that are not receipts of jobs it runs: its heartbeat, a late
+/// receipt of a job requeued away, anything the gate refuses and records as evidence. Past
+/// this many in a tick they are answered `refused` (`too_many_attempts`) and never reach the
+/// log, so that a node's key grows the log no faster than its work and its heartbeats do.
+pub const NODE_OTHER_ATTEMPTS_PER_TICK_MAX: u32 = 4;
 /// How long a node's batch waits for its tick before it is answered `unanswered`.
 const ATTEMPTS_WAIT_MS: u64 = 30_000;
 /// Ticks a receipt is remembered after it was appended, to answer a node's retry of it as a
@@ -635,6 +640,15 @@ struct Gateway {
     /// Share of completed receipts re-executed on the CPU reference, in parts per million.
     verify_ppm: u32,
     in_flight: Mutex<InFlight>,
+    other_attempts: Mutex<OtherAttempts>,
+}
+
+/// The attempts each node sent in the current tick that were not receipts of its own running
+/// jobs ([`NODE_OTHER_ATTEMPTS_PER_TICK_MAX`]); forgotten when the tick moves on.
+#[derive(Default)]
+struct OtherAttempts {
+    tick: u64,
+    per_node: HashMap<String, u32>,
 }
 
 impl Gateway {
@@ -642,6 +656,29 @@ impl Gateway {
         self.feed
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Takes one of `node`'s attempts of this tick that are not receipts of its running jobs,
+    /// or says why none is left.
+    fn other_attempt(&self, node: &str, tick: u64) -> Result<(), String> {
+        let mut other = self
+            .other_attempts
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if other.tick != tick {
+            other.tick = tick;
+            other.per_node.clear();
+        }
+        let count = other.per_node.entry(node.to_owned()).or_insert(0);
+        if *count >= NODE_OTHER_ATTEMPTS_PER_TICK_MAX {
+            return Err(format!(
+                "node `{node}` sent {count} attempts after tick {tick} that are not receipts of \
+                 its running jobs (heartbeats, receipts of jobs it does not run, refusals), the \
+                 limit (NODE_OTHER_ATTEMPTS_PER_TICK_MAX); the rest wait for the next tick"
+            ));
+        }
+        *count += 1;
+        Ok(())
     }
 
     fn in_flight(&self) -> MutexGuard<'_, InFlight> {
@@ -713,6 +750,7 @@ impl NodeGateway {
             artifacts,
             verify_ppm,
             in_flight: Mutex::new(InFlight::default()),
+            other_attempts: Mutex::new(OtherAttempts::default()),
         });
         let thread = std::thread::Builder::new()
             .name("node-gateway".to_owned())
@@ -1056,18 +1094,39 @@ fn submit(
     let refused = |reason: &str, detail: String| {
         Pending::Now(result("refused", None, Some((reason.to_owned(), detail))))
     };
+    let mut of_its_work = false;
     if let Ok(Event {
         body: Body::JobReceipt(receipt),
         ..
     }) = &checked
     {
         if receipt.node == node {
-            if let Some((seq, _)) = gateway.feed().receipts.get(&(node.to_owned(), receipt.job)) {
+            let feed = gateway.feed();
+            if let Some((seq, _)) = feed.receipts.get(&(node.to_owned(), receipt.job)) {
                 return Pending::Now(result("duplicate", Some(*seq), None));
             }
-            if let Err(detail) = store_output(gateway, node, receipt, outputs) {
-                return refused("invalid", detail);
-            }
+            of_its_work = feed
+                .running
+                .get(&receipt.job)
+                .is_some_and(|running| running.node == node);
+        }
+    }
+    if !of_its_work {
+        let tick = gateway.feed().tick;
+        if let Err(detail) = gateway.other_attempt(node, tick) {
+            return refused("too_many_attempts", detail);
+        }
+    }
+    if let (
+        true,
+        Ok(Event {
+            body: Body::JobReceipt(receipt),
+            ..
+        }),
+    ) = (of_its_work, &checked)
+    {
+        if let Err(detail) = store_output(receipt, outputs, &gateway.artifacts) {
+            return refused("invalid", detail);
         }
     }
     let request = match checked {
@@ -1102,23 +1161,15 @@ fn submit(
 }
 
 /// Stores the output a completed receipt names, before the receipt reaches the gate: the
-/// tick's group commit then makes both durable together. Only for a job the node runs.
+/// tick's group commit then makes both durable together. Only for a receipt of a job its node
+/// runs (the caller's check): the gate refuses any other and records why, and nothing is
+/// stored for it.
 fn store_output(
-    gateway: &Gateway,
-    node: &str,
     receipt: &JobReceipt,
     outputs: &HashMap<Hash32, Vec<u8>>,
+    artifacts: &sled::Tree,
 ) -> Result<(), String> {
     if receipt.outcome != JobOutcome::Completed {
-        return Ok(());
-    }
-    let runs = gateway
-        .feed()
-        .running
-        .get(&receipt.job)
-        .is_some_and(|running| running.node == node);
-    if !runs {
-        // The gate refuses the receipt and records why; nothing is stored for it.
         return Ok(());
     }
     let Some(bytes) = outputs.get(&receipt.output_hash) else {
@@ -1127,8 +1178,7 @@ fn store_output(
             receipt.job, receipt.output_hash
         ));
     };
-    gateway
-        .artifacts
+    artifacts
         .insert(receipt.output_hash.as_bytes(), bytes.as_slice())
         .map(|_| ())
         .map_err(|error| format!("the artifact store failed: {error}"))

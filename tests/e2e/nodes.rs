@@ -971,8 +971,9 @@ fn a_lying_node_is_caught_by_re_execution_and_halted() {
 
 /// A node that floods its own `attempts` subject (with its own NATS user and its own key, as
 /// a compromised node could) gets at most `NODE_REQUESTS_IN_FLIGHT_MAX` requests worked on at
-/// once: the others are answered busy at once, every request is answered, and the fabric
-/// goes on serving the other nodes and its clients.
+/// once: the others are answered busy at once, every request is answered, its heartbeats
+/// reach the log only a few a tick, and the fabric goes on serving the other nodes and its
+/// clients.
 #[test]
 fn a_node_flooding_its_subjects_is_answered_busy_and_the_fabric_goes_on() {
     use fabric_api::wire::WireSignedEvent;
@@ -1072,6 +1073,28 @@ fn a_node_flooding_its_subjects_is_answered_busy_and_the_fabric_goes_on() {
         "a flood of {FLOOD} gets busy answers: {answers:?}"
     );
     assert!(busy < FLOOD, "some of the flood is worked on: {answers:?}");
+    // However many heartbeats its key signs, a node's attempts that are not receipts of its
+    // work reach the log at most NODE_OTHER_ATTEMPTS_PER_TICK_MAX a tick of the gateway (so at
+    // most twice that in one tick of the log); the rest are answered without being stored.
+    let limit = fabric_server::nodes::NODE_OTHER_ATTEMPTS_PER_TICK_MAX as usize;
+    let capped = answers
+        .iter()
+        .filter(|answer| answer.contains("too_many_attempts"))
+        .count();
+    assert!(
+        capped > 0,
+        "the flood is capped per tick: {:?}",
+        &answers[..answers.len().min(8)]
+    );
+    let mut per_tick: BTreeMap<u64, usize> = BTreeMap::new();
+    for (_, sequenced_at) in heartbeat_ticks(&export_lines(&mut client), node) {
+        *per_tick.entry(sequenced_at).or_default() += 1;
+    }
+    assert!(!per_tick.is_empty(), "some heartbeats are admitted");
+    assert!(
+        per_tick.values().all(|count| *count <= 2 * limit),
+        "heartbeats of {node} per tick: {per_tick:?}"
+    );
     // The server still answers its clients.
     let health = get(&mut client, "/v0/health");
     assert_eq!(health.status, 200);
