@@ -26,8 +26,8 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::batch_readers::BatchReaders;
 use crate::index::{index_event, settle, View};
-use crate::limits::BATCHES_READING_MAX;
 use crate::metrics::ServeMetrics;
 use crate::refusals::{PeerRefusals, PEER_REFUSALS_BURST_MAX, PEER_REFUSALS_PER_SECOND_MAX};
 use crate::INTAKE_CAPACITY;
@@ -42,8 +42,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: ServeMetrics,
     /// Each peer's allowance of refused requests.
     pub(crate) refusals: PeerRefusals,
-    /// Permits for batch bodies being read at once ([`BATCHES_READING_MAX`]).
-    pub(crate) batches_reading: tokio::sync::Semaphore,
+    /// The batch bodies being read and held now.
+    pub(crate) batch_readers: BatchReaders,
     pub(crate) tick_ms: u64,
     /// Where the fabric's keys come from (its genesis).
     pub(crate) key_origin: fabric_events::KeyOrigin,
@@ -497,15 +497,14 @@ async fn submit_jobs_heard(
     request: &HttpRequest,
     payload: web::Payload,
 ) -> HttpResponse {
-    // Bodies this large are read a few at a time, so that connections cannot hold much
-    // memory each: the rest wait for a later try.
-    let Ok(_reading) = shared.batches_reading.try_acquire() else {
-        shared.metrics.dropped_request();
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
-            format!("{BATCHES_READING_MAX} batches are being read already; try again"),
-        );
+    // Bodies this large are read a few at a time, and a few per peer, so that connections
+    // cannot hold much memory: the rest wait for a later try.
+    let _place = match shared.batch_readers.enter(peer_of(request)) {
+        Ok(place) => place,
+        Err(why) => {
+            shared.metrics.dropped_request();
+            return error(StatusCode::SERVICE_UNAVAILABLE, "overloaded", why);
+        }
     };
     let body = match read_body(request, payload, BATCH_BODY_BYTES_MAX).await {
         Ok(body) => body,

@@ -16,6 +16,7 @@
 //! (a test checks the crate graph).
 #![deny(missing_docs)]
 
+mod batch_readers;
 mod connections;
 pub mod error;
 mod handlers;

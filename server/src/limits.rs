@@ -20,6 +20,10 @@ pub const REQUEST_DEADLINE_MS: u64 = 10_000;
 /// held at once; a batch that finds none free is answered 503 `overloaded` before its body is
 /// read. Bounds what batches can make the service hold to this many MiB.
 pub const BATCHES_READING_MAX: usize = 64;
+/// Most batch bodies one peer (IP address) has read and held at once (503 `overloaded` past
+/// it), so that one peer sending bodies slowly cannot take every place of
+/// [`BATCHES_READING_MAX`].
+pub const BATCHES_READING_PER_PEER_MAX: usize = 8;
 /// Most connections open at once (the ceiling: the listener stops accepting there), whatever
 /// the file-descriptor limit allows.
 pub const CONNECTIONS_MAX: usize = 16_384;

@@ -193,7 +193,7 @@ fn shared(
         }),
         metrics: ServeMetrics::new(&spill_routes),
         refusals: Default::default(),
-        batches_reading: tokio::sync::Semaphore::new(crate::limits::BATCHES_READING_MAX),
+        batch_readers: Default::default(),
         tick_ms: config.tick_ms,
         key_origin: config.key_origin,
         started: Instant::now(),

@@ -1,7 +1,8 @@
 //! `fabric serve`'s connection layer as an attacker meets it: real servers, real sockets from
 //! several loopback source addresses. Trickled bodies are cut off at their deadline while
 //! `/v0/health` keeps answering within a second and the memory they held is given back; one
-//! address cannot take more than its connections; SIGTERM ends follow streams and half-read
+//! address cannot take more than its connections, nor more than its share of the places for
+//! batch bodies; SIGTERM ends follow streams and half-read
 //! bodies at once; TLS with a certificate made here, and plaintext refused off loopback.
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
@@ -567,4 +568,80 @@ fn tls_serves_submit_and_status_with_the_ca_and_plaintext_off_loopback_needs_the
         .map(|(_, port)| port.to_owned());
     let local = format!("127.0.0.1:{}", port.expect("a port"));
     assert!(timed_health(&local).as_millis() < 30_000);
+}
+
+/// The head of a batch whose body comes slowly: it holds one of its address's batch places.
+const SLOW_BATCH_HEAD: &[u8] = b"POST /v0/jobs/batch HTTP/1.1\r\nHost: fabric\r\n\
+    Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{";
+
+/// A whole batch of one request that is not a job request (answered 200, the item refused).
+fn small_batch(stream: &mut TcpStream) -> (u16, Value) {
+    let body = br#"{"jobs": [{"request_id": "x"}]}"#;
+    let head = format!(
+        "POST /v0/jobs/batch HTTP/1.1\r\nHost: fabric\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).expect("the head is sent");
+    stream.write_all(body).expect("the body is sent");
+    read_answer(stream)
+}
+
+#[test]
+fn slow_batch_bodies_of_one_address_hold_only_its_share_of_batch_places() {
+    use fabric_server::limits::BATCHES_READING_PER_PEER_MAX;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let served = start_serve(
+        &dir.path().join("data"),
+        SEED,
+        TICK_MS,
+        &["--listen", "127.0.0.1:0"],
+    )
+    .expect("fabric serve starts");
+    let to = socket_address(&served);
+    let slow = Ipv4Addr::new(127, 0, 0, 2);
+    let held: Vec<TcpStream> = (0..BATCHES_READING_PER_PEER_MAX)
+        .map(|_| {
+            let mut stream = connect_from(slow, to);
+            stream.write_all(SLOW_BATCH_HEAD).expect("the head is sent");
+            stream
+        })
+        .collect();
+    // Once the server has read the slow heads, the same address's next batch finds no place.
+    let deadline = Instant::now() + Duration::from_millis(BODY_READ_TIMEOUT_MS / 2);
+    let refused = loop {
+        let mut stream = connect_from(slow, to);
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("a read timeout");
+        match small_batch(&mut stream) {
+            (503, body) => break body,
+            (200, _) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "a ninth batch of one address is still read"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => panic!("answered {other:?}"),
+        }
+    };
+    assert_eq!(refused["error"]["code"], "overloaded", "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("BATCHES_READING_PER_PEER_MAX")),
+        "{refused}"
+    );
+    // Another address is read and answered meanwhile.
+    let mut other = connect_from(Ipv4Addr::new(127, 0, 0, 3), to);
+    other
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("a read timeout");
+    let (status, answer) = small_batch(&mut other);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["results"][0]["error"]["code"], "bad_body",
+        "{answer}"
+    );
+    drop(held);
 }
