@@ -31,9 +31,10 @@ use super::serve::{
 };
 use super::{scratch_dir, verdict, Against, Bench, Figure, SuiteReport};
 
-/// Client connections submitting at once, each with a key of its own: each waits for its
-/// batch's tick, so they are enough to keep the nodes busy at 10-ms ticks.
-const CLIENTS: usize = 16;
+/// Client connections submitting at once, each with a key of its own and one batch waiting
+/// for its tick: 256 jobs being submitted at most, enough to keep the nodes busy at 10-ms
+/// ticks (more only lengthen the queue and the latency).
+const CLIENTS: usize = 4;
 /// Jobs per `POST /v0/jobs/batch`, as a client with much to submit would send them.
 const JOBS_PER_BATCH: usize = 64;
 /// What Fabric aims for against the peer: ten times its jobs per second.
