@@ -543,6 +543,16 @@ async fn submit_jobs_heard(
         .map(|(index, raw)| queue_job(shared, batch_item(shared, index, raw)?))
         .collect();
     drop(body);
+    HttpResponse::Ok().json(batch_answer(shared, request, queued).await)
+}
+
+/// The answer to a batch's queued items, in order, once each is durable or refused; each
+/// refused item (4xx) takes one from the peer's allowance.
+async fn batch_answer(
+    shared: &Shared,
+    request: &HttpRequest,
+    queued: Vec<Result<QueuedJob, Refusal>>,
+) -> JobBatchAnswer {
     let mut answer = JobBatchAnswer {
         accepted: 0,
         refused: 0,
@@ -575,7 +585,7 @@ async fn submit_jobs_heard(
             }
         });
     }
-    HttpResponse::Ok().json(answer)
+    answer
 }
 
 /// Item `index` of a batch as a job request: 413 over a single request's size limit, 400

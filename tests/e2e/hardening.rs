@@ -35,6 +35,11 @@ fn connect_from(from: Ipv4Addr, to: SocketAddr) -> TcpStream {
     socket.into()
 }
 
+/// `fabric serve` of a simulation on a free port of 127.0.0.1.
+fn serve_on_loopback(data: &Path) -> Serving {
+    start_serve(data, SEED, TICK_MS, &["--listen", "127.0.0.1:0"]).expect("fabric serve starts")
+}
+
 fn socket_address(served: &Serving) -> SocketAddr {
     served.host_port().parse().expect("host:port")
 }
@@ -254,13 +259,7 @@ fn trickled_bodies_are_cut_off_while_health_answers_within_a_second_and_memory_c
 #[test]
 fn a_body_that_stalls_is_cut_off_with_its_reason_and_its_connection_closed() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let served = start_serve(
-        &dir.path().join("data"),
-        SEED,
-        TICK_MS,
-        &["--listen", "127.0.0.1:0"],
-    )
-    .expect("fabric serve starts");
+    let served = serve_on_loopback(&dir.path().join("data"));
     let mut stream = connect_from(Ipv4Addr::LOCALHOST, socket_address(&served));
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
@@ -302,13 +301,7 @@ fn a_body_that_stalls_is_cut_off_with_its_reason_and_its_connection_closed() {
 fn one_address_gets_no_more_than_its_connections_and_another_is_still_answered() {
     const OVER: usize = 8;
     let dir = tempfile::tempdir().expect("temp dir");
-    let served = start_serve(
-        &dir.path().join("data"),
-        SEED,
-        TICK_MS,
-        &["--listen", "127.0.0.1:0"],
-    )
-    .expect("fabric serve starts");
+    let served = serve_on_loopback(&dir.path().join("data"));
     let to = socket_address(&served);
     let greedy = Ipv4Addr::new(127, 0, 0, 2);
     let streams: Vec<TcpStream> = (0..PEER_CONNECTIONS_MAX + OVER)
@@ -374,8 +367,7 @@ fn one_address_gets_no_more_than_its_connections_and_another_is_still_answered()
 fn sigterm_ends_a_follow_stream_and_a_half_read_body_at_once_and_the_log_audits() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path().join("data");
-    let mut served = start_serve(&data, SEED, TICK_MS, &["--listen", "127.0.0.1:0"])
-        .expect("fabric serve starts");
+    let mut served = serve_on_loopback(&data);
     let to = socket_address(&served);
     let loopback = Ipv4Addr::LOCALHOST;
 
@@ -590,13 +582,7 @@ fn small_batch(stream: &mut TcpStream) -> (u16, Value) {
 fn slow_batch_bodies_of_one_address_hold_only_its_share_of_batch_places() {
     use fabric_server::limits::BATCHES_READING_PER_PEER_MAX;
     let dir = tempfile::tempdir().expect("temp dir");
-    let served = start_serve(
-        &dir.path().join("data"),
-        SEED,
-        TICK_MS,
-        &["--listen", "127.0.0.1:0"],
-    )
-    .expect("fabric serve starts");
+    let served = serve_on_loopback(&dir.path().join("data"));
     let to = socket_address(&served);
     let slow = Ipv4Addr::new(127, 0, 0, 2);
     let held: Vec<TcpStream> = (0..BATCHES_READING_PER_PEER_MAX)
