@@ -585,16 +585,22 @@ fn slow_batch_bodies_of_one_address_hold_only_its_share_of_batch_places() {
     let served = serve_on_loopback(&dir.path().join("data"));
     let to = socket_address(&served);
     let slow = Ipv4Addr::new(127, 0, 0, 2);
-    let held: Vec<TcpStream> = (0..BATCHES_READING_PER_PEER_MAX)
+    let mut held: Vec<TcpStream> = (0..BATCHES_READING_PER_PEER_MAX)
         .map(|_| {
             let mut stream = connect_from(slow, to);
             stream.write_all(SLOW_BATCH_HEAD).expect("the head is sent");
             stream
         })
         .collect();
-    // Once the server has read the slow heads, the same address's next batch finds no place.
-    let deadline = Instant::now() + Duration::from_millis(BODY_READ_TIMEOUT_MS / 2);
+    // Once the server has read the slow heads (on a loaded machine that may take a while),
+    // the same address's next batch finds no place. The slow bodies get a byte at each try,
+    // so that the body read timeout does not free their places; the tries are spaced so that
+    // the refused item of each answered one stays within the address's allowance.
+    let deadline = Instant::now() + Duration::from_millis(REQUEST_DEADLINE_MS - 1_000);
     let refused = loop {
+        for stream in &mut held {
+            stream.write_all(b" ").expect("a byte of the slow body");
+        }
         let mut stream = connect_from(slow, to);
         stream
             .set_read_timeout(Some(Duration::from_secs(30)))
@@ -606,7 +612,7 @@ fn slow_batch_bodies_of_one_address_hold_only_its_share_of_batch_places() {
                     Instant::now() < deadline,
                     "a ninth batch of one address is still read"
                 );
-                std::thread::sleep(Duration::from_millis(50));
+                std::thread::sleep(Duration::from_millis(250));
             }
             other => panic!("answered {other:?}"),
         }
