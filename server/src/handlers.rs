@@ -397,14 +397,18 @@ async fn submit_job_heard(
         Ok(parsed) => parsed,
         Err(response) => return response,
     };
-    let answer = match queue_job(shared, job_request) {
-        Ok(queued) => queued.answer(shared).await,
-        Err(refusal) => Err(refusal),
-    };
-    match answer {
+    match answer_of(shared, queue_job(shared, job_request)).await {
         Ok(accepted) => HttpResponse::Accepted().json(accepted),
         Err(refusal) => refusal.response(),
     }
+}
+
+/// A job request's answer: once its tick is durable when it was queued, else its refusal.
+async fn answer_of(
+    shared: &Shared,
+    queued: Result<QueuedJob, Refusal>,
+) -> Result<JobAccepted, Refusal> {
+    queued?.answer(shared).await
 }
 
 /// A job request handed to the driver, waiting for its tick.
@@ -559,11 +563,7 @@ async fn batch_answer(
         results: Vec::with_capacity(queued.len()),
     };
     for item in queued {
-        let item = match item {
-            Ok(queued) => queued.answer(shared).await,
-            Err(refusal) => Err(refusal),
-        };
-        answer.results.push(match item {
+        answer.results.push(match answer_of(shared, item).await {
             Ok(accepted) => {
                 answer.accepted += 1;
                 JobBatchItem {

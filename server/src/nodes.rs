@@ -1094,40 +1094,37 @@ fn submit(
     let refused = |reason: &str, detail: String| {
         Pending::Now(result("refused", None, Some((reason.to_owned(), detail))))
     };
-    let mut of_its_work = false;
-    if let Ok(Event {
-        body: Body::JobReceipt(receipt),
-        ..
-    }) = &checked
-    {
-        if receipt.node == node {
+    // A receipt of a job the log says this node runs is its work: its output is stored, and
+    // it is not counted against the node's other attempts.
+    let work = match &checked {
+        Ok(Event {
+            body: Body::JobReceipt(receipt),
+            ..
+        }) if receipt.node == node => {
             let feed = gateway.feed();
             if let Some((seq, _)) = feed.receipts.get(&(node.to_owned(), receipt.job)) {
                 return Pending::Now(result("duplicate", Some(*seq), None));
             }
-            of_its_work = feed
-                .running
+            feed.running
                 .get(&receipt.job)
-                .is_some_and(|running| running.node == node);
+                .is_some_and(|running| running.node == node)
+                .then_some(receipt)
         }
-    }
-    if !of_its_work {
-        let tick = gateway.feed().tick;
-        if let Err(detail) = gateway.other_attempt(node, tick) {
-            return refused("too_many_attempts", detail);
+        _ => None,
+    };
+    let passed = match work {
+        Some(receipt) => {
+            store_output(receipt, outputs, &gateway.artifacts).map_err(|detail| ("invalid", detail))
         }
-    }
-    if let (
-        true,
-        Ok(Event {
-            body: Body::JobReceipt(receipt),
-            ..
-        }),
-    ) = (of_its_work, &checked)
-    {
-        if let Err(detail) = store_output(receipt, outputs, &gateway.artifacts) {
-            return refused("invalid", detail);
+        None => {
+            let tick = gateway.feed().tick;
+            gateway
+                .other_attempt(node, tick)
+                .map_err(|detail| ("too_many_attempts", detail))
         }
+    };
+    if let Err((reason, detail)) = passed {
+        return refused(reason, detail);
     }
     let request = match checked {
         Ok(event) => match contradicted(gateway, node, &signed, &event, outputs) {
