@@ -27,7 +27,7 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::batch_readers::BatchReaders;
-use crate::index::{index_event, settle, View};
+use crate::index::{index_event, settle, ResultArtifact, View};
 use crate::metrics::ServeMetrics;
 use crate::refusals::{PeerRefusals, PEER_REFUSALS_BURST_MAX, PEER_REFUSALS_PER_SECOND_MAX};
 use crate::INTAKE_CAPACITY;
@@ -699,7 +699,7 @@ async fn job_result(shared: web::Data<Shared>, path: web::Path<String>) -> HttpR
         );
     };
     HttpResponse::Ok().json(JobResult {
-        artifact: receipt.artifact.map(ArtifactRef::new),
+        artifact: stored_artifact(&shared, receipt.artifact).map(ArtifactRef::new),
         execution_us: receipt.execution_us,
         input_hash: record.input_hash,
         job,
@@ -708,6 +708,19 @@ async fn job_result(shared: web::Data<Shared>, path: web::Path<String>) -> HttpR
         output_hash: receipt.output_hash,
         receipt_seq: receipt.seq,
     })
+}
+
+/// The address of a result's artifact, when the store holds it.
+fn stored_artifact(shared: &Shared, artifact: ResultArtifact) -> Option<Hash32> {
+    match artifact {
+        ResultArtifact::None => None,
+        ResultArtifact::Stored(hash) => Some(hash),
+        ResultArtifact::NodeOutput(hash) => shared
+            .artifacts
+            .contains_key(hash.as_bytes())
+            .unwrap_or(false)
+            .then_some(hash),
+    }
 }
 
 async fn artifact(shared: web::Data<Shared>, path: web::Path<String>) -> HttpResponse {

@@ -43,8 +43,21 @@ pub(crate) struct ReceiptRef {
     pub(crate) outcome: JobOutcome,
     pub(crate) node: String,
     pub(crate) output_hash: Hash32,
-    pub(crate) artifact: Option<Hash32>,
+    pub(crate) artifact: ResultArtifact,
     pub(crate) execution_us: Option<u64>,
+}
+
+/// Where a receipt's result artifact is.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum ResultArtifact {
+    /// None: a failed job.
+    None,
+    /// Stored by the index (an in-process node's output, derived from its input).
+    Stored(Hash32),
+    /// A node agent's output, stored by the node gateway before its receipt reached the log
+    /// (so unless the receipt came another way): looked up when a client asks, not once per
+    /// receipt on the driver's thread.
+    NodeOutput(Hash32),
 }
 
 /// What the API reads, updated after each durable tick.
@@ -140,7 +153,7 @@ pub(crate) fn index_event(
                     JobOutcome::Completed => JobState::Completed,
                     JobOutcome::Failed => JobState::Failed,
                 };
-                let mut artifact = None;
+                let mut artifact = ResultArtifact::None;
                 if body.outcome == JobOutcome::Completed && body.kernel.is_none() {
                     let bytes = cpu_job::artifact(&record.input_hash, body.job, record.attempts);
                     let derived = cpu_job::output_hash_of_artifact(&bytes);
@@ -159,16 +172,10 @@ pub(crate) fn index_event(
                             error,
                         }
                     })?;
-                    artifact = Some(hash);
+                    artifact = ResultArtifact::Stored(hash);
                 }
-                // A node agent's output is stored with its receipt (the node gateway).
-                if body.outcome == JobOutcome::Completed
-                    && body.kernel.is_some()
-                    && artifacts
-                        .contains_key(body.output_hash.as_bytes())
-                        .unwrap_or(false)
-                {
-                    artifact = Some(body.output_hash);
+                if body.outcome == JobOutcome::Completed && body.kernel.is_some() {
+                    artifact = ResultArtifact::NodeOutput(body.output_hash);
                 }
                 record.receipt = Some(ReceiptRef {
                     seq,
