@@ -221,7 +221,7 @@ enum Note {
     Fetched(usize, VerifiedJob, Result<Vec<u8>, String>),
     Ran(usize, Vec<Ran>),
     Answered(usize, Vec<Finished>, Result<AttemptAck, String>),
-    Welcomed(usize, Result<Welcome, String>),
+    Welcomed(usize, Result<(Welcome, WorkBatch), String>),
 }
 
 /// Runs the nodes of `config` until `stop` resolves; `ready` is called once every node has
@@ -241,7 +241,7 @@ pub async fn run(
     for (name, key) in &config.nodes {
         // A refusal of the NATS server (a permission) comes as an error event, not as the
         // request's answer: whichever comes first decides.
-        let welcome = tokio::select! {
+        let (welcome, work) = tokio::select! {
             welcome = hello(&client, name) => welcome.map_err(|detail| AgentError::Hello {
                 node: name.clone(),
                 detail,
@@ -249,12 +249,7 @@ pub async fn run(
             Some(detail) = refused.recv() => return Err(AgentError::Refused(detail)),
         };
         let mut node = NodeState::new(name.clone(), key.clone(), &welcome);
-        take_orders(
-            &mut node,
-            &welcome.work,
-            &mut verifier,
-            &mut AgentReport::default(),
-        );
+        take_orders(&mut node, &work, &mut verifier, &mut AgentReport::default());
         nodes.push(node);
     }
     ready(nodes.len());
@@ -359,9 +354,9 @@ impl Agent {
             }
             Note::Answered(index, sent, answer) => self.answered(index, sent, answer),
             Note::Welcomed(index, welcome) => {
-                if let Ok(welcome) = welcome {
+                if let Ok((_, work)) = welcome {
                     let node = &mut self.nodes[index];
-                    take_orders(node, &welcome.work, &mut self.verifier, &mut self.report);
+                    take_orders(node, &work, &mut self.verifier, &mut self.report);
                     self.start_jobs();
                 }
             }
@@ -619,8 +614,7 @@ fn take_orders(
                     // dropped: the job's own is fetched by its hash instead.
                     let input = order
                         .input
-                        .as_ref()
-                        .and_then(|text| BASE64.decode(text).ok())
+                        .clone()
                         .filter(|bytes| Hash32(*blake3::hash(bytes).as_bytes()) == job.input_hash);
                     node.queued.push_back(Queued { job, input });
                 }
@@ -889,10 +883,14 @@ async fn subscribe(
             .await
             .map_err(|error| subscribe_error(&subject, error))?;
         let order_notes = notes.clone();
+        let subject_read = subject.clone();
         tokio::spawn(async move {
             while let Some(message) = orders.next().await {
-                if let Ok(batch) = serde_json::from_slice::<WorkBatch>(&message.payload) {
-                    let _ = order_notes.send(Note::Orders(index, Box::new(batch)));
+                match WorkBatch::decode(&message.payload) {
+                    Ok(batch) => {
+                        let _ = order_notes.send(Note::Orders(index, Box::new(batch)));
+                    }
+                    Err(error) => eprintln!("a message on {subject_read} is refused: {error}"),
                 }
             }
         });
@@ -904,8 +902,13 @@ async fn subscribe(
 }
 
 /// Says hello for `node`: its registration and running work, or why not.
-async fn hello(client: &async_nats::Client, node: &str) -> Result<Welcome, String> {
-    request(client, NodeSubject::Hello.of(node), &Hello {}).await
+async fn hello(client: &async_nats::Client, node: &str) -> Result<(Welcome, WorkBatch), String> {
+    let welcome: Welcome = request(client, NodeSubject::Hello.of(node), &Hello {}).await?;
+    let bytes = BASE64
+        .decode(&welcome.work)
+        .map_err(|error| format!("the welcome's work is not base64: {error}"))?;
+    let work = WorkBatch::decode(&bytes).map_err(|error| format!("the welcome's {error}"))?;
+    Ok((welcome, work))
 }
 
 /// A request on a node subject, with its answer parsed (or the server's `{"error": …}`).

@@ -8,3 +8,4 @@ pub mod executor;
 pub mod protocol;
 pub mod sandbox;
 pub mod verify;
+pub mod work;

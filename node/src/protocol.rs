@@ -1,11 +1,11 @@
-//! The node protocol on NATS (docs/FORMAT.md §15): subjects, and the JSON bodies the server and
-//! its nodes exchange. Both sides use these types: the server (`fabric-server`) answers and
+//! The node protocol on NATS (docs/FORMAT.md §15): subjects, and the bodies the server and its
+//! nodes exchange: JSON, except the work batch (bytes, [`crate::work`]). Both sides use these types: the server (`fabric-server`) answers and
 //! publishes, the agent ([`crate::agent`]) asks and subscribes.
 //!
 //! Every body is a JSON object whose keys are declared in alphabetical order, as the HTTP API's
 //! are. Signed events travel as [`WireSignedEvent`]s (wire format v1 bytes in base64); log
-//! entries as inclusion proof documents (`fabric-inclusion-proof-v1`, the documents `GET
-//! /v0/proofs/{seq}` serves) against a tree head signed by the ledger key.
+//! entries, in work batches, as wire format v1 entries with their inclusion proofs against a
+//! tree head signed by the ledger key.
 //!
 //! | subject | from → to | body | answer |
 //! | --- | --- | --- | --- |
@@ -19,10 +19,11 @@
 //! `[a-z0-9._-]`, so the mapping is one to one and a name is one subject token.
 
 use fabric_api::wire::WireSignedEvent;
-use fabric_audit::proof::InclusionDoc;
 use fabric_events::{Hash32, JobId};
 use fabric_ledger::SignedTreeHead;
 use serde::{Deserialize, Serialize};
+
+pub use crate::work::{ProvedEntry, WorkBatch, WorkDecodeError, WorkOrder};
 
 /// The subject of every tick's signed tree head.
 pub const TICK_SUBJECT: &str = "fabric.v1.tick";
@@ -107,35 +108,6 @@ pub struct TickHead {
     pub tree_head: SignedTreeHead,
 }
 
-/// The assignments of one tick to one node, on the node's `work` subject (several messages
-/// when one would pass [`MESSAGE_BYTES_MAX`]): each order's entries with their inclusion
-/// proofs, and the registration of every model the orders name, once.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WorkBatch {
-    /// The `owner_command` entries that registered the orders' models (weights inline), each
-    /// proved in the log.
-    pub models: Vec<InclusionDoc>,
-    /// The assignments.
-    pub orders: Vec<WorkOrder>,
-}
-
-/// One assignment: two entries of the log, each with its inclusion proof against a signed
-/// tree head, the seq of its model's registration, and (usually) the job's input.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WorkOrder {
-    /// The `job_assigned` entry naming the node, signed by the shard's router.
-    pub assignment: InclusionDoc,
-    /// The job's input bytes, standard base64; `null` when the node fetches them.
-    pub input: Option<String>,
-    /// The seq of the `owner_command` entry that registered the job's model: one of the
-    /// batch's `models` (or one the node verified before).
-    pub model_seq: u64,
-    /// The job's `job_submitted` entry (its input hash and workload).
-    pub submission: InclusionDoc,
-}
-
 /// A node's first request: who it is to the fabric.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -157,9 +129,10 @@ pub struct Welcome {
     pub tick: u64,
     /// The newest signed tree head.
     pub tree_head: SignedTreeHead,
-    /// The work the log says it runs now (after a restart: to finish or to hand back), without
-    /// inputs, as much as fits in one message; the node says hello again for the rest.
-    pub work: WorkBatch,
+    /// The work the log says it runs now (after a restart: to finish or to hand back): a
+    /// [`WorkBatch`] without inputs, standard base64, as much as fits in one message; the node
+    /// says hello again for the rest.
+    pub work: String,
 }
 
 /// Heartbeats and receipts, each signed by the node's key, in nonce order; and the output of

@@ -11,9 +11,6 @@
 
 use std::collections::HashMap;
 
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine as _;
-use fabric_audit::proof::{verify_inclusion_doc, InclusionDoc};
 use fabric_events::{
     entry_hash, Body, Entry, Event, Hash32, JobId, JobType, ModelRegistered, OwnerAction,
     PublicKey, Role,
@@ -22,7 +19,7 @@ use fabric_ledger::merkle::{self, InclusionProof};
 use fabric_ledger::{KeyCache, SignedTreeHead};
 use thiserror::Error;
 
-use crate::protocol::{WorkBatch, WorkOrder};
+use crate::work::{ProvedEntry, WorkBatch, WorkOrder};
 
 /// Signed tree heads remembered as verified (a tick's head serves all its orders).
 const HEADS_REMEMBERED_MAX: usize = 256;
@@ -182,17 +179,14 @@ impl OrderVerifier {
 
     /// A model's registration, proved in the log (or remembered: the same entry at the same
     /// seq, which an append-only log cannot change).
-    fn model(&mut self, doc: &InclusionDoc) -> Result<ModelRegistered, OrderRefused> {
-        let bytes = BASE64
-            .decode(&doc.entry)
-            .map_err(|err| not_in_log("model", format!("entry is not base64: {err}")))?;
-        let leaf = entry_hash(&bytes);
-        if let Some((known, registration)) = self.models.get(&doc.seq) {
+    fn model(&mut self, proved: &ProvedEntry) -> Result<ModelRegistered, OrderRefused> {
+        let leaf = entry_hash(&proved.entry);
+        if let Some((known, registration)) = self.models.get(&proved.seq) {
             if *known == leaf {
                 return Ok(registration.clone());
             }
         }
-        let placed = self.place("model", doc)?;
+        let placed = self.place("model", proved)?;
         if let Some(refusal) =
             fabric_ledger::verify_batch(std::slice::from_ref(&placed.entry), &mut self.keys).first()
         {
@@ -219,63 +213,39 @@ impl OrderVerifier {
         if self.models.len() >= MODELS_REMEMBERED_MAX {
             self.models.clear();
         }
-        self.models.insert(doc.seq, (leaf, registration.clone()));
+        self.models.insert(proved.seq, (leaf, registration.clone()));
         Ok(registration)
     }
 
-    /// Proves an entry's place in the log: its tree head is signed by the ledger key, its
-    /// bytes hash to the leaf, and the audit path leads from the leaf to the head's root.
-    fn place(&mut self, which: &'static str, doc: &InclusionDoc) -> Result<Placed, OrderRefused> {
-        let head = doc.tree_head;
-        if doc.ledger_rotations.is_empty() {
-            self.check_head(which, &head)?;
-        } else {
-            // A rotated ledger key: follow the rotations as `fabric verify-proof` does.
-            verify_inclusion_doc(doc, Some(&self.ledger_key), |_| {})
-                .map_err(|err| not_in_log(which, err.to_string()))?;
-        }
-        if doc.tree_size != head.tree_size || doc.root != head.root {
+    /// Proves an entry's place in the log: its tree head is signed by the ledger key, and the
+    /// audit path leads from the entry's hash to the head's root.
+    fn place(&mut self, which: &'static str, proved: &ProvedEntry) -> Result<Placed, OrderRefused> {
+        let head = proved.tree_head;
+        self.check_head(which, &head)?;
+        let leaf = entry_hash(&proved.entry);
+        let entry =
+            Entry::decode(&proved.entry).map_err(|err| not_in_log(which, err.to_string()))?;
+        if entry.seq != proved.seq {
             return Err(not_in_log(
                 which,
                 format!(
-                    "the proof is for {} entries with root {}, its signed tree head for {} \
-                     entries with root {}",
-                    doc.tree_size, doc.root, head.tree_size, head.root
+                    "the entry is seq {}, the proof says {}",
+                    entry.seq, proved.seq
                 ),
-            ));
-        }
-        let bytes = BASE64
-            .decode(&doc.entry)
-            .map_err(|err| not_in_log(which, format!("entry is not base64: {err}")))?;
-        let leaf = entry_hash(&bytes);
-        if leaf != doc.leaf_hash {
-            return Err(not_in_log(
-                which,
-                format!(
-                    "the entry bytes hash to {leaf}, the proof's leaf_hash is {}",
-                    doc.leaf_hash
-                ),
-            ));
-        }
-        let entry = Entry::decode(&bytes).map_err(|err| not_in_log(which, err.to_string()))?;
-        if entry.seq != doc.seq {
-            return Err(not_in_log(
-                which,
-                format!("the entry is seq {}, the proof says {}", entry.seq, doc.seq),
             ));
         }
         let proof = InclusionProof {
-            index: doc.seq,
+            index: proved.seq,
             tree_size: head.tree_size,
-            path: doc.audit_path.clone(),
+            path: proved.audit_path.clone(),
         };
         merkle::verify_inclusion(&leaf, &proof, &head.root).map_err(|err| {
             not_in_log(
                 which,
                 format!(
                     "audit path of {} hashes does not prove entry {} under the signed root: {err}",
-                    doc.audit_path.len(),
-                    doc.seq
+                    proved.audit_path.len(),
+                    proved.seq
                 ),
             )
         })?;
@@ -395,6 +365,8 @@ fn judge(
 
 #[cfg(test)]
 mod tests {
+    use base64::engine::general_purpose::STANDARD as BASE64;
+    use base64::Engine as _;
     use fabric_audit::proof::inclusion_doc;
     use fabric_events::{
         derive_signing_key, JobAssigned, JobSubmitted, ModelRegistered, OwnerCommand, SignedEvent,
@@ -461,7 +433,15 @@ mod tests {
         let mut ledger = Ledger::open(dir.path().join("ledger"), ledger_key.clone()).expect("open");
         ledger.append(&events).expect("appended");
         let reader = ledger.reader();
-        let doc = |seq| inclusion_doc(&reader, &public(&ledger_key), 3, seq, 3).expect("proof");
+        let doc = |seq| {
+            let doc = inclusion_doc(&reader, &public(&ledger_key), 3, seq, 3).expect("proof");
+            ProvedEntry {
+                seq: doc.seq,
+                tree_head: doc.tree_head,
+                entry: BASE64.decode(&doc.entry).expect("base64"),
+                audit_path: doc.audit_path,
+            }
+        };
         let batch = WorkBatch {
             models: vec![doc(0)],
             orders: vec![WorkOrder {
@@ -523,10 +503,8 @@ mod tests {
         );
         // A model entry at a remembered seq with other bytes is proved afresh, and fails.
         let mut other = batch.clone();
-        let mut bytes = BASE64.decode(&other.models[0].entry).expect("base64");
-        let last = bytes.len() - 1;
-        bytes[last] ^= 1;
-        other.models[0].entry = BASE64.encode(&bytes);
+        let last = other.models[0].entry.len() - 1;
+        other.models[0].entry[last] ^= 1;
         let refused = verifier.verify(&other, "earth.node-a").remove(0);
         assert!(refused.is_err(), "a changed model entry is refused");
     }
@@ -537,7 +515,7 @@ mod tests {
         let key = public(&ledger_key);
         let verify =
             |batch: &WorkBatch, node: &str| OrderVerifier::new(key).verify(batch, node).remove(0);
-        let refused = |change: &dyn Fn(&mut WorkOrder, &mut Vec<InclusionDoc>)| {
+        let refused = |change: &dyn Fn(&mut WorkOrder, &mut Vec<ProvedEntry>)| {
             let mut changed = batch.clone();
             change(&mut changed.orders[0], &mut changed.models);
             verify(&changed, "earth.node-a")
@@ -550,14 +528,9 @@ mod tests {
             wrong_proof.contains("assignment entry is not proved"),
             "{wrong_proof}"
         );
-        // The router's signature changed in the entry bytes (and its leaf hash updated to
-        // match, as a forger would): the signature no longer verifies.
-        let wrong_signature = refused(&|o, _| {
-            let mut bytes = BASE64.decode(&o.assignment.entry).expect("base64");
-            bytes[8 + 32 + 32] ^= 1;
-            o.assignment.leaf_hash = fabric_events::entry_hash(&bytes);
-            o.assignment.entry = BASE64.encode(&bytes);
-        });
+        // The router's signature changed in the entry bytes: the signature no longer verifies
+        // (nor does the audit path lead to the root from the changed entry's hash).
+        let wrong_signature = refused(&|o, _| o.assignment.entry[8 + 32 + 32] ^= 1);
         assert!(
             wrong_signature.contains("assignment entry is not proved"),
             "{wrong_signature}"

@@ -30,7 +30,6 @@ use base64::Engine as _;
 use bytes::Bytes;
 use fabric_actors::gate::{self, Verdict};
 use fabric_actors::serve::{Ack, Request, ServedTick, Submission};
-use fabric_audit::proof::{InclusionDoc, INCLUSION_FORMAT};
 use fabric_audit::{Observer, Step};
 use fabric_events::{
     AttestationMismatch, Body, Entry, Event, Hash32, JobId, JobOutcome, JobReceipt,
@@ -41,9 +40,9 @@ use fabric_gpu_kernels::Engine;
 use fabric_ledger::merkle::{self, Frontier, InclusionProof};
 use fabric_ledger::SignedTreeHead;
 use fabric_node::protocol::{
-    AttemptAck, AttemptBatch, AttemptResult, Fetch, Fetched, NodeSubject, TickHead, Welcome,
-    WorkOrder, ATTEMPTS_PER_BATCH_MAX, MESSAGE_BYTES_MAX, NODE_REQUESTS_IN_FLIGHT_MAX,
-    NODE_SUBJECT_PREFIX, OUTPUT_BYTES_MAX, TICK_SUBJECT,
+    AttemptAck, AttemptBatch, AttemptResult, Fetch, Fetched, NodeSubject, ProvedEntry, TickHead,
+    Welcome, WorkBatch, WorkOrder, ATTEMPTS_PER_BATCH_MAX, MESSAGE_BYTES_MAX,
+    NODE_REQUESTS_IN_FLIGHT_MAX, NODE_SUBJECT_PREFIX, OUTPUT_BYTES_MAX, TICK_SUBJECT,
 };
 use fabric_projections::State;
 use futures_util::StreamExt;
@@ -64,9 +63,11 @@ const ATTEMPTS_WAIT_MS: u64 = 30_000;
 /// Ticks a receipt is remembered after it was appended, to answer a node's retry of it as a
 /// `duplicate` instead of recording its refusal.
 const RECEIPT_MEMORY_TICKS: u64 = 1_024;
-/// Most bytes of one [`WorkBatch`](fabric_node::protocol::WorkBatch) body: under NATS's payload limit, with room for the other
-/// fields of a [`Welcome`] around it.
+/// Most bytes of one [`WorkBatch`] body on a `work` subject: under NATS's payload limit.
 const WORK_BATCH_BYTES_MAX: usize = MESSAGE_BYTES_MAX - 16 * 1024;
+/// Most bytes of the [`WorkBatch`] a [`Welcome`] carries: in base64 (4 bytes for 3), with room
+/// for the welcome's other fields, under NATS's payload limit.
+const WELCOME_WORK_BYTES_MAX: usize = WORK_BATCH_BYTES_MAX / 4 * 3;
 
 /// How the gateway reaches NATS.
 #[derive(Clone, Debug)]
@@ -125,7 +126,8 @@ struct TickNews {
 
 /// A job's submission as the feed keeps it while the job is in the fabric.
 struct Submitted {
-    doc: InclusionDoc,
+    /// Its entry proved ([`ProvedEntry::encode`]).
+    proof: Vec<u8>,
     workload: String,
     input_hash: Hash32,
 }
@@ -135,7 +137,9 @@ struct Running {
     node: String,
     input_hash: Hash32,
     workload: String,
-    order: WorkOrder,
+    model_seq: u64,
+    /// Its order's bytes before the input ([`WorkOrder::encode_without_input`]).
+    order: Vec<u8>,
 }
 
 /// What the gateway knows of the log: its frontier, the proofs it may have to send, who runs
@@ -169,34 +173,33 @@ fn registered_model(event: &Event) -> Option<&ModelRegistered> {
 /// A registered model: its entry, proved, and what re-executing its jobs needs.
 #[derive(Clone)]
 struct Model {
-    doc: InclusionDoc,
+    seq: u64,
+    /// Its entry proved ([`ProvedEntry::encode`]).
+    proof: Vec<u8>,
     job_type: ModelJob,
     weights: Vec<u8>,
 }
 
 impl Model {
-    fn of(registration: &ModelRegistered, doc: InclusionDoc) -> Option<Self> {
+    fn of(registration: &ModelRegistered, seq: u64, proof: Vec<u8>) -> Option<Self> {
         Some(Self {
-            doc,
+            seq,
+            proof,
             job_type: ModelJob::from_name(registration.job_type.name())?,
             weights: registration.weights.clone(),
         })
     }
 }
 
-fn doc_of(entry: &Entry, path: Vec<Hash32>, head: &SignedTreeHead) -> InclusionDoc {
-    let bytes = entry.encode();
-    InclusionDoc {
-        format: INCLUSION_FORMAT.to_owned(),
+/// The bytes of `entry` proved by `path` under `head` ([`ProvedEntry::encode`]).
+fn proof_of(entry: &Entry, path: Vec<Hash32>, head: &SignedTreeHead) -> Vec<u8> {
+    ProvedEntry {
         seq: entry.seq,
-        tree_size: head.tree_size,
-        leaf_hash: fabric_events::entry_hash(&bytes),
-        entry: BASE64.encode(&bytes),
-        audit_path: path,
-        root: head.root,
         tree_head: *head,
-        ledger_rotations: Vec::new(),
+        entry: entry.encode(),
+        audit_path: path,
     }
+    .encode()
 }
 
 impl Feed {
@@ -240,26 +243,26 @@ impl Feed {
         let proofs = merkle::batch_inclusion_proofs(&before, &leaves);
         let mut assigned: BTreeMap<String, Vec<JobId>> = BTreeMap::new();
         for ((entry, event), proof) in entries.iter().zip(&news.events).zip(proofs) {
-            let doc = || doc_of(entry, proof.path.clone(), &news.tree_head);
-            self.observe(entry.seq, event, news.tick, doc, &mut assigned);
+            let proved = || proof_of(entry, proof.path.clone(), &news.tree_head);
+            self.observe(entry.seq, event, news.tick, proved, &mut assigned);
         }
         let mut out = Vec::new();
         for (node, jobs) in assigned {
             let subject = NodeSubject::Work.of(&node);
-            let orders: Vec<WorkOrder> = jobs
+            let orders: Vec<(u64, Vec<u8>)> = jobs
                 .iter()
                 .filter_map(|job| self.running.get(job))
                 .map(|running| {
-                    let mut order = running.order.clone();
-                    order.input = artifacts
-                        .get(running.input_hash.as_bytes())
-                        .ok()
-                        .flatten()
-                        .map(|bytes| BASE64.encode(&bytes));
-                    order
+                    let input = artifacts.get(running.input_hash.as_bytes()).ok().flatten();
+                    let mut order = Vec::with_capacity(
+                        running.order.len() + 5 + input.as_ref().map_or(0, |bytes| bytes.len()),
+                    );
+                    order.extend_from_slice(&running.order);
+                    WorkOrder::encode_input(input.as_deref(), &mut order);
+                    (running.model_seq, order)
                 })
                 .collect();
-            for body in self.work_bodies(&orders) {
+            for body in self.work_bodies(&orders, WORK_BATCH_BYTES_MAX) {
                 out.push((subject.clone(), body));
             }
         }
@@ -280,7 +283,7 @@ impl Feed {
         seq: u64,
         event: &Event,
         tick: u64,
-        doc: impl FnOnce() -> InclusionDoc,
+        proved: impl FnOnce() -> Vec<u8>,
         assigned_jobs: &mut BTreeMap<String, Vec<JobId>>,
     ) {
         match &event.body {
@@ -288,14 +291,14 @@ impl Feed {
                 self.submissions.insert(
                     job.job,
                     Submitted {
-                        doc: doc(),
+                        proof: proved(),
                         workload: job.workload.clone(),
                         input_hash: job.input_hash,
                     },
                 );
             }
             Body::JobAssigned(assigned) => {
-                if let Some(running) = self.order(assigned.job, &assigned.node, doc()) {
+                if let Some(running) = self.order(assigned.job, &assigned.node, &proved()) {
                     self.running.insert(assigned.job, running);
                     assigned_jobs
                         .entry(assigned.node.clone())
@@ -313,7 +316,7 @@ impl Feed {
             }
             _ => {
                 if let Some(registration) = registered_model(event) {
-                    if let Some(model) = Model::of(registration, doc()) {
+                    if let Some(model) = Model::of(registration, seq, proved()) {
                         self.models.insert(registration.workload(), model);
                     }
                 }
@@ -322,19 +325,15 @@ impl Feed {
     }
 
     /// The order of an assignment, when the job is one of a registered model.
-    fn order(&self, job: JobId, node: &str, assignment: InclusionDoc) -> Option<Running> {
+    fn order(&self, job: JobId, node: &str, assignment: &[u8]) -> Option<Running> {
         let submitted = self.submissions.get(&job)?;
         let model = self.models.get(&submitted.workload)?;
         Some(Running {
             node: node.to_owned(),
             input_hash: submitted.input_hash,
             workload: submitted.workload.clone(),
-            order: WorkOrder {
-                assignment,
-                input: None,
-                model_seq: model.doc.seq,
-                submission: submitted.doc.clone(),
-            },
+            model_seq: model.seq,
+            order: WorkOrder::encode_without_input(assignment, &submitted.proof, model.seq),
         })
     }
 
@@ -355,17 +354,22 @@ impl Feed {
     /// fit in one message.
     fn welcome(&self, node: &str) -> Option<Welcome> {
         let info = self.directory.get(node)?;
-        let orders: Vec<WorkOrder> = self
+        let orders: Vec<(u64, Vec<u8>)> = self
             .running
             .values()
             .filter(|running| running.node == node)
-            .map(|running| running.order.clone())
+            .map(|running| {
+                let mut order = running.order.clone();
+                WorkOrder::encode_input(None, &mut order);
+                (running.model_seq, order)
+            })
             .collect();
         let work = self
-            .work_bodies(&orders)
-            .first()
-            .and_then(|body| serde_json::from_slice(body).ok())
-            .unwrap_or_default();
+            .work_bodies(&orders, WELCOME_WORK_BYTES_MAX)
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| WorkBatch::default().encode());
+        let work = BASE64.encode(work);
         Some(Welcome {
             heartbeat_interval_ticks: info.heartbeat_interval_ticks,
             last_nonce: info.last_nonce,
@@ -377,94 +381,66 @@ impl Feed {
         })
     }
 
-    /// `orders` as [`WorkBatch`](fabric_node::protocol::WorkBatch) bodies of at most [`WORK_BATCH_BYTES_MAX`] bytes, each with
-    /// the registrations of the models its orders name, once. Every part is serialized once
-    /// and the bodies joined from the parts.
-    fn work_bodies(&self, orders: &[WorkOrder]) -> Vec<Vec<u8>> {
-        let mut model_parts: HashMap<u64, Vec<u8>> = HashMap::new();
-        for order in orders {
-            if let std::collections::hash_map::Entry::Vacant(vacant) =
-                model_parts.entry(order.model_seq)
-            {
-                let doc = self
-                    .models
-                    .values()
-                    .find(|model| model.doc.seq == order.model_seq);
-                if let Some(Ok(part)) = doc.map(|model| serde_json::to_vec(&model.doc)) {
-                    vacant.insert(part);
-                }
-            }
-        }
+    /// `orders` (each its model's seq and its bytes) as [`WorkBatch`] bodies of at most
+    /// `bytes_max` bytes (a body holds at least one order), each with the proved registrations
+    /// of the models its orders name, once.
+    fn work_bodies(&self, orders: &[(u64, Vec<u8>)], bytes_max: usize) -> Vec<Vec<u8>> {
         let mut bodies = Vec::new();
         let mut batch = BatchParts::default();
-        for order in orders {
-            let Ok(part) = serde_json::to_vec(order) else {
-                continue;
-            };
-            let model = model_parts.get(&order.model_seq);
-            if !batch.orders.is_empty()
-                && batch.size_with(order.model_seq, model, &part) > WORK_BATCH_BYTES_MAX
-            {
-                bodies.push(std::mem::take(&mut batch).body(&model_parts));
+        for (model_seq, order) in orders {
+            let model = self.models.values().find(|model| model.seq == *model_seq);
+            let model = model.map(|model| model.proof.as_slice());
+            if !batch.orders.is_empty() && batch.len_with(model, order) > bytes_max {
+                bodies.push(std::mem::take(&mut batch).body());
             }
-            batch.add(order.model_seq, model, part);
+            batch.add(model, order);
         }
         if !batch.orders.is_empty() {
-            bodies.push(batch.body(&model_parts));
+            bodies.push(batch.body());
         }
         bodies
     }
 }
 
-/// One [`WorkBatch`](fabric_node::protocol::WorkBatch) body on its way: the seqs of its models and its orders, serialized.
+/// One [`WorkBatch`] body on its way: its models' and its orders' bytes.
 #[derive(Default)]
-struct BatchParts {
-    models: Vec<u64>,
-    orders: Vec<Vec<u8>>,
-    size: usize,
+struct BatchParts<'a> {
+    models: Vec<&'a [u8]>,
+    orders: Vec<&'a [u8]>,
+    model_bytes: usize,
+    order_bytes: usize,
 }
 
-impl BatchParts {
-    /// `{"models":[],"orders":[]}`
-    const EMPTY_BYTES: usize = 25;
-
-    /// The body's size with one more order (and its model, when new to the batch).
-    fn size_with(&self, model_seq: u64, model: Option<&Vec<u8>>, order: &[u8]) -> usize {
+impl<'a> BatchParts<'a> {
+    /// The body's length with one more order (and its model, when new to the batch).
+    fn len_with(&self, model: Option<&[u8]>, order: &[u8]) -> usize {
         let model_bytes = match model {
-            Some(part) if !self.models.contains(&model_seq) => part.len() + 1,
+            Some(part) if !self.has(part) => part.len(),
             _ => 0,
         };
-        Self::EMPTY_BYTES + self.size + model_bytes + order.len() + 1
+        WorkBatch::joined_len(
+            self.model_bytes + model_bytes,
+            self.order_bytes + order.len(),
+        )
     }
 
-    fn add(&mut self, model_seq: u64, model: Option<&Vec<u8>>, order: Vec<u8>) {
-        self.size = self.size_with(model_seq, model, &order) - Self::EMPTY_BYTES;
-        if model.is_some() && !self.models.contains(&model_seq) {
-            self.models.push(model_seq);
+    fn has(&self, model: &[u8]) -> bool {
+        self.models.iter().any(|known| std::ptr::eq(*known, model))
+    }
+
+    fn add(&mut self, model: Option<&'a [u8]>, order: &'a [u8]) {
+        if let Some(part) = model {
+            if !self.has(part) {
+                self.model_bytes += part.len();
+                self.models.push(part);
+            }
         }
+        self.order_bytes += order.len();
         self.orders.push(order);
     }
 
-    fn body(self, model_parts: &HashMap<u64, Vec<u8>>) -> Vec<u8> {
-        let mut body = Vec::with_capacity(Self::EMPTY_BYTES + self.size);
-        body.extend_from_slice(b"{\"models\":[");
-        let models = self.models.iter().filter_map(|seq| model_parts.get(seq));
-        for (index, part) in models.enumerate() {
-            if index > 0 {
-                body.push(b',');
-            }
-            body.extend_from_slice(part);
-        }
-        body.extend_from_slice(b"],\"orders\":[");
-        for (index, part) in self.orders.iter().enumerate() {
-            if index > 0 {
-                body.push(b',');
-            }
-            body.extend_from_slice(part);
-        }
-        body.extend_from_slice(b"]}");
-        debug_assert!(body.len() <= Self::EMPTY_BYTES + self.size);
-        body
+    fn body(self) -> Vec<u8> {
+        WorkBatch::join(&self.models, &self.orders)
     }
 }
 
@@ -528,7 +504,7 @@ impl FeedBuilder {
             leaves: &self.leaves,
             memo: HashMap::new(),
         };
-        let mut prove = |seq: u64| -> Result<InclusionDoc, ServerError> {
+        let mut prove = |seq: u64| -> Result<Vec<u8>, ServerError> {
             let entry = reader
                 .get(seq)
                 .map_err(|error| ServerError::NodeFeed { seq, error })?;
@@ -542,7 +518,7 @@ impl FeedBuilder {
                 size: head.tree_size,
             })?;
             let InclusionProof { path, .. } = proof;
-            Ok(doc_of(&entry, path, head))
+            Ok(proof_of(&entry, path, head))
         };
         let mut submissions = HashMap::new();
         for (job, (seq, workload, input_hash)) in &self.submitted {
@@ -550,7 +526,7 @@ impl FeedBuilder {
                 submissions.insert(
                     *job,
                     Submitted {
-                        doc: prove(*seq)?,
+                        proof: prove(*seq)?,
                         workload: workload.clone(),
                         input_hash: *input_hash,
                     },
@@ -559,7 +535,7 @@ impl FeedBuilder {
         }
         let mut models = HashMap::new();
         for (workload, (seq, registration)) in &self.models {
-            if let Some(model) = Model::of(registration, prove(*seq)?) {
+            if let Some(model) = Model::of(registration, *seq, prove(*seq)?) {
                 models.insert(workload.clone(), model);
             }
         }
@@ -580,7 +556,7 @@ impl FeedBuilder {
                 continue;
             }
             let assignment = prove(*seq)?;
-            if let Some(running) = feed.order(*job, node, assignment) {
+            if let Some(running) = feed.order(*job, node, &assignment) {
                 feed.running.insert(*job, running);
             }
         }
