@@ -9,6 +9,7 @@ use fabric_events::{Entry, Hash32, PublicKey};
 #[cfg(feature = "writer")]
 use fabric_events::{SignedEvent, SigningKey};
 
+use crate::artifacts::{ArtifactLog, StoredArtifacts, ARTIFACTS_FILE};
 #[cfg(feature = "writer")]
 use crate::error::AppendError;
 use crate::error::LedgerError;
@@ -23,6 +24,8 @@ use crate::storage::{
 use crate::tree_head::SignedTreeHead;
 #[cfg(feature = "writer")]
 use crate::verify::{VerifiedBatch, Verifier};
+#[cfg(feature = "writer")]
+use std::sync::Arc;
 
 /// Name of the sled tree holding state snapshots.
 pub const SNAPSHOT_TREE: &str = "snapshots";
@@ -152,6 +155,8 @@ pub struct Ledger {
     verifier: Verifier,
     poisoned: Option<String>,
     open_report: OpenReport,
+    /// The artifact store whose writes each commit makes durable before the log's.
+    artifacts: Option<Arc<ArtifactLog>>,
 }
 
 #[cfg(feature = "writer")]
@@ -245,6 +250,7 @@ impl Ledger {
             verifier: Verifier::new(),
             poisoned: None,
             open_report: report,
+            artifacts: None,
         };
         if ledger.open_report.created {
             ledger.initialise()?;
@@ -314,6 +320,13 @@ impl Ledger {
             self.commit(batch)?;
         }
         Ok(())
+    }
+
+    /// Makes every later commit sync `artifacts` before the log's own data, so that an
+    /// artifact stored before an append is durable when the append is (a served fabric's
+    /// inputs and outputs, docs/FORMAT.md §7).
+    pub fn sync_with(&mut self, artifacts: Arc<ArtifactLog>) {
+        self.artifacts = Some(artifacts);
     }
 
     /// What opening found.
@@ -487,6 +500,10 @@ impl Ledger {
     /// the dirty pages, so only a reopen knows what is on disk.
     fn commit(&mut self, batch: sled::Batch) -> Result<(), LedgerError> {
         let result = (|| {
+            // An entry may name an artifact written before it: the artifact is durable first.
+            if let Some(artifacts) = &self.artifacts {
+                artifacts.sync()?;
+            }
             self.reader
                 .db
                 .apply_batch(batch)
@@ -932,10 +949,18 @@ impl LedgerReader {
             .map_err(storage("opening the outbox tree"))
     }
 
-    /// The `artifacts` tree of `fabric serve`: content-addressed job outputs, keyed by their
-    /// BLAKE3 hash (docs/FORMAT.md §7). It lives in the ledger's folder, so each append's group
-    /// commit also makes the artifacts written before it durable; nothing in it is part of the
-    /// log, and every artifact can be derived again from the log.
+    /// The folder's artifacts, read-only: the artifact store ([`ARTIFACTS_FILE`], a missing
+    /// one is empty) and the legacy `artifacts` tree (docs/FORMAT.md §7).
+    pub fn artifacts(&self) -> Result<StoredArtifacts, LedgerError> {
+        let (log, _) = ArtifactLog::open_read_only(&self.path.join(ARTIFACTS_FILE))?;
+        Ok(StoredArtifacts {
+            log,
+            legacy: self.artifacts_tree()?,
+        })
+    }
+
+    /// The `artifacts` tree, where servers of earlier builds kept their artifacts, keyed by
+    /// their BLAKE3 hash (docs/FORMAT.md §7); a server moves them into its artifact store.
     pub fn artifacts_tree(&self) -> Result<sled::Tree, LedgerError> {
         self.db
             .open_tree(ARTIFACTS_TREE)

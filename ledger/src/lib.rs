@@ -21,6 +21,7 @@
 //! before it is on disk. The storage layout is described in [`storage`] and `docs/FORMAT.md`.
 #![deny(missing_docs)]
 
+pub mod artifacts;
 pub mod error;
 pub mod keys;
 mod ledger;
@@ -29,6 +30,9 @@ pub mod storage;
 pub mod tree_head;
 pub mod verify;
 
+pub use artifacts::{
+    ArtifactLog, ArtifactsOpened, StoredArtifacts, ARTIFACTS_FILE, ARTIFACT_BYTES_MAX,
+};
 pub use error::{AppendError, LedgerError};
 pub use keys::LedgerKeys;
 pub use ledger::{

@@ -44,7 +44,7 @@ pub enum ServerError {
         /// The job.
         job: JobId,
         /// Why.
-        error: sled::Error,
+        error: fabric_ledger::LedgerError,
     },
     /// A TCP address could not be bound.
     #[error("could not listen on {address}: {error}")]

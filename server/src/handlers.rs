@@ -21,7 +21,7 @@ use fabric_api::wire::{
 };
 use fabric_events::codec::encode_event;
 use fabric_events::{Body, Event, Hash32, JobId, PublicKey, RejectReason, Role};
-use fabric_ledger::{LedgerReader, SignedTreeHead};
+use fabric_ledger::{ArtifactLog, LedgerReader, SignedTreeHead};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
@@ -37,7 +37,7 @@ pub(crate) struct Shared {
     pub(crate) intake: mpsc::Sender<Submission>,
     pub(crate) reader: LedgerReader,
     pub(crate) ledger_key: PublicKey,
-    pub(crate) artifacts: sled::Tree,
+    pub(crate) artifacts: Arc<ArtifactLog>,
     pub(crate) view: RwLock<View>,
     pub(crate) metrics: ServeMetrics,
     /// Each peer's allowance of refused requests.
@@ -715,11 +715,7 @@ fn stored_artifact(shared: &Shared, artifact: ResultArtifact) -> Option<Hash32> 
     match artifact {
         ResultArtifact::None => None,
         ResultArtifact::Stored(hash) => Some(hash),
-        ResultArtifact::NodeOutput(hash) => shared
-            .artifacts
-            .contains_key(hash.as_bytes())
-            .unwrap_or(false)
-            .then_some(hash),
+        ResultArtifact::NodeOutput(hash) => shared.artifacts.contains(&hash).then_some(hash),
     }
 }
 
@@ -731,7 +727,7 @@ async fn artifact(shared: web::Data<Shared>, path: web::Path<String>) -> HttpRes
             format!("{:?} is not a BLAKE3 hash (64 hex digits)", path.as_str()),
         );
     };
-    let stored = match shared.artifacts.get(hash.as_bytes()) {
+    let stored = match shared.artifacts.get(&hash) {
         Ok(stored) => stored,
         Err(err) => {
             return error(

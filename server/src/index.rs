@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use fabric_api::job::JobState;
 use fabric_audit::{Observer, Replay, Step};
 use fabric_events::{cpu_job, Body, Event, Hash32, JobId, JobOutcome, PublicKey};
-use fabric_ledger::{LedgerReader, SignedTreeHead};
+use fabric_ledger::{ArtifactLog, LedgerReader, SignedTreeHead};
 use fabric_projections::State;
 
 use crate::error::ServerError;
@@ -94,7 +94,7 @@ pub(crate) fn settle(view: &mut View, state: &State) {
 /// from the (up to a few ticks older) tick its client signed.
 pub(crate) fn index_event(
     jobs: &mut HashMap<JobId, JobRecord>,
-    artifacts: &sled::Tree,
+    artifacts: &ArtifactLog,
     seq: u64,
     event: &Event,
     author: &PublicKey,
@@ -166,7 +166,7 @@ pub(crate) fn index_event(
                         });
                     }
                     let hash = Hash32(*blake3::hash(&bytes).as_bytes());
-                    artifacts.insert(hash.as_bytes(), bytes).map_err(|error| {
+                    artifacts.insert(&hash, &bytes).map_err(|error| {
                         ServerError::ArtifactWrite {
                             job: body.job,
                             error,
@@ -205,7 +205,7 @@ pub(crate) type Indexed = (HashMap<JobId, JobRecord>, State);
 /// the end comes back too.
 pub(crate) fn index_log(
     reader: &LedgerReader,
-    artifacts: &sled::Tree,
+    artifacts: &ArtifactLog,
     size: u64,
     feed: &mut crate::nodes::FeedBuilder,
 ) -> Result<Indexed, ServerError> {
@@ -228,7 +228,7 @@ pub(crate) fn index_log(
 /// Indexes each event of a replay; the first failure stops the indexing.
 struct Indexer<'a> {
     jobs: HashMap<JobId, JobRecord>,
-    artifacts: &'a sled::Tree,
+    artifacts: &'a ArtifactLog,
     failed: Option<ServerError>,
     feed: &'a mut crate::nodes::FeedBuilder,
 }

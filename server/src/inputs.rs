@@ -37,12 +37,12 @@ pub(crate) fn input_of(
 }
 
 /// The artifact store as the driver's input store.
-pub(crate) struct ArtifactInputs(pub(crate) sled::Tree);
+pub(crate) struct ArtifactInputs(pub(crate) std::sync::Arc<fabric_ledger::ArtifactLog>);
 
 impl InputStore for ArtifactInputs {
     fn len_of(&self, hash: &Hash32) -> Option<usize> {
         self.0
-            .get(hash.as_bytes())
+            .get(hash)
             .ok()
             .flatten()
             .filter(|bytes| *blake3::hash(bytes).as_bytes() == hash.0)
@@ -51,8 +51,7 @@ impl InputStore for ArtifactInputs {
 
     fn store(&self, hash: &Hash32, bytes: &[u8]) -> Result<(), String> {
         self.0
-            .insert(hash.as_bytes(), bytes)
-            .map(|_| ())
+            .insert(hash, bytes)
             .map_err(|error| error.to_string())
     }
 }

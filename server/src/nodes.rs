@@ -38,7 +38,7 @@ use fabric_events::{
 use fabric_gpu_kernels::models::ModelJob;
 use fabric_gpu_kernels::Engine;
 use fabric_ledger::merkle::{self, Frontier, InclusionProof};
-use fabric_ledger::SignedTreeHead;
+use fabric_ledger::{ArtifactLog, SignedTreeHead};
 use fabric_node::protocol::{
     AttemptAck, AttemptBatch, AttemptResult, Fetch, Fetched, NodeSubject, ProvedEntry, TickHead,
     Welcome, WorkBatch, WorkOrder, ATTEMPTS_PER_BATCH_MAX, MESSAGE_BYTES_MAX,
@@ -205,7 +205,7 @@ fn proof_of(entry: &Entry, path: Vec<Hash32>, head: &SignedTreeHead) -> Vec<u8> 
 impl Feed {
     /// Takes in one appended tick; returns what to publish (subject, body). The orders carry
     /// their inputs, read from `artifacts`.
-    fn apply(&mut self, news: TickNews, artifacts: &sled::Tree) -> Vec<(String, Vec<u8>)> {
+    fn apply(&mut self, news: TickNews, artifacts: &ArtifactLog) -> Vec<(String, Vec<u8>)> {
         let before = self.frontier.clone();
         let mut entries = Vec::with_capacity(news.signed.len());
         for (offset, signed) in news.signed.iter().enumerate() {
@@ -253,7 +253,7 @@ impl Feed {
                 .iter()
                 .filter_map(|job| self.running.get(job))
                 .map(|running| {
-                    let input = artifacts.get(running.input_hash.as_bytes()).ok().flatten();
+                    let input = artifacts.get(&running.input_hash).ok().flatten();
                     let mut order = Vec::with_capacity(
                         running.order.len() + 5 + input.as_ref().map_or(0, |bytes| bytes.len()),
                     );
@@ -612,7 +612,7 @@ struct Gateway {
     client: async_nats::Client,
     feed: Mutex<Feed>,
     intake: mpsc::Sender<Submission>,
-    artifacts: sled::Tree,
+    artifacts: Arc<ArtifactLog>,
     /// Share of completed receipts re-executed on the CPU reference, in parts per million.
     verify_ppm: u32,
     in_flight: Mutex<InFlight>,
@@ -701,7 +701,7 @@ impl NodeGateway {
         login: &NatsLogin,
         feed: Feed,
         intake: mpsc::Sender<Submission>,
-        artifacts: sled::Tree,
+        artifacts: Arc<ArtifactLog>,
         verify_ppm: u32,
     ) -> Result<Self, ServerError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -898,7 +898,7 @@ fn fetch(gateway: &Gateway, node: &str, payload: &Bytes) -> Vec<u8> {
             )),
         );
     }
-    match gateway.artifacts.get(request.hash.as_bytes()) {
+    match gateway.artifacts.get(&request.hash) {
         Ok(Some(bytes)) if *blake3::hash(&bytes).as_bytes() == request.hash.0 => {
             fetched(Some(BASE64.encode(&bytes)), None)
         }
@@ -1140,7 +1140,7 @@ fn submit(
 fn store_output(
     receipt: &JobReceipt,
     outputs: &HashMap<Hash32, Vec<u8>>,
-    artifacts: &sled::Tree,
+    artifacts: &ArtifactLog,
 ) -> Result<(), String> {
     if receipt.outcome != JobOutcome::Completed {
         return Ok(());
@@ -1152,8 +1152,7 @@ fn store_output(
         ));
     };
     artifacts
-        .insert(receipt.output_hash.as_bytes(), bytes.as_slice())
-        .map(|_| ())
+        .insert(&receipt.output_hash, bytes)
         .map_err(|error| format!("the artifact store failed: {error}"))
 }
 
@@ -1189,7 +1188,7 @@ fn contradicted(
             running.input_hash,
         )
     };
-    let input = gateway.artifacts.get(input_hash.as_bytes()).ok()??;
+    let input = gateway.artifacts.get(&input_hash).ok()??;
     let expected = model
         .job_type
         .execute(&model.weights, &input, Engine::Cpu)

@@ -17,7 +17,7 @@ use actix_web::{web, App, HttpServer};
 use fabric_actors::serve::{ServeOutcome, ServeSpec};
 use fabric_api::job::JobState;
 use fabric_bus::{Outbox, OutboxReport};
-use fabric_ledger::Ledger;
+use fabric_ledger::{ArtifactLog, Ledger, LedgerError, ARTIFACTS_FILE};
 use tokio::sync::{mpsc, watch};
 
 use crate::connections::{connection_caps, peer_of, Connections};
@@ -80,7 +80,7 @@ pub struct Served {
 /// the addresses once the server listens (`http://ADDR`, `unix:PATH`).
 pub fn serve(
     config: &ServerConfig,
-    ledger: Ledger,
+    mut ledger: Ledger,
     mut spec: ServeSpec,
     listening: impl FnOnce(&[String]),
 ) -> Result<Served, ServerError> {
@@ -92,7 +92,8 @@ pub fn serve(
     ));
     let (stop_streams, stopping) = watch::channel(false);
     let (intake, intake_rx) = mpsc::channel(INTAKE_CAPACITY);
-    let (shared, feed) = shared(config, &ledger, &spec, intake.clone())?;
+    let artifacts = open_artifacts(&mut ledger)?;
+    let (shared, feed) = shared(config, &ledger, artifacts, &spec, intake.clone())?;
     let shared = web::Data::new(shared);
     spec.inputs = Some(Arc::new(crate::inputs::ArtifactInputs(
         shared.artifacts.clone(),
@@ -150,18 +151,65 @@ fn check(config: &ServerConfig) -> Result<(), ServerError> {
     Ok(())
 }
 
+/// The artifact store beside the ledger (FORMAT §7), made durable by each of the ledger's
+/// commits before the log's data; artifacts that a server of an earlier build kept in the
+/// ledger's sled tree `artifacts` are moved into it once.
+fn open_artifacts(ledger: &mut Ledger) -> Result<Arc<ArtifactLog>, ServerError> {
+    let failed = |error| ServerError::ArtifactStore { error };
+    let reader = ledger.reader();
+    let path = reader.path().join(ARTIFACTS_FILE);
+    let (artifacts, opened) = ArtifactLog::open(&path).map_err(failed)?;
+    if opened.cut_bytes > 0 {
+        eprintln!(
+            "note: {} ended in {} bytes that are no whole artifact (a write that a crash \
+             interrupted, never acknowledged): cut",
+            path.display(),
+            opened.cut_bytes
+        );
+    }
+    let legacy = reader.artifacts_tree().map_err(failed)?;
+    if !legacy.is_empty() {
+        let sled_failed = |cause| {
+            failed(LedgerError::Storage {
+                context: "moving the artifacts tree into the artifact store",
+                cause,
+            })
+        };
+        let mut moved = 0;
+        for item in legacy.iter() {
+            let (key, bytes) = item.map_err(sled_failed)?;
+            let hash = fabric_events::Hash32(*blake3::hash(&bytes).as_bytes());
+            if key.as_ref() != hash.as_bytes() {
+                eprintln!(
+                    "warning: the artifacts tree holds damaged bytes under {key:?}: left out"
+                );
+                continue;
+            }
+            artifacts.insert(&hash, &bytes).map_err(failed)?;
+            moved += 1;
+        }
+        artifacts.sync().map_err(failed)?;
+        legacy.clear().map_err(sled_failed)?;
+        eprintln!(
+            "note: moved {moved} artifacts from the ledger's sled tree into {}",
+            path.display()
+        );
+    }
+    let artifacts = Arc::new(artifacts);
+    ledger.sync_with(Arc::clone(&artifacts));
+    Ok(artifacts)
+}
+
 /// The handlers' shared views, with the job index of the log so far, and the node gateway's
 /// feed (both from one replay of the log).
 fn shared(
     config: &ServerConfig,
     ledger: &Ledger,
+    artifacts: Arc<ArtifactLog>,
     spec: &ServeSpec,
     intake: mpsc::Sender<fabric_actors::serve::Submission>,
 ) -> Result<(Shared, Feed), ServerError> {
     let reader = ledger.reader();
-    let artifacts = reader
-        .artifacts_tree()
-        .map_err(|error| ServerError::ArtifactStore { error })?;
     let mut feed = FeedBuilder::default();
     let (jobs, state) = index_log(&reader, &artifacts, ledger.len(), &mut feed)?;
     let feed = feed.build(&reader, &state, &ledger.tree_head())?;

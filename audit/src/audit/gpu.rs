@@ -2,12 +2,12 @@
 //! re-runs sampled GPU receipts (and every attestation mismatch's job) on the kernels' CPU
 //! references, regenerating each input from the run's parameters ([`Inputs`]) and checking it
 //! against the receipt's `input_hash`, or, for a job of a registered model, reading its input
-//! from the ledger folder's `artifacts` tree and running it through a [`ModelRunner`]
+//! from the ledger folder's artifact store and running it through a [`ModelRunner`]
 //! (`super::models`); `--gpu` hashes every entry with a BLAKE3 kernel ([`EntryHasher`]) and
 //! compares with the chain's hashes.
 
 use fabric_events::{Body, Entry, Hash32, JobOutcome};
-use fabric_ledger::LedgerReader;
+use fabric_ledger::{LedgerReader, StoredArtifacts};
 use rayon::prelude::*;
 
 use super::models::{ModelJobs, ModelRerun, ModelRunner};
@@ -125,8 +125,8 @@ fn model_context<'a>(
     reader: &LedgerReader,
     models: Option<&'a dyn ModelRunner>,
     first: &ModelRerun,
-    artifacts: &'a mut Option<sled::Tree>,
-) -> Result<(&'a dyn ModelRunner, &'a sled::Tree), Failure> {
+    artifacts: &'a mut Option<StoredArtifacts>,
+) -> Result<(&'a dyn ModelRunner, &'a StoredArtifacts), Failure> {
     let Some(runner) = models else {
         return Err(no_runner(first));
     };
@@ -134,7 +134,7 @@ fn model_context<'a>(
         Some(tree) => tree,
         None => artifacts.insert(
             reader
-                .artifacts_tree()
+                .artifacts()
                 .map_err(|err| Failure::at(first.seq, "storage", err.to_string()))?,
         ),
     };

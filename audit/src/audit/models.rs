@@ -1,13 +1,14 @@
 //! The jobs of registered models in `--reexecute`: the models registered in the log (owner
 //! command `register_model`, with their weights), the jobs submitted for them, and the re-run
 //! of a model job's receipt (or attestation mismatch) on the CPU reference through the
-//! caller's [`ModelRunner`], with the job's input read from the ledger folder's `artifacts`
-//! tree (docs/FORMAT.md §7, §13.1).
+//! caller's [`ModelRunner`], with the job's input read from the ledger folder's artifact
+//! store (docs/FORMAT.md §7, §13.1).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use fabric_events::{Body, Event, Hash32, JobType, KernelRef, OwnerAction, Role};
+use fabric_ledger::StoredArtifacts;
 
 use super::gpu::CallerError;
 use super::Failure;
@@ -124,7 +125,7 @@ impl ModelRerun {
     pub(super) fn run(
         &self,
         runner: &dyn ModelRunner,
-        artifacts: &sled::Tree,
+        artifacts: &StoredArtifacts,
     ) -> Result<(), Failure> {
         let (job, model) = (self.job, &self.model_job.model);
         let fail = |detail: String| Failure::at(self.seq, "reexecute", detail);
@@ -163,17 +164,17 @@ impl ModelRerun {
         Ok(())
     }
 
-    /// The job's input from the `artifacts` tree, checked against its hash.
-    fn input(&self, artifacts: &sled::Tree, input_hash: Hash32) -> Result<Vec<u8>, Failure> {
+    /// The job's input from the ledger folder's artifacts, checked against its hash.
+    fn input(&self, artifacts: &StoredArtifacts, input_hash: Hash32) -> Result<Vec<u8>, Failure> {
         let job = self.job;
         let stored = artifacts
-            .get(input_hash.as_bytes())
+            .get(&input_hash)
             .map_err(|err| {
                 Failure::at(
                     self.seq,
                     "storage",
                     format!(
-                        "job {job}: reading its input {input_hash} from the artifacts tree: {err}"
+                        "job {job}: reading its input {input_hash} from the artifact store: {err}"
                     ),
                 )
             })?
@@ -183,7 +184,7 @@ impl ModelRerun {
                     "reexecute",
                     format!(
                         "job {job}: its input {input_hash} is not in the ledger folder's \
-                         artifacts tree"
+                         artifacts"
                     ),
                 )
             })?;

@@ -1,6 +1,6 @@
 //! `--reexecute` on the jobs of registered models, over a real log on disk: a tiny fabric (one
 //! shard, one node, one client, one model), one job of the model with its input in the ledger
-//! folder's `artifacts` tree, and the node's receipt, truthful or lying. The audit of the log
+//! folder's artifact store, and the node's receipt, truthful or lying. The audit of the log
 //! passes either way (a lie is admissible); re-execution on the CPU reference catches the lie.
 
 use fabric_events::{
@@ -229,12 +229,12 @@ fn write_log(folder: &std::path::Path, output_hash: Hash32, store_input: bool) -
     ));
     let mut ledger = Ledger::open(folder, ledger_key.clone()).expect("a new ledger");
     if store_input {
-        ledger
-            .reader()
-            .artifacts_tree()
-            .expect("artifacts")
-            .insert(input_hash.as_bytes(), heat_input())
+        let path = folder.join(fabric_ledger::ARTIFACTS_FILE);
+        let (artifacts, _) = fabric_ledger::ArtifactLog::open(&path).expect("artifacts");
+        artifacts
+            .insert(&input_hash, &heat_input())
             .expect("stored");
+        artifacts.sync().expect("synced");
     }
     ledger.append(&signed).expect("appended");
     public(&ledger_key)
@@ -291,7 +291,7 @@ fn a_missing_input_artifact_names_the_job_and_the_hash() {
     assert_eq!((failure.seq, failure.what), (Some(7), "reexecute"));
     assert_eq!(
         failure.detail,
-        format!("job 7: its input {input_hash} is not in the ledger folder's artifacts tree")
+        format!("job 7: its input {input_hash} is not in the ledger folder's artifacts")
     );
 }
 
