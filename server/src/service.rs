@@ -538,3 +538,57 @@ async fn run(
     };
     Ok(Served { outcome, published })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn artifacts_of_an_earlier_build_move_from_sled_into_the_store_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let key = fabric_events::derive_signing_key(3, "tests/ledger");
+        let good = vec![5u8; 2000];
+        let good_hash = fabric_events::Hash32(*blake3::hash(&good).as_bytes());
+        {
+            let ledger = Ledger::open(dir.path(), key.clone()).expect("ledger");
+            let tree = ledger.reader().artifacts_tree().expect("tree");
+            tree.insert(good_hash.as_bytes(), good.as_slice())
+                .expect("insert");
+            tree.insert([1u8; 32], b"not the bytes of that address".as_slice())
+                .expect("insert");
+            ledger
+                .reader()
+                .artifacts_tree()
+                .expect("tree")
+                .flush()
+                .expect("flush");
+        }
+        let mut ledger = Ledger::open(dir.path(), key.clone()).expect("reopen");
+        let artifacts = open_artifacts(&mut ledger).expect("opened");
+        assert_eq!(artifacts.len(), 1, "the damaged one is left out");
+        assert_eq!(artifacts.get(&good_hash).expect("get"), Some(good.clone()));
+        assert!(ledger.reader().artifacts_tree().expect("tree").is_empty());
+        // An append syncs the store with the log: a new artifact survives a reopen.
+        let fresh = b"fresh".to_vec();
+        let fresh_hash = fabric_events::Hash32(*blake3::hash(&fresh).as_bytes());
+        artifacts.insert(&fresh_hash, &fresh).expect("insert");
+        let owner = fabric_events::derive_signing_key(3, "tests/owner");
+        let event = fabric_events::Event::new(
+            fabric_events::Role::Owner,
+            1,
+            1,
+            fabric_events::Heartbeat {
+                node: "n".to_owned(),
+                running_jobs: 0,
+            },
+        );
+        let signed = fabric_events::SignedEvent::sign(&event, &owner).expect("signed");
+        ledger.append(&[signed]).expect("appended");
+        drop(artifacts);
+        drop(ledger);
+        let mut ledger = Ledger::open(dir.path(), key).expect("reopen");
+        let artifacts = open_artifacts(&mut ledger).expect("opened again");
+        assert_eq!(artifacts.len(), 2);
+        assert_eq!(artifacts.get(&fresh_hash).expect("get"), Some(fresh));
+    }
+}
