@@ -171,7 +171,13 @@ pub(super) fn ceremony(
     })
 }
 
-pub(super) fn start_server(ceremony: &Ceremony, extra: &[&str]) -> anyhow::Result<ServeChild> {
+/// Starts `fabric serve` on the ceremony's fabric with ticks of `tick_ms` and `extra`
+/// arguments.
+pub(super) fn start_server(
+    ceremony: &Ceremony,
+    tick_ms: u64,
+    extra: &[&str],
+) -> anyhow::Result<ServeChild> {
     let exe = fabric_exe()?;
     let mut child = Command::new(exe)
         .args(["serve", "--data"])
@@ -181,7 +187,7 @@ pub(super) fn start_server(ceremony: &Ceremony, extra: &[&str]) -> anyhow::Resul
         .arg("--router-keys")
         .arg(ceremony.operator.join("routers"))
         .args(["--listen", "127.0.0.1:0"])
-        .args(["--tick-ms", &TICK_MS.to_string()])
+        .args(["--tick-ms", &tick_ms.to_string()])
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -354,6 +360,7 @@ pub(super) fn suite(bench: &mut Bench<'_>) -> anyhow::Result<SuiteReport> {
     let ceremony = ceremony(args.config.as_deref(), &world, scratch.path())?;
     let server = start_server(
         &ceremony,
+        TICK_MS,
         &["--submission-tick-window", SUBMISSION_TICK_WINDOW],
     )?;
     let mut control = Client::new(server.target.clone(), Duration::from_secs(30));
