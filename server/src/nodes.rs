@@ -63,6 +63,9 @@ const ATTEMPTS_WAIT_MS: u64 = 30_000;
 /// Ticks a receipt is remembered after it was appended, to answer a node's retry of it as a
 /// `duplicate` instead of recording its refusal.
 const RECEIPT_MEMORY_TICKS: u64 = 1_024;
+/// Ticks between two sweeps of the receipts remembered (so one is remembered for at most
+/// [`RECEIPT_MEMORY_TICKS`] + this many ticks).
+const RECEIPT_SWEEP_TICKS: u64 = 64;
 /// Most bytes of one [`WorkBatch`] body on a `work` subject: under NATS's payload limit.
 const WORK_BATCH_BYTES_MAX: usize = MESSAGE_BYTES_MAX - 16 * 1024;
 /// Most bytes of the [`WorkBatch`] a [`Welcome`] carries: in base64 (4 bytes for 3), with room
@@ -89,6 +92,19 @@ pub(crate) struct NodeInfo {
 
 /// Registered nodes (not retired) by name.
 type Directory = HashMap<String, NodeInfo>;
+
+/// Whether a tick's events hold an owner command: only those end jobs without an event of
+/// the job (a cancel, a retired shard).
+fn owners_acted(events: &[Event]) -> bool {
+    events
+        .iter()
+        .any(|event| matches!(event.body, Body::OwnerCommand(_)))
+}
+
+/// The jobs in the fabric by the state.
+fn jobs_in(state: &State) -> std::collections::HashSet<JobId> {
+    state.live_jobs().map(|job| job.id).collect()
+}
 
 fn directory_of(state: &State) -> Directory {
     state
@@ -122,6 +138,10 @@ struct TickNews {
     events: Vec<Event>,
     tree_head: SignedTreeHead,
     directory: Directory,
+    /// Jobs the state holds after the tick, when the tick had an owner command (which may end
+    /// jobs without an event of theirs: a cancel, a retired shard). The driver keeps the
+    /// state to itself, so the gateway gets what it needs of it, not the state.
+    in_state: Option<std::collections::HashSet<JobId>>,
 }
 
 /// A job's submission as the feed keeps it while the job is in the fabric.
@@ -208,12 +228,8 @@ impl Feed {
     fn apply(&mut self, news: TickNews, artifacts: &ArtifactLog) -> Vec<(String, Vec<u8>)> {
         let before = self.frontier.clone();
         let mut entries = Vec::with_capacity(news.signed.len());
-        for (offset, signed) in news.signed.iter().enumerate() {
-            let entry = Entry::new(
-                news.first_seq + offset as u64,
-                self.last_hash,
-                signed.clone(),
-            );
+        for (offset, signed) in news.signed.into_iter().enumerate() {
+            let entry = Entry::new(news.first_seq + offset as u64, self.last_hash, signed);
             self.last_hash = entry.hash();
             self.frontier.push(self.last_hash);
             entries.push(entry);
@@ -266,7 +282,7 @@ impl Feed {
                 out.push((subject.clone(), body));
             }
         }
-        self.forget_ended();
+        self.forget_ended(news.in_state.as_ref());
         let head = TickHead {
             tick: news.tick,
             tree_head: news.tree_head,
@@ -311,6 +327,7 @@ impl Feed {
             }
             Body::JobReceipt(receipt) => {
                 self.running.remove(&receipt.job);
+                self.submissions.remove(&receipt.job);
                 self.receipts
                     .insert((receipt.node.clone(), receipt.job), (seq, tick));
             }
@@ -337,17 +354,24 @@ impl Feed {
         })
     }
 
-    /// Jobs that left the fabric leave the feed; receipts are remembered a while.
-    fn forget_ended(&mut self) {
-        let in_fabric: std::collections::HashSet<JobId> = self
-            .directory
-            .values()
-            .flat_map(|node| node.running.iter().copied())
-            .collect();
-        self.running.retain(|job, _| in_fabric.contains(job));
+    /// Jobs that left the fabric without a receipt or a requeue (after a tick with an owner
+    /// command, whose jobs in the state are `in_state`) leave the feed; receipts are
+    /// remembered a while.
+    fn forget_ended(&mut self, in_state: Option<&std::collections::HashSet<JobId>>) {
+        if let Some(in_state) = in_state {
+            let in_fabric: std::collections::HashSet<JobId> = self
+                .directory
+                .values()
+                .flat_map(|node| node.running.iter().copied())
+                .collect();
+            self.running.retain(|job, _| in_fabric.contains(job));
+            self.submissions.retain(|job, _| in_state.contains(job));
+        }
         let tick = self.tick;
-        self.receipts
-            .retain(|_, (_, at)| tick.saturating_sub(*at) <= RECEIPT_MEMORY_TICKS);
+        if tick % RECEIPT_SWEEP_TICKS == 0 {
+            self.receipts
+                .retain(|_, (_, at)| tick.saturating_sub(*at) <= RECEIPT_MEMORY_TICKS);
+        }
     }
 
     /// The welcome of `node`: its registration and as many of its orders (without inputs) as
@@ -749,6 +773,7 @@ impl NodeGateway {
             events: tick.events.to_vec(),
             tree_head: *tick.tree_head,
             directory: directory_of(tick.state),
+            in_state: owners_acted(tick.events).then(|| jobs_in(tick.state)),
         });
     }
 
