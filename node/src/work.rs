@@ -157,6 +157,18 @@ impl WorkOrder {
         out
     }
 
+    /// The order's bytes: [`WorkOrder::encode_without_input`], then
+    /// [`WorkOrder::encode_input`].
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Self::encode_without_input(
+            &self.assignment.encode(),
+            &self.submission.encode(),
+            self.model_seq,
+        );
+        Self::encode_input(self.input.as_deref(), &mut out);
+        out
+    }
+
     /// Appends the input part of an order to `out`.
     pub fn encode_input(input: Option<&[u8]>, out: &mut Vec<u8>) {
         match input {
@@ -205,19 +217,7 @@ impl WorkBatch {
     /// The batch's bytes.
     pub fn encode(&self) -> Vec<u8> {
         let models: Vec<Vec<u8>> = self.models.iter().map(ProvedEntry::encode).collect();
-        let orders: Vec<Vec<u8>> = self
-            .orders
-            .iter()
-            .map(|order| {
-                let mut out = WorkOrder::encode_without_input(
-                    &order.assignment.encode(),
-                    &order.submission.encode(),
-                    order.model_seq,
-                );
-                WorkOrder::encode_input(order.input.as_deref(), &mut out);
-                out
-            })
-            .collect();
+        let orders: Vec<Vec<u8>> = self.orders.iter().map(WorkOrder::encode).collect();
         Self::join(&models, &orders)
     }
 
@@ -374,19 +374,7 @@ mod tests {
             Ok(WorkBatch::default())
         );
         // The parts a server keeps join to the same bytes.
-        let orders: Vec<Vec<u8>> = batch
-            .orders
-            .iter()
-            .map(|order| {
-                let mut part = WorkOrder::encode_without_input(
-                    &order.assignment.encode(),
-                    &order.submission.encode(),
-                    order.model_seq,
-                );
-                WorkOrder::encode_input(order.input.as_deref(), &mut part);
-                part
-            })
-            .collect();
+        let orders: Vec<Vec<u8>> = batch.orders.iter().map(WorkOrder::encode).collect();
         assert_eq!(WorkBatch::join(&[batch.models[0].encode()], &orders), bytes);
     }
 

@@ -27,7 +27,7 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::batch_readers::BatchReaders;
-use crate::index::{index_event, settle, ResultArtifact, View};
+use crate::index::{index_event, owners_acted, settle, ResultArtifact, View};
 use crate::metrics::ServeMetrics;
 use crate::refusals::{PeerRefusals, PEER_REFUSALS_BURST_MAX, PEER_REFUSALS_PER_SECOND_MAX};
 use crate::INTAKE_CAPACITY;
@@ -125,13 +125,7 @@ impl Shared {
                 view.active.insert(job.job);
             }
         }
-        // Only an owner command (cancel-job, retire-shard) ends a job without a receipt, so
-        // the other ticks need not look at every job in the fabric.
-        if tick
-            .events
-            .iter()
-            .any(|event| matches!(event.body, Body::OwnerCommand(_)))
-        {
+        if owners_acted(tick.events) {
             settle(view, tick.state);
         }
         self.metrics.observe_tick(tick, tick.state, self.tick_ms);

@@ -69,6 +69,14 @@ pub(crate) struct View {
     pub(crate) active: std::collections::HashSet<JobId>,
 }
 
+/// Whether a tick's events hold an owner command: only one (cancel-job, retire-shard) ends a
+/// job without an event of the job, so other ticks need not look at every job in the fabric.
+pub(crate) fn owners_acted(events: &[Event]) -> bool {
+    events
+        .iter()
+        .any(|event| matches!(event.body, Body::OwnerCommand(_)))
+}
+
 /// Jobs that left the fabric without a receipt were cancelled by the owners (a command, or a
 /// retired shard): the state says so, the log has no event of the job for it. Called after a
 /// tick with an owner command: only those cancel jobs.

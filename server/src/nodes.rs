@@ -49,6 +49,7 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::ServerError;
+use crate::index::owners_acted;
 
 /// Requests of all nodes the gateway works on at once (each holds its body, at most
 /// [`MESSAGE_BYTES_MAX`]); the next ones are answered busy at once.
@@ -92,14 +93,6 @@ pub(crate) struct NodeInfo {
 
 /// Registered nodes (not retired) by name.
 type Directory = HashMap<String, NodeInfo>;
-
-/// Whether a tick's events hold an owner command: only those end jobs without an event of
-/// the job (a cancel, a retired shard).
-fn owners_acted(events: &[Event]) -> bool {
-    events
-        .iter()
-        .any(|event| matches!(event.body, Body::OwnerCommand(_)))
-}
 
 /// The jobs in the fabric by the state.
 fn jobs_in(state: &State) -> std::collections::HashSet<JobId> {
