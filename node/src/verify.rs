@@ -1,13 +1,19 @@
 //! What a node checks before it runs anything: each order of a [`WorkBatch`] has its two
-//! entries in the log (each entry's hash, its event's signature, its audit path, and the tree
-//! head signed by the ledger key), the assignment is a router's `job_assigned` naming this
-//! node, the submission is that job's, and the model entry (proved the same way) registers the
-//! job's model. Only a [`VerifiedJob`] runs.
+//! entries in the log (each entry's hash, its audit path, and the tree head signed by the
+//! ledger key), the assignment's event is signed by its author, the assignment is a router's
+//! `job_assigned` naming this node, the submission is that job's, and the model entry (proved
+//! the same way, its signature checked too) registers the job's model. Only a [`VerifiedJob`]
+//! runs.
+//!
+//! The submission's signature is not checked again: the node does not know the fabric's
+//! clients, so that signature would only show that some key signed the entry, which the log
+//! already vouches for (the gate admits a submission only when a registered client signed it,
+//! and the tree head signed by the ledger key proves the entry is in the log).
 //!
 //! The [`OrderVerifier`] remembers what it verified that cannot change in an append-only log:
 //! the signed tree heads (one per tick, shared by every order of the tick), the model
-//! registrations (by seq and entry hash) and the authors' decompressed keys. The signatures of
-//! a batch's entries are checked together with ed25519 batch verification.
+//! registrations (by seq and entry hash) and the authors' decompressed keys. The assignments'
+//! signatures of a batch are checked together with ed25519 batch verification.
 
 use std::collections::HashMap;
 
@@ -25,7 +31,7 @@ use crate::work::{ProvedEntry, WorkBatch, WorkOrder};
 const HEADS_REMEMBERED_MAX: usize = 256;
 /// Model registrations remembered as verified.
 const MODELS_REMEMBERED_MAX: usize = 1_024;
-/// Authors whose decompressed keys are remembered (routers and clients).
+/// Authors whose decompressed keys are remembered (routers and owners).
 const KEYS_REMEMBERED_MAX: usize = 4_096;
 
 /// A job whose every part the node has verified in the log.
@@ -87,7 +93,8 @@ pub struct OrderVerifier {
     keys: KeyCache,
 }
 
-/// An entry whose place in the log is proved; its signature is still to be checked.
+/// An entry whose place in the log is proved (an assignment's or a model's signature is still
+/// to be checked).
 struct Placed {
     which: &'static str,
     entry: Entry,
@@ -125,15 +132,15 @@ impl OrderVerifier {
                 ])
             })
             .collect();
-        // The placed entries' signatures, checked in one batch: order i's pair is at
-        // first[i], first[i] + 1.
-        let mut entries: Vec<Entry> = Vec::with_capacity(2 * placed.len());
-        let first: Vec<usize> = placed
+        // The assignments' signatures, checked in one batch: order i's is entries[at[i]] (an
+        // order already refused has none).
+        let mut entries: Vec<Entry> = Vec::with_capacity(placed.len());
+        let at: Vec<usize> = placed
             .iter()
             .map(|pair| {
                 let at = entries.len();
-                if let Ok(pair) = pair {
-                    entries.extend(pair.iter().map(|placed| placed.entry.clone()));
+                if let Ok([assignment, _]) = pair {
+                    entries.push(assignment.entry.clone());
                 }
                 at
             })
@@ -146,13 +153,11 @@ impl OrderVerifier {
             .orders
             .iter()
             .zip(placed)
-            .zip(first)
+            .zip(at)
             .map(|((order, placed), at)| {
                 let [assignment, submission] = placed?;
-                for (offset, placed) in [&assignment, &submission].into_iter().enumerate() {
-                    if let Some(why) = refused.get(&(at + offset)) {
-                        return Err(not_in_log(placed.which, why.clone()));
-                    }
+                if let Some(why) = refused.get(&at) {
+                    return Err(not_in_log(assignment.which, why.clone()));
                 }
                 let model = match models.get(&order.model_seq) {
                     Some(model) => model.clone()?,
