@@ -112,13 +112,54 @@ pub fn rerank_cpu(queries: &Int8Matrix, corpus: &Int8Matrix, k: usize) -> Vec<Ve
             .enumerate()
             .map(|(index, score)| (index as u32, *score))
             .collect();
-        hits.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        hits.truncate(k);
+        // Best score first, the lower index first among equals: a total order (indices
+        // differ), so the k best are the same whichever way they are found.
+        let order = |a: &Hit, b: &Hit| b.1.cmp(&a.1).then(a.0.cmp(&b.0));
+        if k < hits.len() {
+            hits.select_nth_unstable_by(k, order);
+            hits.truncate(k);
+        }
+        hits.sort_unstable_by(order);
         hits
     };
     if scores.len() < crate::SEQUENTIAL_WORK_MAX {
         scores.chunks(c).map(top).collect()
     } else {
         scores.par_chunks(c).map(top).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_k_best_are_those_of_a_full_sort_ties_included() {
+        let mut seed = 0x2545_f491_u32;
+        let mut random = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed
+        };
+        // Values from a small range, so that many scores tie.
+        let mut matrix = |rows: usize, cols: usize| {
+            let data = (0..rows * cols).map(|_| (random() % 5) as i8 - 2).collect();
+            Int8Matrix::new(rows, cols, data).expect("shape")
+        };
+        let (queries, corpus) = (matrix(6, 4), matrix(40, 4));
+        let scores = embed_cpu(&queries, &corpus);
+        for k in [0, 1, 7, 39, 40, 41] {
+            let expected: Vec<Vec<Hit>> = scores
+                .chunks(corpus.rows())
+                .map(|row| {
+                    let mut hits: Vec<Hit> = (0..).zip(row.iter().copied()).collect();
+                    hits.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+                    hits.truncate(k);
+                    hits
+                })
+                .collect();
+            assert_eq!(rerank_cpu(&queries, &corpus, k), expected, "k = {k}");
+        }
     }
 }
