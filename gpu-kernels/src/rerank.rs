@@ -131,20 +131,19 @@ pub fn rerank_cpu(queries: &Int8Matrix, corpus: &Int8Matrix, k: usize) -> Vec<Ve
 
 #[cfg(test)]
 mod tests {
+    use rand_chacha::ChaCha8Rng;
+    use rand_core::{RngCore, SeedableRng};
+
     use super::*;
 
     #[test]
     fn the_k_best_are_those_of_a_full_sort_ties_included() {
-        let mut seed = 0x2545_f491_u32;
-        let mut random = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 17;
-            seed ^= seed << 5;
-            seed
-        };
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
         // Values from a small range, so that many scores tie.
         let mut matrix = |rows: usize, cols: usize| {
-            let data = (0..rows * cols).map(|_| (random() % 5) as i8 - 2).collect();
+            let data = (0..rows * cols)
+                .map(|_| (rng.next_u32() % 5) as i8 - 2)
+                .collect();
             Int8Matrix::new(rows, cols, data).expect("shape")
         };
         let (queries, corpus) = (matrix(6, 4), matrix(40, 4));
