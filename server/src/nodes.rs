@@ -21,7 +21,7 @@
 //! ([`NODE_REQUESTS_IN_FLIGHT_MAX`]) and in all ([`GATEWAY_REQUESTS_IN_FLIGHT_MAX`]), so a
 //! node that floods its subjects is answered `busy` and holds no more of the server's memory.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -94,11 +94,6 @@ pub(crate) struct NodeInfo {
 /// Registered nodes (not retired) by name.
 type Directory = HashMap<String, NodeInfo>;
 
-/// The jobs in the fabric by the state.
-fn jobs_in(state: &State) -> std::collections::HashSet<JobId> {
-    state.live_jobs().map(|job| job.id).collect()
-}
-
 fn directory_of(state: &State) -> Directory {
     state
         .nodes()
@@ -134,7 +129,7 @@ struct TickNews {
     /// Jobs the state holds after the tick, when the tick had an owner command (which may end
     /// jobs without an event of theirs: a cancel, a retired shard). The driver keeps the
     /// state to itself, so the gateway gets what it needs of it, not the state.
-    in_state: Option<std::collections::HashSet<JobId>>,
+    in_state: Option<HashSet<JobId>>,
 }
 
 /// A job's submission as the feed keeps it while the job is in the fabric.
@@ -350,9 +345,9 @@ impl Feed {
     /// Jobs that left the fabric without a receipt or a requeue (after a tick with an owner
     /// command, whose jobs in the state are `in_state`) leave the feed; receipts are
     /// remembered a while.
-    fn forget_ended(&mut self, in_state: Option<&std::collections::HashSet<JobId>>) {
+    fn forget_ended(&mut self, in_state: Option<&HashSet<JobId>>) {
         if let Some(in_state) = in_state {
-            let in_fabric: std::collections::HashSet<JobId> = self
+            let in_fabric: HashSet<JobId> = self
                 .directory
                 .values()
                 .flat_map(|node| node.running.iter().copied())
@@ -766,7 +761,8 @@ impl NodeGateway {
             events: tick.events.to_vec(),
             tree_head: *tick.tree_head,
             directory: directory_of(tick.state),
-            in_state: owners_acted(tick.events).then(|| jobs_in(tick.state)),
+            in_state: owners_acted(tick.events)
+                .then(|| tick.state.live_jobs().map(|job| job.id).collect()),
         });
     }
 
