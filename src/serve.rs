@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use fabric_actors::serve::ServeSpec;
-use fabric_server::ServerConfig;
+use fabric_server::{Role, ServerConfig};
 
 /// Arguments of `fabric serve`.
 #[derive(clap::Args, Debug)]
@@ -71,6 +71,24 @@ pub struct ServeArgs {
     /// node to; from the rotation on, it signs in the old key's place (repeatable)
     #[arg(long = "staged-key", value_name = "FILE")]
     staged_keys: Vec<PathBuf>,
+    /// Sequence a replicated fabric: every tick goes to the replicated log (stream FABRIC_LOG
+    /// of the --nats cluster, servers comma-separated) and nothing is acknowledged before
+    /// the stream's quorum holds it
+    #[arg(long, requires = "nats", conflicts_with = "follow")]
+    replicated: bool,
+    /// Follow a replicated fabric: copy its replicated log from the --nats cluster into
+    /// --data (a copy of the fabric's folder), verifying every entry, and serve reads from the
+    /// copy; submissions are sent to the sequencer (307). Needs no key
+    #[arg(long, requires = "nats", conflicts_with_all = ["ledger_key", "router_keys", "simulation", "staged_keys"])]
+    follow: bool,
+    /// With --replicated: replicas of the stream when it is created (at most the cluster's
+    /// servers; an odd number)
+    #[arg(long, value_name = "N", default_value_t = fabric_bus::LOG_REPLICAS_DEFAULT, requires = "replicated")]
+    log_replicas: usize,
+    /// With --replicated: the address followers send submitting clients to [default: the
+    /// first address this server listens on]
+    #[arg(long, value_name = "URL", requires = "replicated")]
+    advertise: Option<String>,
 }
 
 /// The keys flags of `fabric serve`.
@@ -82,10 +100,10 @@ pub struct KeyArgs {
     #[arg(long, conflicts_with_all = ["ledger_key", "router_keys"])]
     pub simulation: bool,
     /// The ledger's secret key file (mode 0600; `fabric keygen --world` writes ledger.key)
-    #[arg(long, value_name = "FILE", required_unless_present = "simulation")]
+    #[arg(long, value_name = "FILE", required_unless_present_any = ["simulation", "follow"])]
     pub ledger_key: Option<PathBuf>,
     /// The folder of the routers' secret keys, `<shard>.key` (mode 0600)
-    #[arg(long, value_name = "DIR", required_unless_present = "simulation")]
+    #[arg(long, value_name = "DIR", required_unless_present_any = ["simulation", "follow"])]
     pub router_keys: Option<PathBuf>,
 }
 
@@ -113,6 +131,9 @@ fn load_staged(paths: &[PathBuf]) -> anyhow::Result<Vec<fabric_events::SigningKe
 
 /// `fabric serve`.
 pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
+    if args.follow {
+        return follow(args);
+    }
     let staged = load_staged(&args.staged_keys)?;
     // The keys come from the operator's files, or from the public seed of a simulation: the
     // server and its driver never derive a key.
@@ -140,8 +161,79 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         inputs: None,
         // A fabric of node agents runs only jobs of registered models.
         models_required: !key_origin.is_simulation(),
+        // The server sets the replicated log's quorum here.
+        quorum: None,
     };
-    let config = ServerConfig {
+    let config = server_config(args, key_origin);
+    let served = fabric_server::serve(
+        &config,
+        ledger,
+        Role::Sequence(Box::new(spec)),
+        |addresses| said_listening(args, addresses, key_origin, size),
+    )?;
+    if let Some(report) = served.published {
+        println!(
+            "published {} events on NATS ({} duplicates, {} retries)",
+            report.published, report.duplicates, report.retries
+        );
+    }
+    let head = served.outcome.tree_head;
+    println!(
+        "stopped at tick {} with {} events, root {}",
+        served.outcome.last_tick, head.tree_size, head.root
+    );
+    Ok(())
+}
+
+/// `fabric serve --follow`.
+fn follow(args: &ServeArgs) -> anyhow::Result<()> {
+    let replica = fabric_sim::served::open_replica(&args.data)?;
+    let size = replica.ledger.len();
+    let key_origin = replica.key_origin;
+    let config = server_config(args, key_origin);
+    let role = Role::Follow {
+        world: replica.world,
+        login: login(args),
+    };
+    let served = fabric_server::serve(&config, replica.ledger, role, |addresses| {
+        said_listening(args, addresses, key_origin, size);
+        println!("following the replicated log on {}", login(args).urls);
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    })?;
+    let head = served.outcome.tree_head;
+    println!(
+        "stopped following with {} events, root {}",
+        head.tree_size, head.root
+    );
+    Ok(())
+}
+
+fn login(args: &ServeArgs) -> fabric_bus::LogLogin {
+    fabric_bus::LogLogin {
+        urls: args.nats.clone().unwrap_or_default(),
+        user: args.nats_user.clone().zip(args.nats_password.clone()),
+    }
+}
+
+fn said_listening(
+    args: &ServeArgs,
+    addresses: &[String],
+    key_origin: fabric_events::KeyOrigin,
+    size: u64,
+) {
+    for address in addresses {
+        println!("listening on {address}");
+    }
+    // A simulation's start log says "simulation: keys are public".
+    println!("keys: {key_origin}");
+    println!("data {} (tree size {size})", args.data.display());
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+}
+
+fn server_config(args: &ServeArgs, key_origin: fabric_events::KeyOrigin) -> ServerConfig {
+    ServerConfig {
         listen: args.listen.clone(),
         unix: args.unix.clone(),
         nats: args.nats.clone(),
@@ -159,27 +251,10 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         insecure_plaintext: args.insecure_plaintext,
         connections_max: args.connections_max,
         key_origin,
-    };
-    let served = fabric_server::serve(&config, ledger, spec, |addresses| {
-        for address in addresses {
-            println!("listening on {address}");
-        }
-        // A simulation's start log says "simulation: keys are public".
-        println!("keys: {key_origin}");
-        println!("data {} (tree size {size})", args.data.display());
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
-    })?;
-    if let Some(report) = served.published {
-        println!(
-            "published {} events on NATS ({} duplicates, {} retries)",
-            report.published, report.duplicates, report.retries
-        );
+        replication: args.replicated.then(|| fabric_server::Replication {
+            login: login(args),
+            replicas: args.log_replicas,
+            advertise: args.advertise.clone(),
+        }),
     }
-    let head = served.outcome.tree_head;
-    println!(
-        "stopped at tick {} with {} events, root {}",
-        served.outcome.last_tick, head.tree_size, head.root
-    );
-    Ok(())
 }

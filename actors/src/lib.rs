@@ -86,6 +86,10 @@ pub enum RunError {
     /// The writer's ledger was already handed back.
     #[error("the ledger writer is closed")]
     LedgerClosed,
+    /// The replicated log cannot hold the served log (docs/FORMAT.md §16): nothing more is
+    /// acknowledged.
+    #[error("the replicated log: {0}")]
+    Replication(String),
     /// The ledger key in force has no secret among the ledger key and the staged keys.
     #[error(
         "the ledger key in force is {0}, and its secret is neither the ledger key nor a staged key"

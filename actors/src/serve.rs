@@ -64,7 +64,21 @@ pub struct ServeSpec {
     pub inputs: Option<Arc<dyn crate::work::InputStore>>,
     /// Whether every job must be of a registered model (a fabric of node agents).
     pub models_required: bool,
+    /// A replicated fabric's quorum: no tick is acknowledged before it holds the tick.
+    pub quorum: Option<Arc<dyn Quorum>>,
 }
+
+/// What the sequencer of a replicated log waits for before it acknowledges a tick
+/// (docs/FORMAT.md §16): the stream's quorum holding the log.
+pub trait Quorum: Send + Sync {
+    /// Answers once the replicated log holds the first `size` entries (waiting out an outage
+    /// of the quorum), or says why it never will.
+    fn holds(&self, size: u64) -> QuorumAnswer;
+}
+
+/// The answer of [`Quorum::holds`].
+pub type QuorumAnswer =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
 
 /// One thing a client asks the fabric to append.
 #[derive(Debug)]
@@ -141,7 +155,7 @@ pub struct ServedTick<'a> {
     /// The tick.
     pub tick: u64,
     /// The state after it.
-    pub state: &'a Arc<State>,
+    pub state: &'a State,
     /// Seq of the first event of the tick (when it appended any).
     pub first_seq: u64,
     /// The events appended, in order.
@@ -280,6 +294,7 @@ pub async fn serve(
                 store: spec.inputs.as_deref(),
                 models_required: spec.models_required,
             },
+            spec.quorum.as_deref(),
         )
         .await;
         if let Err(error) = outcome {
@@ -319,6 +334,7 @@ async fn serve_tick(
     genesis: Option<Vec<Attempt>>,
     submission_tick_window: u64,
     rules: InputRules<'_>,
+    quorum: Option<&dyn Quorum>,
 ) -> Result<(), RunError> {
     let tree = (tree_head.tree_size, tree_head.root);
     let genesis_tick = genesis.is_some();
@@ -359,7 +375,7 @@ async fn serve_tick(
         // server's tick heads are) hear of it with the unchanged tree head.
         on_tick(&ServedTick {
             tick,
-            state,
+            state: state.as_ref(),
             first_seq,
             events: &[],
             signed: &[],
@@ -377,6 +393,14 @@ async fn serve_tick(
         })
         .await??
         .tree_head;
+    // Durable here; in a replicated fabric, also held by the stream's quorum before anyone
+    // hears of it.
+    if let Some(quorum) = quorum {
+        quorum
+            .holds(tree_head.tree_size)
+            .await
+            .map_err(RunError::Replication)?;
+    }
     let append_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
     // Jobs that ended leave the nodes' table of inputs.
     for event in &admitted.events {
@@ -388,7 +412,7 @@ async fn serve_tick(
     }
     on_tick(&ServedTick {
         tick,
-        state,
+        state: state.as_ref(),
         first_seq,
         events: &admitted.events,
         signed: &admitted.signed,

@@ -7,6 +7,9 @@
 //!   = seq. The writer only tells it how far the log is durable; an outage of NATS never
 //!   blocks or loses an append (the backlog waits in the log itself and is sent when the
 //!   server is back).
+//! - [`replication`]: the replicated log of a fabric served by several replicas: the
+//!   sequencer's appends on a stream of a NATS cluster, fenced so that it never forks, and
+//!   read back by the replicas that follow it.
 //! - [`tail`]: reads the stream back, verifying every signature and chain link and reporting
 //!   gaps, duplicates and bad lines.
 //!
@@ -16,6 +19,7 @@
 #![deny(missing_docs)]
 
 pub mod outbox;
+pub mod replication;
 pub mod subject;
 mod tail;
 
@@ -24,6 +28,10 @@ use std::time::Duration;
 use thiserror::Error;
 
 pub use outbox::{Outbox, OutboxReport};
+pub use replication::{
+    LogLogin, LogMessage, ReplicationError, Replicator, ReplicatorConfig, LOG_REPLICAS_DEFAULT,
+    LOG_STREAM, LOG_SUBJECT,
+};
 pub use tail::{tail, Checker, TailEvent, TailOptions, TailReport, TailWarning};
 
 /// The JetStream stream that holds the log.
@@ -34,6 +42,10 @@ pub const STREAM_SUBJECTS: &str = "fabric.events.>";
 /// the 2 minutes default: an outbox restarted after a crash republishes from its last saved
 /// cursor, and the restart may take a while.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(60 * 60);
+
+/// How long a publisher waits for JetStream to make or find its stream (a cluster just
+/// started elects its leader first).
+pub const STREAM_WAIT: Duration = Duration::from_secs(30);
 
 /// Why publishing or tailing failed.
 #[derive(Debug, Error)]
@@ -73,6 +85,12 @@ pub enum BusError {
     /// The subscriber failed.
     #[error("tailing the stream failed: {0}")]
     Tail(String),
+    /// The replicated log's stream cannot be made, found or read.
+    #[error("JetStream stream {LOG_STREAM}: {0}")]
+    LogStream(String),
+    /// The replicated log cannot be sequenced from this data folder.
+    #[error("the replicated log ({LOG_STREAM}): {0}")]
+    Replication(#[from] ReplicationError),
 }
 
 /// The stream's settings: see docs/FORMAT.md §12 for why each is what it is.
@@ -98,10 +116,17 @@ pub async fn ensure_stream(
 ) -> Result<async_nats::jetstream::stream::Stream, BusError> {
     use async_nats::jetstream::stream::StorageType;
     let wanted = stream_config();
-    let mut stream = jetstream
-        .get_or_create_stream(wanted.clone())
-        .await
-        .map_err(|err| BusError::Stream(err.to_string()))?;
+    // A cluster just started may still be electing its JetStream leader: ask again for a while.
+    let deadline = std::time::Instant::now() + STREAM_WAIT;
+    let mut stream = loop {
+        match jetstream.get_or_create_stream(wanted.clone()).await {
+            Ok(stream) => break stream,
+            Err(err) if std::time::Instant::now() >= deadline => {
+                return Err(BusError::Stream(err.to_string()))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
     let info = stream
         .info()
         .await

@@ -177,7 +177,7 @@ impl Publisher {
                     }
                 }
             })
-            .connect(url)
+            .connect(url.split(',').map(str::trim).collect::<Vec<_>>())
             .await
             .map_err(|err| BusError::Connect {
                 url: url.to_owned(),

@@ -245,7 +245,7 @@ pub fn tail(
     runtime.block_on(async {
         let client = async_nats::ConnectOptions::new()
             .connection_timeout(Duration::from_secs(5))
-            .connect(options.url.as_str())
+            .connect(options.url.split(',').map(str::trim).collect::<Vec<_>>())
             .await
             .map_err(|err| BusError::Connect {
                 url: options.url.clone(),

@@ -237,6 +237,15 @@ impl Entry {
         hasher.finalize().into()
     }
 
+    /// The signed event it stores (author, signature, signed bytes).
+    pub fn signed_event(&self) -> SignedEvent {
+        SignedEvent {
+            author: self.author,
+            signature: self.signature,
+            signed: self.signed.clone(),
+        }
+    }
+
     /// Decodes the event inside.
     pub fn event(&self) -> Result<Event, DecodeError> {
         event_from_signed(&self.signed)

@@ -137,6 +137,12 @@ pub enum LedgerError {
         /// The log's size.
         size: u64,
     },
+    /// A replica opens only a folder that holds a ledger (a copy of the fabric's folder).
+    #[error("{path} holds no ledger: a replica starts from a copy of the fabric's data folder")]
+    NoLedger {
+        /// The folder.
+        path: PathBuf,
+    },
     /// An earlier write failed; what is on disk is unknown until the ledger is reopened.
     #[error("ledger refuses writes after an earlier storage failure ({0}); reopen it")]
     Poisoned(String),
@@ -168,6 +174,15 @@ pub enum AppendError {
         refusals: Vec<Refusal>,
         /// Size of the batch.
         batch_len: usize,
+    },
+    /// A replicated batch does not continue this log, or its tree head does not vouch for it;
+    /// nothing of it was stored.
+    #[error("replicated batch at seq {seq}: {detail}; nothing stored")]
+    NotNext {
+        /// The seq where it stops fitting.
+        seq: u64,
+        /// What is wrong.
+        detail: String,
     },
     /// Storage failed.
     #[error(transparent)]

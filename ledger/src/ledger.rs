@@ -31,6 +31,8 @@ use std::sync::Arc;
 pub const SNAPSHOT_TREE: &str = "snapshots";
 /// Name of the sled tree holding the NATS outbox's cursor.
 pub const OUTBOX_TREE: &str = "outbox";
+/// The tree where a follower of a replicated log keeps its place in the stream.
+pub const REPLICA_TREE: &str = "replica";
 /// Name of the sled tree of `fabric serve`'s artifacts (see [`LedgerReader::artifacts_tree`]).
 pub const ARTIFACTS_TREE: &str = "artifacts";
 /// Largest chunk of a stored snapshot.
@@ -160,6 +162,15 @@ pub struct Ledger {
 }
 
 #[cfg(feature = "writer")]
+/// A batch given its place, not yet written.
+struct Staged {
+    first_seq: u64,
+    head: Head,
+    keys: LedgerKeys,
+    sled_batch: sled::Batch,
+}
+
+#[cfg(feature = "writer")]
 impl std::fmt::Debug for Ledger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ledger")
@@ -186,7 +197,20 @@ impl Ledger {
     /// the hash of the last stored entry. Blocks past the head (a batch whose commit never
     /// completed) are removed.
     pub fn open(path: impl AsRef<Path>, ledger_key: SigningKey) -> Result<Self, LedgerError> {
-        let path = path.as_ref().to_path_buf();
+        Self::open_as(path.as_ref(), Some(ledger_key))
+    }
+
+    /// Opens the ledger in `path` as a replica of a replicated log (docs/FORMAT.md §16): it
+    /// holds no secret, signs nothing, and stores only what its sequencer signed
+    /// ([`Ledger::append_replicated`]). The folder must hold a ledger already (a copy of the
+    /// fabric's folder: its genesis key is the root of trust); the same checks as
+    /// [`Ledger::open`] run on it, and the same repairs.
+    pub fn open_replica(path: impl AsRef<Path>) -> Result<Self, LedgerError> {
+        Self::open_as(path.as_ref(), None)
+    }
+
+    fn open_as(path: &Path, ledger_key: Option<SigningKey>) -> Result<Self, LedgerError> {
+        let path = path.to_path_buf();
         let db = open_sled(&path)?;
         // sled's Db::flush writes with sync_file_range and never fsyncs; the ledger syncs
         // sled's data file itself before it acknowledges anything.
@@ -199,7 +223,9 @@ impl Ledger {
             db,
             path: path.clone(),
         };
-        let public = PublicKey::from(&ledger_key.verifying_key());
+        let public = ledger_key
+            .as_ref()
+            .map(|key| PublicKey::from(&key.verifying_key()));
         let mut report = OpenReport::default();
         let (head, tree_head, keys) = match reader
             .db
@@ -207,6 +233,9 @@ impl Ledger {
             .map_err(storage("reading the format"))?
         {
             None => {
+                let Some(ledger_key) = &ledger_key else {
+                    return Err(LedgerError::NoLedger { path });
+                };
                 if reader.db.iter().next().is_some() {
                     return Err(LedgerError::UnsupportedFormat {
                         path,
@@ -216,7 +245,8 @@ impl Ledger {
                 }
                 report.created = true;
                 let head = Head::empty();
-                let tree_head = SignedTreeHead::sign(0, head.frontier.root(), &ledger_key);
+                let tree_head = SignedTreeHead::sign(0, head.frontier.root(), ledger_key);
+                let public = PublicKey::from(&ledger_key.verifying_key());
                 (head, tree_head, LedgerKeys::new(public))
             }
             Some(format) => {
@@ -228,7 +258,7 @@ impl Ledger {
                     });
                 }
                 let keys = reader.ledger_keys()?;
-                if !keys.held(&public) {
+                if let Some(public) = public.filter(|public| !keys.held(public)) {
                     return Err(LedgerError::KeyMismatch {
                         path,
                         stored: keys.genesis(),
@@ -245,7 +275,7 @@ impl Ledger {
             reader,
             db_file,
             keys,
-            secrets: vec![ledger_key],
+            secrets: ledger_key.into_iter().collect(),
             head,
             verifier: Verifier::new(),
             poisoned: None,
@@ -438,6 +468,37 @@ impl Ledger {
         self.commit_events(batch.events())
     }
 
+    /// Appends entries a replicated log's sequencer sequenced, with the tree head it signed at
+    /// their end: how a replica copies the log (docs/FORMAT.md §16). Each entry must be the
+    /// next one (its seq, and its `prev` the hash of the entry before), every signature is
+    /// verified as by [`Ledger::append`], and the tree head must be at the new size, give the
+    /// root of the entries, and be signed by the ledger key in force at that size (rotations
+    /// in the batch followed). Otherwise nothing is stored. Durable when it returns.
+    pub fn append_replicated(
+        &mut self,
+        entries: &[Entry],
+        tree_head: &SignedTreeHead,
+    ) -> Result<AppendReceipt, AppendError> {
+        self.check_writable()?;
+        let mut prev = self.head.last_hash;
+        for (offset, entry) in entries.iter().enumerate() {
+            let seq = self.head.size + offset as u64;
+            let not_next = |detail: String| AppendError::NotNext { seq, detail };
+            if entry.seq != seq {
+                return Err(not_next(format!("the entry says seq {}", entry.seq)));
+            }
+            if entry.prev != prev {
+                return Err(not_next(
+                    "its prev is not the hash of the entry before it".to_owned(),
+                ));
+            }
+            prev = entry.hash();
+        }
+        let batch: Vec<SignedEvent> = entries.iter().map(Entry::signed_event).collect();
+        self.verifier.check(&batch)?;
+        self.commit_replicated(&batch, tree_head)
+    }
+
     fn check_writable(&self) -> Result<(), LedgerError> {
         match &self.poisoned {
             Some(reason) => Err(LedgerError::Poisoned(reason.clone())),
@@ -445,8 +506,50 @@ impl Ledger {
         }
     }
 
-    /// Sequences, chains, packs and durably commits events that have been verified.
+    /// Sequences, chains, packs and durably commits events that have been verified, with a
+    /// tree head the writer signs with the secret of the key in force.
     fn commit_events(&mut self, batch: &[SignedEvent]) -> Result<AppendReceipt, LedgerError> {
+        let staged = self.stage(batch, true)?;
+        let signer = self.signer(&staged.keys.at(staged.head.size))?;
+        let tree_head = SignedTreeHead::sign(staged.head.size, staged.head.frontier.root(), signer);
+        self.finish(staged, tree_head)
+    }
+
+    /// [`Ledger::commit_events`] with the tree head a replicated log's sequencer signed: it
+    /// must be at the batch's end, give its root, and verify with the key in force there.
+    fn commit_replicated(
+        &mut self,
+        batch: &[SignedEvent],
+        given: &SignedTreeHead,
+    ) -> Result<AppendReceipt, AppendError> {
+        let staged = self.stage(batch, false)?;
+        let head = &staged.head;
+        let at_end = |detail: String| AppendError::NotNext {
+            seq: head.size,
+            detail,
+        };
+        if given.tree_size != head.size || given.root != head.frontier.root() {
+            return Err(at_end(format!(
+                "its tree head says size {} root {}, the entries give size {} root {}",
+                given.tree_size,
+                given.root,
+                head.size,
+                head.frontier.root()
+            )));
+        }
+        given.verify(&staged.keys.at(head.size)).map_err(|error| {
+            at_end(format!(
+                "its tree head is not signed by the ledger key in force: {error}"
+            ))
+        })?;
+        Ok(self.finish(staged, *given)?)
+    }
+
+    /// Gives a verified batch its seqs and links, packs its blocks and follows its ledger-key
+    /// rotations, writing nothing yet. `own_secrets`: the writer signs what follows, so a
+    /// rotation to a key whose secret it does not hold is refused here, before anything is
+    /// written, and the ledger stays writable.
+    fn stage(&self, batch: &[SignedEvent], own_secrets: bool) -> Result<Staged, LedgerError> {
         debug_assert!(!batch.is_empty() && batch.len() <= BATCH_EVENTS_MAX);
         let first_seq = self.head.size;
         let mut frontier = self.head.frontier.clone();
@@ -457,9 +560,7 @@ impl Ledger {
         for (offset, event) in batch.iter().enumerate() {
             let seq = first_seq + offset as u64;
             if let Some(key) = crate::keys::rotation_in(&event.signed) {
-                // Checked before anything is written: a rotation the writer cannot follow
-                // is refused whole, and the ledger stays writable.
-                if self.secret_of(&key).is_none() {
+                if own_secrets && self.secret_of(&key).is_none() {
                     return Err(LedgerError::RotationWithoutSecret { seq, key });
                 }
                 keys.push(seq, key);
@@ -468,31 +569,47 @@ impl Ledger {
             prev = writer.push(seq, &prev, event);
             frontier.push(prev);
         }
-        let head = Head {
-            size: first_seq + batch.len() as u64,
-            last_hash: prev,
-            frontier,
-        };
-        let signer = self.signer(&keys.at(head.size))?;
-        let tree_head = SignedTreeHead::sign(head.size, head.frontier.root(), signer);
-
         for (block_first_seq, block) in writer.finish() {
             sled_batch.insert(&block_key(block_first_seq), block);
         }
+        Ok(Staged {
+            first_seq,
+            head: Head {
+                size: first_seq + batch.len() as u64,
+                last_hash: prev,
+                frontier,
+            },
+            keys,
+            sled_batch,
+        })
+    }
+
+    /// Commits a staged batch with its tree head durably, and makes it the head.
+    fn finish(
+        &mut self,
+        staged: Staged,
+        tree_head: SignedTreeHead,
+    ) -> Result<AppendReceipt, LedgerError> {
+        let Staged {
+            first_seq,
+            head,
+            keys,
+            mut sled_batch,
+        } = staged;
         sled_batch.insert(KEY_HEAD, head.encode());
         insert_tree_head(&mut sled_batch, &tree_head);
         self.commit(sled_batch)?;
-
+        let receipt = AppendReceipt {
+            first_seq,
+            count: head.size - first_seq,
+            last_hash: head.last_hash,
+            tree_head,
+        };
         self.head = head;
         self.tree_head = tree_head;
         self.keys = keys;
         debug_assert_eq!(self.head.frontier.size(), self.head.size);
-        Ok(AppendReceipt {
-            first_seq,
-            count: batch.len() as u64,
-            last_hash: prev,
-            tree_head,
-        })
+        Ok(receipt)
     }
 
     /// Applies a batch atomically and makes it durable: sled flush, then fdatasync of sled's
@@ -947,6 +1064,14 @@ impl LedgerReader {
         self.db
             .open_tree(OUTBOX_TREE)
             .map_err(storage("opening the outbox tree"))
+    }
+
+    /// The `replica` tree, where a follower of a replicated log keeps its place in the
+    /// stream (docs/FORMAT.md §16); nothing in it is part of the log.
+    pub fn replica_tree(&self) -> Result<sled::Tree, LedgerError> {
+        self.db
+            .open_tree(REPLICA_TREE)
+            .map_err(storage("opening the replica tree"))
     }
 
     /// The folder's artifacts, read-only: the artifact store ([`ARTIFACTS_FILE`], a missing

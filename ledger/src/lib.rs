@@ -37,7 +37,8 @@ pub use error::{AppendError, LedgerError};
 pub use keys::LedgerKeys;
 pub use ledger::{
     open_sled, sled_config, Entries, LedgerReader, StoredSnapshot, ARTIFACTS_TREE,
-    BATCH_EVENTS_MAX, OUTBOX_TREE, SLED_SEGMENT_BYTES, SNAPSHOT_CHUNK_BYTES, SNAPSHOT_TREE,
+    BATCH_EVENTS_MAX, OUTBOX_TREE, REPLICA_TREE, SLED_SEGMENT_BYTES, SNAPSHOT_CHUNK_BYTES,
+    SNAPSHOT_TREE,
 };
 #[cfg(feature = "writer")]
 pub use ledger::{AppendReceipt, Ledger, OpenReport};

@@ -841,7 +841,13 @@ async fn connect(
             .user_and_password(user.clone(), password.clone())
             .custom_inbox_prefix(format!("_INBOX.{user}"));
     }
-    let connecting = options.connect(config.nats_url.as_str());
+    let connecting = options.connect(
+        config
+            .nats_url
+            .split(',')
+            .map(str::trim)
+            .collect::<Vec<_>>(),
+    );
     match tokio::time::timeout(Duration::from_secs(10), connecting).await {
         Ok(Ok(client)) => Ok(client),
         Ok(Err(error)) => Err(AgentError::Connect {

@@ -11,6 +11,17 @@ pub enum ServerError {
     /// A setting is out of range.
     #[error("{0}")]
     Setting(&'static str),
+    /// The sequencer's replicated log cannot start.
+    #[error("--nats {urls}: {error}")]
+    Replicate {
+        /// The cluster's servers.
+        urls: String,
+        /// Why.
+        error: fabric_bus::BusError,
+    },
+    /// The follower of a replicated log could not start, or stopped.
+    #[error("following the replicated log: {0}")]
+    Follow(String),
     /// The log does not replay: an entry could not be read, does not decode or does not fit.
     #[error("the log does not replay: {error}")]
     Replay {

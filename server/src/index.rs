@@ -204,8 +204,8 @@ pub(crate) fn index_event(
     Ok(())
 }
 
-/// What the start's replay gives: the job index and the state.
-pub(crate) type Indexed = (HashMap<JobId, JobRecord>, State);
+/// What the start's replay gives: the job index and the replay at the log's end.
+pub(crate) type Indexed = (HashMap<JobId, JobRecord>, Replay);
 
 /// The job index and the artifacts of a log, read from its start (a restart of `fabric serve`)
 /// by the one replay of the log, which checks and folds every entry on the way.
@@ -229,7 +229,7 @@ pub(crate) fn index_log(
         .map_err(|error| ServerError::Replay { error })?;
     match indexer.failed {
         Some(error) => Err(error),
-        None => Ok((indexer.jobs, replay.into_state())),
+        None => Ok((indexer.jobs, replay)),
     }
 }
 

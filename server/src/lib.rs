@@ -10,6 +10,9 @@
 //! address) and request bodies have a deadline ([`limits`]); TCP off loopback speaks TLS
 //! ([`tls`]). With NATS, the [`nodes`] gateway serves the fabric's node agents: it hands their
 //! heartbeats and receipts to the driver and publishes each tick's head and assignments.
+//! A replicated fabric ([`Replication`], [`Role`], docs/FORMAT.md §16): the sequencer acknowledges a
+//! tick only once the replicated log's quorum holds it; a [`follow`]er copies that log into
+//! its own data folder, verifying it, and serves reads from the copy.
 //!
 //! Architecture invariant: this crate does not depend on the simulation (`fabric-sim`): the
 //! keys and genesis of a served fabric come in through [`fabric_actors::serve::ServeSpec`]
@@ -19,6 +22,7 @@
 mod batch_readers;
 mod connections;
 pub mod error;
+pub mod follow;
 mod handlers;
 pub mod index;
 mod inputs;
@@ -32,7 +36,7 @@ pub mod tls;
 
 pub use error::ServerError;
 pub use nodes::NatsLogin;
-pub use service::{serve, Served, ServerConfig, INTAKE_CAPACITY};
+pub use service::{serve, Replication, Role, Served, ServerConfig, INTAKE_CAPACITY};
 pub use tls::TlsFiles;
 
 /// The API's OpenAPI document (`GET /v0/openapi.json`).

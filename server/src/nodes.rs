@@ -783,7 +783,7 @@ async fn connect(login: &NatsLogin) -> Result<async_nats::Client, String> {
     if let Some((user, password)) = &login.user {
         options = options.user_and_password(user.clone(), password.clone());
     }
-    let connecting = options.connect(login.url.as_str());
+    let connecting = options.connect(login.url.split(',').map(str::trim).collect::<Vec<_>>());
     match tokio::time::timeout(Duration::from_secs(10), connecting).await {
         Ok(Ok(client)) => Ok(client),
         Ok(Err(error)) => Err(format!(

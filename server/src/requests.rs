@@ -73,6 +73,7 @@ pub(crate) fn guard<S>(
     request: ServiceRequest,
     service: &S,
     stopping: &Stopping,
+    following: Option<&crate::follow::Following>,
 ) -> LocalBoxFuture<'static, Result<ServiceResponse<BoxBody>, Error>>
 where
     S: Service<ServiceRequest, Response = ServiceResponse<BoxBody>, Error = Error>,
@@ -80,6 +81,12 @@ where
 {
     let mut request = request;
     own_headers(&mut request);
+    if let Some(following) = following {
+        if request.method() == actix_web::http::Method::POST {
+            let answer = to_sequencer(following, &request);
+            return Box::pin(async move { Ok(request.into_response(answer)) });
+        }
+    }
     let refusal = request
         .conn_data::<Slot>()
         .and_then(|slot| slot.refusal(request.path()));
@@ -102,6 +109,39 @@ where
         }
         Ok(response.map_body(|_, body| ends_on_stop(body, stopping)))
     })
+}
+
+/// A follower of a replicated log appends nothing: a submission is sent to the acting
+/// sequencer (307, the same method and body at its address), or refused (503 `no_sequencer`)
+/// while no message of the log has named one yet.
+fn to_sequencer(following: &crate::follow::Following, request: &ServiceRequest) -> HttpResponse {
+    let Some(sequencer) = following.sequencer() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_sequencer",
+            "this replica follows the replicated log and knows no sequencer yet: try again, or \
+             submit to another replica",
+        );
+    };
+    let location = format!(
+        "{}{}",
+        sequencer.trim_end_matches('/'),
+        request
+            .uri()
+            .path_and_query()
+            .map_or("/", |path| path.as_str())
+    );
+    let mut answer = error(
+        StatusCode::TEMPORARY_REDIRECT,
+        "not_sequencer",
+        format!("this replica follows the replicated log: submit to the sequencer, {location}"),
+    );
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        answer
+            .headers_mut()
+            .insert(actix_web::http::header::LOCATION, value);
+    }
+    answer
 }
 
 /// Copies the request's headers out of the buffer its connection read them into, into a map

@@ -14,14 +14,17 @@ use std::time::{Duration, Instant};
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::http::StatusCode;
 use actix_web::{web, App, HttpServer};
-use fabric_actors::serve::{ServeOutcome, ServeSpec};
+use fabric_actors::serve::{Quorum, QuorumAnswer, ServeOutcome, ServeSpec};
+use fabric_actors::world::World;
 use fabric_api::job::JobState;
-use fabric_bus::{Outbox, OutboxReport};
+use fabric_audit::Replay;
+use fabric_bus::{Outbox, OutboxReport, Replicator};
 use fabric_ledger::{ArtifactLog, Ledger, LedgerError, ARTIFACTS_FILE};
 use tokio::sync::{mpsc, watch};
 
 use crate::connections::{connection_caps, peer_of, Connections};
 use crate::error::ServerError;
+use crate::follow::{Follower, Following};
 use crate::handlers::{error, routes, Shared};
 use crate::index::{index_log, View};
 use crate::limits::{
@@ -66,6 +69,35 @@ pub struct ServerConfig {
     pub connections_max: Option<usize>,
     /// Where the fabric's keys come from; a simulation says so in every answer.
     pub key_origin: fabric_events::KeyOrigin,
+    /// A replicated fabric's sequencer (docs/FORMAT.md §16): no tick is acknowledged before
+    /// the replicated log's quorum holds it.
+    pub replication: Option<Replication>,
+}
+
+/// How a sequencer reaches its replicated log.
+#[derive(Clone, Debug)]
+pub struct Replication {
+    /// The cluster.
+    pub login: fabric_bus::LogLogin,
+    /// Replicas of the stream, when this sequencer creates it.
+    pub replicas: usize,
+    /// The address followers send submitting clients to (default: the first address this
+    /// server listens on).
+    pub advertise: Option<String>,
+}
+
+/// What the server does with the log.
+pub enum Role {
+    /// Sequence it: the serve driver with these actors.
+    Sequence(Box<ServeSpec>),
+    /// Follow a replicated log (docs/FORMAT.md §16) into the data folder's replica ledger,
+    /// verifying it, and serve reads from the copy.
+    Follow {
+        /// The fabric's world, as the data folder records it.
+        world: World,
+        /// The cluster.
+        login: fabric_bus::LogLogin,
+    },
 }
 
 /// How serving ended.
@@ -81,7 +113,7 @@ pub struct Served {
 pub fn serve(
     config: &ServerConfig,
     mut ledger: Ledger,
-    mut spec: ServeSpec,
+    role: Role,
     listening: impl FnOnce(&[String]),
 ) -> Result<Served, ServerError> {
     check(config)?;
@@ -93,13 +125,31 @@ pub fn serve(
     let (stop_streams, stopping) = watch::channel(false);
     let (intake, intake_rx) = mpsc::channel(INTAKE_CAPACITY);
     let artifacts = open_artifacts(&mut ledger)?;
-    let (shared, feed) = shared(config, &ledger, artifacts, &spec, intake.clone())?;
+    let world = match &role {
+        Role::Sequence(spec) => &spec.world,
+        Role::Follow { world, .. } => world,
+    };
+    let (shared, feed, replay) = shared(config, &ledger, artifacts, world, intake.clone())?;
     let shared = web::Data::new(shared);
-    spec.inputs = Some(Arc::new(crate::inputs::ArtifactInputs(
-        shared.artifacts.clone(),
-    )));
-    let gateway = start_gateway(config, feed, intake, &shared, spec.world.verify_ppm)?;
-    let outbox = start_outbox(config, &ledger)?;
+    let (mut spec, follower_login) = match role {
+        Role::Sequence(spec) => (Some(spec), None),
+        Role::Follow { login, .. } => (None, Some(login)),
+    };
+    let following = follower_login
+        .as_ref()
+        .map(|_| Arc::new(Following::default()));
+    // A follower sequences nothing: no node gateway, no outbox, no driver.
+    let mut started = None;
+    if let Some(spec) = &mut spec {
+        spec.inputs = Some(Arc::new(crate::inputs::ArtifactInputs(
+            shared.artifacts.clone(),
+        )));
+        let verify_ppm = spec.world.verify_ppm;
+        started = Some((
+            start_gateway(config, feed, intake, &shared, verify_ppm)?,
+            start_outbox(config, &ledger)?,
+        ));
+    }
     let system = actix_rt::System::new();
     let result = system.block_on(async {
         give_back_memory(Arc::clone(&connections));
@@ -107,6 +157,7 @@ pub fn serve(
             tls,
             connections,
             stopping,
+            following: following.clone(),
         };
         let (running, addresses) = bind(config, listener, shared.clone())?;
         let stop = Stop {
@@ -114,17 +165,35 @@ pub fn serve(
             server: running.handle(),
         };
         stop_on_signals(stop.clone())?;
-        listening(&addresses);
         let running = Running {
             server: running,
             stop,
         };
+        let (Some(mut spec), Some((gateway, outbox))) = (spec, started) else {
+            let (Some(login), Some(following)) = (follower_login, following) else {
+                return Err(ServerError::Setting("a server either sequences or follows"));
+            };
+            let follower = Follower::start(ledger, replay, login, shared.clone(), following)
+                .map_err(ServerError::Follow)?;
+            listening(&addresses);
+            return follow(running, follower).await;
+        };
+        if let Some(replication) = &config.replication {
+            let advertise = replication.advertise.clone().or_else(|| {
+                addresses
+                    .iter()
+                    .find(|address| address.starts_with("http"))
+                    .cloned()
+            });
+            spec.quorum = Some(start_replicator(&ledger, &spec, replication, advertise)?);
+        }
+        listening(&addresses);
         run(
             config,
             running,
             shared,
             ledger,
-            spec,
+            *spec,
             intake_rx,
             (outbox, gateway),
         )
@@ -201,20 +270,19 @@ fn open_artifacts(ledger: &mut Ledger) -> Result<Arc<ArtifactLog>, ServerError> 
 }
 
 /// The handlers' shared views, with the job index of the log so far, and the node gateway's
-/// feed (both from one replay of the log).
+/// feed (both from one replay of the log, which comes back at its end).
 fn shared(
     config: &ServerConfig,
     ledger: &Ledger,
     artifacts: Arc<ArtifactLog>,
-    spec: &ServeSpec,
+    world: &World,
     intake: mpsc::Sender<fabric_actors::serve::Submission>,
-) -> Result<(Shared, Feed), ServerError> {
+) -> Result<(Shared, Feed, Replay), ServerError> {
     let reader = ledger.reader();
     let mut feed = FeedBuilder::default();
-    let (jobs, state) = index_log(&reader, &artifacts, ledger.len(), &mut feed)?;
-    let feed = feed.build(&reader, &state, &ledger.tree_head())?;
-    let spill_routes: Vec<(String, String)> = spec
-        .world
+    let (jobs, replay) = index_log(&reader, &artifacts, ledger.len(), &mut feed)?;
+    let feed = feed.build(&reader, replay.state(), &ledger.tree_head())?;
+    let spill_routes: Vec<(String, String)> = world
         .shards
         .iter()
         .flat_map(|shard| {
@@ -247,7 +315,7 @@ fn shared(
         started: Instant::now(),
         reader,
     };
-    Ok((shared, feed))
+    Ok((shared, feed, replay))
 }
 
 /// The node gateway, for a fabric with operator keys served with NATS (a simulation's nodes
@@ -270,6 +338,47 @@ fn start_gateway(
         user: config.nats_user.clone(),
     };
     NodeGateway::start(&login, feed, intake, shared.artifacts.clone(), verify_ppm).map(Some)
+}
+
+/// The sequencer's replicator (docs/FORMAT.md §16), as the driver's quorum.
+fn start_replicator(
+    ledger: &Ledger,
+    spec: &ServeSpec,
+    replication: &Replication,
+    advertise: Option<String>,
+) -> Result<Arc<dyn Quorum>, ServerError> {
+    let login = &replication.login;
+    let mut secrets = vec![spec.keys.ledger.clone()];
+    secrets.extend(spec.keys.staged.iter().cloned());
+    let log: fabric_bus::outbox::Log = Arc::new(|line: &str| eprintln!("{line}"));
+    let config = fabric_bus::ReplicatorConfig {
+        login: login.clone(),
+        replicas: replication.replicas,
+        advertise,
+        secrets,
+    };
+    let replicator = Replicator::start(ledger.reader(), config, log).map_err(|error| {
+        ServerError::Replicate {
+            urls: login.urls.clone(),
+            error,
+        }
+    })?;
+    Ok(Arc::new(ReplicatedQuorum(replicator)))
+}
+
+/// The replicator as the serve driver's [`Quorum`].
+struct ReplicatedQuorum(Replicator);
+
+impl Quorum for ReplicatedQuorum {
+    fn holds(&self, size: u64) -> QuorumAnswer {
+        let answer = self.0.replicate(size);
+        Box::pin(async move {
+            answer
+                .await
+                .map_err(|_| "the replicator stopped".to_owned())?
+                .map_err(|error| error.to_string())
+        })
+    }
 }
 
 fn start_outbox(config: &ServerConfig, ledger: &Ledger) -> Result<Option<Outbox>, ServerError> {
@@ -296,6 +405,8 @@ struct Listener {
     connections: Arc<Connections>,
     /// Becomes true when the server starts stopping.
     stopping: Stopping,
+    /// A follower's: where the sequencer is.
+    following: Option<Arc<Following>>,
 }
 
 /// The HTTP server, bound to its TCP address and/or Unix socket (not yet running).
@@ -308,6 +419,7 @@ fn bind(
         tls,
         connections,
         stopping,
+        following,
     } = listener;
     // At the ceiling, each worker stops accepting; the cap and the reserve under the ceiling
     // are the slots' job.
@@ -316,8 +428,11 @@ fn bind(
     let simulation = config.key_origin.is_simulation();
     let mut server = HttpServer::new(move || {
         let stopping = stopping.clone();
+        let following = following.clone();
         App::new()
-            .wrap_fn(move |request, service| guard(request, service, &stopping))
+            .wrap_fn(move |request, service| {
+                guard(request, service, &stopping, following.as_deref())
+            })
             .wrap(crate::handlers::simulation_banner(simulation))
             .app_data(shared.clone())
             .app_data(query_config())
@@ -471,6 +586,35 @@ fn stop_on_signals(stop: Stop) -> Result<(), ServerError> {
         stop.stop().await;
     });
     Ok(())
+}
+
+/// A follower's life: until SIGINT/SIGTERM, or until the follower stops by itself (the
+/// replicated log does not verify, or cannot be read), which stops the server too.
+async fn follow(running: Running, mut follower: Follower) -> Result<Served, ServerError> {
+    let Running {
+        server: running,
+        stop: stop_server,
+    } = running;
+    if let Some(stopped) = follower.stopped.take() {
+        actix_rt::spawn(async move {
+            if let Ok(why) = stopped.await {
+                eprintln!("error: the follower stopped: {why}");
+                stop_server.stop().await;
+            }
+        });
+    }
+    let served = running.await;
+    let ledger = follower.finish().map_err(ServerError::Follow)?;
+    served.map_err(|error| ServerError::Http { error })?;
+    let tree_head = ledger.tree_head();
+    Ok(Served {
+        outcome: ServeOutcome {
+            ledger,
+            last_tick: 0,
+            tree_head,
+        },
+        published: None,
+    })
 }
 
 async fn run(

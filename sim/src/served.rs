@@ -158,6 +158,46 @@ fn operator(
     })
 }
 
+/// What a follower of a replicated log serves: its data folder's world and replica ledger.
+pub struct Replica {
+    /// The world, as the data folder records it.
+    pub world: World,
+    /// The ledger, opened as a replica (no secret: it stores what its sequencer signed).
+    pub ledger: Ledger,
+    /// Where the fabric's keys come from.
+    pub key_origin: KeyOrigin,
+}
+
+/// Opens the fabric of `data` as a replica that follows a replicated log (`fabric serve
+/// --follow`): the folder must hold the fabric already (a copy of the sequencer's folder, made
+/// at any time after its genesis), whose genesis key is the root of trust of what it copies.
+pub fn open_replica(data: &Path) -> Result<Replica, DataDirError> {
+    ensure(data.join(RUN_FILE).exists(), || {
+        format!(
+            "--data {} holds no fabric: a replica starts from a copy of the fabric's data \
+             folder (after its genesis)",
+            data.display()
+        )
+    })?;
+    let (run_file, ledger_path) = datadir::read_run_file(data)?;
+    let ledger = Ledger::open_replica(&ledger_path).map_err(|err| {
+        DataDirError::failed(format!("could not open {}", ledger_path.display()), err)
+    })?;
+    let key_origin = datadir::genesis_key_origin(&ledger.reader())?;
+    let expected = match run_file.keys {
+        KeySource::Operator => KeyOrigin::Operator,
+        KeySource::Simulation => KeyOrigin::Simulation {
+            seed: run_file.seed,
+        },
+    };
+    check_origin(data, &ledger, expected)?;
+    Ok(Replica {
+        world: run_file.spec().world,
+        ledger,
+        key_origin,
+    })
+}
+
 /// The genesis of a non-empty log must say `expected`: a folder cannot claim to be what its
 /// log is not.
 fn check_origin(data: &Path, ledger: &Ledger, expected: KeyOrigin) -> Result<(), DataDirError> {

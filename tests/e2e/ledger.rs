@@ -689,3 +689,60 @@ fn the_ledger_skips_only_the_signatures_the_process_made() {
     ledger.append(&made).expect("appends");
     assert_log_matches(&ledger, &made);
 }
+
+#[test]
+fn a_replica_stores_only_what_continues_its_log_under_the_sequencers_tree_head() {
+    let sequencer_dir = tempfile::tempdir().expect("temp dir");
+    let replica_dir = tempfile::tempdir().expect("temp dir");
+    let mut sequencer = open(sequencer_dir.path());
+    let genesis = heartbeats(1, 1);
+    sequencer.append(&genesis).expect("first batch");
+    // A replica starts from a copy of the fabric's folder; an empty one is refused.
+    assert!(matches!(
+        Ledger::open_replica(replica_dir.path().join("none")),
+        Err(LedgerError::NoLedger { .. })
+    ));
+    open(replica_dir.path()).append(&genesis).expect("the copy");
+    let mut replica = Ledger::open_replica(replica_dir.path()).expect("a replica opens");
+    let batch = heartbeats(2, 5);
+    let receipt = sequencer.append(&batch).expect("second batch");
+    let entries: Vec<Entry> = sequencer
+        .entries(receipt.first_seq..sequencer.len())
+        .collect::<Result<_, _>>()
+        .expect("entries read");
+    let head = receipt.tree_head;
+
+    // Out of place, unlinked, under another root, under another key, badly signed: refused,
+    // nothing stored.
+    let refused = |replica: &mut Ledger, entries: &[Entry], head, what: &str| {
+        let error = replica.append_replicated(entries, &head).expect_err(what);
+        assert_eq!(replica.len(), 1, "{what}: nothing stored ({error})");
+    };
+    refused(&mut replica, &entries[1..], head, "a gap");
+    let mut unlinked = entries.clone();
+    unlinked[0].prev = Hash32([9; 32]);
+    refused(&mut replica, &unlinked, head, "a broken link");
+    let mut other_root = head;
+    other_root.root = Hash32([7; 32]);
+    refused(&mut replica, &entries, other_root, "another root");
+    let forged = fabric_ledger::SignedTreeHead::sign(head.tree_size, head.root, &node_key(1));
+    refused(&mut replica, &entries, forged, "another key's tree head");
+    let mut bad_signature = entries.clone();
+    bad_signature[4].signature.0[0] ^= 1;
+    let error = replica
+        .append_replicated(&bad_signature, &head)
+        .expect_err("a bad signature");
+    assert!(matches!(error, AppendError::Refused { .. }), "{error}");
+    assert_eq!(replica.len(), 1);
+    // A replica signs nothing of its own.
+    assert!(replica.append(&heartbeats(20, 1)).is_err());
+
+    let stored = replica
+        .append_replicated(&entries, &head)
+        .expect("the sequencer's batch");
+    assert_eq!(stored.tree_head, head);
+    drop(replica);
+    let reopened = Ledger::open_replica(replica_dir.path()).expect("it reopens");
+    assert_eq!(reopened.tree_head(), sequencer.tree_head());
+    assert_eq!(all_entries(&reopened), all_entries(&sequencer));
+}

@@ -14,6 +14,7 @@ mod nats;
 mod nodes;
 mod owner;
 mod proof;
+mod replication;
 mod report;
 mod restore;
 mod rotation;

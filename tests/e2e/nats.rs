@@ -149,7 +149,7 @@ impl Drop for NatsServer {
 }
 
 /// The Debian package installs nats-server in /usr/sbin, which is not always on PATH.
-fn nats_server_binary() -> PathBuf {
+pub(crate) fn nats_server_binary() -> PathBuf {
     let sbin = Path::new("/usr/sbin/nats-server");
     if sbin.exists() {
         sbin.to_path_buf()
@@ -159,7 +159,7 @@ fn nats_server_binary() -> PathBuf {
 }
 
 /// A loopback port nobody listens on (the kernel's choice, released at once).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
     listener
         .local_addr()
@@ -168,7 +168,7 @@ fn free_port() -> u16 {
 }
 
 /// Runs `future` to its end on a current-thread tokio runtime.
-fn block_on<F: Future>(future: F) -> F::Output {
+pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -150,6 +150,61 @@ impl Served {
     /// `--unix`) and waits until it says where it listens; panics, with its stderr, when it
     /// exits before.
     pub fn spawn(args: &[&str]) -> Self {
+        Self::spawn_to(args, Stdio::inherit())
+    }
+
+    /// [`Served::spawn`] with its stderr written to `stderr` (a file the test reads).
+    pub fn spawn_with_stderr(args: &[&str], stderr: &Path) -> Self {
+        let file = std::fs::File::create(stderr).expect("the stderr file is created");
+        Self::spawn_to(args, Stdio::from(file))
+    }
+
+    /// `fabric serve ARGS` that must refuse to start: waits (at most 60 s) for its exit and
+    /// returns what it said on stderr.
+    pub fn refused(args: &[&str]) -> String {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fabric"))
+            .arg("serve")
+            .args(args)
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("fabric serve starts");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while child.try_wait().expect("its status").is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("fabric serve {args:?} did not refuse to start within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut said = String::new();
+        if let Some(mut stderr) = child.stderr.take() {
+            std::io::Read::read_to_string(&mut stderr, &mut said).expect("stderr reads");
+        }
+        let status = child.wait().expect("reaped");
+        assert!(!status.success(), "fabric serve {args:?} exited 0: {said}");
+        said
+    }
+
+    /// Waits (at most `timeout`) for the server to exit by itself; true when it exited 0.
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> bool {
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("the server's status") {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("fabric serve did not exit within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn spawn_to(args: &[&str], stderr: Stdio) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_fabric"));
         command.arg("serve").args(args);
         if !args.contains(&"--listen") {
@@ -160,7 +215,7 @@ impl Served {
         }
         let mut child = command
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("fabric serve starts");
         let mut reader = BufReader::new(child.stdout.take().expect("piped stdout"));
