@@ -62,6 +62,10 @@ pub struct InitArgs {
         conflicts_with = "commit"
     )]
     clients: Vec<String>,
+    /// Another replica's sequencer public key file, for a replicated fabric (the ledger key
+    /// is the first sequencer); repeatable
+    #[arg(long = "sequencer", value_name = "FILE.pub", conflicts_with = "commit")]
+    sequencers: Vec<PathBuf>,
     /// The world [default: the built-in world, config/fabric.toml of the source]
     #[arg(long, value_name = "FILE", conflicts_with = "commit")]
     config: Option<PathBuf>,
@@ -89,6 +93,7 @@ fn init(args: &InitArgs) -> anyhow::Result<()> {
             .context("--router-keys is needed")?,
         node_keys: args.node_keys.as_deref().context("--node-keys is needed")?,
         clients: &args.clients,
+        sequencers: &args.sequencers,
         config: args.config.as_deref(),
     })?;
     eprintln!(

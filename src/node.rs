@@ -23,6 +23,10 @@ pub struct NodeArgs {
     /// signed by
     #[arg(long, value_name = "FILE")]
     genesis: PathBuf,
+    /// A replicated fabric's sequencer key (a .pub file of `fabric keygen`, or hex): tree
+    /// heads it signs are trusted too, once it has taken the log over (repeatable)
+    #[arg(long = "sequencer-key", value_name = "KEY")]
+    sequencer_keys: Vec<String>,
     /// The node's secret key (mode 0600; `fabric keygen`); its public key is the one the
     /// owners registered
     #[arg(
@@ -74,7 +78,10 @@ pub fn run(args: &NodeArgs) -> anyhow::Result<()> {
             args.byzantine
         );
     }
-    let ledger_key = ledger_key_of(&args.genesis)?;
+    let mut ledger_keys = vec![ledger_key_of(&args.genesis)?];
+    for key in &args.sequencer_keys {
+        ledger_keys.push(public_key(key)?);
+    }
     let nodes = node_keys(args)?;
     let mode = if args.no_sandbox {
         eprintln!("warning: --no-sandbox: jobs run with this machine's network and files");
@@ -89,7 +96,7 @@ pub fn run(args: &NodeArgs) -> anyhow::Result<()> {
     let config = AgentConfig {
         nats_url: args.nats.clone(),
         nats_user: args.nats_user.clone().zip(args.nats_password.clone()),
-        ledger_key,
+        ledger_keys,
         nodes,
         executors: args.executors.max(1),
         limits: SandboxLimits {
@@ -143,6 +150,16 @@ fn stop_signals() -> anyhow::Result<impl std::future::Future<Output = ()>> {
 }
 
 /// The ledger key the genesis names (its signature by that key checked).
+/// A public key in hex, or the `.pub` file of `fabric keygen`.
+fn public_key(text: &str) -> anyhow::Result<PublicKey> {
+    if let Ok(key) = PublicKey::from_hex(text) {
+        return Ok(key);
+    }
+    let key = fabric_events::keys::load_public(Path::new(text))
+        .with_context(|| format!("--sequencer-key {text}: neither a key in hex nor a key file"))?;
+    Ok(PublicKey::from(&key))
+}
+
 fn ledger_key_of(path: &Path) -> anyhow::Result<PublicKey> {
     let (_, event) = fabric_api::genesis::GenesisFile::load(path)
         .with_context(|| format!("--genesis {}", path.display()))?;

@@ -113,6 +113,7 @@ impl KeyArgs {
             simulation: self.simulation,
             ledger_key: self.ledger_key.clone(),
             router_keys: self.router_keys.clone(),
+            replica: false,
         }
     }
 }
@@ -137,16 +138,25 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     let staged = load_staged(&args.staged_keys)?;
     // The keys come from the operator's files, or from the public seed of a simulation: the
     // server and its driver never derive a key.
+    let files = fabric_sim::served::KeyFiles {
+        replica: args.replicated,
+        ..args.keys.files()
+    };
     let served = fabric_sim::served::open(
         &args.data,
         args.config.as_deref(),
         args.seed,
-        &args.keys.files(),
+        &files,
         &staged,
     )?;
     let mut ledger = served.ledger;
     // The ledger signs its tree heads with the key in force: after a rotation, a staged one.
-    ledger.stage_keys(staged.clone())?;
+    // A replica's own key comes into force only when it takes the log over.
+    if args.replicated {
+        staged.iter().cloned().for_each(|key| ledger.hold(key));
+    } else {
+        ledger.stage_keys(staged.clone())?;
+    }
     let size = ledger.len();
     let key_origin = served.key_origin;
     let mut keys = served.keys;

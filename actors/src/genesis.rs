@@ -25,6 +25,9 @@ pub struct WorldKeys {
     pub routers: Vec<PublicKey>,
     /// Per node, in the world's order: its node key.
     pub nodes: Vec<PublicKey>,
+    /// The other replicas' sequencer keys of a replicated fabric (the ledger key is the
+    /// first sequencer).
+    pub sequencers: Vec<PublicKey>,
 }
 
 /// The `fabric_genesis` event (tick 0, nonce 0), for the ledger key to sign.
@@ -90,6 +93,9 @@ pub fn registrations(world: &World, keys: &WorldKeys) -> Vec<OwnerAction> {
                 reputation_ppm: node.reputation_ppm,
             },
         });
+    }
+    for key in &keys.sequencers {
+        actions.push(OwnerAction::RegisterSequencer { key: *key });
     }
     actions
 }

@@ -24,7 +24,7 @@ use actix::prelude::*;
 use fabric_events::codec::encode_event;
 use fabric_events::{
     verify_signature, Body, Event, Hash32, JobId, OwnerCommand, PublicKey, RejectReason, Role,
-    SignedEvent,
+    SequencerTakeover, SignedEvent,
 };
 use fabric_ledger::{Ledger, SignedTreeHead};
 use fabric_projections::State;
@@ -244,12 +244,32 @@ pub async fn serve(
     if ledger.is_empty() && spec.genesis.is_empty() {
         return Err(RunError::NoGenesis);
     }
-    let start = start_from(&ledger)?;
+    let mut start = start_from(&ledger)?;
+    let mut ledger = ledger;
+    let mut tree_head = ledger.tree_head();
+    if let Some(quorum) = spec.quorum.as_deref() {
+        let tick = start.next_tick;
+        let first_seq = ledger.len();
+        if let Some((event, signed, head)) =
+            take_over(keys, &mut start, &mut ledger, quorum).await?
+        {
+            tree_head = head;
+            on_tick(&ServedTick {
+                tick,
+                state: &start.state,
+                first_seq,
+                events: &[event],
+                signed: &[signed],
+                tree_head: &tree_head,
+                append_ns: 0,
+                decision_ns: &[],
+            });
+        }
+    }
     if let Some(key) = keys.missing_secret(&start.state) {
         return Err(RunError::MissingSecret(key));
     }
     let served_jobs = Arc::new(ServedJobs::new(start.inputs));
-    let mut tree_head = ledger.tree_head();
     let mut genesis = ledger.is_empty().then(|| spec.genesis.clone());
 
     let arbiters: Vec<Arbiter> = (0..ACTOR_THREADS).map(|_| Arbiter::new()).collect();
@@ -318,6 +338,47 @@ pub async fn serve(
         last_tick: tick,
         tree_head,
     })
+}
+
+/// A replicated fabric's sequencer whose key is not the ledger key in force takes the log
+/// over first (docs/FORMAT.md §16): a tick of its own holding one `sequencer_takeover`
+/// signed by its key, opening the next term, appended and held by the quorum before anything
+/// else is sequenced. Returns the event and the tree head after it, or `None` when the key is
+/// in force already (this replica sequenced last).
+async fn take_over(
+    keys: &ActorKeys,
+    start: &mut Start,
+    ledger: &mut Ledger,
+    quorum: &dyn Quorum,
+) -> Result<Option<(Event, SignedEvent, SignedTreeHead)>, RunError> {
+    let own = PublicKey::from(&keys.ledger.verifying_key());
+    let state = &mut start.state;
+    if !state.authority().founded() || state.authority().ledger_key() == own {
+        return Ok(None);
+    }
+    let tick = start.next_tick;
+    let event = Event::new(
+        Role::Ledger,
+        tick,
+        gate::next_ledger_nonce(state, &own, tick),
+        SequencerTakeover {
+            term: state.sequencing().term + 1,
+            sequencer: own,
+        },
+    );
+    // Refused (a key that is no sequencer, or retired): this replica may not sequence.
+    state.admit(&own, &event).map_err(|error| {
+        RunError::Replication(format!("this replica cannot take over: {error}"))
+    })?;
+    let signed = SignedEvent::sign(&event, &keys.ledger)
+        .map_err(|error| RunError::Replication(format!("signing the takeover: {error}")))?;
+    let receipt = ledger.append(std::slice::from_ref(&signed))?;
+    quorum
+        .holds(receipt.tree_head.tree_size)
+        .await
+        .map_err(RunError::Replication)?;
+    start.next_tick = tick + 1;
+    Ok(Some((event, signed, receipt.tree_head)))
 }
 
 #[allow(clippy::too_many_arguments)]

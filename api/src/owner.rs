@@ -32,6 +32,8 @@ pub const COMMANDS_HELP: &str = "The command and its arguments:
   rotate-key ledger NEW_KEY | rotate-key router SHARD NEW_KEY
   rotate-key client NAME NEW_KEY | rotate-key node NODE NEW_KEY
     (NEW_KEY: a .pub file of `fabric keygen`, or the public key in hex)
+  register-sequencer KEY | retire-sequencer KEY
+    (KEY: a replica's sequencer key, a .pub file of `fabric keygen` or hex)
   cancel-job JOB | reroute-job JOB SHARD
   checkpoint-now | set-checkpoint-interval TICKS
   governance PAYLOAD_HEX";
@@ -527,6 +529,18 @@ fn client_job_action(name: &str, rest: &[String]) -> ActionParse {
                 key,
             }
         }
+        "register-sequencer" => {
+            words(rest, 1, "register-sequencer KEY")?;
+            OwnerAction::RegisterSequencer {
+                key: new_key(&rest[0])?,
+            }
+        }
+        "retire-sequencer" => {
+            words(rest, 1, "retire-sequencer KEY")?;
+            OwnerAction::RetireSequencer {
+                key: new_key(&rest[0])?,
+            }
+        }
         "cancel-job" => {
             words(rest, 1, "cancel-job JOB")?;
             OwnerAction::CancelJob {
@@ -698,6 +712,12 @@ pub fn effect(action: &OwnerAction) -> String {
             registration.job_type,
             registration.weights_hash()
         ),
+        OwnerAction::RegisterSequencer { key } => {
+            format!("sequencer {key} registered: it may take the log over")
+        }
+        OwnerAction::RetireSequencer { key } => {
+            format!("sequencer {key} retired: it takes the log over no more")
+        }
     }
 }
 

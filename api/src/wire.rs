@@ -184,6 +184,10 @@ pub struct Health {
     /// On a simulation only: `simulation: keys are public`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub simulation: Option<String>,
+    /// On a replicated fabric only (docs/FORMAT.md §16): `sequencer` when this server
+    /// sequences, `follower` when it follows (submissions go to the sequencer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
     /// Always `ok`.
     pub status: String,
     /// The last durable tick (a job request's event carries a tick the client saw here).
@@ -290,6 +294,7 @@ mod tests {
         let health = Health {
             key_origin: fabric_events::KeyOrigin::Simulation { seed: 1 },
             simulation: Some("simulation: keys are public".to_owned()),
+            replica: None,
             ledger: LedgerInfo {
                 ledger_key: head.ledger_key,
                 root: head.root,

@@ -9,7 +9,7 @@
 //!   server is back).
 //! - [`replication`]: the replicated log of a fabric served by several replicas: the
 //!   sequencer's appends on a stream of a NATS cluster, fenced so that it never forks, and
-//!   read back by the replicas that follow it.
+//!   read back by the replicas that follow it; [`lease`]: which replica sequences.
 //! - [`tail`]: reads the stream back, verifying every signature and chain link and reporting
 //!   gaps, duplicates and bad lines.
 //!
@@ -18,6 +18,7 @@
 //! and a republished one is dropped there as a duplicate of its `Nats-Msg-Id`.
 #![deny(missing_docs)]
 
+pub mod lease;
 pub mod outbox;
 pub mod replication;
 pub mod subject;
@@ -27,6 +28,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+pub use lease::{Lease, LeaseHolder};
 pub use outbox::{Outbox, OutboxReport};
 pub use replication::{
     LogLogin, LogMessage, ReplicationError, Replicator, ReplicatorConfig, LOG_REPLICAS_DEFAULT,

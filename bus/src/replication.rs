@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage};
 use fabric_events::{Entry, Hash32, PublicKey, SignatureBytes, SigningKey, MAX_ENTRY_BYTES};
-use fabric_ledger::{Frontier, LedgerReader, SignedTreeHead, BATCH_EVENTS_MAX};
+use fabric_ledger::{Frontier, LedgerReader, SignedTreeHead, ARTIFACT_BYTES_MAX, BATCH_EVENTS_MAX};
 use futures_util::StreamExt;
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
@@ -37,9 +37,9 @@ pub const HEADER_SEQUENCER_URL: &str = "Fabric-Sequencer-Url";
 pub const LOG_REPLICAS_DEFAULT: usize = 3;
 /// The first bytes of a message.
 pub const LOG_MESSAGE_MAGIC: &[u8; 8] = b"FLOGv1\n\0";
-/// Bytes of a message besides its entries: magic, first seq, count, and the tree head (size,
-/// root, key, signature).
-const MESSAGE_FRAME_BYTES: usize = 8 + 8 + 4 + 8 + 32 + 32 + 64;
+/// Bytes of a message besides its entries and artifacts: magic, first seq, count, artifact
+/// count, and the tree head (size, root, key, signature).
+const MESSAGE_FRAME_BYTES: usize = 8 + 8 + 4 + 4 + 8 + 32 + 32 + 64;
 /// Room left in NATS's payload limit for the headers of a message.
 const HEADER_ROOM_BYTES: usize = 4_096;
 /// Messages in flight at once (JetStream's limit of unacknowledged publishes is 5,000).
@@ -53,11 +53,14 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// How often a line says the sequencer still waits for the quorum.
 const DOWN_LOG_EVERY: Duration = Duration::from_secs(5);
 
-/// One message of the replicated log: consecutive entries and the tree head at their end.
+/// One message of the replicated log: consecutive entries, the artifacts they name that the
+/// sequencer stored (a job's input, a node agent's output), and the tree head at their end.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogMessage {
     /// The entries, from seq `entries[0].seq`, each linked to the one before.
     pub entries: Vec<Entry>,
+    /// Artifacts the entries name, each with its BLAKE3 (its address).
+    pub artifacts: Vec<(Hash32, Vec<u8>)>,
     /// Signed by the ledger key in force at its size, which is the seq after the last entry.
     pub tree_head: SignedTreeHead,
 }
@@ -93,7 +96,16 @@ impl LogMessage {
 
     /// The bytes of FORMAT §16.
     pub fn encode(&self) -> Vec<u8> {
-        let entry_bytes: usize = self.entries.iter().map(|e| 4 + e.encoded_len()).sum();
+        let entry_bytes: usize = self
+            .entries
+            .iter()
+            .map(|e| 4 + e.encoded_len())
+            .sum::<usize>()
+            + self
+                .artifacts
+                .iter()
+                .map(|(_, bytes)| 36 + bytes.len())
+                .sum::<usize>();
         let mut out = Vec::with_capacity(MESSAGE_FRAME_BYTES + entry_bytes);
         out.extend_from_slice(LOG_MESSAGE_MAGIC);
         out.extend_from_slice(&self.first_seq().to_le_bytes());
@@ -101,6 +113,12 @@ impl LogMessage {
         for entry in &self.entries {
             out.extend_from_slice(&(entry.encoded_len() as u32).to_le_bytes());
             entry.encode_into(&mut out);
+        }
+        out.extend_from_slice(&(self.artifacts.len() as u32).to_le_bytes());
+        for (hash, bytes) in &self.artifacts {
+            out.extend_from_slice(hash.as_bytes());
+            out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            out.extend_from_slice(bytes);
         }
         let head = &self.tree_head;
         out.extend_from_slice(&head.tree_size.to_le_bytes());
@@ -144,6 +162,30 @@ impl LogMessage {
             }
             entries.push(entry);
         }
+        let artifact_count = reader.u32()? as usize;
+        // Each entry names at most one artifact.
+        if artifact_count > count {
+            return Err(LogMessageError(format!(
+                "{artifact_count} artifacts for {count} entries"
+            )));
+        }
+        let mut artifacts = Vec::with_capacity(artifact_count);
+        for index in 0..artifact_count {
+            let hash = Hash32(reader.array()?);
+            let len = reader.u32()? as usize;
+            if len > ARTIFACT_BYTES_MAX {
+                return Err(LogMessageError(format!(
+                    "artifact {index} has {len} bytes (at most {ARTIFACT_BYTES_MAX})"
+                )));
+            }
+            let bytes = reader.take(len)?;
+            if Hash32(*blake3::hash(bytes).as_bytes()) != hash {
+                return Err(LogMessageError(format!(
+                    "artifact {index} is not the bytes of its address {hash}"
+                )));
+            }
+            artifacts.push((hash, bytes.to_vec()));
+        }
         let tree_size = reader.u64()?;
         let root = Hash32(reader.array()?);
         let ledger_key = PublicKey(reader.array()?);
@@ -162,6 +204,7 @@ impl LogMessage {
         }
         Ok(Self {
             entries,
+            artifacts,
             tree_head: SignedTreeHead {
                 tree_size,
                 root,
@@ -413,6 +456,18 @@ pub struct ReplicatorConfig {
     /// The secrets of the ledger keys the sequencer may sign tree heads with (the one it
     /// serves with, and the staged ones).
     pub secrets: Vec<SigningKey>,
+    /// The artifact store: the artifacts the entries name go with them.
+    pub artifacts: Option<std::sync::Arc<fabric_ledger::ArtifactLog>>,
+}
+
+/// The artifact an entry names, that a sequencer may hold: a submission's input, a receipt's
+/// output.
+pub fn named_artifact(entry: &Entry) -> Option<Hash32> {
+    match entry.event().ok()?.body {
+        fabric_events::Body::JobSubmitted(job) => Some(job.input_hash),
+        fabric_events::Body::JobReceipt(receipt) => Some(receipt.output_hash),
+        _ => None,
+    }
 }
 
 struct Request {
@@ -531,6 +586,7 @@ struct Sequencer {
     stream: jetstream::stream::Stream,
     secrets: Vec<SigningKey>,
     advertise: Option<String>,
+    artifacts: Option<std::sync::Arc<fabric_ledger::ArtifactLog>>,
     /// The log's size the stream holds.
     replicated: u64,
     /// The Merkle frontier at `replicated`.
@@ -581,6 +637,7 @@ impl Sequencer {
             stream,
             secrets: config.secrets,
             advertise: config.advertise,
+            artifacts: config.artifacts,
             replicated,
             frontier,
             stream_last,
@@ -638,6 +695,7 @@ impl Sequencer {
         let mut pending: Option<Entry> = None;
         while in_flight.len() < MESSAGES_IN_FLIGHT_MAX {
             let mut batch = Vec::new();
+            let mut artifacts = Vec::new();
             let mut bytes = MESSAGE_FRAME_BYTES;
             loop {
                 let entry = match pending.take() {
@@ -647,7 +705,10 @@ impl Sequencer {
                         None => break,
                     },
                 };
-                let entry_bytes = 4 + entry.encoded_len();
+                let artifact = self.artifact_of(&entry).map_err(local)?;
+                let entry_bytes = 4
+                    + entry.encoded_len()
+                    + artifact.as_ref().map_or(0, |(_, bytes)| 36 + bytes.len());
                 if !batch.is_empty()
                     && (bytes + entry_bytes > self.payload_max || batch.len() >= BATCH_EVENTS_MAX)
                 {
@@ -657,6 +718,7 @@ impl Sequencer {
                 bytes += entry_bytes;
                 frontier.push(entry.hash());
                 batch.push(entry);
+                artifacts.extend(artifact);
             }
             if batch.is_empty() {
                 break;
@@ -674,6 +736,7 @@ impl Sequencer {
                 })?;
             let message = LogMessage {
                 entries: batch,
+                artifacts,
                 tree_head: SignedTreeHead::sign(end, frontier.root(), secret),
             };
             let id = message.message_id();
@@ -713,6 +776,25 @@ impl Sequencer {
             }
         }
         Ok(())
+    }
+
+    /// The artifact `entry` names, when the store holds it (and it fits in a message).
+    fn artifact_of(
+        &self,
+        entry: &Entry,
+    ) -> Result<Option<(Hash32, Vec<u8>)>, fabric_ledger::LedgerError> {
+        let (Some(store), Some(hash)) = (&self.artifacts, named_artifact(entry)) else {
+            return Ok(None);
+        };
+        Ok(store
+            .get(&hash)?
+            // Damaged bytes are not sent (the store's reader checks them too), nor any too
+            // large for a message.
+            .filter(|bytes| Hash32(*blake3::hash(bytes).as_bytes()) == hash)
+            .filter(|bytes| {
+                MESSAGE_FRAME_BYTES + 4 + MAX_ENTRY_BYTES + 36 + bytes.len() <= self.payload_max
+            })
+            .map(|bytes| (hash, bytes)))
     }
 
     fn acknowledged(&mut self, message: &InFlight, sequence: u64) {
@@ -804,6 +886,10 @@ mod tests {
             .collect();
         LogMessage {
             entries,
+            artifacts: vec![(
+                Hash32(*blake3::hash(b"an input").as_bytes()),
+                b"an input".to_vec(),
+            )],
             tree_head: SignedTreeHead::sign(first_seq + count, frontier.root(), &key),
         }
     }
@@ -836,6 +922,14 @@ mod tests {
         let at = bytes.len() - 136;
         size[at] = 11;
         assert!(LogMessage::decode(&size).is_err());
+        // An artifact that is not the bytes of its address.
+        let mut artifact = bytes.clone();
+        let at = bytes.len() - 137;
+        artifact[at] ^= 1;
+        assert!(LogMessage::decode(&artifact)
+            .expect_err("a changed artifact")
+            .to_string()
+            .contains("address"));
         let mut zero = bytes;
         zero[16..20].copy_from_slice(&0u32.to_le_bytes());
         assert!(LogMessage::decode(&zero).is_err());

@@ -75,7 +75,8 @@ pub fn shard_of<'a>(event: &'a Event, regions: &'a Regions) -> Option<&'a str> {
         Body::Checkpoint(_)
         | Body::Rejected(_)
         | Body::FabricGenesis(_)
-        | Body::RefusalsCounted(_) => None,
+        | Body::RefusalsCounted(_)
+        | Body::SequencerTakeover(_) => None,
     }
 }
 

@@ -86,7 +86,8 @@ impl Event {
         self.body.kind()
     }
 
-    /// The new ledger key, when this event is an owner command that rotates the ledger key.
+    /// The new ledger key, when this event changes the key in force: an owner command that
+    /// rotates the ledger key, or a sequencer's takeover.
     pub fn ledger_rotation(&self) -> Option<PublicKey> {
         match &self.body {
             Body::OwnerCommand(OwnerCommand {
@@ -97,6 +98,9 @@ impl Event {
                     },
                 ..
             }) if self.header.role == Role::Owner => Some(*new_key),
+            Body::SequencerTakeover(takeover) if self.header.role == Role::Ledger => {
+                Some(takeover.sequencer)
+            }
             _ => None,
         }
     }
@@ -143,6 +147,9 @@ pub enum Body {
     /// signature of a registered key: they are not evidence against anyone, so they are not
     /// each recorded.
     RefusalsCounted(RefusalsCounted),
+    /// A registered sequencer of a replicated fabric takes over the log: from the next seq
+    /// on, its key is the ledger key in force.
+    SequencerTakeover(SequencerTakeover),
 }
 
 macro_rules! kinds {
@@ -209,6 +216,7 @@ kinds! {
     FabricGenesis => "fabric_genesis",
     AttestationMismatch => "attestation_mismatch",
     RefusalsCounted => "refusals_counted",
+    SequencerTakeover => "sequencer_takeover",
 }
 
 crate::with_node_terms! {
@@ -525,6 +533,17 @@ pub enum OwnerAction {
         /// The model's id, version, job type and weights.
         registration: ModelRegistered,
     },
+    /// A replica's key joins the sequencers of a replicated fabric: it may take over the log
+    /// (docs/FORMAT.md §16).
+    RegisterSequencer {
+        /// Its key (held by no one yet).
+        key: PublicKey,
+    },
+    /// A sequencer leaves the set: it may take over no more (the acting one cannot leave).
+    RetireSequencer {
+        /// Its key.
+        key: PublicKey,
+    },
 }
 
 /// Whose key a [`OwnerAction::RotateKey`] replaces. Variants are appended, never reordered.
@@ -831,4 +850,15 @@ pub struct RefusalsCounted {
     /// only when the event marks the tick its submissions are sequenced at (a submission
     /// signed for an earlier tick, and no event of this tick before it).
     pub counts: Vec<RefusalCount>,
+}
+
+/// A registered sequencer takes over a replicated fabric's log (docs/FORMAT.md §16), signed
+/// by its own key, as the ledger.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SequencerTakeover {
+    /// The term it opens: one more than the log's last (the genesis opens term 0).
+    pub term: u64,
+    /// The sequencer's key: the event's author, the ledger key in force after it.
+    pub sequencer: PublicKey,
 }

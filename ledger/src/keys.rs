@@ -70,14 +70,23 @@ impl LedgerKeys {
 /// Byte offset of the role tag in `signed` bytes: after the wire magic (docs/FORMAT.md §2).
 const ROLE_TAG_OFFSET: usize = WIRE_MAGIC.len();
 
-/// The new ledger key, when `signed` is an owner command rotating the ledger key. Only owner
-/// events are decoded (their role tag is read first), so a batch costs almost nothing more.
+/// The new ledger key, when `signed` is an owner command rotating the ledger key or a
+/// sequencer's takeover. Only owner and ledger events are decoded (their role tag is read
+/// first), so a batch costs almost nothing more.
 pub fn rotation_in(signed: &[u8]) -> Option<PublicKey> {
-    let owner_tag = (Role::Owner as u32).to_le_bytes();
-    if signed.get(ROLE_TAG_OFFSET..ROLE_TAG_OFFSET + 4) != Some(&owner_tag[..]) {
+    let role = signed.get(ROLE_TAG_OFFSET..ROLE_TAG_OFFSET + 4)?;
+    let tagged = |role_of: Role| role == (role_of as u32).to_le_bytes();
+    if !tagged(Role::Owner) && !tagged(Role::Ledger) {
         return None;
     }
     event_from_signed(signed).ok()?.ledger_rotation()
+}
+
+/// Whether `signed` is a sequencer's takeover (signed by the key it puts in force, where an
+/// owner rotation is enveloped by the key before it).
+pub fn is_takeover(signed: &[u8]) -> bool {
+    event_from_signed(signed)
+        .is_ok_and(|event| matches!(event.body, fabric_events::Body::SequencerTakeover(_)))
 }
 
 #[cfg(test)]

@@ -421,6 +421,13 @@ impl Ledger {
         self.signer(&self.keys.current()).map(|_| ())
     }
 
+    /// Gives the writer the secret of a key that may come into force (a replica's own
+    /// sequencer key, before it takes over): unlike [`Ledger::stage_keys`], the key in force
+    /// need not be among those held.
+    pub fn hold(&mut self, secret: SigningKey) {
+        self.secrets.push(secret);
+    }
+
     /// The secret of `key`, among those held.
     fn secret_of(&self, key: &PublicKey) -> Option<&SigningKey> {
         self.secrets
@@ -497,6 +504,88 @@ impl Ledger {
         let batch: Vec<SignedEvent> = entries.iter().map(Entry::signed_event).collect();
         self.verifier.check(&batch)?;
         self.commit_replicated(&batch, tree_head)
+    }
+
+    /// Cuts the log back to its first `size` entries: a replica's tail that never reached its
+    /// replicated log's quorum, so was never acknowledged (docs/FORMAT.md §16.4). `head` is
+    /// the tree head the replicated log holds at `size` (signed by its sequencer): it must
+    /// give the root of those entries and verify with the ledger key in force at `size`.
+    /// Entries, tree heads, rotations and snapshots past `size` go in one atomic batch, made
+    /// durable before this returns. Returns how many entries were discarded.
+    pub fn discard_after(&mut self, size: u64, head: &SignedTreeHead) -> Result<u64, LedgerError> {
+        self.check_writable()?;
+        let discarded = self
+            .head
+            .size
+            .checked_sub(size)
+            .ok_or(LedgerError::OutOfRange {
+                seq: size,
+                size: self.head.size,
+            })?;
+        if discarded == 0 {
+            return Ok(0);
+        }
+        let mut frontier = Frontier::new();
+        for leaf in self.reader.leaf_hashes(0..size)? {
+            frontier.push(leaf);
+        }
+        let key = self.keys.at(size);
+        if head.tree_size != size || head.root != frontier.root() || head.verify(&key).is_err() {
+            return Err(LedgerError::CorruptHead(format!(
+                "the tree head given to cut the log back to {size} entries is not theirs, \
+                 signed by {key}"
+            )));
+        }
+        let last_hash = match size {
+            0 => Hash32::default(),
+            _ => self.reader.get(size - 1)?.hash(),
+        };
+        let mut batch = sled::Batch::default();
+        // The block holding seq `size` keeps the entries before it.
+        let mut first_removed = size;
+        if size > 0 {
+            let (first_seq, entries) = self.reader.block_containing(size - 1, false)?;
+            if first_seq + entries.len() as u64 > size {
+                let mut writer = BlockWriter::new();
+                let mut prev = entries[0].1.prev;
+                for (_, entry) in entries.iter().take((size - first_seq) as usize) {
+                    prev = writer.push(entry.seq, &prev, &entry.signed_event());
+                }
+                for (block_first_seq, block) in writer.finish() {
+                    batch.insert(&block_key(block_first_seq), block);
+                }
+                first_removed = first_seq + 1;
+            }
+        }
+        let ranges = [
+            (block_key(first_removed), block_key(u64::MAX)),
+            (
+                numbered_key(PREFIX_TREE_HEAD, size + 1),
+                numbered_key(PREFIX_TREE_HEAD, u64::MAX),
+            ),
+            (
+                numbered_key(PREFIX_ROTATION, size),
+                numbered_key(PREFIX_ROTATION, u64::MAX),
+            ),
+        ];
+        for (from, to) in ranges {
+            for stored in self.reader.db.range(from.to_vec()..=to.to_vec()).keys() {
+                batch.remove(stored.map_err(storage("scanning what is past the cut"))?);
+            }
+        }
+        let cut = Head {
+            size,
+            last_hash,
+            frontier,
+        };
+        batch.insert(KEY_HEAD, cut.encode());
+        insert_tree_head(&mut batch, head);
+        self.commit(batch)?;
+        self.head = cut;
+        self.tree_head = *head;
+        self.keys = self.reader.ledger_keys()?;
+        self.remove_orphan_snapshots()?;
+        Ok(discarded)
     }
 
     fn check_writable(&self) -> Result<(), LedgerError> {
@@ -829,11 +918,17 @@ impl LedgerReader {
                     "the entry is no rotation of the ledger key to {recorded}"
                 )));
             }
-            if entry.author != keys.at(seq) {
+            // A takeover is signed by the key it puts in force; a rotation's envelope by the
+            // key before it.
+            let signer = if crate::keys::is_takeover(&entry.signed) {
+                recorded
+            } else {
+                keys.at(seq)
+            };
+            if entry.author != signer {
                 return Err(corrupt(format!(
-                    "its envelope is signed by {}, not by the ledger key in force {}",
+                    "it is signed by {}, not by {signer}",
                     entry.author,
-                    keys.at(seq)
                 )));
             }
             keys.push(seq, recorded);

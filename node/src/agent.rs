@@ -56,8 +56,9 @@ pub struct AgentConfig {
     pub nats_url: String,
     /// The NATS user of these nodes, with its password; replies come on `_INBOX.<user>.>`.
     pub nats_user: Option<(String, String)>,
-    /// The fabric's ledger key (from its genesis): tree heads must be signed by it.
-    pub ledger_key: PublicKey,
+    /// The ledger keys tree heads must be signed by: the fabric's genesis key and, for a
+    /// replicated fabric, its sequencers' keys.
+    pub ledger_keys: Vec<PublicKey>,
     /// The nodes: name and secret key.
     pub nodes: Vec<(String, SigningKey)>,
     /// Executor processes shared by the nodes.
@@ -237,7 +238,7 @@ pub async fn run(
     let client = connect(&config, refusals).await?;
     subscribe(&client, &config, &notes).await?;
     let mut nodes = Vec::with_capacity(config.nodes.len());
-    let mut verifier = OrderVerifier::new(config.ledger_key);
+    let mut verifier = OrderVerifier::trusting(config.ledger_keys.clone());
     for (name, key) in &config.nodes {
         // A refusal of the NATS server (a permission) comes as an error event, not as the
         // request's answer: whichever comes first decides.
@@ -313,7 +314,7 @@ impl Agent {
         match note {
             Note::Tick(head) => {
                 // A head the ledger key did not sign says nothing about the fabric's clock.
-                if head.tree_head.verify(&self.config.ledger_key).is_err() {
+                if !crate::verify::trusted(&self.config.ledger_keys, &head.tree_head) {
                     return;
                 }
                 self.tick = self.tick.max(head.tick);

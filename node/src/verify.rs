@@ -85,9 +85,16 @@ fn contents(which: &'static str, detail: String) -> OrderRefused {
     OrderRefused::Contents { which, detail }
 }
 
-/// Verifies work orders against the ledger key of a fabric's genesis.
+/// Whether `head` is signed by one of `keys` (the key it names must be one of them, and its
+/// signature verify).
+pub fn trusted(keys: &[PublicKey], head: &SignedTreeHead) -> bool {
+    keys.contains(&head.ledger_key) && head.verify(&head.ledger_key).is_ok()
+}
+
+/// Verifies work orders against the ledger keys a node trusts: its fabric's genesis key, and
+/// the sequencer keys of a replicated fabric.
 pub struct OrderVerifier {
-    ledger_key: PublicKey,
+    ledger_keys: Vec<PublicKey>,
     heads: HashMap<u64, SignedTreeHead>,
     models: HashMap<u64, (Hash32, ModelRegistered)>,
     keys: KeyCache,
@@ -103,8 +110,14 @@ struct Placed {
 impl OrderVerifier {
     /// A verifier trusting tree heads signed by `ledger_key`.
     pub fn new(ledger_key: PublicKey) -> Self {
+        Self::trusting(vec![ledger_key])
+    }
+
+    /// A verifier trusting tree heads signed by any of `ledger_keys` (a replicated fabric's
+    /// sequencers: the acting one signs).
+    pub fn trusting(ledger_keys: Vec<PublicKey>) -> Self {
         Self {
-            ledger_key,
+            ledger_keys,
             heads: HashMap::new(),
             models: HashMap::new(),
             keys: KeyCache::new(KEYS_REMEMBERED_MAX),
@@ -266,16 +279,16 @@ impl OrderVerifier {
         if self.heads.get(&head.tree_size) == Some(head) {
             return Ok(());
         }
-        head.verify(&self.ledger_key).map_err(|err| {
-            not_in_log(
+        if !trusted(&self.ledger_keys, head) {
+            return Err(not_in_log(
                 which,
                 format!(
-                    "its tree head of {} entries is not signed by the fabric's ledger key {} \
-                     ({err})",
-                    head.tree_size, self.ledger_key
+                    "its tree head of {} entries is signed by {}, not by a ledger key this node \
+                     trusts",
+                    head.tree_size, head.ledger_key
                 ),
-            )
-        })?;
+            ));
+        }
         if self.heads.len() >= HEADS_REMEMBERED_MAX {
             self.heads.clear();
         }

@@ -32,8 +32,8 @@ pub use authority::{Authority, Holder, KeyRecord, OWNER_COMMAND_LIFETIME_TICKS_M
 pub use fold::ApplyError;
 pub use invariants::InvariantError;
 pub use model::{
-    IdRanges, Job, JobClass, JobStatus, Metrics, Model, Node, Shard, ShardCounters, SkillSet,
-    State, StatusChange,
+    IdRanges, Job, JobClass, JobStatus, Metrics, Model, Node, Sequencing, Shard, ShardCounters,
+    SkillSet, State, StatusChange,
 };
 pub use snapshot::{state_hash_of, SnapshotError};
 

@@ -19,6 +19,9 @@ pub enum ServerError {
         /// Why.
         error: fabric_bus::BusError,
     },
+    /// A replica lost its place as sequencer to another.
+    #[error("deposed: {0}")]
+    Deposed(String),
     /// The follower of a replicated log could not start, or stopped.
     #[error("following the replicated log: {0}")]
     Follow(String),

@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use fabric_actors::serve::ServedTick;
 use fabric_audit::Replay;
-use fabric_bus::replication::{connect_log, log_messages, log_stream, LogLogin, LogMessage};
+use fabric_bus::replication::{
+    connect_log, log_message_at, log_messages, log_stream, LogLogin, LogMessage,
+};
 use fabric_events::{Body, Event, SignedEvent};
 use fabric_ledger::Ledger;
 use futures_util::StreamExt;
@@ -36,6 +38,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// How a read of the stream ended.
 enum Read {
+    /// Stopped, or read up to the end it was asked to reach.
+    Done,
     /// Something did not verify, or the copy cannot be written: the follower stops.
     Failed(String),
     /// The stream or its consumer is gone for now (a server lost, the stream not made yet).
@@ -53,11 +57,14 @@ impl Read {
     }
 }
 
-/// What a follower shares with the handlers: where the acting sequencer is.
+/// What a follower shares with the handlers: where the acting sequencer is, and whether
+/// this replica sequences now (then it takes submissions itself).
 #[derive(Debug, Default)]
 pub struct Following {
     /// The HTTP address the sequencer's last message named.
     pub sequencer_url: RwLock<Option<String>>,
+    /// This replica took the log over: it is the sequencer.
+    pub sequencing: std::sync::atomic::AtomicBool,
 }
 
 impl Following {
@@ -68,27 +75,43 @@ impl Following {
             .unwrap_or_else(|poison| poison.into_inner())
             .clone()
     }
+
+    /// Whether this replica sequences now.
+    pub fn is_sequencing(&self) -> bool {
+        self.sequencing.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// What the follower is asked to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Follow,
+    /// Read up to the stream's end (as it is when asked), then hand the copy back.
+    FinishAtEnd,
+    Stop,
 }
 
 /// The follower's thread, and how to stop it.
 pub(crate) struct Follower {
-    stop: watch::Sender<bool>,
-    thread: std::thread::JoinHandle<Result<Ledger, String>>,
+    mode: watch::Sender<Mode>,
+    thread: std::thread::JoinHandle<Result<(Ledger, Replay), String>>,
     /// Told once, when the follower stops by itself (why).
     pub(crate) stopped: Option<oneshot::Receiver<String>>,
 }
 
 impl Follower {
     /// Starts following the stream of `login`'s cluster into `ledger`, whose replay to its end
-    /// is `replay`, updating `shared` after each message.
+    /// is `replay`, from stream sequence `from` (or where the copy last stopped), updating
+    /// `shared` after each message.
     pub(crate) fn start(
         ledger: Ledger,
         replay: Replay,
         login: LogLogin,
+        from: Option<u64>,
         shared: actix_web::web::Data<Shared>,
         following: Arc<Following>,
     ) -> Result<Self, String> {
-        let (stop, stop_rx) = watch::channel(false);
+        let (mode, mode_rx) = watch::channel(Mode::Follow);
         let (stopped_tx, stopped) = oneshot::channel();
         let thread = std::thread::Builder::new()
             .name("log-follower".to_owned())
@@ -102,27 +125,152 @@ impl Follower {
                     replay,
                     shared,
                     following,
+                    from,
+                    last_sequence: 0,
                 };
-                let result = runtime.block_on(copy.follow(login, stop_rx));
+                let result = runtime.block_on(copy.follow(login, mode_rx));
                 if let Err(why) = &result {
                     let _ = stopped_tx.send(why.clone());
                 }
-                result.map(|()| copy.ledger)
+                result.map(|()| (copy.ledger, copy.replay))
             })
             .map_err(|error| error.to_string())?;
         Ok(Self {
-            stop,
+            mode,
             thread,
             stopped: Some(stopped),
         })
     }
 
-    /// Stops following and hands the ledger back.
-    pub(crate) fn finish(self) -> Result<Ledger, String> {
-        let _ = self.stop.send(true);
+    /// Stops following and hands the copy back.
+    pub(crate) fn finish(self) -> Result<(Ledger, Replay), String> {
+        let _ = self.mode.send(Mode::Stop);
+        self.join()
+    }
+
+    /// Reads up to the stream's end as it is now, then hands the copy back: a replica that
+    /// holds the lease catches up before it takes over.
+    pub(crate) async fn finish_at_end(self) -> Result<(Ledger, Replay), String> {
+        let _ = self.mode.send(Mode::FinishAtEnd);
+        let (done, answer) = oneshot::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(self.join());
+        });
+        answer
+            .await
+            .map_err(|_| "the follower's thread was lost".to_owned())?
+    }
+
+    fn join(self) -> Result<(Ledger, Replay), String> {
         self.thread
             .join()
             .map_err(|_| "the follower panicked".to_owned())?
+    }
+}
+
+/// Cuts the local log back to the longest prefix that the replicated log holds, and says
+/// where to read the stream from. What goes is a tail this replica wrote as sequencer that
+/// never reached the quorum: never acknowledged to anyone (docs/FORMAT.md §16.4).
+pub(crate) async fn reconcile(
+    ledger: &mut Ledger,
+    stream: &async_nats::jetstream::stream::Stream,
+) -> Result<Reconciled, String> {
+    let last = stream
+        .get_info()
+        .await
+        .map_err(|error| format!("reading the replicated log: {error}"))?
+        .state
+        .last_sequence;
+    let size = ledger.len();
+    if last == 0 || size == 0 {
+        return Ok(Reconciled::default());
+    }
+    let (last_message, _) = log_message_at(stream, last).await?;
+    let end = last_message.end();
+    let probe = size.min(end) - 1;
+    let (at, message) = message_holding(stream, last, probe).await?;
+    let local = |seq| {
+        ledger
+            .get(seq)
+            .map(|entry| entry.hash())
+            .map_err(|e| e.to_string())
+    };
+    let (cut, from, head) = if local(probe)? == entry_hash(&message, probe) {
+        if size <= end {
+            return Ok(Reconciled {
+                discarded: 0,
+                from: Some(at),
+            });
+        }
+        (end, last, last_message.tree_head)
+    } else {
+        // The first message that the copy contradicts: the copy is cut back to where it starts.
+        let (mut low, mut high) = (1, at);
+        while low < high {
+            let middle = low + (high - low) / 2;
+            let (candidate, _) = log_message_at(stream, middle).await?;
+            let seq = candidate.end().min(size) - 1;
+            if local(seq)? == entry_hash(&candidate, seq) {
+                low = middle + 1;
+            } else {
+                high = middle;
+            }
+        }
+        if low == 1 {
+            return Err(
+                "the replicated log is another fabric's: its first entries differ \
+                        from this folder's"
+                    .to_owned(),
+            );
+        }
+        let (before, _) = log_message_at(stream, low - 1).await?;
+        (before.end(), low, before.tree_head)
+    };
+    let discarded = ledger
+        .discard_after(cut, &head)
+        .map_err(|error| error.to_string())?;
+    Ok(Reconciled {
+        discarded,
+        from: Some(from),
+    })
+}
+
+/// What [`reconcile`] did.
+#[derive(Debug, Default)]
+pub(crate) struct Reconciled {
+    /// Entries cut from the local log (never acknowledged).
+    pub(crate) discarded: u64,
+    /// The stream sequence to read from.
+    pub(crate) from: Option<u64>,
+}
+
+/// The hash of entry `seq` of `message`, which holds it.
+fn entry_hash(message: &LogMessage, seq: u64) -> fabric_events::Hash32 {
+    message.entries[(seq - message.first_seq()) as usize].hash()
+}
+
+/// The stream sequence of the message holding log seq `seq`, and the message (binary search:
+/// messages hold consecutive runs of the log in stream order).
+async fn message_holding(
+    stream: &async_nats::jetstream::stream::Stream,
+    last: u64,
+    seq: u64,
+) -> Result<(u64, LogMessage), String> {
+    let (mut low, mut high) = (1, last);
+    loop {
+        let middle = low + (high - low) / 2;
+        let (message, _) = log_message_at(stream, middle).await?;
+        if seq < message.first_seq() && middle > low {
+            high = middle - 1;
+        } else if seq >= message.end() && middle < high {
+            low = middle + 1;
+        } else if (message.first_seq()..message.end()).contains(&seq) {
+            return Ok((middle, message));
+        } else {
+            return Err(format!(
+                "the replicated log holds no message with seq {seq}"
+            ));
+        }
     }
 }
 
@@ -132,13 +280,17 @@ struct Copy {
     replay: Replay,
     shared: actix_web::web::Data<Shared>,
     following: Arc<Following>,
+    /// Where to read the stream from at the first read (else the stored cursor).
+    from: Option<u64>,
+    /// The stream sequence of the last message taken.
+    last_sequence: u64,
 }
 
 impl Copy {
     async fn follow(
         &mut self,
         login: LogLogin,
-        mut stop: watch::Receiver<bool>,
+        mut mode: watch::Receiver<Mode>,
     ) -> Result<(), String> {
         let log: fabric_bus::outbox::Log = Arc::new(|line: &str| eprintln!("{line}"));
         let (_client, jetstream) = connect_log(&login, log)
@@ -149,12 +301,9 @@ impl Copy {
         // from after the last message stored. Only what does not verify stops the follower.
         let mut backoff = BACKOFF_FIRST;
         loop {
-            let read = tokio::select! {
-                read = self.read(&jetstream) => read,
-                _ = stop.changed() => return Ok(()),
-            };
-            match read {
+            match self.read(&jetstream, &mut mode).await {
                 Read::Failed(why) => return Err(why),
+                Read::Done => return Ok(()),
                 Read::Lost(why) => {
                     eprintln!(
                         "follower: the replicated log cannot be read now ({why}); again in {} ms",
@@ -162,7 +311,9 @@ impl Copy {
                     );
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
-                        _ = stop.changed() => return Ok(()),
+                        _ = mode.changed() => if *mode.borrow() == Mode::Stop {
+                            return Ok(());
+                        },
                     }
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
@@ -171,16 +322,24 @@ impl Copy {
         }
     }
 
-    /// Reads the stream from after the last message stored until the consumer fails.
-    async fn read(&mut self, jetstream: &async_nats::jetstream::Context) -> Read {
+    /// Reads the stream from after the last message stored until the consumer fails, or the
+    /// follower is done.
+    async fn read(
+        &mut self,
+        jetstream: &async_nats::jetstream::Context,
+        mode: &mut watch::Receiver<Mode>,
+    ) -> Read {
         let deadline = Instant::now() + Duration::from_secs(2);
         let stream = match log_stream(jetstream, None, deadline).await {
             Ok(stream) => stream,
             Err(error) => return Read::Lost(error.to_string()),
         };
-        let from = match self.cursor() {
-            Ok(from) => from,
-            Err(why) => return Read::Failed(why),
+        let from = match self.from.take() {
+            Some(from) => from,
+            None => match self.cursor() {
+                Ok(from) => from,
+                Err(why) => return Read::Failed(why),
+            },
         };
         let messages = match log_messages(&stream, from).await {
             Ok(messages) => messages,
@@ -188,8 +347,28 @@ impl Copy {
         };
         tokio::pin!(messages);
         let mut taken = false;
+        // Set once asked to finish: the stream's last sequence then.
+        let mut target: Option<u64> = None;
         loop {
-            let (sequence, url, message) = match messages.next().await {
+            if target.is_some_and(|target| self.last_sequence >= target) {
+                return Read::Done;
+            }
+            let next = tokio::select! {
+                next = messages.next() => next,
+                _ = mode.changed() => {
+                    match *mode.borrow() {
+                        Mode::Stop => return Read::Done,
+                        Mode::FinishAtEnd => {}
+                        Mode::Follow => continue,
+                    }
+                    match stream.get_info().await {
+                        Ok(info) => target = Some(info.state.last_sequence),
+                        Err(error) => return Read::Lost(error.to_string()),
+                    }
+                    continue;
+                }
+            };
+            let (sequence, url, message) = match next {
                 Some(Ok(received)) => received,
                 Some(Err(error)) if taken => return Read::Lost(error).progressed(),
                 Some(Err(error)) => return Read::Lost(error),
@@ -208,6 +387,7 @@ impl Copy {
             if let Err(why) = taken_now {
                 return Read::Failed(why);
             }
+            self.last_sequence = sequence;
             taken = true;
         }
     }
@@ -267,6 +447,15 @@ impl Copy {
         let started = Instant::now();
         let events = self.verify(new)?;
         let signed: Vec<SignedEvent> = new.iter().map(|entry| entry.signed_event()).collect();
+        // The artifacts first: the append's sync makes them durable with the entries.
+        for (hash, bytes) in &message.artifacts {
+            if !self.shared.artifacts.contains(hash) {
+                self.shared
+                    .artifacts
+                    .insert(hash, bytes)
+                    .map_err(|error| error.to_string())?;
+            }
+        }
         self.ledger
             .append_replicated(new, &message.tree_head)
             .map_err(|error| error.to_string())?;

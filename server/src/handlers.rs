@@ -48,6 +48,8 @@ pub(crate) struct Shared {
     /// Where the fabric's keys come from (its genesis).
     pub(crate) key_origin: fabric_events::KeyOrigin,
     pub(crate) started: Instant,
+    /// A replica's or a follower's part in a replicated fabric.
+    pub(crate) following: Option<Arc<crate::follow::Following>>,
 }
 
 /// The header every answer of a simulated fabric carries, and its value.
@@ -165,6 +167,13 @@ async fn health(shared: web::Data<Shared>) -> HttpResponse {
             .key_origin
             .is_simulation()
             .then(|| SIMULATION_NOTICE.to_owned()),
+        replica: shared.following.as_ref().map(|following| {
+            match following.is_sequencing() {
+                true => "sequencer",
+                false => "follower",
+            }
+            .to_owned()
+        }),
         tick: view.tick,
         tick_ms: shared.tick_ms,
         uptime_ms: shared.started.elapsed().as_millis() as u64,

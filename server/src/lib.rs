@@ -30,6 +30,7 @@ pub mod limits;
 pub mod metrics;
 pub mod nodes;
 pub mod refusals;
+mod replica;
 mod requests;
 pub mod service;
 pub mod tls;

@@ -81,7 +81,7 @@ where
 {
     let mut request = request;
     own_headers(&mut request);
-    if let Some(following) = following {
+    if let Some(following) = following.filter(|following| !following.is_sequencing()) {
         if request.method() == actix_web::http::Method::POST {
             let answer = to_sequencer(following, &request);
             return Box::pin(async move { Ok(request.into_response(answer)) });

@@ -18,7 +18,7 @@ use fabric_actors::serve::{Quorum, QuorumAnswer, ServeOutcome, ServeSpec};
 use fabric_actors::world::World;
 use fabric_api::job::JobState;
 use fabric_audit::Replay;
-use fabric_bus::{Outbox, OutboxReport, Replicator};
+use fabric_bus::{BusError, Outbox, OutboxReport, Replicator};
 use fabric_ledger::{ArtifactLog, Ledger, LedgerError, ARTIFACTS_FILE};
 use tokio::sync::{mpsc, watch};
 
@@ -33,6 +33,7 @@ use crate::limits::{
 };
 use crate::metrics::ServeMetrics;
 use crate::nodes::{Feed, FeedBuilder, NatsLogin, NodeGateway};
+use crate::replica::ReplicaStart;
 use crate::requests::{guard, Stopping};
 use crate::tls::{check_plaintext, server_config, TlsFiles};
 
@@ -125,22 +126,36 @@ pub fn serve(
     let (stop_streams, stopping) = watch::channel(false);
     let (intake, intake_rx) = mpsc::channel(INTAKE_CAPACITY);
     let artifacts = open_artifacts(&mut ledger)?;
+    let replicated = match (&role, &config.replication) {
+        (Role::Sequence(_), Some(replication)) => Some(replication),
+        _ => None,
+    };
+    // A replica first cuts its log back to what the replicated log holds: a tail it wrote as
+    // sequencer that never reached the quorum was never acknowledged.
+    let from = match replicated {
+        Some(replication) => reconcile(&mut ledger, replication)?,
+        None => None,
+    };
     let world = match &role {
         Role::Sequence(spec) => &spec.world,
         Role::Follow { world, .. } => world,
     };
+    let following = (matches!(role, Role::Follow { .. }) || replicated.is_some())
+        .then(|| Arc::new(Following::default()));
     let (shared, feed, replay) = shared(config, &ledger, artifacts, world, intake.clone())?;
-    let shared = web::Data::new(shared);
+    let shared = web::Data::new(Shared {
+        following: following.clone(),
+        ..shared
+    });
     let (mut spec, follower_login) = match role {
         Role::Sequence(spec) => (Some(spec), None),
         Role::Follow { login, .. } => (None, Some(login)),
     };
-    let following = follower_login
-        .as_ref()
-        .map(|_| Arc::new(Following::default()));
-    // A follower sequences nothing: no node gateway, no outbox, no driver.
+    // A follower sequences nothing: no node gateway, no outbox, no driver (a replica starts
+    // them once it takes the log over).
     let mut started = None;
-    if let Some(spec) = &mut spec {
+    let gateway_intake = intake.clone();
+    if let Some(spec) = spec.as_mut().filter(|_| replicated.is_none()) {
         spec.inputs = Some(Arc::new(crate::inputs::ArtifactInputs(
             shared.artifacts.clone(),
         )));
@@ -169,35 +184,43 @@ pub fn serve(
             server: running,
             stop,
         };
-        let (Some(mut spec), Some((gateway, outbox))) = (spec, started) else {
-            let (Some(login), Some(following)) = (follower_login, following) else {
-                return Err(ServerError::Setting("a server either sequences or follows"));
-            };
-            let follower = Follower::start(ledger, replay, login, shared.clone(), following)
-                .map_err(ServerError::Follow)?;
-            listening(&addresses);
-            return follow(running, follower).await;
-        };
-        if let Some(replication) = &config.replication {
-            let advertise = replication.advertise.clone().or_else(|| {
-                addresses
-                    .iter()
-                    .find(|address| address.starts_with("http"))
-                    .cloned()
-            });
-            spec.quorum = Some(start_replicator(&ledger, &spec, replication, advertise)?);
-        }
         listening(&addresses);
-        run(
-            config,
-            running,
-            shared,
-            ledger,
-            *spec,
-            intake_rx,
-            (outbox, gateway),
-        )
-        .await
+        match (spec, started, replicated, follower_login, following) {
+            (Some(spec), Some((gateway, outbox)), None, _, _) => {
+                run(
+                    config,
+                    running,
+                    shared,
+                    ledger,
+                    *spec,
+                    intake_rx,
+                    (outbox, gateway),
+                )
+                .await
+            }
+            (Some(spec), None, Some(replication), _, Some(following)) => {
+                let start = ReplicaStart {
+                    ledger,
+                    replay,
+                    from,
+                    intake: gateway_intake,
+                    following,
+                    addresses,
+                };
+                let spec = *spec;
+                crate::replica::run(config, replication, running, shared, start, spec, intake_rx)
+                    .await
+            }
+            (None, _, _, Some(login), Some(following)) => {
+                let follower =
+                    Follower::start(ledger, replay, login, None, shared.clone(), following)
+                        .map_err(ServerError::Follow)?;
+                follow(running, follower).await
+            }
+            _ => Err(ServerError::Setting(
+                "a server sequences, follows, or is a replica",
+            )),
+        }
     });
     if let Some(path) = &config.unix {
         let _ = std::fs::remove_file(path);
@@ -269,6 +292,53 @@ fn open_artifacts(ledger: &mut Ledger) -> Result<Arc<ArtifactLog>, ServerError> 
     Ok(artifacts)
 }
 
+/// Cuts a replica's log back to what the replicated log holds (a tail it wrote as sequencer
+/// that never reached the quorum), saying so, and returns the stream sequence to follow from.
+fn reconcile(ledger: &mut Ledger, replication: &Replication) -> Result<Option<u64>, ServerError> {
+    let failed = |error: BusError| ServerError::Replicate {
+        urls: replication.login.urls.clone(),
+        error,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| failed(BusError::Runtime(error.to_string())))?;
+    let log: fabric_bus::outbox::Log = Arc::new(|line: &str| eprintln!("{line}"));
+    let size = ledger.len();
+    let reconciled = runtime.block_on(async {
+        let (_client, jetstream) = fabric_bus::replication::connect_log(&replication.login, log)
+            .await
+            .map_err(failed)?;
+        let deadline = Instant::now() + fabric_bus::STREAM_WAIT;
+        let stream =
+            fabric_bus::replication::log_stream(&jetstream, Some(replication.replicas), deadline)
+                .await
+                .map_err(failed)?;
+        crate::follow::reconcile(ledger, &stream)
+            .await
+            .map_err(ServerError::Follow)
+    })?;
+    if reconciled.discarded > 0 {
+        eprintln!(
+            "note: discarded seqs {}..{} ({} entries) of this replica's log: it wrote them as \
+             sequencer and they never reached the replicated log's quorum, so they were never \
+             acknowledged",
+            size - reconciled.discarded,
+            size,
+            reconciled.discarded
+        );
+    }
+    Ok(reconciled.from)
+}
+
+/// The node gateway's feed of the log as it is (one replay of it).
+pub(crate) fn feed_of(ledger: &Ledger, artifacts: &ArtifactLog) -> Result<Feed, ServerError> {
+    let reader = ledger.reader();
+    let mut feed = FeedBuilder::default();
+    let (_, replay) = index_log(&reader, artifacts, ledger.len(), &mut feed)?;
+    feed.build(&reader, replay.state(), &ledger.tree_head())
+}
+
 /// The handlers' shared views, with the job index of the log so far, and the node gateway's
 /// feed (both from one replay of the log, which comes back at its end).
 fn shared(
@@ -314,13 +384,14 @@ fn shared(
         key_origin: config.key_origin,
         started: Instant::now(),
         reader,
+        following: None,
     };
     Ok((shared, feed, replay))
 }
 
 /// The node gateway, for a fabric with operator keys served with NATS (a simulation's nodes
 /// run in the server).
-fn start_gateway(
+pub(crate) fn start_gateway(
     config: &ServerConfig,
     feed: Feed,
     intake: mpsc::Sender<fabric_actors::serve::Submission>,
@@ -341,13 +412,14 @@ fn start_gateway(
 }
 
 /// The sequencer's replicator (docs/FORMAT.md §16), as the driver's quorum.
-fn start_replicator(
+pub(crate) fn start_replicator(
     ledger: &Ledger,
     spec: &ServeSpec,
     replication: &Replication,
-    advertise: Option<String>,
+    artifacts: Arc<ArtifactLog>,
 ) -> Result<Arc<dyn Quorum>, ServerError> {
     let login = &replication.login;
+    let advertise = replication.advertise.clone();
     let mut secrets = vec![spec.keys.ledger.clone()];
     secrets.extend(spec.keys.staged.iter().cloned());
     let log: fabric_bus::outbox::Log = Arc::new(|line: &str| eprintln!("{line}"));
@@ -356,6 +428,7 @@ fn start_replicator(
         replicas: replication.replicas,
         advertise,
         secrets,
+        artifacts: Some(artifacts),
     };
     let replicator = Replicator::start(ledger.reader(), config, log).map_err(|error| {
         ServerError::Replicate {
@@ -381,7 +454,10 @@ impl Quorum for ReplicatedQuorum {
     }
 }
 
-fn start_outbox(config: &ServerConfig, ledger: &Ledger) -> Result<Option<Outbox>, ServerError> {
+pub(crate) fn start_outbox(
+    config: &ServerConfig,
+    ledger: &Ledger,
+) -> Result<Option<Outbox>, ServerError> {
     let Some(url) = &config.nats else {
         return Ok(None);
     };
@@ -547,14 +623,14 @@ fn give_back_memory(connections: Arc<Connections>) {
 }
 
 /// The HTTP server, running, and how to stop it.
-struct Running {
-    server: Server,
-    stop: Stop,
+pub(crate) struct Running {
+    pub(crate) server: Server,
+    pub(crate) stop: Stop,
 }
 
 /// How the server is stopped.
 #[derive(Clone)]
-struct Stop {
+pub(crate) struct Stop {
     /// Ends follow streams and half-read bodies.
     streams: Rc<watch::Sender<bool>>,
     /// Stops accepting and gives the requests in flight [`SHUTDOWN_GRACE_S`].
@@ -562,7 +638,7 @@ struct Stop {
 }
 
 impl Stop {
-    async fn stop(&self) {
+    pub(crate) async fn stop(&self) {
         let _ = self.streams.send(true);
         self.server.stop(true).await;
     }
@@ -604,7 +680,7 @@ async fn follow(running: Running, mut follower: Follower) -> Result<Served, Serv
         });
     }
     let served = running.await;
-    let ledger = follower.finish().map_err(ServerError::Follow)?;
+    let (ledger, _) = follower.finish().map_err(ServerError::Follow)?;
     served.map_err(|error| ServerError::Http { error })?;
     let tree_head = ledger.tree_head();
     Ok(Served {
@@ -631,43 +707,76 @@ async fn run(
         stop: stop_server,
     } = running;
     let (stop, stop_rx) = watch::channel(false);
+    let driving = Driving {
+        config: config.clone(),
+        shared,
+        intake,
+        stop: stop_rx,
+        stop_server,
+    };
+    let driver = actix_rt::spawn(drive(driving, spec, ledger, outbox, gateway));
+    // Returns after SIGINT/SIGTERM, once the requests in flight have been answered.
+    let served = running.await;
+    let _ = stop.send(true);
+    let driven = driver.await.map_err(|_| ServerError::DriverPanicked)?;
+    served.map_err(|error| ServerError::Http { error })?;
+    driven
+}
+
+/// What the serve driver runs with, besides its actors and its ledger.
+pub(crate) struct Driving {
+    pub(crate) config: ServerConfig,
+    pub(crate) shared: web::Data<Shared>,
+    pub(crate) intake: mpsc::Receiver<fabric_actors::serve::Submission>,
+    /// Turns true when the server stops.
+    pub(crate) stop: watch::Receiver<bool>,
+    pub(crate) stop_server: Stop,
+}
+
+/// The serve driver until it stops, with the views, the outbox and the node gateway told
+/// after each durable tick; a fabric that stops by itself stops the server too. Then the
+/// gateway finishes and the outbox drains.
+pub(crate) async fn drive(
+    driving: Driving,
+    spec: ServeSpec,
+    ledger: Ledger,
+    outbox: Option<Outbox>,
+    gateway: Option<NodeGateway>,
+) -> Result<Served, ServerError> {
+    let Driving {
+        config,
+        shared,
+        intake,
+        stop,
+        stop_server,
+    } = driving;
     // The driver's callback tells the outbox after each tick; it runs on this thread.
     let outbox = Rc::new(RefCell::new(outbox));
     let tick_outbox = Rc::clone(&outbox);
     let outbox_cursor = shared.reader.outbox_tree().ok();
     let gateway = Rc::new(gateway);
     let tick_gateway = Rc::clone(&gateway);
-    let driver = actix_rt::spawn(async move {
-        let outcome = fabric_actors::serve::serve(&spec, ledger, intake, stop_rx, move |tick| {
-            if let Some(outbox) = &*tick_outbox.borrow() {
-                outbox.durable(tick.tree_head.tree_size);
-            }
-            if let Some(tree) = &outbox_cursor {
-                shared
-                    .metrics
-                    .observe_outbox(tree, tick.tree_head.tree_size);
-            }
-            shared.on_tick(tick);
-            if let Some(gateway) = &*tick_gateway {
-                gateway.tick(tick);
-            }
-        })
-        .await;
-        if let Err(error) = &outcome {
-            // The fabric cannot go on: neither can the server.
-            eprintln!("error: the fabric stopped: {error}");
-            stop_server.stop().await;
+    let outcome = fabric_actors::serve::serve(&spec, ledger, intake, stop, move |tick| {
+        if let Some(outbox) = &*tick_outbox.borrow() {
+            outbox.durable(tick.tree_head.tree_size);
         }
-        outcome
-    });
-    // Returns after SIGINT/SIGTERM, once the requests in flight have been answered.
-    let served = running.await;
-    let _ = stop.send(true);
-    let outcome = driver
-        .await
-        .map_err(|_| ServerError::DriverPanicked)?
-        .map_err(|error| ServerError::Fabric { error })?;
-    served.map_err(|error| ServerError::Http { error })?;
+        if let Some(tree) = &outbox_cursor {
+            shared
+                .metrics
+                .observe_outbox(tree, tick.tree_head.tree_size);
+        }
+        shared.on_tick(tick);
+        if let Some(gateway) = &*tick_gateway {
+            gateway.tick(tick);
+        }
+    })
+    .await;
+    if let Err(error) = &outcome {
+        // The fabric cannot go on: neither can the server.
+        eprintln!("error: the fabric stopped: {error}");
+        stop_server.stop().await;
+    }
+    let outcome = outcome.map_err(|error| ServerError::Fabric { error })?;
     if let Some(gateway) = Rc::into_inner(gateway).flatten() {
         gateway.finish();
     }

@@ -72,6 +72,8 @@ pub struct Genesis<'a> {
     pub node_keys: &'a Path,
     /// The clients to register, `NAME=FILE.pub` (`--client`).
     pub clients: &'a [String],
+    /// The other replicas' sequencer public key files (`--sequencer`).
+    pub sequencers: &'a [PathBuf],
     /// The world's config file (`--config`; the built-in world without).
     pub config: Option<&'a Path>,
 }
@@ -106,6 +108,11 @@ pub fn init(genesis: &Genesis<'_>) -> Result<Written, CeremonyError> {
             "--node-keys",
             world.nodes.iter().map(|node| node.name.as_str()),
         )?,
+        sequencers: genesis
+            .sequencers
+            .iter()
+            .map(|path| keyfiles::load_public(path, "--sequencer"))
+            .collect::<Result<_, _>>()?,
     };
     let data = genesis.data;
     datadir::prepare(data, false)?;

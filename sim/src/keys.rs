@@ -104,6 +104,8 @@ pub fn genesis(world: &World, keys: &SimKeys) -> Result<Vec<Attempt>, RunError> 
             .collect(),
         routers: keys.routers.iter().map(public).collect(),
         nodes: keys.nodes.iter().map(public).collect(),
+        // A simulation has one sequencer: its ledger key.
+        sequencers: Vec::new(),
     };
     let actions = registrations(world, &world_keys);
     let approvers = &keys.owners[..world.owners.threshold as usize];

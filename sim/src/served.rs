@@ -25,6 +25,9 @@ pub struct KeyFiles {
     pub ledger_key: Option<PathBuf>,
     /// The folder of the routers' secret keys, `<shard>.key` (`--router-keys`).
     pub router_keys: Option<PathBuf>,
+    /// A replica of a replicated fabric (`--replicated`): `ledger_key` is the replica's own
+    /// sequencer key, which signs once it takes the log over.
+    pub replica: bool,
 }
 
 /// What `fabric serve` serves.
@@ -120,7 +123,11 @@ fn operator(
         })
     };
     let ledger_key_path = flag(&files.ledger_key, "--ledger-key")?;
-    let ledger = datadir::open_operator_ledger(data, &ledger_key_path)?;
+    let ledger = if files.replica {
+        replica_ledger(data, &ledger_key_path)?
+    } else {
+        datadir::open_operator_ledger(data, &ledger_key_path)?
+    };
     ensure(!ledger.is_empty(), || {
         format!(
             "{} has no genesis yet: commit it with `fabric init --commit --data {} --ledger-key {}`",
@@ -196,6 +203,36 @@ pub fn open_replica(data: &Path) -> Result<Replica, DataDirError> {
         ledger,
         key_origin,
     })
+}
+
+/// A replica's ledger: opened as a replica (the key in force may be another replica's), and
+/// given the replica's own sequencer key, which must be one the log registered.
+fn replica_ledger(data: &Path, key_path: &Path) -> Result<Ledger, DataDirError> {
+    let ledger_path = data.join(datadir::LEDGER_DIR);
+    let mut ledger = Ledger::open_replica(&ledger_path).map_err(|err| {
+        DataDirError::failed(format!("could not open {}", ledger_path.display()), err)
+    })?;
+    let secret = fabric_events::keys::load_secret(key_path)
+        .map_err(|err| DataDirError::failed(format!("--ledger-key {}", key_path.display()), err))?;
+    let own = fabric_events::PublicKey::from(&secret.verifying_key());
+    let state = keyfiles::current_state(&ledger)?;
+    let sequencer = state.authority().key(&own).is_some_and(|record| {
+        !record.retired
+            && matches!(
+                record.holder,
+                fabric_projections::state::Holder::Sequencer
+                    | fabric_projections::state::Holder::Ledger
+            )
+    });
+    ensure(sequencer, || {
+        format!(
+            "--ledger-key {}: key {own} is no sequencer of this fabric: the owners register a \
+             replica's key with the owner command `register-sequencer`",
+            key_path.display()
+        )
+    })?;
+    ledger.hold(secret);
+    Ok(ledger)
 }
 
 /// The genesis of a non-empty log must say `expected`: a folder cannot claim to be what its

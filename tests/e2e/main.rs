@@ -6,6 +6,7 @@ mod batch;
 mod ceremony;
 mod cli;
 mod durability;
+mod failover;
 mod gpu;
 mod hardening;
 mod layout;

@@ -102,7 +102,7 @@ threshold = 2
 fraction_ppm = 100000
 "#;
 
-const NODES: [&str; 3] = ["earth.node-a", "earth.node-b", "earth.node-c"];
+pub(crate) const NODES: [&str; 3] = ["earth.node-a", "earth.node-b", "earth.node-c"];
 const SERVER_USER: (&str, &str) = ("fabric", "fabric-password");
 
 /// A node's NATS user and password.
@@ -185,7 +185,7 @@ fn free_port() -> u16 {
 }
 
 /// A running `fabric node`, killed (SIGKILL) when dropped.
-struct NodeProcess {
+pub(crate) struct NodeProcess {
     child: Option<Child>,
     stdout: BufReader<ChildStdout>,
 }
@@ -193,7 +193,7 @@ struct NodeProcess {
 impl NodeProcess {
     /// Starts `fabric node ARGS` and waits for `node ready`; panics with its output when it
     /// exits first.
-    fn start(args: &[&str]) -> Self {
+    pub(crate) fn start(args: &[&str]) -> Self {
         let mut process = Self::spawn(args);
         let mut line = String::new();
         loop {
@@ -289,7 +289,7 @@ fn start_node(ceremony: &Ceremony, nats: &NatsWithUsers, node: &str) -> NodeProc
     NodeProcess::start(&args)
 }
 
-fn world(dir: &Path) -> PathBuf {
+pub(crate) fn world(dir: &Path) -> PathBuf {
     let file = dir.join("world.toml");
     std::fs::write(&file, WORLD).expect("world written");
     file
@@ -312,7 +312,7 @@ fn serve(ceremony: &Ceremony, nats: &NatsWithUsers) -> Served {
 }
 
 /// Bytes of a seed byte and a label: inputs and weights anyone can regenerate.
-fn bytes_of(label: &str, len: usize) -> Vec<u8> {
+pub(crate) fn bytes_of(label: &str, len: usize) -> Vec<u8> {
     let mut out = vec![0u8; len];
     blake3::Hasher::new()
         .update(label.as_bytes())
@@ -436,7 +436,7 @@ fn wait_for_results(client: &mut Client, jobs: &[Submitted], done: usize, limit:
 
 /// Polls the log until each of `nodes` has a heartbeat in it and its router's last word on its
 /// health (if any) is healthy, at most `limit`.
-fn wait_until_healthy(client: &mut Client, nodes: &[&str], limit: Duration) {
+pub(crate) fn wait_until_healthy(client: &mut Client, nodes: &[&str], limit: Duration) {
     let deadline = Instant::now() + limit;
     loop {
         let lines = export_lines(client);

@@ -28,7 +28,7 @@ const READY: &str = "Server is ready";
 
 /// nats-servers clustered with routes, JetStream on, each with its own store, on free loopback
 /// ports. Killed (SIGKILL) when dropped.
-struct NatsCluster {
+pub(crate) struct NatsCluster {
     dir: TempDir,
     /// Client port and cluster port of each server.
     ports: Vec<(u16, u16)>,
@@ -36,7 +36,7 @@ struct NatsCluster {
 }
 
 impl NatsCluster {
-    fn start(size: usize) -> Self {
+    pub(crate) fn start(size: usize) -> Self {
         let dir = tempfile::tempdir().expect("a temp dir for the cluster");
         let ports = (0..size).map(|_| (free_port(), free_port())).collect();
         let mut cluster = Self {
@@ -67,7 +67,7 @@ impl NatsCluster {
     }
 
     /// Every server's URL, comma-separated (what `--nats` takes).
-    fn urls(&self) -> String {
+    pub(crate) fn urls(&self) -> String {
         self.ports
             .iter()
             .map(|(port, _)| format!("nats://127.0.0.1:{port}"))
@@ -125,7 +125,7 @@ impl NatsCluster {
         }
     }
 
-    fn kill(&mut self, index: usize) {
+    pub(crate) fn kill(&mut self, index: usize) {
         if let Some(mut child) = self.children[index].take() {
             child.kill().expect("SIGKILL reaches nats-server");
             child.wait().expect("nats-server is reaped");
@@ -133,7 +133,7 @@ impl NatsCluster {
     }
 
     /// Starts server `index` again with its store (it has been ready once before).
-    fn restart(&mut self, index: usize) {
+    pub(crate) fn restart(&mut self, index: usize) {
         self.kill(index);
         self.spawn(index);
         self.wait_ready(index, 2);
@@ -246,6 +246,24 @@ impl Load {
     }
 }
 
+/// Waits (at most 60 s) until `served` says it is the replica `role` (`sequencer`,
+/// `follower`).
+pub(crate) fn wait_for_role(served: &Served, role: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut client = served.client();
+        let health = json_of(&crate::serve::get(&mut client, "/v0/health"));
+        if health["replica"] == role {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replica is not the {role} within 60 s: {health}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// `GET /v0/health`'s tree size.
 fn size_of(served: &Served) -> u64 {
     let mut client = served.client();
@@ -256,7 +274,7 @@ fn size_of(served: &Served) -> u64 {
 }
 
 /// Every message of the replicated log's stream, decoded, in stream order.
-fn stream_log(urls: &str) -> Vec<LogMessage> {
+pub(crate) fn stream_log(urls: &str) -> Vec<LogMessage> {
     block_on(async {
         let urls: Vec<&str> = urls.split(',').collect();
         let client = async_nats::connect(urls)
@@ -284,7 +302,7 @@ fn stream_log(urls: &str) -> Vec<LogMessage> {
 
 /// The stream never held two entries with one seq, nor a gap: each message starts where the
 /// one before ended, from seq 0; returns the log's size it holds.
-fn check_no_fork(messages: &[LogMessage]) -> u64 {
+pub(crate) fn check_no_fork(messages: &[LogMessage]) -> u64 {
     let mut end = 0;
     for (index, message) in messages.iter().enumerate() {
         assert_eq!(
@@ -300,7 +318,7 @@ fn check_no_fork(messages: &[LogMessage]) -> u64 {
 }
 
 /// The root of a stored log (its signed tree head at its size) and its size.
-fn root_of(data: &Path) -> (u64, String) {
+pub(crate) fn root_of(data: &Path) -> (u64, String) {
     let reader = LedgerReader::open(data.join("ledger")).expect("the ledger opens read-only");
     let size = reader.len().expect("a size");
     let head = reader
@@ -310,7 +328,7 @@ fn root_of(data: &Path) -> (u64, String) {
     (size, head.root.to_string())
 }
 
-fn audits(data: &Path) {
+pub(crate) fn audits(data: &Path) {
     let audit = fabric(&["audit", "--data", path(data)]);
     assert!(
         audit.status.success(),
@@ -328,6 +346,7 @@ fn a_follower_copies_and_verifies_the_replicated_log_through_the_loss_of_a_serve
     let urls = cluster.urls();
     let (data, copy) = fabric_and_copy(dir.path());
     let mut sequencer = Served::start_with(&data, None, &["--replicated", "--nats", &urls]);
+    wait_for_role(&sequencer, "sequencer");
     let follow =
         |folder: &Path| Served::spawn(&["--data", path(folder), "--follow", "--nats", &urls]);
     let mut follower = follow(&copy);
@@ -424,14 +443,7 @@ fn a_second_sequencer_cannot_fork_the_replicated_log() {
     let nats = NatsServer::start();
     let url = nats.url();
     let (data, copy) = fabric_and_copy(dir.path());
-    let replicated = [
-        "--replicated",
-        "--nats",
-        url.as_str(),
-        "--log-replicas",
-        "1",
-    ];
-    let sequencer = |folder: &Path| -> Vec<String> {
+    let replica = |folder: &Path| -> Vec<String> {
         [
             "--data",
             path(folder),
@@ -442,48 +454,29 @@ fn a_second_sequencer_cannot_fork_the_replicated_log() {
             "7",
             "--tick-ms",
             "50",
+            "--replicated",
+            "--nats",
+            url.as_str(),
+            "--log-replicas",
+            "1",
         ]
         .iter()
-        .chain(replicated.iter())
         .map(|arg| arg.to_string())
         .collect()
     };
     let first_stderr = dir.path().join("first.stderr");
-    let first_args = sequencer(&data);
+    let first_args = replica(&data);
     let mut first = Served::spawn_with_stderr(&args(&first_args), &first_stderr);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while check_no_fork(&stream_log(&url)) < 30 {
-        assert!(
-            Instant::now() < deadline,
-            "the log is not replicated in 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-
-    // A copy behind the replicated log may not sequence it.
-    let second_args = sequencer(&copy);
-    let behind = Served::refused(&args(&second_args));
-    assert!(
-        behind.contains("catch up"),
-        "a sequencer behind the replicated log is refused: {behind}"
-    );
-
-    // The first sequencer is cut off (stopped, as a partition would); the copy catches up
-    // as a follower and sequences from the stream's end.
-    signal(first.pid(), "STOP");
-    std::thread::sleep(Duration::from_millis(300));
-    let size = check_no_fork(&stream_log(&url));
-    let mut follower = Served::spawn(&["--data", path(&copy), "--follow", "--nats", &url]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while size_of(&follower) < size {
-        assert!(
-            Instant::now() < deadline,
-            "the copy does not catch up in 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(follower.terminate(), "the follower stops cleanly");
+    wait_for_role(&first, "sequencer");
+    // A second replica of the same fabric follows while the first holds the lease.
+    let second_args = replica(&copy);
     let mut second = Served::spawn(&args(&second_args));
+    wait_for_role(&second, "follower");
+
+    // The first sequencer is cut off (stopped, as a partition would): the second takes the
+    // lease once it is stale, catches up and sequences from the stream's end.
+    signal(first.pid(), "STOP");
+    wait_for_role(&second, "sequencer");
     // Both simulate the same world from the same state, so their ticks would be the same
     // bytes (and the stream would take the first's as duplicates): a job makes the second's
     // log its own.
@@ -499,13 +492,14 @@ fn a_second_sequencer_cannot_fork_the_replicated_log() {
         )
         .expect("the second sequencer answers");
     assert_eq!(answer.status, 202, "{}", answer.text());
+    let seq = json_of(&answer)["seq"].as_u64().expect("a seq");
     assert!(
-        check_no_fork(&stream_log(&url)) > size,
+        check_no_fork(&stream_log(&url)) > seq,
         "acknowledged means replicated"
     );
 
-    // Back, the first one's next append is built on a stream end that is gone: the stream
-    // refuses it, and the first one stops without acknowledging it.
+    // Back, the first one finds its place gone (its lease, or its next append refused by the
+    // stream): it stops without acknowledging anything more.
     signal(first.pid(), "CONT");
     let exit = first.wait_for_exit(Duration::from_secs(60));
     let said = std::fs::read_to_string(&first_stderr).expect("its stderr");
@@ -519,21 +513,27 @@ fn a_second_sequencer_cannot_fork_the_replicated_log() {
         "the stream is the second's log"
     );
     audits(&copy);
-    // The first one's last tick never reached the quorum: it holds more than the prefix of
-    // the stream it wrote, and differs from the stream after it.
     audits(&data);
+
+    // Started again, the first replica discards what it wrote that never reached the
+    // quorum, follows, and ends with the stream's log.
+    let restarted_stderr = dir.path().join("restarted.stderr");
+    let mut restarted = Served::spawn_with_stderr(&args(&first_args), &restarted_stderr);
+    wait_for_role(&restarted, "sequencer");
+    assert!(restarted.terminate(), "the restarted replica stops cleanly");
+    let said = std::fs::read_to_string(&restarted_stderr).expect("its stderr");
     let (first_size, _) = root_of(&data);
     assert!(
-        first_size > size,
-        "the first one appended a tick it could not replicate"
+        first_size > stream_size,
+        "it went on as the sequencer: {said}"
     );
-    let stream = LedgerReader::open(copy.join("ledger")).expect("the copy opens");
+    audits(&data);
     let first_log = LedgerReader::open(data.join("ledger")).expect("the first's opens");
+    let second_log = LedgerReader::open(copy.join("ledger")).expect("the copy opens");
     let hash = |reader: &LedgerReader, seq| reader.get(seq).expect("an entry").hash();
-    assert_eq!(hash(&stream, size - 1), hash(&first_log, size - 1));
-    assert_ne!(
-        hash(&stream, size),
-        hash(&first_log, size),
-        "the tails differ"
+    assert_eq!(
+        hash(&first_log, stream_size - 1),
+        hash(&second_log, stream_size - 1),
+        "the first replica's log holds the second's"
     );
 }

@@ -341,7 +341,12 @@ impl Ceremony {
 
     /// [`Ceremony::run`] of the world of `config`.
     pub fn run_with(dir: &Path, config: &Path) -> Self {
-        let ceremony = Self::prepare_with(dir, config);
+        Self::run_with_args(dir, config, &[])
+    }
+
+    /// [`Ceremony::run_with`], `fabric init` given `extra` arguments too.
+    pub fn run_with_args(dir: &Path, config: &Path, extra: &[&str]) -> Self {
+        let ceremony = Self::prepare_with_args(dir, config, extra);
         let commands = ceremony.commands_file();
         for owner in &ceremony.owners[..CEREMONY_THRESHOLD] {
             succeed(&["owner", "sign", path(&commands), "--key", path(owner)]);
@@ -364,6 +369,11 @@ impl Ceremony {
 
     /// [`Ceremony::prepare`] of the world of `config`.
     pub fn prepare_with(dir: &Path, config: &Path) -> Self {
+        Self::prepare_with_args(dir, config, &[])
+    }
+
+    /// [`Ceremony::prepare_with`], `fabric init` given `extra` arguments too.
+    pub fn prepare_with_args(dir: &Path, config: &Path, extra: &[&str]) -> Self {
         let owners: Vec<PathBuf> = (0..CEREMONY_OWNERS)
             .map(|index| dir.join(format!("owner-{index}.key")))
             .collect();
@@ -423,6 +433,7 @@ impl Ceremony {
         for owner in &owner_pubs {
             args.extend(["--owner", path(owner)]);
         }
+        args.extend_from_slice(extra);
         succeed(&args);
         ceremony
     }

@@ -30,7 +30,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use bincode::{Decode, Encode};
 use fabric_events::{
     verify_signature, Body, Event, FabricGenesis, JobAssigned, Kind, OwnerAction, OwnerCommand,
-    PublicKey, RejectReason, Role,
+    PublicKey, RejectReason, Role, SequencerTakeover,
 };
 
 use super::{ApplyError, NodeIx, ShardIx, SnapshotError, State};
@@ -49,6 +49,8 @@ pub enum Holder {
     Router(ShardIx),
     /// A node.
     Node(NodeIx),
+    /// A replica's sequencer key, standing by (the ledger key in force once it takes over).
+    Sequencer,
 }
 
 /// A registered key.
@@ -212,7 +214,7 @@ impl Authority {
     pub(super) fn check(&self, shards: usize, nodes: usize) -> Result<(), SnapshotError> {
         for record in self.keys.values() {
             let (what, index, len) = match record.holder {
-                Holder::Ledger => continue,
+                Holder::Ledger | Holder::Sequencer => continue,
                 Holder::Client(ix) => ("client key", ix as usize, self.clients.len()),
                 Holder::Router(ix) => ("router key", ix as usize, shards),
                 Holder::Node(ix) => ("node key", ix as usize, nodes),
@@ -248,7 +250,8 @@ fn role_of(body: &Body) -> Option<Role> {
         | Body::Checkpoint(_)
         | Body::Rejected(_)
         | Body::AttestationMismatch(_)
-        | Body::RefusalsCounted(_) => Role::Ledger,
+        | Body::RefusalsCounted(_)
+        | Body::SequencerTakeover(_) => Role::Ledger,
         Body::JobSubmitted(_) => Role::Client,
         Body::JobAssigned(_)
         | Body::JobSpilled(_)
@@ -313,6 +316,10 @@ impl State {
         if let Body::OwnerCommand(command) = &event.body {
             return self.authorize_owner_command(author, event, command);
         }
+        if let Body::SequencerTakeover(takeover) = &event.body {
+            return self.authorize_takeover(author, event, takeover);
+        }
+
         let Some(record) = authority.keys.get(author) else {
             return refuse(
                 RejectReason::UnknownKey,
@@ -323,6 +330,17 @@ impl State {
             return refuse(
                 RejectReason::RetiredKey,
                 format!("key {author} was retired"),
+            );
+        }
+        // What the ledger signs, only the ledger key in force signs: after a takeover the
+        // sequencer before it is a sequencer standing by.
+        if role == Role::Ledger && *author != authority.ledger_key {
+            return refuse(
+                RejectReason::WrongRole,
+                format!(
+                    "{kind} is signed by {author}, not by the ledger key in force {}",
+                    authority.ledger_key
+                ),
             );
         }
         self.authorize_holder(record.holder, event)?;
@@ -398,7 +416,7 @@ impl State {
         let foreign = |holder: &str, about: &str| refuse_foreign(holder, kind, about);
         match (holder, &event.body) {
             (
-                Holder::Ledger,
+                Holder::Ledger | Holder::Sequencer,
                 Body::Checkpoint(_)
                 | Body::Rejected(_)
                 | Body::AttestationMismatch(_)
@@ -448,6 +466,7 @@ impl State {
             (holder, _) => {
                 let holder = match holder {
                     Holder::Ledger => "ledger key".to_owned(),
+                    Holder::Sequencer => "sequencer key".to_owned(),
                     Holder::Client(ix) => {
                         format!("key of client `{}`", self.authority.clients[ix as usize])
                     }
@@ -486,6 +505,65 @@ impl State {
             return refuse(
                 RejectReason::ShardPaused,
                 format!("shard `{name}` is paused: job {} stays queued", body.job),
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether a sequencer may take the log over: signed by a registered sequencer key (or
+    /// the genesis ledger key) not retired and not in force already, naming itself, opening
+    /// the next term, with a nonce above its last.
+    fn authorize_takeover(
+        &self,
+        author: &PublicKey,
+        event: &Event,
+        takeover: &SequencerTakeover,
+    ) -> Result<(), ApplyError> {
+        let authority = &self.authority;
+        let record = match authority.keys.get(author) {
+            Some(record) if matches!(record.holder, Holder::Sequencer | Holder::Ledger) => record,
+            _ => {
+                return refuse(
+                    RejectReason::UnknownKey,
+                    format!("key {author} is no registered sequencer"),
+                )
+            }
+        };
+        if record.retired {
+            return refuse(
+                RejectReason::RetiredKey,
+                format!("sequencer key {author} was retired"),
+            );
+        }
+        if takeover.sequencer != *author {
+            return refuse(
+                RejectReason::Invalid,
+                format!(
+                    "a takeover names its own author, not {} (signed by {author})",
+                    takeover.sequencer
+                ),
+            );
+        }
+        if *author == authority.ledger_key {
+            return refuse(
+                RejectReason::Invalid,
+                format!("{author} is the ledger key in force already"),
+            );
+        }
+        let next = self.sequencing.term + 1;
+        if takeover.term != next {
+            return refuse(
+                RejectReason::Invalid,
+                format!("a takeover opens term {next}, not {}", takeover.term),
+            );
+        }
+        if let Some(last) = record.last_nonce.filter(|last| event.header.nonce <= *last) {
+            return refuse(
+                RejectReason::ReplayedNonce,
+                format!(
+                    "nonce {} of key {author} is not above its last nonce {last}",
+                    event.header.nonce
+                ),
             );
         }
         Ok(())
@@ -608,6 +686,7 @@ impl State {
             OwnerAction::RegisterNode { registration } => Some(registration.node_key),
             OwnerAction::RegisterClient { key, .. } => Some(*key),
             OwnerAction::RotateKey { new_key, .. } => Some(*new_key),
+            OwnerAction::RegisterSequencer { key } => Some(*key),
             _ => None,
         };
         if let Some(key) = new_key {

@@ -202,6 +202,12 @@ impl State {
                 expect(Role::Ledger)?;
                 self.refusals_counted(body)
             }
+            Body::SequencerTakeover(body) => {
+                expect(Role::Ledger)?;
+                self.authority.set_ledger_key(body.sequencer);
+                self.sequencing.term = body.term;
+                Ok(())
+            }
         }
     }
 

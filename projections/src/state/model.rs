@@ -554,9 +554,27 @@ pub struct State {
     pub(super) checkpoint_requested: bool,
     /// The registered models by workload (`model_id@model_version`), in byte order.
     pub(super) models: BTreeMap<String, Model>,
+    /// The sequencers of a replicated fabric and its term.
+    pub(super) sequencing: Sequencing,
+}
+
+/// The sequencers of a replicated fabric (docs/FORMAT.md §16): registered by owner command
+/// (`register_sequencer`), each may take the log over with a signed `sequencer_takeover`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Encode, Decode)]
+pub struct Sequencing {
+    /// The log's term: its takeovers so far (the genesis opens term 0).
+    pub term: u64,
+    /// The registered sequencer keys, in registration order (a retired one leaves). The
+    /// genesis ledger key is a sequencer without being listed.
+    pub keys: Vec<PublicKey>,
 }
 
 impl State {
+    /// The sequencers of a replicated fabric and its term.
+    pub fn sequencing(&self) -> &Sequencing {
+        &self.sequencing
+    }
+
     /// An empty fabric.
     pub fn new() -> Self {
         Self::default()

@@ -4,7 +4,7 @@
 
 use fabric_events::{JobId, KeyTarget, ModelRegistered, OwnerAction, PublicKey, RetiredQueue};
 
-use super::{ApplyError, ClassIx, JobIx, JobStatus, Model, ShardIx, State};
+use super::{ApplyError, ClassIx, Holder, JobIx, JobStatus, Model, ShardIx, State};
 
 impl State {
     /// Applies one admitted owner command. A command that does not fit (an unknown name, a
@@ -83,6 +83,11 @@ impl State {
             OwnerAction::RegisterModel { registration } => {
                 self.register_model(registration, tick)?;
             }
+            OwnerAction::RegisterSequencer { key } => {
+                self.authority.register_key(*key, Holder::Sequencer);
+                self.sequencing.keys.push(*key);
+            }
+            OwnerAction::RetireSequencer { key } => self.retire_sequencer(key)?,
             // A governance payload is the owners' own record; the fabric does not change.
             OwnerAction::Governance { .. } => {}
         }
@@ -200,6 +205,23 @@ impl State {
             }
         };
         self.authority.rotate_key(&old, new_key);
+        Ok(())
+    }
+
+    /// A sequencer leaves the set; the acting one cannot (another takes over first).
+    fn retire_sequencer(&mut self, key: &PublicKey) -> Result<(), ApplyError> {
+        if *key == self.authority.ledger_key() {
+            return Err(ApplyError::Conflict(format!(
+                "{key} is the acting sequencer: another takes over before it leaves"
+            )));
+        }
+        let Some(at) = self.sequencing.keys.iter().position(|held| held == key) else {
+            return Err(ApplyError::Conflict(format!(
+                "{key} is no registered sequencer standing by"
+            )));
+        };
+        self.sequencing.keys.remove(at);
+        self.authority.retire_key(key);
         Ok(())
     }
 

@@ -13,8 +13,8 @@ use thiserror::Error;
 
 use super::queues::ClassQueue;
 use super::{
-    ClassIx, Job, JobIx, JobStatus, Model, NodeIx, Shard, ShardIx, State, CLASSES_MAX, JOBS_MAX,
-    LATENCY_HISTOGRAM_TICKS, NO_NODE, SHARDS_MAX, SKILLS_MAX,
+    ClassIx, Job, JobIx, JobStatus, Model, NodeIx, Sequencing, Shard, ShardIx, State, CLASSES_MAX,
+    JOBS_MAX, LATENCY_HISTOGRAM_TICKS, NO_NODE, SHARDS_MAX, SKILLS_MAX,
 };
 
 /// The magic the snapshot starts with (its version).
@@ -60,6 +60,10 @@ impl State {
         w.put(&(self.models.len() as u64));
         for model in self.models.values() {
             w.put(model);
+        }
+        // Only a replicated fabric's states have it, so every other state keeps its bytes.
+        if self.sequencing != Sequencing::default() {
+            w.put(&self.sequencing);
         }
         w.out
     }
@@ -216,6 +220,12 @@ impl State {
         state.checkpoint_interval_ticks = r.take()?;
         state.checkpoint_requested = r.take()?;
         state.read_models(&mut r)?;
+        if r.at != bytes.len() {
+            state.sequencing = r.take()?;
+            if state.sequencing == Sequencing::default() {
+                return Err(inconsistent("an empty sequencing section".to_owned()));
+            }
+        }
         if r.at != bytes.len() {
             return Err(SnapshotError::Malformed {
                 offset: r.at,

@@ -518,6 +518,8 @@ fn owner_action_name(action: &OwnerAction) -> &'static str {
         OwnerAction::ResumeNode { .. } => "resume node",
         OwnerAction::RotateKey { .. } => "rotate key",
         OwnerAction::RegisterModel { .. } => "register model",
+        OwnerAction::RegisterSequencer { .. } => "register sequencer",
+        OwnerAction::RetireSequencer { .. } => "retire sequencer",
     }
 }
 
