@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, ensure, Context};
 use clap::ArgGroup;
-use fabric_audit::proof::{consistency_doc, verify_text};
+use fabric_audit::proof::{consistency_doc, verify_text_trusting};
 use fabric_events::PublicKey;
 
 /// The inclusion proof document of an entry (fabric-audit's), for `GET /v0/proof`.
@@ -43,6 +43,10 @@ pub struct VerifyProofArgs {
     /// the proof is trusted
     #[arg(long, value_name = "HEX")]
     ledger_key: Option<String>,
+    /// A replicated fabric's sequencer key (64 hex digits): a takeover by it among the proof's
+    /// rotations puts it in force (repeatable)
+    #[arg(long = "sequencer-key", value_name = "HEX")]
+    sequencer_keys: Vec<String>,
 }
 
 /// `fabric proof`: prints an inclusion or a consistency proof as pretty JSON on stdout.
@@ -107,7 +111,15 @@ pub fn verify(args: &VerifyProofArgs) -> anyhow::Result<()> {
         .transpose()?;
     let text = std::fs::read_to_string(&args.proof)
         .with_context(|| format!("could not read {}", args.proof.display()))?;
-    let verdict = verify_text(&text, trusted.as_ref(), |key| {
+    let sequencers = args
+        .sequencer_keys
+        .iter()
+        .map(|text| {
+            PublicKey::from_hex(text.trim())
+                .map_err(|reason| anyhow!("--sequencer-key {text} is not a public key: {reason}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let verdict = verify_text_trusting(&text, trusted.as_ref(), &sequencers, |key| {
         eprintln!(
             "warning: no --ledger-key given: trusting the key written in the proof, {key}; \
              anyone can sign a proof with a key of their own, so check that this is the \

@@ -391,6 +391,18 @@ pub fn verify_text(
     trusted: Option<&PublicKey>,
     untrusted: impl FnOnce(&PublicKey),
 ) -> Result<String, VerifyProofError> {
+    verify_text_trusting(text, trusted, &[], untrusted)
+}
+
+/// [`verify_text`] for a replicated fabric: a `sequencer_takeover` among the document's
+/// rotations puts its key in force only when it is one of `sequencers` (the replicas' keys
+/// the verifier trusts), signed by that key itself.
+pub fn verify_text_trusting(
+    text: &str,
+    trusted: Option<&PublicKey>,
+    sequencers: &[PublicKey],
+    untrusted: impl FnOnce(&PublicKey),
+) -> Result<String, VerifyProofError> {
     let FormatOnly { format } = serde_json::from_str(text).map_err(VerifyProofError::NoFormat)?;
     match format.as_str() {
         INCLUSION_FORMAT => {
@@ -399,7 +411,7 @@ pub fn verify_text(
                     format: INCLUSION_FORMAT,
                     source,
                 })?;
-            verify_inclusion_doc(&doc, trusted, untrusted)
+            verify_inclusion_doc(&doc, trusted, sequencers, untrusted)
         }
         CONSISTENCY_FORMAT => {
             let doc: ConsistencyDoc =
@@ -407,7 +419,7 @@ pub fn verify_text(
                     format: CONSISTENCY_FORMAT,
                     source,
                 })?;
-            verify_consistency_doc(&doc, trusted, untrusted)
+            verify_consistency_doc(&doc, trusted, sequencers, untrusted)
         }
         _ => Err(VerifyProofError::UnknownFormat(format)),
     }
@@ -430,6 +442,7 @@ fn follow_rotations(
     start: PublicKey,
     rotations: &[RotationProof],
     head: &SignedTreeHead,
+    sequencers: &[PublicKey],
 ) -> Result<LedgerKeys, VerifyProofError> {
     let mut keys = LedgerKeys::new(start);
     for rotation in rotations {
@@ -452,9 +465,24 @@ fn follow_rotations(
         )?;
         let new_key = fabric_ledger::keys::rotation_in(&entry.signed).ok_or_else(|| {
             VerifyProofError::Refused(format!(
-                "rotation: entry {seq} is not an owner command rotating the ledger key"
+                "rotation: entry {seq} is not an owner command rotating the ledger key, nor a \
+                 sequencer's takeover"
             ))
         })?;
+        if fabric_ledger::keys::is_takeover(&entry.signed) {
+            // Signed by the sequencer it puts in force, which the verifier must trust.
+            ensure(
+                entry.author == new_key && sequencers.contains(&new_key),
+                || {
+                    format!(
+                    "rotation: entry {seq} is a takeover by sequencer {new_key}, not one of the \
+                     sequencer keys trusted (--sequencer-key)"
+                )
+                },
+            )?;
+            keys.push(seq, new_key);
+            continue;
+        }
         ensure(entry.author == keys.current(), || {
             format!(
                 "rotation: entry {seq} is enveloped by {}, not by the ledger key in force {}",
@@ -571,11 +599,12 @@ fn check_head(
 pub fn verify_inclusion_doc(
     doc: &InclusionDoc,
     trusted: Option<&PublicKey>,
+    sequencers: &[PublicKey],
     untrusted: impl FnOnce(&PublicKey),
 ) -> Result<String, VerifyProofError> {
     let head = doc.tree_head;
     let start = start_key(trusted, &doc.ledger_rotations, &head, untrusted)?;
-    let keys = follow_rotations(start, &doc.ledger_rotations, &head)?;
+    let keys = follow_rotations(start, &doc.ledger_rotations, &head, sequencers)?;
     let key = keys.at(head.tree_size);
     check_head("the tree head", &head, &keys)?;
     check_rotations_in(&doc.ledger_rotations, &head)?;
@@ -652,6 +681,7 @@ fn check_leaf(doc: &InclusionDoc) -> Result<Entry, VerifyProofError> {
 pub fn verify_consistency_doc(
     doc: &ConsistencyDoc,
     trusted: Option<&PublicKey>,
+    sequencers: &[PublicKey],
     untrusted: impl FnOnce(&PublicKey),
 ) -> Result<String, VerifyProofError> {
     let (old, new) = (doc.old_tree_head, doc.new_tree_head);
@@ -669,7 +699,7 @@ pub fn verify_consistency_doc(
         }
         None => start_key(None, &doc.ledger_rotations, &new, untrusted)?,
     };
-    let keys = follow_rotations(start, &doc.ledger_rotations, &new)?;
+    let keys = follow_rotations(start, &doc.ledger_rotations, &new, sequencers)?;
     let key = keys.at(new.tree_size);
     check_head("the old tree head", &old, &keys)?;
     check_head("the new tree head", &new, &keys)?;

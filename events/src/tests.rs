@@ -129,6 +129,7 @@ fn kind_tags_are_positional_and_named() {
             "fabric_genesis",
             "attestation_mismatch",
             "refusals_counted",
+            "sequencer_takeover",
         ]
     );
     for (index, kind) in Kind::ALL.iter().enumerate() {

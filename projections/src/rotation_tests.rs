@@ -337,3 +337,154 @@ fn a_rotation_survives_the_snapshot() {
     let old = public(&fabric.ledger);
     assert!(restored.authority().key(&old).is_some_and(|r| r.retired));
 }
+
+fn checkpoint() -> Checkpoint {
+    Checkpoint {
+        tree_size: 0,
+        merkle_root: Hash32([0; 32]),
+        state_hash: Hash32([0; 32]),
+        snapshot_hash: Hash32([0; 32]),
+    }
+}
+
+fn takeover(term: u64, sequencer: &SigningKey) -> fabric_events::SequencerTakeover {
+    fabric_events::SequencerTakeover {
+        term,
+        sequencer: public(sequencer),
+    }
+}
+
+#[test]
+fn only_a_registered_sequencer_takes_over_opening_the_next_term() {
+    let mut fabric = Fabric::new();
+    let first = fabric.ledger.clone();
+    let second = key("sequencer b");
+    let stranger = key("stranger");
+    // Before its registration, and for a key nobody registered: unknown.
+    assert_eq!(
+        reason(fabric.admit(&public(&second), Role::Ledger, takeover(1, &second))),
+        RejectReason::UnknownKey
+    );
+    fabric
+        .command(OwnerAction::RegisterSequencer {
+            key: public(&second),
+        })
+        .expect("registered");
+    assert_eq!(fabric.state.sequencing().keys, vec![public(&second)]);
+    assert_eq!(
+        reason(fabric.admit(&public(&stranger), Role::Ledger, takeover(1, &stranger))),
+        RejectReason::UnknownKey
+    );
+    // Naming another key, skipping a term, as another role, or the key in force: refused.
+    assert_eq!(
+        reason(fabric.admit(&public(&second), Role::Ledger, takeover(1, &first))),
+        RejectReason::Invalid
+    );
+    assert_eq!(
+        reason(fabric.admit(&public(&second), Role::Ledger, takeover(2, &second))),
+        RejectReason::Invalid
+    );
+    assert_eq!(
+        reason(fabric.admit(&public(&second), Role::Owner, takeover(1, &second))),
+        RejectReason::WrongRole
+    );
+    assert_eq!(
+        reason(fabric.admit(&public(&first), Role::Ledger, takeover(1, &first))),
+        RejectReason::Invalid
+    );
+    // A standing-by sequencer signs nothing the ledger signs.
+    assert_eq!(
+        reason(fabric.admit(&public(&second), Role::Ledger, checkpoint())),
+        RejectReason::WrongRole
+    );
+
+    fabric
+        .admit(&public(&second), Role::Ledger, takeover(1, &second))
+        .expect("the takeover");
+    assert_eq!(fabric.state.authority().ledger_key(), public(&second));
+    assert_eq!(fabric.state.sequencing().term, 1);
+    // The sequencer before stands by: it signs nothing more, but may take over again.
+    assert_eq!(
+        reason(fabric.admit(&public(&first), Role::Ledger, checkpoint())),
+        RejectReason::WrongRole
+    );
+    assert_eq!(
+        reason(fabric.command_by(&public(&first), OwnerAction::PauseAll)),
+        RejectReason::UnknownKey
+    );
+    fabric
+        .admit(&public(&second), Role::Ledger, checkpoint())
+        .expect("the new sequencer checkpoints");
+    fabric.ledger = second.clone();
+    fabric.command(OwnerAction::PauseAll).expect("its envelope");
+    fabric
+        .admit(&public(&first), Role::Ledger, takeover(2, &first))
+        .expect("the first takes over again");
+    assert_eq!(fabric.state.authority().ledger_key(), public(&first));
+    assert_eq!(fabric.state.sequencing().term, 2);
+}
+
+#[test]
+fn a_retired_sequencer_takes_over_no_more_and_the_acting_one_cannot_leave() {
+    let mut fabric = Fabric::new();
+    let second = key("sequencer b");
+    fabric
+        .command(OwnerAction::RegisterSequencer {
+            key: public(&second),
+        })
+        .expect("registered");
+    // Its key is held: it cannot be registered again, nor as another holder.
+    assert_eq!(
+        reason(fabric.command(OwnerAction::RegisterClient {
+            client: "sequencer".to_owned(),
+            key: public(&second),
+        })),
+        RejectReason::Invalid
+    );
+    let acting = public(&fabric.ledger);
+    assert!(matches!(
+        fabric.command(OwnerAction::RetireSequencer { key: acting }),
+        Err(ApplyError::Conflict(_))
+    ));
+    fabric
+        .command(OwnerAction::RetireSequencer {
+            key: public(&second),
+        })
+        .expect("retired");
+    assert!(fabric.state.sequencing().keys.is_empty());
+    assert_eq!(
+        reason(fabric.admit(&public(&second), Role::Ledger, takeover(1, &second))),
+        RejectReason::RetiredKey
+    );
+}
+
+#[test]
+fn sequencers_survive_the_snapshot_and_a_fabric_without_them_keeps_its_bytes() {
+    let mut fabric = Fabric::new();
+    let before = fabric.state.snapshot_bytes();
+    assert_eq!(
+        State::from_snapshot_bytes(&before)
+            .expect("snapshot")
+            .snapshot_bytes(),
+        before
+    );
+    let second = key("sequencer b");
+    fabric
+        .command(OwnerAction::RegisterSequencer {
+            key: public(&second),
+        })
+        .expect("registered");
+    fabric
+        .admit(&public(&second), Role::Ledger, takeover(1, &second))
+        .expect("the takeover");
+    let bytes = fabric.state.snapshot_bytes();
+    let restored = State::from_snapshot_bytes(&bytes).expect("snapshot");
+    assert_eq!(restored.snapshot_bytes(), bytes);
+    assert_eq!(restored.state_hash(), fabric.state.state_hash());
+    assert_eq!(restored.sequencing(), fabric.state.sequencing());
+    assert_eq!(restored.authority().ledger_key(), public(&second));
+    // A state with an empty sequencing section written out is not canonical: refused.
+    let mut padded = before;
+    padded.extend_from_slice(&[0; 16]);
+    assert!(State::from_snapshot_bytes(&padded).is_err());
+}

@@ -371,6 +371,43 @@ fn the_other_replica_takes_over_a_killed_sequencer_and_nothing_acknowledged_is_l
     wait_for_receipts(&b, &acknowledged, Duration::from_secs(300));
     let folders = (fabric.data_b.as_path(), fabric.ceremony.data.as_path());
     stop_and_check(&urls, b, a, folders, &acknowledged);
+
+    // A proof of a job acknowledged after the takeover verifies offline from the genesis key
+    // only with the second sequencer's key trusted too.
+    let (_, last_seq) = *acknowledged.last().expect("jobs were acknowledged");
+    let proof = dir.path().join("proof.json");
+    let printed = succeed(&[
+        "proof",
+        "--data",
+        path(&fabric.data_b),
+        "--seq",
+        &last_seq.to_string(),
+    ]);
+    std::fs::write(&proof, &printed.stdout).expect("proof written");
+    let genesis_key = fabric_events::keys::load_secret(&fabric.ceremony.ledger_key())
+        .map(|key| fabric_events::PublicKey::from(&key.verifying_key()).to_hex())
+        .expect("ledger key");
+    let b_key = fabric_events::keys::load_secret(&fabric.key_b)
+        .map(|key| fabric_events::PublicKey::from(&key.verifying_key()).to_hex())
+        .expect("sequencer key");
+    let verify = |extra: &[&str]| {
+        let mut args = vec![
+            "verify-proof",
+            "--proof",
+            path(&proof),
+            "--ledger-key",
+            &genesis_key,
+        ];
+        args.extend_from_slice(extra);
+        crate::support::fabric(&args)
+    };
+    assert!(verify(&["--sequencer-key", &b_key]).status.success());
+    let refused = verify(&[]);
+    assert!(
+        !refused.status.success(),
+        "a takeover by a key not trusted is refused"
+    );
+    assert!(crate::support::stderr(&refused).contains("takeover"));
 }
 
 /// Draws of a schedule from its seed (splitmix64), so that a failing seed replays.

@@ -746,3 +746,68 @@ fn a_replica_stores_only_what_continues_its_log_under_the_sequencers_tree_head()
     assert_eq!(reopened.tree_head(), sequencer.tree_head());
     assert_eq!(all_entries(&reopened), all_entries(&sequencer));
 }
+
+#[test]
+fn a_takeover_puts_its_key_in_force_and_a_discarded_tail_takes_it_back() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut ledger = open(dir.path());
+    let first = heartbeats(1, 3);
+    let before = ledger.append(&first).expect("first batch").tree_head;
+    let successor = derive_signing_key(3, "tests/sequencer b");
+    let successor_key = PublicKey::from(&successor.verifying_key());
+    let takeover = Event::new(
+        Role::Ledger,
+        9,
+        9 << 24,
+        fabric_events::SequencerTakeover {
+            term: 1,
+            sequencer: successor_key,
+        },
+    );
+    let signed = SignedEvent::sign(&takeover, &successor).expect("signed");
+    // A writer that does not hold the successor's secret cannot follow its takeover.
+    assert!(matches!(
+        ledger.append(std::slice::from_ref(&signed)),
+        Err(AppendError::Ledger(
+            LedgerError::RotationWithoutSecret { .. }
+        ))
+    ));
+    ledger.hold(successor.clone());
+    ledger.append(&[signed]).expect("the takeover");
+    let tail = ledger.append(&heartbeats(10, 2)).expect("a tail").tree_head;
+    assert_eq!(
+        tail.ledger_key, successor_key,
+        "the successor signs from the takeover on"
+    );
+    drop(ledger);
+    // Read back, the takeover is the key in force from the next seq.
+    let mut reopened = Ledger::open_replica(dir.path()).expect("reopens");
+    assert_eq!(reopened.current_ledger_key(), successor_key);
+    assert_eq!(
+        reopened.ledger_keys().at(3),
+        PublicKey::from(&ledger_key().verifying_key())
+    );
+    assert_eq!(reopened.ledger_keys().at(4), successor_key);
+    // Cut back before the takeover with the tree head there: the key in force is the first's.
+    let wrong = fabric_ledger::SignedTreeHead::sign(3, before.root, &successor);
+    assert!(
+        reopened.discard_after(3, &wrong).is_err(),
+        "a head its key did not sign"
+    );
+    assert_eq!(reopened.discard_after(3, &before).expect("cut"), 3);
+    assert_eq!(reopened.len(), 3);
+    assert_eq!(reopened.tree_head(), before);
+    // A cut inside a block keeps the entries before it.
+    let leaves: Vec<Hash32> = all_entries(&reopened).iter().map(Entry::hash).collect();
+    let at_two = fabric_ledger::SignedTreeHead::sign(2, merkle::root(&leaves[..2]), &ledger_key());
+    assert_eq!(reopened.discard_after(2, &at_two).expect("cut"), 1);
+    drop(reopened);
+    let mut reopened = open(dir.path());
+    assert_eq!(
+        reopened.current_ledger_key(),
+        PublicKey::from(&ledger_key().verifying_key())
+    );
+    assert_log_matches(&reopened, &first[..2]);
+    reopened.append(&first[2..]).expect("it goes on");
+    assert_log_matches(&reopened, &first);
+}
