@@ -347,8 +347,17 @@ impl Copy {
         };
         tokio::pin!(messages);
         let mut taken = false;
-        // Set once asked to finish: the stream's last sequence then.
+        // Set once asked to finish: the stream's last sequence then. The ask may have come
+        // while the stream could not be read (a backoff consumed its change): look now.
         let mut target: Option<u64> = None;
+        match *mode.borrow_and_update() {
+            Mode::Stop => return Read::Done,
+            Mode::FinishAtEnd => match stream.get_info().await {
+                Ok(info) => target = Some(info.state.last_sequence),
+                Err(error) => return Read::Lost(error.to_string()),
+            },
+            Mode::Follow => {}
+        }
         loop {
             if target.is_some_and(|target| self.last_sequence >= target) {
                 return Read::Done;
