@@ -80,56 +80,31 @@ impl Lease {
         let (acquired_tx, acquired) = oneshot::channel();
         let (lost_tx, lost) = oneshot::channel();
         let (holder_tx, holder) = watch::channel(None);
-        let (ready_tx, ready) = std::sync::mpsc::channel();
         let login = login.clone();
-        let thread = std::thread::Builder::new()
-            .name("sequencer-lease".to_owned())
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(error) => {
-                        let _ = ready_tx.send(Err(BusError::Runtime(error.to_string())));
-                        return;
-                    }
+        let bucket_log = log.clone();
+        let thread = crate::spawn_connected(
+            "sequencer-lease",
+            move || async move { bucket(&login, replicas, bucket_log).await },
+            move |store: Store| async move {
+                let contender = Contender {
+                    store,
+                    me,
+                    holder: holder_tx,
+                    log,
                 };
-                runtime.block_on(async move {
-                    let store = match bucket(&login, replicas, log.clone()).await {
-                        Ok(store) => {
-                            let _ = ready_tx.send(Ok(()));
-                            store
-                        }
-                        Err(error) => {
-                            let _ = ready_tx.send(Err(error));
-                            return;
-                        }
-                    };
-                    let contender = Contender {
-                        store,
-                        me,
-                        holder: holder_tx,
-                        log,
-                    };
-                    tokio::select! {
-                        _ = contender.run(acquired_tx, lost_tx) => {}
-                        _ = stopped(stop_rx) => {}
-                    }
-                })
-            })
-            .map_err(|error| BusError::Runtime(error.to_string()))?;
-        match ready.recv() {
-            Ok(Ok(())) => Ok(Self {
-                stop,
-                thread: Some(thread),
-                acquired: Some(acquired),
-                lost: Some(lost),
-                holder,
-            }),
-            Ok(Err(error)) => Err(error),
-            Err(_) => Err(BusError::Runtime("the lease thread stopped".to_owned())),
-        }
+                tokio::select! {
+                    _ = contender.run(acquired_tx, lost_tx) => {}
+                    _ = stopped(stop_rx) => {}
+                }
+            },
+        )?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+            acquired: Some(acquired),
+            lost: Some(lost),
+            holder,
+        })
     }
 }
 

@@ -95,6 +95,52 @@ pub enum BusError {
     Replication(#[from] ReplicationError),
 }
 
+/// Runs `connect`, then `run` with what it made, on a thread of its own with a current-thread
+/// tokio runtime; returns once `connect` has finished, with its error when it failed, so a
+/// caller learns at once that the cluster cannot be reached.
+pub(crate) fn spawn_connected<S, Connect, Run>(
+    name: &str,
+    connect: impl FnOnce() -> Connect + Send + 'static,
+    run: impl FnOnce(S) -> Run + Send + 'static,
+) -> Result<std::thread::JoinHandle<()>, BusError>
+where
+    Connect: std::future::Future<Output = Result<S, BusError>>,
+    Run: std::future::Future<Output = ()>,
+{
+    let (ready_sender, ready) = std::sync::mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    let _ = ready_sender.send(Err(BusError::Runtime(error.to_string())));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                match connect().await {
+                    Ok(connected) => {
+                        let _ = ready_sender.send(Ok(()));
+                        run(connected).await;
+                    }
+                    Err(error) => {
+                        let _ = ready_sender.send(Err(error));
+                    }
+                }
+            })
+        })
+        .map_err(|error| BusError::Runtime(error.to_string()))?;
+    match ready.recv() {
+        Ok(Ok(())) => Ok(thread),
+        Ok(Err(error)) => Err(error),
+        Err(_) => Err(BusError::Runtime(format!("the {name} thread stopped"))),
+    }
+}
+
 /// The stream's settings: see docs/FORMAT.md §12 for why each is what it is.
 pub fn stream_config() -> async_nats::jetstream::stream::Config {
     use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};

@@ -493,56 +493,28 @@ impl Replicator {
         log: Log,
     ) -> Result<Self, BusError> {
         let (requests, mut receiver) = mpsc::unbounded_channel::<Request>();
-        let (ready_sender, ready) = std::sync::mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("log-replicator".to_owned())
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(error) => {
-                        let _ = ready_sender.send(Err(BusError::Runtime(error.to_string())));
-                        return;
+        let thread = crate::spawn_connected(
+            "log-replicator",
+            move || Sequencer::connect(reader, config, log),
+            move |mut sequencer: Sequencer| async move {
+                let mut deposed: Option<String> = None;
+                while let Some(Request { size, done }) = receiver.recv().await {
+                    if let Some(why) = &deposed {
+                        let _ = done.send(Err(ReplicationError::Deposed(why.clone())));
+                        continue;
                     }
-                };
-                runtime.block_on(async move {
-                    let mut sequencer = match Sequencer::connect(reader, config, log).await {
-                        Ok(sequencer) => {
-                            let _ = ready_sender.send(Ok(()));
-                            sequencer
-                        }
-                        Err(error) => {
-                            let _ = ready_sender.send(Err(error));
-                            return;
-                        }
-                    };
-                    let mut deposed: Option<String> = None;
-                    while let Some(Request { size, done }) = receiver.recv().await {
-                        if let Some(why) = &deposed {
-                            let _ = done.send(Err(ReplicationError::Deposed(why.clone())));
-                            continue;
-                        }
-                        let result = sequencer.replicate(size).await;
-                        if let Err(ReplicationError::Deposed(why)) = &result {
-                            deposed = Some(why.clone());
-                        }
-                        let _ = done.send(result);
+                    let result = sequencer.replicate(size).await;
+                    if let Err(ReplicationError::Deposed(why)) = &result {
+                        deposed = Some(why.clone());
                     }
-                })
-            })
-            .map_err(|error| BusError::Runtime(error.to_string()))?;
-        match ready.recv() {
-            Ok(Ok(())) => Ok(Self {
-                requests,
-                thread: Some(thread),
-            }),
-            Ok(Err(error)) => Err(error),
-            Err(_) => Err(BusError::Runtime(
-                "the replicator thread stopped".to_owned(),
-            )),
-        }
+                    let _ = done.send(result);
+                }
+            },
+        )?;
+        Ok(Self {
+            requests,
+            thread: Some(thread),
+        })
     }
 
     /// The local log is durable up to `size`: the answer comes once the stream's quorum holds

@@ -243,6 +243,24 @@ fn refuse_foreign<T>(holder: &str, kind: &str, about: &str) -> Result<T, ApplyEr
     )
 }
 
+/// Every event but an owner command carries a nonce above its author key's last one.
+fn nonce_above_last(
+    record: &KeyRecord,
+    author: &PublicKey,
+    event: &Event,
+) -> Result<(), ApplyError> {
+    match record.last_nonce {
+        Some(last) if event.header.nonce <= last => refuse(
+            RejectReason::ReplayedNonce,
+            format!(
+                "nonce {} of key {author} is not above its last nonce {last}",
+                event.header.nonce
+            ),
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// The role that may author a kind (`None`: no role may).
 fn role_of(body: &Body) -> Option<Role> {
     Some(match body {
@@ -344,18 +362,7 @@ impl State {
             );
         }
         self.authorize_holder(record.holder, event)?;
-        if let Some(last) = record.last_nonce {
-            if event.header.nonce <= last {
-                return refuse(
-                    RejectReason::ReplayedNonce,
-                    format!(
-                        "nonce {} of key {author} is not above its last nonce {last}",
-                        event.header.nonce
-                    ),
-                );
-            }
-        }
-        Ok(())
+        nonce_above_last(record, author, event)
     }
 
     fn authorize_genesis(
@@ -557,16 +564,7 @@ impl State {
                 format!("a takeover opens term {next}, not {}", takeover.term),
             );
         }
-        if let Some(last) = record.last_nonce.filter(|last| event.header.nonce <= *last) {
-            return refuse(
-                RejectReason::ReplayedNonce,
-                format!(
-                    "nonce {} of key {author} is not above its last nonce {last}",
-                    event.header.nonce
-                ),
-            );
-        }
-        Ok(())
+        nonce_above_last(record, author, event)
     }
 
     /// Whether an owner command may be folded in: enveloped by the ledger key, not expired nor
