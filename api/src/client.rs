@@ -25,6 +25,15 @@ const RESULT_POLL: Duration = Duration::from_millis(100);
 /// What can go wrong talking to a server.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// A follower sent the submission to a sequencer whose address does not parse.
+    #[error("the server sent the submission to {location:?}, which is no server address")]
+    Redirect {
+        /// The `Location` it answered.
+        location: String,
+        /// Why it does not parse.
+        #[source]
+        error: crate::http_client::TargetError,
+    },
     /// `GET /v0/health` could not be sent or its answer read.
     #[error("could not reach the server")]
     Unreachable(#[source] std::io::Error),
@@ -245,9 +254,21 @@ pub fn submit(
 ) -> Result<Answer, ClientError> {
     let tick = current_tick(client)?;
     let body = job_request_body(job, key, tick, nonce, input)?;
-    let response = client
+    let mut response = client
         .request("POST", "/v0/jobs", Some(("application/json", &body)))
         .map_err(ClientError::Send)?;
+    // A follower of a replicated fabric sends submissions to its sequencer: once, the same
+    // body there (docs/FORMAT.md §16).
+    if response.status == 307 {
+        if let Some(location) = response.header("location").map(str::to_owned) {
+            let mut sequencer = client
+                .to_location(&location)
+                .map_err(|error| ClientError::Redirect { location, error })?;
+            response = sequencer
+                .request("POST", "/v0/jobs", Some(("application/json", &body)))
+                .map_err(ClientError::Send)?;
+        }
+    }
     let answer = json_of(&response, "POST /v0/jobs")?;
     Ok(Answer {
         status: response.status,

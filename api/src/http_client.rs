@@ -163,6 +163,22 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client like this one (timeout, TLS settings) of the server a `Location` names: its
+    /// scheme, host and port (`http(s)://HOST:PORT/...`); the path is the caller's.
+    pub fn to_location(&self, location: &str) -> Result<Client, TargetError> {
+        let after_scheme = location.find("://").map_or(0, |at| at + 3);
+        let origin = match location[after_scheme..].find('/') {
+            Some(at) => &location[..after_scheme + at],
+            None => location,
+        };
+        Ok(Client {
+            target: Target::parse(origin)?,
+            timeout: self.timeout,
+            tls: self.tls.clone(),
+            stream: None,
+        })
+    }
+
     /// A client of `target`; every read and write waits at most `timeout`. An `https://`
     /// target needs [`Client::with_tls`].
     pub fn new(target: Target, timeout: Duration) -> Self {

@@ -373,6 +373,22 @@ fn a_follower_copies_and_verifies_the_replicated_log_through_the_loss_of_a_serve
         "Location {location} is the sequencer's ({sequencer_address}) /v0/jobs"
     );
 
+    // `fabric submit` given the follower follows it to the sequencer.
+    let follower_address = follower.tcp.clone().expect("tcp").to_string();
+    let submitted = fabric(&[
+        "submit",
+        "--server",
+        &follower_address,
+        "--sim-client",
+        "mars",
+    ]);
+    assert!(
+        submitted.status.success() && stdout(&submitted).contains("\"seq\""),
+        "{}{}",
+        stdout(&submitted),
+        stderr(&submitted)
+    );
+
     // One server of three lost: the quorum holds, acknowledgements go on.
     cluster.kill(2);
     load.wait_for(100, "with one server of three lost");
