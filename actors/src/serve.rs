@@ -188,7 +188,7 @@ struct Start {
     inputs: HashMap<JobId, fabric_events::Hash32>,
 }
 
-fn start_from(ledger: &Ledger) -> Result<Start, RunError> {
+fn start_from(ledger: &Ledger, served_nodes: bool) -> Result<Start, RunError> {
     if ledger.is_empty() {
         return Ok(Start {
             state: State::new(),
@@ -211,10 +211,12 @@ fn start_from(ledger: &Ledger) -> Result<Start, RunError> {
                 error,
             })?;
     }
-    // The nodes need the input of every served job still in the fabric; its submission may be
-    // anywhere in the log, so read the log once.
+    // The nodes this server runs need the input of every served job still in the fabric; its
+    // submission may be anywhere in the log, so read the log once. (Node agents fetch inputs
+    // from the artifact store: a server without nodes of its own reads nothing here.)
     let mut inputs = HashMap::new();
-    for entry in reader.entries(0..ledger.len()) {
+    let scanned = if served_nodes { ledger.len() } else { 0 };
+    for entry in reader.entries(0..scanned) {
         let entry = entry?;
         let event = fabric_audit::Replay::decode(&entry)?;
         if let Body::JobSubmitted(job) = &event.body {
@@ -244,7 +246,7 @@ pub async fn serve(
     if ledger.is_empty() && spec.genesis.is_empty() {
         return Err(RunError::NoGenesis);
     }
-    let mut start = start_from(&ledger)?;
+    let mut start = start_from(&ledger, !keys.nodes.is_empty())?;
     let mut ledger = ledger;
     let mut tree_head = ledger.tree_head();
     if let Some(quorum) = spec.quorum.as_deref() {

@@ -24,6 +24,7 @@
 //! bench ARGS...` runs the `fabric-bench` next to it with the same arguments.
 
 mod celery;
+mod failover;
 mod gpu;
 mod history;
 mod ingest;
@@ -138,6 +139,9 @@ enum Suite {
     /// The model jobs end to end through `fabric node` processes over NATS vs. Celery+Redis
     /// and the signature bound
     Nodes,
+    /// Sequencer failover of a replicated pair on a 3-server NATS cluster (p50/p99 over
+    /// repeated kills), and its jobs/s vs. a single host
+    Failover,
 }
 
 impl Suite {
@@ -155,6 +159,7 @@ impl Suite {
             Suite::Serve => "serve",
             Suite::Celery => "celery",
             Suite::Nodes => "nodes",
+            Suite::Failover => "failover",
         }
     }
 }
@@ -395,6 +400,7 @@ fn run_suites(args: &BenchArgs) -> anyhow::Result<()> {
             Suite::Serve => serve::suite(&mut bench),
             Suite::Celery => celery::suite(&mut bench),
             Suite::Nodes => nodes::suite(&mut bench),
+            Suite::Failover => failover::suite(&mut bench),
         }
         .with_context(|| format!("bench suite {} failed", suite.name()))?;
         if !args.json {

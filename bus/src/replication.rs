@@ -599,10 +599,17 @@ impl Sequencer {
             check_prefix(&reader, &last, local_size)?;
             last.end()
         };
-        let mut frontier = Frontier::new();
-        for leaf in reader.leaf_hashes(0..replicated)? {
-            frontier.push(leaf);
-        }
+        // A replica that caught up holds exactly the stream: its head's frontier is the one.
+        let frontier = match reader.head_frontier()? {
+            (size, frontier) if size == replicated => frontier,
+            _ => {
+                let mut frontier = Frontier::new();
+                for leaf in reader.leaf_hashes(0..replicated)? {
+                    frontier.push(leaf);
+                }
+                frontier
+            }
+        };
         Ok(Self {
             reader,
             jetstream,

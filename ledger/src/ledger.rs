@@ -894,6 +894,13 @@ impl LedgerReader {
         Head::decode(&bytes)
     }
 
+    /// The log's size and the Merkle frontier of its entries, from the head record (no entry is
+    /// read).
+    pub fn head_frontier(&self) -> Result<(u64, Frontier), LedgerError> {
+        let head = self.head()?;
+        Ok((head.size, head.frontier))
+    }
+
     /// The genesis ledger key and the rotations recorded up to the head, each checked against
     /// its entry: the entry at its seq is an owner command rotating the ledger key to the
     /// recorded key, enveloped by the key in force before it.

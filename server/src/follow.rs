@@ -26,6 +26,7 @@ use futures_util::StreamExt;
 use tokio::sync::{oneshot, watch};
 
 use crate::handlers::Shared;
+use crate::nodes::FeedBuilder;
 
 /// Key of the ledger's `replica` tree: the stream sequence of the last message stored, and the log's
 /// size after it (two u64 LE). Where the next start reads from; a copy made before it was
@@ -94,18 +95,17 @@ enum Mode {
 /// The follower's thread, and how to stop it.
 pub(crate) struct Follower {
     mode: watch::Sender<Mode>,
-    thread: std::thread::JoinHandle<Result<(Ledger, Replay), String>>,
+    thread: std::thread::JoinHandle<Result<Copied, String>>,
     /// Told once, when the follower stops by itself (why).
     pub(crate) stopped: Option<oneshot::Receiver<String>>,
 }
 
 impl Follower {
-    /// Starts following the stream of `login`'s cluster into `ledger`, whose replay to its end
-    /// is `replay`, from stream sequence `from` (or where the copy last stopped), updating
-    /// `shared` after each message.
+    /// Starts following the stream of `login`'s cluster into the copy's ledger (with its
+    /// replay to its end and what the node gateway's feed needs), from stream sequence `from`
+    /// (or where the copy last stopped), updating `shared` after each message.
     pub(crate) fn start(
-        ledger: Ledger,
-        replay: Replay,
+        (ledger, replay, feed): Copied,
         login: LogLogin,
         from: Option<u64>,
         shared: actix_web::web::Data<Shared>,
@@ -123,6 +123,7 @@ impl Follower {
                 let mut copy = Copy {
                     ledger,
                     replay,
+                    feed,
                     shared,
                     following,
                     from,
@@ -132,7 +133,7 @@ impl Follower {
                 if let Err(why) = &result {
                     let _ = stopped_tx.send(why.clone());
                 }
-                result.map(|()| (copy.ledger, copy.replay))
+                result.map(|()| (copy.ledger, copy.replay, copy.feed))
             })
             .map_err(|error| error.to_string())?;
         Ok(Self {
@@ -143,14 +144,14 @@ impl Follower {
     }
 
     /// Stops following and hands the copy back.
-    pub(crate) fn finish(self) -> Result<(Ledger, Replay), String> {
+    pub(crate) fn finish(self) -> Result<Copied, String> {
         let _ = self.mode.send(Mode::Stop);
         self.join()
     }
 
     /// Reads up to the stream's end as it is now, then hands the copy back: a replica that
     /// holds the lease catches up before it takes over.
-    pub(crate) async fn finish_at_end(self) -> Result<(Ledger, Replay), String> {
+    pub(crate) async fn finish_at_end(self) -> Result<Copied, String> {
         let _ = self.mode.send(Mode::FinishAtEnd);
         let (done, answer) = oneshot::channel();
         std::thread::spawn(move || {
@@ -161,7 +162,7 @@ impl Follower {
             .map_err(|_| "the follower's thread was lost".to_owned())?
     }
 
-    fn join(self) -> Result<(Ledger, Replay), String> {
+    fn join(self) -> Result<Copied, String> {
         self.thread
             .join()
             .map_err(|_| "the follower panicked".to_owned())?
@@ -274,10 +275,15 @@ async fn message_holding(
     }
 }
 
+/// A follower's copy: its ledger, the replay at its end, and what a node gateway's feed needs
+/// should the replica take the log over (kept up as it copies, so a takeover replays nothing).
+pub(crate) type Copied = (Ledger, Replay, FeedBuilder);
+
 /// The local copy and its views.
 struct Copy {
     ledger: Ledger,
     replay: Replay,
+    feed: FeedBuilder,
     shared: actix_web::web::Data<Shared>,
     following: Arc<Following>,
     /// Where to read the stream from at the first read (else the stored cursor).
@@ -504,7 +510,7 @@ impl Copy {
                 }
             }
             self.replay
-                .fold(hash, entry, &event, ())
+                .fold(hash, entry, &event, &mut self.feed)
                 .map_err(|error| error.to_string())?;
             events.push(event);
         }

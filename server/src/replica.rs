@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::error::ServerError;
 use crate::follow::{Follower, Following};
 use crate::handlers::Shared;
+use crate::nodes::FeedBuilder;
 use crate::service::{
     drive, start_gateway, start_outbox, start_replicator, Driving, Replication, Running, Served,
     ServerConfig, Stop,
@@ -37,6 +38,8 @@ const TAKEOVER_GRACE: Duration =
 pub(crate) struct ReplicaStart {
     pub(crate) ledger: Ledger,
     pub(crate) replay: Replay,
+    /// What the node gateway's feed needs, from the replay at start.
+    pub(crate) feed: FeedBuilder,
     /// The stream sequence to follow from (after the reconciliation at start).
     pub(crate) from: Option<u64>,
     /// Where the node gateway hands its requests, once this replica sequences.
@@ -81,8 +84,7 @@ pub(crate) async fn run(
             }
         })?;
     let follower = Follower::start(
-        start.ledger,
-        start.replay,
+        (start.ledger, start.replay, start.feed),
         replication.login.clone(),
         start.from,
         shared.clone(),
@@ -138,7 +140,7 @@ impl Life {
             () = told(acquired) => {}
             why = told(failed) => return self.fail(ServerError::Follow(why)).await,
             () = stopped(&mut stop) => {
-                let (ledger, _) = follower.finish().map_err(ServerError::Follow)?;
+                let (ledger, _, _) = follower.finish().map_err(ServerError::Follow)?;
                 let tree_head = ledger.tree_head();
                 return Ok(Served {
                     outcome: ServeOutcome { ledger, last_tick: 0, tree_head },
@@ -151,22 +153,21 @@ impl Life {
              replicated log and takes it over"
         );
         tokio::time::sleep(TAKEOVER_GRACE).await;
-        let (ledger, quorum) = loop {
-            let (ledger, replay) = follower
+        let (ledger, replay, feed, quorum) = loop {
+            let (ledger, replay, feed) = follower
                 .finish_at_end()
                 .await
                 .map_err(ServerError::Follow)?;
             let artifacts = self.shared.artifacts.clone();
             match start_replicator(&ledger, &spec, &self.replication, artifacts) {
-                Ok(quorum) => break (ledger, quorum),
+                Ok(quorum) => break (ledger, replay, feed, quorum),
                 // The sequencer before appended after the catch-up: catch up again.
                 Err(ServerError::Replicate {
                     error: BusError::Replication(ReplicationError::Behind { .. }),
                     ..
                 }) => {
                     follower = Follower::start(
-                        ledger,
-                        replay,
+                        (ledger, replay, feed),
                         self.replication.login.clone(),
                         None,
                         self.shared.clone(),
@@ -181,7 +182,7 @@ impl Life {
         spec.inputs = Some(Arc::new(crate::inputs::ArtifactInputs(
             self.shared.artifacts.clone(),
         )));
-        let feed = crate::service::feed_of(&ledger, &self.shared.artifacts)?;
+        let feed = feed.build(&ledger.reader(), replay.state(), &ledger.tree_head())?;
         // The gateway starts a runtime of its own and waits for it: not from this one's thread.
         let (gateway, outbox) = std::thread::scope(|scope| {
             scope

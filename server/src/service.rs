@@ -142,7 +142,8 @@ pub fn serve(
     };
     let following = (matches!(role, Role::Follow { .. }) || replicated.is_some())
         .then(|| Arc::new(Following::default()));
-    let (shared, feed, replay) = shared(config, &ledger, artifacts, world, intake.clone())?;
+    let (shared, mut feed_builder, replay) =
+        shared(config, &ledger, artifacts, world, intake.clone())?;
     let shared = web::Data::new(Shared {
         following: following.clone(),
         ..shared
@@ -160,6 +161,11 @@ pub fn serve(
             shared.artifacts.clone(),
         )));
         let verify_ppm = spec.world.verify_ppm;
+        let feed = std::mem::take(&mut feed_builder).build(
+            &ledger.reader(),
+            replay.state(),
+            &ledger.tree_head(),
+        )?;
         started = Some((
             start_gateway(config, feed, intake, &shared, verify_ppm)?,
             start_outbox(config, &ledger)?,
@@ -202,6 +208,7 @@ pub fn serve(
                 let start = ReplicaStart {
                     ledger,
                     replay,
+                    feed: feed_builder,
                     from,
                     intake: gateway_intake,
                     following,
@@ -212,9 +219,9 @@ pub fn serve(
                     .await
             }
             (None, _, _, Some(login), Some(following)) => {
-                let follower =
-                    Follower::start(ledger, replay, login, None, shared.clone(), following)
-                        .map_err(ServerError::Follow)?;
+                let copy = (ledger, replay, feed_builder);
+                let follower = Follower::start(copy, login, None, shared.clone(), following)
+                    .map_err(ServerError::Follow)?;
                 follow(running, follower).await
             }
             _ => Err(ServerError::Setting(
@@ -331,27 +338,18 @@ fn reconcile(ledger: &mut Ledger, replication: &Replication) -> Result<Option<u6
     Ok(reconciled.from)
 }
 
-/// The node gateway's feed of the log as it is (one replay of it).
-pub(crate) fn feed_of(ledger: &Ledger, artifacts: &ArtifactLog) -> Result<Feed, ServerError> {
-    let reader = ledger.reader();
-    let mut feed = FeedBuilder::default();
-    let (_, replay) = index_log(&reader, artifacts, ledger.len(), &mut feed)?;
-    feed.build(&reader, replay.state(), &ledger.tree_head())
-}
-
-/// The handlers' shared views, with the job index of the log so far, and the node gateway's
-/// feed (both from one replay of the log, which comes back at its end).
+/// The handlers' shared views, with the job index of the log so far, and what the node
+/// gateway's feed needs (both from one replay of the log, which comes back at its end).
 fn shared(
     config: &ServerConfig,
     ledger: &Ledger,
     artifacts: Arc<ArtifactLog>,
     world: &World,
     intake: mpsc::Sender<fabric_actors::serve::Submission>,
-) -> Result<(Shared, Feed, Replay), ServerError> {
+) -> Result<(Shared, FeedBuilder, Replay), ServerError> {
     let reader = ledger.reader();
     let mut feed = FeedBuilder::default();
     let (jobs, replay) = index_log(&reader, &artifacts, ledger.len(), &mut feed)?;
-    let feed = feed.build(&reader, replay.state(), &ledger.tree_head())?;
     let spill_routes: Vec<(String, String)> = world
         .shards
         .iter()
@@ -680,7 +678,7 @@ async fn follow(running: Running, mut follower: Follower) -> Result<Served, Serv
         });
     }
     let served = running.await;
-    let (ledger, _) = follower.finish().map_err(ServerError::Follow)?;
+    let (ledger, _, _) = follower.finish().map_err(ServerError::Follow)?;
     served.map_err(|error| ServerError::Http { error })?;
     let tree_head = ledger.tree_head();
     Ok(Served {

@@ -102,6 +102,10 @@ fn expected_figures() -> Vec<(&'static str, Vec<String>)> {
                 "node job latency p99",
             ]),
         ),
+        (
+            "failover",
+            owned(&["failover p50", "failover p99", "replicated vs single host"]),
+        ),
     ]
 }
 
