@@ -26,7 +26,7 @@ use futures_util::StreamExt;
 use tokio::sync::{oneshot, watch};
 
 use crate::handlers::Shared;
-use crate::nodes::FeedBuilder;
+use crate::nodes::Feed;
 
 /// Key of the ledger's `replica` tree: the stream sequence of the last message stored, and the log's
 /// size after it (two u64 LE). Where the next start reads from; a copy made before it was
@@ -275,15 +275,16 @@ async fn message_holding(
     }
 }
 
-/// A follower's copy: its ledger, the replay at its end, and what a node gateway's feed needs
-/// should the replica take the log over (kept up as it copies, so a takeover replays nothing).
-pub(crate) type Copied = (Ledger, Replay, FeedBuilder);
+/// A follower's copy: its ledger, the replay at its end, and (a replica's) the node gateway's
+/// feed it would start with should it take the log over, kept up as it copies so that a
+/// takeover replays nothing and proves nothing again.
+pub(crate) type Copied = (Ledger, Replay, Option<Feed>);
 
 /// The local copy and its views.
 struct Copy {
     ledger: Ledger,
     replay: Replay,
-    feed: FeedBuilder,
+    feed: Option<Feed>,
     shared: actix_web::web::Data<Shared>,
     following: Arc<Following>,
     /// Where to read the stream from at the first read (else the stored cursor).
@@ -477,7 +478,7 @@ impl Copy {
         self.save_cursor(sequence, message.end())?;
         let append_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let tick = events.last().map_or(0, |event| event.header.tick);
-        self.shared.on_tick(&ServedTick {
+        let served = ServedTick {
             tick,
             state: self.replay.state(),
             first_seq: size,
@@ -486,7 +487,11 @@ impl Copy {
             tree_head: &message.tree_head,
             append_ns,
             decision_ns: &[],
-        });
+        };
+        self.shared.on_tick(&served);
+        if let Some(feed) = &mut self.feed {
+            feed.follow(&served);
+        }
         Ok(())
     }
 
@@ -510,7 +515,7 @@ impl Copy {
                 }
             }
             self.replay
-                .fold(hash, entry, &event, &mut self.feed)
+                .fold(hash, entry, &event, ())
                 .map_err(|error| error.to_string())?;
             events.push(event);
         }

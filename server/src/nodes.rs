@@ -132,6 +132,21 @@ struct TickNews {
     in_state: Option<HashSet<JobId>>,
 }
 
+impl TickNews {
+    fn of(tick: &ServedTick<'_>) -> Self {
+        TickNews {
+            tick: tick.tick,
+            first_seq: tick.first_seq,
+            signed: tick.signed.to_vec(),
+            events: tick.events.to_vec(),
+            tree_head: *tick.tree_head,
+            directory: directory_of(tick.state),
+            in_state: owners_acted(tick.events)
+                .then(|| tick.state.live_jobs().map(|job| job.id).collect()),
+        }
+    }
+}
+
 /// A job's submission as the feed keeps it while the job is in the fabric.
 struct Submitted {
     /// Its entry proved ([`ProvedEntry::encode`]).
@@ -214,6 +229,45 @@ impl Feed {
     /// Takes in one appended tick; returns what to publish (subject, body). The orders carry
     /// their inputs, read from `artifacts`.
     fn apply(&mut self, news: TickNews, artifacts: &ArtifactLog) -> Vec<(String, Vec<u8>)> {
+        let (tick, tree_head) = (news.tick, news.tree_head);
+        let Some(assigned) = self.advance(news) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (node, jobs) in assigned {
+            let subject = NodeSubject::Work.of(&node);
+            let orders: Vec<(u64, Vec<u8>)> = jobs
+                .iter()
+                .filter_map(|job| self.running.get(job))
+                .map(|running| {
+                    let input = artifacts.get(&running.input_hash).ok().flatten();
+                    let mut order = Vec::with_capacity(
+                        running.order.len() + 5 + input.as_ref().map_or(0, |bytes| bytes.len()),
+                    );
+                    order.extend_from_slice(&running.order);
+                    WorkOrder::encode_input(input.as_deref(), &mut order);
+                    (running.model_seq, order)
+                })
+                .collect();
+            for body in self.work_bodies(&orders, WORK_BATCH_BYTES_MAX) {
+                out.push((subject.clone(), body));
+            }
+        }
+        if let Ok(body) = serde_json::to_vec(&TickHead { tick, tree_head }) {
+            out.push((TICK_SUBJECT.to_owned(), body));
+        }
+        out
+    }
+
+    /// Takes in one appended tick without publishing anything: how a replica's follower keeps
+    /// the feed it starts its node gateway with, should it take the log over.
+    pub(crate) fn follow(&mut self, tick: &ServedTick<'_>) {
+        let _ = self.advance(TickNews::of(tick));
+    }
+
+    /// The feed's part of [`Feed::apply`]: the tick's entries proved and folded in; returns
+    /// the jobs the tick assigned, by node (none once the feed is broken).
+    fn advance(&mut self, news: TickNews) -> Option<BTreeMap<String, Vec<JobId>>> {
         let before = self.frontier.clone();
         let mut entries = Vec::with_capacity(news.signed.len());
         for (offset, signed) in news.signed.into_iter().enumerate() {
@@ -241,7 +295,7 @@ impl Feed {
             }
         }
         if self.broken.is_some() {
-            return Vec::new();
+            return None;
         }
         let leaves: Vec<Hash32> = entries.iter().map(Entry::hash).collect();
         let proofs = merkle::batch_inclusion_proofs(&before, &leaves);
@@ -250,35 +304,8 @@ impl Feed {
             let proved = || proof_of(entry, proof.path.clone(), &news.tree_head);
             self.observe(entry.seq, event, news.tick, proved, &mut assigned);
         }
-        let mut out = Vec::new();
-        for (node, jobs) in assigned {
-            let subject = NodeSubject::Work.of(&node);
-            let orders: Vec<(u64, Vec<u8>)> = jobs
-                .iter()
-                .filter_map(|job| self.running.get(job))
-                .map(|running| {
-                    let input = artifacts.get(&running.input_hash).ok().flatten();
-                    let mut order = Vec::with_capacity(
-                        running.order.len() + 5 + input.as_ref().map_or(0, |bytes| bytes.len()),
-                    );
-                    order.extend_from_slice(&running.order);
-                    WorkOrder::encode_input(input.as_deref(), &mut order);
-                    (running.model_seq, order)
-                })
-                .collect();
-            for body in self.work_bodies(&orders, WORK_BATCH_BYTES_MAX) {
-                out.push((subject.clone(), body));
-            }
-        }
         self.forget_ended(news.in_state.as_ref());
-        let head = TickHead {
-            tick: news.tick,
-            tree_head: news.tree_head,
-        };
-        if let Ok(body) = serde_json::to_vec(&head) {
-            out.push((TICK_SUBJECT.to_owned(), body));
-        }
-        out
+        Some(assigned)
     }
 
     /// One entry of the log: what it changes in the feed, and the job it assigns (by node).
@@ -754,16 +781,7 @@ impl NodeGateway {
 
     /// Tells the gateway of a durable tick (called on the driver's thread).
     pub(crate) fn tick(&self, tick: &ServedTick<'_>) {
-        let _ = self.news.send(TickNews {
-            tick: tick.tick,
-            first_seq: tick.first_seq,
-            signed: tick.signed.to_vec(),
-            events: tick.events.to_vec(),
-            tree_head: *tick.tree_head,
-            directory: directory_of(tick.state),
-            in_state: owners_acted(tick.events)
-                .then(|| tick.state.live_jobs().map(|job| job.id).collect()),
-        });
+        let _ = self.news.send(TickNews::of(tick));
     }
 
     /// Stops serving once the last tick is published.

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::error::ServerError;
 use crate::follow::{Follower, Following};
 use crate::handlers::Shared;
-use crate::nodes::FeedBuilder;
+use crate::nodes::Feed;
 use crate::service::{
     drive, start_gateway, start_outbox, start_replicator, Driving, Replication, Running, Served,
     ServerConfig, Stop,
@@ -38,8 +38,8 @@ const TAKEOVER_GRACE: Duration =
 pub(crate) struct ReplicaStart {
     pub(crate) ledger: Ledger,
     pub(crate) replay: Replay,
-    /// What the node gateway's feed needs, from the replay at start.
-    pub(crate) feed: FeedBuilder,
+    /// The node gateway's feed of the log at start.
+    pub(crate) feed: Feed,
     /// The stream sequence to follow from (after the reconciliation at start).
     pub(crate) from: Option<u64>,
     /// Where the node gateway hands its requests, once this replica sequences.
@@ -84,7 +84,7 @@ pub(crate) async fn run(
             }
         })?;
     let follower = Follower::start(
-        (start.ledger, start.replay, start.feed),
+        (start.ledger, start.replay, Some(start.feed)),
         replication.login.clone(),
         start.from,
         shared.clone(),
@@ -153,14 +153,14 @@ impl Life {
              replicated log and takes it over"
         );
         tokio::time::sleep(TAKEOVER_GRACE).await;
-        let (ledger, replay, feed, quorum) = loop {
+        let (ledger, feed, quorum) = loop {
             let (ledger, replay, feed) = follower
                 .finish_at_end()
                 .await
                 .map_err(ServerError::Follow)?;
             let artifacts = self.shared.artifacts.clone();
             match start_replicator(&ledger, &spec, &self.replication, artifacts) {
-                Ok(quorum) => break (ledger, replay, feed, quorum),
+                Ok(quorum) => break (ledger, feed, quorum),
                 // The sequencer before appended after the catch-up: catch up again.
                 Err(ServerError::Replicate {
                     error: BusError::Replication(ReplicationError::Behind { .. }),
@@ -182,7 +182,13 @@ impl Life {
         spec.inputs = Some(Arc::new(crate::inputs::ArtifactInputs(
             self.shared.artifacts.clone(),
         )));
-        let feed = feed.build(&ledger.reader(), replay.state(), &ledger.tree_head())?;
+        let Some(feed) = feed else {
+            return self
+                .fail(ServerError::Follow(
+                    "the replica's follower kept no feed".to_owned(),
+                ))
+                .await;
+        };
         // The gateway starts a runtime of its own and waits for it: not from this one's thread.
         let (gateway, outbox) = std::thread::scope(|scope| {
             scope

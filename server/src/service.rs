@@ -205,10 +205,12 @@ pub fn serve(
                 .await
             }
             (Some(spec), None, Some(replication), _, Some(following)) => {
+                let feed =
+                    feed_builder.build(&ledger.reader(), replay.state(), &ledger.tree_head())?;
                 let start = ReplicaStart {
                     ledger,
                     replay,
-                    feed: feed_builder,
+                    feed,
                     from,
                     intake: gateway_intake,
                     following,
@@ -219,7 +221,7 @@ pub fn serve(
                     .await
             }
             (None, _, _, Some(login), Some(following)) => {
-                let copy = (ledger, replay, feed_builder);
+                let copy = (ledger, replay, None);
                 let follower = Follower::start(copy, login, None, shared.clone(), following)
                     .map_err(ServerError::Follow)?;
                 follow(running, follower).await
