@@ -43,6 +43,10 @@ pub struct ServeArgs {
     /// On shutdown, wait this long for NATS to take the events not yet published
     #[arg(long, value_name = "SECS", default_value_t = 60, requires = "nats")]
     nats_drain_s: u64,
+    /// With --nats: do not publish every event on the stream FABRIC_EVENTS (its subscribers,
+    /// `fabric tail`, see nothing); node agents and the replicated log are served all the same
+    #[arg(long, requires = "nats")]
+    no_event_stream: bool,
     /// Milliseconds between ticks
     #[arg(long, value_name = "N", default_value_t = 100)]
     tick_ms: u64,
@@ -249,6 +253,7 @@ fn server_config(args: &ServeArgs, key_origin: fabric_events::KeyOrigin) -> Serv
         nats: args.nats.clone(),
         nats_user: args.nats_user.clone().zip(args.nats_password.clone()),
         nats_drain: Duration::from_secs(args.nats_drain_s),
+        event_stream: !args.no_event_stream,
         tick_ms: args.tick_ms,
         workers: args.workers,
         tls: match (&args.tls_cert, &args.tls_key) {

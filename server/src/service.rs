@@ -57,6 +57,8 @@ pub struct ServerConfig {
     pub nats_user: Option<(String, String)>,
     /// On shutdown, how long to wait for NATS to take what is not yet published.
     pub nats_drain: Duration,
+    /// With NATS, publish every event on the stream `FABRIC_EVENTS` too (docs/FORMAT.md §12).
+    pub event_stream: bool,
     /// Milliseconds between ticks.
     pub tick_ms: u64,
     /// HTTP worker threads.
@@ -458,7 +460,7 @@ pub(crate) fn start_outbox(
     config: &ServerConfig,
     ledger: &Ledger,
 ) -> Result<Option<Outbox>, ServerError> {
-    let Some(url) = &config.nats else {
+    let Some(url) = config.nats.as_ref().filter(|_| config.event_stream) else {
         return Ok(None);
     };
     let log: fabric_bus::outbox::Log = Arc::new(|line: &str| eprintln!("{line}"));
