@@ -301,98 +301,22 @@ impl Fabric {
         world: &fabric_actors::world::World,
         scratch: &Path,
     ) -> anyhow::Result<Self> {
-        let operator = scratch.join("operator");
         let key_b = scratch.join("sequencer-b.key");
-        let cli = Cli::new(scratch);
-        let config: Vec<&OsStr> = config
-            .iter()
-            .flat_map(|config| [OsStr::new("--config"), config.as_os_str()])
-            .collect();
-        let mut keygen_world = vec![OsStr::new("keygen"), OsStr::new("--world")];
-        keygen_world.extend(&config);
-        keygen_world.extend([OsStr::new("--out"), operator.as_os_str()]);
-        cli.run(&keygen_world)?;
-        cli.run(&[OsStr::new("keygen"), OsStr::new("--out"), key_b.as_os_str()])?;
-        let owners: Vec<PathBuf> = (0..world.owners.count)
-            .map(|index| scratch.join(format!("owner-{index}.key")))
-            .collect();
-        for owner in &owners {
-            cli.run(&[OsStr::new("keygen"), OsStr::new("--out"), owner.as_os_str()])?;
-        }
+        Cli::new(scratch).run(&[OsStr::new("keygen"), OsStr::new("--out"), key_b.as_os_str()])?;
+        let public_b = keys::public_path(&key_b);
+        let extra = [OsStr::new("--sequencer"), public_b.as_os_str()];
+        let ceremony = super::serve::ceremony(config, world, scratch, &extra)?;
         let fabric = Self {
-            data_a: scratch.join("replica-a"),
+            data_a: ceremony.data,
             data_b: scratch.join("replica-b"),
             single: scratch.join("single"),
-            operator,
+            operator: ceremony.operator,
             key_b,
-            approvers: Vec::new(),
+            approvers: ceremony.approvers,
         };
-        fabric.init(&cli, &config, &owners, world.owners.threshold)?;
-        let approving = &owners[..world.owners.threshold as usize];
-        fabric.approve_and_commit(&cli, approving)?;
         copy_dir(&fabric.data_a, &fabric.data_b)?;
         copy_dir(&fabric.data_a, &fabric.single)?;
-        let approvers = approving
-            .iter()
-            .map(|owner| {
-                keys::load_secret(owner).with_context(|| format!("owner key {}", owner.display()))
-            })
-            .collect::<anyhow::Result<_>>()?;
-        Ok(Self {
-            approvers,
-            ..fabric
-        })
-    }
-
-    /// `fabric init` of replica A's folder, replica B's key a sequencer.
-    fn init(
-        &self,
-        cli: &Cli,
-        config: &[&OsStr],
-        owners: &[PathBuf],
-        threshold: u32,
-    ) -> anyhow::Result<()> {
-        let threshold = threshold.to_string();
-        let (ledger_key, routers, nodes) = (self.ledger_key(), self.routers(), self.nodes());
-        let public_b = keys::public_path(&self.key_b);
-        let owner_pubs: Vec<PathBuf> = owners.iter().map(|o| keys::public_path(o)).collect();
-        let mut init = vec![
-            OsStr::new("init"),
-            OsStr::new("--data"),
-            self.data_a.as_os_str(),
-        ];
-        init.extend(config);
-        init.extend([OsStr::new("--threshold"), OsStr::new(&threshold)]);
-        init.extend([OsStr::new("--ledger-key"), ledger_key.as_os_str()]);
-        init.extend([OsStr::new("--router-keys"), routers.as_os_str()]);
-        init.extend([OsStr::new("--node-keys"), nodes.as_os_str()]);
-        init.extend([OsStr::new("--sequencer"), public_b.as_os_str()]);
-        for owner in &owner_pubs {
-            init.extend([OsStr::new("--owner"), owner.as_os_str()]);
-        }
-        cli.run(&init)
-    }
-
-    /// `fabric owner sign` by `approving`, then `fabric init --commit`.
-    fn approve_and_commit(&self, cli: &Cli, approving: &[PathBuf]) -> anyhow::Result<()> {
-        let commands = self.data_a.join("genesis-commands.json");
-        for owner in approving {
-            cli.run(&[
-                OsStr::new("owner"),
-                OsStr::new("sign"),
-                commands.as_os_str(),
-                OsStr::new("--key"),
-                owner.as_os_str(),
-            ])?;
-        }
-        cli.run(&[
-            OsStr::new("init"),
-            OsStr::new("--commit"),
-            OsStr::new("--data"),
-            self.data_a.as_os_str(),
-            OsStr::new("--ledger-key"),
-            self.ledger_key().as_os_str(),
-        ])
+        Ok(fabric)
     }
 
     fn ledger_key(&self) -> PathBuf {
@@ -401,10 +325,6 @@ impl Fabric {
 
     fn routers(&self) -> PathBuf {
         self.operator.join("routers")
-    }
-
-    fn nodes(&self) -> PathBuf {
-        self.operator.join("nodes")
     }
 
     /// `fabric serve` arguments for `data` signed with `key` (the ledger key without), less
@@ -742,7 +662,7 @@ struct NatsCluster {
 impl NatsCluster {
     fn start(dir: &Path) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let binary = nats_server_binary()?;
+        let binary = super::nats::nats_server_binary()?;
         let ports = free_ports(2 * CLUSTER_SERVERS)?;
         let (clients, routes) = ports.split_at(CLUSTER_SERVERS);
         let routes = routes
@@ -822,21 +742,6 @@ fn wait_for_leader(dir: &Path) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(())
-}
-
-/// The `nats-server` executable.
-fn nats_server_binary() -> anyhow::Result<&'static str> {
-    ["nats-server", "/usr/sbin/nats-server"]
-        .into_iter()
-        .find(|candidate| {
-            Command::new(candidate)
-                .arg("--version")
-                .output()
-                .is_ok_and(|output| output.status.success())
-        })
-        .ok_or_else(|| {
-            anyhow!("nats-server is not installed (Debian: apt-get install nats-server)")
-        })
 }
 
 /// `count` distinct free loopback ports (all bound at once while chosen).

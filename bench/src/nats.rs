@@ -16,6 +16,21 @@ use super::{
 /// percentile.
 const NATS_LAG_P99_MS_TARGET: f64 = 50.0;
 
+/// The `nats-server` executable (the Debian package puts it in /usr/sbin).
+pub(super) fn nats_server_binary() -> anyhow::Result<&'static str> {
+    ["nats-server", "/usr/sbin/nats-server"]
+        .into_iter()
+        .find(|candidate| {
+            std::process::Command::new(candidate)
+                .arg("--version")
+                .output()
+                .is_ok_and(|output| output.status.success())
+        })
+        .ok_or_else(|| {
+            anyhow!("nats-server is not installed (Debian: apt-get install nats-server)")
+        })
+}
+
 /// A `nats-server` the bench started, stopped when dropped.
 pub(super) struct BenchNatsServer {
     child: std::process::Child,
@@ -25,17 +40,8 @@ pub(super) struct BenchNatsServer {
 impl BenchNatsServer {
     /// Starts `nats-server -js` on a free loopback port with its store in `dir`.
     pub(super) fn start(dir: &Path) -> anyhow::Result<Self> {
-        let binary = ["nats-server", "/usr/sbin/nats-server"]
-            .into_iter()
-            .find(|candidate| {
-                std::process::Command::new(candidate)
-                    .arg("--version")
-                    .output()
-                    .is_ok_and(|output| output.status.success())
-            })
-            .ok_or_else(|| {
-                anyhow!("nats-server is not installed (Debian: apt-get install nats-server); or pass --nats URL")
-            })?;
+        let binary =
+            nats_server_binary().map_err(|error| anyhow!("{error}; or pass --nats URL"))?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();

@@ -413,7 +413,7 @@ fn measure_once(bench: &Bench<'_>, workers: usize, jobs: &ModelJobs) -> anyhow::
     let config = scratch.path().join("nodes.toml");
     std::fs::write(&config, world_toml(workers))?;
     let world = fabric_config::load(Some(&config))?;
-    let ceremony = ceremony(Some(&config), &world, scratch.path())?;
+    let ceremony = ceremony(Some(&config), &world, scratch.path(), &[])?;
     let nats = BenchNatsServer::start(&scratch.path().join("nats"))?;
     let server = start_server(
         &ceremony,

@@ -97,11 +97,13 @@ fn fabric(args: &[&OsStr]) -> anyhow::Result<()> {
 }
 
 /// The genesis ceremony in `scratch`, through the CLI: the owners' keys, the operator's keys
-/// of the world, `fabric init`, M approvals, `fabric init --commit`.
+/// of the world, `fabric init` (with `extra_init` arguments), M approvals, `fabric init
+/// --commit`.
 pub(super) fn ceremony(
     config: Option<&Path>,
     world: &fabric_actors::world::World,
     scratch: &Path,
+    extra_init: &[&OsStr],
 ) -> anyhow::Result<Ceremony> {
     let operator = scratch.join("operator");
     let data = scratch.join("served");
@@ -138,6 +140,7 @@ pub(super) fn ceremony(
     for owner in &owner_pubs {
         init.extend([OsStr::new("--owner"), owner.as_os_str()]);
     }
+    init.extend(extra_init);
     fabric(&init)?;
     let commands = data.join("genesis-commands.json");
     let approving = &owners[..world.owners.threshold as usize];
@@ -357,7 +360,7 @@ pub(super) fn suite(bench: &mut Bench<'_>) -> anyhow::Result<SuiteReport> {
         .ok_or_else(|| anyhow!("shard {shard} has no node with a capability"))?;
     let duration = Duration::from_secs(if args.quick { 5 } else { 20 });
 
-    let ceremony = ceremony(args.config.as_deref(), &world, scratch.path())?;
+    let ceremony = ceremony(args.config.as_deref(), &world, scratch.path(), &[])?;
     let server = start_server(
         &ceremony,
         TICK_MS,
