@@ -95,6 +95,15 @@ pub(super) fn suite(bench: &mut Bench<'_>) -> anyhow::Result<SuiteReport> {
 struct Throughput {
     jobs: u64,
     jobs_per_s: f64,
+    /// CPU time per acknowledged job of each process group, as [`CpuUse`] names them.
+    cpu: Vec<CpuUse>,
+}
+
+/// CPU time (user and system) a group of processes used during a throughput load, per job
+/// it acknowledged.
+struct CpuUse {
+    what: &'static str,
+    us_per_job: f64,
 }
 
 /// What the replicated pair measured.
@@ -121,13 +130,19 @@ fn single_host(
     let mut control = server.client();
     wait_for_tick(&mut control, 1)?;
     register_clients(&mut control, &fabric.approvers, keys)?;
-    throughput(
+    let cpu = CpuMeter::start(vec![("single host", server.pids())])?;
+    let (jobs, jobs_per_s) = throughput(
         &server.target(),
         &keys[..LOAD_CLIENTS],
         shape,
         load,
         "single",
-    )
+    )?;
+    Ok(Throughput {
+        jobs,
+        jobs_per_s,
+        cpu: cpu.per_job(jobs)?,
+    })
 }
 
 /// The replicated pair on `cluster`: the throughput load on its sequencer, then the kills, on
@@ -147,13 +162,27 @@ fn replicated(
     register_clients(&mut control, &fabric.approvers, keys)?;
     let mut replicas = [a, b];
     wait_caught_up(&replicas, 0)?;
-    let measured = throughput(
+    let sequencer_cpu = CpuMeter::start(vec![("sequencer", replicas[0].pids())])?;
+    let others_cpu = CpuMeter::start(vec![
+        ("follower", replicas[1].pids()),
+        ("nats-servers", cluster.pids()),
+    ])?;
+    let (jobs, jobs_per_s) = throughput(
         &replicas[0].target(),
         &keys[..LOAD_CLIENTS],
         shape,
         load,
         "replicated",
     )?;
+    let mut cpu = sequencer_cpu.per_job(jobs)?;
+    // The follower's copy and the servers' storing end once it caught up.
+    wait_caught_up(&replicas, 0)?;
+    cpu.extend(others_cpu.per_job(jobs)?);
+    let measured = Throughput {
+        jobs,
+        jobs_per_s,
+        cpu,
+    };
     let targets = [replicas[0].target(), replicas[1].target()];
     let acks = AckLoad::start(targets, keys[LOAD_CLIENTS..].to_vec(), shape);
     let first_size = log_size(&replicas)?;
@@ -226,6 +255,12 @@ fn report(single: &Throughput, replicated: &Replicated, load: Duration) -> Suite
             replicated.throughput.jobs,
             single.jobs
         ),
+        format!(
+            "CPU time (user and system) per acknowledged job: the single host {:.1} µs; the \
+             replicated pair's {} (the follower and the servers until the follower caught up)",
+            cpu_of(&single.cpu, "single host"),
+            cpu_list(&replicated.throughput.cpu),
+        ),
     ];
     SuiteReport {
         suite: "failover",
@@ -236,6 +271,21 @@ fn report(single: &Throughput, replicated: &Replicated, load: Duration) -> Suite
         notes,
         figures: figures((p50, p99), kills, (replicated, single), ratio),
     }
+}
+
+/// `what X µs` for each group, comma-separated.
+fn cpu_list(cpu: &[CpuUse]) -> String {
+    cpu.iter()
+        .map(|used| format!("{} {:.1} µs", used.what, used.us_per_job))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The CPU time per job of the group named `what`.
+fn cpu_of(cpu: &[CpuUse], what: &str) -> f64 {
+    cpu.iter()
+        .find(|used| used.what == what)
+        .map_or(f64::NAN, |used| used.us_per_job)
 }
 
 fn figures(
@@ -277,6 +327,15 @@ fn figures(
                  served alone without NATS, same load; target >= {REPLICATED_RATIO_TARGET}: {}",
                 verdict(ratio >= REPLICATED_RATIO_TARGET)
             ),
+        ),
+        Figure::new(
+            "sequencer CPU per job",
+            cpu_of(&replicated.throughput.cpu, "sequencer"),
+            "us",
+            (Against::Baseline, cpu_of(&single.cpu, "single host")),
+            "CPU time of the replicated pair's sequencer process per job it acknowledged vs. \
+             the single host's, same load: what replication costs the sequencer's own host"
+                .to_owned(),
         ),
     ]
 }
@@ -524,6 +583,11 @@ impl Served {
         Client::new(self.target(), Duration::from_secs(30))
     }
 
+    /// Its process, while it runs.
+    fn pids(&self) -> Vec<u32> {
+        self.child.iter().map(Child::id).collect()
+    }
+
     /// Kills it (SIGKILL): it says nothing more.
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -700,6 +764,12 @@ impl NatsCluster {
     }
 }
 
+impl NatsCluster {
+    fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(Child::id).collect()
+    }
+}
+
 impl Drop for NatsCluster {
     fn drop(&mut self) {
         for child in &mut self.children {
@@ -808,7 +878,7 @@ fn tick_of(client: &mut Client) -> anyhow::Result<u64> {
         .ok_or_else(|| anyhow!("GET /v0/health names no tick"))
 }
 
-/// Jobs acknowledged per second by `target` while one client per key sends batches of
+/// Jobs acknowledged, and per second, by `target` while one client per key sends batches of
 /// [`JOBS_PER_BATCH`] for `duration`, each batch as soon as the one before is answered.
 fn throughput(
     target: &Target,
@@ -816,7 +886,7 @@ fn throughput(
     shape: &JobShape,
     duration: Duration,
     label: &str,
-) -> anyhow::Result<Throughput> {
+) -> anyhow::Result<(u64, f64)> {
     let stop = AtomicBool::new(false);
     let started = Instant::now();
     let jobs = std::thread::scope(|scope| {
@@ -839,10 +909,67 @@ fn throughput(
             })
             .sum::<anyhow::Result<u64>>()
     })?;
-    Ok(Throughput {
-        jobs,
-        jobs_per_s: jobs as f64 / started.elapsed().as_secs_f64(),
-    })
+    Ok((jobs, jobs as f64 / started.elapsed().as_secs_f64()))
+}
+
+/// The CPU time groups of processes use from its start: each group's pids, read from
+/// `/proc/PID/stat` (user and system time of all the process's threads).
+struct CpuMeter {
+    groups: Vec<(&'static str, Vec<u32>, Duration)>,
+}
+
+impl CpuMeter {
+    fn start(groups: Vec<(&'static str, Vec<u32>)>) -> anyhow::Result<Self> {
+        let groups = groups
+            .into_iter()
+            .map(|(what, pids)| {
+                let used = cpu_time(&pids)?;
+                Ok((what, pids, used))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Self { groups })
+    }
+
+    /// Each group's CPU time since the start, per job of `jobs`.
+    fn per_job(&self, jobs: u64) -> anyhow::Result<Vec<CpuUse>> {
+        ensure!(jobs > 0, "no job was acknowledged: no CPU time per job");
+        self.groups
+            .iter()
+            .map(|(what, pids, before)| {
+                let used = cpu_time(pids)?.saturating_sub(*before);
+                Ok(CpuUse {
+                    what,
+                    us_per_job: used.as_secs_f64() * 1e6 / jobs as f64,
+                })
+            })
+            .collect()
+    }
+}
+
+/// The CPU time (user and system, every thread) the processes `pids` have used.
+fn cpu_time(pids: &[u32]) -> anyhow::Result<Duration> {
+    // SAFETY: sysconf reads a constant of the system and touches no memory of ours.
+    let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    ensure!(ticks_per_s > 0, "sysconf(_SC_CLK_TCK) gives {ticks_per_s}");
+    let mut ticks = 0u64;
+    for pid in pids {
+        let path = format!("/proc/{pid}/stat");
+        let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        // After the command's name (in parentheses, perhaps with spaces): state, then the
+        // fields from ppid on; utime and stime are fields 14 and 15 of the line.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let field = |index: usize| -> anyhow::Result<u64> {
+            fields
+                .get(index)
+                .and_then(|value| value.parse().ok())
+                .ok_or_else(|| anyhow!("{path} has no CPU time field {}", index + 3))
+        };
+        ticks += field(11)? + field(12)?;
+    }
+    Ok(Duration::from_secs_f64(ticks as f64 / ticks_per_s as f64))
 }
 
 /// One client's batches until `stop`, each job signed at the newest tick answered: the jobs

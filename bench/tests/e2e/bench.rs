@@ -104,7 +104,12 @@ fn expected_figures() -> Vec<(&'static str, Vec<String>)> {
         ),
         (
             "failover",
-            owned(&["failover p50", "failover p99", "replicated vs single host"]),
+            owned(&[
+                "failover p50",
+                "failover p99",
+                "replicated vs single host",
+                "sequencer CPU per job",
+            ]),
         ),
     ]
 }
