@@ -216,6 +216,13 @@ pub struct Versions {
 /// The log in [`Health`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LedgerInfo {
+    /// The origin line of the log's checkpoint notes (docs/FORMAT.md §17), and its key name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_origin: Option<String>,
+    /// The ledger key in force as note tools name a verifier key:
+    /// `origin+key ID (8 hex digits)+base64(0x01 ‖ public key)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_verifier_key: Option<String>,
     /// The ledger key, which signs tree heads and sequences owner commands.
     pub ledger_key: PublicKey,
     /// The Merkle root of the durable log.
@@ -296,6 +303,8 @@ mod tests {
             simulation: Some("simulation: keys are public".to_owned()),
             replica: None,
             ledger: LedgerInfo {
+                checkpoint_origin: Some("fabric/00".to_owned()),
+                checkpoint_verifier_key: Some("fabric/00+01020304+AQ==".to_owned()),
                 ledger_key: head.ledger_key,
                 root: head.root,
                 size: 9,

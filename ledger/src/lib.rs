@@ -26,6 +26,7 @@ pub mod error;
 pub mod keys;
 mod ledger;
 pub mod merkle;
+pub mod note;
 pub mod storage;
 pub mod tree_head;
 pub mod verify;
@@ -43,6 +44,7 @@ pub use ledger::{
 #[cfg(feature = "writer")]
 pub use ledger::{AppendReceipt, Ledger, OpenReport};
 pub use merkle::{Frontier, InclusionProof};
+pub use note::CheckpointNote;
 pub use tree_head::SignedTreeHead;
 pub use verify::{
     verify_and_remember, verify_batch, KeyCache, Refusal, RefusalReason, SignatureMemo, SignedItem,

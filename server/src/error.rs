@@ -60,6 +60,12 @@ pub enum ServerError {
         /// Why.
         error: fabric_ledger::LedgerError,
     },
+    /// The genesis entry, which names the log's checkpoint origin, could not be read.
+    #[error("could not read the genesis entry (the checkpoints' origin): {error}")]
+    Origin {
+        /// Why.
+        error: fabric_ledger::LedgerError,
+    },
     /// A TCP address could not be bound.
     #[error("could not listen on {address}: {error}")]
     Listen {

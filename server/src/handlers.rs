@@ -3,7 +3,7 @@
 //! driver (503 when the queue is full), and answers from the views updated after each durable
 //! tick.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
@@ -20,8 +20,8 @@ use fabric_api::wire::{
     REQUEST_BODY_BYTES_MAX,
 };
 use fabric_events::codec::encode_event;
-use fabric_events::{Body, Event, Hash32, JobId, PublicKey, RejectReason, Role};
-use fabric_ledger::{ArtifactLog, LedgerReader, SignedTreeHead};
+use fabric_events::{Body, Event, Hash32, JobId, PublicKey, RejectReason, Role, SigningKey};
+use fabric_ledger::{ArtifactLog, CheckpointNote, LedgerError, LedgerReader, SignedTreeHead};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
@@ -50,6 +50,62 @@ pub(crate) struct Shared {
     pub(crate) started: Instant,
     /// A replica's or a follower's part in a replicated fabric.
     pub(crate) following: Option<Arc<crate::follow::Following>>,
+    /// The latest tree head as a checkpoint note, signed when this process holds its key.
+    pub(crate) checkpoints: CheckpointSigner,
+}
+
+/// Signs tree heads as checkpoint notes (docs/FORMAT.md §17) with the ledger key that signed
+/// them, when this process holds its secret: once per head, however often it is asked.
+#[derive(Default)]
+pub(crate) struct CheckpointSigner {
+    /// The log's origin line (none while the log is empty).
+    origin: Option<String>,
+    /// The secrets of the ledger keys this process may sign with.
+    secrets: Vec<SigningKey>,
+    /// The last head signed, and its note.
+    last: Mutex<Option<(SignedTreeHead, Arc<str>)>>,
+}
+
+impl CheckpointSigner {
+    /// For the log of `reader` (its origin from its genesis entry) and the ledger `secrets`
+    /// this process holds (none for a follower).
+    pub(crate) fn new(
+        reader: &LedgerReader,
+        secrets: Vec<SigningKey>,
+    ) -> Result<Self, LedgerError> {
+        let origin = match reader.len()? {
+            0 => None,
+            _ => Some(fabric_ledger::note::origin_of(&reader.get(0)?.hash())),
+        };
+        Ok(Self {
+            origin,
+            secrets,
+            last: Mutex::new(None),
+        })
+    }
+
+    /// The note of `head`, or none when this process holds no secret of the key that signed
+    /// it (a follower, or a replica whose place another took).
+    fn note(&self, head: &SignedTreeHead) -> Option<Arc<str>> {
+        let origin = self.origin.as_deref()?;
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if let Some((signed, note)) = last.as_ref().filter(|(signed, _)| signed == head) {
+            debug_assert_eq!(signed.tree_size, head.tree_size);
+            return Some(Arc::clone(note));
+        }
+        let secret = self
+            .secrets
+            .iter()
+            .find(|secret| PublicKey::from(&secret.verifying_key()) == head.ledger_key)?;
+        let note: Arc<str> = CheckpointNote::sign(origin, head.tree_size, head.root, secret)
+            .encode()
+            .into();
+        *last = Some((*head, Arc::clone(&note)));
+        Some(note)
+    }
 }
 
 /// The header every answer of a simulated fabric carries, and its value.
@@ -145,6 +201,7 @@ pub(crate) fn routes(config: &mut web::ServiceConfig) {
         .route("/v0/artifacts/{hash}", web::get().to(artifact))
         .route("/v0/events", web::get().to(events))
         .route("/v0/proofs/{seq}", web::get().to(proof))
+        .route("/v0/checkpoints/latest", web::get().to(latest_checkpoint))
         .route("/v0/owner/commands", web::post().to(owner_command))
         .route("/v0/metrics", web::get().to(metrics))
         .route("/metrics", web::get().to(metrics))
@@ -160,6 +217,12 @@ async fn health(shared: web::Data<Shared>) -> HttpResponse {
             root: head.root,
             size: head.tree_size,
             tree_head: tree_head(&head),
+            checkpoint_origin: shared.checkpoints.origin.clone(),
+            checkpoint_verifier_key: shared
+                .checkpoints
+                .origin
+                .as_deref()
+                .map(|origin| fabric_ledger::note::verifier_key(origin, &head.ledger_key)),
         },
         status: "ok".to_owned(),
         key_origin: shared.key_origin,
@@ -184,6 +247,25 @@ async fn health(shared: web::Data<Shared>) -> HttpResponse {
             wire_format: String::from_utf8_lossy(&fabric_events::wire::WIRE_MAGIC).into_owned(),
         },
     })
+}
+
+/// `GET /v0/checkpoints/latest`: the latest tree head as a signed checkpoint note. A replica
+/// that does not hold the key in force sends the client to the sequencer.
+async fn latest_checkpoint(shared: web::Data<Shared>) -> HttpResponse {
+    let head = read_view(&shared).tree_head;
+    if let Some(note) = shared.checkpoints.note(&head) {
+        return HttpResponse::Ok()
+            .content_type("text/plain; charset=utf-8")
+            .body(note.to_string());
+    }
+    match shared.following.as_deref() {
+        Some(following) => crate::requests::to_sequencer(following, "/v0/checkpoints/latest"),
+        None => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_checkpoint",
+            "this server holds no secret of the ledger key that signed the latest tree head",
+        ),
+    }
 }
 
 /// A signed tree head as the API shows it.

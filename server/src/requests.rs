@@ -83,7 +83,12 @@ where
     own_headers(&mut request);
     if let Some(following) = following.filter(|following| !following.is_sequencing()) {
         if request.method() == actix_web::http::Method::POST {
-            let answer = to_sequencer(following, &request);
+            let path = request
+                .uri()
+                .path_and_query()
+                .map_or("/", |path| path.as_str())
+                .to_owned();
+            let answer = to_sequencer(following, &path);
             return Box::pin(async move { Ok(request.into_response(answer)) });
         }
     }
@@ -111,10 +116,11 @@ where
     })
 }
 
-/// A follower of a replicated log appends nothing: a submission is sent to the acting
-/// sequencer (307, the same method and body at its address), or refused (503 `no_sequencer`)
-/// while no message of the log has named one yet.
-fn to_sequencer(following: &crate::follow::Following, request: &ServiceRequest) -> HttpResponse {
+/// A follower of a replicated log appends nothing (nor signs): a submission, or a request for
+/// what only the sequencer signs, is sent to the acting sequencer (307, the same method,
+/// `path` and body at its address), or refused (503 `no_sequencer`) while no message of the
+/// log has named one yet.
+pub(crate) fn to_sequencer(following: &crate::follow::Following, path: &str) -> HttpResponse {
     let Some(sequencer) = following.sequencer() else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -123,18 +129,11 @@ fn to_sequencer(following: &crate::follow::Following, request: &ServiceRequest) 
              submit to another replica",
         );
     };
-    let location = format!(
-        "{}{}",
-        sequencer.trim_end_matches('/'),
-        request
-            .uri()
-            .path_and_query()
-            .map_or("/", |path| path.as_str())
-    );
+    let location = format!("{}{path}", sequencer.trim_end_matches('/'));
     let mut answer = error(
         StatusCode::TEMPORARY_REDIRECT,
         "not_sequencer",
-        format!("this replica follows the replicated log: submit to the sequencer, {location}"),
+        format!("this replica follows the replicated log: ask the sequencer, {location}"),
     );
     if let Ok(value) = HeaderValue::from_str(&location) {
         answer

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, watch};
 use crate::connections::{connection_caps, peer_of, Connections};
 use crate::error::ServerError;
 use crate::follow::{Follower, Following};
-use crate::handlers::{error, routes, Shared};
+use crate::handlers::{error, routes, CheckpointSigner, Shared};
 use crate::index::{index_log, View};
 use crate::limits::{
     HEAD_READ_TIMEOUT_MS, KEEP_ALIVE_MS, PEER_CONNECTIONS_MAX, SHUTDOWN_GRACE_S,
@@ -146,8 +146,17 @@ pub fn serve(
         .then(|| Arc::new(Following::default()));
     let (shared, mut feed_builder, replay) =
         shared(config, &ledger, artifacts, world, intake.clone())?;
+    let secrets = match &role {
+        Role::Sequence(spec) => std::iter::once(&spec.keys.ledger)
+            .chain(&spec.keys.staged)
+            .cloned()
+            .collect(),
+        Role::Follow { .. } => Vec::new(),
+    };
     let shared = web::Data::new(Shared {
         following: following.clone(),
+        checkpoints: CheckpointSigner::new(&ledger.reader(), secrets)
+            .map_err(|error| ServerError::Origin { error })?,
         ..shared
     });
     let (mut spec, follower_login) = match role {
@@ -387,6 +396,7 @@ fn shared(
         started: Instant::now(),
         reader,
         following: None,
+        checkpoints: CheckpointSigner::default(),
     };
     Ok((shared, feed, replay))
 }

@@ -4,6 +4,7 @@
 mod audit;
 mod batch;
 mod ceremony;
+mod checkpoint;
 mod cli;
 mod durability;
 mod failover;

@@ -373,6 +373,33 @@ fn a_follower_copies_and_verifies_the_replicated_log_through_the_loss_of_a_serve
         "Location {location} is the sequencer's ({sequencer_address}) /v0/jobs"
     );
 
+    // A checkpoint note is the key holder's to sign: the follower sends the client to the
+    // sequencer, whose note verifies with the key in force.
+    let redirected = client
+        .request("GET", "/v0/checkpoints/latest", None)
+        .expect("the follower answers");
+    assert_eq!(redirected.status, 307, "{}", redirected.text());
+    let location = redirected.header("location").expect("a Location header");
+    assert!(
+        location.ends_with("/v0/checkpoints/latest") && location.contains(&sequencer_address),
+        "Location {location} is the sequencer's ({sequencer_address}) checkpoint"
+    );
+    let mut sequencer_client = sequencer.client();
+    let note = sequencer_client
+        .request("GET", "/v0/checkpoints/latest", None)
+        .expect("the sequencer answers");
+    assert_eq!(note.status, 200, "{}", note.text());
+    let note = fabric_ledger::CheckpointNote::parse(&note.text()).expect("a checkpoint note");
+    let health = sequencer_client
+        .request("GET", "/v0/health", None)
+        .expect("health");
+    let health: serde_json::Value = serde_json::from_slice(&health.body).expect("JSON");
+    let key_in_force: fabric_events::PublicKey =
+        serde_json::from_value(health["ledger"]["tree_head"]["ledger_key"].clone())
+            .expect("the key in force");
+    note.verify(&note.origin, &key_in_force)
+        .expect("the sequencer's note verifies");
+
     // `fabric submit` given the follower follows it to the sequencer.
     let follower_address = follower.tcp.clone().expect("tcp").to_string();
     let submitted = fabric(&[

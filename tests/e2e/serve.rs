@@ -860,6 +860,7 @@ fn the_openapi_document_describes_every_answer_of_the_server() {
         ("get", "/v0/artifacts/{hash}"),
         ("get", "/v0/events"),
         ("get", "/v0/proofs/{seq}"),
+        ("get", "/v0/checkpoints/latest"),
         ("post", "/v0/owner/commands"),
         ("get", "/v0/metrics"),
         ("get", "/metrics"),

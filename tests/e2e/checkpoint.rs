@@ -1,0 +1,136 @@
+//! Tree heads as checkpoint notes (docs/FORMAT.md §17): a served fabric signs its latest
+//! head in the C2SP tlog-checkpoint / signed-note text format, and a verifier written apart
+//! from Fabric's code (Python's `cryptography`) accepts it, and refuses it changed.
+
+use std::process::Command;
+
+use fabric_events::PublicKey;
+use fabric_ledger::note::{origin_of, verifier_key, CheckpointNote};
+use fabric_ledger::{Frontier, LedgerReader};
+use serde_json::Value;
+
+use crate::serve::{get, json_of};
+use crate::support::Ceremony;
+
+/// A signed-note verifier of its own: reads a verifier key (`name+key ID+base64(0x01 ‖
+/// key)`) and checks its key ID is SHA-256(name ‖ 0x0A ‖ 0x01 ‖ key)[:4], reads the note,
+/// finds the signature lines of that name and ID, checks their Ed25519 signatures over the
+/// note text, and prints the size and the root in hex. Exits non-zero when anything fails.
+const PYTHON_VERIFIER: &str = r#"
+import base64, hashlib, sys
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.exceptions import InvalidSignature
+
+note = open(sys.argv[1], "rb").read().decode("utf-8")
+name, key_id_hex, typed_key = sys.argv[2].split("+")
+typed_key = base64.b64decode(typed_key, validate=True)
+assert len(typed_key) == 33 and typed_key[0] == 1, "not an Ed25519 verifier key"
+key = typed_key[1:]
+key_id = hashlib.sha256(name.encode() + b"\n\x01" + key).digest()[:4]
+assert key_id.hex() == key_id_hex, "key ID %s, computed %s" % (key_id_hex, key_id.hex())
+assert note.endswith("\n"), "no final newline"
+text, _, signatures = note[:-1].rpartition("\n\n")
+text += "\n"
+origin, size, root = text[:-1].split("\n")
+assert origin == name, "origin %r, key name %r" % (origin, name)
+assert size == str(int(size)), "size %r" % size
+root = base64.b64decode(root, validate=True)
+assert len(root) == 32
+verified = 0
+for line in signatures.split("\n"):
+    assert line.startswith("\u2014 "), "line %r" % line
+    line_name, encoded = line[2:].split(" ")
+    blob = base64.b64decode(encoded, validate=True)
+    if line_name != name or blob[:4] != key_id:
+        continue
+    try:
+        Ed25519PublicKey.from_public_bytes(key).verify(blob[4:], text.encode())
+    except InvalidSignature:
+        sys.exit("the signature does not verify")
+    verified += 1
+if verified == 0:
+    sys.exit("no signature of the key")
+print(size, root.hex())
+"#;
+
+/// Runs the Python verifier on `note` for verifier key `vkey`: its stdout, or Err with what it
+/// said.
+fn python_verify(note: &str, vkey: &str) -> Result<String, String> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("checkpoint.txt");
+    std::fs::write(&file, note).expect("note written");
+    let output = Command::new("python3")
+        .args(["-c", PYTHON_VERIFIER])
+        .arg(&file)
+        .arg(vkey)
+        .output()
+        .expect("python3 runs (scripts/test installs it with python3-cryptography)");
+    match output.status.success() {
+        true => Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned()),
+        false => Err(String::from_utf8_lossy(&output.stderr).into_owned()),
+    }
+}
+
+#[test]
+fn a_served_fabric_signs_its_latest_head_as_a_checkpoint_an_independent_verifier_accepts() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ceremony = Ceremony::run(dir.path());
+    let mut served = ceremony.serve(&[]);
+    let mut client = served.client();
+    let health: Value = json_of(&get(&mut client, "/v0/health"));
+    let text = |field: &str| {
+        health["ledger"][field]
+            .as_str()
+            .unwrap_or_else(|| panic!("health has no ledger.{field}: {health}"))
+            .to_owned()
+    };
+    let (origin, vkey) = (text("checkpoint_origin"), text("checkpoint_verifier_key"));
+    let ledger_key: PublicKey = serde_json::from_value(health["ledger"]["ledger_key"].clone())
+        .expect("health names the ledger key");
+    assert_eq!(vkey, verifier_key(&origin, &ledger_key));
+
+    let response = get(&mut client, "/v0/checkpoints/latest");
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(
+        response.header("content-type"),
+        Some("text/plain; charset=utf-8")
+    );
+    let note = response.text();
+    let parsed = CheckpointNote::parse(&note).expect("Fabric reads its own note");
+    assert!(parsed.tree_size > 0, "{note}");
+    assert_eq!(parsed.signatures.len(), 1, "{note}");
+    assert_eq!(parsed.origin, origin);
+
+    // An independent verifier accepts it, and names the same size and root.
+    let said = python_verify(&note, &vkey).expect("the note verifies");
+    assert_eq!(said, format!("{} {}", parsed.tree_size, parsed.root));
+    // ...and refuses it with the size changed, or checked against another key.
+    let bigger = note.replacen(
+        &format!("\n{}\n", parsed.tree_size),
+        &format!("\n{}\n", parsed.tree_size + 1),
+        1,
+    );
+    let refused = python_verify(&bigger, &vkey).expect_err("changed");
+    assert!(refused.contains("does not verify"), "{refused}");
+    let other_key = verifier_key(&origin, &PublicKey([0x11; 32]));
+    let refused = python_verify(&note, &other_key).expect_err("other key");
+    assert!(refused.contains("no signature of the key"), "{refused}");
+
+    // Asked again at the same head, the same note (signed once per head).
+    let again = get(&mut client, "/v0/checkpoints/latest").text();
+    let again = CheckpointNote::parse(&again).expect("parses");
+    if again.tree_size == parsed.tree_size {
+        assert_eq!(again, parsed);
+    }
+
+    // The origin is the genesis entry's, and the root is the log's at that size.
+    assert!(served.terminate(), "the server stops on SIGTERM");
+    let reader = LedgerReader::open(ceremony.data.join("ledger")).expect("the ledger opens");
+    let genesis = reader.get(0).expect("the genesis entry");
+    assert_eq!(parsed.origin, origin_of(&genesis.hash()));
+    let mut frontier = Frontier::new();
+    for leaf in reader.leaf_hashes(0..parsed.tree_size).expect("the leaves") {
+        frontier.push(leaf);
+    }
+    assert_eq!(frontier.root(), parsed.root);
+}
