@@ -12,6 +12,7 @@ mod run;
 mod serve;
 mod slo;
 mod tail;
+mod witness;
 
 use std::ffi::OsString;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -97,6 +98,9 @@ enum Command {
     Status(client::JobArgs),
     /// Print a job's result (and fetch its artifact) from a running `fabric serve`
     Result(client::JobArgs),
+    /// Witness fabrics: cosign each tree head that extends the last one cosigned, keep the
+    /// evidence of a fork (exit status 3)
+    Witness(witness::WitnessArgs),
     /// A node's job executor: runs the jobs framed on stdin in the sandbox (started by the
     /// node itself; docs/FORMAT.md §15.6)
     #[command(name = "node-executor", hide = true)]
@@ -148,6 +152,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Submit(args) => return client::submit(&args),
         Command::Status(args) => return client::status(&args),
         Command::Result(args) => return client::result(&args),
+        // A witness that saw a fork says so in its exit status.
+        Command::Witness(args) => return witness::run(&args),
         // The executor's exit status says why it stopped (docs/FORMAT.md §15.6).
         Command::NodeExecutor { root } => {
             return Ok(fabric_node::executor::executor_main(root.as_deref()))

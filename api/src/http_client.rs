@@ -21,7 +21,7 @@ const RESPONSE_BYTES_MAX: usize = 256 * 1024 * 1024;
 const LINE_BYTES_MAX: usize = 16 * 1024;
 
 /// Where the server listens.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
     /// `host:port` on TCP.
     Tcp(String),

@@ -32,6 +32,11 @@ pub const ORIGIN_PREFIX: &str = "fabric/";
 const ORIGIN_HASH_BYTES: usize = 16;
 /// The signed-note signature type of Ed25519 (c2sp.org/signed-note).
 pub const ED25519_SIGNATURE_TYPE: u8 = 0x01;
+/// The signed-note signature type of timestamped Ed25519 witness cosignatures
+/// (c2sp.org/tlog-cosignature).
+pub const COSIGNATURE_TYPE: u8 = 0x04;
+/// The first line of what a cosignature signs.
+const COSIGNATURE_HEADER: &str = "cosignature/v1";
 /// The most signature lines a note may carry (the format asks verifiers to accept 16); more
 /// is refused, so that a note's size is bounded.
 pub const NOTE_SIGNATURES_MAX: usize = 32;
@@ -63,9 +68,19 @@ pub fn origin_of(genesis_hash: &Hash32) -> String {
 /// The note key ID of an Ed25519 key named `name`: the first 4 bytes, big-endian, of
 /// SHA-256(name ‖ 0x0A ‖ 0x01 ‖ public key).
 pub fn key_id(name: &str, key: &PublicKey) -> u32 {
+    typed_key_id(name, ED25519_SIGNATURE_TYPE, key)
+}
+
+/// The key ID of a witness's Ed25519 cosigning key named `name`: as [`key_id`] with type
+/// 0x04.
+pub fn cosigner_key_id(name: &str, key: &PublicKey) -> u32 {
+    typed_key_id(name, COSIGNATURE_TYPE, key)
+}
+
+fn typed_key_id(name: &str, signature_type: u8, key: &PublicKey) -> u32 {
     let mut hasher = Sha256::new();
     hasher.update(name.as_bytes());
-    hasher.update([b'\n', ED25519_SIGNATURE_TYPE]);
+    hasher.update([b'\n', signature_type]);
     hasher.update(key.as_bytes());
     let digest = hasher.finalize();
     u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
@@ -74,10 +89,53 @@ pub fn key_id(name: &str, key: &PublicKey) -> u32 {
 /// The verifier key string of note tools (`name+hex key ID+base64(0x01 ‖ public key)`), as
 /// `golang.org/x/mod/sumdb/note` reads it.
 pub fn verifier_key(name: &str, key: &PublicKey) -> String {
+    typed_verifier_key(name, ED25519_SIGNATURE_TYPE, key)
+}
+
+/// A witness's cosigner verifier key (`name+hex key ID+base64(0x04 ‖ public key)`).
+pub fn cosigner_verifier_key(name: &str, key: &PublicKey) -> String {
+    typed_verifier_key(name, COSIGNATURE_TYPE, key)
+}
+
+fn typed_verifier_key(name: &str, signature_type: u8, key: &PublicKey) -> String {
     let mut typed = Vec::with_capacity(33);
-    typed.push(ED25519_SIGNATURE_TYPE);
+    typed.push(signature_type);
     typed.extend_from_slice(key.as_bytes());
-    format!("{name}+{:08x}+{}", key_id(name, key), BASE64.encode(typed))
+    let id = typed_key_id(name, signature_type, key);
+    format!("{name}+{id:08x}+{}", BASE64.encode(typed))
+}
+
+/// A verifier key read back: its name, and the Ed25519 key of a note signature (type 0x01)
+/// or of a cosignature (0x04).
+pub fn parse_verifier_key(vkey: &str) -> Result<(String, u8, PublicKey), NoteError> {
+    // The key's base64 may hold `+`; the name and the key ID never do.
+    let mut parts = vkey.splitn(3, '+');
+    let (Some(name), Some(id), Some(typed)) = (parts.next(), parts.next(), parts.next()) else {
+        return fail(format!("verifier key {vkey:?} is not name+key ID+key"));
+    };
+    check_key_name(name, "the verifier key's name")?;
+    let typed = BASE64
+        .decode(typed)
+        .map_err(|error| NoteError(format!("verifier key {vkey:?}: {error}")))?;
+    let (signature_type, key) = match typed.as_slice() {
+        [signature_type @ (ED25519_SIGNATURE_TYPE | COSIGNATURE_TYPE), key @ ..] => {
+            match <[u8; 32]>::try_from(key) {
+                Ok(key) => (*signature_type, PublicKey(key)),
+                Err(_) => return fail(format!("verifier key {vkey:?}: not a 32-byte key")),
+            }
+        }
+        _ => {
+            return fail(format!(
+                "verifier key {vkey:?}: not an Ed25519 key of type 0x01 or 0x04"
+            ))
+        }
+    };
+    if format!("{:08x}", typed_key_id(name, signature_type, &key)) != id {
+        return fail(format!(
+            "verifier key {vkey:?}: its key ID is not its name's and key's"
+        ));
+    }
+    Ok((name.to_owned(), signature_type, key))
 }
 
 /// One signature line of a note.
@@ -141,6 +199,52 @@ impl CheckpointNote {
             key_id: key_id(name, &key),
             signature: signature.to_bytes().to_vec(),
         });
+    }
+
+    /// Adds a witness's cosignature (c2sp.org/tlog-cosignature): by `secret` under `name`,
+    /// at POSIX time `timestamp`, over `cosignature/v1`, `time TIMESTAMP` and the note text.
+    pub fn cosign(&mut self, name: &str, secret: &SigningKey, timestamp: u64) {
+        let key = PublicKey::from(&secret.verifying_key());
+        let signature = secret.sign(&self.cosigned_message(timestamp));
+        let mut bytes = Vec::with_capacity(8 + 64);
+        bytes.extend_from_slice(&timestamp.to_be_bytes());
+        bytes.extend_from_slice(&signature.to_bytes());
+        self.signatures.push(NoteSignature {
+            name: name.to_owned(),
+            key_id: cosigner_key_id(name, &key),
+            signature: bytes,
+        });
+    }
+
+    /// Checks the cosignature of the witness `key` under `name`: its time, when it verifies.
+    pub fn verify_cosignature(&self, name: &str, key: &PublicKey) -> Result<u64, NoteError> {
+        let id = cosigner_key_id(name, key);
+        let line = self
+            .signatures
+            .iter()
+            .find(|line| line.name == name && line.key_id == id)
+            .ok_or_else(|| NoteError(format!("no cosignature of {name} with key ID {id:08x}")))?;
+        let Ok(bytes) = <[u8; 72]>::try_from(line.signature.as_slice()) else {
+            return fail(format!(
+                "the cosignature of {name} has {} bytes, not 72",
+                line.signature.len()
+            ));
+        };
+        let (time, signature) = bytes.split_at(8);
+        let mut time_bytes = [0u8; 8];
+        time_bytes.copy_from_slice(time);
+        let timestamp = u64::from_be_bytes(time_bytes);
+        let mut signature_bytes = [0u8; 64];
+        signature_bytes.copy_from_slice(signature);
+        let message = self.cosigned_message(timestamp);
+        match verify_signature(key, &SignatureBytes(signature_bytes), &message) {
+            Ok(()) => Ok(timestamp),
+            Err(_) => fail(format!("the cosignature of {name} ({key}) does not verify")),
+        }
+    }
+
+    fn cosigned_message(&self, timestamp: u64) -> Vec<u8> {
+        format!("{COSIGNATURE_HEADER}\ntime {timestamp}\n{}", self.text()).into_bytes()
     }
 
     /// The signed note text: origin, size and base64 root, each line ending in a newline.
@@ -382,6 +486,46 @@ mod tests {
             let error = CheckpointNote::parse(&text).expect_err(why);
             assert!(error.0.contains(why), "{why}: {error}");
         }
+    }
+
+    #[test]
+    fn a_witness_cosignature_verifies_with_its_time_and_fails_changed() {
+        let (mut note, secret) = note();
+        let witness = keys::generate();
+        let witness_key = PublicKey::from(&witness.verifying_key());
+        note.cosign("witness.example/w1", &witness, 1_700_000_000);
+        let read = CheckpointNote::parse(&note.encode()).expect("parses");
+        assert_eq!(
+            read.verify_cosignature("witness.example/w1", &witness_key),
+            Ok(1_700_000_000)
+        );
+        // A cosignature is no log signature, and the log's signature no cosignature.
+        assert!(read.verify("witness.example/w1", &witness_key).is_err());
+        let log_key = PublicKey::from(&secret.verifying_key());
+        assert!(read.verify_cosignature(&note.origin, &log_key).is_err());
+        let mut changed = read.clone();
+        changed.tree_size += 1;
+        assert!(changed
+            .verify_cosignature("witness.example/w1", &witness_key)
+            .is_err());
+    }
+
+    #[test]
+    fn verifier_keys_read_back_and_a_wrong_key_id_is_refused() {
+        let key = PublicKey([5; 32]);
+        let vkey = cosigner_verifier_key("w.example/1", &key);
+        assert_eq!(
+            parse_verifier_key(&vkey),
+            Ok(("w.example/1".to_owned(), COSIGNATURE_TYPE, key))
+        );
+        let log = verifier_key("fabric/00", &key);
+        assert_eq!(
+            parse_verifier_key(&log).map(|(_, kind, _)| kind),
+            Ok(ED25519_SIGNATURE_TYPE)
+        );
+        let renamed = log.replacen("fabric/00", "fabric/01", 1);
+        assert!(parse_verifier_key(&renamed).is_err());
+        assert!(parse_verifier_key("nothing").is_err());
     }
 
     #[test]

@@ -201,6 +201,10 @@ pub(crate) fn routes(config: &mut web::ServiceConfig) {
         .route("/v0/artifacts/{hash}", web::get().to(artifact))
         .route("/v0/events", web::get().to(events))
         .route("/v0/proofs/{seq}", web::get().to(proof))
+        .route(
+            "/v0/proofs/consistency/{old}/{new}",
+            web::get().to(consistency_proof),
+        )
         .route("/v0/checkpoints/latest", web::get().to(latest_checkpoint))
         .route("/v0/owner/commands", web::post().to(owner_command))
         .route("/v0/metrics", web::get().to(metrics))
@@ -941,6 +945,46 @@ async fn proof(shared: web::Data<Shared>, path: web::Path<String>) -> HttpRespon
     }
     match fabric_audit::proof::inclusion_doc(&shared.reader, &shared.ledger_key, size, seq, size) {
         Ok(doc) => HttpResponse::Ok().json(doc),
+        Err(err) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "proof",
+            format!("could not build the proof: {err:#}"),
+        ),
+    }
+}
+
+/// `GET /v0/proofs/consistency/{old}/{new}`: the consistency proof document between two
+/// sizes of the durable log that have signed tree heads (what a witness asks before it
+/// cosigns a bigger head).
+async fn consistency_proof(
+    shared: web::Data<Shared>,
+    path: web::Path<(String, String)>,
+) -> HttpResponse {
+    let (old, new) = path.into_inner();
+    let (Ok(old_size), Ok(new_size)) = (old.parse::<u64>(), new.parse::<u64>()) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_size",
+            format!("{old:?} and {new:?} must be tree sizes (unsigned 64-bit integers)"),
+        );
+    };
+    let size = read_view(&shared).tree_head.tree_size;
+    let built = fabric_audit::proof::consistency_doc(
+        &shared.reader,
+        &shared.ledger_key,
+        size,
+        old_size,
+        new_size,
+    );
+    use fabric_audit::proof::BuildError;
+    match built {
+        Ok(doc) => HttpResponse::Ok().json(doc),
+        Err(err @ BuildError::Sizes { .. }) => {
+            error(StatusCode::BAD_REQUEST, "bad_size", err.to_string())
+        }
+        Err(err @ (BuildError::PastEnd { .. } | BuildError::NoTreeHead { .. })) => {
+            error(StatusCode::NOT_FOUND, "unknown_size", err.to_string())
+        }
         Err(err) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "proof",

@@ -28,7 +28,7 @@ fn copy_of_pristine(name: &str) -> (tempfile::TempDir, PathBuf) {
     (dir, copy)
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("mkdir");
     for entry in std::fs::read_dir(from).expect("readable") {
         let entry = entry.expect("readable");

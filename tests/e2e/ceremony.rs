@@ -73,7 +73,12 @@ fn assert_rejected(client: &mut Client, seq: u64, reason: &str) {
 }
 
 /// A signed owner command pausing `shard`, approved by `approvers`, as the API takes it.
-fn pause_command(shard: &str, nonce: u64, tick: u64, approvers: &[SigningKey]) -> String {
+pub(crate) fn pause_command(
+    shard: &str,
+    nonce: u64,
+    tick: u64,
+    approvers: &[SigningKey],
+) -> String {
     let mut command = OwnerCommand {
         action: OwnerAction::PauseShard {
             shard: shard.to_owned(),
@@ -152,7 +157,7 @@ fn job_request(key: &SigningKey, shard: &str, request_id: &str, tick: u64) -> St
     .to_string()
 }
 
-fn load_owner(ceremony: &Ceremony, index: usize) -> SigningKey {
+pub(crate) fn load_owner(ceremony: &Ceremony, index: usize) -> SigningKey {
     keys::load_secret(&ceremony.owners[index]).expect("the owner's key loads")
 }
 

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.exceptions import InvalidSignature
 
 note = open(sys.argv[1], "rb").read().decode("utf-8")
-name, key_id_hex, typed_key = sys.argv[2].split("+")
+name, key_id_hex, typed_key = sys.argv[2].split("+", 2)
 typed_key = base64.b64decode(typed_key, validate=True)
 assert len(typed_key) == 33 and typed_key[0] == 1, "not an Ed25519 verifier key"
 key = typed_key[1:]
@@ -133,4 +133,132 @@ fn a_served_fabric_signs_its_latest_head_as_a_checkpoint_an_independent_verifier
         frontier.push(leaf);
     }
     assert_eq!(frontier.root(), parsed.root);
+}
+
+/// `fabric witness` with `args`, to its end: (exit code, stdout, stderr).
+fn witness(args: &[&str]) -> (Option<i32>, String, String) {
+    let output = crate::support::fabric(&[&["witness"], args].concat());
+    (
+        output.status.code(),
+        crate::support::stdout(&output),
+        crate::support::stderr(&output),
+    )
+}
+
+#[test]
+fn a_witness_cosigns_a_fabrics_heads_and_catches_a_second_history_under_its_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ceremony = Ceremony::run(dir.path());
+    // The same fabric, copied before it serves: served with the same ledger key, it will be
+    // made to tell another history from the same genesis.
+    let copy = dir.path().join("copy");
+    crate::audit::copy_dir(&ceremony.data, &copy);
+    let honest = ceremony.serve(&[]);
+    let (ledger_key, routers) = (ceremony.ledger_key(), ceremony.router_keys());
+    let forked = crate::support::Served::spawn(&[
+        "--data",
+        crate::support::path(&copy),
+        "--ledger-key",
+        crate::support::path(&ledger_key),
+        "--router-keys",
+        crate::support::path(&routers),
+        "--tick-ms",
+        "10",
+    ]);
+    let mut honest_client = honest.client();
+    let health: Value = json_of(&get(&mut honest_client, "/v0/health"));
+    let vkey = health["ledger"]["checkpoint_verifier_key"]
+        .as_str()
+        .expect("a verifier key")
+        .to_owned();
+    let witness_key = dir.path().join("witness.key");
+    crate::support::succeed(&["keygen", "--out", crate::support::path(&witness_key)]);
+    let state = dir.path().join("witness");
+    let honest_address = honest.tcp.clone().expect("tcp").to_string();
+    let forked_address = forked.tcp.clone().expect("tcp").to_string();
+    let base = [
+        "--key",
+        crate::support::path(&witness_key),
+        "--name",
+        "witness.test/w1",
+        "--log-key",
+        &vkey,
+        "--state",
+        crate::support::path(&state),
+        "--poll-ms",
+        "50",
+    ];
+
+    // Following the honest server: its head is cosigned.
+    let (code, out, err) =
+        witness(&[&base[..], &["--follow", &honest_address, "--rounds", "2"]].concat());
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("cosigned fabric/"), "{out}{err}");
+    let witness_public = fabric_events::keys::load_secret(&witness_key).expect("the key");
+    let witness_public = PublicKey::from(&witness_public.verifying_key());
+    let kept: Value =
+        serde_json::from_slice(&std::fs::read(state.join("state.json")).expect("the state"))
+            .expect("JSON");
+    let (origin, log) = kept["logs"]
+        .as_object()
+        .and_then(|logs| logs.iter().next())
+        .expect("one log");
+    let cosigned = CheckpointNote::parse(log["note"].as_str().expect("a note")).expect("a note");
+    cosigned
+        .verify_cosignature("witness.test/w1", &witness_public)
+        .expect("cosigned by the witness");
+    assert_eq!(&cosigned.origin, origin);
+
+    // Each server appends its own owner command: one key, two histories.
+    let approvers = [
+        crate::ceremony::load_owner(&ceremony, 0),
+        crate::ceremony::load_owner(&ceremony, 1),
+    ];
+    let mut forked_client = forked.client();
+    for (client, shard) in [(&mut honest_client, "mars"), (&mut forked_client, "luna")] {
+        let tick = crate::serve::current_tick(client);
+        let command = crate::ceremony::pause_command(shard, 77, tick, &approvers);
+        let response = crate::serve::post(client, "/v0/owner/commands", command.as_bytes());
+        assert_eq!(response.status, 202, "{}", response.text());
+    }
+
+    // Following both, as two auditors would be shown them: the fork is caught.
+    let (code, out, err) = witness(
+        &[
+            &base[..],
+            &[
+                "--follow",
+                &honest_address,
+                "--follow",
+                &forked_address,
+                "--rounds",
+                "2",
+            ],
+        ]
+        .concat(),
+    );
+    assert_eq!(code, Some(3), "a fork is exit status 3: {out}{err}");
+    assert!(err.contains("FORK: fabric/"), "{err}");
+    let evidence = state.join("forks").join("fork-1.json");
+    let fork: Value =
+        serde_json::from_slice(&std::fs::read(&evidence).expect("the evidence")).expect("JSON");
+    let log_key: PublicKey =
+        serde_json::from_value(health["ledger"]["ledger_key"].clone()).expect("the key");
+    let notes: Vec<CheckpointNote> = ["cosigned", "seen"]
+        .iter()
+        .map(|field| CheckpointNote::parse(fork[field].as_str().expect("a note")).expect("a note"))
+        .collect();
+    for note in &notes {
+        note.verify(&note.origin, &log_key)
+            .expect("both heads are signed by the fabric's own key");
+    }
+    assert_ne!(
+        (notes[0].tree_size, notes[0].root),
+        (notes[1].tree_size, notes[1].root)
+    );
+    // Asked again, it cosigns nothing of that log, and still says it forked.
+    let (code, _, err) =
+        witness(&[&base[..], &["--follow", &honest_address, "--rounds", "1"]].concat());
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("forked"), "{err}");
 }

@@ -79,3 +79,19 @@ fn the_audit_crate_links_no_ledger_writer() {
         );
     }
 }
+
+#[test]
+fn the_witness_links_no_ledger_writer_and_no_service() {
+    let listing = tree("fabric-witness", true);
+    assert!(crates(&listing).contains(&"fabric-ledger"), "{listing}");
+    assert!(
+        !listing.contains("fabric-ledger feature \"writer\""),
+        "fabric-witness must read notes and proofs without the ledger's writer:\n{listing}"
+    );
+    for service in ["fabric-server", "fabric-actors", "fabric-sim", "actix"] {
+        assert!(
+            !crates(&listing).contains(&service),
+            "fabric-witness links {service}"
+        );
+    }
+}

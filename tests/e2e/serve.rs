@@ -818,7 +818,8 @@ fn metrics_pass_promtool_and_name_every_metric() {
 fn example(parameter: &str, job: u64, seq: u64, artifact: &str) -> String {
     match parameter {
         "id" => job.to_string(),
-        "seq" => seq.to_string(),
+        "seq" | "old" => seq.to_string(),
+        "new" => (seq + 1).to_string(),
         "hash" => artifact.to_owned(),
         other => {
             panic!("the OpenAPI document has a path parameter {other:?} this test does not know")
@@ -860,6 +861,7 @@ fn the_openapi_document_describes_every_answer_of_the_server() {
         ("get", "/v0/artifacts/{hash}"),
         ("get", "/v0/events"),
         ("get", "/v0/proofs/{seq}"),
+        ("get", "/v0/proofs/consistency/{old}/{new}"),
         ("get", "/v0/checkpoints/latest"),
         ("post", "/v0/owner/commands"),
         ("get", "/v0/metrics"),
@@ -901,7 +903,7 @@ fn the_openapi_document_describes_every_answer_of_the_server() {
     // required fields; a request body that is not a job gets a documented 400 too.
     for (method, template) in &documented {
         let mut concrete = template.clone();
-        for parameter in ["id", "seq", "hash"] {
+        for parameter in ["id", "seq", "hash", "old", "new"] {
             concrete = concrete.replace(
                 &format!("{{{parameter}}}"),
                 &example(parameter, job, seq, &artifact),

@@ -1,0 +1,90 @@
+//! `fabric witness`: the CLI of `fabric-witness` (docs/FORMAT.md §17.4).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use fabric_api::http_client::Target;
+use fabric_events::{keys, PublicKey};
+use fabric_ledger::note::cosigner_verifier_key;
+use fabric_witness::{Outcome, Witness, WitnessConfig};
+
+/// The exit status of a witness that saw a fork.
+const EXIT_FORK: u8 = 3;
+
+#[derive(clap::Args)]
+pub struct WitnessArgs {
+    /// The witness's secret key file (`fabric keygen`); it signs cosignatures only
+    #[arg(long, value_name = "FILE")]
+    key: PathBuf,
+    /// The witness's key name in its cosignatures: a schema-less URL without spaces or `+`
+    /// (e.g. witness.example.org/w1)
+    #[arg(long, value_name = "NAME")]
+    name: String,
+    /// A log to witness, by its verifier key as `GET /v0/health` gives it
+    /// (`ledger.checkpoint_verifier_key`: origin+key ID+key); repeat for each log, and for
+    /// each key of a log whose key changed
+    #[arg(long = "log-key", value_name = "VKEY", required = true)]
+    log_keys: Vec<String>,
+    /// A server of a witnessed log to ask for its latest checkpoint note (host:port,
+    /// http://…, https://…, unix:PATH); repeat to watch several, as several auditors would
+    #[arg(long = "follow", value_name = "SERVER", required = true)]
+    follow: Vec<String>,
+    /// The witness's state folder: the last head it cosigned of each log, and forks/ with
+    /// the evidence of any fork
+    #[arg(long, value_name = "DIR")]
+    state: PathBuf,
+    /// Milliseconds between rounds
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    poll_ms: u64,
+    /// Stop after this many rounds [default: run until stopped]
+    #[arg(long, value_name = "N")]
+    rounds: Option<u64>,
+}
+
+/// Runs rounds until `--rounds` or a signal; exit status 3 when a log it witnesses forked.
+pub fn run(args: &WitnessArgs) -> anyhow::Result<ExitCode> {
+    let secret = keys::load_secret(&args.key)
+        .with_context(|| format!("the witness key {}", args.key.display()))?;
+    let sources = args
+        .follow
+        .iter()
+        .map(|server| Target::parse(server).with_context(|| format!("--follow {server}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let cosigner = cosigner_verifier_key(&args.name, &PublicKey::from(&secret.verifying_key()));
+    let mut witness = Witness::open(WitnessConfig {
+        name: args.name.clone(),
+        secret,
+        logs: WitnessConfig::logs_of(&args.log_keys)?,
+        sources,
+        state_dir: args.state.clone(),
+    })?;
+    println!("witness {} (cosigner key {cosigner})", args.name);
+    let mut round = 0u64;
+    while args.rounds.is_none_or(|rounds| round < rounds) {
+        if round > 0 {
+            std::thread::sleep(Duration::from_millis(args.poll_ms));
+        }
+        for (source, outcome) in witness.round()? {
+            match outcome {
+                Outcome::Cosigned { origin, tree_size } => {
+                    println!("cosigned {origin} at size {tree_size} (from {source})");
+                }
+                Outcome::Fork(_) => println!("fork: the log {source} serves forked"),
+                Outcome::Skipped(why) => eprintln!("{source}: not cosigned: {why}"),
+                Outcome::NothingNew => {}
+            }
+        }
+        round += 1;
+    }
+    if witness.state().forked() {
+        for (origin, log) in &witness.state().logs {
+            if let Some(fork) = &log.fork {
+                eprintln!("FORK: {origin}: {}", fork.detail);
+            }
+        }
+        return Ok(ExitCode::from(EXIT_FORK));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,526 @@
+//! `fabric witness` (docs/FORMAT.md §17.4): a process with a key of its own that follows one
+//! or more fabrics over HTTP, and cosigns a tree head only once it has checked that the head
+//! extends the last one it cosigned for that log.
+//!
+//! Each round it asks every server it follows for its latest checkpoint note
+//! (`GET /v0/checkpoints/latest`), and for each note:
+//!
+//! 1. reads it strictly and verifies its signature with a key it was told to trust for that
+//!    origin (a note of an unknown origin, or that does not verify, is skipped: anyone can
+//!    send bytes, only the log's key can make a fork);
+//! 2. compares it with the last head it cosigned for the origin: the same head is nothing
+//!    new; a bigger one needs a consistency proof from the cosigned size to its size
+//!    (`GET /v0/proofs/consistency/{old}/{new}`, checked against the two notes' roots); a
+//!    smaller one needs a proof from its size to the cosigned one;
+//! 3. cosigns a consistent bigger head (C2SP tlog-cosignature, Ed25519, with the time), makes
+//!    it durable in its state, and only then shows it.
+//!
+//! Two signed heads of one size with different roots, or a proof that does not hold, is a
+//! **fork**: the log's key signed two histories. The witness keeps both signed notes in its
+//! evidence folder, never cosigns that origin again, and says so on stderr, in its state, and
+//! in its exit status. A proof it cannot get decides nothing: the head is not cosigned.
+
+mod state;
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fabric_api::http_client::{Client, Target};
+use fabric_audit::proof::ConsistencyDoc;
+use fabric_events::{PublicKey, SigningKey};
+use fabric_ledger::merkle::{verify_consistency, ConsistencyProof};
+use fabric_ledger::note::{parse_verifier_key, CheckpointNote, ED25519_SIGNATURE_TYPE};
+use thiserror::Error;
+
+pub use state::{Fork, LogState, WitnessState};
+
+/// How long one HTTP request to a followed server may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most logs one witness follows.
+pub const LOGS_MAX: usize = 64;
+/// The most servers one witness asks each round.
+pub const SOURCES_MAX: usize = 64;
+
+/// Why the witness cannot go on.
+#[derive(Debug, Error)]
+pub enum WitnessError {
+    /// A setting is wrong.
+    #[error("{0}")]
+    Setting(String),
+    /// Its state could not be read or made durable.
+    #[error("the witness state in {}: {detail}", path.display())]
+    State {
+        /// The file or folder.
+        path: PathBuf,
+        /// Why.
+        detail: String,
+    },
+}
+
+/// A log the witness trusts the keys of: its origin, and every key it may be signed with.
+#[derive(Clone, Debug)]
+pub struct TrustedLog {
+    /// The log's origin (its notes' first line and key name).
+    pub origin: String,
+    /// Its ledger keys (a rotated log has several).
+    pub keys: Vec<PublicKey>,
+}
+
+/// What a witness is given.
+pub struct WitnessConfig {
+    /// Its key name (a schema-less URL, without spaces or `+`).
+    pub name: String,
+    /// Its cosigning key.
+    pub secret: SigningKey,
+    /// The logs it witnesses.
+    pub logs: Vec<TrustedLog>,
+    /// The servers it asks for notes.
+    pub sources: Vec<Target>,
+    /// Its state folder: `state.json` and `forks/`.
+    pub state_dir: PathBuf,
+}
+
+impl WitnessConfig {
+    /// The logs of verifier keys (`origin+key ID+base64(0x01 ‖ key)`, as `GET /v0/health`
+    /// gives them), grouped by origin.
+    pub fn logs_of(vkeys: &[String]) -> Result<Vec<TrustedLog>, WitnessError> {
+        let mut logs: Vec<TrustedLog> = Vec::new();
+        for vkey in vkeys {
+            let (origin, kind, key) = parse_verifier_key(vkey)
+                .map_err(|error| WitnessError::Setting(format!("--log-key: {error}")))?;
+            if kind != ED25519_SIGNATURE_TYPE {
+                return Err(WitnessError::Setting(format!(
+                    "--log-key {vkey}: a log's key signs notes (type 0x01), not cosignatures"
+                )));
+            }
+            match logs.iter_mut().find(|log| log.origin == origin) {
+                Some(log) => log.keys.push(key),
+                None => logs.push(TrustedLog {
+                    origin,
+                    keys: vec![key],
+                }),
+            }
+        }
+        if logs.is_empty() || logs.len() > LOGS_MAX {
+            return Err(WitnessError::Setting(format!(
+                "{} logs: give 1 to {LOGS_MAX} with --log-key",
+                logs.len()
+            )));
+        }
+        Ok(logs)
+    }
+}
+
+/// What a note came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Cosigned: the first head of the log, or one that extends the last cosigned.
+    Cosigned {
+        /// The log.
+        origin: String,
+        /// Its size.
+        tree_size: u64,
+    },
+    /// The head last cosigned, or an older one consistent with it.
+    NothingNew,
+    /// Not judged (and not cosigned), with why.
+    Skipped(String),
+    /// The log's key signed two histories: the evidence is kept.
+    Fork(Fork),
+}
+
+/// A witness and its durable state.
+pub struct Witness {
+    config: WitnessConfig,
+    state: WitnessState,
+}
+
+impl Witness {
+    /// Opens the state folder (made when missing) and reads its state.
+    pub fn open(config: WitnessConfig) -> Result<Self, WitnessError> {
+        if config.sources.is_empty() || config.sources.len() > SOURCES_MAX {
+            return Err(WitnessError::Setting(format!(
+                "{} servers to follow: give 1 to {SOURCES_MAX} with --follow",
+                config.sources.len()
+            )));
+        }
+        let state = WitnessState::load(&config.state_dir)?;
+        Ok(Self { config, state })
+    }
+
+    /// The state as it is durable now.
+    pub fn state(&self) -> &WitnessState {
+        &self.state
+    }
+
+    /// One round: each followed server asked once, in order. Each note's outcome, with the
+    /// server it came from.
+    pub fn round(&mut self) -> Result<Vec<(Target, Outcome)>, WitnessError> {
+        let sources = self.config.sources.clone();
+        let mut outcomes = Vec::with_capacity(sources.len());
+        for source in sources {
+            let outcome = self.poll(&source)?;
+            outcomes.push((source, outcome));
+        }
+        Ok(outcomes)
+    }
+
+    fn poll(&mut self, source: &Target) -> Result<Outcome, WitnessError> {
+        let mut client = Client::new(source.clone(), REQUEST_TIMEOUT);
+        let note = match fetch(&mut client, "/v0/checkpoints/latest") {
+            Ok(body) => body,
+            Err(why) => return Ok(Outcome::Skipped(why)),
+        };
+        let text = match String::from_utf8(note) {
+            Ok(text) => text,
+            Err(_) => return Ok(Outcome::Skipped("the note is not UTF-8".to_owned())),
+        };
+        // A proof comes from any server that holds the bigger tree: the note's own first (it
+        // holds its tree), then the others (a server behind the head last cosigned cannot
+        // prove that head, another one can).
+        let others: Vec<Target> = self
+            .config
+            .sources
+            .iter()
+            .filter(|other| *other != source)
+            .cloned()
+            .collect();
+        self.observe(&text, |old, new| {
+            let mut why = match consistency_path(&mut client, old, new) {
+                Ok(path) => return Ok(path),
+                Err(why) => why,
+            };
+            for other in others {
+                let mut client = Client::new(other.clone(), REQUEST_TIMEOUT);
+                match consistency_path(&mut client, old, new) {
+                    Ok(path) => return Ok(path),
+                    Err(also) => why = format!("{why}; {other}: {also}"),
+                }
+            }
+            Err(why)
+        })
+    }
+
+    /// Judges one note (see the module documentation); `prove(old, new)` fetches the
+    /// consistency path between two sizes from where the note came from.
+    pub fn observe(
+        &mut self,
+        text: &str,
+        prove: impl FnOnce(u64, u64) -> Result<Vec<fabric_events::Hash32>, String>,
+    ) -> Result<Outcome, WitnessError> {
+        let note = match CheckpointNote::parse(text) {
+            Ok(note) => note,
+            Err(error) => return Ok(Outcome::Skipped(error.to_string())),
+        };
+        let Some(log) = self
+            .config
+            .logs
+            .iter()
+            .find(|log| log.origin == note.origin)
+        else {
+            return Ok(Outcome::Skipped(format!(
+                "{} is no log this witness follows",
+                note.origin
+            )));
+        };
+        if !log
+            .keys
+            .iter()
+            .any(|key| note.verify(&note.origin, key).is_ok())
+        {
+            return Ok(Outcome::Skipped(format!(
+                "the note of {} at size {} is not signed by a key given for it",
+                note.origin, note.tree_size
+            )));
+        }
+        let last = self.state.logs.get(&note.origin).cloned();
+        let Some(last) = last else {
+            // Trust on first use: the first head seen is the one later ones must extend.
+            return self.cosign(note);
+        };
+        if last.fork.is_some() {
+            return Ok(Outcome::Skipped(format!(
+                "{} forked: this witness cosigns none of its heads any more",
+                note.origin
+            )));
+        }
+        let cosigned = CheckpointNote::parse(&last.note).map_err(|error| WitnessError::State {
+            path: self.config.state_dir.clone(),
+            detail: format!("the note kept for {}: {error}", note.origin),
+        })?;
+        if note.tree_size == cosigned.tree_size {
+            return match note.root == cosigned.root {
+                true => Ok(Outcome::NothingNew),
+                false => self.fork(
+                    cosigned,
+                    note,
+                    "two signed heads of one size".to_owned(),
+                    Vec::new(),
+                ),
+            };
+        }
+        let (older, newer) = match note.tree_size > cosigned.tree_size {
+            true => (&cosigned, &note),
+            false => (&note, &cosigned),
+        };
+        let path = match prove(older.tree_size, newer.tree_size) {
+            Ok(path) => path,
+            Err(why) => return Ok(Outcome::Skipped(why)),
+        };
+        let proof = ConsistencyProof {
+            old_size: older.tree_size,
+            new_size: newer.tree_size,
+            path,
+        };
+        if let Err(error) = verify_consistency(&older.root, &newer.root, &proof) {
+            let detail = format!(
+                "the head at size {} does not extend the one at size {}: {error}",
+                newer.tree_size, older.tree_size
+            );
+            return self.fork(cosigned, note, detail, proof.path);
+        }
+        match note.tree_size > cosigned.tree_size {
+            true => self.cosign(note),
+            false => Ok(Outcome::NothingNew),
+        }
+    }
+
+    fn cosign(&mut self, mut note: CheckpointNote) -> Result<Outcome, WitnessError> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        note.cosign(&self.config.name, &self.config.secret, now);
+        let outcome = Outcome::Cosigned {
+            origin: note.origin.clone(),
+            tree_size: note.tree_size,
+        };
+        // Durable before anyone sees it: after a crash the witness still knows what it
+        // cosigned, and cosigns nothing inconsistent with it.
+        self.state.logs.insert(
+            note.origin.clone(),
+            LogState {
+                tree_size: note.tree_size,
+                note: note.encode(),
+                fork: None,
+            },
+        );
+        self.state.save(&self.config.state_dir)?;
+        Ok(outcome)
+    }
+
+    fn fork(
+        &mut self,
+        cosigned: CheckpointNote,
+        seen: CheckpointNote,
+        detail: String,
+        path: Vec<fabric_events::Hash32>,
+    ) -> Result<Outcome, WitnessError> {
+        let fork = Fork {
+            detail,
+            cosigned: cosigned.encode(),
+            seen: seen.encode(),
+            path,
+        };
+        let evidence = self.state.keep_evidence(&self.config.state_dir, &fork)?;
+        if let Some(log) = self.state.logs.get_mut(&seen.origin) {
+            log.fork = Some(fork.clone());
+        }
+        self.state.save(&self.config.state_dir)?;
+        eprintln!(
+            "FORK: {} signed two histories ({}); both signed notes are kept in {}",
+            seen.origin,
+            fork.detail,
+            evidence.display()
+        );
+        Ok(Outcome::Fork(fork))
+    }
+}
+
+/// The body of a 200 answer to `GET path`, or why there is none.
+fn fetch(client: &mut Client, path: &str) -> Result<Vec<u8>, String> {
+    let response = client
+        .request("GET", path, None)
+        .map_err(|error| format!("GET {path}: {error}"))?;
+    match response.status {
+        200 => Ok(response.body),
+        status => Err(format!("GET {path}: {status} {}", response.text())),
+    }
+}
+
+/// The consistency path between two sizes as the server proves it (its document's heads are
+/// not needed: the path is checked against the two notes' roots).
+fn consistency_path(
+    client: &mut Client,
+    old: u64,
+    new: u64,
+) -> Result<Vec<fabric_events::Hash32>, String> {
+    let body = fetch(client, &format!("/v0/proofs/consistency/{old}/{new}"))?;
+    let doc: ConsistencyDoc = serde_json::from_slice(&body)
+        .map_err(|error| format!("the consistency proof {old}..{new} does not parse: {error}"))?;
+    if (doc.old_size, doc.new_size) != (old, new) {
+        return Err(format!(
+            "asked for the consistency proof {old}..{new}, got {}..{}",
+            doc.old_size, doc.new_size
+        ));
+    }
+    Ok(doc.path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fabric_events::{keys, Hash32};
+    use fabric_ledger::merkle;
+    use fabric_ledger::note::verifier_key;
+
+    const ORIGIN: &str = "fabric/0123456789abcdef0123456789abcdef";
+
+    /// A log of `leaves` and the key that signs its notes.
+    struct Log {
+        leaves: Vec<Hash32>,
+        key: SigningKey,
+    }
+
+    impl Log {
+        fn new(key: &SigningKey, seed: u8, size: usize) -> Self {
+            let leaves = (0..size)
+                .map(|index| Hash32([seed ^ (index as u8); 32]))
+                .collect();
+            Self {
+                leaves,
+                key: key.clone(),
+            }
+        }
+
+        fn note(&self, size: u64) -> String {
+            let root = merkle::root(&self.leaves[..size as usize]);
+            CheckpointNote::sign(ORIGIN, size, root, &self.key).encode()
+        }
+
+        fn prove(&self) -> impl FnOnce(u64, u64) -> Result<Vec<Hash32>, String> + '_ {
+            |old, new| {
+                merkle::consistency_proof(&self.leaves[..new as usize], old)
+                    .map(|proof| proof.path)
+                    .map_err(|error| error.to_string())
+            }
+        }
+    }
+
+    fn witness(dir: &std::path::Path, log_key: &SigningKey) -> Witness {
+        let vkey = verifier_key(ORIGIN, &PublicKey::from(&log_key.verifying_key()));
+        Witness::open(WitnessConfig {
+            name: "witness.test/w1".to_owned(),
+            secret: keys::generate(),
+            logs: WitnessConfig::logs_of(&[vkey]).expect("a log"),
+            sources: vec![Target::Tcp("127.0.0.1:1".to_owned())],
+            state_dir: dir.to_path_buf(),
+        })
+        .expect("opens")
+    }
+
+    #[test]
+    fn consistent_heads_are_cosigned_in_order_and_survive_a_restart() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let key = keys::generate();
+        let log = Log::new(&key, 1, 40);
+        let mut witness = witness(dir.path(), &key);
+        let cosigned = |tree_size| Outcome::Cosigned {
+            origin: ORIGIN.to_owned(),
+            tree_size,
+        };
+        for (size, expected) in [
+            (5, cosigned(5)),
+            (17, cosigned(17)),
+            (17, Outcome::NothingNew),
+            (40, cosigned(40)),
+            (12, Outcome::NothingNew),
+        ] {
+            let outcome = witness
+                .observe(&log.note(size), log.prove())
+                .expect("judged");
+            assert_eq!(outcome, expected, "size {size}");
+        }
+        let kept = CheckpointNote::parse(&witness.state().logs[ORIGIN].note).expect("a note");
+        assert_eq!(kept.tree_size, 40);
+        kept.verify_cosignature(
+            "witness.test/w1",
+            &PublicKey::from(&witness.config.secret.verifying_key()),
+        )
+        .expect("cosigned by the witness");
+        // Started again on its folder, it knows what it cosigned.
+        let again = Witness::open(WitnessConfig {
+            name: "witness.test/w1".to_owned(),
+            secret: keys::generate(),
+            logs: witness.config.logs.clone(),
+            sources: witness.config.sources.clone(),
+            state_dir: dir.path().to_path_buf(),
+        })
+        .expect("opens again");
+        assert_eq!(again.state(), witness.state());
+    }
+
+    #[test]
+    fn a_second_history_under_the_same_key_is_a_fork_with_both_notes_kept() {
+        let key = keys::generate();
+        let honest = Log::new(&key, 1, 30);
+        // The same first 10 entries, then others: the same key signs both.
+        let mut forked = Log::new(&key, 1, 30);
+        for leaf in &mut forked.leaves[10..] {
+            leaf.0[0] ^= 0xff;
+        }
+        for (first, second, detail) in [
+            (20, 20, "two signed heads of one size"),
+            (20, 25, "does not extend"),
+            (25, 20, "does not extend"),
+        ] {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let mut witness = witness(dir.path(), &key);
+            witness
+                .observe(&honest.note(first), honest.prove())
+                .expect("judged");
+            let outcome = witness
+                .observe(&forked.note(second), forked.prove())
+                .expect("judged");
+            let Outcome::Fork(fork) = outcome else {
+                panic!("{first} then {second}: not a fork: {outcome:?}");
+            };
+            assert!(fork.detail.contains(detail), "{}", fork.detail);
+            assert_eq!(
+                CheckpointNote::parse(&fork.seen).expect("kept").tree_size,
+                second
+            );
+            assert!(witness.state().forked());
+            let evidence = std::fs::read_dir(dir.path().join(state::FORKS_DIR))
+                .expect("the evidence folder")
+                .count();
+            assert_eq!(evidence, 1);
+            // Nothing of that log is cosigned any more, not even its honest heads.
+            let after = witness
+                .observe(&honest.note(30), honest.prove())
+                .expect("judged");
+            assert!(matches!(after, Outcome::Skipped(ref why) if why.contains("forked")));
+        }
+    }
+
+    #[test]
+    fn notes_of_other_keys_or_origins_and_unproved_heads_are_skipped_not_cosigned() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let key = keys::generate();
+        let log = Log::new(&key, 1, 30);
+        let mut witness = witness(dir.path(), &key);
+        let stranger = Log::new(&keys::generate(), 1, 30);
+        let outcome = witness.observe(&stranger.note(5), stranger.prove());
+        assert!(matches!(outcome, Ok(Outcome::Skipped(ref why)) if why.contains("not signed")));
+        let other_origin = CheckpointNote::sign("fabric/other", 5, Hash32([1; 32]), &key).encode();
+        let outcome = witness.observe(&other_origin, log.prove());
+        assert!(matches!(outcome, Ok(Outcome::Skipped(ref why)) if why.contains("no log")));
+        witness.observe(&log.note(5), log.prove()).expect("judged");
+        let outcome = witness.observe(&log.note(9), |_, _| Err("no proof here".to_owned()));
+        assert_eq!(
+            outcome.ok(),
+            Some(Outcome::Skipped("no proof here".to_owned()))
+        );
+        assert_eq!(witness.state().logs[ORIGIN].tree_size, 5);
+        assert!(!witness.state().forked());
+    }
+}
