@@ -8,7 +8,9 @@ use anyhow::Context;
 use fabric_api::http_client::Target;
 use fabric_events::{keys, PublicKey};
 use fabric_ledger::note::cosigner_verifier_key;
+use fabric_witness::http::{Identity, SharedView, WitnessView};
 use fabric_witness::{Outcome, Witness, WitnessConfig};
+use std::sync::Arc;
 
 /// The exit status of a witness that saw a fork.
 const EXIT_FORK: u8 = 3;
@@ -41,6 +43,10 @@ pub struct WitnessArgs {
     /// Stop after this many rounds [default: run until stopped]
     #[arg(long, value_name = "N")]
     rounds: Option<u64>,
+    /// Serve what it cosigned, the forks it saw and its metrics on this address (host:port;
+    /// GET /v0/witness, /v0/cosigned?origin=O, /v0/forks, /metrics)
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
 }
 
 /// Runs rounds until `--rounds` or a signal; exit status 3 when a log it witnesses forked.
@@ -61,14 +67,28 @@ pub fn run(args: &WitnessArgs) -> anyhow::Result<ExitCode> {
         state_dir: args.state.clone(),
     })?;
     println!("witness {} (cosigner key {cosigner})", args.name);
+    let view: SharedView = Arc::new(std::sync::RwLock::new(WitnessView {
+        state: witness.state().clone(),
+        ..WitnessView::default()
+    }));
+    if let Some(listen) = &args.listen {
+        let identity = Identity {
+            name: args.name.clone(),
+            cosigner_key: cosigner.clone(),
+        };
+        let address = fabric_witness::http::serve(listen, identity, Arc::clone(&view))?;
+        println!("listening on http://{address}");
+    }
     let mut round = 0u64;
     while args.rounds.is_none_or(|rounds| round < rounds) {
         if round > 0 {
             std::thread::sleep(Duration::from_millis(args.poll_ms));
         }
+        let mut cosigned = 0;
         for (source, outcome) in witness.round()? {
             match outcome {
                 Outcome::Cosigned { origin, tree_size } => {
+                    cosigned += 1;
                     println!("cosigned {origin} at size {tree_size} (from {source})");
                 }
                 Outcome::Fork(_) => println!("fork: the log {source} serves forked"),
@@ -77,6 +97,10 @@ pub fn run(args: &WitnessArgs) -> anyhow::Result<ExitCode> {
             }
         }
         round += 1;
+        let mut shown = view.write().unwrap_or_else(|poison| poison.into_inner());
+        shown.state = witness.state().clone();
+        shown.cosigned_total += cosigned;
+        shown.rounds_total = round;
     }
     if witness.state().forked() {
         for (origin, log) in &witness.state().logs {

@@ -222,23 +222,62 @@ fn a_witness_cosigns_a_fabrics_heads_and_catches_a_second_history_under_its_key(
         assert_eq!(response.status, 202, "{}", response.text());
     }
 
-    // Following both, as two auditors would be shown them: the fork is caught.
-    let (code, out, err) = witness(
-        &[
-            &base[..],
-            &[
-                "--follow",
-                &honest_address,
-                "--follow",
-                &forked_address,
-                "--rounds",
-                "2",
-            ],
-        ]
-        .concat(),
+    // Following both, as two auditors would be shown them: the fork is caught, and its API
+    // says so.
+    let origin = origin.clone();
+    let mut running = Command::new(env!("CARGO_BIN_EXE_fabric"))
+        .arg("witness")
+        .args(base)
+        .args(["--follow", &honest_address, "--follow", &forked_address])
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("fabric witness starts");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(
+        running.stdout.take().expect("stdout"),
+    ));
+    let address = lines
+        .find_map(|line| {
+            line.ok()?
+                .strip_prefix("listening on http://")
+                .map(str::to_owned)
+        })
+        .expect("the witness says where it listens");
+    // Read on to its end, so that the witness never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    let mut api = fabric_api::http_client::Client::new(
+        fabric_api::http_client::Target::Tcp(address),
+        std::time::Duration::from_secs(10),
     );
-    assert_eq!(code, Some(3), "a fork is exit status 3: {out}{err}");
-    assert!(err.contains("FORK: fabric/"), "{err}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        let status: Value = json_of(&get(&mut api, "/v0/witness"));
+        if status["forked"] == true {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no fork seen: {status}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(status["logs"][0]["forked"], true, "{status}");
+    let metrics = get(&mut api, "/metrics").text();
+    assert!(
+        metrics.contains(&format!("fabric_witness_forked{{origin=\"{origin}\"}} 1")),
+        "{metrics}"
+    );
+    let forks: Value = json_of(&get(&mut api, "/v0/forks"));
+    assert!(forks[origin.as_str()]["seen"].is_string(), "{forks}");
+    let shown = get(&mut api, &format!("/v0/cosigned?origin={origin}"));
+    assert_eq!(shown.status, 200, "{}", shown.text());
+    CheckpointNote::parse(&shown.text())
+        .expect("a note")
+        .verify_cosignature("witness.test/w1", &witness_public)
+        .expect("its last cosignature, from before the fork");
+    let _ = running.kill();
+    let _ = running.wait();
     let evidence = state.join("forks").join("fork-1.json");
     let fork: Value =
         serde_json::from_slice(&std::fs::read(&evidence).expect("the evidence")).expect("JSON");
@@ -256,9 +295,12 @@ fn a_witness_cosigns_a_fabrics_heads_and_catches_a_second_history_under_its_key(
         (notes[0].tree_size, notes[0].root),
         (notes[1].tree_size, notes[1].root)
     );
-    // Asked again, it cosigns nothing of that log, and still says it forked.
+    // Started again, it cosigns nothing of that log, says it forked, and exits 3.
     let (code, _, err) =
         witness(&[&base[..], &["--follow", &honest_address, "--rounds", "1"]].concat());
-    assert_eq!(code, Some(3), "{err}");
-    assert!(err.contains("forked"), "{err}");
+    assert_eq!(code, Some(3), "a fork is exit status 3: {err}");
+    assert!(
+        err.contains("forked") && err.contains("FORK: fabric/"),
+        "{err}"
+    );
 }

@@ -88,7 +88,7 @@ fn the_witness_links_no_ledger_writer_and_no_service() {
         !listing.contains("fabric-ledger feature \"writer\""),
         "fabric-witness must read notes and proofs without the ledger's writer:\n{listing}"
     );
-    for service in ["fabric-server", "fabric-actors", "fabric-sim", "actix"] {
+    for service in ["fabric-server", "fabric-actors", "fabric-sim"] {
         assert!(
             !crates(&listing).contains(&service),
             "fabric-witness links {service}"

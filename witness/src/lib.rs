@@ -20,6 +20,7 @@
 //! evidence folder, never cosigns that origin again, and says so on stderr, in its state, and
 //! in its exit status. A proof it cannot get decides nothing: the head is not cosigned.
 
+pub mod http;
 mod state;
 
 use std::path::PathBuf;
