@@ -8,9 +8,9 @@ use anyhow::Context;
 use fabric_api::http_client::Target;
 use fabric_events::{keys, PublicKey};
 use fabric_ledger::note::cosigner_verifier_key;
-use fabric_witness::http::{Identity, SharedView, WitnessView};
+use fabric_witness::http::{Identity, SharedView, SharedWitness, WitnessView};
 use fabric_witness::{Outcome, Witness, WitnessConfig};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// The exit status of a witness that saw a fork.
 const EXIT_FORK: u8 = 3;
@@ -31,7 +31,11 @@ pub struct WitnessArgs {
     log_keys: Vec<String>,
     /// A server of a witnessed log to ask for its latest checkpoint note (host:port,
     /// http://…, https://…, unix:PATH); repeat to watch several, as several auditors would
-    #[arg(long = "follow", value_name = "SERVER", required = true)]
+    #[arg(
+        long = "follow",
+        value_name = "SERVER",
+        required_unless_present = "listen"
+    )]
     follow: Vec<String>,
     /// The witness's state folder: the last head it cosigned of each log, and forks/ with
     /// the evidence of any fork
@@ -43,8 +47,9 @@ pub struct WitnessArgs {
     /// Stop after this many rounds [default: run until stopped]
     #[arg(long, value_name = "N")]
     rounds: Option<u64>,
-    /// Serve what it cosigned, the forks it saw and its metrics on this address (host:port;
-    /// GET /v0/witness, /v0/cosigned?origin=O, /v0/forks, /metrics)
+    /// Serve on this address (host:port): fabrics ask for cosignatures there (POST
+    /// /v0/add-checkpoint), and anyone reads what it cosigned, the forks it saw and its
+    /// metrics (GET /v0/witness, /v0/cosigned?origin=O, /v0/forks, /metrics)
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
 }
@@ -59,7 +64,7 @@ pub fn run(args: &WitnessArgs) -> anyhow::Result<ExitCode> {
         .map(|server| Target::parse(server).with_context(|| format!("--follow {server}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let cosigner = cosigner_verifier_key(&args.name, &PublicKey::from(&secret.verifying_key()));
-    let mut witness = Witness::open(WitnessConfig {
+    let witness = Witness::open(WitnessConfig {
         name: args.name.clone(),
         secret,
         logs: WitnessConfig::logs_of(&args.log_keys)?,
@@ -71,12 +76,14 @@ pub fn run(args: &WitnessArgs) -> anyhow::Result<ExitCode> {
         state: witness.state().clone(),
         ..WitnessView::default()
     }));
+    let witness: SharedWitness = Arc::new(Mutex::new(witness));
     if let Some(listen) = &args.listen {
         let identity = Identity {
             name: args.name.clone(),
             cosigner_key: cosigner.clone(),
         };
-        let address = fabric_witness::http::serve(listen, identity, Arc::clone(&view))?;
+        let address =
+            fabric_witness::http::serve(listen, identity, Arc::clone(&view), Arc::clone(&witness))?;
         println!("listening on http://{address}");
     }
     let mut round = 0u64;
@@ -85,7 +92,8 @@ pub fn run(args: &WitnessArgs) -> anyhow::Result<ExitCode> {
             std::thread::sleep(Duration::from_millis(args.poll_ms));
         }
         let mut cosigned = 0;
-        for (source, outcome) in witness.round()? {
+        let mut locked = witness.lock().unwrap_or_else(|poison| poison.into_inner());
+        for (source, outcome) in locked.round()? {
             match outcome {
                 Outcome::Cosigned { origin, tree_size } => {
                     cosigned += 1;
@@ -97,11 +105,12 @@ pub fn run(args: &WitnessArgs) -> anyhow::Result<ExitCode> {
             }
         }
         round += 1;
-        let mut shown = view.write().unwrap_or_else(|poison| poison.into_inner());
-        shown.state = witness.state().clone();
-        shown.cosigned_total += cosigned;
-        shown.rounds_total = round;
+        WitnessView::show(&view, &locked, cosigned);
+        view.write()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .rounds_total = round;
     }
+    let witness = witness.lock().unwrap_or_else(|poison| poison.into_inner());
     if witness.state().forked() {
         for (origin, log) in &witness.state().logs {
             if let Some(fork) = &log.fork {

@@ -2,14 +2,14 @@
 //! saw, its metrics. GETs only, small answers, one worker: nothing a client sends changes
 //! what the witness cosigns.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse, HttpServer};
 use serde::{Deserialize, Serialize};
 
-use crate::{WitnessError, WitnessState};
+use crate::{AddAnswer, AddRequest, Witness, WitnessError, WitnessState, ADD_REQUEST_BYTES_MAX};
 
 /// Connections served at once.
 const CONNECTIONS_MAX: usize = 256;
@@ -29,6 +29,17 @@ pub struct WitnessView {
 
 /// The view shared between the rounds and the API.
 pub type SharedView = Arc<RwLock<WitnessView>>;
+/// The witness, shared between the rounds and the API's `add-checkpoint`.
+pub type SharedWitness = Arc<Mutex<Witness>>;
+
+impl WitnessView {
+    /// Takes the witness's state as it is durable now, with `cosigned` more heads cosigned.
+    pub fn show(view: &SharedView, witness: &Witness, cosigned: u64) {
+        let mut shown = view.write().unwrap_or_else(|poison| poison.into_inner());
+        shown.state = witness.state().clone();
+        shown.cosigned_total += cosigned;
+    }
+}
 
 /// Its identity, as `GET /v0/witness` shows it.
 #[derive(Clone, Serialize)]
@@ -62,7 +73,12 @@ struct OriginQuery {
 }
 
 /// Serves the API on `listen` (host:port) on a thread of its own: the address it listens on.
-pub fn serve(listen: &str, identity: Identity, view: SharedView) -> Result<String, WitnessError> {
+pub fn serve(
+    listen: &str,
+    identity: Identity,
+    view: SharedView,
+    witness: SharedWitness,
+) -> Result<String, WitnessError> {
     let (bound, address) = std::sync::mpsc::channel();
     let listen = listen.to_owned();
     std::thread::Builder::new()
@@ -74,6 +90,9 @@ pub fn serve(listen: &str, identity: Identity, view: SharedView) -> Result<Strin
                     actix_web::App::new()
                         .app_data(web::Data::new(identity.clone()))
                         .app_data(web::Data::new(Arc::clone(&view)))
+                        .app_data(web::Data::new(Arc::clone(&witness)))
+                        .app_data(web::PayloadConfig::new(ADD_REQUEST_BYTES_MAX))
+                        .route("/v0/add-checkpoint", web::post().to(add_checkpoint))
                         .route("/v0/witness", web::get().to(status))
                         .route("/v0/cosigned", web::get().to(cosigned))
                         .route("/v0/forks", web::get().to(forks))
@@ -111,6 +130,38 @@ pub fn serve(listen: &str, identity: Identity, view: SharedView) -> Result<Strin
         Err(_) => Err(WitnessError::Setting(
             "the HTTP thread stopped before it listened".to_owned(),
         )),
+    }
+}
+
+/// `POST /v0/add-checkpoint` (docs/FORMAT.md §17.5).
+async fn add_checkpoint(
+    view: web::Data<SharedView>,
+    witness: web::Data<SharedWitness>,
+    body: web::Bytes,
+) -> HttpResponse {
+    let request = match AddRequest::parse(&body) {
+        Ok(request) => request,
+        Err(why) => return HttpResponse::BadRequest().body(format!("{why}\n")),
+    };
+    let mut witness = witness.lock().unwrap_or_else(|poison| poison.into_inner());
+    let answer = match witness.add_checkpoint(&request) {
+        Ok(answer) => answer,
+        Err(error) => return HttpResponse::InternalServerError().body(format!("{error}\n")),
+    };
+    let cosigned = u64::from(matches!(answer, AddAnswer::Cosigned(_)));
+    WitnessView::show(&view, &witness, cosigned);
+    let text = |status: StatusCode, body: String| {
+        HttpResponse::build(status)
+            .content_type("text/plain; charset=utf-8")
+            .body(body)
+    };
+    match answer {
+        AddAnswer::Cosigned(line) => text(StatusCode::OK, line),
+        AddAnswer::Conflict(size) => HttpResponse::Conflict()
+            .content_type("text/x.tlog.size")
+            .body(format!("{size}\n")),
+        AddAnswer::Unproved(why) => text(StatusCode::UNPROCESSABLE_ENTITY, format!("{why}\n")),
+        AddAnswer::Refused(why) => text(StatusCode::FORBIDDEN, format!("{why}\n")),
     }
 }
 

@@ -20,6 +20,7 @@
 //! evidence folder, never cosigns that origin again, and says so on stderr, in its state, and
 //! in its exit status. A proof it cannot get decides nothing: the head is not cosigned.
 
+mod add;
 pub mod http;
 mod state;
 
@@ -33,6 +34,7 @@ use fabric_ledger::merkle::{verify_consistency, ConsistencyProof};
 use fabric_ledger::note::{parse_verifier_key, CheckpointNote, ED25519_SIGNATURE_TYPE};
 use thiserror::Error;
 
+pub use add::{AddAnswer, AddRequest, ADD_PROOF_LINES_MAX, ADD_REQUEST_BYTES_MAX};
 pub use state::{Fork, LogState, WitnessState};
 
 /// How long one HTTP request to a followed server may take.
@@ -139,9 +141,9 @@ pub struct Witness {
 impl Witness {
     /// Opens the state folder (made when missing) and reads its state.
     pub fn open(config: WitnessConfig) -> Result<Self, WitnessError> {
-        if config.sources.is_empty() || config.sources.len() > SOURCES_MAX {
+        if config.sources.len() > SOURCES_MAX {
             return Err(WitnessError::Setting(format!(
-                "{} servers to follow: give 1 to {SOURCES_MAX} with --follow",
+                "{} servers to follow: give at most {SOURCES_MAX} with --follow",
                 config.sources.len()
             )));
         }
@@ -209,31 +211,10 @@ impl Witness {
         text: &str,
         prove: impl FnOnce(u64, u64) -> Result<Vec<fabric_events::Hash32>, String>,
     ) -> Result<Outcome, WitnessError> {
-        let note = match CheckpointNote::parse(text) {
+        let note = match self.trusted_note(text) {
             Ok(note) => note,
-            Err(error) => return Ok(Outcome::Skipped(error.to_string())),
+            Err(why) => return Ok(Outcome::Skipped(why)),
         };
-        let Some(log) = self
-            .config
-            .logs
-            .iter()
-            .find(|log| log.origin == note.origin)
-        else {
-            return Ok(Outcome::Skipped(format!(
-                "{} is no log this witness follows",
-                note.origin
-            )));
-        };
-        if !log
-            .keys
-            .iter()
-            .any(|key| note.verify(&note.origin, key).is_ok())
-        {
-            return Ok(Outcome::Skipped(format!(
-                "the note of {} at size {} is not signed by a key given for it",
-                note.origin, note.tree_size
-            )));
-        }
         let last = self.state.logs.get(&note.origin).cloned();
         let Some(last) = last else {
             // Trust on first use: the first head seen is the one later ones must extend.
@@ -284,6 +265,31 @@ impl Witness {
             true => self.cosign(note),
             false => Ok(Outcome::NothingNew),
         }
+    }
+
+    /// `text` read as a note of a log this witness follows, signed by a key given for it; or
+    /// why not.
+    fn trusted_note(&self, text: &str) -> Result<CheckpointNote, String> {
+        let note = CheckpointNote::parse(text).map_err(|error| error.to_string())?;
+        let Some(log) = self
+            .config
+            .logs
+            .iter()
+            .find(|log| log.origin == note.origin)
+        else {
+            return Err(format!("{} is no log this witness follows", note.origin));
+        };
+        if !log
+            .keys
+            .iter()
+            .any(|key| note.verify(&note.origin, key).is_ok())
+        {
+            return Err(format!(
+                "the note of {} at size {} is not signed by a key given for it",
+                note.origin, note.tree_size
+            ));
+        }
+        Ok(note)
     }
 
     fn cosign(&mut self, mut note: CheckpointNote) -> Result<Outcome, WitnessError> {
@@ -501,6 +507,78 @@ mod tests {
                 .expect("judged");
             assert!(matches!(after, Outcome::Skipped(ref why) if why.contains("forked")));
         }
+    }
+
+    #[test]
+    fn a_pushed_head_is_cosigned_with_its_proof_and_refused_without_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let key = keys::generate();
+        let log = Log::new(&key, 1, 30);
+        let mut witness = witness(dir.path(), &key);
+        let request = |old: u64, new: u64| {
+            let path = match old {
+                0 => Vec::new(),
+                _ => {
+                    merkle::consistency_proof(&log.leaves[..new as usize], old)
+                        .expect("a proof")
+                        .path
+                }
+            };
+            let request = AddRequest {
+                old_size: old,
+                path,
+                note: log.note(new),
+            };
+            AddRequest::parse(request.encode().as_bytes()).expect("reads back")
+        };
+        let add = |witness: &mut Witness, request: &AddRequest| {
+            witness.add_checkpoint(request).expect("judged")
+        };
+        // A first head needs old 0; then each needs the size last cosigned and its path.
+        assert_eq!(add(&mut witness, &request(4, 10)), AddAnswer::Conflict(0));
+        assert!(
+            matches!(add(&mut witness, &request(0, 10)), AddAnswer::Cosigned(ref line)
+            if line.starts_with("\u{2014} witness.test/w1 "))
+        );
+        assert_eq!(add(&mut witness, &request(0, 20)), AddAnswer::Conflict(10));
+        let mut wrong = request(10, 20);
+        wrong.path[0].0[0] ^= 1;
+        assert!(matches!(add(&mut witness, &wrong), AddAnswer::Unproved(_)));
+        assert!(!witness.state().forked(), "a wrong path is no evidence");
+        assert!(matches!(
+            add(&mut witness, &request(10, 20)),
+            AddAnswer::Cosigned(_)
+        ));
+        assert_eq!(witness.state().logs[ORIGIN].tree_size, 20);
+        // The same head again: the same cosignature, nothing new.
+        let again = add(&mut witness, &request(10, 20));
+        assert_eq!(
+            again,
+            AddAnswer::Cosigned(witness.own_line(
+                &CheckpointNote::parse(&witness.state().logs[ORIGIN].note).expect("note")
+            ))
+        );
+        // Another note of that size under the log's key: a fork, kept.
+        let mut other = Log::new(&key, 2, 30);
+        other.leaves.truncate(20);
+        let forked = AddRequest {
+            old_size: 20,
+            path: Vec::new(),
+            note: other.note(20),
+        };
+        assert!(matches!(add(&mut witness, &forked), AddAnswer::Refused(_)));
+        assert!(witness.state().forked());
+        let stranger = AddRequest {
+            old_size: 0,
+            path: Vec::new(),
+            note: Log::new(&keys::generate(), 1, 30).note(5),
+        };
+        assert!(matches!(
+            add(&mut witness, &stranger),
+            AddAnswer::Refused(_)
+        ));
+        assert!(AddRequest::parse(b"old x\n\nnote").is_err());
+        assert!(AddRequest::parse(&vec![b'a'; ADD_REQUEST_BYTES_MAX + 1]).is_err());
     }
 
     #[test]
