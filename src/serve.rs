@@ -93,6 +93,14 @@ pub struct ServeArgs {
     /// first address this server listens on]
     #[arg(long, value_name = "URL", requires = "replicated")]
     advertise: Option<String>,
+    /// A witness to ask to cosign each head: its address and its cosigner key, as `fabric
+    /// witness` prints it (URL=NAME+ID+KEY); repeatable. GET /v0/checkpoints/latest then
+    /// serves only heads that --witness-quorum of them cosigned
+    #[arg(long = "witness", value_name = "URL=VKEY", conflicts_with = "follow")]
+    witnesses: Vec<String>,
+    /// Cosignatures a head needs to be final [default: every --witness]
+    #[arg(long, value_name = "K", requires = "witnesses")]
+    witness_quorum: Option<usize>,
 }
 
 /// The keys flags of `fabric serve`.
@@ -178,7 +186,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         // The server sets the replicated log's quorum here.
         quorum: None,
     };
-    let config = server_config(args, key_origin);
+    let config = server_config(args, key_origin)?;
     let served = fabric_server::serve(
         &config,
         ledger,
@@ -204,7 +212,7 @@ fn follow(args: &ServeArgs) -> anyhow::Result<()> {
     let replica = fabric_sim::served::open_replica(&args.data)?;
     let size = replica.ledger.len();
     let key_origin = replica.key_origin;
-    let config = server_config(args, key_origin);
+    let config = server_config(args, key_origin)?;
     let role = Role::Follow {
         world: replica.world,
         login: login(args),
@@ -246,8 +254,11 @@ fn said_listening(
     let _ = std::io::stdout().flush();
 }
 
-fn server_config(args: &ServeArgs, key_origin: fabric_events::KeyOrigin) -> ServerConfig {
-    ServerConfig {
+fn server_config(
+    args: &ServeArgs,
+    key_origin: fabric_events::KeyOrigin,
+) -> anyhow::Result<ServerConfig> {
+    Ok(ServerConfig {
         listen: args.listen.clone(),
         unix: args.unix.clone(),
         nats: args.nats.clone(),
@@ -271,5 +282,34 @@ fn server_config(args: &ServeArgs, key_origin: fabric_events::KeyOrigin) -> Serv
             replicas: args.log_replicas,
             advertise: args.advertise.clone(),
         }),
+        witnessing: witnessing(args)?,
+    })
+}
+
+/// The witnesses of `--witness` and `--witness-quorum`, checked.
+fn witnessing(args: &ServeArgs) -> anyhow::Result<Option<fabric_server::Witnessing>> {
+    if args.witnesses.is_empty() {
+        return Ok(None);
     }
+    let peers = args
+        .witnesses
+        .iter()
+        .map(|text| {
+            fabric_server::WitnessPeer::parse(text)
+                .map_err(|why| anyhow::anyhow!("--witness {text}: {why}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let most = fabric_server::witnesses::WITNESSES_MAX;
+    anyhow::ensure!(
+        peers.len() <= most,
+        "{} --witness (at most {most})",
+        peers.len()
+    );
+    let quorum = args.witness_quorum.unwrap_or(peers.len());
+    anyhow::ensure!(
+        (1..=peers.len()).contains(&quorum),
+        "--witness-quorum {quorum}: 1 to the {} witnesses given",
+        peers.len()
+    );
+    Ok(Some(fabric_server::Witnessing { peers, quorum }))
 }

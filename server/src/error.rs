@@ -66,6 +66,12 @@ pub enum ServerError {
         /// Why.
         error: fabric_ledger::LedgerError,
     },
+    /// The thread that asks the witnesses could not start.
+    #[error("could not start asking the witnesses: {error}")]
+    Witnesses {
+        /// Why.
+        error: std::io::Error,
+    },
     /// A TCP address could not be bound.
     #[error("could not listen on {address}: {error}")]
     Listen {

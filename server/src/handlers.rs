@@ -52,6 +52,8 @@ pub(crate) struct Shared {
     pub(crate) following: Option<Arc<crate::follow::Following>>,
     /// The latest tree head as a checkpoint note, signed when this process holds its key.
     pub(crate) checkpoints: CheckpointSigner,
+    /// Whether heads must be witnessed, and the latest final one.
+    pub(crate) finality: crate::witnesses::Finality,
 }
 
 /// Signs tree heads as checkpoint notes (docs/FORMAT.md §17) with the ledger key that signed
@@ -86,7 +88,7 @@ impl CheckpointSigner {
 
     /// The note of `head`, or none when this process holds no secret of the key that signed
     /// it (a follower, or a replica whose place another took).
-    fn note(&self, head: &SignedTreeHead) -> Option<Arc<str>> {
+    pub(crate) fn note(&self, head: &SignedTreeHead) -> Option<Arc<str>> {
         let origin = self.origin.as_deref()?;
         let mut last = self
             .last
@@ -158,6 +160,11 @@ fn read_view(shared: &Shared) -> std::sync::RwLockReadGuard<'_, View> {
 }
 
 impl Shared {
+    /// The latest durable tree head.
+    pub(crate) fn latest_head(&self) -> SignedTreeHead {
+        read_view(self).tree_head
+    }
+
     /// Folds one durable tick into the views: job index, artifacts, metrics.
     pub(crate) fn on_tick(&self, tick: &ServedTick<'_>) {
         let mut view = self
@@ -257,6 +264,24 @@ async fn health(shared: web::Data<Shared>) -> HttpResponse {
 /// that does not hold the key in force sends the client to the sequencer.
 async fn latest_checkpoint(shared: web::Data<Shared>) -> HttpResponse {
     let head = read_view(&shared).tree_head;
+    if shared.finality.required && shared.checkpoints.note(&head).is_some() {
+        let final_note = shared
+            .finality
+            .final_note
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone();
+        return match final_note {
+            Some(note) => HttpResponse::Ok()
+                .content_type("text/plain; charset=utf-8")
+                .body(note.to_string()),
+            None => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_witnessed",
+                "no tree head has the cosignatures of enough witnesses yet",
+            ),
+        };
+    }
     if let Some(note) = shared.checkpoints.note(&head) {
         return HttpResponse::Ok()
             .content_type("text/plain; charset=utf-8")

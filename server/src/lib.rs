@@ -34,11 +34,13 @@ mod replica;
 mod requests;
 pub mod service;
 pub mod tls;
+pub mod witnesses;
 
 pub use error::ServerError;
 pub use nodes::NatsLogin;
 pub use service::{serve, Replication, Role, Served, ServerConfig, INTAKE_CAPACITY};
 pub use tls::TlsFiles;
+pub use witnesses::{WitnessPeer, Witnessing};
 
 /// The API's OpenAPI document (`GET /v0/openapi.json`).
 pub const OPENAPI_JSON: &str = include_str!("openapi.json");

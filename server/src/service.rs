@@ -75,6 +75,8 @@ pub struct ServerConfig {
     /// A replicated fabric's sequencer (docs/FORMAT.md §16): no tick is acknowledged before
     /// the replicated log's quorum holds it.
     pub replication: Option<Replication>,
+    /// Witnesses to ask for cosignatures of each head (docs/FORMAT.md §17.5).
+    pub witnessing: Option<crate::witnesses::Witnessing>,
 }
 
 /// How a sequencer reaches its replicated log.
@@ -157,8 +159,17 @@ pub fn serve(
         following: following.clone(),
         checkpoints: CheckpointSigner::new(&ledger.reader(), secrets)
             .map_err(|error| ServerError::Origin { error })?,
+        finality: crate::witnesses::Finality {
+            required: config.witnessing.is_some(),
+            ..Default::default()
+        },
         ..shared
     });
+    if let Some(witnessing) = &config.witnessing {
+        let weak = std::sync::Arc::downgrade(&shared.clone().into_inner());
+        crate::witnesses::start(weak, witnessing.clone())
+            .map_err(|error| ServerError::Witnesses { error })?;
+    }
     let (mut spec, follower_login) = match role {
         Role::Sequence(spec) => (Some(spec), None),
         Role::Follow { login, .. } => (None, Some(login)),
@@ -397,6 +408,7 @@ fn shared(
         reader,
         following: None,
         checkpoints: CheckpointSigner::default(),
+        finality: Default::default(),
     };
     Ok((shared, feed, replay))
 }

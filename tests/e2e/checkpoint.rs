@@ -304,3 +304,169 @@ fn a_witness_cosigns_a_fabrics_heads_and_catches_a_second_history_under_its_key(
         "{err}"
     );
 }
+
+/// A `fabric witness` serving on a free port with no server to follow: fabrics push to it.
+struct PushedWitness {
+    child: std::process::Child,
+    address: String,
+    cosigner_key: String,
+}
+
+impl PushedWitness {
+    fn start(dir: &std::path::Path, name: &str, log_key: &str) -> Self {
+        let key = dir.join(format!("{}.key", name.replace('/', "-")));
+        crate::support::succeed(&["keygen", "--out", crate::support::path(&key)]);
+        let state = dir.join(name.replace('/', "-"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fabric"))
+            .arg("witness")
+            .args(["--key", crate::support::path(&key), "--name", name])
+            .args([
+                "--log-key",
+                log_key,
+                "--state",
+                crate::support::path(&state),
+            ])
+            .args(["--listen", "127.0.0.1:0", "--poll-ms", "100"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("fabric witness starts");
+        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(
+            child.stdout.take().expect("stdout"),
+        ));
+        let mut cosigner_key = None;
+        let mut address = None;
+        while address.is_none() {
+            let line = lines
+                .next()
+                .and_then(Result::ok)
+                .expect("the witness says who it is and where it listens");
+            if let Some(rest) = line.split_once("(cosigner key ") {
+                cosigner_key = Some(rest.1.trim_end_matches(')').to_owned());
+            }
+            address = line.strip_prefix("listening on ").map(str::to_owned);
+        }
+        std::thread::spawn(move || lines.for_each(drop));
+        Self {
+            child,
+            address: address.expect("an address"),
+            cosigner_key: cosigner_key.expect("a cosigner key"),
+        }
+    }
+
+    fn flag(&self) -> String {
+        format!("{}={}", self.address, self.cosigner_key)
+    }
+}
+
+impl Drop for PushedWitness {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The final note `GET /v0/checkpoints/latest` serves once it is at least `size`, within a
+/// minute.
+fn final_note_from(client: &mut fabric_api::http_client::Client, size: u64) -> CheckpointNote {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let response = get(client, "/v0/checkpoints/latest");
+        if response.status == 200 {
+            let note = CheckpointNote::parse(&response.text()).expect("a note");
+            if note.tree_size >= size {
+                return note;
+            }
+        } else {
+            assert_eq!(response.status, 503, "{}", response.text());
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no final note of size {size} or more: {}",
+            response.text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_fabric_calls_a_head_final_once_its_witnesses_cosigned_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ceremony = Ceremony::run(dir.path());
+    // The log's verifier key, from its folder, before it is served.
+    let log_key = {
+        let reader = LedgerReader::open(ceremony.data.join("ledger")).expect("the ledger opens");
+        let origin = origin_of(&reader.get(0).expect("genesis").hash());
+        let secret = fabric_events::keys::load_secret(&ceremony.ledger_key()).expect("the key");
+        verifier_key(&origin, &PublicKey::from(&secret.verifying_key()))
+    };
+    let witnesses = [
+        PushedWitness::start(dir.path(), "witness.test/a", &log_key),
+        PushedWitness::start(dir.path(), "witness.test/b", &log_key),
+    ];
+    let (first, second) = (witnesses[0].flag(), witnesses[1].flag());
+    let served = ceremony.serve(&[
+        "--witness",
+        &first,
+        "--witness",
+        &second,
+        "--witness-quorum",
+        "2",
+    ]);
+    let mut client = served.client();
+    let cosigners: Vec<(String, PublicKey)> = witnesses
+        .iter()
+        .map(|witness| {
+            let (name, _, key) = fabric_ledger::note::parse_verifier_key(&witness.cosigner_key)
+                .expect("a cosigner key");
+            (name, key)
+        })
+        .collect();
+    let log_public = fabric_ledger::note::parse_verifier_key(&log_key)
+        .expect("the log key")
+        .2;
+    let check = |note: &CheckpointNote| {
+        note.verify(&note.origin, &log_public)
+            .expect("the log's signature");
+        for (name, key) in &cosigners {
+            note.verify_cosignature(name, key)
+                .unwrap_or_else(|error| panic!("{name}: {error}"));
+        }
+    };
+    let before = final_note_from(&mut client, 1);
+    check(&before);
+
+    // The log grows: its new head is pushed with the path from the one each witness
+    // cosigned, and becomes final in turn.
+    let approvers = [
+        crate::ceremony::load_owner(&ceremony, 0),
+        crate::ceremony::load_owner(&ceremony, 1),
+    ];
+    let pause = |client: &mut fabric_api::http_client::Client, shard: &str, nonce: u64| {
+        let tick = crate::serve::current_tick(client);
+        let command = crate::ceremony::pause_command(shard, nonce, tick, &approvers);
+        let response = crate::serve::post(client, "/v0/owner/commands", command.as_bytes());
+        assert_eq!(response.status, 202, "{}", response.text());
+        json_of(&response)["seq"].as_u64().expect("a seq")
+    };
+    let seq = pause(&mut client, "mars", 91);
+    let grown = final_note_from(&mut client, seq + 1);
+    check(&grown);
+    assert!(grown.tree_size > before.tree_size);
+
+    // One witness of the two gone: no head after it is final.
+    let [kept, gone] = witnesses;
+    drop(gone);
+    let seq = pause(&mut client, "luna", 92);
+    let health: Value = json_of(&get(&mut client, "/v0/health"));
+    assert!(health["ledger"]["size"].as_u64() > Some(seq));
+    // Four rounds of asking the witnesses (every 500 ms): enough for the head to be final,
+    // were one cosignature enough.
+    std::thread::sleep(std::time::Duration::from_millis(2_000));
+    let still = final_note_from(&mut client, 1);
+    assert!(
+        still.tree_size <= seq,
+        "a head after the loss of a witness is final with one cosignature of two"
+    );
+    drop(kept);
+}
