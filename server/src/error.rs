@@ -60,12 +60,6 @@ pub enum ServerError {
         /// Why.
         error: fabric_ledger::LedgerError,
     },
-    /// The genesis entry, which names the log's checkpoint origin, could not be read.
-    #[error("could not read the genesis entry (the checkpoints' origin): {error}")]
-    Origin {
-        /// Why.
-        error: fabric_ledger::LedgerError,
-    },
     /// The thread that asks the witnesses could not start.
     #[error("could not start asking the witnesses: {error}")]
     Witnesses {

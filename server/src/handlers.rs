@@ -21,7 +21,7 @@ use fabric_api::wire::{
 };
 use fabric_events::codec::encode_event;
 use fabric_events::{Body, Event, Hash32, JobId, PublicKey, RejectReason, Role, SigningKey};
-use fabric_ledger::{ArtifactLog, CheckpointNote, LedgerError, LedgerReader, SignedTreeHead};
+use fabric_ledger::{ArtifactLog, CheckpointNote, LedgerReader, SignedTreeHead};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
@@ -60,8 +60,11 @@ pub(crate) struct Shared {
 /// them, when this process holds its secret: once per head, however often it is asked.
 #[derive(Default)]
 pub(crate) struct CheckpointSigner {
-    /// The log's origin line (none while the log is empty).
-    origin: Option<String>,
+    /// Where the genesis entry is read from (none: no log to sign for).
+    reader: Option<LedgerReader>,
+    /// The log's origin line, once its genesis entry is stored (a new fabric's is appended by
+    /// its first tick).
+    origin: std::sync::OnceLock<String>,
     /// The secrets of the ledger keys this process may sign with.
     secrets: Vec<SigningKey>,
     /// The last head signed, and its note.
@@ -71,25 +74,31 @@ pub(crate) struct CheckpointSigner {
 impl CheckpointSigner {
     /// For the log of `reader` (its origin from its genesis entry) and the ledger `secrets`
     /// this process holds (none for a follower).
-    pub(crate) fn new(
-        reader: &LedgerReader,
-        secrets: Vec<SigningKey>,
-    ) -> Result<Self, LedgerError> {
-        let origin = match reader.len()? {
-            0 => None,
-            _ => Some(fabric_ledger::note::origin_of(&reader.get(0)?.hash())),
-        };
-        Ok(Self {
-            origin,
+    pub(crate) fn new(reader: &LedgerReader, secrets: Vec<SigningKey>) -> Self {
+        Self {
+            reader: Some(reader.clone()),
+            origin: std::sync::OnceLock::new(),
             secrets,
             last: Mutex::new(None),
-        })
+        }
+    }
+
+    /// The log's origin, once its genesis entry is stored and readable.
+    pub(crate) fn origin(&self) -> Option<&str> {
+        if let Some(origin) = self.origin.get() {
+            return Some(origin);
+        }
+        let genesis = self.reader.as_ref()?.get(0).ok()?;
+        Some(
+            self.origin
+                .get_or_init(|| fabric_ledger::note::origin_of(&genesis.hash())),
+        )
     }
 
     /// The note of `head`, or none when this process holds no secret of the key that signed
-    /// it (a follower, or a replica whose place another took).
+    /// it (a follower, or a replica whose place another took), or the log is empty.
     pub(crate) fn note(&self, head: &SignedTreeHead) -> Option<Arc<str>> {
-        let origin = self.origin.as_deref()?;
+        let origin = self.origin()?;
         let mut last = self
             .last
             .lock()
@@ -228,11 +237,10 @@ async fn health(shared: web::Data<Shared>) -> HttpResponse {
             root: head.root,
             size: head.tree_size,
             tree_head: tree_head(&head),
-            checkpoint_origin: shared.checkpoints.origin.clone(),
+            checkpoint_origin: shared.checkpoints.origin().map(str::to_owned),
             checkpoint_verifier_key: shared
                 .checkpoints
-                .origin
-                .as_deref()
+                .origin()
                 .map(|origin| fabric_ledger::note::verifier_key(origin, &head.ledger_key)),
         },
         status: "ok".to_owned(),

@@ -157,8 +157,7 @@ pub fn serve(
     };
     let shared = web::Data::new(Shared {
         following: following.clone(),
-        checkpoints: CheckpointSigner::new(&ledger.reader(), secrets)
-            .map_err(|error| ServerError::Origin { error })?,
+        checkpoints: CheckpointSigner::new(&ledger.reader(), secrets),
         finality: crate::witnesses::Finality {
             required: config.witnessing.is_some(),
             ..Default::default()
