@@ -376,14 +376,18 @@ fn parse_size(line: &str) -> Result<u64, NoteError> {
 
 /// The root line: the standard base64 of 32 bytes.
 fn parse_root(line: &str) -> Result<Hash32, NoteError> {
+    base64_hash(line, "the root line")
+}
+
+/// A line holding the standard base64 of a 32-byte hash (a root, a proof's hash), in its one
+/// canonical spelling; `what` names the line in the error.
+pub fn base64_hash(line: &str, what: &str) -> Result<Hash32, NoteError> {
     let bytes = BASE64
         .decode(line)
-        .map_err(|error| NoteError(format!("the root line is not base64: {error}")))?;
+        .map_err(|error| NoteError(format!("{what} is not base64: {error}")))?;
     match <[u8; 32]>::try_from(bytes.as_slice()) {
-        Ok(root) if BASE64.encode(root) == line => Ok(Hash32(root)),
-        _ => fail(format!(
-            "the root line {line:?} is not the base64 of 32 bytes"
-        )),
+        Ok(hash) if BASE64.encode(hash) == line => Ok(Hash32(hash)),
+        _ => fail(format!("{what} {line:?} is not the base64 of 32 bytes")),
     }
 }
 

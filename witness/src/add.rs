@@ -7,9 +7,9 @@
 
 use fabric_events::Hash32;
 use fabric_ledger::merkle::{verify_consistency, ConsistencyProof};
-use fabric_ledger::note::CheckpointNote;
+use fabric_ledger::note::{base64_hash, CheckpointNote};
 
-use crate::{Outcome, Witness, WitnessError};
+use crate::{Last, Outcome, Witness, WitnessError};
 
 /// The most bytes of a request body.
 pub const ADD_REQUEST_BYTES_MAX: usize = 24 * 1024;
@@ -62,13 +62,8 @@ impl AddRequest {
         let path = lines
             .enumerate()
             .map(|(index, line)| {
-                use base64::Engine as _;
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(line)
-                    .map_err(|error| format!("proof line {}: {error}", index + 1))?;
-                <[u8; 32]>::try_from(bytes.as_slice())
-                    .map(Hash32)
-                    .map_err(|_| format!("proof line {}: not 32 bytes", index + 1))
+                base64_hash(line, &format!("proof line {}", index + 1))
+                    .map_err(|error| error.to_string())
             })
             .collect::<Result<Vec<_>, _>>()?;
         if path.len() > ADD_PROOF_LINES_MAX {
@@ -105,22 +100,12 @@ impl Witness {
             Ok(note) => note,
             Err(why) => return Ok(AddAnswer::Refused(why)),
         };
-        let Some(last) = self.state.logs.get(&note.origin).cloned() else {
-            if request.old_size != 0 {
-                return Ok(AddAnswer::Conflict(0));
-            }
-            return self.cosigned(note);
+        let cosigned = match self.last_cosigned(&note.origin)? {
+            Last::None if request.old_size != 0 => return Ok(AddAnswer::Conflict(0)),
+            Last::None => return self.cosigned(note),
+            Last::Forked(why) => return Ok(AddAnswer::Refused(why)),
+            Last::Cosigned(cosigned) => cosigned,
         };
-        if last.fork.is_some() {
-            return Ok(AddAnswer::Refused(format!(
-                "{} forked: this witness cosigns none of its heads any more",
-                note.origin
-            )));
-        }
-        let cosigned = CheckpointNote::parse(&last.note).map_err(|error| WitnessError::State {
-            path: self.config.state_dir.clone(),
-            detail: format!("the note kept for {}: {error}", note.origin),
-        })?;
         if note.tree_size == cosigned.tree_size {
             if note.root != cosigned.root {
                 // Both signed by the log's key: a fork whatever the request says.

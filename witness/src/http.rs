@@ -229,27 +229,39 @@ async fn metrics(view: web::Data<SharedView>) -> HttpResponse {
         "fabric_witness_cosigned_total {}\n",
         view.cosigned_total
     ));
-    text.push_str("# HELP fabric_witness_tree_size The size of the last head cosigned.\n");
-    text.push_str("# TYPE fabric_witness_tree_size gauge\n");
-    for (origin, log) in &view.state.logs {
-        text.push_str(&format!(
-            "fabric_witness_tree_size{{origin=\"{}\"}} {}\n",
-            label(origin),
-            log.tree_size
-        ));
-    }
-    text.push_str("# HELP fabric_witness_forked 1 for a log whose key signed two histories.\n");
-    text.push_str("# TYPE fabric_witness_forked gauge\n");
-    for (origin, log) in &view.state.logs {
-        text.push_str(&format!(
-            "fabric_witness_forked{{origin=\"{}\"}} {}\n",
-            label(origin),
-            u8::from(log.fork.is_some())
-        ));
-    }
+    let logs = &view.state.logs;
+    per_log(
+        &mut text,
+        (
+            "fabric_witness_tree_size",
+            "The size of the last head cosigned.",
+        ),
+        logs.iter().map(|(origin, log)| (origin, log.tree_size)),
+    );
+    per_log(
+        &mut text,
+        (
+            "fabric_witness_forked",
+            "1 for a log whose key signed two histories.",
+        ),
+        logs.iter()
+            .map(|(origin, log)| (origin, u64::from(log.fork.is_some()))),
+    );
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(text)
+}
+
+/// A gauge `name` with one sample per log origin.
+fn per_log<'a>(
+    text: &mut String,
+    (name, help): (&str, &str),
+    values: impl Iterator<Item = (&'a String, u64)>,
+) {
+    text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+    for (origin, value) in values {
+        text.push_str(&format!("{name}{{origin=\"{}\"}} {value}\n", label(origin)));
+    }
 }
 
 /// A label value in the text format: backslash and double quote escaped.

@@ -132,6 +132,16 @@ pub enum Outcome {
     Fork(Fork),
 }
 
+/// What a witness last cosigned of a log.
+enum Last {
+    /// Nothing yet.
+    None,
+    /// Nothing more: the log forked (why, in words).
+    Forked(String),
+    /// This note.
+    Cosigned(CheckpointNote),
+}
+
 /// A witness and its durable state.
 pub struct Witness {
     config: WitnessConfig,
@@ -215,21 +225,12 @@ impl Witness {
             Ok(note) => note,
             Err(why) => return Ok(Outcome::Skipped(why)),
         };
-        let last = self.state.logs.get(&note.origin).cloned();
-        let Some(last) = last else {
+        let cosigned = match self.last_cosigned(&note.origin)? {
             // Trust on first use: the first head seen is the one later ones must extend.
-            return self.cosign(note);
+            Last::None => return self.cosign(note),
+            Last::Forked(why) => return Ok(Outcome::Skipped(why)),
+            Last::Cosigned(cosigned) => cosigned,
         };
-        if last.fork.is_some() {
-            return Ok(Outcome::Skipped(format!(
-                "{} forked: this witness cosigns none of its heads any more",
-                note.origin
-            )));
-        }
-        let cosigned = CheckpointNote::parse(&last.note).map_err(|error| WitnessError::State {
-            path: self.config.state_dir.clone(),
-            detail: format!("the note kept for {}: {error}", note.origin),
-        })?;
         if note.tree_size == cosigned.tree_size {
             return match note.root == cosigned.root {
                 true => Ok(Outcome::NothingNew),
@@ -265,6 +266,24 @@ impl Witness {
             true => self.cosign(note),
             false => Ok(Outcome::NothingNew),
         }
+    }
+
+    /// What this witness last cosigned of `origin`.
+    fn last_cosigned(&self, origin: &str) -> Result<Last, WitnessError> {
+        let Some(last) = self.state.logs.get(origin) else {
+            return Ok(Last::None);
+        };
+        if last.fork.is_some() {
+            return Ok(Last::Forked(format!(
+                "{origin} forked: this witness cosigns none of its heads any more"
+            )));
+        }
+        CheckpointNote::parse(&last.note)
+            .map(Last::Cosigned)
+            .map_err(|error| WitnessError::State {
+                path: self.config.state_dir.clone(),
+                detail: format!("the note kept for {origin}: {error}"),
+            })
     }
 
     /// `text` read as a note of a log this witness follows, signed by a key given for it; or
