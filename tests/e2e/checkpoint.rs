@@ -470,3 +470,82 @@ fn a_fabric_calls_a_head_final_once_its_witnesses_cosigned_it() {
     );
     drop(kept);
 }
+
+#[test]
+fn whoever_reaches_a_witness_cannot_make_it_cosign_or_cry_fork() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // A log of the attacker's choosing is no log the witness follows; the log it follows is
+    // one whose key the attacker does not hold (it knows the public key, as everyone does).
+    let log_secret = fabric_events::keys::generate();
+    let log_public = PublicKey::from(&log_secret.verifying_key());
+    let origin = origin_of(&fabric_events::Hash32([4; 32]));
+    let witness = PushedWitness::start(
+        dir.path(),
+        "witness.test/h",
+        &verifier_key(&origin, &log_public),
+    );
+    let mut api = fabric_api::http_client::Client::new(
+        fabric_api::http_client::Target::parse(&witness.address).expect("an address"),
+        std::time::Duration::from_secs(10),
+    );
+    let post = |api: &mut fabric_api::http_client::Client, body: &[u8]| {
+        api.request("POST", "/v0/add-checkpoint", Some(("text/plain", body)))
+            .expect("the witness answers")
+    };
+    let request = |old: u64, note: &str| fabric_witness::AddRequest {
+        old_size: old,
+        path: Vec::new(),
+        note: note.to_owned(),
+    };
+    let attacker = fabric_events::keys::generate();
+    let forged = CheckpointNote::sign(&origin, 10, fabric_events::Hash32([1; 32]), &attacker);
+    for (body, status, case) in [
+        (b"not a request".to_vec(), 400, "garbage"),
+        (vec![b'x'; 64 * 1024], 413, "too big"),
+        (
+            request(0, &forged.encode()).encode().into_bytes(),
+            403,
+            "signed by another key",
+        ),
+        (
+            request(0, &forged.encode().replacen(&origin, "fabric/other", 2))
+                .encode()
+                .into_bytes(),
+            403,
+            "another origin",
+        ),
+    ] {
+        let response = post(&mut api, &body);
+        assert_eq!(response.status, status, "{case}: {}", response.text());
+    }
+    // Genuine heads of the log (replayed by anyone): the first is cosigned, then one
+    // further on with a path that does not hold is refused, and is no fork.
+    let genuine = |size: u64, root: u8| {
+        CheckpointNote::sign(
+            &origin,
+            size,
+            fabric_events::Hash32([root; 32]),
+            &log_secret,
+        )
+        .encode()
+    };
+    assert_eq!(
+        post(&mut api, request(0, &genuine(5, 1)).encode().as_bytes()).status,
+        200
+    );
+    let mut unproved = request(5, &genuine(9, 2));
+    unproved.path = vec![fabric_events::Hash32([3; 32]); 3];
+    let response = post(&mut api, unproved.encode().as_bytes());
+    assert_eq!(response.status, 422, "{}", response.text());
+    let conflict = post(&mut api, request(0, &genuine(9, 2)).encode().as_bytes());
+    assert_eq!(conflict.status, 409, "{}", conflict.text());
+    assert_eq!(conflict.text().trim(), "5");
+    let status: Value = json_of(&get(&mut api, "/v0/witness"));
+    assert_eq!(status["forked"], false, "{status}");
+    assert_eq!(status["logs"][0]["tree_size"], 5, "{status}");
+    // Only the log's own key, signing two heads of one size, makes a fork.
+    let response = post(&mut api, request(5, &genuine(5, 7)).encode().as_bytes());
+    assert_eq!(response.status, 403, "{}", response.text());
+    let status: Value = json_of(&get(&mut api, "/v0/witness"));
+    assert_eq!(status["forked"], true, "{status}");
+}
