@@ -123,6 +123,11 @@ fn commit(data: &Path, ledger_key_path: &Path) -> anyhow::Result<()> {
         committed.root,
         data.display()
     );
+    // What witnesses are given (`fabric witness --log-key`), on stdout for scripts.
+    println!(
+        "checkpoint verifier key {}",
+        committed.checkpoint_verifier_key
+    );
     Ok(())
 }
 

@@ -172,6 +172,9 @@ pub struct Committed {
     pub events: usize,
     /// The Merkle root of the log after them.
     pub root: Hash32,
+    /// The verifier key of its checkpoint notes (docs/FORMAT.md §17.2): what its witnesses
+    /// are given.
+    pub checkpoint_verifier_key: String,
 }
 
 /// `fabric init --commit`: tick 0 (the genesis and every approved registration) into the
@@ -214,6 +217,7 @@ pub fn commit(data: &Path, ledger_key_path: &Path) -> Result<Committed, Ceremony
             ledger_path.display()
         )
     })?;
+    let ledger_public = public(&ledger_key);
     let mut ledger = Ledger::open(&ledger_path, ledger_key).map_err(|err| {
         DataDirError::failed(
             format!("could not create the ledger in {}", ledger_path.display()),
@@ -223,8 +227,13 @@ pub fn commit(data: &Path, ledger_key_path: &Path) -> Result<Committed, Ceremony
     let receipt = ledger
         .append(&admitted.signed)
         .map_err(|err| DataDirError::failed("could not append the genesis".to_owned(), err))?;
+    let genesis = ledger
+        .get(0)
+        .map_err(|err| DataDirError::failed("could not read the genesis back".to_owned(), err))?;
+    let origin = fabric_ledger::note::origin_of(&genesis.hash());
     Ok(Committed {
         events: admitted.signed.len(),
         root: receipt.tree_head.root,
+        checkpoint_verifier_key: fabric_ledger::note::verifier_key(&origin, &ledger_public),
     })
 }

@@ -393,13 +393,19 @@ fn final_note_from(client: &mut fabric_api::http_client::Client, size: u64) -> C
 fn a_fabric_calls_a_head_final_once_its_witnesses_cosigned_it() {
     let dir = tempfile::tempdir().expect("temp dir");
     let ceremony = Ceremony::run(dir.path());
-    // The log's verifier key, from its folder, before it is served.
-    let log_key = {
+    // The log's verifier key, as `fabric init --commit` printed it before the fabric is
+    // served, and as its folder gives it.
+    let log_key = ceremony
+        .checkpoint_verifier_key
+        .clone()
+        .expect("init --commit printed the checkpoint verifier key");
+    let derived = {
         let reader = LedgerReader::open(ceremony.data.join("ledger")).expect("the ledger opens");
         let origin = origin_of(&reader.get(0).expect("genesis").hash());
         let secret = fabric_events::keys::load_secret(&ceremony.ledger_key()).expect("the key");
         verifier_key(&origin, &PublicKey::from(&secret.verifying_key()))
     };
+    assert_eq!(log_key, derived);
     let witnesses = [
         PushedWitness::start(dir.path(), "witness.test/a", &log_key),
         PushedWitness::start(dir.path(), "witness.test/b", &log_key),

@@ -323,6 +323,8 @@ pub struct Ceremony {
     pub client: PathBuf,
     /// The world's config file.
     pub config: PathBuf,
+    /// The checkpoint verifier key `fabric init --commit` printed (none before it ran).
+    pub checkpoint_verifier_key: Option<String>,
 }
 
 /// The owners of a [`Ceremony`], and how many approve a command.
@@ -346,12 +348,12 @@ impl Ceremony {
 
     /// [`Ceremony::run_with`], `fabric init` given `extra` arguments too.
     pub fn run_with_args(dir: &Path, config: &Path, extra: &[&str]) -> Self {
-        let ceremony = Self::prepare_with_args(dir, config, extra);
+        let mut ceremony = Self::prepare_with_args(dir, config, extra);
         let commands = ceremony.commands_file();
         for owner in &ceremony.owners[..CEREMONY_THRESHOLD] {
             succeed(&["owner", "sign", path(&commands), "--key", path(owner)]);
         }
-        succeed(&[
+        let committed = succeed(&[
             "init",
             "--commit",
             "--data",
@@ -359,6 +361,10 @@ impl Ceremony {
             "--ledger-key",
             path(&ceremony.ledger_key()),
         ]);
+        ceremony.checkpoint_verifier_key = stdout(&committed)
+            .lines()
+            .find_map(|line| line.strip_prefix("checkpoint verifier key "))
+            .map(str::to_owned);
         ceremony
     }
 
@@ -397,6 +403,7 @@ impl Ceremony {
             owners,
             client,
             config: config.to_path_buf(),
+            checkpoint_verifier_key: None,
         };
         let owner_pubs: Vec<PathBuf> = ceremony
             .owners
