@@ -160,6 +160,8 @@ pub struct Client {
     timeout: Duration,
     tls: Option<Arc<rustls::ClientConfig>>,
     stream: Option<BufReader<Box<dyn Stream>>>,
+    /// The longest response body read; a longer one is an error.
+    response_bytes_max: usize,
 }
 
 impl Client {
@@ -176,6 +178,7 @@ impl Client {
             timeout: self.timeout,
             tls: self.tls.clone(),
             stream: None,
+            response_bytes_max: self.response_bytes_max,
         })
     }
 
@@ -187,7 +190,15 @@ impl Client {
             timeout,
             tls: None,
             stream: None,
+            response_bytes_max: RESPONSE_BYTES_MAX,
         }
+    }
+
+    /// Reads response bodies of at most `bytes` (at most the default, 256 MiB): a client of
+    /// a server it does not trust (a witness asking for notes) reads no more than it needs.
+    pub fn with_response_bytes_max(mut self, bytes: usize) -> Self {
+        self.response_bytes_max = bytes.min(RESPONSE_BYTES_MAX);
+        self
     }
 
     /// Speaks TLS with `config` (see [`trusting`]) to an `https://` target.
@@ -290,7 +301,7 @@ impl Client {
             self.stream = None;
             return Err(io::Error::new(io::ErrorKind::ConnectionAborted, error));
         }
-        let result = read_response(stream, method == "HEAD");
+        let result = read_response(stream, method == "HEAD", self.response_bytes_max);
         match &result {
             Ok(response) => {
                 // A body read to the end of the stream, or a server that says so, ends the
@@ -338,7 +349,11 @@ fn invalid(message: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message)
 }
 
-fn read_response(reader: &mut impl BufRead, head_only: bool) -> io::Result<Response> {
+fn read_response(
+    reader: &mut impl BufRead,
+    head_only: bool,
+    bytes_max: usize,
+) -> io::Result<Response> {
     let status_line = match read_line(reader) {
         // Nothing of a response came: the server had closed the kept-alive connection.
         Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => {
@@ -379,9 +394,9 @@ fn read_response(reader: &mut impl BufRead, head_only: bool) -> io::Result<Respo
             let size_text = size_line.split(';').next().unwrap_or_default().trim();
             let size = usize::from_str_radix(size_text, 16)
                 .map_err(|_| invalid(format!("not a chunk size: {size_line:?}")))?;
-            if body.len() + size > RESPONSE_BYTES_MAX {
+            if body.len() + size > bytes_max {
                 return Err(invalid(format!(
-                    "the response is longer than {RESPONSE_BYTES_MAX} bytes"
+                    "the response is longer than {bytes_max} bytes"
                 )));
             }
             if size == 0 {
@@ -400,9 +415,9 @@ fn read_response(reader: &mut impl BufRead, head_only: bool) -> io::Result<Respo
         let length: usize = length
             .parse()
             .map_err(|_| invalid(format!("not a content length: {length:?}")))?;
-        if length > RESPONSE_BYTES_MAX {
+        if length > bytes_max {
             return Err(invalid(format!(
-                "the response is longer than {RESPONSE_BYTES_MAX} bytes"
+                "the response is longer than {bytes_max} bytes"
             )));
         }
         body.resize(length, 0);
@@ -410,7 +425,7 @@ fn read_response(reader: &mut impl BufRead, head_only: bool) -> io::Result<Respo
     } else {
         reader
             .by_ref()
-            .take(RESPONSE_BYTES_MAX as u64)
+            .take(bytes_max as u64)
             .read_to_end(&mut body)?;
     }
     Ok(Response {
@@ -452,20 +467,36 @@ mod tests {
     #[test]
     fn responses_are_read_by_length_and_by_chunks() {
         let mut plain: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: b\r\n\r\nhello";
-        let response = read_response(&mut plain, false).unwrap();
+        let response = read_response(&mut plain, false, RESPONSE_BYTES_MAX).unwrap();
         assert_eq!(response.status, 200);
         assert_eq!(response.header("x-a"), Some("b"));
         assert_eq!(response.text(), "hello");
         let mut chunked: &[u8] = b"HTTP/1.1 202 Accepted\r\nTransfer-Encoding: chunked\r\n\r\n\
               3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n";
-        let response = read_response(&mut chunked, false).unwrap();
+        let response = read_response(&mut chunked, false, RESPONSE_BYTES_MAX).unwrap();
         assert_eq!(response.status, 202);
         assert_eq!(response.body, b"abcde");
         let mut garbage: &[u8] = b"SMTP ready\r\n\r\n";
-        let error = read_response(&mut garbage, false).unwrap_err();
+        let error = read_response(&mut garbage, false, RESPONSE_BYTES_MAX).unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::InvalidData);
         let mut empty: &[u8] = b"";
-        let error = read_response(&mut empty, false).unwrap_err();
+        let error = read_response(&mut empty, false, RESPONSE_BYTES_MAX).unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::ConnectionAborted);
+    }
+
+    #[test]
+    fn a_body_over_the_clients_limit_is_an_error_however_it_is_framed() {
+        let framings: [&[u8]; 3] = [
+            b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nhello!",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n3\r\ndef\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nhello!",
+        ];
+        for (index, mut framed) in framings.into_iter().enumerate() {
+            match read_response(&mut framed, false, 5) {
+                // Read to the end of the connection: cut at the limit, never more.
+                Ok(response) => assert!(index == 2 && response.body == b"hello"),
+                Err(error) => assert_eq!(error.kind(), io::ErrorKind::InvalidData),
+            }
+        }
     }
 }

@@ -20,7 +20,7 @@ pub const PUSH_EVERY: Duration = Duration::from_millis(500);
 const WITNESS_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most witnesses a fabric asks.
 pub const WITNESSES_MAX: usize = 32;
-/// The most bytes of a witness's answer read as a cosignature line.
+/// The most bytes of a witness's answer (a cosignature line, or a reason).
 const ANSWER_BYTES_MAX: usize = 1024;
 
 /// A witness the fabric asks, and trusts the cosignatures of.
@@ -168,7 +168,8 @@ fn ask(
         note: note.to_owned(),
     }
     .encode();
-    let mut client = Client::new(peer.target.clone(), WITNESS_TIMEOUT);
+    let mut client =
+        Client::new(peer.target.clone(), WITNESS_TIMEOUT).with_response_bytes_max(ANSWER_BYTES_MAX);
     let response = client
         .request(
             "POST",
@@ -176,8 +177,7 @@ fn ask(
             Some(("text/plain; charset=utf-8", request.as_bytes())),
         )
         .map_err(|error| Asked::Failed(format!("{}: {error}", peer.target)))?;
-    let body = String::from_utf8_lossy(&response.body[..response.body.len().min(ANSWER_BYTES_MAX)])
-        .into_owned();
+    let body = String::from_utf8_lossy(&response.body).into_owned();
     match response.status {
         200 => {}
         409 => {

@@ -39,6 +39,9 @@ pub use state::{Fork, LogState, WitnessState};
 
 /// How long one HTTP request to a followed server may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most bytes of a followed server's answer: a note, or a consistency proof document
+/// (two signed heads, a path of at most 64 hashes, the log's key changes).
+pub const ANSWER_BYTES_MAX: usize = 1024 * 1024;
 /// The most logs one witness follows.
 pub const LOGS_MAX: usize = 64;
 /// The most servers one witness asks each round.
@@ -179,7 +182,7 @@ impl Witness {
     }
 
     fn poll(&mut self, source: &Target) -> Result<Outcome, WitnessError> {
-        let mut client = Client::new(source.clone(), REQUEST_TIMEOUT);
+        let mut client = client_of(source);
         let note = match fetch(&mut client, "/v0/checkpoints/latest") {
             Ok(body) => body,
             Err(why) => return Ok(Outcome::Skipped(why)),
@@ -204,7 +207,7 @@ impl Witness {
                 Err(why) => why,
             };
             for other in others {
-                let mut client = Client::new(other.clone(), REQUEST_TIMEOUT);
+                let mut client = client_of(&other);
                 match consistency_path(&mut client, old, new) {
                     Ok(path) => return Ok(path),
                     Err(also) => why = format!("{why}; {other}: {also}"),
@@ -360,6 +363,11 @@ impl Witness {
         );
         Ok(Outcome::Fork(fork))
     }
+}
+
+/// A client of a followed server, which reads no more than [`ANSWER_BYTES_MAX`].
+fn client_of(source: &Target) -> Client {
+    Client::new(source.clone(), REQUEST_TIMEOUT).with_response_bytes_max(ANSWER_BYTES_MAX)
 }
 
 /// The body of a 200 answer to `GET path`, or why there is none.
