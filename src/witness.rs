@@ -92,8 +92,7 @@ pub fn run(args: &WitnessArgs) -> anyhow::Result<ExitCode> {
             std::thread::sleep(Duration::from_millis(args.poll_ms));
         }
         let mut cosigned = 0;
-        let mut locked = witness.lock().unwrap_or_else(|poison| poison.into_inner());
-        for (source, outcome) in locked.round()? {
+        for (source, outcome) in fabric_witness::round(&witness)? {
             match outcome {
                 Outcome::Cosigned { origin, tree_size } => {
                     cosigned += 1;
@@ -105,6 +104,7 @@ pub fn run(args: &WitnessArgs) -> anyhow::Result<ExitCode> {
             }
         }
         round += 1;
+        let locked = witness.lock().unwrap_or_else(|poison| poison.into_inner());
         WitnessView::show(&view, &locked, cosigned);
         view.write()
             .unwrap_or_else(|poison| poison.into_inner())

@@ -25,6 +25,7 @@ pub mod http;
 mod state;
 
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fabric_api::http_client::{Client, Target};
@@ -167,54 +168,6 @@ impl Witness {
     /// The state as it is durable now.
     pub fn state(&self) -> &WitnessState {
         &self.state
-    }
-
-    /// One round: each followed server asked once, in order. Each note's outcome, with the
-    /// server it came from.
-    pub fn round(&mut self) -> Result<Vec<(Target, Outcome)>, WitnessError> {
-        let sources = self.config.sources.clone();
-        let mut outcomes = Vec::with_capacity(sources.len());
-        for source in sources {
-            let outcome = self.poll(&source)?;
-            outcomes.push((source, outcome));
-        }
-        Ok(outcomes)
-    }
-
-    fn poll(&mut self, source: &Target) -> Result<Outcome, WitnessError> {
-        let mut client = client_of(source);
-        let note = match fetch(&mut client, "/v0/checkpoints/latest") {
-            Ok(body) => body,
-            Err(why) => return Ok(Outcome::Skipped(why)),
-        };
-        let text = match String::from_utf8(note) {
-            Ok(text) => text,
-            Err(_) => return Ok(Outcome::Skipped("the note is not UTF-8".to_owned())),
-        };
-        // A proof comes from any server that holds the bigger tree: the note's own first (it
-        // holds its tree), then the others (a server behind the head last cosigned cannot
-        // prove that head, another one can).
-        let others: Vec<Target> = self
-            .config
-            .sources
-            .iter()
-            .filter(|other| *other != source)
-            .cloned()
-            .collect();
-        self.observe(&text, |old, new| {
-            let mut why = match consistency_path(&mut client, old, new) {
-                Ok(path) => return Ok(path),
-                Err(why) => why,
-            };
-            for other in others {
-                let mut client = client_of(&other);
-                match consistency_path(&mut client, old, new) {
-                    Ok(path) => return Ok(path),
-                    Err(also) => why = format!("{why}; {other}: {also}"),
-                }
-            }
-            Err(why)
-        })
     }
 
     /// Judges one note (see the module documentation); `prove(old, new)` fetches the
@@ -368,6 +321,67 @@ impl Witness {
 /// A client of a followed server, which reads no more than [`ANSWER_BYTES_MAX`].
 fn client_of(source: &Target) -> Client {
     Client::new(source.clone(), REQUEST_TIMEOUT).with_response_bytes_max(ANSWER_BYTES_MAX)
+}
+
+/// One round: each followed server asked once, in order; each note's outcome, with the
+/// server it came from. No request is made while `witness` is locked, so that a slow server
+/// never keeps a fabric's `add-checkpoint` waiting: the note and the proof it needs are
+/// fetched first, then judged under the lock.
+pub fn round(witness: &Mutex<Witness>) -> Result<Vec<(Target, Outcome)>, WitnessError> {
+    let lock = || witness.lock().unwrap_or_else(|poison| poison.into_inner());
+    let sources = lock().config.sources.clone();
+    let mut outcomes = Vec::with_capacity(sources.len());
+    for source in &sources {
+        let text = match fetch(&mut client_of(source), "/v0/checkpoints/latest") {
+            Ok(body) => String::from_utf8(body).map_err(|_| "the note is not UTF-8".to_owned()),
+            Err(why) => Err(why),
+        };
+        let text = match text {
+            Ok(text) => text,
+            Err(why) => {
+                outcomes.push((source.clone(), Outcome::Skipped(why)));
+                continue;
+            }
+        };
+        // The sizes a proof is needed between, if any: the note's and the one last cosigned.
+        let sizes = CheckpointNote::parse(&text).ok().and_then(|note| {
+            let cosigned = lock().state.logs.get(&note.origin)?.tree_size;
+            (cosigned != note.tree_size)
+                .then(|| (cosigned.min(note.tree_size), cosigned.max(note.tree_size)))
+        });
+        let fetched = sizes.map(|(old, new)| ((old, new), prove(source, &sources, old, new)));
+        let outcome = lock().observe(&text, |old, new| match fetched {
+            Some((sizes, path)) if sizes == (old, new) => path,
+            _ => Err(format!(
+                "the head last cosigned changed while the proof was fetched; asked again next \
+                 round (sizes {old} to {new})"
+            )),
+        })?;
+        outcomes.push((source.clone(), outcome));
+    }
+    Ok(outcomes)
+}
+
+/// The consistency path between two sizes, from any server that holds the bigger tree: the
+/// note's own first (it holds its tree), then the others (a server behind the head last
+/// cosigned cannot prove that head, another one can).
+fn prove(
+    source: &Target,
+    sources: &[Target],
+    old: u64,
+    new: u64,
+) -> Result<Vec<fabric_events::Hash32>, String> {
+    let mut why = match consistency_path(&mut client_of(source), old, new) {
+        Ok(path) => return Ok(path),
+        Err(why) => why,
+    };
+    for other in sources.iter().filter(|other| *other != source) {
+        match consistency_path(&mut client_of(other), old, new) {
+            Ok(path) => return Ok(path),
+            Err(also) => why = format!("{why}; {other}: {also}"),
+        }
+    }
+    Err(why)
 }
 
 /// The body of a 200 answer to `GET path`, or why there is none.
