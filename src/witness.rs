@@ -87,6 +87,7 @@ pub fn run(args: &WitnessArgs) -> anyhow::Result<ExitCode> {
         println!("listening on http://{address}");
     }
     let mut round = 0u64;
+    let mut said = std::collections::HashMap::<String, String>::new();
     while args.rounds.is_none_or(|rounds| round < rounds) {
         if round > 0 {
             std::thread::sleep(Duration::from_millis(args.poll_ms));
@@ -99,7 +100,14 @@ pub fn run(args: &WitnessArgs) -> anyhow::Result<ExitCode> {
                     println!("cosigned {origin} at size {tree_size} (from {source})");
                 }
                 Outcome::Fork(_) => println!("fork: the log {source} serves forked"),
-                Outcome::Skipped(why) => eprintln!("{source}: not cosigned: {why}"),
+                Outcome::Skipped(why) => {
+                    // Said once while it stays the same, not every round.
+                    let key = source.to_string();
+                    if said.get(&key) != Some(&why) {
+                        eprintln!("{source}: not cosigned: {why}");
+                        said.insert(key, why);
+                    }
+                }
                 Outcome::NothingNew => {}
             }
         }
