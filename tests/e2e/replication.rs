@@ -563,6 +563,15 @@ fn a_second_sequencer_cannot_fork_the_replicated_log() {
     let restarted_stderr = dir.path().join("restarted.stderr");
     let mut restarted = Served::spawn_with_stderr(&args(&first_args), &restarted_stderr);
     wait_for_role(&restarted, "sequencer");
+    // "sequencer" from the moment it won the lease: its takeover is appended just after.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while size_of(&restarted) <= stream_size {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restarted replica appends nothing after the stream's {stream_size} entries"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(restarted.terminate(), "the restarted replica stops cleanly");
     let said = std::fs::read_to_string(&restarted_stderr).expect("its stderr");
     let (first_size, _) = root_of(&data);
