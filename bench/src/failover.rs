@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context};
 use fabric_api::http_client::{Client, Target};
-use fabric_api::job::{job_batch_body, job_request_body, JobBatchAnswer, JobSpec};
+use fabric_api::job::{job_request_body, JobSpec};
 use fabric_events::{keys, Hash32, JobType, SigningKey};
 use serde_json::Value;
 
@@ -835,17 +835,7 @@ struct JobShape {
 
 impl JobShape {
     fn of(world: &fabric_actors::world::World, config: Option<&Path>) -> anyhow::Result<Self> {
-        let shard = world
-            .shards
-            .first()
-            .map(|shard| shard.name.clone())
-            .ok_or_else(|| anyhow!("{} has no shard", fabric_config::origin(config).display()))?;
-        let skill = world
-            .nodes
-            .iter()
-            .find(|node| node.region == shard)
-            .and_then(|node| node.capabilities.first().cloned())
-            .ok_or_else(|| anyhow!("shard {shard} has no node with a capability"))?;
+        let (shard, skill) = super::serve::served_shard(world, config)?;
         Ok(Self { shard, skill })
     }
 
@@ -991,15 +981,7 @@ fn batch_client(
             let (spec, input) = shape.job(format!("{label}-{nonce}"));
             bodies.push(job_request_body(&spec, key, tick, nonce, Some(&input))?);
         }
-        let body = job_batch_body(&bodies);
-        let response = http.request("POST", "/v0/jobs/batch", Some(("application/json", &body)))?;
-        ensure!(
-            response.status == 200,
-            "a batch was refused: {} {}",
-            response.status,
-            response.text()
-        );
-        let answer: JobBatchAnswer = serde_json::from_slice(&response.body)?;
+        let answer = super::serve::post_batch(&mut http, &bodies)?;
         for item in &answer.results {
             let accepted = item.accepted.as_ref().ok_or_else(|| {
                 anyhow!(

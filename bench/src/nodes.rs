@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context};
 use fabric_api::http_client::{Client, Target};
-use fabric_api::job::{job_batch_body, job_id_of, job_request_body, JobBatchAnswer, JobSpec};
+use fabric_api::job::{job_id_of, job_request_body, JobSpec};
 use fabric_events::{keys, Hash32, JobType, ModelRegistered, OwnerAction, SigningKey};
 use fabric_gpu_kernels::models::ModelJob;
 use serde_json::Value;
@@ -26,8 +26,8 @@ use serde_json::Value;
 use super::model_jobs::ModelJobs;
 use super::nats::BenchNatsServer;
 use super::serve::{
-    ceremony, fabric_exe, health, owner_command, quantile_ms, register_clients, start_server,
-    wait_for_tick, SUBMISSION_TICK_WINDOW,
+    ceremony, fabric_exe, health, owner_command, post_batch, quantile_ms, register_clients,
+    start_server, wait_for_tick, SUBMISSION_TICK_WINDOW,
 };
 use super::{scratch_dir, verdict, Against, Bench, Figure, SuiteReport};
 
@@ -280,16 +280,8 @@ fn submit_share(
                 Some(input),
             )?);
         }
-        let body = job_batch_body(&bodies);
         let sent = Instant::now();
-        let response = http.request("POST", "/v0/jobs/batch", Some(("application/json", &body)))?;
-        ensure!(
-            response.status == 200,
-            "a batch was refused: {} {}",
-            response.status,
-            response.text()
-        );
-        let answer: JobBatchAnswer = serde_json::from_slice(&response.body)?;
+        let answer = post_batch(&mut http, &bodies)?;
         for (item, &index) in answer.results.iter().zip(batch) {
             let accepted = item.accepted.as_ref().ok_or_else(|| {
                 anyhow!("job {index} was refused: {} {:?}", item.status, item.error)

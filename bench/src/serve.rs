@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context};
 use fabric_api::http_client::{Client, Target};
-use fabric_api::job::{job_request_body, JobSpec};
+use fabric_api::job::{job_batch_body, job_request_body, JobBatchAnswer, JobSpec};
 use fabric_events::{keys, Hash32, OwnerAction, OwnerCommand, PublicKey, SigningKey};
 use serde_json::{json, Value};
 
@@ -335,6 +335,37 @@ fn bench_input(request_id: &str) -> Vec<u8> {
     input
 }
 
+/// The shard served jobs go to (the world's first) and a skill a node of it has.
+pub(super) fn served_shard(
+    world: &fabric_actors::world::World,
+    config: Option<&Path>,
+) -> anyhow::Result<(String, String)> {
+    let Some(shard) = world.shards.first().map(|shard| shard.name.clone()) else {
+        bail!("{} has no shard", fabric_config::origin(config).display());
+    };
+    let skill = world
+        .nodes
+        .iter()
+        .find(|node| node.region == shard)
+        .and_then(|node| node.capabilities.first().cloned())
+        .ok_or_else(|| anyhow!("shard {shard} has no node with a capability"))?;
+    Ok((shard, skill))
+}
+
+/// `POST /v0/jobs/batch` of `bodies` (each a job's request body): the answer, or an error
+/// when the batch as a whole is refused.
+pub(super) fn post_batch(http: &mut Client, bodies: &[Vec<u8>]) -> anyhow::Result<JobBatchAnswer> {
+    let body = job_batch_body(bodies);
+    let response = http.request("POST", "/v0/jobs/batch", Some(("application/json", &body)))?;
+    ensure!(
+        response.status == 200,
+        "a batch was refused: {} {}",
+        response.status,
+        response.text()
+    );
+    Ok(serde_json::from_slice(&response.body)?)
+}
+
 /// Nearest-rank quantile of sorted latencies, in milliseconds (0 without any).
 pub(super) fn quantile_ms(sorted: &[Duration], quantile: f64) -> f64 {
     fabric_reports::stats::nearest_rank(sorted, quantile)
@@ -346,18 +377,7 @@ pub(super) fn suite(bench: &mut Bench<'_>) -> anyhow::Result<SuiteReport> {
     let args = bench.args;
     let scratch = scratch_dir(args)?;
     let world = fabric_config::load(args.config.as_deref())?;
-    let Some(shard) = world.shards.first().map(|shard| shard.name.clone()) else {
-        bail!(
-            "{} has no shard",
-            fabric_config::origin(args.config.as_deref()).display()
-        );
-    };
-    let skill = world
-        .nodes
-        .iter()
-        .find(|node| node.region == shard)
-        .and_then(|node| node.capabilities.first().cloned())
-        .ok_or_else(|| anyhow!("shard {shard} has no node with a capability"))?;
+    let (shard, skill) = served_shard(&world, args.config.as_deref())?;
     let duration = Duration::from_secs(if args.quick { 5 } else { 20 });
 
     let ceremony = ceremony(args.config.as_deref(), &world, scratch.path(), &[])?;
