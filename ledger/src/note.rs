@@ -150,7 +150,8 @@ pub struct NoteSignature {
 }
 
 impl NoteSignature {
-    fn line(&self) -> String {
+    /// The signature line: `— name base64(key ID ‖ signature)` and a newline.
+    pub fn line(&self) -> String {
         let mut bytes = Vec::with_capacity(4 + self.signature.len());
         bytes.extend_from_slice(&self.key_id.to_be_bytes());
         bytes.extend_from_slice(&self.signature);

@@ -75,26 +75,9 @@ pub(crate) fn start(shared: Weak<Shared>, witnessing: Witnessing) -> std::io::Re
     std::thread::Builder::new()
         .name("witnesses".to_owned())
         .spawn(move || {
-            let mut known = vec![0u64; witnessing.peers.len()];
-            let mut said = vec![String::new(); witnessing.peers.len()];
-            let mut last: Option<SignedTreeHead> = None;
+            let mut pusher = Pusher::new(witnessing);
             while let Some(shared) = shared.upgrade() {
-                let head = shared.latest_head();
-                if last != Some(head) {
-                    if let Some(note) = shared.checkpoints.note(&head) {
-                        let lines = push(&shared, &witnessing, &note, &mut known, &mut said);
-                        if lines.len() >= witnessing.quorum {
-                            let mut full = note.to_string();
-                            full.extend(lines);
-                            *shared
-                                .finality
-                                .final_note
-                                .lock()
-                                .unwrap_or_else(|poison| poison.into_inner()) = Some(full.into());
-                            last = Some(head);
-                        }
-                    }
-                }
+                pusher.push(&shared);
                 drop(shared);
                 std::thread::sleep(PUSH_EVERY);
             }
@@ -102,42 +85,138 @@ pub(crate) fn start(shared: Weak<Shared>, witnessing: Witnessing) -> std::io::Re
         .map(drop)
 }
 
-/// Asks every witness to cosign `note`: the cosignature lines that verify.
-fn push(
-    shared: &Shared,
-    witnessing: &Witnessing,
-    note: &str,
-    known: &mut [u64],
-    said: &mut [String],
-) -> Vec<String> {
-    let Ok(parsed) = CheckpointNote::parse(note) else {
-        return Vec::new();
-    };
-    let mut lines = Vec::new();
-    for (index, peer) in witnessing.peers.iter().enumerate() {
-        // A witness that knew another size says which: ask once more from there.
-        let mut answer = ask(shared, peer, &parsed, note, known[index]);
-        if let Err(Asked::Conflict(size)) = answer {
-            known[index] = size;
-            answer = ask(shared, peer, &parsed, note, size);
+/// What the pushing thread knows of each witness, and of the head it takes to them.
+struct Pusher {
+    witnessing: Witnessing,
+    /// Per witness: the size it last cosigned, as far as this fabric knows.
+    known: Vec<u64>,
+    /// Per witness: the last failure said (said once, not every half second).
+    said: Vec<String>,
+    /// The head being taken to the witnesses, its note, and each witness's cosignature line
+    /// of it so far: a witness that gave one is not asked again for that head.
+    current: Option<(SignedTreeHead, Arc<str>, Vec<Option<String>>)>,
+    /// The last head called final.
+    last_final: Option<SignedTreeHead>,
+    /// Consistency paths to the current head, by old size: computed once (O(size) each),
+    /// however often a witness that is away is asked again.
+    paths: std::collections::HashMap<u64, Vec<fabric_events::Hash32>>,
+}
+
+impl Pusher {
+    fn new(witnessing: Witnessing) -> Self {
+        let count = witnessing.peers.len();
+        Self {
+            witnessing,
+            known: vec![0; count],
+            said: vec![String::new(); count],
+            current: None,
+            last_final: None,
+            paths: Default::default(),
         }
-        match answer {
-            Ok(line) => {
-                known[index] = parsed.tree_size;
-                said[index].clear();
-                lines.push(line);
-            }
-            Err(Asked::Conflict(size)) => known[index] = size,
-            Err(Asked::Failed(why)) => {
-                // Said once, not every half second.
-                if said[index] != why {
-                    eprintln!("witness {}: {why}", peer.name);
-                    said[index] = why;
+    }
+
+    /// One pass: the latest head asked of each witness that has not cosigned it yet, and
+    /// called final once the quorum's lines verify.
+    fn push(&mut self, shared: &Shared) {
+        let head = shared.latest_head();
+        if self.last_final == Some(head) {
+            return;
+        }
+        if self.current.as_ref().map(|(current, _, _)| *current) != Some(head) {
+            let Some(note) = shared.checkpoints.note(&head) else {
+                return;
+            };
+            let count = self.witnessing.peers.len();
+            self.current = Some((head, note, vec![None; count]));
+            self.paths.clear();
+        }
+        let Some((_, note, mut lines)) = self.current.take() else {
+            return;
+        };
+        if let Ok(parsed) = CheckpointNote::parse(&note) {
+            for (index, line) in lines.iter_mut().enumerate() {
+                if line.is_none() {
+                    *line = self.ask_until_answered(shared, index, &parsed, &note);
                 }
             }
         }
+        let cosigned: Vec<&String> = lines.iter().flatten().collect();
+        if cosigned.len() >= self.witnessing.quorum {
+            let mut full = note.to_string();
+            full.extend(cosigned.into_iter().map(String::as_str));
+            *shared
+                .finality
+                .final_note
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner()) = Some(full.into());
+            self.last_final = Some(head);
+        }
+        self.current = Some((head, note, lines));
     }
-    lines
+
+    /// Witness `index`'s cosignature line of `note`, asked from the size it is known to have
+    /// cosigned, and once more from the size a 409 names; none (said once) when it fails.
+    fn ask_until_answered(
+        &mut self,
+        shared: &Shared,
+        index: usize,
+        parsed: &CheckpointNote,
+        note: &str,
+    ) -> Option<String> {
+        let mut answer = self.ask(shared, index, parsed, note);
+        if let Err(Asked::Conflict(size)) = answer {
+            self.known[index] = size;
+            answer = self.ask(shared, index, parsed, note);
+        }
+        match answer {
+            Ok(line) => {
+                self.known[index] = parsed.tree_size;
+                self.said[index].clear();
+                Some(line)
+            }
+            Err(Asked::Conflict(size)) => {
+                self.known[index] = size;
+                None
+            }
+            Err(Asked::Failed(why)) => {
+                if self.said[index] != why {
+                    eprintln!("witness {}: {why}", self.witnessing.peers[index].name);
+                    self.said[index] = why;
+                }
+                None
+            }
+        }
+    }
+
+    /// One `POST /v0/add-checkpoint` to witness `index`: its cosignature line, checked.
+    fn ask(
+        &mut self,
+        shared: &Shared,
+        index: usize,
+        parsed: &CheckpointNote,
+        note: &str,
+    ) -> Result<String, Asked> {
+        let old_size = self.known[index];
+        let path = match old_size {
+            0 => Vec::new(),
+            old if old >= parsed.tree_size => Vec::new(),
+            old => match self.paths.get(&old) {
+                Some(path) => path.clone(),
+                None => {
+                    let path = shared
+                        .reader
+                        .consistency_proof(old, parsed.tree_size)
+                        .map(|(proof, _, _)| proof.path)
+                        .map_err(|error| {
+                            Asked::Failed(format!("no proof from size {old}: {error}"))
+                        })?;
+                    self.paths.insert(old, path.clone());
+                    path
+                }
+            },
+        };
+        post(&self.witnessing.peers[index], old_size, path, note)
+    }
 }
 
 enum Asked {
@@ -145,23 +224,14 @@ enum Asked {
     Failed(String),
 }
 
-/// One `POST /v0/add-checkpoint`: the witness's cosignature line, checked.
-fn ask(
-    shared: &Shared,
+/// Sends witness `peer` the request for `note` from `old_size` with `path`: its cosignature
+/// line, checked with its key over that very note.
+fn post(
     peer: &WitnessPeer,
-    parsed: &CheckpointNote,
-    note: &str,
     old_size: u64,
+    path: Vec<fabric_events::Hash32>,
+    note: &str,
 ) -> Result<String, Asked> {
-    let path = match old_size {
-        0 => Vec::new(),
-        old if old >= parsed.tree_size => Vec::new(),
-        old => shared
-            .reader
-            .consistency_proof(old, parsed.tree_size)
-            .map(|(proof, _, _)| proof.path)
-            .map_err(|error| Asked::Failed(format!("no proof from size {old}: {error}")))?,
-    };
     let request = fabric_witness::AddRequest {
         old_size,
         path,

@@ -9,7 +9,7 @@ use fabric_events::Hash32;
 use fabric_ledger::merkle::{verify_consistency, ConsistencyProof};
 use fabric_ledger::note::{base64_hash, CheckpointNote};
 
-use crate::{Last, Outcome, Witness, WitnessError};
+use crate::{Last, Witness, WitnessError};
 
 /// The most bytes of a request body.
 pub const ADD_REQUEST_BYTES_MAX: usize = 24 * 1024;
@@ -108,11 +108,8 @@ impl Witness {
         };
         if note.tree_size == cosigned.tree_size {
             if note.root != cosigned.root {
-                // Both signed by the log's key: a fork whatever the request says.
-                return match self.observe(&request.note, |_, _| Err(String::new()))? {
-                    Outcome::Fork(fork) => Ok(AddAnswer::Refused(fork.detail)),
-                    other => Ok(AddAnswer::Refused(format!("{other:?}"))),
-                };
+                let fork = self.same_size_fork(cosigned, note)?;
+                return Ok(AddAnswer::Refused(fork.detail));
             }
             return Ok(AddAnswer::Cosigned(self.own_line(&cosigned)));
         }
@@ -140,26 +137,16 @@ impl Witness {
     }
 
     fn cosigned(&mut self, note: CheckpointNote) -> Result<AddAnswer, WitnessError> {
-        let origin = note.origin.clone();
-        self.cosign(note)?;
-        let kept = &self.state.logs[&origin].note;
-        let kept = CheckpointNote::parse(kept).map_err(|error| WitnessError::State {
-            path: self.config.state_dir.clone(),
-            detail: error.to_string(),
-        })?;
-        Ok(AddAnswer::Cosigned(self.own_line(&kept)))
+        let cosigned = self.cosign(note)?;
+        Ok(AddAnswer::Cosigned(self.own_line(&cosigned)))
     }
 
-    /// This witness's signature line of `note` (the last one it added).
+    /// This witness's signature line of `note`.
     pub(crate) fn own_line(&self, note: &CheckpointNote) -> String {
-        let mut own = note.clone();
-        own.signatures.retain(|line| line.name == self.config.name);
-        own.signatures.truncate(1);
-        let encoded = own.encode();
-        // The note's lines, the blank line, then the signature lines: keep the last.
-        encoded
-            .rsplit_once("\n\n")
-            .map(|(_, lines)| lines.to_owned())
+        note.signatures
+            .iter()
+            .find(|line| line.name == self.config.name)
+            .map(|line| line.line())
             .unwrap_or_default()
     }
 }

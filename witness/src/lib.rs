@@ -152,6 +152,15 @@ pub struct Witness {
     state: WitnessState,
 }
 
+impl Outcome {
+    fn cosigned(note: &CheckpointNote) -> Self {
+        Self::Cosigned {
+            origin: note.origin.clone(),
+            tree_size: note.tree_size,
+        }
+    }
+}
+
 impl Witness {
     /// Opens the state folder (made when missing) and reads its state.
     pub fn open(config: WitnessConfig) -> Result<Self, WitnessError> {
@@ -183,19 +192,14 @@ impl Witness {
         };
         let cosigned = match self.last_cosigned(&note.origin)? {
             // Trust on first use: the first head seen is the one later ones must extend.
-            Last::None => return self.cosign(note),
+            Last::None => return self.cosign(note).map(|note| Outcome::cosigned(&note)),
             Last::Forked(why) => return Ok(Outcome::Skipped(why)),
             Last::Cosigned(cosigned) => cosigned,
         };
         if note.tree_size == cosigned.tree_size {
             return match note.root == cosigned.root {
                 true => Ok(Outcome::NothingNew),
-                false => self.fork(
-                    cosigned,
-                    note,
-                    "two signed heads of one size".to_owned(),
-                    Vec::new(),
-                ),
+                false => self.same_size_fork(cosigned, note).map(Outcome::Fork),
             };
         }
         let (older, newer) = match note.tree_size > cosigned.tree_size {
@@ -216,10 +220,12 @@ impl Witness {
                 "the head at size {} does not extend the one at size {}: {error}",
                 newer.tree_size, older.tree_size
             );
-            return self.fork(cosigned, note, detail, proof.path);
+            return self
+                .fork(cosigned, note, detail, proof.path)
+                .map(Outcome::Fork);
         }
         match note.tree_size > cosigned.tree_size {
-            true => self.cosign(note),
+            true => self.cosign(note).map(|note| Outcome::cosigned(&note)),
             false => Ok(Outcome::NothingNew),
         }
     }
@@ -267,15 +273,13 @@ impl Witness {
         Ok(note)
     }
 
-    fn cosign(&mut self, mut note: CheckpointNote) -> Result<Outcome, WitnessError> {
+    /// Cosigns `note` and makes it the head last cosigned of its log, durably: the note
+    /// with its cosignature.
+    fn cosign(&mut self, mut note: CheckpointNote) -> Result<CheckpointNote, WitnessError> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |since| since.as_secs());
         note.cosign(&self.config.name, &self.config.secret, now);
-        let outcome = Outcome::Cosigned {
-            origin: note.origin.clone(),
-            tree_size: note.tree_size,
-        };
         // Durable before anyone sees it: after a crash the witness still knows what it
         // cosigned, and cosigns nothing inconsistent with it.
         self.state.logs.insert(
@@ -287,7 +291,18 @@ impl Witness {
             },
         );
         self.state.save(&self.config.state_dir)?;
-        Ok(outcome)
+        Ok(note)
+    }
+
+    /// Two heads of one size with different roots, both signed by the log's key: a fork,
+    /// whoever showed the second.
+    fn same_size_fork(
+        &mut self,
+        cosigned: CheckpointNote,
+        seen: CheckpointNote,
+    ) -> Result<Fork, WitnessError> {
+        let detail = "two signed heads of one size".to_owned();
+        self.fork(cosigned, seen, detail, Vec::new())
     }
 
     fn fork(
@@ -296,7 +311,7 @@ impl Witness {
         seen: CheckpointNote,
         detail: String,
         path: Vec<fabric_events::Hash32>,
-    ) -> Result<Outcome, WitnessError> {
+    ) -> Result<Fork, WitnessError> {
         let fork = Fork {
             detail,
             cosigned: cosigned.encode(),
@@ -314,7 +329,7 @@ impl Witness {
             fork.detail,
             evidence.display()
         );
-        Ok(Outcome::Fork(fork))
+        Ok(fork)
     }
 }
 
