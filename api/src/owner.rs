@@ -34,6 +34,8 @@ pub const COMMANDS_HELP: &str = "The command and its arguments:
     (NEW_KEY: a .pub file of `fabric keygen`, or the public key in hex)
   register-sequencer KEY | retire-sequencer KEY
     (KEY: a replica's sequencer key, a .pub file of `fabric keygen` or hex)
+  register-recorder NAME KEY
+    (KEY: a key that may then record artifacts, a .pub file of `fabric keygen` or hex)
   cancel-job JOB | reroute-job JOB SHARD
   checkpoint-now | set-checkpoint-interval TICKS
   governance PAYLOAD_HEX";
@@ -529,6 +531,13 @@ fn client_job_action(name: &str, rest: &[String]) -> ActionParse {
                 key,
             }
         }
+        "register-recorder" => {
+            words(rest, 2, "register-recorder NAME KEY")?;
+            OwnerAction::RegisterRecorder {
+                recorder: rest[0].clone(),
+                key: new_key(&rest[1])?,
+            }
+        }
         "register-sequencer" => {
             words(rest, 1, "register-sequencer KEY")?;
             OwnerAction::RegisterSequencer {
@@ -717,6 +726,9 @@ pub fn effect(action: &OwnerAction) -> String {
         }
         OwnerAction::RetireSequencer { key } => {
             format!("sequencer {key} retired: it takes the log over no more")
+        }
+        OwnerAction::RegisterRecorder { recorder, key } => {
+            format!("recorder `{recorder}` registered with key {key}: it may record artifacts")
         }
     }
 }

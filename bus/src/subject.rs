@@ -76,7 +76,10 @@ pub fn shard_of<'a>(event: &'a Event, regions: &'a Regions) -> Option<&'a str> {
         | Body::Rejected(_)
         | Body::FabricGenesis(_)
         | Body::RefusalsCounted(_)
-        | Body::SequencerTakeover(_) => None,
+        | Body::SequencerTakeover(_)
+        | Body::FederationReceipt(_)
+        | Body::FederationFork(_)
+        | Body::ArtifactRecorded(_) => None,
     }
 }
 

@@ -10,6 +10,7 @@
 use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
 
+use crate::covenant::{ArtifactRecorded, FederationFork, FederationReceipt};
 use crate::model::ModelRegistered;
 use crate::types::{Hash32, PublicKey, SignatureBytes};
 
@@ -33,6 +34,8 @@ pub enum Role {
     Owner,
     /// The ledger itself: checkpoints, rejections, tree heads.
     Ledger,
+    /// Records artifacts: an owner, or a key registered as a recorder.
+    Recorder,
 }
 
 impl Role {
@@ -44,6 +47,7 @@ impl Role {
             Role::Node => "node",
             Role::Owner => "owner",
             Role::Ledger => "ledger",
+            Role::Recorder => "recorder",
         }
     }
 }
@@ -150,6 +154,15 @@ pub enum Body {
     /// A registered sequencer of a replicated fabric takes over the log: from the next seq
     /// on, its key is the ledger key in force.
     SequencerTakeover(SequencerTakeover),
+    /// Two fabrics' heads as both their ledgers signed them after a sync (docs/FORMAT.md
+    /// §18); each of the two appends the same receipt.
+    FederationReceipt(FederationReceipt),
+    /// A federated peer presented a head that does not extend the one last federated: the
+    /// evidence; the fabric federates with that peer no more.
+    FederationFork(FederationFork),
+    /// A file's hashes, size, name and kind, signed by an owner or a registered recorder
+    /// (docs/FORMAT.md §19).
+    ArtifactRecorded(ArtifactRecorded),
 }
 
 macro_rules! kinds {
@@ -217,6 +230,9 @@ kinds! {
     AttestationMismatch => "attestation_mismatch",
     RefusalsCounted => "refusals_counted",
     SequencerTakeover => "sequencer_takeover",
+    FederationReceipt => "federation_receipt",
+    FederationFork => "federation_fork",
+    ArtifactRecorded => "artifact_recorded",
 }
 
 crate::with_node_terms! {
@@ -542,6 +558,13 @@ pub enum OwnerAction {
     /// A sequencer leaves the set: it may take over no more (the acting one cannot leave).
     RetireSequencer {
         /// Its key.
+        key: PublicKey,
+    },
+    /// A key may then record artifacts (`artifact_recorded`), as the recorder `recorder`.
+    RegisterRecorder {
+        /// A name for the recorder (unique).
+        recorder: String,
+        /// Its key (held by no one else in the fabric).
         key: PublicKey,
     },
 }

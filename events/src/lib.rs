@@ -20,6 +20,7 @@
 //! - [`model`]: the job types of models ([`JobType`]) and a model's registration
 //!   ([`ModelRegistered`]).
 //! - [`cpu_job`]: the one rule for a CPU job's artifact and the output hash its receipt names.
+//! - [`covenant`]: federation receipts, a federated peer's fork evidence, recorded artifacts.
 //! - [`fs`]: the one atomic file write (reports, command files, `run.json`).
 //!
 //! Architecture invariant: the bytes of an existing event kind never change when a kind is
@@ -27,6 +28,7 @@
 #![deny(missing_docs)]
 
 pub mod codec;
+pub mod covenant;
 pub mod cpu_job;
 pub mod ed25519;
 pub mod event;
@@ -41,6 +43,9 @@ pub mod types;
 pub mod wire;
 
 pub use codec::{decode_event, encode_event, DecodeError, MAX_EVENT_BYTES};
+pub use covenant::{
+    ArtifactRecorded, FederatedHead, FederationFork, FederationReceipt, ReceiptError,
+};
 pub use event::*;
 pub use keys::{derive_signing_key, KeyError, SigningKey, VerifyingKey};
 pub use model::{JobType, ModelRegistered, MODEL_WEIGHTS_MAX_BYTES};

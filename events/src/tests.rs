@@ -130,6 +130,9 @@ fn kind_tags_are_positional_and_named() {
             "attestation_mismatch",
             "refusals_counted",
             "sequencer_takeover",
+            "federation_receipt",
+            "federation_fork",
+            "artifact_recorded",
         ]
     );
     for (index, kind) in Kind::ALL.iter().enumerate() {

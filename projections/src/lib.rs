@@ -71,4 +71,7 @@ mod tests;
 mod rotation_tests;
 
 #[cfg(test)]
+mod covenant_tests;
+
+#[cfg(test)]
 mod models_tests;

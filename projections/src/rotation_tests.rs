@@ -10,25 +10,25 @@ use fabric_events::{
 
 use crate::state::{ApplyError, State};
 
-fn key(purpose: &str) -> SigningKey {
+pub(crate) fn key(purpose: &str) -> SigningKey {
     derive_signing_key(7, purpose)
 }
 
-fn public(key: &SigningKey) -> PublicKey {
+pub(crate) fn public(key: &SigningKey) -> PublicKey {
     PublicKey::from(&key.verifying_key())
 }
 
 /// A founded fabric: one shard `a` with node `a.x`, client `acme`, owners o1 and o2 (2 of 2).
-struct Fabric {
-    state: State,
-    ledger: SigningKey,
-    owners: [SigningKey; 2],
+pub(crate) struct Fabric {
+    pub(crate) state: State,
+    pub(crate) ledger: SigningKey,
+    pub(crate) owners: [SigningKey; 2],
     nonce: u64,
     tick: u64,
 }
 
 impl Fabric {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let ledger = key("ledger");
         let owners = [key("owner 1"), key("owner 2")];
         let mut fabric = Self {
@@ -89,7 +89,7 @@ impl Fabric {
         fabric
     }
 
-    fn admit(
+    pub(crate) fn admit(
         &mut self,
         author: &PublicKey,
         role: Role,
@@ -102,7 +102,7 @@ impl Fabric {
     }
 
     /// An owner command approved by both owners, its envelope signed by the current ledger key.
-    fn command(&mut self, action: OwnerAction) -> Result<(), ApplyError> {
+    pub(crate) fn command(&mut self, action: OwnerAction) -> Result<(), ApplyError> {
         let envelope = public(&self.ledger);
         self.command_by(&envelope, action)
     }
@@ -128,7 +128,7 @@ impl Fabric {
     }
 }
 
-fn reason(result: Result<(), ApplyError>) -> RejectReason {
+pub(crate) fn reason(result: Result<(), ApplyError>) -> RejectReason {
     result.expect_err("refused").reject_reason()
 }
 

@@ -14,6 +14,7 @@
 //!   lists, resolved spillover and served regions).
 //! - `snapshot`: [`State::snapshot_bytes`], [`State::from_snapshot_bytes`], [`state_hash_of`].
 //! - `authority`: [`State::admit`], who may author what ([`Authority`]).
+//! - `covenant`: federation receipts and forks, recorders and recorded artifacts.
 //! - `invariants`: [`State::check_invariants`], a full consistency check for tests; the fold
 //!   itself checks in debug builds only what costs O(1) (or O(touched entity)) per event.
 //!
@@ -21,6 +22,7 @@
 //! to the integers that hold them.
 
 mod authority;
+mod covenant;
 mod fold;
 mod invariants;
 mod model;
@@ -29,6 +31,7 @@ mod queues;
 mod snapshot;
 
 pub use authority::{Authority, Holder, KeyRecord, OWNER_COMMAND_LIFETIME_TICKS_MAX};
+pub use covenant::{Covenant, FederationPeer};
 pub use fold::ApplyError;
 pub use invariants::InvariantError;
 pub use model::{

@@ -14,6 +14,8 @@
 //! | `heartbeat`, `job_receipt` | node | the key of the node named in the body |
 //! | `owner_command` | owner | envelope by the ledger key; M distinct owner approvals |
 //! | `checkpoint`, `rejected`, `attestation_mismatch` | ledger | the ledger key |
+//! | `federation_receipt`, `federation_fork` | ledger | the ledger key; a receipt names it as one side, both its signatures verify, and it moves the federation with its peer forward |
+//! | `artifact_recorded` | recorder | an owner's key, or a registered recorder's |
 //! | `shard_registered`, `node_registered` | none | shards and nodes enter by owner command |
 //!
 //! Keys are the ones in force: an owner command `rotate_key` retires its target's key (it
@@ -51,6 +53,8 @@ pub enum Holder {
     Node(NodeIx),
     /// A replica's sequencer key, standing by (the ledger key in force once it takes over).
     Sequencer,
+    /// A recorder of artifacts (index into the covenant's recorders).
+    Recorder(u32),
 }
 
 /// A registered key.
@@ -211,13 +215,19 @@ impl Authority {
     }
 
     /// Checks the indices a decoded snapshot's keys point at.
-    pub(super) fn check(&self, shards: usize, nodes: usize) -> Result<(), SnapshotError> {
+    pub(super) fn check(
+        &self,
+        shards: usize,
+        nodes: usize,
+        recorders: usize,
+    ) -> Result<(), SnapshotError> {
         for record in self.keys.values() {
             let (what, index, len) = match record.holder {
                 Holder::Ledger | Holder::Sequencer => continue,
                 Holder::Client(ix) => ("client key", ix as usize, self.clients.len()),
                 Holder::Router(ix) => ("router key", ix as usize, shards),
                 Holder::Node(ix) => ("node key", ix as usize, nodes),
+                Holder::Recorder(ix) => ("recorder key", ix as usize, recorders),
             };
             super::snapshot::check_index(what, index, len)?;
         }
@@ -269,7 +279,10 @@ fn role_of(body: &Body) -> Option<Role> {
         | Body::Rejected(_)
         | Body::AttestationMismatch(_)
         | Body::RefusalsCounted(_)
-        | Body::SequencerTakeover(_) => Role::Ledger,
+        | Body::SequencerTakeover(_)
+        | Body::FederationReceipt(_)
+        | Body::FederationFork(_) => Role::Ledger,
+        Body::ArtifactRecorded(_) => Role::Recorder,
         Body::JobSubmitted(_) => Role::Client,
         Body::JobAssigned(_)
         | Body::JobSpilled(_)
@@ -336,6 +349,9 @@ impl State {
         }
         if let Body::SequencerTakeover(takeover) = &event.body {
             return self.authorize_takeover(author, event, takeover);
+        }
+        if let Body::ArtifactRecorded(record) = &event.body {
+            return self.authorize_record(author, event, record);
         }
 
         let Some(record) = authority.keys.get(author) else {
@@ -429,6 +445,12 @@ impl State {
                 | Body::AttestationMismatch(_)
                 | Body::RefusalsCounted(_),
             ) => Ok(()),
+            (Holder::Ledger | Holder::Sequencer, Body::FederationReceipt(receipt)) => {
+                self.authorize_receipt(receipt)
+            }
+            (Holder::Ledger | Holder::Sequencer, Body::FederationFork(fork)) => {
+                self.authorize_fork(fork)
+            }
             (Holder::Client(_), Body::JobSubmitted(_)) => Ok(()),
             (Holder::Router(shard), Body::JobAssigned(body)) => {
                 self.authorize_assignment(shard, body)
@@ -479,6 +501,9 @@ impl State {
                     }
                     Holder::Router(ix) => format!("router key of shard `{}`", shard_name(ix)),
                     Holder::Node(ix) => format!("key of node `{}`", node_name(ix)),
+                    Holder::Recorder(ix) => {
+                        format!("key of recorder `{}`", self.covenant.recorders[ix as usize])
+                    }
                 };
                 refuse(
                     RejectReason::WrongRole,
@@ -685,6 +710,7 @@ impl State {
             OwnerAction::RegisterClient { key, .. } => Some(*key),
             OwnerAction::RotateKey { new_key, .. } => Some(*new_key),
             OwnerAction::RegisterSequencer { key } => Some(*key),
+            OwnerAction::RegisterRecorder { key, .. } => Some(*key),
             _ => None,
         };
         if let Some(key) = new_key {
@@ -709,6 +735,10 @@ impl State {
                 authority.pruned_tick = tick;
             }
             authority.owner_nonces.insert(nonce, command.expiry_tick);
+        } else if matches!(event.body, Body::ArtifactRecorded(_))
+            && authority.owners.contains(author)
+        {
+            self.commit_record_nonce(author, nonce);
         } else if let Some(record) = authority.keys.get_mut(author) {
             record.last_nonce = Some(nonce);
         }

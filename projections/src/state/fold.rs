@@ -208,6 +208,19 @@ impl State {
                 self.sequencing.term = body.term;
                 Ok(())
             }
+            Body::FederationReceipt(body) => {
+                expect(Role::Ledger)?;
+                self.fold_receipt(body)
+            }
+            Body::FederationFork(body) => {
+                expect(Role::Ledger)?;
+                self.fold_fork(body)
+            }
+            Body::ArtifactRecorded(_) => {
+                expect(Role::Recorder)?;
+                self.covenant.artifacts += 1;
+                Ok(())
+            }
         }
     }
 

@@ -556,6 +556,8 @@ pub struct State {
     pub(super) models: BTreeMap<String, Model>,
     /// The sequencers of a replicated fabric and its term.
     pub(super) sequencing: Sequencing,
+    /// Federation peers, recorders and recorded artifacts.
+    pub(super) covenant: super::Covenant,
 }
 
 /// The sequencers of a replicated fabric (docs/FORMAT.md §16): registered by owner command

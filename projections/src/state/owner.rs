@@ -88,6 +88,9 @@ impl State {
                 self.sequencing.keys.push(*key);
             }
             OwnerAction::RetireSequencer { key } => self.retire_sequencer(key)?,
+            OwnerAction::RegisterRecorder { recorder, key } => {
+                self.register_recorder(recorder, *key)?;
+            }
             // A governance payload is the owners' own record; the fabric does not change.
             OwnerAction::Governance { .. } => {}
         }

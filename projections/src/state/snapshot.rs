@@ -13,8 +13,8 @@ use thiserror::Error;
 
 use super::queues::ClassQueue;
 use super::{
-    ClassIx, Job, JobIx, JobStatus, Model, NodeIx, Sequencing, Shard, ShardIx, State, CLASSES_MAX,
-    JOBS_MAX, LATENCY_HISTOGRAM_TICKS, NO_NODE, SHARDS_MAX, SKILLS_MAX,
+    ClassIx, Covenant, Job, JobIx, JobStatus, Model, NodeIx, Sequencing, Shard, ShardIx, State,
+    CLASSES_MAX, JOBS_MAX, LATENCY_HISTOGRAM_TICKS, NO_NODE, SHARDS_MAX, SKILLS_MAX,
 };
 
 /// The magic the snapshot starts with (its version).
@@ -61,9 +61,14 @@ impl State {
         for model in self.models.values() {
             w.put(model);
         }
-        // Only a replicated fabric's states have it, so every other state keeps its bytes.
-        if self.sequencing != Sequencing::default() {
+        // Only a replicated fabric's states have it, so every other state keeps its bytes;
+        // the covenant section after it likewise (with a default sequencing before it).
+        let covenant = self.covenant != Covenant::default();
+        if self.sequencing != Sequencing::default() || covenant {
             w.put(&self.sequencing);
+        }
+        if covenant {
+            w.put(&self.covenant);
         }
         w.out
     }
@@ -222,7 +227,12 @@ impl State {
         state.read_models(&mut r)?;
         if r.at != bytes.len() {
             state.sequencing = r.take()?;
-            if state.sequencing == Sequencing::default() {
+            if r.at != bytes.len() {
+                state.covenant = r.take()?;
+                if state.covenant == Covenant::default() {
+                    return Err(inconsistent("an empty covenant section".to_owned()));
+                }
+            } else if state.sequencing == Sequencing::default() {
                 return Err(inconsistent("an empty sequencing section".to_owned()));
             }
         }
@@ -459,7 +469,8 @@ impl State {
         for class in &self.classes {
             check_index("class origin shard", class.origin as usize, shards)?;
         }
-        self.authority.check(shards, nodes)?;
+        self.authority
+            .check(shards, nodes, self.covenant.recorders.len())?;
         for shard in &self.shards {
             for node in &shard.nodes {
                 check_index("shard node", *node as usize, nodes)?;

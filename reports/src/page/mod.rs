@@ -520,6 +520,7 @@ fn owner_action_name(action: &OwnerAction) -> &'static str {
         OwnerAction::RegisterModel { .. } => "register model",
         OwnerAction::RegisterSequencer { .. } => "register sequencer",
         OwnerAction::RetireSequencer { .. } => "retire sequencer",
+        OwnerAction::RegisterRecorder { .. } => "register recorder",
     }
 }
 
