@@ -396,13 +396,24 @@ pub fn attest(
     mismatch: fabric_events::AttestationMismatch,
     keys: &ActorKeys,
 ) -> Result<Admitted, RunError> {
+    ledger_says(state, tick, mismatch.into(), keys)
+}
+
+/// Appends what the ledger itself says (a federation receipt, a peer's fork) at `tick`,
+/// signed by the ledger key in force; the authority table judges it like any event.
+pub fn ledger_says(
+    state: &mut State,
+    tick: u64,
+    body: fabric_events::Body,
+    keys: &ActorKeys,
+) -> Result<Admitted, RunError> {
     let ledger_key = keys.ledger_secret(state)?;
     let ledger = PublicKey::from(&ledger_key.verifying_key());
     let event = Event::new(
         Role::Ledger,
         tick,
         next_ledger_nonce(state, &ledger, tick),
-        mismatch,
+        body,
     );
     let signed = SignedEvent::sign(&event, ledger_key)?;
     admit(state, tick, vec![Attempt::external(event, signed)], keys)

@@ -126,6 +126,21 @@ pub enum Request {
         /// The command.
         command: OwnerCommand,
     },
+    /// An artifact's record as its recorder (an owner or a registered recorder) signed it,
+    /// decoded by [`gate::check_decoded`] off the driver's thread; its signature is verified
+    /// by the tick, like a job's.
+    Record {
+        /// As received.
+        signed: SignedEvent,
+        /// The decoded event, or the reason and detail of its refusal.
+        checked: Result<Event, (RejectReason, String)>,
+    },
+    /// What the ledger itself says (a federation receipt or a peer's fork): the ledger key
+    /// in force signs it at the tick it is sequenced at.
+    Ledger {
+        /// The body.
+        body: Box<Body>,
+    },
 }
 
 /// A request with the way back to whoever sent it.
@@ -625,6 +640,20 @@ fn node_event_fits(
     within_window(event, tick, window)
 }
 
+/// An artifact's record: only `artifact_recorded`, signed within the window.
+fn record_fits(event: Event, tick: u64, window: u64) -> Result<Event, (RejectReason, String)> {
+    if !matches!(event.body, Body::ArtifactRecorded(_)) {
+        return Err((
+            RejectReason::Invalid,
+            format!(
+                "only artifact_recorded events may be recorded, not {}",
+                event.kind().as_str()
+            ),
+        ));
+    }
+    within_window(event, tick, window)
+}
+
 fn within_window(event: Event, tick: u64, window: u64) -> Result<Event, (RejectReason, String)> {
     let signed_tick = event.header.tick;
     if signed_tick > tick || tick - signed_tick > window {
@@ -784,12 +813,17 @@ fn verify_signatures(submissions: &mut [Submission]) {
                 signed,
                 checked: Ok(_),
                 ..
+            }
+            | Request::Record {
+                signed,
+                checked: Ok(_),
             } => Some(signed),
             _ => None,
         },
         |submission, refusal| {
-            if let Request::Job { checked, .. } | Request::Node { checked, .. } =
-                &mut submission.request
+            if let Request::Job { checked, .. }
+            | Request::Node { checked, .. }
+            | Request::Record { checked, .. } = &mut submission.request
             {
                 *checked = Err(refusal);
             }
@@ -804,6 +838,9 @@ fn signed_tick(request: &Request) -> Option<u64> {
             checked: Ok(event), ..
         }
         | Request::Node {
+            checked: Ok(event), ..
+        }
+        | Request::Record {
             checked: Ok(event), ..
         } => Some(event.header.tick),
         Request::Mismatch { event, .. } => Some(event.header.tick),
@@ -844,6 +881,21 @@ fn counted_refusal(
             )),
             _ => None,
         },
+        Request::Record { signed, checked } => match checked {
+            Err((reason, detail)) if UNSIGNED_REFUSALS.contains(reason) => {
+                Some((*reason, detail.clone()))
+            }
+            _ if state.authority().key(&signed.author).is_none()
+                && !state.authority().owners().contains(&signed.author) =>
+            {
+                Some((
+                    RejectReason::UnknownKey,
+                    format!("key {} is neither an owner nor registered", signed.author),
+                ))
+            }
+            _ => None,
+        },
+        Request::Ledger { .. } => None,
         Request::Owner { nonce, command } => {
             if gate::has_owner_approval(state, command, *nonce) {
                 return None;
@@ -917,6 +969,15 @@ fn sequence(
             }
             Ok(event) => gate::admit(state, tick, vec![Attempt::external(event, signed)], keys),
         },
+        Request::Record { signed, checked } => {
+            match checked.and_then(|event| record_fits(event, tick, window)) {
+                Err((reason, detail)) => {
+                    gate::refuse(state, tick, AttemptId::of(&signed), reason, &detail, keys)
+                }
+                Ok(event) => gate::admit(state, tick, vec![Attempt::external(event, signed)], keys),
+            }
+        }
+        Request::Ledger { body } => gate::ledger_says(state, tick, *body, keys),
         Request::Owner { nonce, command } => {
             // Owner commands are few: a copy keeps the command at hand for a refusal. The
             // envelope is the ledger key's in force now (a rotation before it in this tick has

@@ -269,6 +269,88 @@ pub struct OwnerAccepted {
     pub tick: u64,
 }
 
+/// The body of `POST /v0/records` (docs/FORMAT.md §19.2).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordRequest {
+    /// The signed `artifact_recorded` event.
+    pub event: WireSignedEvent,
+}
+
+/// The 202 answer to `POST /v0/records`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordAccepted {
+    /// BLAKE3 of the recorded file, as the event says.
+    pub blake3: Hash32,
+    /// Where the `artifact_recorded` event is in the log.
+    pub seq: u64,
+    /// Always `recorded`.
+    pub status: String,
+    /// The tick it was sequenced at.
+    pub tick: u64,
+}
+
+/// The body of `POST /v0/federation/sync` (docs/FORMAT.md §18.3).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederationSyncRequest {
+    /// The peer's origin, as in its verifier key.
+    pub peer: String,
+}
+
+/// The answer to a sync or a countersign: the receipt both ledgers signed and where this
+/// fabric appended it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederationSynced {
+    /// Where the peer appended it (known to the fabric that started the sync).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_seq: Option<u64>,
+    /// The receipt.
+    pub receipt: fabric_events::FederationReceipt,
+    /// Where this fabric appended it.
+    pub seq: u64,
+}
+
+/// `GET /v0/federation`: this fabric's origin and where it stands with each peer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederationStatus {
+    /// Least time between two receipts with one peer.
+    pub interval_ms: u64,
+    /// This fabric's checkpoint origin (none before its genesis is stored).
+    pub origin: Option<String>,
+    /// The configured peers, then any other the log has receipts with.
+    pub peers: Vec<FederationPeerStatus>,
+}
+
+/// One peer in [`FederationStatus`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederationPeerStatus {
+    /// Whether it presented a head that does not extend its last (a `federation_fork` is in
+    /// the log; no receipt with it is appended any more).
+    pub forked: bool,
+    /// Its ledger key.
+    pub ledger_key: PublicKey,
+    /// The seq of the last receipt with it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_receipt_seq: Option<u64>,
+    /// Its origin.
+    pub origin: String,
+    /// This fabric's size in the last receipt.
+    pub own_size: u64,
+    /// Its root in the last receipt.
+    pub peer_root: Hash32,
+    /// Its size in the last receipt.
+    pub peer_size: u64,
+    /// Receipts with it in this log.
+    pub receipts: u64,
+    /// Where this fabric reaches it (none: not configured here, known from the log only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

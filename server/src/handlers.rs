@@ -54,6 +54,8 @@ pub(crate) struct Shared {
     pub(crate) checkpoints: CheckpointSigner,
     /// Whether heads must be witnessed, and the latest final one.
     pub(crate) finality: crate::witnesses::Finality,
+    /// The fabrics this one federates with.
+    pub(crate) federation: crate::federation::Federation,
 }
 
 /// Signs tree heads as checkpoint notes (docs/FORMAT.md §17) with the ledger key that signed
@@ -95,6 +97,13 @@ impl CheckpointSigner {
         )
     }
 
+    /// The secret of `key`, when this process holds it.
+    pub(crate) fn secret_of(&self, key: &PublicKey) -> Option<&SigningKey> {
+        self.secrets
+            .iter()
+            .find(|secret| PublicKey::from(&secret.verifying_key()) == *key)
+    }
+
     /// The note of `head`, or none when this process holds no secret of the key that signed
     /// it (a follower, or a replica whose place another took), or the log is empty.
     pub(crate) fn note(&self, head: &SignedTreeHead) -> Option<Arc<str>> {
@@ -107,10 +116,7 @@ impl CheckpointSigner {
             debug_assert_eq!(signed.tree_size, head.tree_size);
             return Some(Arc::clone(note));
         }
-        let secret = self
-            .secrets
-            .iter()
-            .find(|secret| PublicKey::from(&secret.verifying_key()) == head.ledger_key)?;
+        let secret = self.secret_of(&head.ledger_key)?;
         let note: Arc<str> = CheckpointNote::sign(origin, head.tree_size, head.root, secret)
             .encode()
             .into();
@@ -159,9 +165,14 @@ impl Refusal {
     pub(crate) fn response(self) -> HttpResponse {
         HttpResponse::build(self.status).json(self.body)
     }
+
+    /// What is wrong, for a person.
+    pub(crate) fn message(&self) -> &str {
+        &self.body.error.message
+    }
 }
 
-fn read_view(shared: &Shared) -> std::sync::RwLockReadGuard<'_, View> {
+pub(crate) fn read_view(shared: &Shared) -> std::sync::RwLockReadGuard<'_, View> {
     shared
         .view
         .read()
@@ -202,6 +213,9 @@ impl Shared {
         if owners_acted(tick.events) {
             settle(view, tick.state);
         }
+        if tick.events.iter().any(crate::index::changes_covenant) {
+            view.covenant = tick.state.covenant().clone();
+        }
         self.metrics.observe_tick(tick, tick.state, self.tick_ms);
     }
 }
@@ -223,6 +237,16 @@ pub(crate) fn routes(config: &mut web::ServiceConfig) {
         )
         .route("/v0/checkpoints/latest", web::get().to(latest_checkpoint))
         .route("/v0/owner/commands", web::post().to(owner_command))
+        .route("/v0/records", web::post().to(crate::records::record))
+        .route("/v0/federation", web::get().to(crate::federation::status))
+        .route(
+            "/v0/federation/sync",
+            web::post().to(crate::federation::sync),
+        )
+        .route(
+            "/v0/federation/countersign",
+            web::post().to(crate::federation::countersign),
+        )
         .route("/v0/metrics", web::get().to(metrics))
         .route("/metrics", web::get().to(metrics))
         .route("/v0/openapi.json", web::get().to(openapi));
@@ -317,7 +341,7 @@ fn tree_head(head: &SignedTreeHead) -> TreeHead {
 
 /// The request's body parsed as JSON of `T` (`what` names it in the error): 413 over the size
 /// limit, 400 when it cannot be read or is not `what`.
-async fn read_json<T: serde::de::DeserializeOwned>(
+pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
     shared: &Shared,
     request: &HttpRequest,
     payload: web::Payload,
@@ -347,7 +371,7 @@ fn peer_of(request: &HttpRequest) -> Option<std::net::IpAddr> {
 
 /// Runs a POST handler under the peer's refusal allowance: a peer whose allowance is spent is
 /// answered 429 before its request is read, and every refusal (a 4xx answer) takes from it.
-async fn within_allowance(
+pub(crate) async fn within_allowance(
     shared: &Shared,
     request: &HttpRequest,
     handler: impl std::future::Future<Output = HttpResponse>,
@@ -429,7 +453,7 @@ fn refusal_status(reason: RejectReason) -> StatusCode {
 }
 
 /// Hands a request to the driver and waits until its tick is durable.
-async fn sequence(shared: &Shared, request: Request) -> Result<Ack, Refusal> {
+pub(crate) async fn sequence(shared: &Shared, request: Request) -> Result<Ack, Refusal> {
     durable(shared, queue(shared, request)?).await
 }
 
@@ -472,7 +496,7 @@ async fn durable(shared: &Shared, answer: oneshot::Receiver<Ack>) -> Result<Ack,
 
 /// The answer to a refused request: recorded as its own `rejected` event (evidence against
 /// its signer), or counted in the tick's `refusals_counted` event.
-fn refused(ack: &Ack) -> Option<Refusal> {
+pub(crate) fn refused(ack: &Ack) -> Option<Refusal> {
     let (reason, body) = match &ack.verdict {
         Verdict::Admitted => return None,
         Verdict::Refused { reason, detail } => (
@@ -957,7 +981,18 @@ async fn events(shared: web::Data<Shared>, query: web::Query<EventsQuery>) -> Ht
         .streaming(stream)
 }
 
-async fn proof(shared: web::Data<Shared>, path: web::Path<String>) -> HttpResponse {
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProofQuery {
+    /// The tree size to prove in (default: the latest); a size with a signed tree head.
+    size: Option<u64>,
+}
+
+async fn proof(
+    shared: web::Data<Shared>,
+    path: web::Path<String>,
+    query: web::Query<ProofQuery>,
+) -> HttpResponse {
     let Ok(seq) = path.parse::<u64>() else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -976,8 +1011,22 @@ async fn proof(shared: web::Data<Shared>, path: web::Path<String>) -> HttpRespon
             format!("seq {seq} is not in the log ({size} entries)"),
         );
     }
-    match fabric_audit::proof::inclusion_doc(&shared.reader, &shared.ledger_key, size, seq, size) {
+    let tree_size = query.size.unwrap_or(size);
+    use fabric_audit::proof::BuildError;
+    match fabric_audit::proof::inclusion_doc(
+        &shared.reader,
+        &shared.ledger_key,
+        size,
+        seq,
+        tree_size,
+    ) {
         Ok(doc) => HttpResponse::Ok().json(doc),
+        Err(err @ (BuildError::PastEnd { .. } | BuildError::NoTreeHead { .. })) => {
+            error(StatusCode::NOT_FOUND, "unknown_size", err.to_string())
+        }
+        Err(err @ BuildError::NotInTree { .. }) => {
+            error(StatusCode::BAD_REQUEST, "bad_size", err.to_string())
+        }
         Err(err) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "proof",

@@ -67,6 +67,20 @@ pub(crate) struct View {
     pub(crate) jobs: HashMap<JobId, JobRecord>,
     /// Jobs without a receipt that were still in the fabric after the last tick.
     pub(crate) active: std::collections::HashSet<JobId>,
+    /// Federation peers, recorders and artifacts, as of the last tick.
+    pub(crate) covenant: fabric_projections::state::Covenant,
+}
+
+/// Whether an event changes the state's covenant part (federation, recorders, artifacts).
+pub(crate) fn changes_covenant(event: &Event) -> bool {
+    match &event.body {
+        Body::FederationReceipt(_) | Body::FederationFork(_) | Body::ArtifactRecorded(_) => true,
+        Body::OwnerCommand(command) => matches!(
+            command.action,
+            fabric_events::OwnerAction::RegisterRecorder { .. }
+        ),
+        _ => false,
+    }
 }
 
 /// Whether a tick's events hold an owner command: only one (cancel-job, retire-shard) ends a

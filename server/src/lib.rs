@@ -22,6 +22,7 @@
 mod batch_readers;
 mod connections;
 pub mod error;
+pub mod federation;
 pub mod follow;
 mod handlers;
 pub mod index;
@@ -29,6 +30,7 @@ mod inputs;
 pub mod limits;
 pub mod metrics;
 pub mod nodes;
+mod records;
 pub mod refusals;
 mod replica;
 mod requests;
@@ -37,6 +39,7 @@ pub mod tls;
 pub mod witnesses;
 
 pub use error::ServerError;
+pub use federation::{Federating, Peer as FederationPeer};
 pub use nodes::NatsLogin;
 pub use service::{serve, Replication, Role, Served, ServerConfig, INTAKE_CAPACITY};
 pub use tls::TlsFiles;

@@ -77,6 +77,8 @@ pub struct ServerConfig {
     pub replication: Option<Replication>,
     /// Witnesses to ask for cosignatures of each head (docs/FORMAT.md §17.5).
     pub witnessing: Option<crate::witnesses::Witnessing>,
+    /// The fabrics this one federates with (docs/FORMAT.md §18).
+    pub federating: crate::federation::Federating,
 }
 
 /// How a sequencer reaches its replicated log.
@@ -162,6 +164,7 @@ pub fn serve(
             required: config.witnessing.is_some(),
             ..Default::default()
         },
+        federation: crate::federation::Federation::new(config.federating.clone()),
         ..shared
     });
     if let Some(witnessing) = &config.witnessing {
@@ -397,6 +400,7 @@ fn shared(
             tree_head: ledger.tree_head(),
             active,
             jobs,
+            covenant: replay.state().covenant().clone(),
         }),
         metrics: ServeMetrics::new(&spill_routes),
         refusals: Default::default(),
@@ -408,6 +412,7 @@ fn shared(
         following: None,
         checkpoints: CheckpointSigner::default(),
         finality: Default::default(),
+        federation: Default::default(),
     };
     Ok((shared, feed, replay))
 }
