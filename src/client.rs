@@ -26,7 +26,7 @@ pub struct ServerArgs {
 }
 
 impl ServerArgs {
-    fn client(&self) -> anyhow::Result<Client> {
+    pub(crate) fn client(&self) -> anyhow::Result<Client> {
         let target =
             Target::parse(&self.server).map_err(|reason| anyhow::anyhow!("--server {reason}"))?;
         let client = Client::new(target.clone(), REQUEST_TIMEOUT);

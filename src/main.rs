@@ -1,8 +1,10 @@
 //! `fabric`: the command line of the Fabric planetary compute orchestrator.
 
+mod artifacts;
 mod audit;
 mod client;
 mod export;
+mod federation;
 mod init;
 mod node;
 mod owner;
@@ -101,6 +103,23 @@ enum Command {
     /// Witness fabrics: cosign each tree head that extends the last one cosigned, keep the
     /// evidence of a fork (exit status 3)
     Witness(witness::WitnessArgs),
+    /// Federate with other fabrics: exchange dual-signed receipts of both heads, verify them
+    Federation {
+        #[command(subcommand)]
+        command: federation::FederationCmd,
+    },
+    /// Record a file in a served fabric's log: its BLAKE3 and SHA-256, size, name and kind
+    Record(artifacts::RecordArgs),
+    /// Write a recorded file's proof bundle: its event, inclusion proof, signed checkpoint,
+    /// witness cosignatures and the federation receipts that cover it
+    ExportProof(artifacts::ExportProofArgs),
+    /// Check a file against its bundle offline: hashes, event signature, inclusion, head
+    /// signature, cosignatures, federation receipts
+    VerifyFull(artifacts::VerifyFullArgs),
+    /// Print the recorded artifacts and federation events of a served fabric, in log order
+    Timeline(artifacts::TimelineArgs),
+    /// List the recorded artifacts of one kind
+    List(artifacts::ListArgs),
     /// A node's job executor: runs the jobs framed on stdin in the sandbox (started by the
     /// node itself; docs/FORMAT.md §15.6)
     #[command(name = "node-executor", hide = true)]
@@ -154,6 +173,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Result(args) => return client::result(&args),
         // A witness that saw a fork says so in its exit status.
         Command::Witness(args) => return witness::run(&args),
+        Command::Federation { command } => return federation::run(&command),
+        Command::Record(args) => return artifacts::record(&args),
+        Command::ExportProof(args) => return artifacts::export_proof(&args),
+        Command::VerifyFull(args) => return artifacts::verify_full(&args),
+        Command::Timeline(args) => return artifacts::timeline(&args),
+        Command::List(args) => return artifacts::list(&args),
         // The executor's exit status says why it stopped (docs/FORMAT.md §15.6).
         Command::NodeExecutor { root } => {
             return Ok(fabric_node::executor::executor_main(root.as_deref()))

@@ -101,6 +101,19 @@ pub struct ServeArgs {
     /// Cosignatures a head needs to be final [default: every --witness]
     #[arg(long, value_name = "K", requires = "witnesses")]
     witness_quorum: Option<usize>,
+    /// A fabric to federate with: its address and its checkpoint verifier key, as its
+    /// `fabric init --commit` or its /v0/health gives it (URL=ORIGIN+ID+KEY); repeatable.
+    /// `fabric federation sync` then exchanges receipts with it
+    #[arg(
+        long = "federation-peer",
+        value_name = "URL=VKEY",
+        conflicts_with = "follow"
+    )]
+    federation_peers: Vec<String>,
+    /// Least time between two federation receipts with one peer: a sync asked sooner is
+    /// refused (429), so no one can grow the log faster
+    #[arg(long, value_name = "MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(100..))]
+    federation_interval_ms: u64,
 }
 
 /// The keys flags of `fabric serve`.
@@ -283,6 +296,34 @@ fn server_config(
             advertise: args.advertise.clone(),
         }),
         witnessing: witnessing(args)?,
+        federating: federating(args)?,
+    })
+}
+
+/// The peers of `--federation-peer` and `--federation-interval-ms`, checked.
+fn federating(args: &ServeArgs) -> anyhow::Result<fabric_server::Federating> {
+    let peers = args
+        .federation_peers
+        .iter()
+        .map(|text| {
+            fabric_server::FederationPeer::parse(text)
+                .map_err(|why| anyhow::anyhow!("--federation-peer {text}: {why}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let most = fabric_server::federation::PEERS_MAX;
+    anyhow::ensure!(
+        peers.len() <= most,
+        "{} --federation-peer (at most {most})",
+        peers.len()
+    );
+    let mut origins: Vec<&str> = peers.iter().map(|peer| peer.origin.as_str()).collect();
+    origins.sort_unstable();
+    if let Some(twice) = origins.windows(2).find(|pair| pair[0] == pair[1]) {
+        anyhow::bail!("--federation-peer names {} twice", twice[0]);
+    }
+    Ok(fabric_server::Federating {
+        peers,
+        interval: std::time::Duration::from_millis(args.federation_interval_ms),
     })
 }
 

@@ -257,6 +257,8 @@ pub fn audit_ledger(
                 .copied()
                 .collect(),
             heads,
+            head_roots: Default::default(),
+            heads_before_start: 0,
             snapshots: Some(reader.clone()),
         },
         report: AuditReport {
@@ -358,6 +360,8 @@ pub fn audit_export(path: &Path, progress: Progress<'_>) -> Result<AuditReport, 
             ledger_key: None,
             rotations: VecDeque::new(),
             heads: VecDeque::new(),
+            head_roots: Default::default(),
+            heads_before_start: 0,
             snapshots: None,
         },
         report: AuditReport {
@@ -431,6 +435,11 @@ struct Checks {
     rotations: VecDeque<(u64, PublicKey)>,
     /// Signed tree heads still to reach, by size.
     heads: VecDeque<SignedTreeHead>,
+    /// The root of each size a signed tree head verified at: a federation receipt's own head
+    /// must be one of them.
+    head_roots: std::collections::HashMap<u64, Hash32>,
+    /// The largest size of a head before the replay's start (unchecked, so unknown).
+    heads_before_start: u64,
     /// Where the checkpoints' snapshots are stored.
     snapshots: Option<LedgerReader>,
 }
@@ -577,6 +586,9 @@ impl Auditor {
                     self.report.checkpoints_verified += 1;
                     self.report.snapshots_verified +=
                         self.checks.stored_snapshot(seq, root, snapshot_hash)?;
+                }
+                if let Body::FederationReceipt(receipt) = &event.body {
+                    self.checks.receipt(seq, &entry.author, receipt)?;
                 }
                 // Each stored event must be one the ledger could admit: the authority table,
                 // owner approvals, nonces, and a fit with the state.
@@ -735,6 +747,7 @@ impl Checks {
             self.heads.pop_front();
             if head.tree_size < tree.size() {
                 // Before the start of a replay from a checkpoint.
+                self.heads_before_start = self.heads_before_start.max(head.tree_size);
                 continue;
             }
             if let Some(key) = &self.ledger_key {
@@ -757,9 +770,52 @@ impl Checks {
                     ),
                 ));
             }
+            self.head_roots.insert(head.tree_size, root);
             verified += 1;
         }
         Ok(verified)
+    }
+
+    /// A federation receipt's own head (the side its author, the ledger, names) must be a
+    /// head of this log: the root a verified signed tree head has at that size. Without
+    /// stored heads (an export) there is nothing to compare with.
+    fn receipt(
+        &self,
+        seq: u64,
+        author: &PublicKey,
+        receipt: &fabric_events::FederationReceipt,
+    ) -> Result<(), Failure> {
+        if self.ledger_key.is_none() {
+            return Ok(());
+        }
+        let own = if receipt.left.ledger_key == *author {
+            &receipt.left
+        } else {
+            &receipt.right
+        };
+        match self.head_roots.get(&own.tree_size) {
+            Some(root) if *root == own.root => Ok(()),
+            Some(root) => Err(Failure::at(
+                seq,
+                "root",
+                format!(
+                    "federation receipt {seq} says this log's root at size {} is {}; its signed tree head \
+                     says {root}",
+                    own.tree_size, own.root
+                ),
+            )),
+            // Before the replay's start: its root was not computed here.
+            None if own.tree_size <= self.heads_before_start => Ok(()),
+            None => Err(Failure::at(
+                seq,
+                "root",
+                format!(
+                    "federation receipt {seq} names this log's head of size {}, which no \
+                     signed tree head before it has",
+                    own.tree_size
+                ),
+            )),
+        }
     }
 }
 

@@ -23,6 +23,7 @@
 #![deny(missing_docs)]
 
 pub mod audit;
+pub mod bundle;
 pub mod checkpoint;
 pub mod export;
 pub mod proof;
