@@ -6,6 +6,7 @@ mod batch;
 mod ceremony;
 mod checkpoint;
 mod cli;
+mod covenant;
 mod durability;
 mod failover;
 mod gpu;
