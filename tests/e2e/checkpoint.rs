@@ -460,6 +460,72 @@ fn a_fabric_calls_a_head_final_once_its_witnesses_cosigned_it() {
     check(&grown);
     assert!(grown.tree_size > before.tree_size);
 
+    // A file recorded now has a bundle with both witnesses' cosignatures, once its head is
+    // final; verify-full checks them with the witnesses' keys.
+    let server = served.tcp.clone().expect("tcp").to_string();
+    let file = dir.path().join("decision.md");
+    std::fs::write(&file, "witnessed\n").expect("a file");
+    let recorded = crate::support::fabric(&[
+        "record",
+        crate::support::path(&file),
+        "--kind",
+        "decision",
+        "--key",
+        crate::support::path(&ceremony.owners[2]),
+        "--server",
+        &server,
+    ]);
+    assert!(
+        recorded.status.success(),
+        "{}",
+        crate::support::stderr(&recorded)
+    );
+    let seq: Value = serde_json::from_str(&crate::support::stdout(&recorded)).expect("JSON");
+    let seq = seq["seq"].as_u64().expect("a seq");
+    check(&final_note_from(&mut client, seq + 1));
+    let bundle = dir.path().join("bundle.json");
+    crate::support::succeed(&[
+        "export-proof",
+        crate::support::path(&file),
+        "--out",
+        crate::support::path(&bundle),
+        "--server",
+        &server,
+    ]);
+    let verify = |witness_keys: &[&str]| {
+        let mut args = vec![
+            "verify-full",
+            crate::support::path(&file),
+            "--bundle",
+            crate::support::path(&bundle),
+            "--ledger-key",
+            &log_key,
+        ];
+        for key in witness_keys {
+            args.extend(["--witness", key]);
+        }
+        crate::support::fabric(&args)
+    };
+    let keys: Vec<&str> = witnesses.iter().map(|w| w.cosigner_key.as_str()).collect();
+    let verified = verify(&keys);
+    assert!(
+        verified.status.success(),
+        "{}",
+        crate::support::stderr(&verified)
+    );
+    let said = crate::support::stdout(&verified);
+    assert!(said.contains("ok: cosigned by witness.test/a"), "{said}");
+    // A witness key the note has no cosignature of: refused.
+    let stranger =
+        fabric_ledger::note::cosigner_verifier_key("witness.test/a", &PublicKey([0x42; 32]));
+    let refused = verify(&[&stranger]);
+    assert!(!refused.status.success());
+    assert!(
+        crate::support::stderr(&refused).contains("cosignature of witness"),
+        "{}",
+        crate::support::stderr(&refused)
+    );
+
     // One witness of the two gone: no head after it is final.
     let [kept, gone] = witnesses;
     drop(gone);

@@ -195,6 +195,48 @@ fn two_fabrics_sync_three_times_while_appending_and_a_forked_peer_is_refused_and
         assert!(!refused.status.success(), "{bad:?} verified");
     }
 
+    // The last file A recorded is covered by the third receipt: its bundle holds it, and
+    // verify-full checks it with B's key.
+    let bundle = dir.path().join("bundle.json");
+    let exported = succeed(&[
+        "export-proof",
+        path(&notes),
+        "--out",
+        path(&bundle),
+        "--server",
+        &a_url,
+    ]);
+    assert!(
+        stdout(&exported).contains("1 federation receipt"),
+        "{}",
+        stdout(&exported)
+    );
+    let verify_full = |peer: &str| {
+        fabric(&[
+            "verify-full",
+            path(&notes),
+            "--bundle",
+            path(&bundle),
+            "--ledger-key",
+            &a_vkey,
+            "--peer",
+            peer,
+        ])
+    };
+    let verified = verify_full(&b_vkey);
+    assert!(verified.status.success(), "{}", stderr(&verified));
+    assert!(
+        stdout(&verified).contains("covers the event"),
+        "{}",
+        stdout(&verified)
+    );
+    let b_origin = origin_of_vkey(&b_vkey);
+    let a_key = fabric_ledger::note::parse_verifier_key(&a_vkey)
+        .expect("A's key")
+        .2;
+    let wrong_peer = fabric_ledger::note::verifier_key(&b_origin, &a_key);
+    assert!(!verify_full(&wrong_peer).status.success());
+
     // An attacker at A's port: garbage, an unknown peer, a receipt under another key, a
     // replayed genuine receipt. Nothing is appended.
     let mut attacker = served_a.client();
@@ -209,7 +251,6 @@ fn two_fabrics_sync_three_times_while_appending_and_a_forked_peer_is_refused_and
     assert_eq!(answer.status, 404, "{}", answer.text());
     let stranger = fabric_events::derive_signing_key(7, "stranger");
     let mut forged = held_a[2].1.clone();
-    let b_origin = origin_of_vkey(&b_vkey);
     let b_side = if forged.left.origin == b_origin {
         &mut forged.left
     } else {
