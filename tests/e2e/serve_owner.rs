@@ -170,6 +170,10 @@ fn every_action(queued: [u64; 2]) -> Vec<OwnerAction> {
             client: "tests.ceres-client".to_owned(),
             key: fresh_key("ceres-client"),
         },
+        OwnerAction::RegisterRecorder {
+            recorder: "tests.release-bot".to_owned(),
+            key: fresh_key("release-bot"),
+        },
         OwnerAction::RegisterModel {
             registration: ModelRegistered {
                 model_id: "ceres-heat".to_owned(),
