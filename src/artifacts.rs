@@ -7,12 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use fabric_api::client::{clock_nonce, current_tick, json_of};
+use fabric_api::client::clock_nonce;
 use fabric_api::http_client::Client;
-use fabric_api::wire::{RecordRequest, WireSignedEvent};
 use fabric_audit::bundle::{verify_bundle, Bundle, CoveringReceipt, Trust, BUNDLE_FORMAT};
 use fabric_audit::proof::InclusionDoc;
-use fabric_events::{ArtifactRecorded, Body, Event, ExportLine, PublicKey, Role, SignedEvent};
+use fabric_events::{ArtifactRecorded, Body, PublicKey};
 use fabric_ledger::note::{parse_verifier_key, CheckpointNote, COSIGNATURE_TYPE};
 
 use crate::client::ServerArgs;
@@ -116,27 +115,9 @@ pub fn record(args: &RecordArgs) -> anyhow::Result<ExitCode> {
     let key = fabric_events::keys::load_secret(&args.key)
         .with_context(|| format!("--key {}", args.key.display()))?;
     let mut client = args.server.client()?;
-    let event = Event::new(
-        Role::Recorder,
-        current_tick(&mut client)?,
-        clock_nonce(),
-        record,
-    );
-    let signed = SignedEvent::sign(&event, &key)?;
-    let body = serde_json::to_vec(&RecordRequest {
-        event: WireSignedEvent::from_signed(&signed),
-    })?;
-    let mut response = client.request("POST", "/v0/records", Some(("application/json", &body)))?;
-    if response.status == 307 {
-        if let Some(location) = response.header("location").map(str::to_owned) {
-            let mut sequencer = client.to_location(&location)?;
-            response =
-                sequencer.request("POST", "/v0/records", Some(("application/json", &body)))?;
-        }
-    }
-    let answer = json_of(&response, "POST /v0/records")?;
-    let text = serde_json::to_string_pretty(&answer)?;
-    if response.status == 202 {
+    let answer = fabric_api::client::record(&mut client, record, &key, clock_nonce())?;
+    let text = serde_json::to_string_pretty(&answer.body)?;
+    if answer.status == 202 {
         println!("{text}");
         Ok(ExitCode::SUCCESS)
     } else {
@@ -145,45 +126,13 @@ pub fn record(args: &RecordArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Reads the log from `from` to its durable end, page by page, handing each event to `each`.
-pub fn scan_events(
-    client: &mut Client,
-    from: u64,
-    mut each: impl FnMut(u64, &Event) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    let size = fabric_api::client::health(client)?["ledger"]["size"]
-        .as_u64()
-        .context("/v0/health gives no ledger.tree_size")?;
-    let mut next = from;
-    while next < size {
-        let path = format!("/v0/events?from={next}");
-        let response = client
-            .request("GET", &path, None)
-            .with_context(|| format!("GET {path}"))?;
-        if response.status != 200 {
-            bail!("GET {path}: {} {}", response.status, response.text());
-        }
-        let text = response.text();
-        let before = next;
-        for line in text.lines().filter(|line| !line.is_empty()) {
-            let line = ExportLine::parse(line).with_context(|| format!("GET {path}"))?;
-            each(line.seq, &line.body)?;
-            next = line.seq + 1;
-        }
-        if next == before {
-            bail!("GET {path} gave no event before the log's end ({size})");
-        }
-    }
-    Ok(())
-}
-
 /// `fabric export-proof`.
 pub fn export_proof(args: &ExportProofArgs) -> anyhow::Result<ExitCode> {
     let file = record_of(&args.file, String::new(), String::new())?;
     let mut client = args.server.client()?;
     let mut found = None;
     let mut receipts = Vec::new();
-    scan_events(&mut client, 0, |seq, event| {
+    fabric_api::client::scan_events::<anyhow::Error>(&mut client, 0, |seq, event| {
         match &event.body {
             Body::ArtifactRecorded(record)
                 if record.same_bytes(&file) && args.seq.is_none_or(|wanted| wanted == seq) =>
@@ -335,7 +284,7 @@ pub fn verify_full(args: &VerifyFullArgs) -> anyhow::Result<ExitCode> {
 /// `fabric timeline`.
 pub fn timeline(args: &TimelineArgs) -> anyhow::Result<ExitCode> {
     let mut client = args.server.client()?;
-    scan_events(&mut client, args.from, |seq, event| {
+    fabric_api::client::scan_events::<anyhow::Error>(&mut client, args.from, |seq, event| {
         let tick = event.header.tick;
         match (&event.body, &args.kind) {
             (Body::ArtifactRecorded(record), kind)
@@ -371,7 +320,7 @@ pub fn timeline(args: &TimelineArgs) -> anyhow::Result<ExitCode> {
 pub fn list(args: &ListArgs) -> anyhow::Result<ExitCode> {
     let mut client = args.server.client()?;
     println!("seq\tname\tsize_bytes\tblake3\tsha256");
-    scan_events(&mut client, 0, |seq, event| {
+    fabric_api::client::scan_events::<anyhow::Error>(&mut client, 0, |seq, event| {
         if let Body::ArtifactRecorded(record) = &event.body {
             if record.artifact_kind == args.kind {
                 println!(

@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use fabric_api::client::{get_json, json_of};
 use fabric_api::http_client::Target;
-use fabric_events::{Body, FederationReceipt, PublicKey};
-use fabric_ledger::note::{parse_verifier_key, ED25519_SIGNATURE_TYPE};
+use fabric_events::{Body, FederationReceipt};
+use fabric_ledger::note::parse_log_verifier_key;
 
 use crate::client::ServerArgs;
 
@@ -107,34 +107,13 @@ fn verify(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("could not read {}", args.receipt.display()))?;
     let receipt: FederationReceipt = serde_json::from_str(&text)
         .with_context(|| format!("{}: not a federation receipt", args.receipt.display()))?;
-    let mut keys: Vec<(String, PublicKey)> = Vec::new();
-    for vkey in &args.keys {
-        let (origin, kind, key) =
-            parse_verifier_key(vkey).map_err(|wrong| anyhow::anyhow!("--key {vkey}: {wrong}"))?;
-        anyhow::ensure!(
-            kind == ED25519_SIGNATURE_TYPE,
-            "--key {vkey}: not a fabric's checkpoint verifier key (type 0x01)"
-        );
-        keys.push((origin, key));
-    }
-    for head in [&receipt.left, &receipt.right] {
-        match keys.iter().find(|(origin, _)| *origin == head.origin) {
-            Some((_, key)) if *key == head.ledger_key => {}
-            Some((_, key)) => bail!(
-                "{}: the receipt names key {} for {}, the given key is {key}",
-                args.receipt.display(),
-                head.ledger_key,
-                head.origin
-            ),
-            None => bail!(
-                "{}: no --key given for {}: both fabrics' keys are needed",
-                args.receipt.display(),
-                head.origin
-            ),
-        }
-    }
+    let keys = args
+        .keys
+        .iter()
+        .map(|vkey| parse_log_verifier_key(vkey).map_err(|wrong| anyhow::anyhow!("--key: {wrong}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     receipt
-        .verify()
+        .verify_trusting(&keys)
         .map_err(|wrong| anyhow::anyhow!("{}: {wrong}", args.receipt.display()))?;
     println!(
         "ok: {} (size {}) and {} (size {}) both signed merged root {}",
@@ -159,7 +138,7 @@ fn status(args: &StatusArgs) -> anyhow::Result<ExitCode> {
         std::fs::create_dir_all(out)
             .with_context(|| format!("could not create {}", out.display()))?;
         let mut written = 0;
-        crate::artifacts::scan_events(&mut client, 0, |seq, event| {
+        fabric_api::client::scan_events::<anyhow::Error>(&mut client, 0, |seq, event| {
             if let Body::FederationReceipt(receipt) = &event.body {
                 let path = out.join(format!("receipt-{seq}.json"));
                 let text = serde_json::to_string_pretty(receipt)?;

@@ -46,9 +46,12 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
-    /// `POST /v0/jobs` could not be sent or its answer read.
-    #[error("could not send the job")]
+    /// A `POST` could not be sent or its answer read.
+    #[error("could not send the request")]
     Send(#[source] std::io::Error),
+    /// The request could not be encoded (an event over the size limit).
+    #[error("the request cannot be encoded: {0}")]
+    Encode(String),
     /// A later request of a conversation failed in transport.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -92,6 +95,25 @@ pub enum ClientError {
     /// A result names no artifact.
     #[error("the job's result has no artifact")]
     NoArtifact,
+    /// `GET /v0/health` has no log size.
+    #[error("GET /v0/health has no ledger.size")]
+    NoSize,
+    /// A line of `GET /v0/events` is not an export line that verifies.
+    #[error("{request}: {error}")]
+    BadLine {
+        /// What was asked.
+        request: String,
+        /// What is wrong with the line.
+        error: fabric_events::ExportError,
+    },
+    /// `GET /v0/events` ended before the log's end.
+    #[error("{request} gave no event before the log's end ({size} entries)")]
+    ShortPage {
+        /// What was asked.
+        request: String,
+        /// The log's size.
+        size: u64,
+    },
     /// A result's artifact hash is not a hash.
     #[error("the artifact hash {text:?}: {reason}")]
     ArtifactHash {
@@ -254,22 +276,46 @@ pub fn submit(
 ) -> Result<Answer, ClientError> {
     let tick = current_tick(client)?;
     let body = job_request_body(job, key, tick, nonce, input)?;
+    post_to_sequencer(client, "/v0/jobs", &body)
+}
+
+/// Records `record` signed by `key` (an owner's or a registered recorder's) with `nonce` at
+/// the server's current tick: the answer of `POST /v0/records` (202 when recorded).
+pub fn record(
+    client: &mut Client,
+    record: fabric_events::ArtifactRecorded,
+    key: &SigningKey,
+    nonce: u64,
+) -> Result<Answer, ClientError> {
+    let tick = current_tick(client)?;
+    let event = fabric_events::Event::new(fabric_events::Role::Recorder, tick, nonce, record);
+    let signed = fabric_events::SignedEvent::sign(&event, key)
+        .map_err(|oversize| ClientError::Encode(oversize.to_string()))?;
+    let body = crate::wire::RecordRequest {
+        event: crate::wire::WireSignedEvent::from_signed(&signed),
+    };
+    let body =
+        serde_json::to_vec(&body).map_err(|error| ClientError::Encode(error.to_string()))?;
+    post_to_sequencer(client, "/v0/records", &body)
+}
+
+/// `POST path` with a JSON body; a follower of a replicated fabric sends it to its
+/// sequencer, where it is posted once more, the same body (docs/FORMAT.md §16).
+fn post_to_sequencer(client: &mut Client, path: &str, body: &[u8]) -> Result<Answer, ClientError> {
     let mut response = client
-        .request("POST", "/v0/jobs", Some(("application/json", &body)))
+        .request("POST", path, Some(("application/json", body)))
         .map_err(ClientError::Send)?;
-    // A follower of a replicated fabric sends submissions to its sequencer: once, the same
-    // body there (docs/FORMAT.md §16).
     if response.status == 307 {
         if let Some(location) = response.header("location").map(str::to_owned) {
             let mut sequencer = client
                 .to_location(&location)
                 .map_err(|error| ClientError::Redirect { location, error })?;
             response = sequencer
-                .request("POST", "/v0/jobs", Some(("application/json", &body)))
+                .request("POST", path, Some(("application/json", body)))
                 .map_err(ClientError::Send)?;
         }
     }
-    let answer = json_of(&response, "POST /v0/jobs")?;
+    let answer = json_of(&response, &format!("POST {path}"))?;
     Ok(Answer {
         status: response.status,
         body: answer,
@@ -305,6 +351,53 @@ pub fn wait_for_result(
         }
         std::thread::sleep(RESULT_POLL);
     }
+}
+
+/// Reads the log from `from` to its end as `GET /v0/health` gives it, a page of
+/// `GET /v0/events` at a time, handing each event (its line verified: hash, link to itself,
+/// signature) with its seq to `each`; stops at the first error.
+pub fn scan_events<E: From<ClientError>>(
+    client: &mut Client,
+    from: u64,
+    mut each: impl FnMut(u64, &fabric_events::Event) -> Result<(), E>,
+) -> Result<(), E> {
+    let size = health(client)?["ledger"]["size"]
+        .as_u64()
+        .ok_or(ClientError::NoSize)?;
+    let mut next = from;
+    while next < size {
+        let request = format!("GET /v0/events?from={next}");
+        let path = &request["GET ".len()..];
+        let response = client
+            .request("GET", path, None)
+            .map_err(|source| ClientError::Get {
+                path: path.to_owned(),
+                source,
+            })?;
+        if response.status != 200 {
+            return Err(ClientError::Status {
+                request,
+                status: response.status,
+                body: response.text(),
+            }
+            .into());
+        }
+        let before = next;
+        for line in response.text().lines().filter(|line| !line.is_empty()) {
+            let bad = |error| ClientError::BadLine {
+                request: request.clone(),
+                error,
+            };
+            let line = fabric_events::ExportLine::parse(line).map_err(bad)?;
+            line.verify().map_err(bad)?;
+            each(line.seq, &line.body)?;
+            next = line.seq + 1;
+        }
+        if next == before {
+            return Err(ClientError::ShortPage { request, size }.into());
+        }
+    }
+    Ok(())
 }
 
 /// `GET path` with a JSON answer.

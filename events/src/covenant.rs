@@ -116,6 +116,19 @@ pub enum ReceiptError {
         /// As computed.
         computed: Hash32,
     },
+    /// A head names another key than the one trusted for its origin.
+    #[error("the receipt names key {named} for {origin}; the key given for it is {trusted}")]
+    OtherKey {
+        /// The origin.
+        origin: String,
+        /// The key the receipt names.
+        named: PublicKey,
+        /// The key given.
+        trusted: PublicKey,
+    },
+    /// No key is given for a head's origin.
+    #[error("no key is given for {0}: both fabrics' keys are needed")]
+    Untrusted(String),
     /// A signature does not verify with the key its head names.
     #[error("the {side} signature does not verify with ledger key {key}")]
     Signature {
@@ -203,6 +216,25 @@ impl FederationReceipt {
             })?;
         }
         Ok(())
+    }
+
+    /// [`FederationReceipt::verify`], each head's key also the one `trusted` gives for its
+    /// origin: an auditor's check with both fabrics' keys.
+    pub fn verify_trusting(&self, trusted: &[(String, PublicKey)]) -> Result<(), ReceiptError> {
+        for head in [&self.left, &self.right] {
+            match trusted.iter().find(|(origin, _)| *origin == head.origin) {
+                Some((_, key)) if *key == head.ledger_key => {}
+                Some((_, key)) => {
+                    return Err(ReceiptError::OtherKey {
+                        origin: head.origin.clone(),
+                        named: head.ledger_key,
+                        trusted: *key,
+                    })
+                }
+                None => return Err(ReceiptError::Untrusted(head.origin.clone())),
+            }
+        }
+        self.verify()
     }
 
     /// The head of `origin`, and the other one.

@@ -105,6 +105,17 @@ fn typed_verifier_key(name: &str, signature_type: u8, key: &PublicKey) -> String
     format!("{name}+{id:08x}+{}", BASE64.encode(typed))
 }
 
+/// A fabric's checkpoint verifier key (type 0x01) read back: its origin and ledger key.
+pub fn parse_log_verifier_key(vkey: &str) -> Result<(String, PublicKey), NoteError> {
+    match parse_verifier_key(vkey)? {
+        (origin, ED25519_SIGNATURE_TYPE, key) => Ok((origin, key)),
+        _ => fail(format!(
+            "{vkey} is no fabric's checkpoint verifier key (type 0x01): its /v0/health or its \
+             `fabric init --commit` gives it"
+        )),
+    }
+}
+
 /// A verifier key read back: its name, and the Ed25519 key of a note signature (type 0x01)
 /// or of a cosignature (0x04).
 pub fn parse_verifier_key(vkey: &str) -> Result<(String, u8, PublicKey), NoteError> {

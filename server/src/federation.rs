@@ -27,7 +27,7 @@ use fabric_events::{
     Body, FederatedHead, FederationFork, FederationReceipt, Hash32, PublicKey, SignatureBytes,
 };
 use fabric_ledger::merkle::{verify_consistency, ConsistencyProof};
-use fabric_ledger::note::{parse_verifier_key, CheckpointNote, ED25519_SIGNATURE_TYPE};
+use fabric_ledger::note::{parse_log_verifier_key, CheckpointNote};
 use fabric_projections::state::FederationPeer as PeerState;
 
 use crate::handlers::{error, read_json, read_view, refused, sequence, within_allowance, Shared};
@@ -61,12 +61,7 @@ impl Peer {
             .split_once('=')
             .ok_or_else(|| format!("{text:?} is not URL=VERIFIER_KEY"))?;
         let target = Target::parse(url).map_err(|error| format!("{url}: {error}"))?;
-        let (origin, kind, key) = parse_verifier_key(vkey).map_err(|error| error.to_string())?;
-        if kind != ED25519_SIGNATURE_TYPE {
-            return Err(format!(
-                "{vkey} is no fabric's checkpoint verifier key (type 0x01)"
-            ));
-        }
+        let (origin, key) = parse_log_verifier_key(vkey).map_err(|error| error.to_string())?;
         Ok(Self {
             target,
             origin,
