@@ -296,12 +296,20 @@ fn server_config(
             advertise: args.advertise.clone(),
         }),
         witnessing: witnessing(args)?,
-        federating: federating(args)?,
+        federating: federating(args, key_origin)?,
     })
 }
 
 /// The peers of `--federation-peer` and `--federation-interval-ms`, checked.
-fn federating(args: &ServeArgs) -> anyhow::Result<fabric_server::Federating> {
+fn federating(
+    args: &ServeArgs,
+    key_origin: fabric_events::KeyOrigin,
+) -> anyhow::Result<fabric_server::Federating> {
+    anyhow::ensure!(
+        args.federation_peers.is_empty() || !key_origin.is_simulation(),
+        "--federation-peer: a simulation's keys are public, so its receipts would be anyone's \
+         word; federate fabrics made by `fabric init`"
+    );
     let peers = args
         .federation_peers
         .iter()

@@ -294,8 +294,7 @@ pub fn record(
     let body = crate::wire::RecordRequest {
         event: crate::wire::WireSignedEvent::from_signed(&signed),
     };
-    let body =
-        serde_json::to_vec(&body).map_err(|error| ClientError::Encode(error.to_string()))?;
+    let body = serde_json::to_vec(&body).map_err(|error| ClientError::Encode(error.to_string()))?;
     post_to_sequencer(client, "/v0/records", &body)
 }
 

@@ -112,6 +112,17 @@ fn two_fabrics_sync_three_times_while_appending_and_a_forked_peer_is_refused_and
         format!("http://127.0.0.1:{b_port}"),
     );
     let (a_vkey, b_vkey) = (vkey(&a), vkey(&b));
+    // A simulation's keys are public: its receipts would be anyone's word.
+    let simulated = dir.path().join("simulated");
+    let peer = format!("{b_url}={b_vkey}");
+    let said = Served::refused(&[
+        "--data",
+        path(&simulated),
+        "--simulation",
+        "--federation-peer",
+        &peer,
+    ]);
+    assert!(said.contains("simulation's keys are public"), "{said}");
     let served_a = serve_federated(&a, a_port, &[format!("{b_url}={b_vkey}")]);
     let mut served_b = serve_federated(&b, b_port, &[format!("{a_url}={a_vkey}")]);
     let notes = dir.path().join("note.txt");
