@@ -100,11 +100,13 @@ impl ActorKeys {
         let OwnerAction::RotateKey { target, new_key } = action else {
             return None;
         };
-        if matches!(target, KeyTarget::Client { .. })
-            || self
-                .staged
-                .iter()
-                .any(|secret| is_secret_of(secret, new_key))
+        if matches!(
+            target,
+            KeyTarget::Client { .. } | KeyTarget::Recorder { .. }
+        ) || self
+            .staged
+            .iter()
+            .any(|secret| is_secret_of(secret, new_key))
         {
             return None;
         }
@@ -116,6 +118,7 @@ impl ActorKeys {
                 KeyTarget::Router { shard } => format!("the router of shard `{shard}`"),
                 KeyTarget::Node { node } => format!("node `{node}`"),
                 KeyTarget::Client { client } => format!("client `{client}`"),
+                KeyTarget::Recorder { recorder } => format!("recorder `{recorder}`"),
             }
         ))
     }

@@ -31,6 +31,7 @@ pub const COMMANDS_HELP: &str = "The command and its arguments:
     weights, exactly the job type's size)
   rotate-key ledger NEW_KEY | rotate-key router SHARD NEW_KEY
   rotate-key client NAME NEW_KEY | rotate-key node NODE NEW_KEY
+  rotate-key recorder NAME NEW_KEY
     (NEW_KEY: a .pub file of `fabric keygen`, or the public key in hex)
   register-sequencer KEY | retire-sequencer KEY
     (KEY: a replica's sequencer key, a .pub file of `fabric keygen` or hex)
@@ -569,7 +570,8 @@ fn client_job_action(name: &str, rest: &[String]) -> ActionParse {
 
 /// `rotate-key ledger NEW_KEY | router SHARD NEW_KEY | client NAME NEW_KEY | node NODE NEW_KEY`.
 fn rotate_key_action(name: &str, rest: &[String]) -> ActionParse {
-    const USAGE: &str = "rotate-key ledger NEW_KEY | rotate-key router|client|node NAME NEW_KEY";
+    const USAGE: &str =
+        "rotate-key ledger NEW_KEY | rotate-key router|client|node|recorder NAME NEW_KEY";
     if name != "rotate-key" {
         return Ok(None);
     }
@@ -589,7 +591,15 @@ fn rotate_key_action(name: &str, rest: &[String]) -> ActionParse {
             key,
         ),
         ("node", [node, key]) => (KeyTarget::Node { node: node.clone() }, key),
-        ("ledger" | "router" | "client" | "node", _) => return Err(ActionError::Usage(USAGE)),
+        ("recorder", [recorder, key]) => (
+            KeyTarget::Recorder {
+                recorder: recorder.clone(),
+            },
+            key,
+        ),
+        ("ledger" | "router" | "client" | "node" | "recorder", _) => {
+            return Err(ActionError::Usage(USAGE))
+        }
         (other, _) => return Err(ActionError::KeyHolder(other.to_owned())),
     };
     Ok(Some(OwnerAction::RotateKey {
@@ -740,6 +750,7 @@ pub fn key_target(target: &KeyTarget) -> String {
         KeyTarget::Router { shard } => format!("the router of shard `{shard}`"),
         KeyTarget::Client { client } => format!("client `{client}`"),
         KeyTarget::Node { node } => format!("node `{node}`"),
+        KeyTarget::Recorder { recorder } => format!("recorder `{recorder}`"),
     }
 }
 

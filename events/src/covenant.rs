@@ -311,6 +311,30 @@ pub struct FederationFork {
     pub detail: String,
 }
 
+impl FederationFork {
+    /// The head the peer presented.
+    pub fn presented(&self) -> FederatedHead {
+        FederatedHead {
+            origin: self.peer_origin.clone(),
+            tree_size: self.tree_size,
+            root: self.root,
+            ledger_key: self.peer_key,
+        }
+    }
+
+    /// Whether `message` states the presented head: it is that head's checkpoint note text,
+    /// or a receipt's text with it as one side (under the peer's key).
+    pub fn states_head(&self) -> bool {
+        let head = self.presented();
+        let body = head.checkpoint_body();
+        if self.message == body {
+            return true;
+        }
+        let side = format!("\n{body}{}\n", head.ledger_key);
+        self.message.starts_with(&format!("{RECEIPT_HEADER}\n")) && self.message.contains(&side)
+    }
+}
+
 /// A file's record: its hashes, size, name and kind, signed by an owner or a registered
 /// recorder (the event's author).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
@@ -377,10 +401,7 @@ impl ArtifactRecorded {
 
     /// Why its name or kind breaks the rules, if it does.
     pub fn check_shape(&self) -> Result<(), String> {
-        let name_ok = !self.name.is_empty()
-            && self.name.len() <= ARTIFACT_NAME_BYTES_MAX
-            && !self.name.chars().any(char::is_control);
-        if !name_ok {
+        if !name_is_valid(&self.name) {
             return Err(format!(
                 "artifact name {:?} is not 1 to {ARTIFACT_NAME_BYTES_MAX} bytes without control characters",
                 self.name
@@ -394,6 +415,12 @@ impl ArtifactRecorded {
         }
         Ok(())
     }
+}
+
+/// Whether `name` may name an artifact or a recorder: 1 to [`ARTIFACT_NAME_BYTES_MAX`] bytes,
+/// no control characters.
+pub fn name_is_valid(name: &str) -> bool {
+    !name.is_empty() && name.len() <= ARTIFACT_NAME_BYTES_MAX && !name.chars().any(char::is_control)
 }
 
 /// Whether `kind` may be an artifact's kind.

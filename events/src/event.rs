@@ -590,6 +590,11 @@ pub enum KeyTarget {
         /// The node.
         node: String,
     },
+    /// A registered recorder's key.
+    Recorder {
+        /// The recorder's name.
+        recorder: String,
+    },
 }
 
 /// What a retired shard's queued jobs become.

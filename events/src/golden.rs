@@ -1,5 +1,6 @@
 //! Fixed events whose bytes are pinned by the tests (and usable as vectors by verifiers).
 
+use crate::covenant::{ArtifactRecorded, FederatedHead, FederationReceipt};
 use crate::event::*;
 use crate::model::{JobType, ModelRegistered};
 use crate::types::{Hash32, PublicKey, SignatureBytes};
@@ -97,6 +98,53 @@ pub fn golden_events() -> Vec<Event> {
                     owner: PublicKey([0x22; 32]),
                     signature: SignatureBytes([0x33; 64]),
                 }],
+            },
+        ),
+        Event::new(
+            Role::Owner,
+            23,
+            8,
+            OwnerCommand {
+                action: OwnerAction::RegisterRecorder {
+                    recorder: "release-bot".to_owned(),
+                    key: PublicKey([0x77; 32]),
+                },
+                expiry_tick: 130,
+                approvals: Vec::new(),
+            },
+        ),
+        Event::new(
+            Role::Recorder,
+            24,
+            9,
+            ArtifactRecorded {
+                name: "release.tar".to_owned(),
+                artifact_kind: "deploy".to_owned(),
+                size_bytes: 4096,
+                blake3: Hash32([0x88; 32]),
+                sha256: Hash32([0x99; 32]),
+            },
+        ),
+        Event::new(
+            Role::Ledger,
+            25,
+            10,
+            FederationReceipt {
+                left: FederatedHead {
+                    origin: "fabric/aa".to_owned(),
+                    tree_size: 3,
+                    root: Hash32([0xaa; 32]),
+                    ledger_key: PublicKey([0xab; 32]),
+                },
+                right: FederatedHead {
+                    origin: "fabric/bb".to_owned(),
+                    tree_size: 5,
+                    root: Hash32([0xbb; 32]),
+                    ledger_key: PublicKey([0xbc; 32]),
+                },
+                merged_root: Hash32([0xcc; 32]),
+                left_signature: SignatureBytes([0xdd; 64]),
+                right_signature: SignatureBytes([0xee; 64]),
             },
         ),
     ]

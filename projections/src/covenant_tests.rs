@@ -3,8 +3,8 @@
 //! state's covenant section surviving a snapshot.
 
 use fabric_events::{
-    ArtifactRecorded, FederatedHead, FederationFork, FederationReceipt, Hash32, OwnerAction,
-    RejectReason, Role, SignatureBytes, SigningKey,
+    ArtifactRecorded, FederatedHead, FederationFork, FederationReceipt, Hash32, KeyTarget,
+    OwnerAction, RejectReason, Role, SignatureBytes, SigningKey,
 };
 
 use crate::rotation_tests::{key, public, reason, Fabric};
@@ -60,6 +60,31 @@ fn owners_and_registered_recorders_record_and_no_one_else() {
         .is_err());
     assert_eq!(fabric.state.covenant().artifacts, 2);
     assert_eq!(fabric.state.covenant().recorders, ["bot"]);
+
+    // A recorder's key is rotated like a client's: the old one records no more.
+    let rotated = key("recorder 2");
+    fabric
+        .command(OwnerAction::RotateKey {
+            target: KeyTarget::Recorder {
+                recorder: "bot".to_owned(),
+            },
+            new_key: public(&rotated),
+        })
+        .expect("rotated");
+    assert_eq!(
+        reason(fabric.admit(&public(&recorder), Role::Recorder, artifact("e"))),
+        RejectReason::RetiredKey
+    );
+    fabric
+        .admit(&public(&rotated), Role::Recorder, artifact("e"))
+        .expect("the new key records");
+    // A recorder's name follows the artifact names' rule.
+    assert!(fabric
+        .command(OwnerAction::RegisterRecorder {
+            recorder: "bad\nname".to_owned(),
+            key: public(&key("recorder 3")),
+        })
+        .is_err());
 }
 
 #[test]
@@ -153,7 +178,9 @@ fn receipts_need_both_signatures_and_move_forward_and_a_fork_ends_the_federation
 
     // The fork's evidence: a statement the peer's key signed, naming the last receipt.
     use ed25519_dalek::Signer;
-    let message = "fabric/peer\n11\nAAAA\n".to_owned();
+    let presented = head("fabric/peer", 11, 7, &peer);
+    let sign = |message: &str| SignatureBytes::from(peer.sign(message.as_bytes()));
+    let message = presented.checkpoint_body();
     let fork = FederationFork {
         peer_origin: "fabric/peer".to_owned(),
         peer_key: public(&peer),
@@ -161,10 +188,34 @@ fn receipts_need_both_signatures_and_move_forward_and_a_fork_ends_the_federation
         tree_size: 11,
         root: Hash32([7; 32]),
         message: message.clone(),
-        signature: SignatureBytes::from(peer.sign(message.as_bytes())),
+        signature: sign(&message),
         consistency_path: Vec::new(),
         detail: "size below".to_owned(),
     };
+    // Signed, but stating another head: no evidence of this one.
+    let other = head("fabric/peer", 12, 7, &peer).checkpoint_body();
+    let misstated = FederationFork {
+        message: other.clone(),
+        signature: sign(&other),
+        ..fork.clone()
+    };
+    assert_eq!(
+        reason(fabric.admit(&author, Role::Ledger, misstated)),
+        RejectReason::Invalid
+    );
+    // A receipt's text with the head as one side states it too.
+    let proposed = receipt(
+        head("fabric/own", 6, 3, &ledger),
+        presented,
+        [&ledger, &peer],
+    );
+    let text = String::from_utf8(proposed.message()).expect("text");
+    assert!(FederationFork {
+        message: text.clone(),
+        signature: sign(&text),
+        ..fork.clone()
+    }
+    .states_head());
     let mut unsigned_fork = fork.clone();
     unsigned_fork.signature = SignatureBytes([0; 64]);
     assert_eq!(

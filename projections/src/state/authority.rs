@@ -160,11 +160,15 @@ impl Authority {
             .iter()
             .position(|name| name == client)
             .ok_or_else(unknown)? as u32;
+        self.live_key_of(Holder::Client(ix)).ok_or_else(unknown)
+    }
+
+    /// The key of `holder` not retired, if it has one.
+    pub(super) fn live_key_of(&self, holder: Holder) -> Option<PublicKey> {
         self.keys
             .iter()
-            .find(|(_, record)| record.holder == Holder::Client(ix) && !record.retired)
+            .find(|(_, record)| record.holder == holder && !record.retired)
             .map(|(key, _)| *key)
-            .ok_or_else(unknown)
     }
 
     /// Retires `old` and gives its holder `new` (a key no one holds: checked when the command

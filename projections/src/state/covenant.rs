@@ -138,6 +138,12 @@ impl State {
         {
             return invalid("a fork's evidence is over its limits".to_owned());
         }
+        if !fork.states_head() {
+            return invalid(format!(
+                "the fork's signed text does not state {}'s head of size {} and root {}",
+                fork.peer_origin, fork.tree_size, fork.root
+            ));
+        }
         if fabric_events::verify_signature(&fork.peer_key, &fork.signature, fork.message.as_bytes())
             .is_err()
         {
@@ -271,16 +277,32 @@ impl State {
         }
     }
 
+    /// The live key of a registered recorder.
+    pub(super) fn recorder_key(&self, recorder: &str) -> Result<PublicKey, ApplyError> {
+        let unknown = || ApplyError::Unknown {
+            what: "recorder",
+            name: recorder.to_owned(),
+        };
+        let ix = self
+            .covenant
+            .recorders
+            .iter()
+            .position(|name| name == recorder)
+            .ok_or_else(unknown)? as u32;
+        self.authority
+            .live_key_of(Holder::Recorder(ix))
+            .ok_or_else(unknown)
+    }
+
     /// A recorder joins: its name unique, its key new (checked with the owner command).
     pub(super) fn register_recorder(
         &mut self,
         recorder: &str,
         key: PublicKey,
     ) -> Result<(), ApplyError> {
-        if recorder.is_empty() || recorder.len() > fabric_events::covenant::ARTIFACT_NAME_BYTES_MAX
-        {
+        if !fabric_events::covenant::name_is_valid(recorder) {
             return Err(ApplyError::Conflict(format!(
-                "recorder name {recorder:?} is not 1 to {} bytes",
+                "recorder name {recorder:?} is not 1 to {} bytes without control characters",
                 fabric_events::covenant::ARTIFACT_NAME_BYTES_MAX
             )));
         }

@@ -196,6 +196,7 @@ impl State {
                 std::mem::replace(&mut s.router_key, new_key)
             }
             KeyTarget::Client { client } => self.authority.client_key(client)?,
+            KeyTarget::Recorder { recorder } => self.recorder_key(recorder)?,
             KeyTarget::Node { node } => {
                 let ix = self.lookup_node(node)?;
                 let n = &mut self.nodes[ix as usize];
