@@ -168,9 +168,8 @@ pub fn export_proof(args: &ExportProofArgs) -> anyhow::Result<ExitCode> {
     if seq >= note.tree_size {
         bail!(
             "the record (seq {seq}) is not yet under the latest checkpoint (size {}): try again \
-             once its head is signed{}",
-            note.tree_size,
-            " and cosigned"
+             once its head is signed (and, where the fabric has witnesses, cosigned)",
+            note.tree_size
         );
     }
     let inclusion = inclusion_proof(&mut client, seq, note.tree_size)?;
@@ -256,14 +255,13 @@ pub fn verify_full(args: &VerifyFullArgs) -> anyhow::Result<ExitCode> {
             .map(|text| public_key(text, kind))
             .collect::<anyhow::Result<Vec<_>>>()
     };
+    let (origin, ledger_key) = public_key(
+        &args.ledger_key,
+        fabric_ledger::note::ED25519_SIGNATURE_TYPE,
+    )?;
     let trust = Trust {
-        ledger_key: Some(
-            public_key(
-                &args.ledger_key,
-                fabric_ledger::note::ED25519_SIGNATURE_TYPE,
-            )?
-            .1,
-        ),
+        ledger_key: Some(ledger_key),
+        origin: (!origin.is_empty()).then_some(origin),
         witnesses: keyed(&args.witnesses, COSIGNATURE_TYPE)?,
         peers: keyed(&args.peers, fabric_ledger::note::ED25519_SIGNATURE_TYPE)?,
     };

@@ -27,8 +27,13 @@ pub struct ServerArgs {
 
 impl ServerArgs {
     pub(crate) fn client(&self) -> anyhow::Result<Client> {
-        let target =
-            Target::parse(&self.server).map_err(|reason| anyhow::anyhow!("--server {reason}"))?;
+        self.client_of(&self.server, "--server", true)
+    }
+
+    /// A client of `url` (given as `flag`), trusting the same --ca for https://; `--ca` for a
+    /// plain server is an error only when `strict`.
+    pub(crate) fn client_of(&self, url: &str, flag: &str, strict: bool) -> anyhow::Result<Client> {
+        let target = Target::parse(url).map_err(|reason| anyhow::anyhow!("{flag} {reason}"))?;
         let client = Client::new(target.clone(), REQUEST_TIMEOUT);
         match (&target, &self.ca) {
             (Target::Https(_), Some(ca)) => {
@@ -36,10 +41,10 @@ impl ServerArgs {
                 Ok(client.with_tls(tls))
             }
             (Target::Https(_), None) => {
-                bail!("--server {target} speaks TLS: give --ca FILE, the CA that signed its certificate")
+                bail!("{flag} {target} speaks TLS: give --ca FILE, the CA that signed its certificate")
             }
-            (_, Some(_)) => bail!("--ca is for an https:// server, not {target}"),
-            (_, None) => Ok(client),
+            (_, Some(_)) if strict => bail!("--ca is for an https:// server, not {target}"),
+            _ => Ok(client),
         }
     }
 }

@@ -67,9 +67,8 @@ pub fn run(command: &FederationCmd) -> anyhow::Result<ExitCode> {
 
 fn sync(args: &SyncArgs) -> anyhow::Result<ExitCode> {
     let origin = match Target::parse(&args.peer) {
-        Ok(target) if args.peer.contains(':') => {
-            let mut peer =
-                fabric_api::http_client::Client::new(target, fabric_api::client::REQUEST_TIMEOUT);
+        Ok(_) if args.peer.contains(':') => {
+            let mut peer = args.server.client_of(&args.peer, "--peer", false)?;
             let health = fabric_api::client::health(&mut peer)
                 .with_context(|| format!("--peer {}", args.peer))?;
             match health["ledger"]["checkpoint_origin"].as_str() {

@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context as _;
+
 use fabric_actors::serve::ServeSpec;
 use fabric_server::{Role, ServerConfig};
 
@@ -114,6 +116,9 @@ pub struct ServeArgs {
     /// refused (429), so no one can grow the log faster
     #[arg(long, value_name = "MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(100..))]
     federation_interval_ms: u64,
+    /// The CA certificate(s) an https:// --federation-peer's certificate must chain to (PEM)
+    #[arg(long, value_name = "FILE", requires = "federation_peers")]
+    federation_ca: Option<std::path::PathBuf>,
 }
 
 /// The keys flags of `fabric serve`.
@@ -145,7 +150,6 @@ impl KeyArgs {
 
 /// The secrets of `--staged-key`, each file checked (mode, format, key pair).
 fn load_staged(paths: &[PathBuf]) -> anyhow::Result<Vec<fabric_events::SigningKey>> {
-    use anyhow::Context;
     paths
         .iter()
         .map(|path| {
@@ -329,6 +333,30 @@ fn federating(
     if let Some(twice) = origins.windows(2).find(|pair| pair[0] == pair[1]) {
         anyhow::bail!("--federation-peer names {} twice", twice[0]);
     }
+    let https = peers
+        .iter()
+        .any(|peer| matches!(peer.target, fabric_api::http_client::Target::Https(_)));
+    let tls = match (&args.federation_ca, https) {
+        (Some(ca), true) => Some(
+            fabric_api::http_client::trusting(ca)
+                .with_context(|| format!("--federation-ca {}", ca.display()))?,
+        ),
+        (None, true) => anyhow::bail!(
+            "an https:// --federation-peer needs --federation-ca FILE, the CA that signed its \
+             certificate"
+        ),
+        (Some(_), false) => {
+            anyhow::bail!("--federation-ca is for https:// peers, and none is given")
+        }
+        (None, false) => None,
+    };
+    let peers = peers
+        .into_iter()
+        .map(|peer| fabric_server::FederationPeer {
+            tls: tls.clone(),
+            ..peer
+        })
+        .collect();
     Ok(fabric_server::Federating {
         peers,
         interval: std::time::Duration::from_millis(args.federation_interval_ms),

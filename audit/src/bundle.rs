@@ -52,6 +52,8 @@ pub struct CoveringReceipt {
 pub struct Trust {
     /// The fabric's ledger key (at genesis; rotations are followed through the proof).
     pub ledger_key: Option<PublicKey>,
+    /// The fabric's checkpoint origin, when the key was given as its verifier key.
+    pub origin: Option<String>,
     /// Witnesses whose cosignatures count: (name, key).
     pub witnesses: Vec<(String, PublicKey)>,
     /// Federation peers whose keys a receipt must name: (origin, key).
@@ -66,8 +68,13 @@ pub fn verify_bundle(
     trust: &Trust,
 ) -> Result<Vec<String>, VerifyProofError> {
     let refused = |detail: String| VerifyProofError::Refused(detail);
-    if bundle.format != BUNDLE_FORMAT {
-        return Err(VerifyProofError::UnknownFormat(bundle.format.clone()));
+    for (format, expected) in [
+        (&bundle.format, BUNDLE_FORMAT),
+        (&bundle.inclusion.format, crate::proof::INCLUSION_FORMAT),
+    ] {
+        if format != expected {
+            return Err(VerifyProofError::UnknownFormat(format.clone()));
+        }
     }
     let mut lines = Vec::new();
     lines.push(check_file(file, &bundle.artifact)?);
@@ -97,6 +104,16 @@ pub fn verify_bundle(
             note.tree_size, note.root, head.tree_size, head.root
         )));
     }
+    if let Some(origin) = trust
+        .origin
+        .as_ref()
+        .filter(|origin| **origin != note.origin)
+    {
+        return Err(refused(format!(
+            "checkpoint: the note is of log {}, the key given is {origin}'s",
+            note.origin
+        )));
+    }
     note.verify(&note.origin, &head.ledger_key)
         .map_err(|wrong| refused(format!("checkpoint: {wrong}")))?;
     lines.push(format!(
@@ -104,6 +121,19 @@ pub fn verify_bundle(
         note.origin
     ));
     lines.push(check_cosignatures(&note, &trust.witnesses)?);
+    for (origin, _) in &trust.peers {
+        let covered = bundle.federation.iter().any(|covering| {
+            covering
+                .receipt
+                .sides_of(&note.origin)
+                .is_some_and(|(_, peer)| peer.origin == *origin)
+        });
+        if !covered {
+            return Err(refused(format!(
+                "federation: the bundle has no receipt with {origin} that covers the event"
+            )));
+        }
+    }
     for covering in &bundle.federation {
         lines.push(check_receipt(
             covering,

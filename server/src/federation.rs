@@ -13,7 +13,7 @@
 //! 409 `busy`, never queued).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
@@ -51,6 +51,8 @@ pub struct Peer {
     pub origin: String,
     /// Its ledger key (the key of its checkpoint notes).
     pub key: PublicKey,
+    /// For an https:// peer: the CA its certificate must chain to.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Peer {
@@ -66,6 +68,7 @@ impl Peer {
             target,
             origin,
             key,
+            tls: None,
         })
     }
 }
@@ -492,7 +495,12 @@ fn judge(peer: &Peer, last: &PeerState, presented: &FederatedHead) -> Judged {
 }
 
 fn client(peer: &Peer) -> Client {
-    Client::new(peer.target.clone(), PEER_TIMEOUT).with_response_bytes_max(ANSWER_BYTES_MAX)
+    let client =
+        Client::new(peer.target.clone(), PEER_TIMEOUT).with_response_bytes_max(ANSWER_BYTES_MAX);
+    match &peer.tls {
+        Some(tls) => client.with_tls(Arc::clone(tls)),
+        None => client,
+    }
 }
 
 /// The peer's latest checkpoint note, verified with its key and origin.

@@ -502,6 +502,17 @@ fn a_recorded_file_has_a_bundle_that_verifies_offline_and_fails_when_anything_ch
         ceremony.checkpoint_verifier_key.as_deref().expect("vkey"),
     );
     assert!(by_vkey.status.success(), "{}", stderr(&by_vkey));
+    // The same key under another log's origin: not this fabric's checkpoint.
+    let log_key = ceremony.checkpoint_verifier_key.as_deref().expect("vkey");
+    let (_, key) = fabric_ledger::note::parse_log_verifier_key(log_key).expect("a vkey");
+    let elsewhere = fabric_ledger::note::verifier_key(&format!("fabric/{}", "0".repeat(32)), &key);
+    let failed = verify(&release, &bundle, &elsewhere);
+    assert!(!failed.status.success());
+    assert!(
+        stderr(&failed).contains("the key given is"),
+        "{}",
+        stderr(&failed)
+    );
 
     // A changed file, a changed bundle, another ledger key: each fails.
     let changed_file = dir.path().join("changed.tar");
