@@ -469,6 +469,55 @@ mod tests {
         assert_eq!(text.lines().count(), 10);
     }
 
+    /// The example of docs/FORMAT.md §18.1, byte for byte.
+    #[test]
+    fn the_documented_receipt_is_what_both_keys_sign() {
+        let (a, b) = (
+            derive_signing_key(7, "golden/federation/a"),
+            derive_signing_key(7, "golden/federation/b"),
+        );
+        let head = |origin: &str, size: u64, root: u8, key: &crate::SigningKey| FederatedHead {
+            origin: origin.to_owned(),
+            tree_size: size,
+            root: Hash32([root; 32]),
+            ledger_key: PublicKey::from(&key.verifying_key()),
+        };
+        let mut receipt = FederationReceipt::unsigned(
+            head("fabric/0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b", 7, 7, &b),
+            head("fabric/0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a", 3, 3, &a),
+        );
+        receipt.sign_as("fabric/0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a", &a);
+        receipt.sign_as("fabric/0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b", &b);
+        assert_eq!(
+            receipt.left.merged_leaf().to_hex(),
+            "fbd1b28dabd5d60d715c8cae867e1a3f27d8407773e4690b7f344e6d7edb6c75"
+        );
+        assert_eq!(
+            receipt.right.merged_leaf().to_hex(),
+            "2b420e4e2d841177129bffbfa3b9b79d45e882d8180c407f8a0492f47354aa72"
+        );
+        assert_eq!(
+            receipt.merged_root.to_hex(),
+            "4843ac1600c8017df3f1850d32d9f6797364e1dde24c4eb75b6256286de68e42"
+        );
+        assert_eq!(
+            receipt.left_signature.to_hex(),
+            "8b2c4570282913cd1cd027fa775c2e638c84184587b3480aacf8209e92828ac1\
+             d0754c5c7da7280f5257e327d4ef64e6e6ca7c19413d5f1e38cf38d7b0e75007"
+        );
+        assert_eq!(
+            receipt.right_signature.to_hex(),
+            "7005606480b7c014e98a6ddc7f7a544f74f2c0c10ece587e3dedeb136df3469a\
+             b74ffd22e71607ecb5696bdf7ccb5dbfea3306eff56c79daff94377bedb1600b"
+        );
+        let text = String::from_utf8(receipt.message()).expect("text");
+        assert!(
+            text.ends_with("\nSEOsFgDIAX3z8YUNMtn2eXNk4d3iTE63W2JWKG3mjkI=\n"),
+            "{text}"
+        );
+        assert_eq!(receipt.verify(), Ok(()));
+    }
+
     #[test]
     fn a_changed_head_or_merged_root_fails() {
         let (a, b) = (derive_signing_key(1, "a"), derive_signing_key(1, "b"));
