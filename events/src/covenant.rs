@@ -57,14 +57,9 @@ pub struct FederatedHead {
 }
 
 impl FederatedHead {
-    /// The C2SP checkpoint body of this head: origin, size and base64 root, one per line.
+    /// The C2SP checkpoint body of this head (see [`checkpoint_body`]).
     pub fn checkpoint_body(&self) -> String {
-        format!(
-            "{}\n{}\n{}\n",
-            self.origin,
-            self.tree_size,
-            BASE64.encode(self.root.as_bytes())
-        )
+        checkpoint_body(&self.origin, self.tree_size, &self.root)
     }
 
     /// Its leaf in the merged tree: BLAKE3(0x00 ‖ checkpoint body).
@@ -137,6 +132,12 @@ pub enum ReceiptError {
         /// The key.
         key: PublicKey,
     },
+}
+
+/// The C2SP tlog-checkpoint body of a head, the text its note signs: origin, size in decimal
+/// and the root in standard base64, each line ending in a newline.
+pub fn checkpoint_body(origin: &str, tree_size: u64, root: &Hash32) -> String {
+    format!("{origin}\n{tree_size}\n{}\n", BASE64.encode(root.as_bytes()))
 }
 
 /// Whether `origin` may be a federated head's origin line.

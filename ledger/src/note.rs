@@ -261,12 +261,7 @@ impl CheckpointNote {
 
     /// The signed note text: origin, size and base64 root, each line ending in a newline.
     pub fn text(&self) -> String {
-        format!(
-            "{}\n{}\n{}\n",
-            self.origin,
-            self.tree_size,
-            BASE64.encode(self.root.as_bytes())
-        )
+        fabric_events::covenant::checkpoint_body(&self.origin, self.tree_size, &self.root)
     }
 
     /// The whole note: text, blank line, signature lines.
