@@ -137,7 +137,10 @@ pub enum ReceiptError {
 /// The C2SP tlog-checkpoint body of a head, the text its note signs: origin, size in decimal
 /// and the root in standard base64, each line ending in a newline.
 pub fn checkpoint_body(origin: &str, tree_size: u64, root: &Hash32) -> String {
-    format!("{origin}\n{tree_size}\n{}\n", BASE64.encode(root.as_bytes()))
+    format!(
+        "{origin}\n{tree_size}\n{}\n",
+        BASE64.encode(root.as_bytes())
+    )
 }
 
 /// Whether `origin` may be a federated head's origin line.

@@ -282,29 +282,14 @@ async fn sync_with(
 /// head than it federated.
 fn own_head(shared: &Shared, origin: &str) -> Result<FederatedHead, Refused> {
     let head = if shared.finality.required {
-        let note = shared
-            .finality
-            .final_note
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .clone();
-        let unwitnessed = || {
+        let (head, _) = shared.finality.latest().ok_or_else(|| {
             Refused(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not_witnessed",
                 "no tree head of this fabric has its witnesses' cosignatures yet".to_owned(),
             )
-        };
-        let note = note.ok_or_else(unwitnessed)?;
-        let size = CheckpointNote::parse(&note)
-            .map_err(|_| unwitnessed())?
-            .tree_size;
-        shared
-            .reader
-            .tree_head_at(size)
-            .ok()
-            .flatten()
-            .ok_or_else(unwitnessed)?
+        })?;
+        head
     } else {
         shared.latest_head()
     };

@@ -297,14 +297,8 @@ async fn health(shared: web::Data<Shared>) -> HttpResponse {
 async fn latest_checkpoint(shared: web::Data<Shared>) -> HttpResponse {
     let head = read_view(&shared).tree_head;
     if shared.finality.required && shared.checkpoints.note(&head).is_some() {
-        let final_note = shared
-            .finality
-            .final_note
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .clone();
-        return match final_note {
-            Some(note) => HttpResponse::Ok()
+        return match shared.finality.latest() {
+            Some((_, note)) => HttpResponse::Ok()
                 .content_type("text/plain; charset=utf-8")
                 .body(note.to_string()),
             None => error(

@@ -65,8 +65,18 @@ pub struct Witnessing {
 pub(crate) struct Finality {
     /// Witnesses are asked: `GET /v0/checkpoints/latest` serves only final notes.
     pub(crate) required: bool,
-    /// The latest note with a quorum of cosignatures.
-    pub(crate) final_note: Mutex<Option<Arc<str>>>,
+    /// The latest head with a quorum of cosignatures, and its note with their lines.
+    pub(crate) final_head: Mutex<Option<(SignedTreeHead, Arc<str>)>>,
+}
+
+impl Finality {
+    /// The latest final head and its note, if any head is final yet.
+    pub(crate) fn latest(&self) -> Option<(SignedTreeHead, Arc<str>)> {
+        self.final_head
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone()
+    }
 }
 
 /// Starts the thread that takes heads to the witnesses, for as long as `shared` lives.
@@ -146,9 +156,9 @@ impl Pusher {
             full.extend(cosigned.into_iter().map(String::as_str));
             *shared
                 .finality
-                .final_note
+                .final_head
                 .lock()
-                .unwrap_or_else(|poison| poison.into_inner()) = Some(full.into());
+                .unwrap_or_else(|poison| poison.into_inner()) = Some((head, full.into()));
             self.last_final = Some(head);
         }
         self.current = Some((head, note, lines));
