@@ -788,10 +788,9 @@ impl Checks {
         if self.ledger_key.is_none() {
             return Ok(());
         }
-        let own = if receipt.left.ledger_key == *author {
-            &receipt.left
-        } else {
-            &receipt.right
+        // A receipt that names its author on neither side is the fold's to refuse.
+        let Some((own, _)) = receipt.sides_of_key(author) else {
+            return Ok(());
         };
         match self.head_roots.get(&own.tree_size) {
             Some(root) if *root == own.root => Ok(()),

@@ -243,9 +243,22 @@ impl FederationReceipt {
 
     /// The head of `origin`, and the other one.
     pub fn sides_of(&self, origin: &str) -> Option<(&FederatedHead, &FederatedHead)> {
-        if self.left.origin == origin {
+        self.sides_where(|head| head.origin == origin)
+    }
+
+    /// The head that names `ledger_key`, and the other one.
+    pub fn sides_of_key(&self, ledger_key: &PublicKey) -> Option<(&FederatedHead, &FederatedHead)> {
+        self.sides_where(|head| head.ledger_key == *ledger_key)
+    }
+
+    /// The first head (left, then right) that `is_own` picks, and the other one.
+    fn sides_where(
+        &self,
+        is_own: impl Fn(&FederatedHead) -> bool,
+    ) -> Option<(&FederatedHead, &FederatedHead)> {
+        if is_own(&self.left) {
             Some((&self.left, &self.right))
-        } else if self.right.origin == origin {
+        } else if is_own(&self.right) {
             Some((&self.right, &self.left))
         } else {
             None

@@ -221,14 +221,7 @@ impl State {
         &self,
         receipt: &'a FederationReceipt,
     ) -> Option<(&'a FederatedHead, &'a FederatedHead)> {
-        let ledger_key = self.authority.ledger_key();
-        if receipt.left.ledger_key == ledger_key {
-            Some((&receipt.left, &receipt.right))
-        } else if receipt.right.ledger_key == ledger_key {
-            Some((&receipt.right, &receipt.left))
-        } else {
-            None
-        }
+        receipt.sides_of_key(&self.authority.ledger_key())
     }
 
     /// Folds a receipt in (authorised by [`State::authorize_receipt`]).
