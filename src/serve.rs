@@ -314,20 +314,12 @@ fn federating(
         "--federation-peer: a simulation's keys are public, so its receipts would be anyone's \
          word; federate fabrics made by `fabric init`"
     );
-    let peers = args
-        .federation_peers
-        .iter()
-        .map(|text| {
-            fabric_server::FederationPeer::parse(text)
-                .map_err(|why| anyhow::anyhow!("--federation-peer {text}: {why}"))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let most = fabric_server::federation::PEERS_MAX;
-    anyhow::ensure!(
-        peers.len() <= most,
-        "{} --federation-peer (at most {most})",
-        peers.len()
-    );
+    let peers = parse_peers(
+        "--federation-peer",
+        &args.federation_peers,
+        fabric_server::federation::PEERS_MAX,
+        fabric_server::FederationPeer::parse,
+    )?;
     let mut origins: Vec<&str> = peers.iter().map(|peer| peer.origin.as_str()).collect();
     origins.sort_unstable();
     if let Some(twice) = origins.windows(2).find(|pair| pair[0] == pair[1]) {
@@ -363,25 +355,35 @@ fn federating(
     })
 }
 
+/// Each `URL=VKEY` of a repeated `flag`, parsed, and at most `most` of them.
+fn parse_peers<T>(
+    flag: &str,
+    texts: &[String],
+    most: usize,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> anyhow::Result<Vec<T>> {
+    anyhow::ensure!(
+        texts.len() <= most,
+        "{} {flag} (at most {most})",
+        texts.len()
+    );
+    texts
+        .iter()
+        .map(|text| parse(text).map_err(|why| anyhow::anyhow!("{flag} {text}: {why}")))
+        .collect()
+}
+
 /// The witnesses of `--witness` and `--witness-quorum`, checked.
 fn witnessing(args: &ServeArgs) -> anyhow::Result<Option<fabric_server::Witnessing>> {
     if args.witnesses.is_empty() {
         return Ok(None);
     }
-    let peers = args
-        .witnesses
-        .iter()
-        .map(|text| {
-            fabric_server::WitnessPeer::parse(text)
-                .map_err(|why| anyhow::anyhow!("--witness {text}: {why}"))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let most = fabric_server::witnesses::WITNESSES_MAX;
-    anyhow::ensure!(
-        peers.len() <= most,
-        "{} --witness (at most {most})",
-        peers.len()
-    );
+    let peers = parse_peers(
+        "--witness",
+        &args.witnesses,
+        fabric_server::witnesses::WITNESSES_MAX,
+        fabric_server::WitnessPeer::parse,
+    )?;
     let quorum = args.witness_quorum.unwrap_or(peers.len());
     anyhow::ensure!(
         (1..=peers.len()).contains(&quorum),

@@ -59,10 +59,7 @@ impl Peer {
     /// `URL=VKEY`: the peer's address and its checkpoint verifier key (§17.2), as its
     /// `fabric init --commit` or its `/v0/health` gives it.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let (url, vkey) = text
-            .split_once('=')
-            .ok_or_else(|| format!("{text:?} is not URL=VERIFIER_KEY"))?;
-        let target = Target::parse(url).map_err(|error| format!("{url}: {error}"))?;
+        let (target, vkey) = crate::witnesses::address_and_key(text)?;
         let (origin, key) = parse_log_verifier_key(vkey).map_err(|error| error.to_string())?;
         Ok(Self {
             target,

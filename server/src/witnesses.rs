@@ -37,10 +37,7 @@ pub struct WitnessPeer {
 impl WitnessPeer {
     /// `URL=VKEY`: the witness's address and its cosigner verifier key (§17.4).
     pub fn parse(text: &str) -> Result<Self, String> {
-        let (url, vkey) = text
-            .split_once('=')
-            .ok_or_else(|| format!("{text:?} is not URL=VERIFIER_KEY"))?;
-        let target = Target::parse(url).map_err(|error| format!("{url}: {error}"))?;
+        let (target, vkey) = address_and_key(text)?;
         let (name, kind, key) = parse_verifier_key(vkey).map_err(|error| error.to_string())?;
         if kind != COSIGNATURE_TYPE {
             return Err(format!(
@@ -49,6 +46,15 @@ impl WitnessPeer {
         }
         Ok(Self { target, name, key })
     }
+}
+
+/// `URL=VKEY` (a witness's or a federation peer's flag): the address, parsed, and the key.
+pub(crate) fn address_and_key(text: &str) -> Result<(Target, &str), String> {
+    let (url, vkey) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not URL=VERIFIER_KEY"))?;
+    let target = Target::parse(url).map_err(|error| format!("{url}: {error}"))?;
+    Ok((target, vkey))
 }
 
 /// The witnesses and how many must cosign a head for it to be final.
