@@ -366,13 +366,7 @@ pub fn scan_events<E: From<ClientError>>(
     let mut next = from;
     while next < size {
         let request = format!("GET /v0/events?from={next}");
-        let path = &request["GET ".len()..];
-        let response = client
-            .request("GET", path, None)
-            .map_err(|source| ClientError::Get {
-                path: path.to_owned(),
-                source,
-            })?;
+        let response = get(client, &request["GET ".len()..])?;
         if response.status != 200 {
             return Err(ClientError::Status {
                 request,
@@ -399,14 +393,19 @@ pub fn scan_events<E: From<ClientError>>(
     Ok(())
 }
 
-/// `GET path` with a JSON answer.
-pub fn get_json(client: &mut Client, path: &str) -> Result<Answer, ClientError> {
-    let response = client
+/// `GET path`, its failure in transport naming the path.
+fn get(client: &mut Client, path: &str) -> Result<Response, ClientError> {
+    client
         .request("GET", path, None)
         .map_err(|source| ClientError::Get {
             path: path.to_owned(),
             source,
-        })?;
+        })
+}
+
+/// `GET path` with a JSON answer.
+pub fn get_json(client: &mut Client, path: &str) -> Result<Answer, ClientError> {
+    let response = get(client, path)?;
     let body = json_of(&response, path)?;
     Ok(Answer {
         status: response.status,
