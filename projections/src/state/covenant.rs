@@ -231,28 +231,19 @@ impl State {
                 "a federation receipt that names no ledger key in force".to_owned(),
             ));
         };
-        let own_size = own.tree_size;
         // The fold counted this event already: its seq is one less.
         let seq = self.events_applied - 1;
-        let entry = self
-            .covenant
-            .peers
-            .entry(peer.origin.clone())
-            .or_insert(FederationPeer {
-                key: peer.ledger_key,
-                own_size: 0,
-                peer_size: 0,
-                peer_root: Hash32::default(),
-                receipt_seq: 0,
-                receipts: 0,
-                forked: false,
-            });
-        entry.key = peer.ledger_key;
-        entry.own_size = own_size;
-        entry.peer_size = peer.tree_size;
-        entry.peer_root = peer.root;
-        entry.receipt_seq = seq;
-        entry.receipts += 1;
+        let last = self.covenant.peers.get(&peer.origin);
+        let standing = FederationPeer {
+            key: peer.ledger_key,
+            own_size: own.tree_size,
+            peer_size: peer.tree_size,
+            peer_root: peer.root,
+            receipt_seq: seq,
+            receipts: last.map_or(0, |last| last.receipts) + 1,
+            forked: last.is_some_and(|last| last.forked),
+        };
+        self.covenant.peers.insert(peer.origin.clone(), standing);
         Ok(())
     }
 
