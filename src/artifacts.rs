@@ -9,10 +9,10 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use fabric_api::client::clock_nonce;
 use fabric_api::http_client::Client;
-use fabric_audit::bundle::{verify_bundle, Bundle, CoveringReceipt, Trust, BUNDLE_FORMAT};
+use fabric_audit::bundle::{verify_bundle, Bundle, Trust};
 use fabric_audit::proof::InclusionDoc;
 use fabric_events::{ArtifactRecorded, Body, PublicKey};
-use fabric_ledger::note::{parse_verifier_key, CheckpointNote, COSIGNATURE_TYPE};
+use fabric_ledger::note::{parse_verifier_key, COSIGNATURE_TYPE};
 
 use crate::client::ServerArgs;
 
@@ -163,50 +163,16 @@ pub fn export_proof(args: &ExportProofArgs) -> anyhow::Result<ExitCode> {
             response.text()
         );
     }
-    let checkpoint = response.text();
-    let note = CheckpointNote::parse(&checkpoint).context("GET /v0/checkpoints/latest")?;
-    if seq >= note.tree_size {
-        bail!(
-            "the record (seq {seq}) is not yet under the latest checkpoint (size {}): try again \
-             once its head is signed (and, where the fabric has witnesses, cosigned)",
-            note.tree_size
-        );
-    }
-    let inclusion = inclusion_proof(&mut client, seq, note.tree_size)?;
-    let mut federation = Vec::new();
-    for (receipt_seq, receipt) in receipts {
-        let Some((own, _)) = receipt.sides_of(&note.origin) else {
-            continue;
-        };
-        if own.tree_size <= seq {
-            continue;
-        }
-        let proof = inclusion_proof(&mut client, seq, own.tree_size)?;
-        if proof.root != own.root {
-            bail!(
-                "the proof of seq {seq} at size {} has root {}, the receipt at seq {receipt_seq} says {}",
-                own.tree_size, proof.root, own.root
-            );
-        }
-        federation.push(CoveringReceipt {
-            seq: receipt_seq,
-            receipt,
-            audit_path: proof.audit_path,
-        });
-    }
-    let bundle = Bundle {
-        format: BUNDLE_FORMAT.to_owned(),
-        artifact,
-        inclusion,
-        checkpoint,
-        federation,
-    };
+    let bundle =
+        Bundle::assemble::<anyhow::Error>(artifact, seq, response.text(), receipts, |size| {
+            inclusion_proof(&mut client, seq, size)
+        })?;
     let text = serde_json::to_string_pretty(&bundle)?;
     fabric_events::fs::write_atomically(&args.out, text.as_bytes())
         .with_context(|| format!("could not write {}", args.out.display()))?;
     println!(
         "bundle of seq {seq} under the checkpoint of size {} with {} federation receipt(s): {}",
-        note.tree_size,
+        bundle.inclusion.tree_size,
         bundle.federation.len(),
         args.out.display()
     );

@@ -47,6 +47,98 @@ pub struct CoveringReceipt {
     pub audit_path: Vec<Hash32>,
 }
 
+/// Why a bundle cannot be assembled from what a server gave.
+#[derive(Debug, thiserror::Error)]
+pub enum AssembleError {
+    /// The checkpoint is not a note.
+    #[error("the checkpoint: {0}")]
+    Checkpoint(#[from] fabric_ledger::note::NoteError),
+    /// The record is not under the checkpoint yet.
+    #[error(
+        "the record (seq {seq}) is not yet under the latest checkpoint (size {tree_size}): try \
+         again once its head is signed (and, where the fabric has witnesses, cosigned)"
+    )]
+    NotYetUnder {
+        /// The record's seq.
+        seq: u64,
+        /// The checkpoint's size.
+        tree_size: u64,
+    },
+    /// A proof of the record at a receipt's size has another root than the receipt names.
+    #[error(
+        "the proof of seq {seq} at size {tree_size} has root {proved}, the receipt at seq \
+         {receipt_seq} says {named}"
+    )]
+    OtherRoot {
+        /// The record's seq.
+        seq: u64,
+        /// The receipt's own size.
+        tree_size: u64,
+        /// The proof's root.
+        proved: Hash32,
+        /// The receipt's seq.
+        receipt_seq: u64,
+        /// The root the receipt names.
+        named: Hash32,
+    },
+}
+
+impl Bundle {
+    /// The bundle of the record `artifact` at `seq` under `checkpoint` (a note as served),
+    /// with every one of `receipts` (each with its seq) whose head of the note's origin covers
+    /// the record; `prove(size)` gives the record's inclusion proof in the tree of `size`
+    /// entries (a server's `GET /v0/proofs/{seq}?size=`).
+    pub fn assemble<E: From<AssembleError>>(
+        artifact: ArtifactRecorded,
+        seq: u64,
+        checkpoint: String,
+        receipts: Vec<(u64, FederationReceipt)>,
+        mut prove: impl FnMut(u64) -> Result<InclusionDoc, E>,
+    ) -> Result<Bundle, E> {
+        let note = CheckpointNote::parse(&checkpoint).map_err(AssembleError::from)?;
+        if seq >= note.tree_size {
+            return Err(AssembleError::NotYetUnder {
+                seq,
+                tree_size: note.tree_size,
+            }
+            .into());
+        }
+        let inclusion = prove(note.tree_size)?;
+        let mut federation = Vec::new();
+        for (receipt_seq, receipt) in receipts {
+            let Some((own, _)) = receipt.sides_of(&note.origin) else {
+                continue;
+            };
+            if own.tree_size <= seq {
+                continue;
+            }
+            let proof = prove(own.tree_size)?;
+            if proof.root != own.root {
+                return Err(AssembleError::OtherRoot {
+                    seq,
+                    tree_size: own.tree_size,
+                    proved: proof.root,
+                    receipt_seq,
+                    named: own.root,
+                }
+                .into());
+            }
+            federation.push(CoveringReceipt {
+                seq: receipt_seq,
+                receipt,
+                audit_path: proof.audit_path,
+            });
+        }
+        Ok(Bundle {
+            format: BUNDLE_FORMAT.to_owned(),
+            artifact,
+            inclusion,
+            checkpoint,
+            federation,
+        })
+    }
+}
+
 /// What else a bundle is checked against.
 #[derive(Clone, Debug, Default)]
 pub struct Trust {
